@@ -1,0 +1,1 @@
+"""CDRs: the journal (same txn as the charge), the file exporter, and a streaming reader."""

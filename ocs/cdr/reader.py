@@ -1,0 +1,113 @@
+"""Streaming reader of closed CDR files for batch jobs (billing, fraud scan).
+
+Constant memory whatever the file size; every row is checked and a bad one raises
+:class:`CdrFormatError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocs.cdr.fileformat import COLUMNS, parse_iso_utc
+from ocs.money import MoneyError, parse_amount
+
+
+class CdrFormatError(ValueError):
+    """A malformed CDR file; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdrRow:
+    file: str
+    line: int
+    record_id: str
+    session_id: str
+    msisdn: str
+    imsi: str
+    service: str
+    rating_group: int | None
+    destination: str
+    start_time: int
+    end_time: int
+    duration_s: int
+    bytes_in: int
+    bytes_out: int
+    units: int
+    charge: int
+    currency: str
+    plan_id: str
+    rate_id: str
+    roaming: bool
+    visited_network: str
+    protocol: str
+    result: str
+
+
+def _int(v: str, name: str) -> int:
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"{name}: {v!r} is not an integer") from None
+
+
+def read_cdr_file(path: str | Path) -> Iterator[CdrRow]:
+    p = Path(path)
+    with p.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
+            raise CdrFormatError(f"{p}:1: not a CDR file (unexpected header)")
+        width = len(header)
+        for row in reader:
+            line = reader.line_num
+            if len(row) != width:
+                raise CdrFormatError(f"{p}:{line}: expected {width} fields, got {len(row)}")
+            try:
+                yield CdrRow(
+                    file=p.name,
+                    line=line,
+                    record_id=row[0],
+                    session_id=row[1],
+                    msisdn=row[2],
+                    imsi=row[3],
+                    service=row[4],
+                    rating_group=_int(row[5], "rating_group") if row[5] else None,
+                    destination=row[6],
+                    start_time=parse_iso_utc(row[7]),
+                    end_time=parse_iso_utc(row[8]),
+                    duration_s=_int(row[9], "duration_s"),
+                    bytes_in=_int(row[10], "bytes_in"),
+                    bytes_out=_int(row[11], "bytes_out"),
+                    units=_int(row[12], "units"),
+                    charge=parse_amount(row[13], allow_negative=True, field="charge"),
+                    currency=row[14],
+                    plan_id=row[15],
+                    rate_id=row[16],
+                    roaming=row[17] == "1",
+                    visited_network=row[18],
+                    protocol=row[19],
+                    result=row[20],
+                )
+            except (ValueError, MoneyError) as exc:
+                raise CdrFormatError(f"{p}:{line}: {exc}") from None
+        if f.tell() and not _ends_with_newline(p):
+            raise CdrFormatError(f"{p}:{reader.line_num}: truncated (no final newline)")
+
+
+def _ends_with_newline(p: Path) -> bool:
+    with p.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def read_cdr_files(paths: Iterable[str | Path]) -> Iterator[CdrRow]:
+    for p in paths:
+        yield from read_cdr_file(p)
+
+
+def closed_cdr_files(cdr_dir: str | Path) -> list[Path]:
+    """Closed files in name order (the name carries the UTC start and the sequence)."""
+    return sorted(Path(cdr_dir).glob("cdr_*.csv"))

@@ -1,0 +1,829 @@
+"""The charging engine: reserve, commit, release, direct debit, refund, enquiries.
+
+Protocol-agnostic. Every write is an operation ``fn(tx)`` run by the group-commit writer
+(or directly in a CLI transaction); the caller is answered only after the commit.
+Every operation first looks its ``request_key`` up in the stored answers and replays the
+answer when found, so retries never charge twice (invariant 5). Money is checked and
+moved inside the write transaction, so prepaid never goes below zero under any
+concurrency (invariant 3). Each settling operation writes its CDR into the journal in
+the same transaction (invariant 4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from ocs.cdr import journal
+from ocs.charging.model import (
+    Answer,
+    BalanceView,
+    CommitRequest,
+    Debit,
+    DebitRequest,
+    Grant,
+    Identity,
+    IdKind,
+    PriceQuote,
+    Refund,
+    RefundRequest,
+    Refusal,
+    Released,
+    ReleaseRequest,
+    ReserveRequest,
+    Settlement,
+    StoredAnswer,
+)
+from ocs.charging.plans import PlanBook, PlanCache
+from ocs.rating.engine import (
+    UsageContext,
+    cost,
+    cycle_of,
+    is_zero_rated,
+    max_units,
+    rate_usage,
+    select_rate,
+)
+from ocs.rating.plans import Mode, Plan, Service
+from ocs.store.env import (
+    ALLOWANCES,
+    ANSWER_EXPIRY,
+    ANSWERS,
+    BALANCES,
+    IDX_IMSI,
+    IDX_USERNAME,
+    REFUNDS,
+    RES_EXPIRY,
+    RESERVATIONS,
+    SUBSCRIBERS,
+    Store,
+    pack_u64,
+    unpack_u64,
+)
+from ocs.store.records import (
+    Allowance,
+    Balance,
+    RateSnapshot,
+    Reservation,
+    Subscriber,
+    dec_allowance,
+    dec_balance,
+    dec_reservation,
+    dec_subscriber,
+    encode,
+)
+from ocs.store.tx import Tx
+from ocs.store.writer import Writer
+
+T = TypeVar("T")
+
+_enc = msgspec.msgpack.Encoder()
+_dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
+
+_STATUS_REFUSAL = {
+    "suspended": Refusal.SUSPENDED,
+    "blocked": Refusal.BLOCKED,
+    "terminated": Refusal.TERMINATED,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineSettings:
+    node: str = "ocs-1"
+    home_networks: frozenset[str] = frozenset()
+    default_data_grant_bytes: int = 10_000_000
+    default_voice_grant_s: int = 300
+    default_validity_s: int = 900
+
+    def default_units(self, service: Service) -> int:
+        if service is Service.DATA:
+            return self.default_data_grant_bytes
+        if service is Service.VOICE:
+            return self.default_voice_grant_s
+        return 1
+
+
+
+
+def reservation_key(session_id: str, service: Service, rating_group: int | None) -> bytes:
+    unit = str(rating_group) if rating_group is not None else service.value
+    return f"{session_id}\x00{unit}".encode()
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode("ascii", "backslashreplace")
+
+
+def _now(now: int | None) -> int:
+    return int(time.time()) if now is None else now
+
+
+# -- allowance buckets -------------------------------------------------------------------
+
+_ALW_FIELDS = {
+    Service.DATA: ("data_used", "data_reserved"),
+    Service.VOICE: ("voice_used", "voice_reserved"),
+    Service.SMS: ("sms_used", "sms_reserved"),
+}
+
+
+def _alw_free(alw: Allowance, plan: Plan, service: Service) -> int:
+    names = _ALW_FIELDS.get(service)
+    if names is None:
+        return 0
+    total = plan.allowances.for_service(service)
+    used: int = getattr(alw, names[0])
+    reserved: int = getattr(alw, names[1])
+    return max(0, total - used - reserved)
+
+
+def _alw_add(alw: Allowance, service: Service, used: int = 0, reserved: int = 0) -> None:
+    names = _ALW_FIELDS.get(service)
+    if names is None:
+        return
+    if used:
+        setattr(alw, names[0], max(0, getattr(alw, names[0]) + used))
+    if reserved:
+        setattr(alw, names[1], max(0, getattr(alw, names[1]) + reserved))
+
+
+class ChargingEngine:
+    """Facade the protocol agents call. Async methods return after the durable commit."""
+
+    def __init__(self, store: Store, writer: Writer | None, settings: EngineSettings):
+        self.store = store
+        self.writer = writer
+        self.settings = settings
+        self.plans = PlanCache()
+
+    # -- running operations -----------------------------------------------------------
+
+    async def _submit(self, fn: Callable[[Tx], T]) -> T:
+        assert self.writer is not None, "engine has no writer (use the *_sync methods)"
+        return await self.writer.submit(fn)
+
+    def _run_sync(self, fn: Callable[[Tx], T]) -> T:
+        if self.writer is not None:
+            return self.writer.run(fn)
+        return self.store.run_write(fn)
+
+    async def reserve(self, req: ReserveRequest) -> Grant:
+        return await self._submit(lambda tx: self.op_reserve(tx, req))
+
+    async def commit(self, req: CommitRequest) -> Settlement:
+        return await self._submit(lambda tx: self.op_commit(tx, req))
+
+    async def release(self, req: ReleaseRequest) -> Released:
+        return await self._submit(lambda tx: self.op_release(tx, req))
+
+    async def direct_debit(self, req: DebitRequest) -> Debit:
+        return await self._submit(lambda tx: self.op_debit(tx, req))
+
+    async def refund(self, req: RefundRequest) -> Refund:
+        return await self._submit(lambda tx: self.op_refund(tx, req))
+
+    def reserve_sync(self, req: ReserveRequest) -> Grant:
+        return self._run_sync(lambda tx: self.op_reserve(tx, req))
+
+    def commit_sync(self, req: CommitRequest) -> Settlement:
+        return self._run_sync(lambda tx: self.op_commit(tx, req))
+
+    def release_sync(self, req: ReleaseRequest) -> Released:
+        return self._run_sync(lambda tx: self.op_release(tx, req))
+
+    def debit_sync(self, req: DebitRequest) -> Debit:
+        return self._run_sync(lambda tx: self.op_debit(tx, req))
+
+    def refund_sync(self, req: RefundRequest) -> Refund:
+        return self._run_sync(lambda tx: self.op_refund(tx, req))
+
+    # -- shared pieces inside a transaction -----------------------------------------
+
+    @staticmethod
+    def _replay(tx: Tx, key: bytes) -> Answer | None:
+        raw = tx.get(ANSWERS, key)
+        if raw is None:
+            return None
+        ans = _dec_stored.decode(raw).answer
+        return msgspec.structs.replace(ans, replayed=True)
+
+    @staticmethod
+    def _store_answer(tx: Tx, key: bytes, answer: Answer, now: int) -> None:
+        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(now, answer)))
+        tx.put(ANSWER_EXPIRY, pack_u64(now) + key, b"")
+
+    @staticmethod
+    def find_subscriber(tx: Tx, ids: Identity) -> Subscriber | None:
+        for kind, value in ids:
+            if not value:
+                continue
+            if kind is IdKind.MSISDN:
+                msisdn: bytes | None = value.encode()
+            elif kind is IdKind.IMSI:
+                msisdn = tx.get(IDX_IMSI, value.encode())
+            else:
+                msisdn = tx.get(IDX_USERNAME, value.encode())
+            if msisdn is None:
+                continue
+            raw = tx.get(SUBSCRIBERS, msisdn)
+            if raw is not None:
+                return dec_subscriber.decode(raw)
+        return None
+
+    @staticmethod
+    def _balance(tx: Tx, msisdn: bytes) -> Balance:
+        raw = tx.get(BALANCES, msisdn)
+        return dec_balance.decode(raw) if raw is not None else Balance()
+
+    @staticmethod
+    def _allowance(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
+        raw = tx.get(ALLOWANCES, msisdn)
+        alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
+        if alw.cycle != cycle:
+            alw = Allowance(cycle=cycle)  # a new cycle: buckets start full again
+        return alw
+
+    @staticmethod
+    def _stored_allowance(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
+        """The bucket as stored (no cycle roll-over), for releasing holds."""
+        raw = tx.get(ALLOWANCES, msisdn)
+        return dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
+
+    def _context(self, book: PlanBook, service: Service, at: int, rating_group: int | None,
+                 destination: str, visited_network: str) -> UsageContext:
+        roaming = bool(visited_network) and visited_network not in self.settings.home_networks
+        return UsageContext(
+            service=service,
+            at=at,
+            rating_group=rating_group,
+            destination=destination,
+            zone=book.zone_of_network.get(visited_network) if roaming else None,
+            roaming=roaming,
+        )
+
+    @staticmethod
+    def _available(sub: Subscriber, bal: Balance) -> int:
+        avail = bal.balance - bal.reserved
+        if sub.mode == Mode.POSTPAID:
+            avail += sub.credit_limit
+        return max(0, avail)
+
+    @staticmethod
+    def _no_money(sub: Subscriber) -> Refusal:
+        return Refusal.CREDIT_LIMIT_REACHED if sub.mode == Mode.POSTPAID else Refusal.OUT_OF_CREDIT
+
+    def _check_subscriber(self, sub: Subscriber | None, roaming: bool) -> Refusal | None:
+        if sub is None:
+            return Refusal.UNKNOWN_SUBSCRIBER
+        refusal = _STATUS_REFUSAL.get(sub.status)
+        if refusal is not None:
+            return refusal
+        if roaming and not sub.roaming:
+            return Refusal.ROAMING_NOT_ALLOWED
+        return None
+
+    # -- reserve ----------------------------------------------------------------------
+
+    def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
+        replay = self._replay(tx, req.request_key)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        now = _now(req.now)
+        grant = self._reserve(tx, req, now)
+        self._store_answer(tx, req.request_key, grant, now)
+        return grant
+
+    def _reserve(self, tx: Tx, req: ReserveRequest, now: int) -> Grant:
+        book = self.plans.in_tx(tx)
+        ctx = self._context(book, req.service, now, req.rating_group, req.destination,
+                            req.visited_network)
+        sub = self.find_subscriber(tx, req.subscriber)
+        refusal = self._check_subscriber(sub, ctx.roaming)
+        if refusal is not None or sub is None:
+            return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER)
+        plan = book.plans.get(sub.plan_id)
+        if plan is None:
+            return Grant(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        validity = req.validity_s or self.settings.default_validity_s
+        if is_zero_rated(plan, ctx):
+            return Grant(ok=True, msisdn=sub.msisdn, zero_rated=True, validity_s=validity)
+        rate = select_rate(plan, ctx)
+        if rate is None:
+            return Grant(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        key = reservation_key(req.session_id, req.service, req.rating_group)
+        msisdn = sub.msisdn.encode()
+        bal = self._balance(tx, msisdn)
+        cycle = cycle_of(plan, now)
+        alw = self._allowance(tx, msisdn, cycle)
+        raw = tx.get(RESERVATIONS, key)
+        if raw is not None:
+            res = dec_reservation.decode(raw)
+            self._drop_holds(res, bal, alw)
+            tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
+        else:
+            res = Reservation(
+                key=key,
+                session_id=req.session_id,
+                msisdn=sub.msisdn,
+                imsi=sub.imsi,
+                service=req.service.value,
+                rating_group=req.rating_group,
+                destination=req.destination,
+                visited_network=req.visited_network,
+                roaming=ctx.roaming,
+                protocol=req.protocol,
+                rate=RateSnapshot(
+                    plan_id=plan.id,
+                    rate_id=rate.id,
+                    service=rate.service.value,
+                    price=rate.price,
+                    unit_size=rate.unit_size,
+                    first_increment_s=rate.first_increment_s,
+                    increment_s=rate.increment_s,
+                    connect_fee=rate.connect_fee,
+                ),
+                mode=sub.mode,
+                currency=sub.currency,
+                cycle=cycle,
+                allowance_ok=not ctx.roaming and plan.allowances.for_service(req.service) > 0,
+                started_at=now,
+                last_at=now,
+                expires_at=now + validity,
+            )
+        requested = req.units if req.units is not None and req.units > 0 else (
+            self.settings.default_units(req.service))
+        grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
+        if not grant.ok:
+            return grant  # nothing written: an earlier grant on this key stays as it was
+        self._save(tx, key, res, bal, alw, msisdn)
+        return grant
+
+    @staticmethod
+    def _drop_holds(res: Reservation, bal: Balance, alw: Allowance) -> None:
+        bal.reserved -= res.money_reserved
+        if res.cycle == alw.cycle:
+            _alw_add(alw, Service(res.service), reserved=-res.allowance_reserved)
+        res.money_reserved = 0
+        res.allowance_reserved = 0
+        res.granted_units = 0
+
+    def _grant(self, sub: Subscriber, plan: Plan, bal: Balance, alw: Allowance,
+               res: Reservation, requested: int, validity: int, now: int) -> Grant:
+        service = Service(res.service)
+        from_allowance = 0
+        if res.allowance_ok and res.cycle == alw.cycle:
+            from_allowance = min(requested, _alw_free(alw, plan, service))
+        rest = requested - from_allowance
+        avail = self._available(sub, bal)
+        terms = res.rate
+        base = cost(terms, res.chargeable_total)
+        need = cost(terms, res.chargeable_total + rest) - base
+        final = False
+        if need <= avail:
+            units, money = rest, need
+        else:
+            total = max_units(terms, base + avail, res.chargeable_total + rest)
+            units = max(0, total - res.chargeable_total)
+            money = cost(terms, res.chargeable_total + units) - base if units else 0
+            final = True
+        granted = from_allowance + units
+        if granted <= 0:
+            return Grant(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn, final=True,
+                         rate_id=terms.rate_id)
+        res.granted_units = granted
+        res.money_reserved = money
+        res.allowance_reserved = from_allowance
+        res.expires_at = now + validity
+        bal.reserved += money
+        _alw_add(alw, service, reserved=from_allowance)
+        return Grant(
+            ok=True,
+            msisdn=sub.msisdn,
+            granted_units=granted,
+            final=final,
+            validity_s=validity,
+            rate_id=terms.rate_id,
+            money_reserved=money,
+            allowance_reserved=from_allowance,
+        )
+
+    @staticmethod
+    def _save(tx: Tx, key: bytes, res: Reservation, bal: Balance, alw: Allowance,
+              msisdn: bytes) -> None:
+        tx.put(RESERVATIONS, key, encode(res))
+        tx.put(RES_EXPIRY, pack_u64(res.expires_at) + key, b"")
+        tx.put(BALANCES, msisdn, encode(bal))
+        tx.put(ALLOWANCES, msisdn, encode(alw))
+
+    # -- commit -----------------------------------------------------------------------
+
+    def op_commit(self, tx: Tx, req: CommitRequest) -> Settlement:
+        replay = self._replay(tx, req.request_key)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        now = _now(req.now)
+        result = self._commit(tx, req, now)
+        self._store_answer(tx, req.request_key, result, now)
+        return result
+
+    def _commit(self, tx: Tx, req: CommitRequest, now: int) -> Settlement:
+        key = reservation_key(req.session_id, req.service, req.rating_group)
+        raw = tx.get(RESERVATIONS, key)
+        if raw is None:
+            return Settlement(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
+        res = dec_reservation.decode(raw)
+        msisdn = res.msisdn.encode()
+        sraw = tx.get(SUBSCRIBERS, msisdn)
+        sub = dec_subscriber.decode(sraw) if sraw is not None else None
+        book = self.plans.in_tx(tx)
+        plan = book.plans.get(res.rate.plan_id)
+        bal = self._balance(tx, msisdn)
+        alw = self._allowance(tx, msisdn, (plan and cycle_of(plan, now)) or res.cycle)
+        tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
+        used = max(0, req.used_units)
+        settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
+                               req.bytes_out, "final" if req.final else "interim",
+                               write_cdr=used > 0 or req.final)
+        next_grant: Grant | None = None
+        if req.final or sub is None or plan is None:
+            tx.delete(RESERVATIONS, key)
+            tx.put(BALANCES, msisdn, encode(bal))
+            tx.put(ALLOWANCES, msisdn, encode(alw))
+        else:
+            refusal = self._check_subscriber(sub, res.roaming)
+            validity = req.validity_s or self.settings.default_validity_s
+            if refusal is not None:
+                next_grant = Grant(ok=False, refusal=refusal, msisdn=sub.msisdn)
+            elif req.next_units is not None:
+                requested = req.next_units or self.settings.default_units(Service(res.service))
+                res.cycle = alw.cycle
+                next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
+            if next_grant is None or not next_grant.ok:
+                res.expires_at = now + validity  # keep the session open until told otherwise
+            self._save(tx, key, res, bal, alw, msisdn)
+        return msgspec.structs.replace(settled, next_grant=next_grant)
+
+    def _settle(self, tx: Tx, res: Reservation, sub: Subscriber | None, plan: Plan | None,
+                bal: Balance, alw: Allowance, used: int, now: int, bytes_in: int,
+                bytes_out: int, result: str, *, write_cdr: bool) -> Settlement:
+        """Charge ``used`` units against a reservation; its holds are dropped."""
+        service = Service(res.service)
+        same_cycle = res.cycle == alw.cycle
+        held = res.allowance_reserved
+        self._drop_holds(res, bal, alw)
+        from_held = min(used, held)
+        extra = 0
+        if used > from_held and res.allowance_ok and plan is not None:
+            extra = min(used - from_held, _alw_free(alw, plan, service))
+        # Units granted from an earlier cycle's allowance stay free but count in that cycle.
+        _alw_add(alw, service, used=(from_held if same_cycle else 0) + extra)
+        from_allowance = from_held + extra
+        chargeable = used - from_allowance
+        terms = res.rate
+        need = cost(terms, res.chargeable_total + chargeable) - cost(terms, res.chargeable_total)
+        charged = need
+        if res.mode == Mode.PREPAID:
+            charged = min(need, max(0, bal.balance - bal.reserved))
+        bal.balance -= charged
+        bal.charged_total += charged
+        res.used_total += used
+        res.chargeable_total += chargeable
+        res.charged_total += charged
+        res.commits += 1
+        capped = charged < need
+        record_id = ""
+        if write_cdr:
+            record_id = journal.append(
+                tx,
+                self.settings.node,
+                session_id=res.session_id,
+                msisdn=res.msisdn,
+                imsi=res.imsi,
+                service=res.service,
+                rating_group=res.rating_group,
+                destination=res.destination,
+                start_time=res.last_at,
+                end_time=now,
+                duration_s=used if service is Service.VOICE else max(0, now - res.last_at),
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                units=used,
+                charge=charged,
+                currency=res.currency,
+                plan_id=terms.plan_id,
+                rate_id=terms.rate_id,
+                roaming=res.roaming,
+                visited_network=res.visited_network,
+                protocol=res.protocol,
+                result="capped" if capped else result,
+            )
+        res.last_at = now
+        return Settlement(
+            ok=True,
+            msisdn=res.msisdn,
+            used_units=used,
+            allowance_used=from_allowance,
+            charged=charged,
+            capped=capped,
+            record_id=record_id,
+        )
+
+    # -- release and expiry -----------------------------------------------------------
+
+    def op_release(self, tx: Tx, req: ReleaseRequest) -> Released:
+        replay = self._replay(tx, req.request_key)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        now = _now(req.now)
+        key = reservation_key(req.session_id, req.service, req.rating_group)
+        raw = tx.get(RESERVATIONS, key)
+        if raw is None:
+            result = Released(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
+        else:
+            res = dec_reservation.decode(raw)
+            msisdn = res.msisdn.encode()
+            bal = self._balance(tx, msisdn)
+            alw = self._stored_allowance(tx, msisdn, res.cycle)
+            money, units = res.money_reserved, res.allowance_reserved
+            self._drop_holds(res, bal, alw)
+            tx.delete(RESERVATIONS, key)
+            tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
+            tx.put(BALANCES, msisdn, encode(bal))
+            tx.put(ALLOWANCES, msisdn, encode(alw))
+            result = Released(ok=True, msisdn=res.msisdn, money_released=money,
+                              allowance_released=units)
+        self._store_answer(tx, req.request_key, result, now)
+        return result
+
+    def op_expire(self, tx: Tx, key: bytes, expires_at: int, now: int) -> bool:
+        """Reaper: settle a reservation whose validity ran out (nothing more is charged)."""
+        raw = tx.get(RESERVATIONS, key)
+        tx.delete(RES_EXPIRY, pack_u64(expires_at) + key)
+        if raw is None:
+            return False
+        res = dec_reservation.decode(raw)
+        if res.expires_at != expires_at or res.expires_at > now:
+            return False  # refreshed since the scan
+        msisdn = res.msisdn.encode()
+        bal = self._balance(tx, msisdn)
+        alw = self._stored_allowance(tx, msisdn, res.cycle)
+        self._settle(tx, res, None, None, bal, alw, 0, now, 0, 0, "expired", write_cdr=True)
+        tx.delete(RESERVATIONS, key)
+        tx.put(BALANCES, msisdn, encode(bal))
+        tx.put(ALLOWANCES, msisdn, encode(alw))
+        return True
+
+    def expired_reservations(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
+        """(reservation key, expires_at) of reservations due for the reaper."""
+        out: list[tuple[bytes, int]] = []
+        stop = pack_u64(now + 1)
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RES_EXPIRY]) as cur:
+            for k in cur.iternext(keys=True, values=False):
+                if k >= stop or len(out) >= limit:
+                    break
+                out.append((bytes(k[8:]), unpack_u64(k[:8])))
+        return out
+
+    @staticmethod
+    def op_trim_answers(tx: Tx, before: int, limit: int = 2000) -> int:
+        """Forget stored answers older than ``before`` (idempotency window)."""
+        n = 0
+        for k, _ in tx.scan(ANSWER_EXPIRY, b"", pack_u64(before)):
+            tx.delete(ANSWERS, k[8:])
+            tx.delete(ANSWER_EXPIRY, k)
+            n += 1
+            if n >= limit:
+                break
+        return n
+
+    # -- direct debit and refund ------------------------------------------------------
+
+    def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
+        replay = self._replay(tx, req.request_key)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        now = _now(req.now)
+        result = self._debit(tx, req, now)
+        self._store_answer(tx, req.request_key, result, now)
+        return result
+
+    def _debit(self, tx: Tx, req: DebitRequest, now: int) -> Debit:
+        book = self.plans.in_tx(tx)
+        ctx = self._context(book, req.service, now, req.rating_group, req.destination,
+                            req.visited_network)
+        sub = self.find_subscriber(tx, req.subscriber)
+        refusal = self._check_subscriber(sub, ctx.roaming)
+        if refusal is not None or sub is None:
+            return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER)
+        plan = book.plans.get(sub.plan_id)
+        if plan is None:
+            return Debit(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        units = max(0, req.units)
+        zero = is_zero_rated(plan, ctx)
+        rate = None if zero else select_rate(plan, ctx)
+        if rate is None and not zero:
+            return Debit(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        msisdn = sub.msisdn.encode()
+        cycle = cycle_of(plan, now)
+        bal = self._balance(tx, msisdn)
+        alw = self._allowance(tx, msisdn, cycle)
+        from_allowance = 0
+        if not zero and not ctx.roaming:
+            from_allowance = min(units, _alw_free(alw, plan, req.service))
+        need = cost(rate, units - from_allowance) if rate is not None else 0
+        if need > self._available(sub, bal):
+            return Debit(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn,
+                         rate_id=rate.id if rate else "")
+        bal.balance -= need
+        bal.charged_total += need
+        _alw_add(alw, req.service, used=from_allowance)
+        rate_id = rate.id if rate is not None else "zero-rated"
+        record_id = journal.append(
+            tx,
+            self.settings.node,
+            session_id=req.session_id or _key_text(req.request_key),
+            msisdn=sub.msisdn,
+            imsi=sub.imsi,
+            service=req.service.value,
+            rating_group=req.rating_group,
+            destination=req.destination,
+            start_time=now,
+            end_time=now,
+            duration_s=units if req.service is Service.VOICE else 0,
+            bytes_in=0,
+            bytes_out=units if req.service is Service.DATA else 0,
+            units=units,
+            charge=need,
+            currency=sub.currency,
+            plan_id=plan.id,
+            rate_id=rate_id,
+            roaming=ctx.roaming,
+            visited_network=req.visited_network,
+            protocol=req.protocol,
+            result="event",
+        )
+        tx.put(BALANCES, msisdn, encode(bal))
+        tx.put(ALLOWANCES, msisdn, encode(alw))
+        return Debit(
+            ok=True,
+            msisdn=sub.msisdn,
+            service=req.service.value,
+            units=units,
+            allowance_used=from_allowance,
+            charged=need,
+            rate_id=rate_id,
+            cycle=cycle,
+            record_id=record_id,
+            session_id=req.session_id or _key_text(req.request_key),
+            zero_rated=zero,
+        )
+
+    def op_refund(self, tx: Tx, req: RefundRequest) -> Refund:
+        replay = self._replay(tx, req.request_key)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        now = _now(req.now)
+        result = self._refund(tx, req, now)
+        self._store_answer(tx, req.request_key, result, now)
+        return result
+
+    def _refund(self, tx: Tx, req: RefundRequest, now: int) -> Refund:
+        raw = tx.get(ANSWERS, req.original_key)
+        orig = _dec_stored.decode(raw).answer if raw is not None else None
+        if not isinstance(orig, Debit) or not orig.ok:
+            return Refund(ok=False, refusal=Refusal.NOT_REFUNDABLE)
+        if tx.get(REFUNDS, req.original_key) is not None:
+            return Refund(ok=False, refusal=Refusal.ALREADY_REFUNDED, msisdn=orig.msisdn)
+        msisdn = orig.msisdn.encode()
+        sraw = tx.get(SUBSCRIBERS, msisdn)
+        if sraw is None:
+            return Refund(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER, msisdn=orig.msisdn)
+        sub = dec_subscriber.decode(sraw)
+        bal = self._balance(tx, msisdn)
+        bal.balance += orig.charged
+        bal.charged_total -= orig.charged
+        restored = 0
+        araw = tx.get(ALLOWANCES, msisdn)
+        if araw is not None and orig.allowance_used:
+            alw = dec_allowance.decode(araw)
+            if alw.cycle == orig.cycle:
+                restored = orig.allowance_used
+                _alw_add(alw, Service(orig.service), used=-restored)
+                tx.put(ALLOWANCES, msisdn, encode(alw))
+        record_id = journal.append(
+            tx,
+            self.settings.node,
+            session_id=orig.session_id,
+            msisdn=orig.msisdn,
+            imsi=sub.imsi,
+            service=orig.service,
+            rating_group=None,
+            destination="",
+            start_time=now,
+            end_time=now,
+            duration_s=0,
+            bytes_in=0,
+            bytes_out=0,
+            units=-orig.units,
+            charge=-orig.charged,
+            currency=sub.currency,
+            plan_id=sub.plan_id,
+            rate_id=orig.rate_id,
+            roaming=False,
+            visited_network="",
+            protocol="refund",
+            result="refund",
+        )
+        tx.put(BALANCES, msisdn, encode(bal))
+        tx.put(REFUNDS, req.original_key, req.request_key)
+        return Refund(ok=True, msisdn=orig.msisdn, refunded=orig.charged,
+                      allowance_restored=restored, record_id=record_id)
+
+    # -- read-only enquiries (never block: LMDB readers) ------------------------------
+
+    def check_balance(self, ids: Identity, now: int | None = None) -> BalanceView | None:
+        with self.store.read() as txn:
+            view = _ReadTx(txn, self.store)
+            sub = self.find_subscriber(view, ids)  # type: ignore[arg-type]
+            if sub is None:
+                return None
+            msisdn = sub.msisdn.encode()
+            bal = self._balance(view, msisdn)  # type: ignore[arg-type]
+            araw = txn.get(msisdn, db=self.store.dbs[ALLOWANCES])
+        book = self.plans.in_store(self.store)
+        plan = book.plans.get(sub.plan_id)
+        allowances: dict[str, dict[str, int]] = {}
+        if plan is not None:
+            cycle = cycle_of(plan, _now(now))
+            alw = dec_allowance.decode(araw) if araw is not None else Allowance(cycle=cycle)
+            if alw.cycle != cycle:
+                alw = Allowance(cycle=cycle)
+            for svc, (used_f, res_f) in _ALW_FIELDS.items():
+                total = plan.allowances.for_service(svc)
+                if total:
+                    used, reserved = getattr(alw, used_f), getattr(alw, res_f)
+                    allowances[svc.value] = {
+                        "total": total,
+                        "used": used,
+                        "reserved": reserved,
+                        "remaining": max(0, total - used - reserved),
+                    }
+        return BalanceView(
+            msisdn=sub.msisdn,
+            plan_id=sub.plan_id,
+            mode=sub.mode,
+            status=sub.status,
+            currency=sub.currency,
+            balance=bal.balance,
+            reserved=bal.reserved,
+            available=self._available(sub, bal),
+            credit_limit=sub.credit_limit,
+            allowances=allowances,
+        )
+
+    def price_enquiry(self, ids: Identity, service: Service, units: int, *,
+                      rating_group: int | None = None, destination: str = "",
+                      visited_network: str = "", now: int | None = None) -> PriceQuote:
+        with self.store.read() as txn:
+            sub = self.find_subscriber(_ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+        if sub is None:
+            return PriceQuote(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
+        book = self.plans.in_store(self.store)
+        plan = book.plans.get(sub.plan_id)
+        if plan is None:
+            return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
+        ctx = self._context(book, service, _now(now), rating_group, destination,
+                            visited_network)
+        if is_zero_rated(plan, ctx):
+            return PriceQuote(ok=True, units=units, zero_rated=True, explanation="zero-rated")
+        rated = rate_usage(plan, ctx, units)
+        if rated is None:
+            return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
+        return PriceQuote(ok=True, rate_id=rated.rate.id, units=units,
+                          billed_units=rated.billed_units, charge=rated.charge,
+                          explanation=rated.explain())
+
+    def open_reservations(self, msisdn: str | None = None) -> Iterator[Reservation]:
+        with self.store.read() as txn:
+            for _k, v in txn.cursor(db=self.store.dbs[RESERVATIONS]):
+                res = dec_reservation.decode(v)
+                if msisdn is None or res.msisdn == msisdn:
+                    yield res
+
+
+class _ReadTx:
+    """The read half of :class:`Tx` over a read-only LMDB transaction."""
+
+    __slots__ = ("_dbs", "_txn")
+
+    def __init__(self, txn: Any, store: Store):
+        self._txn = txn
+        self._dbs = store.dbs
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        value: bytes | None = self._txn.get(key, db=self._dbs[db])
+        return value

@@ -1,0 +1,203 @@
+"""Charging requests and answers.
+
+Answers are msgspec structs so they can be stored as-is for idempotent replay; a
+request retried with the same ``request_key`` gets the stored answer back with
+``replayed=True`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgspec
+
+from ocs.rating.plans import Service
+
+
+class Refusal(StrEnum):
+    """Why a request was refused; protocols map these to their own codes."""
+
+    UNKNOWN_SUBSCRIBER = "unknown_subscriber"
+    SUSPENDED = "suspended"
+    BLOCKED = "blocked"
+    TERMINATED = "terminated"
+    OUT_OF_CREDIT = "out_of_credit"
+    CREDIT_LIMIT_REACHED = "credit_limit_reached"
+    RATING_FAILED = "rating_failed"
+    ROAMING_NOT_ALLOWED = "roaming_not_allowed"
+    UNKNOWN_RESERVATION = "unknown_reservation"
+    NOT_REFUNDABLE = "not_refundable"
+    ALREADY_REFUNDED = "already_refunded"
+
+
+class IdKind(StrEnum):
+    MSISDN = "msisdn"
+    IMSI = "imsi"
+    USERNAME = "username"
+
+
+Identity = tuple[tuple[IdKind, str], ...]
+"""Candidate subscriber ids in the protocol's order of preference; the first match pays."""
+
+
+class Grant(msgspec.Struct, tag="grant", kw_only=True):
+    ok: bool
+    refusal: str = ""
+    msisdn: str = ""
+    granted_units: int = 0
+    final: bool = False
+    """True when this is the last grant the credit allows (Final-Unit-Indication)."""
+    validity_s: int = 0
+    zero_rated: bool = False
+    """The rating group is carried free: no quota management needed."""
+    rate_id: str = ""
+    money_reserved: int = 0
+    allowance_reserved: int = 0
+    replayed: bool = False
+
+
+class Settlement(msgspec.Struct, tag="settle", kw_only=True):
+    ok: bool
+    refusal: str = ""
+    msisdn: str = ""
+    used_units: int = 0
+    allowance_used: int = 0
+    charged: int = 0
+    capped: bool = False
+    """The usage cost more than the prepaid credit covered; the balance stopped at zero."""
+    record_id: str = ""
+    next_grant: Grant | None = None
+    replayed: bool = False
+
+
+class Released(msgspec.Struct, tag="release", kw_only=True):
+    ok: bool
+    refusal: str = ""
+    msisdn: str = ""
+    money_released: int = 0
+    allowance_released: int = 0
+    replayed: bool = False
+
+
+class Debit(msgspec.Struct, tag="debit", kw_only=True):
+    ok: bool
+    refusal: str = ""
+    msisdn: str = ""
+    service: str = ""
+    units: int = 0
+    allowance_used: int = 0
+    charged: int = 0
+    rate_id: str = ""
+    cycle: str = ""
+    record_id: str = ""
+    session_id: str = ""
+    zero_rated: bool = False
+    replayed: bool = False
+
+
+class Refund(msgspec.Struct, tag="refund", kw_only=True):
+    ok: bool
+    refusal: str = ""
+    msisdn: str = ""
+    refunded: int = 0
+    allowance_restored: int = 0
+    record_id: str = ""
+    replayed: bool = False
+
+
+Answer = Grant | Settlement | Released | Debit | Refund
+
+
+class StoredAnswer(msgspec.Struct, array_like=True):
+    stored_at: int
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReserveRequest:
+    request_key: bytes
+    session_id: str
+    subscriber: Identity
+    service: Service
+    units: int | None = None
+    """Requested units (bytes, seconds, messages); None = the configured default grant."""
+    rating_group: int | None = None
+    destination: str = ""
+    visited_network: str = ""
+    protocol: str = "internal"
+    validity_s: int | None = None
+    now: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRequest:
+    request_key: bytes
+    session_id: str
+    service: Service
+    rating_group: int | None = None
+    used_units: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    final: bool = False
+    """Close the reservation after settling (session end)."""
+    next_units: int | None = None
+    """When not final: grant this many more units in the same transaction (0 = default)."""
+    validity_s: int | None = None
+    now: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseRequest:
+    request_key: bytes
+    session_id: str
+    service: Service
+    rating_group: int | None = None
+    now: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DebitRequest:
+    request_key: bytes
+    subscriber: Identity
+    service: Service
+    units: int = 1
+    session_id: str = ""
+    rating_group: int | None = None
+    destination: str = ""
+    visited_network: str = ""
+    protocol: str = "internal"
+    now: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefundRequest:
+    request_key: bytes
+    original_key: bytes
+    now: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BalanceView:
+    msisdn: str
+    plan_id: str
+    mode: str
+    status: str
+    currency: str
+    balance: int
+    reserved: int
+    available: int
+    credit_limit: int
+    allowances: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceQuote:
+    ok: bool
+    refusal: str = ""
+    rate_id: str = ""
+    units: int = 0
+    billed_units: int = 0
+    charge: int = 0
+    zero_rated: bool = False
+    explanation: str = ""

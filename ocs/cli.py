@@ -1,0 +1,556 @@
+"""The ``ocs`` command: thin argument parsing around the core.
+
+Bad input prints one line on stderr and exits with status 2, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ocs.cdr.export import CdrExporter
+from ocs.cdr.reader import CdrFormatError
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import DebitRequest, IdKind
+from ocs.config import Config, ConfigError, load_config
+from ocs.money import MoneyError, format_amount
+from ocs.provisioning import (
+    NewSubscriber,
+    ProvisioningError,
+    all_plans,
+    import_subscribers,
+    iter_subscribers,
+    op_add_subscriber,
+    op_load_plans,
+    op_set_status,
+    op_topup,
+    stored_zone_ids,
+    validate_msisdn,
+)
+from ocs.rating.plans import PlanError, Service, compile_plan, load_plans_file
+from ocs.store import Store, StoreError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _common() -> _Parser:
+    p = _Parser(add_help=False)
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                   help="config file (default config/ocs.toml)")
+    p.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="data directory (overrides node.data_dir)")
+    return p
+
+
+def build_parser() -> _Parser:
+    common = _common()
+    parser = _Parser(prog="ocs", description="Online charging system and AAA server",
+                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("serve", parents=[common], help="run the server")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", parents=[common], help="create the store and load plans")
+    p.add_argument("--demo", action="store_true", help="add the demo subscribers")
+    p.add_argument("--plans", metavar="FILE", help="plans file (default: plans.toml beside "
+                   "the config)")
+    p.set_defaults(func=cmd_init)
+
+    plan = sub.add_parser("plan", parents=[common], help="tariff plans")
+    psub = plan.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = psub.add_parser("load", parents=[common], help="load plans and zones from a TOML file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_plan_load)
+    p = psub.add_parser("list", parents=[common])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_list)
+    p = psub.add_parser("show", parents=[common])
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_show)
+
+    s = sub.add_parser("subscriber", parents=[common], help="subscribers")
+    ssub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = ssub.add_parser("add", parents=[common])
+    p.add_argument("--msisdn", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--imsi", default="")
+    p.add_argument("--username", default="")
+    p.add_argument("--password", default="")
+    p.add_argument("--balance", default="")
+    p.add_argument("--postpaid", action="store_true")
+    p.add_argument("--credit-limit", default="")
+    p.add_argument("--roaming", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_sub_add)
+    p = ssub.add_parser("show", parents=[common])
+    p.add_argument("msisdn")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sub_show)
+    p = ssub.add_parser("list", parents=[common])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sub_list)
+    p = ssub.add_parser("topup", parents=[common])
+    p.add_argument("msisdn")
+    p.add_argument("amount")
+    p.set_defaults(func=cmd_sub_topup)
+    for action in ("suspend", "resume", "block", "delete"):
+        p = ssub.add_parser(action, parents=[common])
+        p.add_argument("msisdn")
+        p.set_defaults(func=cmd_sub_status, status_action=action)
+    p = ssub.add_parser("import", parents=[common], help="bulk provisioning from CSV")
+    p.add_argument("file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sub_import)
+
+    c = sub.add_parser("cdr", parents=[common], help="CDR files")
+    csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = csub.add_parser("flush", parents=[common], help="close the open CDR file now")
+    p.set_defaults(func=cmd_cdr_flush)
+    p = csub.add_parser("list", parents=[common], help="list closed CDR files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cdr_list)
+
+    p = sub.add_parser("charge", parents=[common],
+                       help="charge an event now (operator test charge, manual debit)")
+    p.add_argument("msisdn")
+    p.add_argument("--service", choices=[s.value for s in Service], default="sms")
+    p.add_argument("--units", type=int, default=1,
+                   help="bytes (data), seconds (voice) or messages (sms, mms)")
+    p.add_argument("--destination", default="")
+    p.add_argument("--rating-group", type=int)
+    p.add_argument("--visited-network", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_charge)
+    return parser
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
+
+
+def _open(cfg: Config, *, create: bool = False) -> Store:
+    return Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=create)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*[str(v) for v in row])
+    Console().print(t)
+
+
+def _engine(cfg: Config, store: Store) -> ChargingEngine:
+    from ocs.server import engine_settings
+
+    return ChargingEngine(store, None, engine_settings(cfg))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ocs import logs, server
+
+    cfg = _config(args)
+    logs.configure(cfg.node.log_format)
+    server.run(cfg)
+    return 0
+
+
+def _default_plans_file(args: argparse.Namespace) -> Path:
+    if getattr(args, "plans", None):
+        return Path(args.plans)
+    cfg_path = Path(getattr(args, "config", "config/ocs.toml"))
+    return cfg_path.parent / "plans.toml"
+
+
+def _load_plans(store: Store, path: Path) -> tuple[int, int, int]:
+    doc = load_plans_file(path, stored_zone_ids(store))
+    version = store.run_write(op_load_plans(doc))
+    return len(doc.plans), len(doc.zones), version
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    plans_file = _default_plans_file(args)
+    # Validate before anything is written.
+    load_plans_file(plans_file)
+    demo = plans_file.parent / "demo_subscribers.csv"
+    if args.demo and not demo.exists():
+        raise CliError(f"{demo}: demo subscribers file not found")
+    with _open(cfg, create=True) as store:
+        n_plans, n_zones, _ = _load_plans(store, plans_file)
+        added = 0
+        if args.demo:
+            added = _import_missing(store, demo)
+    print(f"store ready at {cfg.data_dir / 'ocs.lmdb'}: {n_plans} plans, {n_zones} zones"
+          + (f", {added} demo subscribers added" if args.demo else ""))
+    return 0
+
+
+def _import_missing(store: Store, path: Path) -> int:
+    """Add the rows of a subscriber CSV whose MSISDN is not in the store yet."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    added = 0
+    for row in rows:
+        msisdn = validate_msisdn(row["msisdn"])
+        with store.read() as txn:
+            if txn.get(msisdn.encode(), db=store.dbs[b"subscribers"]) is not None:
+                continue
+        new = NewSubscriber(
+            msisdn=msisdn,
+            plan_id=row["plan"],
+            imsi=row.get("imsi", ""),
+            username=row.get("username", ""),
+            password=row.get("password", ""),
+            balance=row.get("balance", ""),
+            postpaid=row.get("mode", "") == "postpaid",
+            credit_limit=row.get("credit_limit", ""),
+            roaming=row.get("roaming", "yes") not in ("no", "false", "0"),
+        )
+        store.run_write(op_add_subscriber(new))
+        added += 1
+    return added
+
+
+def cmd_plan_load(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with _open(cfg) as store:
+        n_plans, n_zones, version = _load_plans(store, Path(args.file))
+    print(f"loaded {n_plans} plans and {n_zones} zones (plans version {version})")
+    return 0
+
+
+def _plan_json(table: dict[str, Any]) -> dict[str, Any]:
+    plan = compile_plan(table)
+    return {
+        "id": plan.id,
+        "name": plan.name,
+        "mode": plan.mode.value,
+        "currency": plan.currency,
+        "monthly_fee": format_amount(plan.monthly_fee),
+        "timezone": plan.timezone,
+        "zero_rated_groups": sorted(plan.zero_rated_groups),
+        "allowances": {
+            "data_bytes": plan.allowances.data_bytes,
+            "voice_seconds": plan.allowances.voice_seconds,
+            "sms": plan.allowances.sms,
+        },
+        "rates": [
+            {
+                "id": r.id,
+                "service": r.service.value,
+                "price": format_amount(r.price),
+                "unit": r.unit,
+                "rating_groups": sorted(r.rating_groups) if r.rating_groups is not None
+                else None,
+                "prefix": r.prefix,
+                "first_increment_s": r.first_increment_s,
+                "increment_s": r.increment_s,
+                "connect_fee": format_amount(r.connect_fee),
+                "zones": sorted(r.zones),
+                "bands": list(r.bands),
+            }
+            for r in plan.rates
+        ],
+        "bands": [
+            {"id": b.id, "days": sorted(b.days), "from_min": b.from_min, "to_min": b.to_min}
+            for b in plan.bands.values()
+        ],
+    }
+
+
+def cmd_plan_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with _open(cfg) as store:
+        plans = all_plans(store)
+    items = [_plan_json(t) for _, t in sorted(plans.items())]
+    if args.json:
+        _print_json(items)
+    else:
+        _table("Plans", ["id", "name", "mode", "currency", "monthly fee", "rates"],
+               [[p["id"], p["name"], p["mode"], p["currency"], p["monthly_fee"],
+                 len(p["rates"])] for p in items])
+    return 0
+
+
+def cmd_plan_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with _open(cfg) as store:
+        table = all_plans(store).get(args.id)
+    if table is None:
+        raise CliError(f"no plan {args.id!r}")
+    item = _plan_json(table)
+    if args.json:
+        _print_json(item)
+    else:
+        print(f"{item['id']}: {item['name']} ({item['mode']}, {item['currency']}, monthly fee "
+              f"{item['monthly_fee']}, time zone {item['timezone']})")
+        _table("Rates", ["id", "service", "price", "unit", "prefix", "rating groups", "zones",
+                         "bands"],
+               [[r["id"], r["service"], r["price"], r["unit"], r["prefix"] or "*",
+                 r["rating_groups"] or "any", ",".join(r["zones"]) or "home",
+                 ",".join(r["bands"]) or "all"] for r in item["rates"]])
+    return 0
+
+
+def cmd_sub_add(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    new = NewSubscriber(
+        msisdn=args.msisdn,
+        plan_id=args.plan,
+        imsi=args.imsi,
+        username=args.username,
+        password=args.password,
+        balance=args.balance,
+        postpaid=args.postpaid,
+        credit_limit=args.credit_limit,
+        roaming=args.roaming,
+    )
+    # Validate the format before touching the store.
+    validate_msisdn(new.msisdn)
+    with _open(cfg) as store:
+        sub = store.run_write(op_add_subscriber(new))
+    print(f"subscriber {sub.msisdn} added on plan {sub.plan_id} ({sub.mode})")
+    return 0
+
+
+def _sub_json(engine: ChargingEngine, msisdn: str) -> dict[str, Any]:
+    with engine.store.read() as txn:
+        raw = txn.get(msisdn.encode(), db=engine.store.dbs[b"subscribers"])
+    if raw is None:
+        raise CliError(f"no subscriber {msisdn}")
+    view = engine.check_balance(((IdKind.MSISDN, msisdn),))
+    assert view is not None
+    from ocs.store.records import dec_subscriber
+
+    sub = dec_subscriber.decode(raw)
+    return {
+        "msisdn": sub.msisdn,
+        "imsi": sub.imsi,
+        "username": sub.username,
+        "plan": sub.plan_id,
+        "mode": sub.mode,
+        "status": sub.status,
+        "currency": sub.currency,
+        "balance": format_amount(view.balance),
+        "reserved": format_amount(view.reserved),
+        "available": format_amount(view.available),
+        "credit_limit": format_amount(sub.credit_limit),
+        "roaming": sub.roaming,
+        "allowances": view.allowances,
+    }
+
+
+def cmd_sub_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    msisdn = validate_msisdn(args.msisdn)
+    with _open(cfg) as store:
+        item = _sub_json(_engine(cfg, store), msisdn)
+    if args.json:
+        _print_json(item)
+    else:
+        for k, v in item.items():
+            print(f"{k:>13}: {v}")
+    return 0
+
+
+def cmd_sub_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with _open(cfg) as store:
+        items = [
+            {
+                "msisdn": s.msisdn,
+                "imsi": s.imsi,
+                "username": s.username,
+                "plan": s.plan_id,
+                "mode": s.mode,
+                "status": s.status,
+                "currency": s.currency,
+                "balance": format_amount(b.balance),
+                "reserved": format_amount(b.reserved),
+            }
+            for s, b in iter_subscribers(store)
+        ]
+    if args.json:
+        _print_json(items)
+    else:
+        _table(f"Subscribers ({len(items)})",
+               ["msisdn", "plan", "mode", "status", "balance", "reserved"],
+               [[i["msisdn"], i["plan"], i["mode"], i["status"], i["balance"],
+                 i["reserved"]] for i in items])
+    return 0
+
+
+def cmd_sub_topup(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    validate_msisdn(args.msisdn)
+    op = op_topup(args.msisdn, args.amount)
+    with _open(cfg) as store:
+        bal = store.run_write(op)
+    print(f"{validate_msisdn(args.msisdn)}: balance {format_amount(bal.balance)}")
+    return 0
+
+
+def cmd_sub_status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    validate_msisdn(args.msisdn)
+    with _open(cfg) as store:
+        _old, new = store.run_write(op_set_status(args.msisdn, args.status_action))
+    print(f"{new.msisdn}: {new.status}")
+    return 0
+
+
+def cmd_sub_import(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError(f"{path}: file not found")
+    started = time.perf_counter()
+    with _open(cfg) as store:
+        if args.no_progress or not sys.stderr.isatty():
+            n = import_subscribers(store, path)
+        else:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+                          transient=True) as prog:
+                tasks: dict[str, Any] = {}
+
+                def progress(phase: str, done: int, total: int) -> None:
+                    if phase not in tasks:
+                        tasks[phase] = prog.add_task(phase, total=total)
+                    prog.update(tasks[phase], completed=done)
+
+                n = import_subscribers(store, path, progress=progress)
+    elapsed = time.perf_counter() - started
+    print(f"imported {n} subscribers in {elapsed:.1f} s")
+    return 0
+
+
+def _exporter(cfg: Config, store: Store) -> CdrExporter:
+    return CdrExporter(store, cfg.under_data(cfg.cdr.dir), cfg.node.name,
+                       rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records)
+
+
+def cmd_cdr_flush(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    with _open(cfg) as store:
+        res = _exporter(cfg, store).flush(int(time.time()))
+    if res.closed:
+        print(f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)")
+    else:
+        print("no open CDR file; nothing to flush")
+    return 0
+
+
+def cmd_cdr_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    cdr_dir = cfg.under_data(cfg.cdr.dir)
+    items = []
+    for p in sorted(cdr_dir.glob("cdr_*.csv")):
+        with p.open("rb") as f:
+            rows = max(0, sum(1 for _ in f) - 1)
+        items.append({"file": p.name, "path": str(p), "bytes": p.stat().st_size,
+                      "records": rows})
+    if args.json:
+        _print_json(items)
+    else:
+        _table("Closed CDR files", ["file", "records", "bytes"],
+               [[i["file"], i["records"], i["bytes"]] for i in items])
+    return 0
+
+
+def cmd_charge(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    msisdn = validate_msisdn(args.msisdn)
+    if args.units <= 0:
+        raise CliError("--units must be positive")
+    key = f"cli-{msisdn}-{time.time_ns()}".encode()
+    with _open(cfg) as store:
+        res = _engine(cfg, store).debit_sync(DebitRequest(
+            request_key=key,
+            subscriber=((IdKind.MSISDN, msisdn),),
+            service=Service(args.service),
+            units=args.units,
+            destination=args.destination,
+            rating_group=args.rating_group,
+            visited_network=args.visited_network,
+            protocol="cli",
+        ))
+    out = {"ok": res.ok, "refusal": res.refusal, "msisdn": msisdn, "service": args.service,
+           "units": args.units, "allowance_used": res.allowance_used,
+           "charged": format_amount(res.charged), "rate_id": res.rate_id,
+           "record_id": res.record_id}
+    if args.json:
+        _print_json(out)
+    elif res.ok:
+        print(f"charged {out['charged']} for {args.units} {args.service} units "
+              f"(rate {res.rate_id}, {res.allowance_used} from allowance, CDR {res.record_id})")
+    if not res.ok:
+        if not args.json:
+            sys.stderr.write(f"ocs charge: refused: {res.refusal}\n")
+        return EXIT_FAILURE
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.func is not cmd_serve:
+        import logging
+
+        from ocs import logs
+
+        logs.configure("console", level=logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError, PlanError, ProvisioningError, MoneyError,
+            CdrFormatError) as exc:
+        status = exc.status if isinstance(exc, CliError) else EXIT_BAD_INPUT
+        sys.stderr.write(f"ocs: error: {exc}\n")
+        return status
+    except StoreError as exc:
+        sys.stderr.write(f"ocs: error: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,346 @@
+"""TOML configuration -> frozen dataclasses.
+
+Every key has a default that runs on one machine. An unknown key, a wrong type or an
+impossible value raises :class:`ConfigError` naming the file and the key; the CLI turns
+it into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("config/ocs.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key in its message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    name: str = "ocs-1"
+    data_dir: str = "data"
+    currency: str = "EUR"
+    home_networks: tuple[str, ...] = ()
+    """MCC-MNC codes of the home network; a visited network in this list is not roaming."""
+    log_format: str = "auto"
+    """auto (console on a TTY, JSON otherwise) | json | console."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    map_size_mb: int = 4096
+    commit_max_ops: int = 256
+    commit_max_delay_ms: float = 1.0
+    queue_size: int = 65536
+    answer_retention_s: int = 86400
+    """How long stored answers are kept for idempotent replay."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargingConfig:
+    default_data_grant_bytes: int = 10_000_000
+    default_voice_grant_s: int = 300
+    default_validity_s: int = 900
+    reaper_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiameterConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:3868"
+    origin_host: str = "ocs.localdomain"
+    origin_realm: str = "localdomain"
+    allowed_peers: tuple[str, ...] = ()
+    watchdog_s: float = 30.0
+    tx_timeout_s: float = 10.0
+    default_validity_s: int = 900
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RadiusClient:
+    address: str
+    secret: str
+    name: str = ""
+    coa_address: str = ""
+    coa_port: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RadiusConfig:
+    enabled: bool = True
+    auth_listen: str = "127.0.0.1:1812"
+    acct_listen: str = "127.0.0.1:1813"
+    coa_port: int = 3799
+    require_message_authenticator: bool = True
+    clients: tuple[RadiusClient, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmppAccount:
+    system_id: str
+    password: str
+    max_binds: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmppRoute:
+    prefix: str
+    system_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmppConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:2775"
+    window: int = 64
+    throttle_per_s: int = 0
+    accounts: tuple[SmppAccount, ...] = ()
+    routes: tuple[SmppRoute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnmpV3User:
+    name: str
+    auth_protocol: str = "SHA"
+    auth_key: str = ""
+    priv_protocol: str = "AES"
+    priv_key: str = ""
+    engine_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnmpConfig:
+    enabled: bool = True
+    trap_listen: str = "127.0.0.1:1162"
+    communities: tuple[str, ...] = ("public",)
+    v3_users: tuple[SnmpV3User, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdrConfig:
+    dir: str = "cdr"
+    rotate_s: int = 300
+    rotate_records: int = 100_000
+    export_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NocConfig:
+    stream_dir: str = "alarms"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9100"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: str = "<defaults>"
+    node: NodeConfig = field(default_factory=NodeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    charging: ChargingConfig = field(default_factory=ChargingConfig)
+    diameter: DiameterConfig | None = None
+    radius: RadiusConfig | None = None
+    smpp: SmppConfig | None = None
+    snmp: SnmpConfig | None = None
+    cdr: CdrConfig = field(default_factory=CdrConfig)
+    noc: NocConfig = field(default_factory=NocConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+    def under_data(self, rel: str) -> Path:
+        """Resolve a configured path: relative paths are under ``data_dir``."""
+        p = Path(rel)
+        return p if p.is_absolute() else self.data_dir / p
+
+    def with_data_dir(self, data_dir: str) -> Config:
+        return dataclasses.replace(self, node=dataclasses.replace(self.node, data_dir=data_dir))
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "node": NodeConfig,
+    "store": StoreConfig,
+    "charging": ChargingConfig,
+    "diameter": DiameterConfig,
+    "radius": RadiusConfig,
+    "smpp": SmppConfig,
+    "snmp": SnmpConfig,
+    "cdr": CdrConfig,
+    "noc": NocConfig,
+    "admin": AdminConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return the frozen form."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and n not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required key is missing")
+    return cls(**kwargs)
+
+
+def _check_listen(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: port must be 0-65535, got {port!r}")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-check values that types alone cannot catch."""
+    src = cfg.source
+    if not cfg.node.name or any(c in cfg.node.name for c in "/\\ _"):
+        raise ConfigError(f"{src}: node.name: must be non-empty without '/', '_' or spaces")
+    if len(cfg.node.currency) != 3 or not cfg.node.currency.isalpha():
+        raise ConfigError(f"{src}: node.currency: expected a 3-letter ISO 4217 code")
+    if cfg.node.log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"{src}: node.log_format: expected auto, json or console")
+    for n in cfg.node.home_networks:
+        if not (n.isdigit() and len(n) in (5, 6)):
+            raise ConfigError(f"{src}: node.home_networks: {n!r} is not an MCC-MNC")
+    positive = {
+        "store.map_size_mb": cfg.store.map_size_mb,
+        "store.commit_max_ops": cfg.store.commit_max_ops,
+        "store.queue_size": cfg.store.queue_size,
+        "store.answer_retention_s": cfg.store.answer_retention_s,
+        "cdr.rotate_s": cfg.cdr.rotate_s,
+        "cdr.rotate_records": cfg.cdr.rotate_records,
+        "charging.default_data_grant_bytes": cfg.charging.default_data_grant_bytes,
+        "charging.default_voice_grant_s": cfg.charging.default_voice_grant_s,
+        "charging.default_validity_s": cfg.charging.default_validity_s,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{src}: {key}: must be positive, got {v}")
+    if not 0 <= cfg.store.commit_max_delay_ms <= 1000:
+        raise ConfigError(f"{src}: store.commit_max_delay_ms: must be within 0..1000")
+    if cfg.cdr.export_interval_s <= 0 or cfg.charging.reaper_interval_s <= 0:
+        raise ConfigError(f"{src}: intervals must be positive")
+    if cfg.admin.enabled:
+        _check_listen(cfg.admin.listen, f"{src}: admin.listen")
+    if cfg.diameter is not None:
+        _check_listen(cfg.diameter.listen, f"{src}: diameter.listen")
+    if cfg.radius is not None:
+        _check_listen(cfg.radius.auth_listen, f"{src}: radius.auth_listen")
+        _check_listen(cfg.radius.acct_listen, f"{src}: radius.acct_listen")
+        for i, c in enumerate(cfg.radius.clients):
+            try:
+                ipaddress.ip_network(c.address, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{src}: radius.clients[{i}].address: {exc}") from exc
+            if not c.secret:
+                raise ConfigError(f"{src}: radius.clients[{i}].secret: must not be empty")
+    if cfg.smpp is not None:
+        _check_listen(cfg.smpp.listen, f"{src}: smpp.listen")
+        if cfg.smpp.window <= 0:
+            raise ConfigError(f"{src}: smpp.window: must be positive")
+        if cfg.smpp.throttle_per_s < 0:
+            raise ConfigError(f"{src}: smpp.throttle_per_s: must be >= 0")
+        ids = {a.system_id for a in cfg.smpp.accounts}
+        for i, r in enumerate(cfg.smpp.routes):
+            if r.system_id not in ids:
+                raise ConfigError(
+                    f"{src}: smpp.routes[{i}].system_id: {r.system_id!r} is no smpp.accounts entry"
+                )
+    if cfg.snmp is not None:
+        _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
+
+
+def load_config(path: str | Path | None = None, *, data_dir: str | None = None) -> Config:
+    """Load and validate a config file (``config/ocs.toml`` when None and it exists)."""
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: config file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read: {exc.strerror}") from exc
+        kwargs: dict[str, Any] = {"source": str(p)}
+        for key, value in raw.items():
+            cls = _SECTIONS.get(key)
+            if cls is None:
+                raise ConfigError(f"{p}: {key}: unknown section")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{p}: {key}: expected a table")
+            kwargs[key] = _build(cls, value, f"{p}: {key}")
+        cfg = Config(**kwargs)
+    if data_dir is not None:
+        cfg = cfg.with_data_dir(data_dir)
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,22 @@
+"""Protocol listeners the server can start, by config section.
+
+Each protocol package registers a starter here when it lands; ``ocs serve`` starts a
+listener only for sections present and enabled in the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ocs.server import Server
+
+Starter = Callable[["Server"], Awaitable[Any]]
+"""Starts a listener for the server; returns an object with ``async close()``."""
+
+STARTERS: dict[str, Starter] = {}
+
+
+def register(section: str, starter: Starter) -> None:
+    STARTERS[section] = starter

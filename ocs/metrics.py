@@ -1,0 +1,43 @@
+"""Prometheus counters and gauges served on the admin /metrics endpoint."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STORE_BATCHES = Counter("ocs_store_batches", "Group-commit batches committed", registry=REGISTRY)
+STORE_OPS = Counter("ocs_store_ops", "Operations committed through the writer",
+                    registry=REGISTRY)
+STORE_COMMIT_SECONDS = Histogram(
+    "ocs_store_commit_seconds",
+    "Time to commit (fsync) one batch",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+    registry=REGISTRY,
+)
+STORE_BATCH_OPS = Histogram(
+    "ocs_store_batch_ops",
+    "Operations per committed batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    registry=REGISTRY,
+)
+STORE_QUEUE = Gauge("ocs_store_queue_depth", "Operations waiting for the writer",
+                    registry=REGISTRY)
+STORE_SIZE = Gauge("ocs_store_file_bytes", "Size of the LMDB file", registry=REGISTRY)
+CHARGING_OPS = Counter("ocs_charging_operations", "Charging operations by kind and outcome",
+                       ["op", "outcome"], registry=REGISTRY)
+RESERVATIONS_EXPIRED = Counter("ocs_reservations_expired",
+                               "Reservations settled by the reaper", registry=REGISTRY)
+CDR_ROWS = Counter("ocs_cdr_rows_exported", "CDR rows written to files", registry=REGISTRY)
+CDR_FILES = Counter("ocs_cdr_files_closed", "CDR files closed", registry=REGISTRY)
+CDR_PENDING = Gauge("ocs_cdr_journal_pending", "CDRs in the journal not yet in a file",
+                    registry=REGISTRY)
+EXPORT_ERRORS = Counter("ocs_cdr_export_errors", "CDR export attempts that failed",
+                        registry=REGISTRY)
+
+
+def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:
+    STORE_BATCHES.inc()
+    STORE_OPS.inc(ops)
+    STORE_COMMIT_SECONDS.observe(commit_s)
+    STORE_BATCH_OPS.observe(ops)

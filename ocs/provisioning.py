@@ -1,0 +1,401 @@
+"""Provisioning: subscribers, plans and zones, top-ups, bulk import.
+
+Each change is an operation on a :class:`~ocs.store.tx.Tx`, so the CLI (its own
+transaction) and the server (its writer) run the same code. Invalid input raises
+:class:`ProvisioningError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ocs.money import MoneyError, parse_amount
+from ocs.rating.plans import Mode, PlansDocument
+from ocs.store.env import (
+    BALANCES,
+    IDX_IMSI,
+    IDX_USERNAME,
+    META,
+    META_PLANS_VERSION,
+    PLANS,
+    SUBSCRIBERS,
+    ZONES,
+    Store,
+    pack_u64,
+    unpack_u64,
+)
+from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber, encode
+from ocs.store.tx import Tx
+
+_MSISDN_RE = re.compile(r"^[1-9]\d{5,14}$")
+_IMSI_RE = re.compile(r"^\d{14,15}$")
+_USERNAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
+_enc = msgspec.msgpack.Encoder()
+_dec_table = msgspec.msgpack.Decoder(dict[str, Any])
+
+# scrypt work factor: ~ a few ms per check, so RADIUS PAP stays fast enough while a
+# stolen store does not give away passwords cheaply.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**12, 8, 1
+
+
+class ProvisioningError(ValueError):
+    """Bad provisioning input; the message is the one line the CLI prints."""
+
+
+def validate_msisdn(value: str) -> str:
+    v = value.strip().lstrip("+")
+    if not _MSISDN_RE.match(v):
+        raise ProvisioningError(f"invalid MSISDN {value!r}: expected E.164, 6-15 digits")
+    return v
+
+
+def validate_imsi(value: str) -> str:
+    if not _IMSI_RE.match(value):
+        raise ProvisioningError(f"invalid IMSI {value!r}: expected 14-15 digits")
+    return value
+
+
+def validate_username(value: str) -> str:
+    if not _USERNAME_RE.match(value):
+        raise ProvisioningError(f"invalid username {value!r}")
+    return value
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
+                            dklen=32)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of a password against ``hash_password`` output."""
+    try:
+        scheme, salt_hex, digest_hex = stored.split("$")
+        salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    got = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
+                         dklen=len(digest))
+    return hmac.compare_digest(got, digest)
+
+
+def _amount(text: str | None, what: str) -> int:
+    if text is None or text == "":
+        return 0
+    try:
+        return parse_amount(text, field=what)
+    except MoneyError as exc:
+        raise ProvisioningError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSubscriber:
+    msisdn: str
+    plan_id: str
+    imsi: str = ""
+    username: str = ""
+    password: str = ""
+    balance: str = ""
+    postpaid: bool = False
+    credit_limit: str = ""
+    roaming: bool = True
+
+
+def plan_table(tx: Tx, plan_id: str) -> dict[str, Any] | None:
+    raw = tx.get(PLANS, plan_id.encode())
+    return _dec_table.decode(raw) if raw is not None else None
+
+
+def prepare_subscriber(new: NewSubscriber, plans: dict[str, dict[str, Any]],
+                       now: int, *, hash_fn: Callable[[str], str] = hash_password) -> tuple[
+                           Subscriber, Balance]:
+    """Validate input into records (no store access beyond the plans given)."""
+    msisdn = validate_msisdn(new.msisdn)
+    imsi = validate_imsi(new.imsi) if new.imsi else ""
+    username = validate_username(new.username) if new.username else ""
+    plan = plans.get(new.plan_id)
+    if plan is None:
+        raise ProvisioningError(f"unknown plan {new.plan_id!r}")
+    plan_mode = plan.get("mode", "prepaid")
+    if new.postpaid and plan_mode != Mode.POSTPAID:
+        raise ProvisioningError(f"plan {new.plan_id!r} is {plan_mode}, not postpaid")
+    mode = Mode.POSTPAID if new.postpaid or plan_mode == Mode.POSTPAID else Mode.PREPAID
+    balance = _amount(new.balance, "balance")
+    credit_limit = _amount(new.credit_limit, "credit limit")
+    if credit_limit and mode != Mode.POSTPAID:
+        raise ProvisioningError("--credit-limit is for postpaid subscribers")
+    if balance and mode == Mode.POSTPAID:
+        raise ProvisioningError("postpaid subscribers start without a balance; use topup")
+    sub = Subscriber(
+        msisdn=msisdn,
+        imsi=imsi,
+        username=username,
+        password_hash=hash_fn(new.password) if new.password else "",
+        plan_id=new.plan_id,
+        mode=mode.value,
+        currency=str(plan.get("currency", "EUR")),
+        credit_limit=credit_limit,
+        roaming=new.roaming,
+        created_at=now,
+        updated_at=now,
+    )
+    return sub, Balance(balance=balance, topped_up_total=balance)
+
+
+def _insert(tx: Tx, sub: Subscriber, bal: Balance) -> None:
+    key = sub.msisdn.encode()
+    if tx.get(SUBSCRIBERS, key) is not None:
+        raise ProvisioningError(f"subscriber {sub.msisdn} already exists")
+    if sub.imsi and tx.get(IDX_IMSI, sub.imsi.encode()) is not None:
+        raise ProvisioningError(f"IMSI {sub.imsi} already belongs to another subscriber")
+    if sub.username and tx.get(IDX_USERNAME, sub.username.encode()) is not None:
+        raise ProvisioningError(f"username {sub.username!r} already belongs to another subscriber")
+    tx.put(SUBSCRIBERS, key, encode(sub))
+    tx.put(BALANCES, key, encode(bal))
+    if sub.imsi:
+        tx.put(IDX_IMSI, sub.imsi.encode(), key)
+    if sub.username:
+        tx.put(IDX_USERNAME, sub.username.encode(), key)
+
+
+def op_add_subscriber(new: NewSubscriber, now: int | None = None) -> Callable[[Tx], Subscriber]:
+    ts = int(time.time()) if now is None else now
+
+    def op(tx: Tx) -> Subscriber:
+        plans = {}
+        t = plan_table(tx, new.plan_id)
+        if t is not None:
+            plans[new.plan_id] = t
+        sub, bal = prepare_subscriber(new, plans, ts)
+        _insert(tx, sub, bal)
+        return sub
+
+    return op
+
+
+def get_subscriber(tx: Tx, msisdn: str) -> Subscriber:
+    raw = tx.get(SUBSCRIBERS, validate_msisdn(msisdn).encode())
+    if raw is None:
+        raise ProvisioningError(f"no subscriber {msisdn}")
+    return dec_subscriber.decode(raw)
+
+
+def op_topup(msisdn: str, amount: str) -> Callable[[Tx], Balance]:
+    value = _amount(amount, "amount")
+    if value <= 0:
+        raise ProvisioningError("top-up amount must be positive")
+
+    def op(tx: Tx) -> Balance:
+        sub = get_subscriber(tx, msisdn)
+        if sub.status == "terminated":
+            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+        key = sub.msisdn.encode()
+        raw = tx.get(BALANCES, key)
+        bal = dec_balance.decode(raw) if raw is not None else Balance()
+        bal.balance += value
+        bal.topped_up_total += value
+        tx.put(BALANCES, key, encode(bal))
+        return bal
+
+    return op
+
+
+_TRANSITIONS = {
+    "suspend": ({"active", "blocked"}, "suspended"),
+    "block": ({"active", "suspended"}, "blocked"),
+    "resume": ({"suspended", "blocked"}, "active"),
+    "delete": ({"active", "suspended", "blocked"}, "terminated"),
+}
+
+
+def op_set_status(msisdn: str, action: str, now: int | None = None) -> Callable[
+        [Tx], tuple[Subscriber, Subscriber]]:
+    """suspend | block | resume | delete. Delete keeps the record (for billing) as
+    ``terminated`` and frees its IMSI and username for reuse."""
+    allowed, target = _TRANSITIONS[action]
+    ts = int(time.time()) if now is None else now
+
+    def op(tx: Tx) -> tuple[Subscriber, Subscriber]:
+        sub = get_subscriber(tx, msisdn)
+        if sub.status not in allowed:
+            raise ProvisioningError(f"subscriber {sub.msisdn} is {sub.status}; cannot {action}")
+        new = msgspec.structs.replace(sub, status=target, updated_at=ts)
+        if action == "delete":
+            if sub.imsi:
+                tx.delete(IDX_IMSI, sub.imsi.encode())
+            if sub.username:
+                tx.delete(IDX_USERNAME, sub.username.encode())
+        tx.put(SUBSCRIBERS, sub.msisdn.encode(), encode(new))
+        return sub, new
+
+    return op
+
+
+def op_load_plans(doc: PlansDocument) -> Callable[[Tx], int]:
+    """Store every plan and zone of a validated document; bumps the plans version."""
+
+    def op(tx: Tx) -> int:
+        for zone in doc.zones:
+            tx.put(ZONES, zone.id.encode(), _enc.encode(list(zone.networks)))
+        for table in doc.plans:
+            tx.put(PLANS, str(table["id"]).encode(), _enc.encode(table))
+        raw = tx.get(META, META_PLANS_VERSION)
+        version = (unpack_u64(raw) if raw else 0) + 1
+        tx.put(META, META_PLANS_VERSION, pack_u64(version))
+        return version
+
+    return op
+
+
+def stored_zone_ids(store: Store) -> set[str]:
+    with store.read() as txn:
+        return {bytes(k).decode() for k, _ in txn.cursor(db=store.dbs[ZONES])}
+
+
+def all_plans(store: Store) -> dict[str, dict[str, Any]]:
+    with store.read() as txn:
+        return {
+            bytes(k).decode(): _dec_table.decode(v) for k, v in txn.cursor(db=store.dbs[PLANS])
+        }
+
+
+def iter_subscribers(store: Store) -> Iterator[tuple[Subscriber, Balance]]:
+    with store.read() as txn:
+        bdb = store.dbs[BALANCES]
+        for k, v in txn.cursor(db=store.dbs[SUBSCRIBERS]):
+            raw = txn.get(k, db=bdb)
+            yield dec_subscriber.decode(v), dec_balance.decode(raw) if raw else Balance()
+
+
+# -- bulk import ----------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("msisdn", "plan", "imsi", "username", "password", "balance", "mode",
+                  "credit_limit", "roaming")
+
+
+def _rows(path: Path, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, dict[
+        str, str]]]:
+    with path.open("rb") as raw_f:
+        text = io.TextIOWrapper(raw_f, encoding="utf-8", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ProvisioningError(f"{path}: empty file") from None
+        header = [h.strip().lower() for h in header]
+        for h in header:
+            if h not in IMPORT_COLUMNS:
+                raise ProvisioningError(f"{path}:1: unknown column {h!r}")
+        if "msisdn" not in header or "plan" not in header:
+            raise ProvisioningError(f"{path}:1: columns msisdn and plan are required")
+        n = 0
+        for row in reader:
+            n += 1
+            if len(row) != len(header):
+                raise ProvisioningError(
+                    f"{path}:{reader.line_num}: expected {len(header)} fields, got {len(row)}")
+            yield reader.line_num, dict(zip(header, row, strict=True))
+            if on_bytes is not None and n % 4096 == 0:
+                on_bytes(raw_f.tell())
+        if on_bytes is not None:
+            on_bytes(raw_f.tell())
+
+
+def _row_to_new(row: dict[str, str]) -> NewSubscriber:
+    mode = row.get("mode", "").strip().lower()
+    if mode not in ("", "prepaid", "postpaid"):
+        raise ProvisioningError(f"mode must be prepaid or postpaid, got {mode!r}")
+    roaming = row.get("roaming", "").strip().lower()
+    if roaming not in ("", "yes", "no", "true", "false", "1", "0"):
+        raise ProvisioningError(f"roaming must be yes or no, got {roaming!r}")
+    return NewSubscriber(
+        msisdn=row["msisdn"],
+        plan_id=row["plan"],
+        imsi=row.get("imsi", ""),
+        username=row.get("username", ""),
+        password=row.get("password", ""),
+        balance=row.get("balance", ""),
+        postpaid=mode == "postpaid",
+        credit_limit=row.get("credit_limit", ""),
+        roaming=roaming not in ("no", "false", "0"),
+    )
+
+
+def import_subscribers(
+    store: Store,
+    path: Path,
+    *,
+    chunk: int = 20_000,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> int:
+    """Import a CSV of subscribers. The whole file is validated first (format, plans,
+    duplicates in the file and in the store); only then is it written, in chunks of
+    ``chunk`` rows per durable transaction. Returns the number imported."""
+    size = path.stat().st_size
+    plans = all_plans(store)
+    now = int(time.time())
+    seen_msisdn: set[str] = set()
+    seen_imsi: set[str] = set()
+    seen_user: set[str] = set()
+
+    def tick(phase: str) -> Callable[[int], None] | None:
+        return (lambda pos: progress(phase, pos, size)) if progress else None
+
+    def no_hash(_pw: str) -> str:
+        return ""
+
+    count = 0
+    with store.read() as txn:
+        sdb, idb, udb = store.dbs[SUBSCRIBERS], store.dbs[IDX_IMSI], store.dbs[IDX_USERNAME]
+        for line, row in _rows(path, tick("validate")):
+            try:
+                sub, _ = prepare_subscriber(_row_to_new(row), plans, now, hash_fn=no_hash)
+            except ProvisioningError as exc:
+                raise ProvisioningError(f"{path}:{line}: {exc}") from None
+            key = sub.msisdn
+            if key in seen_msisdn or txn.get(key.encode(), db=sdb) is not None:
+                raise ProvisioningError(f"{path}:{line}: subscriber {key} already exists")
+            seen_msisdn.add(key)
+            if sub.imsi:
+                if sub.imsi in seen_imsi or txn.get(sub.imsi.encode(), db=idb) is not None:
+                    raise ProvisioningError(f"{path}:{line}: IMSI {sub.imsi} is taken")
+                seen_imsi.add(sub.imsi)
+            if sub.username:
+                if sub.username in seen_user or txn.get(sub.username.encode(), db=udb):
+                    raise ProvisioningError(
+                        f"{path}:{line}: username {sub.username!r} is taken")
+                seen_user.add(sub.username)
+            count += 1
+    del seen_msisdn, seen_imsi, seen_user
+    batch: list[tuple[Subscriber, Balance]] = []
+
+    def write(items: list[tuple[Subscriber, Balance]]) -> None:
+        def op(tx: Tx) -> None:
+            for sub, bal in items:
+                _insert(tx, sub, bal)
+
+        store.run_write(op)
+
+    for _line, row in _rows(path, tick("write")):
+        batch.append(prepare_subscriber(_row_to_new(row), plans, now))
+        if len(batch) >= chunk:
+            write(batch)
+            batch = []
+    if batch:
+        write(batch)
+    return count

@@ -1,0 +1,1 @@
+"""Rating: plans, tariffs, prefix tries, time bands, zones and exact rounding."""

@@ -1,0 +1,182 @@
+"""The LMDB environment: named sub-databases, read and write transactions, map growth.
+
+One file ``DATA_DIR/ocs.lmdb`` (plus LMDB's ``-lock`` file). Several processes may open
+it at once (the server and the ``ocs`` CLI): LMDB serialises their write transactions
+with its lock file, and readers never block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from ocs.store.tx import Tx
+
+SCHEMA_VERSION = 1
+STORE_FILE = "ocs.lmdb"
+
+T = TypeVar("T")
+
+# Sub-database names. Keys are bytes; integers are big-endian fixed width for ordered scans.
+SUBSCRIBERS = b"subscribers"  # msisdn -> Subscriber
+IDX_IMSI = b"idx_imsi"  # imsi -> msisdn
+IDX_USERNAME = b"idx_username"  # username -> msisdn
+PLANS = b"plans"  # plan id -> plan document (msgpack of the validated TOML table)
+ZONES = b"zones"  # zone id -> zone document
+BALANCES = b"balances"  # msisdn -> Balance
+ALLOWANCES = b"allowances"  # msisdn -> Allowance
+RESERVATIONS = b"reservations"  # reservation key -> Reservation
+RES_EXPIRY = b"res_expiry"  # u64 expires_at + reservation key -> b""
+ANSWERS = b"answers"  # request key -> stored answer (idempotent replay)
+ANSWER_EXPIRY = b"answer_expiry"  # u64 stored_at + request key -> b""
+REFUNDS = b"refunds"  # original request key -> refund request key
+CDR_JOURNAL = b"cdr_journal"  # u64 seq -> CdrRecord
+META = b"meta"  # name -> value
+
+ALL_DBS = (
+    SUBSCRIBERS,
+    IDX_IMSI,
+    IDX_USERNAME,
+    PLANS,
+    ZONES,
+    BALANCES,
+    ALLOWANCES,
+    RESERVATIONS,
+    RES_EXPIRY,
+    ANSWERS,
+    ANSWER_EXPIRY,
+    REFUNDS,
+    CDR_JOURNAL,
+    META,
+)
+
+META_SCHEMA = b"schema_version"
+META_CDR_SEQ = b"cdr_seq"
+META_PLANS_VERSION = b"plans_version"
+META_CDR_EXPORT = b"cdr_export"
+META_NODE = b"node_name"
+
+_U64 = struct.Struct(">Q")
+pack_u64 = _U64.pack
+
+
+def unpack_u64(b: bytes) -> int:
+    return int(_U64.unpack(b)[0])
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (wrong schema, missing, unwritable)."""
+
+
+class Store:
+    """An open LMDB environment with its named sub-databases."""
+
+    def __init__(self, data_dir: str | Path, *, map_size_mb: int = 4096, create: bool = True):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / STORE_FILE
+        if not create and not self.path.exists():
+            raise StoreError(f"{self.path}: no store here; run 'ocs init' first")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                subdir=False,
+                map_size=map_size_mb * 1024 * 1024,
+                max_dbs=len(ALL_DBS) + 2,
+                max_readers=512,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                readahead=False,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot open store: {exc}") from exc
+        self.dbs: dict[bytes, Any] = {}
+        with self.env.begin(write=True) as txn:
+            for name in ALL_DBS:
+                self.dbs[name] = self.env.open_db(name, txn=txn, create=True)
+            meta = self.dbs[META]
+            raw = txn.get(META_SCHEMA, db=meta)
+            if raw is None:
+                txn.put(META_SCHEMA, pack_u64(SCHEMA_VERSION), db=meta)
+            elif unpack_u64(raw) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema version {unpack_u64(raw)}, "
+                    f"this build needs {SCHEMA_VERSION}"
+                )
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A short read-only transaction (never blocks on writers)."""
+        try:
+            txn = self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            txn = self.env.begin(buffers=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        with self.read() as txn:
+            value: bytes | None = txn.get(key, db=self.dbs[db])
+            return value
+
+    def begin_write(self) -> Any:
+        try:
+            return self.env.begin(write=True)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(write=True)
+
+    def grow(self) -> None:
+        """Double the map size (called when a write found the map full)."""
+        info = self.env.info()
+        self.env.set_mapsize(int(info["map_size"]) * 2)
+
+    def run_write(self, fn: Callable[[Tx], T]) -> T:
+        """Run one write operation in its own durable transaction (CLI, tools, tests).
+
+        The server batches operations through :class:`ocs.store.writer.Writer` instead;
+        both run the same ``fn(tx)`` functions.
+        """
+        while True:
+            txn = self.begin_write()
+            try:
+                tx = Tx(txn, self.dbs)
+                result = fn(tx)
+                tx.flush()
+                txn.commit()
+                return result
+            except lmdb.MapFullError:
+                txn.abort()
+                self.grow()
+            except BaseException:
+                txn.abort()
+                raise
+
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.path)
+
+    def stat(self, db: bytes) -> dict[str, int]:
+        with self.read() as txn:
+            return dict(txn.stat(self.dbs[db]))
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,146 @@
+"""Records kept in the store, encoded with msgspec MessagePack (array-like, compact).
+
+Money fields are int micro-units; times are int seconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    msisdn: str
+    imsi: str = ""
+    username: str = ""
+    password_hash: str = ""
+    """``scrypt$<salt hex>$<hash hex>``; empty when the subscriber has no password."""
+    plan_id: str
+    mode: str  # prepaid | postpaid
+    status: str = "active"  # active | suspended | blocked | terminated
+    currency: str
+    credit_limit: int = 0
+    roaming: bool = True
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Balance(msgspec.Struct, array_like=True, kw_only=True):
+    balance: int = 0
+    """Committed money. Prepaid: credit (never < 0). Postpaid: minus the unbilled usage."""
+    reserved: int = 0
+    """Money held by open reservations."""
+    charged_total: int = 0
+    """Sum of every committed charge minus refunds (for reconciliation)."""
+    topped_up_total: int = 0
+
+
+class Allowance(msgspec.Struct, array_like=True, kw_only=True):
+    """Per-cycle allowance buckets: what was used and what open reservations hold."""
+
+    cycle: str = ""
+    data_used: int = 0
+    data_reserved: int = 0
+    voice_used: int = 0
+    voice_reserved: int = 0
+    sms_used: int = 0
+    sms_reserved: int = 0
+
+
+class RateSnapshot(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """The price terms a reservation was granted under, so settling is exact."""
+
+    plan_id: str
+    rate_id: str
+    service: str
+    price: int
+    unit_size: int
+    first_increment_s: int
+    increment_s: int
+    connect_fee: int
+
+
+class Reservation(msgspec.Struct, array_like=True, kw_only=True):
+    key: bytes
+    session_id: str
+    msisdn: str
+    imsi: str
+    service: str
+    rating_group: int | None
+    destination: str
+    visited_network: str
+    roaming: bool
+    protocol: str
+    rate: RateSnapshot
+    mode: str
+    currency: str
+    cycle: str
+    allowance_ok: bool
+    started_at: int
+    last_at: int
+    expires_at: int
+    granted_units: int = 0
+    money_reserved: int = 0
+    allowance_reserved: int = 0
+    used_total: int = 0
+    chargeable_total: int = 0
+    charged_total: int = 0
+    commits: int = 0
+
+
+class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    record_id: str
+    session_id: str
+    msisdn: str
+    imsi: str
+    service: str
+    rating_group: int | None
+    destination: str
+    start_time: int
+    end_time: int
+    duration_s: int
+    bytes_in: int
+    bytes_out: int
+    units: int
+    charge: int
+    currency: str
+    plan_id: str
+    rate_id: str
+    roaming: bool
+    visited_network: str
+    protocol: str
+    result: str
+
+
+class CdrExportState(msgspec.Struct, array_like=True, kw_only=True):
+    """Where the CDR exporter is; lives in meta so a restart resumes exactly."""
+
+    file_seq: int = 0
+    """Sequence number of the open (or next) file."""
+    open_name: str = ""
+    """Base name (without .part) of the open file; empty = none open."""
+    open_started_at: int = 0
+    first_seq: int = 1
+    """Journal sequence of the first record in the open file."""
+    written_seq: int = 0
+    """Last journal sequence confirmed (fsynced) in the .part file."""
+    part_bytes: int = 0
+    closing_end_seq: int = 0
+    """Non-zero while a close is in progress: the file holds [first_seq, closing_end_seq)."""
+
+
+_enc = msgspec.msgpack.Encoder()
+encode = _enc.encode
+
+
+def decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(tp)
+
+
+dec_subscriber = msgspec.msgpack.Decoder(Subscriber)
+dec_balance = msgspec.msgpack.Decoder(Balance)
+dec_allowance = msgspec.msgpack.Decoder(Allowance)
+dec_reservation = msgspec.msgpack.Decoder(Reservation)
+dec_cdr = msgspec.msgpack.Decoder(CdrRecord)
+dec_export_state = msgspec.msgpack.Decoder(CdrExportState)
