@@ -246,7 +246,7 @@ def _check_listen(value: str, where: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: port must be 0-65535, got {port!r}")
 
 
@@ -265,7 +265,7 @@ def _validate(cfg: Config) -> None:
     if cfg.node.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"{src}: node.log_format: expected auto, json or console")
     for n in cfg.node.home_networks:
-        if not (n.isdigit() and len(n) in (5, 6)):
+        if not (n.isascii() and n.isdigit() and len(n) in (5, 6)):
             raise ConfigError(f"{src}: node.home_networks: {n!r} is not an MCC-MNC")
     positive = {
         "store.map_size_mb": cfg.store.map_size_mb,

@@ -11,7 +11,7 @@ import re
 MICRO = 1_000_000
 """Micro-units per currency unit."""
 
-_AMOUNT_RE = re.compile(r"^([+-]?)(\d+)(?:\.(\d*))?$|^([+-]?)\.(\d+)$")
+_AMOUNT_RE = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]*))?|([+-]?)\.([0-9]+)")
 
 
 class MoneyError(ValueError):

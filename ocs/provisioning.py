@@ -39,8 +39,8 @@ from ocs.store.env import (
 from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber, encode
 from ocs.store.tx import Tx
 
-_MSISDN_RE = re.compile(r"^[1-9]\d{5,14}$")
-_IMSI_RE = re.compile(r"^\d{14,15}$")
+_MSISDN_RE = re.compile(r"^[1-9][0-9]{5,14}$")
+_IMSI_RE = re.compile(r"^[0-9]{14,15}$")
 _USERNAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,253}$")
 _enc = msgspec.msgpack.Encoder()
 _dec_table = msgspec.msgpack.Decoder(dict[str, Any])

@@ -476,11 +476,13 @@ class ChargingEngine:
         held = res.allowance_reserved
         self._drop_holds(res, bal, alw)
         from_held = min(used, held)
+        # Units granted from an earlier cycle's allowance stay free but count in that cycle.
+        if same_cycle:
+            _alw_add(alw, service, used=from_held)
         extra = 0
         if used > from_held and res.allowance_ok and plan is not None:
             extra = min(used - from_held, _alw_free(alw, plan, service))
-        # Units granted from an earlier cycle's allowance stay free but count in that cycle.
-        _alw_add(alw, service, used=(from_held if same_cycle else 0) + extra)
+            _alw_add(alw, service, used=extra)
         from_allowance = from_held + extra
         chargeable = used - from_allowance
         terms = res.rate

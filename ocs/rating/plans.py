@@ -262,7 +262,7 @@ def parse_plans_document(text: str, source: str, known_zones: set[str] | None = 
         seen_zone.add(zid)
         nets = _list(z, "networks", where, str) or []
         for j, n in enumerate(nets):
-            if not (n.isdigit() and len(n) in (5, 6)):
+            if not (n.isascii() and n.isdigit() and len(n) in (5, 6)):
                 raise _err(f"{where}.networks[{j}]", f"{n!r} is not an MCC-MNC")
         zones.append(Zone(id=zid, networks=tuple(nets)))
     all_zones = seen_zone | (known_zones or set())
@@ -371,7 +371,7 @@ def compile_plan(
             raise _err(f"{rw}.unit", f"for {svc.value} expected one of {', '.join(sizes)}")
         rgs = _list(r, "rating_groups", rw, int)
         prefix = _str(r, "prefix", rw, "")
-        if prefix and not prefix.isdigit():
+        if prefix and not (prefix.isascii() and prefix.isdigit()):
             raise _err(f"{rw}.prefix", f"expected E.164 digits, got {prefix!r}")
         first = _int(r, "first_increment_s", rw, 1 if svc is Service.VOICE else 0)
         inc = _int(r, "increment_s", rw, 1, minimum=1)

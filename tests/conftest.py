@@ -1,0 +1,46 @@
+"""Shared fixtures: a real LMDB store in a temp dir with the demo plans loaded."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.provisioning import op_load_plans
+from ocs.rating.plans import load_plans_file
+from ocs.store import Store
+
+from tests_support import CONFIG_DIR
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "data", map_size_mb=64)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def demo_store(store: Store) -> Store:
+    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    return store
+
+
+@pytest.fixture
+def engine(demo_store: Store) -> ChargingEngine:
+    return ChargingEngine(
+        demo_store, None, EngineSettings(node="t1", home_networks=frozenset({"22801"}))
+    )
+
+
+@pytest.fixture
+def repo_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding a copy of config/, as a user's checkout would."""
+    shutil.copytree(CONFIG_DIR, tmp_path / "config")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,42 @@
+"""Helpers shared by tests (importable because tests/ is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+import calendar
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ocs.provisioning import NewSubscriber, op_add_subscriber
+from ocs.rating.plans import Plan, compile_plan, load_plans_file
+from ocs.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+
+# Wednesday 2026-11-18 12:00:00 UTC (13:00 in Europe/Zurich): a weekday, peak time.
+WEDNESDAY_NOON = calendar.timegm((2026, 11, 18, 12, 0, 0))
+# Saturday 2026-11-21 12:00:00 UTC: weekend band.
+SATURDAY_NOON = calendar.timegm((2026, 11, 21, 12, 0, 0))
+
+
+def add(store: Store, msisdn: str, plan: str = "prepaid-basic", **kw: object) -> None:
+    store.run_write(op_add_subscriber(NewSubscriber(msisdn=msisdn, plan_id=plan, **kw)))  # type: ignore[arg-type]
+
+
+def require_tool(name: str) -> str:
+    """Path of a third-party tool; skip when absent unless OCS_REQUIRE_INTEROP=1."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("OCS_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"{name} is required (OCS_REQUIRE_INTEROP=1) but not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def plans_by_id() -> dict[str, Plan]:
+    doc = load_plans_file(CONFIG_DIR / "plans.toml")
+    zones = {z.id for z in doc.zones}
+    return {p["id"]: compile_plan(p, known_zones=zones) for p in doc.plans}
