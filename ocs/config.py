@@ -329,6 +329,8 @@ def load_config(path: str | Path | None = None, *, data_dir: str | None = None) 
             raise ConfigError(f"{p}: config file not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read: {exc.strerror}") from exc
         kwargs: dict[str, Any] = {"source": str(p)}

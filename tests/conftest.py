@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_support import CONFIG_DIR
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store
-
-from tests_support import CONFIG_DIR
 
 
 @pytest.fixture

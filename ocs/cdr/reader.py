@@ -55,6 +55,18 @@ def _int(v: str, name: str) -> int:
 
 def read_cdr_file(path: str | Path) -> Iterator[CdrRow]:
     p = Path(path)
+    line = 1
+    try:
+        for row in _read(p):
+            line = row.line
+            yield row
+    except UnicodeDecodeError:
+        raise CdrFormatError(f"{p}:{line + 1}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise CdrFormatError(f"{p}:{line + 1}: {exc}") from None
+
+
+def _read(p: Path) -> Iterator[CdrRow]:
     with p.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)

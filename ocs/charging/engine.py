@@ -322,6 +322,8 @@ class ChargingEngine:
         raw = tx.get(RESERVATIONS, key)
         if raw is not None:
             res = dec_reservation.decode(raw)
+            if res.msisdn != sub.msisdn:
+                return Grant(ok=False, refusal=Refusal.SESSION_CONFLICT, msisdn=sub.msisdn)
             self._drop_holds(res, bal, alw)
             tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
         else:

@@ -27,6 +27,8 @@ class Refusal(StrEnum):
     RATING_FAILED = "rating_failed"
     ROAMING_NOT_ALLOWED = "roaming_not_allowed"
     UNKNOWN_RESERVATION = "unknown_reservation"
+    SESSION_CONFLICT = "session_conflict"
+    """The session id (and rating group) is already in use by another subscriber."""
     NOT_REFUNDABLE = "not_refundable"
     ALREADY_REFUNDED = "already_refunded"
 

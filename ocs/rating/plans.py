@@ -288,6 +288,8 @@ def load_plans_file(path: str | Path, known_zones: set[str] | None = None) -> Pl
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
         raise PlanError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     return parse_plans_document(text, str(p), known_zones)

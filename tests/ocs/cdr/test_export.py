@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.cdr import export as export_mod
 from ocs.cdr.export import CdrExporter
@@ -17,8 +18,6 @@ from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
 from ocs.store.env import CDR_JOURNAL
-
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 NOW = WEDNESDAY_NOON
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests_support import WEDNESDAY_NOON, add
+
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import (
     CommitRequest,
@@ -16,8 +18,6 @@ from ocs.provisioning import op_set_status, op_topup
 from ocs.rating.plans import Service
 from ocs.store.env import CDR_JOURNAL, RES_EXPIRY, RESERVATIONS
 from ocs.store.records import dec_cdr
-
-from tests_support import WEDNESDAY_NOON, add
 
 T0 = WEDNESDAY_NOON
 ALICE = ((IdKind.MSISDN, "41790000001"),)
@@ -156,6 +156,16 @@ def test_refusals(engine: ChargingEngine) -> None:
     engine.store.run_write(op_set_status("41790000001", "delete"))
     assert reserve(engine, "g").refusal == Refusal.TERMINATED
     assert commit(engine, "h", 1, session="nope").refusal == Refusal.UNKNOWN_RESERVATION
+
+
+def test_session_id_of_another_subscriber_is_refused(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    add(engine.store, "41790000002", balance="1.00")
+    assert reserve(engine, "r1").ok
+    g = reserve(engine, "r2", ids=((IdKind.MSISDN, "41790000002"),))
+    assert g.refusal == Refusal.SESSION_CONFLICT
+    assert bal(engine).reserved == 50_000
+    assert bal(engine, ((IdKind.MSISDN, "41790000002"),)).reserved == 0
 
 
 def test_zero_rated_group(engine: ChargingEngine) -> None:

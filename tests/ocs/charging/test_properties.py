@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
@@ -23,8 +24,6 @@ from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
 from ocs.store.env import CDR_JOURNAL, RESERVATIONS
 from ocs.store.records import dec_cdr, dec_reservation
-
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 SUBS = ["41790000001", "41790000003", "41790000004"]  # basic, data-allowance, postpaid
 SESSIONS = ["s0", "s1", "s2"]
@@ -46,7 +45,7 @@ op_strategy = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op_strategy, min_size=1, max_size=40))
 def test_money_is_conserved_and_never_negative(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as d:
@@ -105,7 +104,7 @@ def _run(store: Store, ops: list[tuple[Any, ...]]) -> None:
         elif kind == "expire":
             now += op[1]
             for k, exp in eng.expired_reservations(now):
-                if store.run_write(lambda tx, k=k, exp=exp: eng.op_expire(tx, k, exp, now)):
+                if store.run_write(lambda tx, k=k, e=exp, t=now: eng.op_expire(tx, k, e, t)):
                     expected_cdrs += 1
         if req is None:
             continue

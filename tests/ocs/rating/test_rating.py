@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests_support import CONFIG_DIR, SATURDAY_NOON, WEDNESDAY_NOON, plans_by_id
 
 from ocs.rating.engine import (
     UsageContext,
@@ -20,7 +21,6 @@ from ocs.rating.plans import (
     load_plans_file,
     parse_plans_document,
 )
-from tests_support import CONFIG_DIR, SATURDAY_NOON, WEDNESDAY_NOON, plans_by_id
 
 PLANS = plans_by_id()
 BASIC = PLANS["prepaid-basic"]

@@ -1,0 +1,172 @@
+"""The real ``ocs`` console script, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+OCS = str(Path(sys.executable).parent / "ocs")
+
+
+def ocs(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([OCS, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture
+def inited(repo_cwd: Path) -> Path:
+    ocs("init", "--demo", cwd=repo_cwd)
+    return repo_cwd
+
+
+def test_init_tour(inited: Path) -> None:
+    cwd = inited
+    out = json.loads(ocs("subscriber", "list", "--json", cwd=cwd).stdout)
+    assert len(out) == 5
+    ocs("subscriber", "add", "--msisdn", "+41791112233", "--plan", "prepaid-basic",
+        "--imsi", "228019999999999", "--username", "zoe@example.net", "--password", "pw",
+        "--balance", "5.25", "--no-roaming", cwd=cwd)
+    show = json.loads(ocs("subscriber", "show", "41791112233", "--json", cwd=cwd).stdout)
+    assert show["balance"] == "5.2500" and show["available"] == "5.2500"
+    assert show["reserved"] == "0.0000" and show["roaming"] is False
+    assert show["plan"] == "prepaid-basic" and show["status"] == "active"
+    assert "password" not in json.dumps(show) and "pw" not in show.values()
+    for key in ("msisdn", "imsi", "username", "plan", "mode", "status", "currency",
+                "balance", "reserved", "available", "allowances"):
+        assert key in show
+    ch = json.loads(ocs("charge", "41791112233", "--service", "voice", "--units", "61",
+                        "--destination", "41900123456", "--json", cwd=cwd).stdout)
+    assert ch["ok"] and ch["charged"] == "4.5000" and ch["rate_id"] == "voice-premium"
+    ocs("subscriber", "topup", "41791112233", "1.5", cwd=cwd)
+    show = json.loads(ocs("subscriber", "show", "41791112233", "--json", cwd=cwd).stdout)
+    assert show["balance"] == "2.2500"
+    refused = ocs("charge", "41791112233", "--service", "voice", "--units", "61",
+                  "--destination", "41900123456", cwd=cwd, ok=False)
+    assert refused.returncode == 1 and "out_of_credit" in refused.stderr
+    flush = ocs("cdr", "flush", cwd=cwd)
+    assert "closed cdr_ocs-1_" in flush.stdout
+    files = json.loads(ocs("cdr", "list", "--json", cwd=cwd).stdout)
+    assert len(files) == 1 and files[0]["records"] == 1
+    text = Path(files[0]["path"]).read_text()
+    assert "41791112233" in text and ",4.500000,EUR,prepaid-basic,voice-premium," in text
+    for action, status in (("suspend", "suspended"), ("resume", "active"),
+                           ("delete", "terminated")):
+        ocs("subscriber", action, "41791112233", cwd=cwd)
+        show = json.loads(ocs("subscriber", "show", "41791112233", "--json", cwd=cwd).stdout)
+        assert show["status"] == status
+    plans = json.loads(ocs("plan", "list", "--json", cwd=cwd).stdout)
+    assert {p["id"] for p in plans} == {"prepaid-basic", "prepaid-data", "postpaid-business"}
+    one = json.loads(ocs("plan", "show", "prepaid-basic", "--json", cwd=cwd).stdout)
+    assert one["rates"][0]["price"] == "0.0100"
+
+
+def _store_snapshot(cwd: Path) -> str:
+    return ocs("subscriber", "list", "--json", cwd=cwd).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["subscriber", "add", "--msisdn", "12ab", "--plan", "prepaid-basic"], "invalid MSISDN"),
+        (["subscriber", "add", "--msisdn", "41791234567", "--plan", "prepaid-basic",
+          "--imsi", "123"], "invalid IMSI"),
+        (["subscriber", "add", "--msisdn", "41791234567", "--plan", "gold"], "unknown plan"),
+        (["subscriber", "add", "--msisdn", "41790000001", "--plan", "prepaid-basic"],
+         "already exists"),
+        (["subscriber", "add", "--msisdn", "41791234567", "--plan", "prepaid-basic",
+          "--balance", "1.0000001"], "more than 6 decimals"),
+        (["subscriber", "add", "--msisdn", "41791234567", "--plan", "prepaid-basic",
+          "--balance", "-3"], "must not be negative"),
+        (["subscriber", "add", "--msisdn", "41791234567", "--plan", "prepaid-basic",
+          "--imsi", "228010000000001"], "IMSI 228010000000001 already belongs"),
+        (["subscriber", "topup", "41790000001", "-1"], "must not be negative"),
+        (["subscriber", "topup", "41790000001", "NaN"], "not a decimal amount"),
+        (["subscriber", "topup", "41799999999", "1"], "no subscriber"),
+        (["subscriber", "show", "41799999999"], "no subscriber"),
+        (["subscriber", "resume", "41790000001"], "cannot resume"),
+        (["plan", "show", "nope"], "no plan"),
+        (["subscriber", "frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(inited: Path, args: list[str],
+                                                   message: str) -> None:
+    before = _store_snapshot(inited)
+    p = ocs(*args, cwd=inited, ok=False)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert _store_snapshot(inited) == before
+
+
+def test_malformed_plans_file_names_key(inited: Path) -> None:
+    bad = inited / "bad.toml"
+    bad.write_text('[[plans]]\nid = "x"\n[[plans.rates]]\nid = "r"\nservice = "data"\n'
+                   'price = 0.01\n')
+    p = ocs("plan", "load", str(bad), cwd=inited, ok=False)
+    assert p.returncode == 2
+    assert "plans[0].rates[0].price" in p.stderr and "bad.toml" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "x" not in {pl["id"] for pl in json.loads(
+        ocs("plan", "list", "--json", cwd=inited).stdout)}
+
+
+def test_unknown_config_key(repo_cwd: Path) -> None:
+    cfg = repo_cwd / "config" / "ocs.toml"
+    cfg.write_text(cfg.read_text().replace("[store]\n", "[store]\nturbo = true\n"))
+    p = ocs("init", "--demo", cwd=repo_cwd, ok=False)
+    assert p.returncode == 2
+    assert "config/ocs.toml: store.turbo: unknown key" in p.stderr
+    assert not (repo_cwd / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (("commit_max_ops = 256", "commit_max_ops = -1"), "store.commit_max_ops: must be"),
+        (("commit_max_ops = 256", 'commit_max_ops = "many"'), "store.commit_max_ops: expected"),
+        (('listen = "127.0.0.1:9100"', 'listen = "nowhere"'), "admin.listen"),
+        (('currency = "EUR"', 'currency = "EURO"'), "node.currency"),
+        (("[cdr]", "[cdrs]"), "cdrs: unknown section"),
+    ],
+)
+def test_bad_config_values(repo_cwd: Path, replace: tuple[str, str], message: str) -> None:
+    cfg = repo_cwd / "config" / "ocs.toml"
+    cfg.write_text(cfg.read_text().replace(*replace, 1))
+    p = ocs("subscriber", "list", cwd=repo_cwd, ok=False)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_data_dir_override_and_missing_store(repo_cwd: Path) -> None:
+    p = ocs("subscriber", "list", "--data-dir", str(repo_cwd / "elsewhere"), cwd=repo_cwd,
+            ok=False)
+    assert p.returncode == 1 and "ocs init" in p.stderr
+    ocs("init", "--data-dir", str(repo_cwd / "elsewhere"), cwd=repo_cwd)
+    assert (repo_cwd / "elsewhere" / "ocs.lmdb").exists()
+
+
+def test_import(repo_cwd: Path) -> None:
+    ocs("init", cwd=repo_cwd)
+    csv = repo_cwd / "subs.csv"
+    rows = ["msisdn,plan,imsi,balance"] + [
+        f"4179{i:07d},prepaid-basic,22801{i:010d},1.50" for i in range(2000)]
+    csv.write_text("\n".join(rows) + "\n")
+    out = ocs("subscriber", "import", str(csv), cwd=repo_cwd)
+    assert "imported 2000 subscribers" in out.stdout
+    show = json.loads(ocs("subscriber", "show", "41790001999", "--json", cwd=repo_cwd).stdout)
+    assert show["balance"] == "1.5000" and show["imsi"] == "228010000001999"
+    # a bad row anywhere: nothing of the file is written
+    bad = repo_cwd / "bad.csv"
+    bad.write_text("msisdn,plan\n41780000001,prepaid-basic\n41780000002,gold\n")
+    p = ocs("subscriber", "import", str(bad), cwd=repo_cwd, ok=False)
+    assert p.returncode == 2 and "bad.csv:3: unknown plan 'gold'" in p.stderr
+    assert ocs("subscriber", "show", "41780000001", cwd=repo_cwd, ok=False).returncode == 2
+    dup = repo_cwd / "dup.csv"
+    dup.write_text("msisdn,plan\n41780000001,prepaid-basic\n41780000001,prepaid-basic\n")
+    p = ocs("subscriber", "import", str(dup), cwd=repo_cwd, ok=False)
+    assert "dup.csv:3: subscriber 41780000001 already exists" in p.stderr
