@@ -318,7 +318,8 @@ class ChargingEngine:
         msisdn = sub.msisdn.encode()
         bal = self._balance(tx, msisdn)
         cycle = cycle_of(plan, now)
-        alw = self._allowance(tx, msisdn, cycle)
+        uses_allowance = plan.allowances.for_service(req.service) > 0
+        alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         raw = tx.get(RESERVATIONS, key)
         if raw is not None:
             res = dec_reservation.decode(raw)
@@ -351,7 +352,7 @@ class ChargingEngine:
                 mode=sub.mode,
                 currency=sub.currency,
                 cycle=cycle,
-                allowance_ok=not ctx.roaming and plan.allowances.for_service(req.service) > 0,
+                allowance_ok=not ctx.roaming and uses_allowance,
                 started_at=now,
                 last_at=now,
                 expires_at=now + validity,
@@ -361,7 +362,7 @@ class ChargingEngine:
         grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
         if not grant.ok:
             return grant  # nothing written: an earlier grant on this key stays as it was
-        self._save(tx, key, res, bal, alw, msisdn)
+        self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
         return grant
 
     @staticmethod
@@ -414,12 +415,13 @@ class ChargingEngine:
         )
 
     @staticmethod
-    def _save(tx: Tx, key: bytes, res: Reservation, bal: Balance, alw: Allowance,
+    def _save(tx: Tx, key: bytes, res: Reservation, bal: Balance, alw: Allowance | None,
               msisdn: bytes) -> None:
         tx.put(RESERVATIONS, key, encode(res))
         tx.put(RES_EXPIRY, pack_u64(res.expires_at) + key, b"")
         tx.put(BALANCES, msisdn, encode(bal))
-        tx.put(ALLOWANCES, msisdn, encode(alw))
+        if alw is not None:
+            tx.put(ALLOWANCES, msisdn, encode(alw))
 
     # -- commit -----------------------------------------------------------------------
 
@@ -444,7 +446,11 @@ class ChargingEngine:
         book = self.plans.in_tx(tx)
         plan = book.plans.get(res.rate.plan_id)
         bal = self._balance(tx, msisdn)
-        alw = self._allowance(tx, msisdn, (plan and cycle_of(plan, now)) or res.cycle)
+        uses_allowance = res.allowance_ok or (
+            plan is not None and not res.roaming
+            and plan.allowances.for_service(Service(res.service)) > 0)
+        cycle = cycle_of(plan, now) if plan is not None else res.cycle
+        alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
         used = max(0, req.used_units)
         settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
@@ -454,7 +460,8 @@ class ChargingEngine:
         if req.final or sub is None or plan is None:
             tx.delete(RESERVATIONS, key)
             tx.put(BALANCES, msisdn, encode(bal))
-            tx.put(ALLOWANCES, msisdn, encode(alw))
+            if uses_allowance:
+                tx.put(ALLOWANCES, msisdn, encode(alw))
         else:
             refusal = self._check_subscriber(sub, res.roaming)
             validity = req.validity_s or self.settings.default_validity_s
@@ -466,7 +473,7 @@ class ChargingEngine:
                 next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
             if next_grant is None or not next_grant.ok:
                 res.expires_at = now + validity  # keep the session open until told otherwise
-            self._save(tx, key, res, bal, alw, msisdn)
+            self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
         return msgspec.structs.replace(settled, next_grant=next_grant)
 
     def _settle(self, tx: Tx, res: Reservation, sub: Subscriber | None, plan: Plan | None,
@@ -634,9 +641,10 @@ class ChargingEngine:
         msisdn = sub.msisdn.encode()
         cycle = cycle_of(plan, now)
         bal = self._balance(tx, msisdn)
-        alw = self._allowance(tx, msisdn, cycle)
         from_allowance = 0
-        if not zero and not ctx.roaming:
+        alw: Allowance | None = None
+        if not zero and not ctx.roaming and plan.allowances.for_service(req.service) > 0:
+            alw = self._allowance(tx, msisdn, cycle)
             from_allowance = min(units, _alw_free(alw, plan, req.service))
         need = cost(rate, units - from_allowance) if rate is not None else 0
         if need > self._available(sub, bal):
@@ -644,7 +652,9 @@ class ChargingEngine:
                          rate_id=rate.id if rate else "")
         bal.balance -= need
         bal.charged_total += need
-        _alw_add(alw, req.service, used=from_allowance)
+        if alw is not None:
+            _alw_add(alw, req.service, used=from_allowance)
+            tx.put(ALLOWANCES, msisdn, encode(alw))
         rate_id = rate.id if rate is not None else "zero-rated"
         record_id = journal.append(
             tx,
@@ -671,7 +681,6 @@ class ChargingEngine:
             result="event",
         )
         tx.put(BALANCES, msisdn, encode(bal))
-        tx.put(ALLOWANCES, msisdn, encode(alw))
         return Debit(
             ok=True,
             msisdn=sub.msisdn,

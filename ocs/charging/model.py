@@ -116,8 +116,7 @@ class StoredAnswer(msgspec.Struct, array_like=True):
     answer: Answer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReserveRequest:
+class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     session_id: str
     subscriber: Identity
@@ -132,8 +131,7 @@ class ReserveRequest:
     now: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommitRequest:
+class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     session_id: str
     service: Service
@@ -149,8 +147,7 @@ class CommitRequest:
     now: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReleaseRequest:
+class ReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     session_id: str
     service: Service
@@ -158,8 +155,7 @@ class ReleaseRequest:
     now: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DebitRequest:
+class DebitRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     subscriber: Identity
     service: Service
@@ -172,8 +168,7 @@ class DebitRequest:
     now: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RefundRequest:
+class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     original_key: bytes
     now: int | None = None

@@ -45,8 +45,12 @@ class PlanCache:
     def __init__(self) -> None:
         self._book = PlanBook()
         self._lock = threading.Lock()
+        self._checked_batch = 0
 
     def in_tx(self, tx: Tx) -> PlanBook:
+        if tx.batch and tx.batch == self._checked_batch:
+            return self._book  # already checked inside this batch's transaction
+        self._checked_batch = tx.batch
         version = tx.get(META, META_PLANS_VERSION)
         book = self._book
         if version == book.version and book.version is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ocs.money import ceil_div
 from ocs.rating.plans import Plan, Rate, Service
@@ -34,8 +34,9 @@ class PriceTerms(Protocol):
     def connect_fee(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageContext:
+class UsageContext(NamedTuple):
+    """What is being rated (a tuple: it is built once per charging operation)."""
+
     service: Service
     at: int
     """Event time, seconds since the epoch (UTC)."""
@@ -113,10 +114,24 @@ def local_time(plan: Plan, at: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(at, tz=plan.tz)
 
 
+_cycle_cache: dict[tuple[str, int], str] = {}
+
+
 def cycle_of(plan: Plan, at: int) -> str:
-    """The billing cycle (calendar month in the plan's time zone) holding ``at``."""
-    t = local_time(plan, at)
-    return f"{t.year:04d}-{t.month:02d}"
+    """The billing cycle (calendar month in the plan's time zone) holding ``at``.
+
+    Cached per quarter hour: every time zone offset is a multiple of 15 minutes, so a
+    month boundary never falls inside one.
+    """
+    key = (plan.timezone, at // 900)
+    cycle = _cycle_cache.get(key)
+    if cycle is None:
+        t = local_time(plan, at)
+        cycle = f"{t.year:04d}-{t.month:02d}"
+        if len(_cycle_cache) > 4096:
+            _cycle_cache.clear()
+        _cycle_cache[key] = cycle
+    return cycle
 
 
 def is_zero_rated(plan: Plan, ctx: UsageContext) -> bool:

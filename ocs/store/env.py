@@ -153,9 +153,7 @@ class Store:
         while True:
             txn = self.begin_write()
             try:
-                tx = Tx(txn, self.dbs)
-                result = fn(tx)
-                tx.flush()
+                result = fn(Tx(txn, self.dbs))
                 txn.commit()
                 return result
             except lmdb.MapFullError:

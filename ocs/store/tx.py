@@ -1,9 +1,9 @@
-"""A write view over an LMDB write transaction that buffers one operation's writes.
+"""The view an operation gets of the store: one LMDB write transaction.
 
-An operation's puts and deletes stay in the buffer until :meth:`Tx.flush`; if the
-operation raises, its buffer is discarded and the batch it belonged to keeps no partial
-writes (nested transactions do not combine with every LMDB mode, so we do it here).
-Reads see the operation's own buffered writes first, then the transaction.
+In the server's writer each operation runs in its own *nested* transaction inside the
+batch's transaction (possible because the store does not use ``writemap``): if the
+operation raises, its child transaction is aborted and the batch keeps none of its
+writes. In the CLI an operation runs in a top-level transaction of its own.
 """
 
 from __future__ import annotations
@@ -11,51 +11,39 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-_DELETED = object()
-
 
 class Tx:
-    __slots__ = ("_dbs", "_txn", "_writes")
+    __slots__ = ("_dbs", "_txn", "batch")
 
-    def __init__(self, txn: Any, dbs: dict[bytes, Any]):
+    def __init__(self, txn: Any, dbs: dict[bytes, Any], batch: int = 0):
         self._txn = txn
         self._dbs = dbs
-        self._writes: dict[tuple[bytes, bytes], Any] = {}
+        self.batch = batch
+        """Writer batch number (0 outside the writer). Nothing outside this process can
+        write while a batch's transaction is open, so per-batch caches are safe."""
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
-        w = self._writes.get((db, key))
-        if w is not None:
-            return None if w is _DELETED else w
         value: bytes | None = self._txn.get(key, db=self._dbs[db])
         return value
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
-        self._writes[(db, key)] = value
+        self._txn.put(key, value, db=self._dbs[db])
 
     def delete(self, db: bytes, key: bytes) -> None:
-        self._writes[(db, key)] = _DELETED
+        self._txn.delete(key, db=self._dbs[db])
 
     def scan(self, db: bytes, start: bytes = b"", stop: bytes | None = None) -> Iterator[
         tuple[bytes, bytes]
     ]:
-        """Committed-and-flushed entries in key order from ``start`` (buffer not merged)."""
+        """Entries in key order from ``start`` up to ``stop`` (exclusive).
+
+        Materialised first, so the caller may write to the same database while iterating.
+        """
+        out: list[tuple[bytes, bytes]] = []
         with self._txn.cursor(db=self._dbs[db]) as cur:
-            if not cur.set_range(start):
-                return
-            for k, v in cur:
-                if stop is not None and k >= stop:
-                    return
-                yield bytes(k), bytes(v)
-
-    def flush(self) -> None:
-        """Apply the buffered writes to the transaction (may raise lmdb.MapFullError)."""
-        txn, dbs = self._txn, self._dbs
-        for (db, key), value in self._writes.items():
-            if value is _DELETED:
-                txn.delete(key, db=dbs[db])
-            else:
-                txn.put(key, value, db=dbs[db])
-        self._writes.clear()
-
-    def discard(self) -> None:
-        self._writes.clear()
+            if cur.set_range(start):
+                for k, v in cur:
+                    if stop is not None and k >= stop:
+                        break
+                    out.append((bytes(k), bytes(v)))
+        return iter(out)

@@ -3,9 +3,9 @@
 Operations are plain functions ``fn(tx) -> result`` run inside the batch's write
 transaction. The writer keeps taking operations until ``commit_max_ops`` are in the
 batch or ``commit_max_delay_ms`` has passed since the batch began, then commits with
-sync; only after the commit returns are the callers told (invariant 1). An operation that
-raises leaves nothing in the batch (its writes were buffered in its own :class:`Tx`).
-A full map is grown and the whole (unacknowledged) batch re-run.
+sync; only after the commit returns are the callers told (invariant 1). Each operation
+runs in a nested transaction, so one that raises leaves nothing in the batch. A full map
+is grown and the whole (unacknowledged) batch re-run.
 """
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ class Overloaded(RuntimeError):
 
 class WriterStopped(RuntimeError):
     """The writer is shutting down and takes no more operations."""
-
-
-class _Redo(Exception):
-    def __init__(self, index: int, error: BaseException):
-        self.index = index
-        self.error = error
 
 
 BatchHook = Callable[[int, float, float], None]
@@ -139,7 +133,7 @@ class Writer:
                     while dq and len(items) < max_ops:
                         item = dq.popleft()
                         items.append(item)
-                        results.append(self._apply(txn, item[0], len(items) - 1))
+                        results.append(self._apply(txn, item[0]))
                     if len(items) >= max_ops or self._stopping:
                         break
                     remaining = deadline - time.perf_counter()
@@ -151,9 +145,9 @@ class Writer:
                 t0 = time.perf_counter()
                 txn.commit()
                 t1 = time.perf_counter()
-            except (lmdb.MapFullError, _Redo) as exc:
+            except lmdb.MapFullError:
                 txn.abort()
-                results, t0, t1 = self._redo(items, exc)
+                results, t0, t1 = self._redo(items)
             except lmdb.Error as exc:
                 txn.abort()
                 self.failed_commits += 1
@@ -167,55 +161,42 @@ class Writer:
             if self._on_batch is not None:
                 self._on_batch(len(items), t1 - t0, t1 - started)
 
-    def _apply(self, txn: Any, fn: Callable[[Tx], Any], index: int) -> tuple[bool, Any]:
-        tx = Tx(txn, self._store.dbs)
+    def _apply(self, txn: Any, fn: Callable[[Tx], Any]) -> tuple[bool, Any]:
+        """Run one operation in a child transaction; keep its writes only if it succeeds."""
+        child = self._store.env.begin(write=True, parent=txn)
         try:
-            result = fn(tx)
+            result = fn(Tx(child, self._store.dbs, self.batches + 1))
         except lmdb.MapFullError:
+            child.abort()
             raise
         except Exception as exc:  # the operation refused or failed: nothing of it is kept
-            tx.discard()
+            child.abort()
+            if isinstance(exc, lmdb.Error):
+                exc = StoreError(f"write rejected: {exc}")
             return (False, exc)
-        try:
-            tx.flush()
-        except lmdb.MapFullError:
-            raise
-        except lmdb.Error as exc:
-            # Part of this item may be in the txn: redo the batch without it.
-            raise _Redo(index, StoreError(f"write rejected: {exc}")) from exc
+        child.commit()
         return (True, result)
 
     def _redo(
-        self, items: list[tuple[Callable[[Tx], Any], Any, Any]], first: BaseException
+        self, items: list[tuple[Callable[[Tx], Any], Any, Any]]
     ) -> tuple[list[tuple[bool, Any]], float, float]:
-        """Re-run an unacknowledged batch after growing the map or dropping a bad item."""
-        failed: dict[int, BaseException] = {}
-        exc: BaseException = first
-        for _attempt in range(64):
-            if isinstance(exc, _Redo):
-                failed[exc.index] = exc.error
-            else:
-                self._store.grow()
-                log.info("store_map_grown", map_size=self._store.env.info()["map_size"])
+        """Re-run an unacknowledged batch after growing a full map."""
+        for _attempt in range(32):
+            self._store.grow()
+            log.info("store_map_grown", map_size=self._store.env.info()["map_size"])
             txn = self._store.begin_write()
-            results: list[tuple[bool, Any]] = []
             try:
-                for i, (fn, _fut, _loop) in enumerate(items):
-                    if i in failed:
-                        results.append((False, failed[i]))
-                    else:
-                        results.append(self._apply(txn, fn, i))
+                results = [self._apply(txn, fn) for fn, _fut, _loop in items]
                 t0 = time.perf_counter()
                 txn.commit()
                 return results, t0, time.perf_counter()
-            except (lmdb.MapFullError, _Redo) as again:
+            except lmdb.MapFullError:
                 txn.abort()
-                exc = again
             except lmdb.Error as err:
                 txn.abort()
                 se = StoreError(f"commit failed: {err}")
                 return [(False, se)] * len(items), 0.0, 0.0
-        se = StoreError("batch could not be committed")
+        se = StoreError("batch could not be committed: map cannot grow")
         return [(False, se)] * len(items), 0.0, 0.0
 
     @staticmethod

@@ -1,0 +1,1 @@
+"""ocs-sim: protocol clients, scenarios, load generator, latency/throughput report."""

@@ -1,0 +1,79 @@
+"""A common load report: throughput, latency percentiles, errors; JSON and a table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list (p in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+@dataclass(slots=True)
+class Report:
+    part: str
+    name: str
+    operations: int
+    errors: int
+    seconds: float
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    target: str = ""
+    passed: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.operations / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def from_latencies(cls, part: str, name: str, latencies_s: list[float], errors: int,
+                       seconds: float, **kw: Any) -> Report:
+        lat = sorted(latencies_s)
+        pct = {f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99, 99.9)}
+        if lat:
+            pct["max"] = lat[-1] * 1000
+        return cls(part=part, name=name, operations=len(lat) + errors, errors=errors,
+                   seconds=seconds, latencies_ms=pct, **kw)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["throughput_per_s"] = round(self.throughput, 1)
+        return d
+
+
+def print_table(reports: list[Report], title: str = "ocs benchmark") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("part", "benchmark", "ops", "errors", "ops/s", "p50 ms", "p99 ms",
+                "p99.9 ms", "result", "target", "verdict"):
+        t.add_column(col, justify="right" if col in ("ops", "errors", "ops/s") else "left")
+    for r in reports:
+        lat = r.latencies_ms
+        result = r.extra.get("result", "")
+        t.add_row(
+            r.part,
+            r.name,
+            str(r.operations),
+            str(r.errors),
+            f"{r.throughput:,.0f}" if r.seconds else "",
+            f"{lat['p50']:.3f}" if "p50" in lat else "",
+            f"{lat['p99']:.3f}" if "p99" in lat else "",
+            f"{lat['p99.9']:.3f}" if "p99.9" in lat else "",
+            str(result),
+            r.target,
+            "" if r.passed is None else ("PASS" if r.passed else "MISS"),
+        )
+    Console(width=200).print(t)
+
+
+def dump_json(reports: list[Report]) -> str:
+    return json.dumps([r.to_json() for r in reports], indent=2)
