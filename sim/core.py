@@ -8,6 +8,7 @@ direct debits, spread over many subscribers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import CommitRequest, DebitRequest, IdKind, ReserveRequest
 from ocs.provisioning import NewSubscriber, op_load_plans, prepare_subscriber
 from ocs.rating.plans import Service, load_plans_file
-from ocs.store import Store, Tx, Writer
+from ocs.store import Overloaded, Store, Tx, Writer
 from ocs.store.env import BALANCES, SUBSCRIBERS
 from ocs.store.records import encode
 
@@ -118,7 +119,7 @@ async def run_closed_loop(load: CoreLoad, total: int, concurrency: int) -> CoreR
         await sem.acquire()
         t0 = perf()
         fut = load.next_op()()
-        fut.add_done_callback(lambda f, t0=t0: finished(t0, f))
+        fut.add_done_callback(functools.partial(finished, t0))
     await done.wait()
     return CoreResult(latencies, errors, perf() - start, writer.batches - b0, writer.ops - o0)
 
@@ -152,13 +153,19 @@ async def run_open_loop(load: CoreLoad, rate: float, seconds: float) -> CoreResu
         burst = min(due, total) - sent
         for _ in range(burst):
             t0 = perf()
-            fut = load.next_op()()
-            outstanding += 1
             sent += 1
-            fut.add_done_callback(lambda f, t0=t0: finished(t0, f))
+            try:
+                fut = load.next_op()()
+            except Overloaded:  # a protocol answers busy here; the bench counts an error
+                errors += 1
+                continue
+            outstanding += 1
+            fut.add_done_callback(functools.partial(finished, t0))
         await asyncio.sleep(0.0005)
     if outstanding:
         await done.wait()
+    elif not done.is_set():
+        done.set()
     return CoreResult(latencies, errors, perf() - start, writer.batches - b0, writer.ops - o0)
 
 

@@ -1,0 +1,103 @@
+"""``make bench``: start a fresh server on a temp data dir, run every registered
+benchmark part against it, print one table (and write JSON with ``--json FILE``).
+
+The server runs in this process (store, writer, CDR exporter, reaper, admin endpoint all
+live, as under ``ocs serve``); parts that need a wire protocol talk to its listeners
+over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocs.config import load_config
+from ocs.server import Server
+from sim.registry import BENCH_PARTS, load_all
+from sim.report import Report, dump_json, print_table
+
+CONFIG = """
+[node]
+name = "bench"
+data_dir = "{data}"
+log_format = "json"
+[admin]
+listen = "127.0.0.1:0"
+[cdr]
+rotate_s = 300
+"""
+
+
+@dataclass
+class BenchContext:
+    workdir: Path
+    server: Server
+    quick: float = 1.0
+
+    def scale(self, n: int) -> int:
+        return max(1, int(n * self.quick))
+
+    def scale_s(self, s: float) -> float:
+        return max(0.5, s * self.quick)
+
+
+async def run(parts: list[str], quick: float) -> list[Report]:
+    from ocs import logs
+
+    logs.configure("json", level=40)
+    reports: list[Report] = []
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        cfg_path = work / "ocs.toml"
+        cfg_path.write_text(CONFIG.format(data=data))
+        cfg = load_config(cfg_path)
+        from ocs.store import Store
+
+        Store(data).close()  # a fresh, empty store (plans loaded by the parts)
+        server = Server(cfg)
+        await server.start()
+        try:
+            ctx = BenchContext(workdir=work, server=server, quick=quick)
+            for name in parts:
+                t0 = time.perf_counter()
+                reports.extend(await BENCH_PARTS[name].run(ctx))
+                sys.stderr.write(f"bench part {name}: {time.perf_counter() - t0:.1f} s\n")
+        finally:
+            await server.stop()
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_all()
+    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__)
+    p.add_argument("parts", nargs="*", help=f"parts to run (default all: "
+                   f"{', '.join(sorted(BENCH_PARTS))})")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quick", type=float, default=float(os.environ.get("OCS_BENCH_SCALE", "1")),
+                   help="scale sizes and durations (e.g. 0.1 for a smoke run)")
+    args = p.parse_args(argv)
+    parts = args.parts or sorted(BENCH_PARTS)
+    unknown = [x for x in parts if x not in BENCH_PARTS]
+    if unknown:
+        p.error(f"unknown part(s): {', '.join(unknown)}")
+    try:
+        import uvloop
+
+        reports = uvloop.run(run(parts, args.quick))
+    except ImportError:  # pragma: no cover
+        reports = asyncio.run(run(parts, args.quick))
+    print_table(reports)
+    if args.json:
+        Path(args.json).write_text(dump_json(reports) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""``ocs-sim core`` and the ``core`` part of ``make bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.model import IdKind
+from ocs.provisioning import import_subscribers
+from ocs.rating.trie import PrefixTrie
+from ocs.store import Store
+from sim.core import (
+    CoreLoad,
+    CoreResult,
+    open_engine,
+    provision,
+    run_closed_loop,
+    run_open_loop,
+)
+from sim.registry import bench_part, command
+from sim.report import Report, dump_json, print_table
+
+if TYPE_CHECKING:
+    from sim.bench import BenchContext
+
+
+def _report(name: str, r: CoreResult, **kw: object) -> Report:
+    rep = Report.from_latencies("core", name, r.latencies, r.errors, r.seconds, **kw)
+    rep.extra["avg_batch"] = round(r.ops / max(1, r.batches), 1)
+    return rep
+
+
+@command("core", "durable charging operations through the engine and group commit")
+class CoreCommand:
+    @staticmethod
+    def configure(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="store to use (default: a fresh temp dir)")
+        p.add_argument("--subscribers", type=int, default=10_000)
+        p.add_argument("--ops", type=int, default=60_000, help="closed loop: operations")
+        p.add_argument("--concurrency", type=int, default=2000)
+        p.add_argument("--rate", type=float, help="open loop: operations per second")
+        p.add_argument("--seconds", type=float, default=5.0, help="open loop: duration")
+        p.add_argument("--commit-max-ops", type=int, default=256)
+        p.add_argument("--commit-max-delay-ms", type=float, default=1.0)
+        p.add_argument("--json", action="store_true")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        tmp = None
+        if args.data_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="ocs-sim-")
+            data = Path(tmp.name)
+        else:
+            data = Path(args.data_dir)
+        store, writer, eng = open_engine(data, max_ops=args.commit_max_ops,
+                                         max_delay_ms=args.commit_max_delay_ms)
+        try:
+            msisdns = provision(store, args.subscribers)
+            load = CoreLoad(eng, msisdns)
+            if args.rate:
+                res = _run(run_open_loop(load, args.rate, args.seconds))
+                rep = _report(f"open loop {args.rate:g}/s", res)
+            else:
+                res = _run(run_closed_loop(load, args.ops, args.concurrency))
+                rep = _report(f"closed loop x{args.concurrency}", res)
+        finally:
+            writer.stop()
+            store.close()
+            if tmp is not None:
+                tmp.cleanup()
+        if args.json:
+            sys.stdout.write(dump_json([rep]) + "\n")
+        else:
+            print_table([rep], "ocs-sim core")
+        return 0
+
+
+def _run(coro: Coroutine[Any, Any, CoreResult]) -> CoreResult:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# -- make bench, part core ------------------------------------------------------------------
+
+
+@bench_part("core")
+async def bench_core(ctx: BenchContext) -> list[Report]:
+    reports: list[Report] = []
+    server = ctx.server
+    eng = server.engine
+    msisdns = provision(server.store, 10_000)
+    load = CoreLoad(eng, msisdns, seed=2)
+    await run_closed_loop(load, 5_000, 500)  # warm-up
+    r = await run_closed_loop(load, ctx.scale(120_000), 2000)
+    rep = _report("durable ops, closed loop", r, target=">= 40000 ops/s")
+    rep.passed = rep.throughput >= 40_000
+    reports.append(rep)
+    for rate, target in ((20_000, 5.0), (10_000, None)):
+        r = await run_open_loop(load, rate, ctx.scale_s(5.0))
+        rep = _report(f"submit->durable @ {rate // 1000}k/s", r,
+                      target=f"p99 <= {target:g} ms" if target else "")
+        if target:
+            rep.passed = rep.latencies_ms["p99"] <= target
+        reports.append(rep)
+    reports.extend(_bench_trie())
+    reports.extend(await asyncio.get_running_loop().run_in_executor(
+        None, _bench_million, ctx.workdir, ctx.scale(1_000_000)))
+    return reports
+
+
+def _bench_trie() -> list[Report]:
+    rng = random.Random(7)
+    prefixes = [str(rng.randrange(10**3, 10**9)) for _ in range(100_000)]
+    t0 = time.perf_counter()
+    trie: PrefixTrie[str] = PrefixTrie()
+    for p in prefixes:
+        trie.insert(p, p)
+    load_s = time.perf_counter() - t0
+    keys = [str(rng.randrange(10**10, 10**12)) for _ in range(100_000)]
+    lat: list[float] = []
+    perf = time.perf_counter
+    for k in keys:
+        t = perf()
+        trie.longest(k)
+        lat.append(perf() - t)
+    load = Report("core", "trie: load 100k prefixes", 100_000, 0, load_s,
+                  target="< 2 s", passed=load_s < 2.0, extra={"result": f"{load_s:.2f} s"})
+    match = Report.from_latencies("core", "trie: longest-prefix match", lat, 0, sum(lat),
+                                  target="< 0.020 ms")
+    match.passed = match.latencies_ms["p99"] < 0.020
+    return [load, match]
+
+
+def _bench_million(workdir: Path, count: int) -> list[Report]:
+    data = workdir / "million"
+    csv = workdir / "million.csv"
+    with csv.open("w") as f:
+        f.write("msisdn,plan,imsi,username,balance\n")
+        for i in range(count):
+            f.write(f"4176{i:07d},prepaid-basic,22802{i:010d},u{i}@example.net,10.00\n")
+    from ocs.provisioning import op_load_plans
+    from ocs.rating.plans import load_plans_file
+    from sim.core import CONFIG_DIR
+
+    reports: list[Report] = []
+    with Store(data, map_size_mb=4096) as store:
+        store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+        t0 = time.perf_counter()
+        n = import_subscribers(store, csv)
+        import_s = time.perf_counter() - t0
+        reports.append(Report("core", f"import {n:,} subscribers", n, 0, import_s,
+                              target="<= 60 s", passed=import_s <= 60 and n == count,
+                              extra={"result": f"{import_s:.1f} s"}))
+        eng = ChargingEngine(store, None, _settings())
+        rng = random.Random(3)
+        lat: list[float] = []
+        perf = time.perf_counter
+        for _ in range(100_000):
+            i = rng.randrange(count)
+            ids = ((IdKind.IMSI, f"22802{i:010d}"),) if i % 2 else (
+                (IdKind.MSISDN, f"4176{i:07d}"),)
+            t = perf()
+            with store.read() as txn:
+                sub = eng.find_subscriber(_Read(txn, store), ids)  # type: ignore[arg-type]
+            lat.append(perf() - t)
+            assert sub is not None
+        rep = Report.from_latencies("core", "subscriber lookup (msisdn/imsi)", lat, 0, sum(lat),
+                                    target="p99 <= 0.050 ms")
+        rep.passed = rep.latencies_ms["p99"] <= 0.050
+        reports.append(rep)
+    size = (data / "ocs.lmdb").stat().st_size
+    reports.append(Report("core", f"store size, {count:,} subscribers", 0, 0, 0.0,
+                          target="<= 1 GiB", passed=size <= 1 << 30,
+                          extra={"result": f"{size / 2**20:.0f} MiB"}))
+    csv.unlink()
+    return reports
+
+
+def _settings() -> EngineSettings:
+    return EngineSettings(node="bench")
+
+
+class _Read:
+    __slots__ = ("_dbs", "_txn")
+
+    def __init__(self, txn: object, store: Store):
+        self._txn = txn
+        self._dbs = store.dbs
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[db])  # type: ignore[attr-defined, no-any-return]
+
