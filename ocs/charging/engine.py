@@ -20,7 +20,6 @@ import msgspec
 
 from ocs.cdr import journal
 from ocs.charging.model import (
-    Answer,
     BalanceView,
     CommitRequest,
     Debit,
@@ -80,6 +79,7 @@ from ocs.store.tx import Tx
 from ocs.store.writer import Writer
 
 T = TypeVar("T")
+A = TypeVar("A", Grant, Settlement, Released, Debit, Refund)
 
 _enc = msgspec.msgpack.Encoder()
 _dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
@@ -203,18 +203,18 @@ class ChargingEngine:
 
     # -- shared pieces inside a transaction -----------------------------------------
 
-    @staticmethod
-    def _replay(tx: Tx, key: bytes) -> Answer | None:
+    def _idempotent(self, tx: Tx, key: bytes, now: int | None,
+                    compute: Callable[[int], A]) -> A:
+        """Replay the stored answer for ``key``, or compute, store and return a new one."""
         raw = tx.get(ANSWERS, key)
-        if raw is None:
-            return None
-        ans = _dec_stored.decode(raw).answer
-        return msgspec.structs.replace(ans, replayed=True)
-
-    @staticmethod
-    def _store_answer(tx: Tx, key: bytes, answer: Answer, now: int) -> None:
-        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(now, answer)))
-        tx.put(ANSWER_EXPIRY, pack_u64(now) + key, b"")
+        if raw is not None:
+            stored = _dec_stored.decode(raw).answer
+            return msgspec.structs.replace(stored, replayed=True)  # type: ignore[return-value]
+        ts = _now(now)
+        answer = compute(ts)
+        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(ts, answer)))
+        tx.put(ANSWER_EXPIRY, pack_u64(ts) + key, b"")
+        return answer
 
     @staticmethod
     def find_subscriber(tx: Tx, ids: Identity) -> Subscriber | None:
@@ -286,28 +286,34 @@ class ChargingEngine:
             return Refusal.ROAMING_NOT_ALLOWED
         return None
 
+    def _payer(self, tx: Tx, ids: Identity, service: Service, now: int,
+               rating_group: int | None, destination: str, visited_network: str) -> tuple[
+                   UsageContext, Subscriber | None, Plan | None, Refusal | None]:
+        """Who pays, on which plan, in which rating context; or why nobody can."""
+        book = self.plans.in_tx(tx)
+        ctx = self._context(book, service, now, rating_group, destination, visited_network)
+        sub = self.find_subscriber(tx, ids)
+        refusal = self._check_subscriber(sub, ctx.roaming)
+        plan = None
+        if refusal is None and sub is not None:
+            plan = book.plans.get(sub.plan_id)
+            if plan is None:
+                refusal = Refusal.RATING_FAILED
+        return ctx, sub, plan, refusal
+
     # -- reserve ----------------------------------------------------------------------
 
     def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
-        replay = self._replay(tx, req.request_key)
-        if replay is not None:
-            return replay  # type: ignore[return-value]
-        now = _now(req.now)
-        grant = self._reserve(tx, req, now)
-        self._store_answer(tx, req.request_key, grant, now)
-        return grant
+        return self._idempotent(tx, req.request_key, req.now,
+                                lambda now: self._reserve(tx, req, now))
 
     def _reserve(self, tx: Tx, req: ReserveRequest, now: int) -> Grant:
-        book = self.plans.in_tx(tx)
-        ctx = self._context(book, req.service, now, req.rating_group, req.destination,
-                            req.visited_network)
-        sub = self.find_subscriber(tx, req.subscriber)
-        refusal = self._check_subscriber(sub, ctx.roaming)
-        if refusal is not None or sub is None:
-            return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER)
-        plan = book.plans.get(sub.plan_id)
-        if plan is None:
-            return Grant(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
+                                              req.rating_group, req.destination,
+                                              req.visited_network)
+        if refusal is not None or sub is None or plan is None:
+            return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
+                         msisdn=sub.msisdn if sub else "")
         validity = req.validity_s or self.settings.default_validity_s
         if is_zero_rated(plan, ctx):
             return Grant(ok=True, msisdn=sub.msisdn, zero_rated=True, validity_s=validity)
@@ -426,13 +432,8 @@ class ChargingEngine:
     # -- commit -----------------------------------------------------------------------
 
     def op_commit(self, tx: Tx, req: CommitRequest) -> Settlement:
-        replay = self._replay(tx, req.request_key)
-        if replay is not None:
-            return replay  # type: ignore[return-value]
-        now = _now(req.now)
-        result = self._commit(tx, req, now)
-        self._store_answer(tx, req.request_key, result, now)
-        return result
+        return self._idempotent(tx, req.request_key, req.now,
+                                lambda now: self._commit(tx, req, now))
 
     def _commit(self, tx: Tx, req: CommitRequest, now: int) -> Settlement:
         key = reservation_key(req.session_id, req.service, req.rating_group)
@@ -546,29 +547,26 @@ class ChargingEngine:
     # -- release and expiry -----------------------------------------------------------
 
     def op_release(self, tx: Tx, req: ReleaseRequest) -> Released:
-        replay = self._replay(tx, req.request_key)
-        if replay is not None:
-            return replay  # type: ignore[return-value]
-        now = _now(req.now)
+        return self._idempotent(tx, req.request_key, req.now,
+                                lambda now: self._release(tx, req))
+
+    def _release(self, tx: Tx, req: ReleaseRequest) -> Released:
         key = reservation_key(req.session_id, req.service, req.rating_group)
         raw = tx.get(RESERVATIONS, key)
         if raw is None:
-            result = Released(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
-        else:
-            res = dec_reservation.decode(raw)
-            msisdn = res.msisdn.encode()
-            bal = self._balance(tx, msisdn)
-            alw = self._stored_allowance(tx, msisdn, res.cycle)
-            money, units = res.money_reserved, res.allowance_reserved
-            self._drop_holds(res, bal, alw)
-            tx.delete(RESERVATIONS, key)
-            tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
-            tx.put(BALANCES, msisdn, encode(bal))
-            tx.put(ALLOWANCES, msisdn, encode(alw))
-            result = Released(ok=True, msisdn=res.msisdn, money_released=money,
-                              allowance_released=units)
-        self._store_answer(tx, req.request_key, result, now)
-        return result
+            return Released(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
+        res = dec_reservation.decode(raw)
+        msisdn = res.msisdn.encode()
+        bal = self._balance(tx, msisdn)
+        alw = self._stored_allowance(tx, msisdn, res.cycle)
+        money, units = res.money_reserved, res.allowance_reserved
+        self._drop_holds(res, bal, alw)
+        tx.delete(RESERVATIONS, key)
+        tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
+        tx.put(BALANCES, msisdn, encode(bal))
+        tx.put(ALLOWANCES, msisdn, encode(alw))
+        return Released(ok=True, msisdn=res.msisdn, money_released=money,
+                        allowance_released=units)
 
     def op_expire(self, tx: Tx, key: bytes, expires_at: int, now: int) -> bool:
         """Reaper: settle a reservation whose validity ran out (nothing more is charged)."""
@@ -614,25 +612,16 @@ class ChargingEngine:
     # -- direct debit and refund ------------------------------------------------------
 
     def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
-        replay = self._replay(tx, req.request_key)
-        if replay is not None:
-            return replay  # type: ignore[return-value]
-        now = _now(req.now)
-        result = self._debit(tx, req, now)
-        self._store_answer(tx, req.request_key, result, now)
-        return result
+        return self._idempotent(tx, req.request_key, req.now,
+                                lambda now: self._debit(tx, req, now))
 
     def _debit(self, tx: Tx, req: DebitRequest, now: int) -> Debit:
-        book = self.plans.in_tx(tx)
-        ctx = self._context(book, req.service, now, req.rating_group, req.destination,
-                            req.visited_network)
-        sub = self.find_subscriber(tx, req.subscriber)
-        refusal = self._check_subscriber(sub, ctx.roaming)
-        if refusal is not None or sub is None:
-            return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER)
-        plan = book.plans.get(sub.plan_id)
-        if plan is None:
-            return Debit(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
+        ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
+                                              req.rating_group, req.destination,
+                                              req.visited_network)
+        if refusal is not None or sub is None or plan is None:
+            return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
+                         msisdn=sub.msisdn if sub else "")
         units = max(0, req.units)
         zero = is_zero_rated(plan, ctx)
         rate = None if zero else select_rate(plan, ctx)
@@ -696,13 +685,8 @@ class ChargingEngine:
         )
 
     def op_refund(self, tx: Tx, req: RefundRequest) -> Refund:
-        replay = self._replay(tx, req.request_key)
-        if replay is not None:
-            return replay  # type: ignore[return-value]
-        now = _now(req.now)
-        result = self._refund(tx, req, now)
-        self._store_answer(tx, req.request_key, result, now)
-        return result
+        return self._idempotent(tx, req.request_key, req.now,
+                                lambda now: self._refund(tx, req, now))
 
     def _refund(self, tx: Tx, req: RefundRequest, now: int) -> Refund:
         raw = tx.get(ANSWERS, req.original_key)
