@@ -28,12 +28,11 @@ CHARGING_OPS = Counter("ocs_charging_operations", "Charging operations by kind a
                        ["op", "outcome"], registry=REGISTRY)
 RESERVATIONS_EXPIRED = Counter("ocs_reservations_expired",
                                "Reservations settled by the reaper", registry=REGISTRY)
-CDR_ROWS = Counter("ocs_cdr_rows_exported", "CDR rows written to files", registry=REGISTRY)
-CDR_FILES = Counter("ocs_cdr_files_closed", "CDR files closed", registry=REGISTRY)
-CDR_PENDING = Gauge("ocs_cdr_journal_pending", "CDRs in the journal not yet in a file",
+CDR_PENDING = Gauge("ocs_cdr_pending", "CDRs committed but not yet written to a file",
                     registry=REGISTRY)
-EXPORT_ERRORS = Counter("ocs_cdr_export_errors", "CDR export attempts that failed",
-                        registry=REGISTRY)
+CDR_JOURNAL = Gauge("ocs_cdr_journal_records",
+                    "CDRs in the journal (including the open file's, until it closes)",
+                    registry=REGISTRY)
 
 
 def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:

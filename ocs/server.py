@@ -1,15 +1,20 @@
-"""``ocs serve``: store, writer, CDR exporter, reaper, admin endpoint, listeners.
+"""``ocs serve``: the event loop with the admin endpoint, reaper and protocol listeners,
+plus two child processes: the group-commit writer and the CDR exporter.
+
+The writer and the exporter run as processes because py-lmdb releases the GIL around
+every LMDB call: a busy second thread would make each of those calls wait for the GIL.
+The event loop itself only reads the store (LMDB readers never block).
 
 Shutdown on SIGTERM/SIGINT is an explicit sequence: stop intake (close listeners) ->
-drain the writer (everything queued is committed and answered) -> export the journal
-and close the CDR file -> close the store.
+wait for the answers of operations already sent to the writer -> stop the writer ->
+the exporter drains the journal and closes the CDR file -> close the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import dataclasses
 import signal
 import time
 from typing import Any
@@ -18,10 +23,14 @@ import structlog
 
 from ocs import listeners, metrics
 from ocs.admin import AdminServer
-from ocs.cdr.export import CdrExporter, ExportBusy
+from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.config import Config, parse_listen
-from ocs.store import Overloaded, Store, Tx, Writer, WriterStopped
+from ocs.store import Overloaded, Store, StoreError, WriterStopped
+from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
+from ocs.store.procwriter import ProcessWriter
+from ocs.store.records import dec_export_state
 
 log = structlog.get_logger(__name__)
 
@@ -40,21 +49,32 @@ class Server:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.store = Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=False)
-        self.writer = Writer(
-            self.store,
+        settings = engine_settings(cfg)
+        log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
+        engine_conf = dataclasses.asdict(settings)
+        engine_conf["home_networks"] = sorted(settings.home_networks)
+        self.writer = ProcessWriter(
+            data_dir=str(cfg.data_dir),
+            map_size_mb=cfg.store.map_size_mb,
             max_ops=cfg.store.commit_max_ops,
             max_delay_ms=cfg.store.commit_max_delay_ms,
             queue_size=cfg.store.queue_size,
+            engine=engine_conf,
+            log_format=log_format,
             on_batch=metrics.on_batch,
         )
-        self.engine = ChargingEngine(self.store, self.writer, engine_settings(cfg))
-        self.exporter = CdrExporter(
-            self.store,
-            cfg.under_data(cfg.cdr.dir),
-            cfg.node.name,
-            rotate_s=cfg.cdr.rotate_s,
-            rotate_records=cfg.cdr.rotate_records,
-        )
+        self.engine = ChargingEngine(self.store, None, settings)
+        self.engine.backend = self.writer
+        self.exporter = ExporterProcess({
+            "data_dir": str(cfg.data_dir),
+            "map_size_mb": cfg.store.map_size_mb,
+            "cdr_dir": str(cfg.under_data(cfg.cdr.dir)),
+            "node": cfg.node.name,
+            "rotate_s": cfg.cdr.rotate_s,
+            "rotate_records": cfg.cdr.rotate_records,
+            "interval_s": cfg.cdr.export_interval_s,
+            "log_format": log_format,
+        })
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
@@ -63,19 +83,34 @@ class Server:
         self.started_at = time.time()
 
     def health(self) -> dict[str, Any]:
-        alive = self.writer._thread is not None and self.writer._thread.is_alive()
+        ok = self.writer.alive and self.exporter.alive and not self._stopping.is_set()
+        self._update_gauges()
         return {
-            "status": "ok" if alive and not self._stopping.is_set() else "unavailable",
+            "status": "ok" if ok else "unavailable",
             "node": self.cfg.node.name,
-            "writer_alive": alive,
+            "writer_alive": self.writer.alive,
+            "exporter_alive": self.exporter.alive,
             "queue_depth": self.writer.queued,
             "batches": self.writer.batches,
             "ops": self.writer.ops,
+            "writer_restarts": self.writer.restarts,
             "uptime_s": int(time.time() - self.started_at),
         }
 
+    def _update_gauges(self) -> None:
+        metrics.STORE_QUEUE.set(self.writer.queued)
+        metrics.STORE_SIZE.set(self.store.size_bytes())
+        with self.store.read() as txn:
+            seq = txn.get(META_CDR_SEQ, db=self.store.dbs[META])
+            raw = txn.get(META_CDR_EXPORT, db=self.store.dbs[META])
+            journal = txn.stat(self.store.dbs[CDR_JOURNAL])["entries"]
+        written = dec_export_state.decode(raw).written_seq if raw is not None else 0
+        metrics.CDR_PENDING.set((unpack_u64(seq) if seq else 0) - written)
+        metrics.CDR_JOURNAL.set(journal)
+
     async def start(self) -> None:
-        self.writer.start()
+        await self.writer.start()
+        await self.exporter.start()
         if self.cfg.admin.enabled:
             host, port = parse_listen(self.cfg.admin.listen)
             self.admin_address = await self.admin.start(host, port)
@@ -89,60 +124,32 @@ class Server:
                 log.warning("listener_not_in_this_build", section=section)
                 continue
             self._listeners.append(await starter(self))
-        self._tasks.append(asyncio.create_task(self._export_loop(), name="cdr-export"))
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
-        log.info("server_started", node=self.cfg.node.name, data_dir=str(self.cfg.data_dir))
-
-    async def _export_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.cfg.cdr.export_interval_s
-        while not self._stopping.is_set():
-            await self._export_once(loop)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
-
-    async def _export_once(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> None:
-        try:
-            res = await loop.run_in_executor(
-                None, lambda: self.exporter.run_once(int(time.time()), force_close=force,
-                                                     wait=force))
-        except ExportBusy:
-            return
-        except OSError as exc:  # e.g. disk full: the journal keeps every record; retry later
-            metrics.EXPORT_ERRORS.inc()
-            log.error("cdr_export_failed", error=str(exc))
-            return
-        metrics.CDR_ROWS.inc(res.rows)
-        metrics.CDR_FILES.inc(len(res.closed))
-        metrics.STORE_QUEUE.set(self.writer.queued)
-        metrics.STORE_SIZE.set(self.store.size_bytes())
+        log.info("server_started", node=self.cfg.node.name, data_dir=str(self.cfg.data_dir),
+                 writer_pid=self.writer.pid)
 
     async def _reaper_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.cfg.charging.reaper_interval_s
         retention = self.cfg.store.answer_retention_s
         while not self._stopping.is_set():
-            with contextlib.suppress(Overloaded, WriterStopped):
-                await self.reap(loop, int(time.time()), retention)
+            try:
+                await self.reap(int(time.time()), retention)
+            except (Overloaded, WriterStopped, StoreError) as exc:
+                log.warning("reaper_skipped", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
-    async def reap(self, loop: asyncio.AbstractEventLoop, now: int, retention: int) -> int:
-        due = await loop.run_in_executor(None, self.engine.expired_reservations, now)
-        engine = self.engine
-
-        def expire(key: bytes, expires_at: int) -> asyncio.Future[bool]:
-            return self.writer.submit(lambda tx: engine.op_expire(tx, key, expires_at, now))
-
-        futs = [expire(key, exp) for key, exp in due]
+    async def reap(self, now: int, retention: int) -> int:
+        """Settle expired reservations and forget answers past their retention."""
+        due = self.engine.expired_reservations(now)
+        futs = [self.engine.submit("expire", ExpireRequest(key=key, expires_at=exp, now=now))
+                for key, exp in due]
         expired = sum(1 for ok in await asyncio.gather(*futs) if ok)
         if expired:
             metrics.RESERVATIONS_EXPIRED.inc(expired)
             log.info("reservations_expired", count=expired)
-        def trim(tx: Tx) -> int:
-            return engine.op_trim_answers(tx, now - retention)
-
-        while await self.writer.submit(trim) >= 2000:
+        trim = TrimRequest(before=now - retention)
+        while await self.engine.submit("trim_answers", trim) >= trim.limit:
             pass
         return expired
 
@@ -163,12 +170,10 @@ class Server:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.writer.stop)
-        await self._export_once(loop, force=True)
-        free = shutil.disk_usage(self.cfg.data_dir).free
+        await self.writer.stop()
+        code = await self.exporter.stop()
         log.info("server_stopped", ops=self.writer.ops, batches=self.writer.batches,
-                 disk_free_bytes=free)
+                 exporter_exit=code)
         self.store.close()
 
 

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.engine import ChargingEngine, EngineSettings, ThreadBackend
 from ocs.charging.model import CommitRequest, DebitRequest, IdKind, ReserveRequest
 from ocs.provisioning import NewSubscriber, op_load_plans, prepare_subscriber
 from ocs.rating.plans import Service, load_plans_file
@@ -64,31 +65,37 @@ class CoreLoad:
         self.msisdns = msisdns
         self.rng = random.Random(seed)
         self.seq = 0
+        self._session = ""
 
-    def next_op(self) -> Callable[[], asyncio.Future[object]]:
+    def next_op(self) -> Callable[[], asyncio.Future[Any]]:
         """The next operation, as a thunk that submits it (reserve/commit/debit mix)."""
         self.seq += 1
         n = self.seq
-        eng = self.engine
+        submit = self.engine.submit
         kind = n % 3
         # sessions: op n (kind 1) reserves, op n+1 (kind 2) commits the same session
         if kind == 1:
             m = self.msisdns[self.rng.randrange(len(self.msisdns))]
-            self._pending = (f"bs{n}", m)
-            req = ReserveRequest(request_key=b"r%d" % n, session_id=f"bs{n}",
-                                 subscriber=((IdKind.MSISDN, m),), service=Service.DATA,
-                                 units=1_000_000, rating_group=10)
-            return lambda: eng.writer.submit(lambda tx: eng.op_reserve(tx, req))  # type: ignore[union-attr]
+            self._session = f"bs{n}"
+            req: Any = ReserveRequest(request_key=b"r%d" % n, session_id=self._session,
+                                      subscriber=((IdKind.MSISDN, m),), service=Service.DATA,
+                                      units=1_000_000, rating_group=10)
+            return lambda: submit("reserve", req)
         if kind == 2:
-            sess, _m = self._pending
-            creq = CommitRequest(request_key=b"c%d" % n, session_id=sess,
-                                 service=Service.DATA, rating_group=10, used_units=750_000,
-                                 final=True)
-            return lambda: eng.writer.submit(lambda tx: eng.op_commit(tx, creq))  # type: ignore[union-attr]
+            req = CommitRequest(request_key=b"c%d" % n, session_id=self._session,
+                                service=Service.DATA, rating_group=10, used_units=750_000,
+                                final=True)
+            return lambda: submit("commit", req)
         m = self.msisdns[self.rng.randrange(len(self.msisdns))]
-        dreq = DebitRequest(request_key=b"d%d" % n, subscriber=((IdKind.MSISDN, m),),
-                            service=Service.SMS, destination="4179")
-        return lambda: eng.writer.submit(lambda tx: eng.op_debit(tx, dreq))  # type: ignore[union-attr]
+        req = DebitRequest(request_key=b"d%d" % n, subscriber=((IdKind.MSISDN, m),),
+                           service=Service.SMS, destination="4179")
+        return lambda: submit("debit", req)
+
+
+def _counts(engine: ChargingEngine) -> tuple[int, int]:
+    b = engine.backend
+    w: Any = b.writer if isinstance(b, ThreadBackend) else b
+    return int(w.batches), int(w.ops)
 
 
 async def run_closed_loop(load: CoreLoad, total: int, concurrency: int) -> CoreResult:
@@ -111,9 +118,7 @@ async def run_closed_loop(load: CoreLoad, total: int, concurrency: int) -> CoreR
         if remaining == 0:
             done.set()
 
-    writer = load.engine.writer
-    assert writer is not None
-    b0, o0 = writer.batches, writer.ops
+    b0, o0 = _counts(load.engine)
     start = perf()
     for _ in range(total):
         await sem.acquire()
@@ -121,7 +126,8 @@ async def run_closed_loop(load: CoreLoad, total: int, concurrency: int) -> CoreR
         fut = load.next_op()()
         fut.add_done_callback(functools.partial(finished, t0))
     await done.wait()
-    return CoreResult(latencies, errors, perf() - start, writer.batches - b0, writer.ops - o0)
+    b1, o1 = _counts(load.engine)
+    return CoreResult(latencies, errors, perf() - start, b1 - b0, o1 - o0)
 
 
 async def run_open_loop(load: CoreLoad, rate: float, seconds: float) -> CoreResult:
@@ -144,9 +150,7 @@ async def run_open_loop(load: CoreLoad, rate: float, seconds: float) -> CoreResu
         if sent == total and outstanding == 0:
             done.set()
 
-    writer = load.engine.writer
-    assert writer is not None
-    b0, o0 = writer.batches, writer.ops
+    b0, o0 = _counts(load.engine)
     start = perf()
     while sent < total:
         due = int((perf() - start) * rate) + 1
@@ -164,9 +168,8 @@ async def run_open_loop(load: CoreLoad, rate: float, seconds: float) -> CoreResu
         await asyncio.sleep(0.0005)
     if outstanding:
         await done.wait()
-    elif not done.is_set():
-        done.set()
-    return CoreResult(latencies, errors, perf() - start, writer.batches - b0, writer.ops - o0)
+    b1, o1 = _counts(load.engine)
+    return CoreResult(latencies, errors, perf() - start, b1 - b0, o1 - o0)
 
 
 def open_engine(data_dir: Path, *, max_ops: int = 256, max_delay_ms: float = 1.0) -> tuple[

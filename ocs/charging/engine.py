@@ -11,10 +11,11 @@ the same transaction (invariant 4).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -24,6 +25,7 @@ from ocs.charging.model import (
     CommitRequest,
     Debit,
     DebitRequest,
+    ExpireRequest,
     Grant,
     Identity,
     IdKind,
@@ -36,6 +38,7 @@ from ocs.charging.model import (
     ReserveRequest,
     Settlement,
     StoredAnswer,
+    TrimRequest,
 )
 from ocs.charging.plans import PlanBook, PlanCache
 from ocs.rating.engine import (
@@ -151,6 +154,37 @@ def _alw_add(alw: Allowance, service: Service, used: int = 0, reserved: int = 0)
         setattr(alw, names[1], max(0, getattr(alw, names[1]) + reserved))
 
 
+OPERATIONS: dict[str, tuple[type[Any], Any]] = {
+    "reserve": (ReserveRequest, Grant),
+    "commit": (CommitRequest, Settlement),
+    "release": (ReleaseRequest, Released),
+    "debit": (DebitRequest, Debit),
+    "refund": (RefundRequest, Refund),
+    "expire": (ExpireRequest, bool),
+    "trim_answers": (TrimRequest, int),
+}
+"""Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
+runs one inside a transaction. Names and types are what crosses to a writer process."""
+
+
+class WriteBackend(Protocol):
+    """Where write operations run: a writer thread here, or the writer process."""
+
+    def submit(self, name: str, req: Any) -> asyncio.Future[Any]: ...
+
+
+class ThreadBackend:
+    """Runs named operations on a :class:`Writer` thread of this process."""
+
+    def __init__(self, writer: Writer, engine: ChargingEngine):
+        self.writer = writer
+        self._engine = engine
+
+    def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
+        op = getattr(self._engine, "op_" + name)
+        return self.writer.submit(lambda tx: op(tx, req))
+
+
 class ChargingEngine:
     """Facade the protocol agents call. Async methods return after the durable commit."""
 
@@ -159,12 +193,16 @@ class ChargingEngine:
         self.writer = writer
         self.settings = settings
         self.plans = PlanCache()
+        self.backend: WriteBackend | None = (
+            ThreadBackend(writer, self) if writer is not None else None)
 
     # -- running operations -----------------------------------------------------------
 
-    async def _submit(self, fn: Callable[[Tx], T]) -> T:
-        assert self.writer is not None, "engine has no writer (use the *_sync methods)"
-        return await self.writer.submit(fn)
+    def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
+        """Queue write operation ``name``; the future resolves after the durable commit."""
+        if self.backend is None:
+            raise RuntimeError("engine has no writer (use the *_sync methods)")
+        return self.backend.submit(name, req)
 
     def _run_sync(self, fn: Callable[[Tx], T]) -> T:
         if self.writer is not None:
@@ -172,19 +210,24 @@ class ChargingEngine:
         return self.store.run_write(fn)
 
     async def reserve(self, req: ReserveRequest) -> Grant:
-        return await self._submit(lambda tx: self.op_reserve(tx, req))
+        result: Grant = await self.submit("reserve", req)
+        return result
 
     async def commit(self, req: CommitRequest) -> Settlement:
-        return await self._submit(lambda tx: self.op_commit(tx, req))
+        result: Settlement = await self.submit("commit", req)
+        return result
 
     async def release(self, req: ReleaseRequest) -> Released:
-        return await self._submit(lambda tx: self.op_release(tx, req))
+        result: Released = await self.submit("release", req)
+        return result
 
     async def direct_debit(self, req: DebitRequest) -> Debit:
-        return await self._submit(lambda tx: self.op_debit(tx, req))
+        result: Debit = await self.submit("debit", req)
+        return result
 
     async def refund(self, req: RefundRequest) -> Refund:
-        return await self._submit(lambda tx: self.op_refund(tx, req))
+        result: Refund = await self.submit("refund", req)
+        return result
 
     def reserve_sync(self, req: ReserveRequest) -> Grant:
         return self._run_sync(lambda tx: self.op_reserve(tx, req))
@@ -568,8 +611,9 @@ class ChargingEngine:
         return Released(ok=True, msisdn=res.msisdn, money_released=money,
                         allowance_released=units)
 
-    def op_expire(self, tx: Tx, key: bytes, expires_at: int, now: int) -> bool:
+    def op_expire(self, tx: Tx, req: ExpireRequest) -> bool:
         """Reaper: settle a reservation whose validity ran out (nothing more is charged)."""
+        key, expires_at, now = req.key, req.expires_at, req.now
         raw = tx.get(RESERVATIONS, key)
         tx.delete(RES_EXPIRY, pack_u64(expires_at) + key)
         if raw is None:
@@ -598,10 +642,10 @@ class ChargingEngine:
         return out
 
     @staticmethod
-    def op_trim_answers(tx: Tx, before: int, limit: int = 2000) -> int:
-        """Forget stored answers older than ``before`` (idempotency window)."""
-        n = 0
-        for k, _ in tx.scan(ANSWER_EXPIRY, b"", pack_u64(before)):
+    def op_trim_answers(tx: Tx, req: TrimRequest) -> int:
+        """Forget stored answers older than ``req.before`` (idempotency window)."""
+        n, limit = 0, req.limit
+        for k, _ in tx.scan(ANSWER_EXPIRY, b"", pack_u64(req.before)):
             tx.delete(ANSWERS, k[8:])
             tx.delete(ANSWER_EXPIRY, k)
             n += 1

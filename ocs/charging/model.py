@@ -198,3 +198,18 @@ class PriceQuote:
     charge: int = 0
     zero_rated: bool = False
     explanation: str = ""
+
+
+class ExpireRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Reaper: settle the reservation ``key`` if it still expires at ``expires_at``."""
+
+    key: bytes
+    expires_at: int
+    now: int
+
+
+class TrimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Forget stored answers older than ``before`` (at most ``limit`` per operation)."""
+
+    before: int
+    limit: int = 2000

@@ -8,11 +8,13 @@ from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import (
     CommitRequest,
     DebitRequest,
+    ExpireRequest,
     IdKind,
     RefundRequest,
     Refusal,
     ReleaseRequest,
     ReserveRequest,
+    TrimRequest,
 )
 from ocs.provisioning import op_set_status, op_topup
 from ocs.rating.plans import Service
@@ -259,7 +261,8 @@ def test_reaper_settles_expired(engine: ChargingEngine) -> None:
     due = engine.expired_reservations(T0 + 31)
     assert len(due) == 1
     key, exp = due[0]
-    assert engine.store.run_write(lambda tx: engine.op_expire(tx, key, exp, T0 + 31))
+    assert engine.store.run_write(
+        lambda tx: engine.op_expire(tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 31)))
     v = bal(engine)
     assert (v.balance, v.reserved) == (1_000_000, 0)
     rows = cdrs(engine)
@@ -272,7 +275,8 @@ def test_refreshed_reservation_is_not_reaped(engine: ChargingEngine) -> None:
     reserve(engine, "r1", validity_s=30)
     (key, exp), = engine.expired_reservations(T0 + 31)
     commit(engine, "c1", MB, next_units=MB, now=T0 + 20)  # refreshes expiry to T0+20+900
-    assert not engine.store.run_write(lambda tx: engine.op_expire(tx, key, exp, T0 + 31))
+    assert not engine.store.run_write(
+        lambda tx: engine.op_expire(tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 31)))
     assert bal(engine).reserved == 10_000
 
 
@@ -288,5 +292,7 @@ def test_price_enquiry_and_top_up(engine: ChargingEngine) -> None:
 def test_answer_trim(engine: ChargingEngine) -> None:
     add(engine.store, "41790000001", balance="1.00")
     reserve(engine, "r1")
-    assert engine.store.run_write(lambda tx: engine.op_trim_answers(tx, T0)) == 0
-    assert engine.store.run_write(lambda tx: engine.op_trim_answers(tx, T0 + 1)) == 1
+    assert engine.store.run_write(
+        lambda tx: engine.op_trim_answers(tx, TrimRequest(before=T0))) == 0
+    assert engine.store.run_write(
+        lambda tx: engine.op_trim_answers(tx, TrimRequest(before=T0 + 1))) == 1

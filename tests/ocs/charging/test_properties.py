@@ -14,6 +14,7 @@ from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
     CommitRequest,
     DebitRequest,
+    ExpireRequest,
     IdKind,
     RefundRequest,
     ReleaseRequest,
@@ -104,7 +105,8 @@ def _run(store: Store, ops: list[tuple[Any, ...]]) -> None:
         elif kind == "expire":
             now += op[1]
             for k, exp in eng.expired_reservations(now):
-                if store.run_write(lambda tx, k=k, e=exp, t=now: eng.op_expire(tx, k, e, t)):
+                expire = ExpireRequest(key=k, expires_at=exp, now=now)
+                if store.run_write(lambda tx, r=expire: eng.op_expire(tx, r)):  # type: ignore[misc]
                     expected_cdrs += 1
         if req is None:
             continue

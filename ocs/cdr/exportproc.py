@@ -1,0 +1,120 @@
+"""The CDR exporter as a process of its own (started by ``ocs serve``).
+
+It formats and fsyncs CSV rows, which is Python work that would otherwise compete with
+the event loop for the GIL. Its position lives in the store, so it can be killed and
+restarted at any point. SIGTERM makes it drain the journal, close the open file and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def child_main(settings_json: str) -> None:
+    from ocs import logs
+    from ocs.cdr.export import CdrExporter, ExportBusy
+    from ocs.store.env import Store
+
+    conf = json.loads(settings_json)
+    logs.configure(conf.get("log_format", "json"))
+    # Exporting can wait (the journal holds every record); charging cannot.
+    with contextlib.suppress(OSError):
+        os.nice(5)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from pathlib import Path
+
+    store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
+    exporter = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
+                           rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
+    interval = conf["interval_s"]
+    while not stop.is_set():
+        try:
+            res = exporter.run_once(int(time.time()))
+            if res.closed:
+                log.info("cdr_export", rows=res.rows, closed=list(res.closed))
+        except ExportBusy:
+            pass
+        except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
+            log.error("cdr_export_failed", error=str(exc))
+        stop.wait(interval)
+    try:
+        res = exporter.flush(int(time.time()))
+        log.info("cdr_export_final", rows=res.rows, closed=list(res.closed))
+    except OSError as exc:
+        log.error("cdr_export_failed", error=str(exc))
+        store.close()
+        raise SystemExit(1) from exc
+    store.close()
+
+
+class ExporterProcess:
+    """Starts, watches (restarts on death) and stops the exporter process."""
+
+    def __init__(self, conf: dict[str, Any]):
+        self._conf = conf
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ocs.cdr.exportproc", json.dumps(self._conf)])
+
+    async def start(self) -> None:
+        self._spawn()
+        self._watch = asyncio.get_running_loop().create_task(self._watchdog())
+
+    async def _watchdog(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            if self._stopping or self._proc is None:
+                return
+            code = self._proc.poll()
+            if code is not None:
+                log.error("cdr_exporter_died", exit_code=code)
+                self.restarts += 1
+                await asyncio.sleep(min(5.0, 0.2 * self.restarts))
+                if not self._stopping:
+                    self._spawn()
+
+    async def stop(self, timeout: float = 60.0) -> int | None:
+        """Ask for a final drain and close; returns the exit code."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(None, self._proc.wait), timeout)
+        except TimeoutError:
+            self._proc.kill()
+            return self._proc.wait()
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])

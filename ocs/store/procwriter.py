@@ -1,0 +1,360 @@
+"""The group-commit writer as a process of its own.
+
+py-lmdb releases the GIL around every LMDB call; a writer *thread* must then win the GIL
+back from the event loop after each call, and under protocol load it waits a switch
+interval (5 ms) each time. So the server runs its writer as a single-threaded child
+process with its own interpreter: the event loop sends named operations over a Unix
+socket pair, the child runs them in group-commit batches (:class:`~ocs.store.writer.Batch`)
+and answers each batch after its durable commit.
+
+Frames both ways: 4-byte big-endian length, then MessagePack.
+- request  ``[id, name, request]`` (``name`` is a key of ``OPERATIONS``)
+- answer   ``[id, true, result]`` or ``[id, false, [error kind, message]]``
+- stats    ``[0, true, [ops, commit seconds, batch seconds]]`` after each batch
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from ocs.store.env import StoreError
+from ocs.store.writer import Batch, Overloaded, WriterStopped
+
+log = structlog.get_logger(__name__)
+
+_LEN = struct.Struct(">I")
+_MAX_FRAME = 16 * 1024 * 1024
+_SOCK_BUF = 4 * 1024 * 1024
+_enc = msgspec.msgpack.Encoder()
+_dec_frame = msgspec.msgpack.Decoder(tuple[int, Any, msgspec.Raw])
+
+
+class OperationFailed(RuntimeError):
+    """An operation raised in the writer process (its kind and message are kept)."""
+
+
+def _frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+def _split_frames(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete frame at the start of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 4:
+        (size,) = _LEN.unpack_from(buf, pos)
+        if size > _MAX_FRAME:
+            raise StoreError(f"writer frame of {size} bytes is too large")
+        if n - pos - 4 < size:
+            break
+        out.append(bytes(buf[pos + 4 : pos + 4 + size]))
+        pos += 4 + size
+    if pos:
+        del buf[:pos]
+    return out
+
+
+# -- the child process ------------------------------------------------------------------
+
+
+def child_main(fd: int, settings_json: str) -> None:
+    """Entry point of the writer process (``python -m ocs.store.procwriter FD JSON``)."""
+    from ocs import logs
+    from ocs.charging.engine import OPERATIONS, ChargingEngine, EngineSettings
+    from ocs.store.env import Store
+
+    conf = json.loads(settings_json)
+    logs.configure(conf.get("log_format", "json"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
+    settings = EngineSettings(**{**conf["engine"],
+                                 "home_networks": frozenset(conf["engine"]["home_networks"])})
+    engine = ChargingEngine(store, None, settings)
+    decoders = {name: msgspec.msgpack.Decoder(req_t) for name, (req_t, _r) in OPERATIONS.items()}
+    ops = {name: getattr(engine, "op_" + name) for name in OPERATIONS}
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
+    serve(sock, store, decoders, ops, conf["max_ops"], conf["max_delay_ms"] / 1000.0)
+    store.close()
+
+
+def serve(sock: socket.socket, store: Any, decoders: dict[str, Any],
+          ops: dict[str, Callable[[Any, Any], Any]], max_ops: int, max_delay: float) -> None:
+    """Read operations, run them in group-commit batches, answer after each commit.
+
+    Returns when the parent closes its end (after committing what was received).
+    """
+    buf = bytearray()
+    pending: deque[tuple[int, str, msgspec.Raw]] = deque()
+    eof = False
+    batches = 0
+
+    def read(timeout: float | None) -> None:
+        nonlocal eof
+        if timeout is not None:
+            ready, _, _ = select.select([sock], [], [], timeout)
+            if not ready:
+                return
+        data = sock.recv(_SOCK_BUF)
+        if not data:
+            eof = True
+            return
+        buf.extend(data)
+        for frame in _split_frames(buf):
+            pending.append(_dec_frame.decode(frame))
+
+    def op_for(name: str, raw: msgspec.Raw) -> Callable[[Any], Any]:
+        fn = ops.get(name)
+        if fn is None:
+            raise OperationFailed(f"unknown operation {name!r}")
+        req = decoders[name].decode(raw)
+        return lambda tx: fn(tx, req)
+
+    while True:
+        if not pending:
+            if eof:
+                return
+            read(None)
+            continue
+        batches += 1
+        batch = Batch(store, batches)
+        deadline = batch.started + max_delay
+        ids: list[int] = []
+        while True:
+            while pending and len(batch) < max_ops:
+                rid, name, raw = pending.popleft()
+                ids.append(rid)
+                try:
+                    fn = op_for(name, raw)
+                except (OperationFailed, msgspec.DecodeError) as exc:
+                    err = exc
+
+                    def fn(_tx: Any, err: Exception = err) -> Any:
+                        raise err
+
+                batch.add(fn)
+            if len(batch) >= max_ops or eof:
+                break
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            read(remaining)
+        commit_s = batch.commit()
+        out = []
+        for rid, (ok, value) in zip(ids, batch.results, strict=True):
+            if ok:
+                out.append(_frame(_enc.encode((rid, True, value))))
+            else:
+                out.append(_frame(_enc.encode((rid, False, (type(value).__name__, str(value))))))
+        out.append(_frame(_enc.encode(
+            (0, True, (len(batch), commit_s, time.perf_counter() - batch.started)))))
+        try:
+            sock.sendall(b"".join(out))
+        except OSError:
+            return  # the parent is gone; what was committed stays committed
+
+
+# -- the parent side ----------------------------------------------------------------------
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: ProcessWriter):
+        self._owner = owner
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf.extend(data)
+        self._owner._answers(_split_frames(self._buf))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._lost(exc)
+
+
+BatchHook = Callable[[int, float, float], None]
+
+
+class ProcessWriter:
+    """Submits named operations to the writer process; futures resolve after commit."""
+
+    def __init__(self, *, data_dir: str, map_size_mb: int, max_ops: int, max_delay_ms: float,
+                 queue_size: int, engine: dict[str, Any], log_format: str = "json",
+                 on_batch: BatchHook | None = None):
+        self._conf = {
+            "data_dir": data_dir,
+            "map_size_mb": map_size_mb,
+            "max_ops": max_ops,
+            "max_delay_ms": max_delay_ms,
+            "engine": engine,
+            "log_format": log_format,
+        }
+        self._queue_size = queue_size
+        self._on_batch = on_batch
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._next_id = 1
+        self._stopping = False
+        self._closed: asyncio.Event | None = None
+        self._result_decoders: dict[str, Any] = {}
+        self.batches = 0
+        self.ops = 0
+        self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and (
+            self._transport is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        from ocs.charging.engine import OPERATIONS
+
+        self._result_decoders = {
+            name: msgspec.msgpack.Decoder(res_t) for name, (_q, res_t) in OPERATIONS.items()
+        }
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (parent_sock, child_sock):
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
+        fd = child_sock.fileno()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ocs.store.procwriter", str(fd), json.dumps(self._conf)],
+            pass_fds=(fd,),
+        )
+        child_sock.close()
+        loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        self._transport, _ = await loop.create_connection(
+            lambda: _Protocol(self), sock=parent_sock)
+        log.info("writer_process_started", pid=self._proc.pid)
+
+    def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
+        if self._stopping:
+            raise WriterStopped("writer is stopping")
+        if self._transport is None:
+            raise StoreError("writer process is not running")
+        if len(self._pending) >= self._queue_size:
+            raise Overloaded(f"write queue full ({self._queue_size} operations)")
+        dec = self._result_decoders.get(name)
+        if dec is None:
+            raise OperationFailed(f"unknown operation {name!r}")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        rid = self._next_id
+        self._next_id += 1
+        self._pending[rid] = (fut, dec)
+        self._out.append(_frame(_enc.encode((rid, name, req))))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._transport.write(data)
+
+    def _answers(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            rid, ok, raw = _dec_frame.decode(frame)
+            if rid == 0:
+                n, commit_s, batch_s = msgspec.msgpack.decode(raw)
+                self.batches += 1
+                self.ops += n
+                if self._on_batch is not None:
+                    self._on_batch(n, commit_s, batch_s)
+                continue
+            entry = self._pending.pop(rid, None)
+            if entry is None:
+                continue
+            fut, dec = entry
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(dec.decode(raw))
+            else:
+                kind, message = msgspec.msgpack.decode(raw)
+                err: Exception = StoreError(message) if kind == "StoreError" else (
+                    OperationFailed(f"{kind}: {message}"))
+                fut.set_exception(err)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._pending:
+            err = StoreError("writer process ended before answering")
+            for fut, _dec in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._pending.clear()
+        if not self._stopping:
+            code = self._proc.poll() if self._proc is not None else None
+            log.error("writer_process_lost", exit_code=code)
+            asyncio.get_running_loop().create_task(self._restart())
+        if self._closed is not None:
+            self._closed.set()
+
+    async def _restart(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await asyncio.get_running_loop().run_in_executor(None, self._proc.wait)
+        self.restarts += 1
+        await asyncio.sleep(min(5.0, 0.1 * self.restarts))
+        if not self._stopping:
+            await self.start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking operations, wait for the answers of those sent, end the process."""
+        self._stopping = True
+        self._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending and loop.time() < deadline and self._transport is not None:
+            await asyncio.sleep(0.005)
+        if self._transport is not None:
+            self._transport.close()
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, self._proc.wait),
+                                       max(1.0, deadline - loop.time()))
+            except TimeoutError:
+                log.error("writer_process_stop_timeout", pid=self._proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]), sys.argv[2])
