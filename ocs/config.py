@@ -81,6 +81,15 @@ class RadiusConfig:
     coa_port: int = 3799
     require_message_authenticator: bool = True
     clients: tuple[RadiusClient, ...] = ()
+    rating_group: int = -1
+    """Rating group RADIUS data sessions are rated under; -1 = none (rates without
+    rating_groups apply)."""
+    interim_interval_s: int = 300
+    """Acct-Interim-Interval sent in Access-Accept."""
+    session_timeout_s: int = 3600
+    """Session-Timeout in Access-Accept for prepaid data (re-authorise at least this often)."""
+    dedup_window_s: float = 30.0
+    """How long a reply is kept to answer a retransmission (same client, Id, authenticator)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,6 +308,9 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{src}: radius.clients[{i}].address: {exc}") from exc
             if not c.secret:
                 raise ConfigError(f"{src}: radius.clients[{i}].secret: must not be empty")
+        if cfg.radius.interim_interval_s <= 0 or cfg.radius.session_timeout_s <= 0:
+            raise ConfigError(f"{src}: radius: interim_interval_s and session_timeout_s "
+                              "must be positive")
     if cfg.smpp is not None:
         _check_listen(cfg.smpp.listen, f"{src}: smpp.listen")
         if cfg.smpp.window <= 0:

@@ -20,3 +20,10 @@ STARTERS: dict[str, Starter] = {}
 
 def register(section: str, starter: Starter) -> None:
     STARTERS[section] = starter
+
+
+def load_builtin() -> None:
+    """Register the listeners of the protocol packages in this build."""
+    from protocols.radius.transport import start_radius
+
+    register("radius", start_radius)

@@ -40,3 +40,8 @@ def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:
     STORE_OPS.inc(ops)
     STORE_COMMIT_SECONDS.observe(commit_s)
     STORE_BATCH_OPS.observe(ops)
+
+RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and outcome",
+                         ["endpoint", "outcome"], registry=REGISTRY)
+RADIUS_DROPPED = Counter("ocs_radius_dropped", "RADIUS packets silently discarded, by reason",
+                         ["endpoint", "reason"], registry=REGISTRY)

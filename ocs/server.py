@@ -81,6 +81,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.started_at = time.time()
+        self.radius: Any = None
 
     def health(self) -> dict[str, Any]:
         ok = self.writer.alive and self.exporter.alive and not self._stopping.is_set()
@@ -115,6 +116,7 @@ class Server:
             host, port = parse_listen(self.cfg.admin.listen)
             self.admin_address = await self.admin.start(host, port)
             log.info("admin_listening", address=f"{self.admin_address[0]}:{self.admin_address[1]}")
+        listeners.load_builtin()
         for section in ("diameter", "radius", "smpp", "snmp"):
             sec = getattr(self.cfg, section)
             if sec is None or not sec.enabled:

@@ -435,7 +435,10 @@ class ChargingEngine:
         base = cost(terms, res.chargeable_total)
         need = cost(terms, res.chargeable_total + rest) - base
         final = False
-        if need <= avail:
+        if avail <= 0 and res.charged_total < base:
+            # Capped earlier: the rounding slack of cost(total) was never paid either.
+            units, money, final = 0, 0, True
+        elif need <= avail:
             units, money = rest, need
         else:
             total = max_units(terms, base + avail, res.chargeable_total + rest)
@@ -496,7 +499,10 @@ class ChargingEngine:
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
         alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
-        used = max(0, req.used_units)
+        if req.cumulative_units is not None:
+            used = max(0, req.cumulative_units - res.used_total)
+        else:
+            used = max(0, req.used_units)
         settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
                                req.bytes_out, "final" if req.final else "interim",
                                write_cdr=used > 0 or req.final)
@@ -786,6 +792,11 @@ class ChargingEngine:
 
     # -- read-only enquiries (never block: LMDB readers) ------------------------------
 
+    def find_subscriber_now(self, ids: Identity) -> Subscriber | None:
+        """Read-only lookup outside any write (never blocks)."""
+        with self.store.read() as txn:
+            return self.find_subscriber(_ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+
     def check_balance(self, ids: Identity, now: int | None = None) -> BalanceView | None:
         with self.store.read() as txn:
             view = _ReadTx(txn, self.store)
@@ -847,6 +858,21 @@ class ChargingEngine:
         return PriceQuote(ok=True, rate_id=rated.rate.id, units=units,
                           billed_units=rated.billed_units, charge=rated.charge,
                           explanation=rated.explain())
+
+    def session_keys(self, prefix: str) -> list[tuple[str, Service, int | None]]:
+        """(session id, service, rating group) of open reservations whose session id
+        starts with ``prefix`` (e.g. every session of one NAS)."""
+        out: list[tuple[str, Service, int | None]] = []
+        start = prefix.encode()
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RESERVATIONS]) as cur:
+            if not cur.set_range(start):
+                return out
+            for k, v in cur:
+                if not bytes(k).startswith(start):
+                    break
+                res = dec_reservation.decode(v)
+                out.append((res.session_id, Service(res.service), res.rating_group))
+        return out
 
     def open_reservations(self, msisdn: str | None = None) -> Iterator[Reservation]:
         with self.store.read() as txn:

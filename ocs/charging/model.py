@@ -137,6 +137,9 @@ class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
     service: Service
     rating_group: int | None = None
     used_units: int = 0
+    cumulative_units: int | None = None
+    """Instead of ``used_units``: the session's total so far (RADIUS counters); the delta
+    since the last commit is charged, so a repeated report charges nothing."""
     bytes_in: int = 0
     bytes_out: int = 0
     final: bool = False

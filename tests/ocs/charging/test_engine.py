@@ -109,6 +109,15 @@ def test_overuse_caps_prepaid_at_zero(engine: ChargingEngine) -> None:
     assert cdrs(engine)[0].result == "capped"
 
 
+def test_no_free_slack_after_capped_interim(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="0.01")
+    reserve(engine, "r1", units=MB)
+    s = commit(engine, "c1", 4_294_968_296, next_units=MB)  # far beyond the credit
+    assert s.capped and s.charged == 10_000
+    assert s.next_grant is not None and not s.next_grant.ok
+    assert s.next_grant.refusal == Refusal.OUT_OF_CREDIT and s.next_grant.final
+
+
 def test_retry_is_replayed_not_charged_twice(engine: ChargingEngine) -> None:
     add(engine.store, "41790000001", balance="1.00")
     reserve(engine, "r1")

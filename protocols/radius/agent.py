@@ -1,0 +1,261 @@
+"""RADIUS agent: turns verified packets into charging calls and builds the replies.
+
+Accounting: Start opens a usage session (a reservation), Interim-Update charges the
+bytes since the last report (cumulative counters, Gigawords included), Stop settles and
+closes it, Accounting-On/Off closes every open session of that NAS. The reply goes out
+only after the engine's durable commit. Access: PAP against the subscriber's stored
+hash, Accept with Session-Timeout / Acct-Interim-Interval, or Reject with Reply-Message.
+
+A packet that fails verification is a :class:`~protocols.radius.codec.Drop` (silent
+discard, counted by reason), never an exception that reaches the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import CommitRequest, Identity, IdKind, Refusal, ReserveRequest
+from ocs.config import RadiusConfig
+from ocs.provisioning import verify_password
+from ocs.rating.plans import Service
+from protocols.radius.codec import (
+    VENDOR_3GPP,
+    AcctStatus,
+    Attr,
+    Code,
+    Drop,
+    Packet,
+    Tgpp,
+    attr,
+    decrypt_password,
+    encode_reply,
+    message_authenticator_ok,
+    request_authenticator_ok,
+)
+
+log = structlog.get_logger(__name__)
+
+_ZERO_AUTH = b"\x00" * 16
+_REJECT_TEXT: dict[str, str] = {
+    Refusal.UNKNOWN_SUBSCRIBER: "unknown user",
+    Refusal.SUSPENDED: "account suspended",
+    Refusal.BLOCKED: "account blocked",
+    Refusal.TERMINATED: "account terminated",
+    Refusal.OUT_OF_CREDIT: "no credit left",
+    Refusal.CREDIT_LIMIT_REACHED: "credit limit reached",
+    Refusal.ROAMING_NOT_ALLOWED: "roaming not allowed",
+    Refusal.RATING_FAILED: "service not available on this plan",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret: bytes
+    name: str
+    coa_address: str
+    coa_port: int
+
+
+def octets(pkt: Packet, octets_attr: int, gigawords_attr: int) -> int | None:
+    """64-bit counter: Gigawords × 2^32 + Octets; None when the packet has neither."""
+    low = pkt.integer(octets_attr)
+    high = pkt.integer(gigawords_attr)
+    if low is None and high is None:
+        return None
+    return ((high or 0) << 32) + (low or 0)
+
+
+def identity(pkt: Packet) -> Identity:
+    """Who pays: User-Name, else Calling-Station-Id (MSISDN), else 3GPP-IMSI."""
+    ids: list[tuple[IdKind, str]] = []
+    user = pkt.text(Attr.USER_NAME)
+    if user:
+        ids.append((IdKind.USERNAME, user))
+    calling = "".join(c for c in pkt.text(Attr.CALLING_STATION_ID) if c.isdigit())
+    if calling:
+        ids.append((IdKind.MSISDN, calling))
+    imsi = pkt.vsa(VENDOR_3GPP, Tgpp.IMSI)
+    if imsi:
+        ids.append((IdKind.IMSI, imsi.decode("ascii", "replace")))
+    return tuple(ids)
+
+
+class RadiusAgent:
+    def __init__(self, engine: ChargingEngine, cfg: RadiusConfig, *,
+                 validity_s: int = 900, clock: Any = time.time):
+        self.engine = engine
+        self.cfg = cfg
+        self.validity_s = validity_s
+        self.clock = clock
+        self.rating_group = cfg.rating_group if cfg.rating_group >= 0 else None
+        clients = [
+            Client(ipaddress.ip_network(c.address, strict=False), c.secret.encode(),
+                   c.name or c.address, c.coa_address or c.address.split("/")[0],
+                   c.coa_port or cfg.coa_port)
+            for c in cfg.clients
+        ]
+        # most specific network first
+        self.clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self.counters: Counter[str] = Counter()
+
+    def client_for(self, address: str) -> Client | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        for c in self.clients:
+            if ip.version == c.network.version and ip in c.network:
+                return c
+        return None
+
+    @staticmethod
+    def _proxy_state(pkt: Packet) -> list[tuple[int, bytes]]:
+        return [(Attr.PROXY_STATE, v) for v in pkt.all(Attr.PROXY_STATE)]
+
+    # -- accounting -------------------------------------------------------------------
+
+    async def accounting(self, client: Client, pkt: Packet) -> bytes:
+        if pkt.code != Code.ACCOUNTING_REQUEST:
+            raise Drop("unexpected_code")
+        if not request_authenticator_ok(pkt, client.secret):
+            raise Drop("bad_authenticator")
+        if message_authenticator_ok(pkt, client.secret, _ZERO_AUTH) is False:
+            raise Drop("bad_message_authenticator")
+        status = pkt.integer(Attr.ACCT_STATUS_TYPE)
+        if status is None:
+            raise Drop("missing_acct_status_type")
+        nas = (pkt.text(Attr.NAS_IDENTIFIER) or _ip(pkt.get(Attr.NAS_IP_ADDRESS))
+               or client.name)
+        key = b"radius:%s:%d:%s" % (client.name.encode(), pkt.identifier,
+                                    pkt.authenticator.hex().encode())
+        if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+            await self._close_nas(nas, key)
+        elif status in (AcctStatus.START, AcctStatus.INTERIM_UPDATE, AcctStatus.STOP):
+            sid = pkt.text(Attr.ACCT_SESSION_ID)
+            if not sid:
+                raise Drop("missing_acct_session_id")
+            await self._session(pkt, AcctStatus(status), f"radius:{nas}:{sid}", key)
+        else:
+            self.counters["acct_status_ignored"] += 1
+        self.counters[f"acct_{status}"] += 1
+        return encode_reply(Code.ACCOUNTING_RESPONSE, pkt, client.secret,
+                            self._proxy_state(pkt))
+
+    async def _session(self, pkt: Packet, status: AcctStatus, session: str, key: bytes) -> None:
+        eng = self.engine
+        now = int(self.clock())
+        rg = self.rating_group
+        bytes_in = octets(pkt, Attr.ACCT_INPUT_OCTETS, Attr.ACCT_INPUT_GIGAWORDS)
+        bytes_out = octets(pkt, Attr.ACCT_OUTPUT_OCTETS, Attr.ACCT_OUTPUT_GIGAWORDS)
+        total = None if bytes_in is None and bytes_out is None else (
+            (bytes_in or 0) + (bytes_out or 0))
+        visited = (pkt.vsa(VENDOR_3GPP, Tgpp.SGSN_MCC_MNC) or b"").decode("ascii", "replace")
+
+        def reserve(k: bytes) -> ReserveRequest:
+            return ReserveRequest(request_key=k, session_id=session, subscriber=identity(pkt),
+                                  service=Service.DATA, rating_group=rg,
+                                  visited_network=visited, protocol="radius",
+                                  validity_s=self.validity_s, now=now)
+
+        if status is AcctStatus.START:
+            grant = await eng.reserve(reserve(key))
+            if not grant.ok:
+                log.info("radius_start_refused", session=session, refusal=grant.refusal)
+            return
+        final = status is AcctStatus.STOP
+        commit = CommitRequest(
+            request_key=key, session_id=session, service=Service.DATA, rating_group=rg,
+            cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
+            final=final, next_units=None if final else 0, validity_s=self.validity_s,
+            now=now)
+        settled = await eng.commit(commit)
+        if not settled.ok and settled.refusal == Refusal.UNKNOWN_RESERVATION:
+            # Interim or Stop without Start: open the session, then charge the report.
+            grant = await eng.reserve(reserve(key + b":open"))
+            if not grant.ok:
+                log.info("radius_session_refused", session=session, refusal=grant.refusal)
+                return
+            settled = await eng.commit(CommitRequest(
+                request_key=key + b":charge", session_id=session, service=Service.DATA,
+                rating_group=rg, cumulative_units=total, bytes_in=bytes_in or 0,
+                bytes_out=bytes_out or 0, final=final, next_units=None if final else 0,
+                validity_s=self.validity_s, now=now))
+        nxt = settled.next_grant
+        if nxt is not None and not nxt.ok:
+            self.counters["credit_exhausted"] += 1
+            log.info("radius_credit_exhausted", session=session, refusal=nxt.refusal)
+
+    async def _close_nas(self, nas: str, key: bytes) -> None:
+        """Accounting-On/Off: the NAS restarted, its sessions are gone; settle them all."""
+        now = int(self.clock())
+        for i, (sid, service, rg) in enumerate(self.engine.session_keys(f"radius:{nas}:")):
+            await self.engine.commit(CommitRequest(
+                request_key=key + b":%d" % i, session_id=sid, service=service,
+                rating_group=rg, final=True, now=now))
+
+    # -- access -----------------------------------------------------------------------
+
+    async def access(self, client: Client, pkt: Packet) -> bytes:
+        if pkt.code != Code.ACCESS_REQUEST:
+            raise Drop("unexpected_code")
+        ma = message_authenticator_ok(pkt, client.secret)
+        if ma is False:
+            raise Drop("bad_message_authenticator")
+        if ma is None and (self.cfg.require_message_authenticator
+                           or pkt.get(Attr.EAP_MESSAGE) is not None):
+            raise Drop("missing_message_authenticator")
+        proxy = self._proxy_state(pkt)
+        refusal = await self._authorise(client, pkt)
+        if refusal is not None:
+            self.counters["access_reject"] += 1
+            return encode_reply(Code.ACCESS_REJECT, pkt, client.secret,
+                                [attr(Attr.REPLY_MESSAGE, _REJECT_TEXT.get(refusal, refusal)),
+                                 *proxy], message_authenticator=True)
+        self.counters["access_accept"] += 1
+        attrs = [attr(Attr.SESSION_TIMEOUT, self.cfg.session_timeout_s),
+                 attr(Attr.ACCT_INTERIM_INTERVAL, self.cfg.interim_interval_s), *proxy]
+        return encode_reply(Code.ACCESS_ACCEPT, pkt, client.secret, attrs,
+                            message_authenticator=True)
+
+    async def _authorise(self, client: Client, pkt: Packet) -> str | None:
+        """None when the user may connect, else the refusal reason."""
+        ids = identity(pkt)
+        pw_attr = pkt.get(Attr.USER_PASSWORD)
+        if pw_attr is None:
+            return "PAP (User-Password) is required"
+        password = decrypt_password(pw_attr, client.secret, pkt.authenticator)
+        sub = self.engine.find_subscriber_now(ids)
+        if sub is None:
+            return Refusal.UNKNOWN_SUBSCRIBER
+        # scrypt takes milliseconds and releases the GIL: keep it off the event loop.
+        ok = bool(sub.password_hash) and await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password.decode("utf-8", "replace"), sub.password_hash)
+        if not ok:
+            self.counters["access_bad_password"] += 1
+            return "authentication failed"
+        view = self.engine.check_balance(((IdKind.MSISDN, sub.msisdn),))
+        if view is None:
+            return Refusal.UNKNOWN_SUBSCRIBER
+        if view.status != "active":
+            return {"suspended": Refusal.SUSPENDED, "blocked": Refusal.BLOCKED}.get(
+                view.status, Refusal.TERMINATED)
+        data_left = view.allowances.get("data", {}).get("remaining", 0)
+        if view.available <= 0 and data_left <= 0:
+            return Refusal.CREDIT_LIMIT_REACHED if view.mode == "postpaid" else (
+                Refusal.OUT_OF_CREDIT)
+        return None
+
+
+def _ip(value: bytes | None) -> str:
+    if value is None or len(value) != 4:
+        return ""
+    return str(ipaddress.IPv4Address(value))

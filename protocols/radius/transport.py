@@ -1,0 +1,152 @@
+"""UDP transport for RADIUS: the only module of the package that touches asyncio sockets.
+
+Per datagram: find the client by source address (unknown -> counted drop), answer a
+retransmission (same client address and port, Identifier and authenticator) from the
+reply cache without processing it again, otherwise hand the packet to the agent and send
+its reply when the agent returns (after the durable commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ocs import metrics
+from protocols.radius.agent import Client, RadiusAgent
+from protocols.radius.codec import Drop, Packet, decode
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Client, Packet], Awaitable[bytes]]
+_IN_PROGRESS = b""
+
+
+class RadiusEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, agent: RadiusAgent, kind: str, handler: Handler, *,
+                 dedup_window_s: float = 30.0, max_cache: int = 200_000):
+        self.agent = agent
+        self.kind = kind
+        self.handler = handler
+        self.window = dedup_window_s
+        self.max_cache = max_cache
+        self.transport: asyncio.DatagramTransport | None = None
+        self._cache: OrderedDict[tuple[Any, int, bytes], tuple[float, bytes]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def _drop(self, reason: str) -> None:
+        self.agent.counters[f"drop_{reason}"] += 1
+        metrics.RADIUS_DROPPED.labels(self.kind, reason).inc()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        client = self.agent.client_for(addr[0])
+        if client is None:
+            self._drop("unknown_client")
+            return
+        if len(data) < 20:
+            self._drop("short_packet")
+            return
+        key = (addr, data[1], data[4:20])
+        now = time.monotonic()
+        self._expire(now)
+        cached = self._cache.get(key)
+        if cached is not None:
+            reply = cached[1]
+            metrics.RADIUS_PACKETS.labels(self.kind, "duplicate").inc()
+            if reply is not _IN_PROGRESS and self.transport is not None:
+                self.transport.sendto(reply, addr)
+            return
+        try:
+            pkt = decode(data)
+        except Drop as d:
+            self._drop(d.reason)
+            return
+        self._cache[key] = (now, _IN_PROGRESS)
+        task = asyncio.ensure_future(self._handle(client, pkt, addr, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, client: Client, pkt: Packet, addr: Any,
+                      key: tuple[Any, int, bytes]) -> None:
+        try:
+            reply = await self.handler(client, pkt)
+        except Drop as d:
+            self._cache.pop(key, None)
+            self._drop(d.reason)
+            return
+        except Exception as exc:  # the engine failed (busy, writer gone): no answer, the
+            # NAS retransmits; nothing was acknowledged
+            self._cache.pop(key, None)
+            metrics.RADIUS_PACKETS.labels(self.kind, "error").inc()
+            log.warning("radius_request_failed", kind=self.kind, client=client.name,
+                        error=f"{type(exc).__name__}: {exc}")
+            return
+        self._cache[key] = (time.monotonic(), reply)
+        metrics.RADIUS_PACKETS.labels(self.kind, "answered").inc()
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def _expire(self, now: float) -> None:
+        cache = self._cache
+        limit = now - self.window
+        while cache:
+            t, _reply = next(iter(cache.values()))
+            if t >= limit and len(cache) <= self.max_cache:
+                break
+            cache.popitem(last=False)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
+
+
+class RadiusListener:
+    """Auth and accounting endpoints of one server."""
+
+    def __init__(self, agent: RadiusAgent):
+        self.agent = agent
+        self.endpoints: list[tuple[asyncio.DatagramTransport, RadiusEndpoint]] = []
+
+    async def start(self, auth: tuple[str, int], acct: tuple[str, int], window: float) -> None:
+        loop = asyncio.get_running_loop()
+        for kind, address, handler in (("auth", auth, self.agent.access),
+                                       ("acct", acct, self.agent.accounting)):
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda k=kind, h=handler: RadiusEndpoint(self.agent, k, h,  # type: ignore[misc]
+                                                         dedup_window_s=window),
+                local_addr=address)
+            self.endpoints.append((transport, proto))
+            sock = transport.get_extra_info("sockname")
+            log.info("radius_listening", kind=kind, address=f"{sock[0]}:{sock[1]}")
+
+    def address(self, kind: str) -> tuple[str, int]:
+        for transport, proto in self.endpoints:
+            if proto.kind == kind:
+                sock = transport.get_extra_info("sockname")
+                return str(sock[0]), int(sock[1])
+        raise KeyError(kind)
+
+    async def close(self) -> None:
+        for transport, proto in self.endpoints:
+            transport.close()
+            await proto.drain()
+
+
+async def start_radius(server: Any) -> RadiusListener:
+    """``ocs serve`` starter for the ``[radius]`` section."""
+    from ocs.config import parse_listen
+
+    cfg = server.cfg.radius
+    agent = RadiusAgent(server.engine, cfg, validity_s=server.cfg.charging.default_validity_s)
+    listener = RadiusListener(agent)
+    await listener.start(parse_listen(cfg.auth_listen), parse_listen(cfg.acct_listen),
+                         cfg.dedup_window_s)
+    server.radius = listener
+    return listener
