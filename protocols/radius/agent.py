@@ -40,6 +40,7 @@ from protocols.radius.codec import (
     message_authenticator_ok,
     request_authenticator_ok,
 )
+from protocols.radius.dae import DaeClient, DaeOutcome, DaeTarget, SessionRef
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,20 @@ class Client:
     name: str
     coa_address: str
     coa_port: int
+
+    @property
+    def dae_target(self) -> DaeTarget:
+        return DaeTarget(self.coa_address, self.coa_port, self.secret)
+
+
+@dataclass(slots=True)
+class LiveSession:
+    """An accounting session seen on this server, for Dynamic Authorization."""
+
+    client: Client
+    ref: SessionRef
+    identity: Identity
+    disconnecting: bool = False
 
 
 def octets(pkt: Packet, octets_attr: int, gigawords_attr: int) -> int | None:
@@ -91,8 +106,12 @@ def identity(pkt: Packet) -> Identity:
 
 class RadiusAgent:
     def __init__(self, engine: ChargingEngine, cfg: RadiusConfig, *,
-                 validity_s: int = 900, clock: Any = time.time):
+                 validity_s: int = 900, clock: Any = time.time,
+                 dae: DaeClient | None = None):
         self.engine = engine
+        self.dae = dae
+        self.sessions: dict[str, LiveSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.cfg = cfg
         self.validity_s = validity_s
         self.clock = clock
@@ -143,7 +162,15 @@ class RadiusAgent:
             sid = pkt.text(Attr.ACCT_SESSION_ID)
             if not sid:
                 raise Drop("missing_acct_session_id")
-            await self._session(pkt, AcctStatus(status), f"radius:{nas}:{sid}", key)
+            session = f"radius:{nas}:{sid}"
+            if status == AcctStatus.STOP:
+                self.sessions.pop(session, None)
+            elif session not in self.sessions:
+                calling = pkt.text(Attr.CALLING_STATION_ID)
+                self.sessions[session] = LiveSession(client, SessionRef(
+                    sid, pkt.text(Attr.USER_NAME), pkt.get(Attr.NAS_IP_ADDRESS) or b"",
+                    calling), identity(pkt))
+            await self._session(pkt, AcctStatus(status), session, key)
         else:
             self.counters["acct_status_ignored"] += 1
         self.counters[f"acct_{status}"] += 1
@@ -170,6 +197,7 @@ class RadiusAgent:
             grant = await eng.reserve(reserve(key))
             if not grant.ok:
                 log.info("radius_start_refused", session=session, refusal=grant.refusal)
+                self.disconnect(session, str(grant.refusal))
             return
         final = status is AcctStatus.STOP
         commit = CommitRequest(
@@ -183,6 +211,7 @@ class RadiusAgent:
             grant = await eng.reserve(reserve(key + b":open"))
             if not grant.ok:
                 log.info("radius_session_refused", session=session, refusal=grant.refusal)
+                self.disconnect(session, str(grant.refusal))
                 return
             settled = await eng.commit(CommitRequest(
                 request_key=key + b":charge", session_id=session, service=Service.DATA,
@@ -193,11 +222,62 @@ class RadiusAgent:
         if nxt is not None and not nxt.ok:
             self.counters["credit_exhausted"] += 1
             log.info("radius_credit_exhausted", session=session, refusal=nxt.refusal)
+            self.disconnect(session, str(nxt.refusal))
+
+    # -- dynamic authorization ------------------------------------------------------
+
+    def disconnect(self, session: str, reason: str) -> None:
+        """Ask the NAS to end ``session`` (in the background; the reply to the NAS's own
+        request does not wait for it)."""
+        live = self.sessions.get(session)
+        if self.dae is None or live is None or live.disconnecting:
+            return
+        live.disconnecting = True
+        task = asyncio.get_running_loop().create_task(self._disconnect(session, live, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _disconnect(self, session: str, live: LiveSession, reason: str) -> None:
+        assert self.dae is not None
+        outcome = await self.dae.send(Code.DISCONNECT_REQUEST, live.client.dae_target,
+                                      live.ref)
+        log.info("radius_disconnect", session=session, reason=reason, outcome=outcome)
+        if outcome is DaeOutcome.SESSION_GONE:
+            # The NAS no longer has it: settle here, no more usage will be reported.
+            self.sessions.pop(session, None)
+            await self.engine.commit(CommitRequest(
+                request_key=f"{session}:gone:{int(self.clock())}".encode(),
+                session_id=session, service=Service.DATA, rating_group=self.rating_group,
+                final=True, now=int(self.clock())))
+        elif outcome is DaeOutcome.ACK:
+            self.sessions.pop(session, None)  # the NAS sends its Stop, which settles
+        else:
+            live.disconnecting = False  # try again on the next sweep
+
+    async def sweep(self) -> int:
+        """Disconnect live sessions whose subscriber was suspended, blocked or deleted
+        (``ocs subscriber suspend`` runs in another process, so the server polls)."""
+        n = 0
+        for session, live in list(self.sessions.items()):
+            if live.disconnecting:
+                continue
+            sub = self.engine.find_subscriber_now(live.identity)
+            if sub is None or sub.status != "active":
+                self.disconnect(session, sub.status if sub else "unknown")
+                n += 1
+        return n
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
 
     async def _close_nas(self, nas: str, key: bytes) -> None:
         """Accounting-On/Off: the NAS restarted, its sessions are gone; settle them all."""
         now = int(self.clock())
-        for i, (sid, service, rg) in enumerate(self.engine.session_keys(f"radius:{nas}:")):
+        prefix = f"radius:{nas}:"
+        for session in [k for k in self.sessions if k.startswith(prefix)]:
+            del self.sessions[session]
+        for i, (sid, service, rg) in enumerate(self.engine.session_keys(prefix)):
             await self.engine.commit(CommitRequest(
                 request_key=key + b":%d" % i, session_id=sid, service=service,
                 rating_group=rg, final=True, now=now))

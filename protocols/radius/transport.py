@@ -19,6 +19,7 @@ import structlog
 from ocs import metrics
 from protocols.radius.agent import Client, RadiusAgent
 from protocols.radius.codec import Drop, Packet, decode
+from protocols.radius.dae import DaeClient
 
 log = structlog.get_logger(__name__)
 
@@ -110,9 +111,19 @@ class RadiusEndpoint(asyncio.DatagramProtocol):
 class RadiusListener:
     """Auth and accounting endpoints of one server."""
 
-    def __init__(self, agent: RadiusAgent):
+    def __init__(self, agent: RadiusAgent, *, sweep_interval_s: float = 5.0):
         self.agent = agent
         self.endpoints: list[tuple[asyncio.DatagramTransport, RadiusEndpoint]] = []
+        self.sweep_interval_s = sweep_interval_s
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                await self.agent.sweep()
+            except Exception as exc:  # keep sweeping; a store hiccup must not end it
+                log.warning("radius_sweep_failed", error=str(exc))
 
     async def start(self, auth: tuple[str, int], acct: tuple[str, int], window: float) -> None:
         loop = asyncio.get_running_loop()
@@ -125,6 +136,9 @@ class RadiusListener:
             self.endpoints.append((transport, proto))
             sock = transport.get_extra_info("sockname")
             log.info("radius_listening", kind=kind, address=f"{sock[0]}:{sock[1]}")
+        if self.agent.dae is not None:
+            await self.agent.dae.start()
+            self._sweeper = loop.create_task(self._sweep_loop())
 
     def address(self, kind: str) -> tuple[str, int]:
         for transport, proto in self.endpoints:
@@ -134,9 +148,14 @@ class RadiusListener:
         raise KeyError(kind)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for transport, proto in self.endpoints:
             transport.close()
             await proto.drain()
+        await self.agent.drain()
+        if self.agent.dae is not None:
+            self.agent.dae.close()
 
 
 async def start_radius(server: Any) -> RadiusListener:
@@ -144,8 +163,9 @@ async def start_radius(server: Any) -> RadiusListener:
     from ocs.config import parse_listen
 
     cfg = server.cfg.radius
-    agent = RadiusAgent(server.engine, cfg, validity_s=server.cfg.charging.default_validity_s)
-    listener = RadiusListener(agent)
+    agent = RadiusAgent(server.engine, cfg, validity_s=server.cfg.charging.default_validity_s,
+                        dae=DaeClient())
+    listener = RadiusListener(agent, sweep_interval_s=server.cfg.charging.reaper_interval_s)
     await listener.start(parse_listen(cfg.auth_listen), parse_listen(cfg.acct_listen),
                          cfg.dedup_window_s)
     server.radius = listener
