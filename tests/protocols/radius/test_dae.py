@@ -44,7 +44,7 @@ class Nas(pyrad_server.Server):  # type: ignore[misc]
     received: list[dict[str, Any]]
 
     def HandleDisconnectPacket(self, pkt: Any) -> None:
-        self.received.append({k: pkt[k] for k in pkt.keys()})
+        self.received.append({k: pkt[k] for k in pkt.keys()})  # noqa: SIM118 (names)
         if self.answer == "silent":
             return
         r = self.CreateReplyPacket(pkt)
