@@ -31,6 +31,13 @@ log_format = "json"
 listen = "127.0.0.1:0"
 [cdr]
 rotate_s = 300
+[radius]
+auth_listen = "127.0.0.1:0"
+acct_listen = "127.0.0.1:0"
+rating_group = 10
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "testing123"
 """
 
 

@@ -54,4 +54,5 @@ def bench_part(name: str) -> Callable[[Callable[[BenchContext], Awaitable[list[R
 
 def load_all() -> None:
     """Import every module that registers commands or bench parts."""
-    import sim.core_cmd  # noqa: F401
+    import sim.core_cmd
+    import sim.radius_cmd  # noqa: F401

@@ -9,6 +9,8 @@ its reply when the agent returns (after the durable commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -133,6 +135,11 @@ class RadiusListener:
                 lambda k=kind, h=handler: RadiusEndpoint(self.agent, k, h,  # type: ignore[misc]
                                                          dedup_window_s=window),
                 local_addr=address)
+            raw_sock = transport.get_extra_info("socket")
+            if raw_sock is not None:  # bursts of requests must not overflow the queue
+                with contextlib.suppress(OSError):
+                    raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                    raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             self.endpoints.append((transport, proto))
             sock = transport.get_extra_info("sockname")
             log.info("radius_listening", kind=kind, address=f"{sock[0]}:{sock[1]}")
