@@ -220,6 +220,14 @@ def _sim(host: str, port: int, n_sessions: int, interims: int, extra: list[str])
     return result
 
 
+def _free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
 def _from_json(d: dict[str, Any], **kw: Any) -> Report:
     r = Report(part=d["part"], name=d["name"], operations=d["operations"], errors=d["errors"],
                seconds=d["seconds"], latencies_ms=d["latencies_ms"])
@@ -243,8 +251,28 @@ async def bench_radius(ctx: BenchContext) -> list[Report]:
     interims = ctx.scale(60_000)
     closed = await loop.run_in_executor(None, _sim, host, port, sessions, interims,
                                         ["--window", "512"])
-    reports = [_from_json(closed[0]), _from_json(closed[1], target="vs FreeRADIUS: see notes")]
-    half = max(1000.0, reports[1].throughput / 2)
+    ours = _from_json(closed[1])
+    reports = [_from_json(closed[0]), ours]
+    # FreeRADIUS 3.2 with its detail module, same generator, same run
+    from sim.peers import PeerUnavailable, freeradius
+
+    try:
+        fr_dir = ctx.workdir / "freeradius"
+        fr_dir.mkdir()
+        auth_port, acct_port = _free_udp_port(), _free_udp_port()
+        with freeradius(fr_dir, auth_port, acct_port):
+            fr = await loop.run_in_executor(None, _sim, "127.0.0.1", acct_port, sessions,
+                                            interims, ["--window", "512"])
+        peer = _from_json(fr[1])
+        peer.part, peer.name = "radius", "FreeRADIUS 3.2 (detail), same load"
+        reports.append(peer)
+        ratio = ours.throughput / peer.throughput if peer.throughput else 0.0
+        ours.target = ">= 0.5x FreeRADIUS"
+        ours.passed = ratio >= 0.5
+        ours.extra["result"] = f"{ratio:.2f}x FreeRADIUS"
+    except PeerUnavailable as exc:
+        ours.extra["result"] = f"no FreeRADIUS: {exc}"[:60]
+    half = max(1000.0, ours.throughput / 2)
     opened = await loop.run_in_executor(
         None, _sim, host, port, sessions, int(half * ctx.scale_s(5.0)),
         ["--rate", f"{half:.0f}"])
