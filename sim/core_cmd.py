@@ -171,8 +171,7 @@ def _bench_million(workdir: Path, count: int) -> list[Report]:
             ids = ((IdKind.IMSI, f"22802{i:010d}"),) if i % 2 else (
                 (IdKind.MSISDN, f"4176{i:07d}"),)
             t = perf()
-            with store.read() as txn:
-                sub = eng.find_subscriber(_Read(txn, store), ids)  # type: ignore[arg-type]
+            sub = eng.find_subscriber_now(ids)
             lat.append(perf() - t)
             assert sub is not None
         rep = Report.from_latencies("core", "subscriber lookup (msisdn/imsi)", lat, 0, sum(lat),
@@ -189,15 +188,3 @@ def _bench_million(workdir: Path, count: int) -> list[Report]:
 
 def _settings() -> EngineSettings:
     return EngineSettings(node="bench")
-
-
-class _Read:
-    __slots__ = ("_dbs", "_txn")
-
-    def __init__(self, txn: object, store: Store):
-        self._txn = txn
-        self._dbs = store.dbs
-
-    def get(self, db: bytes, key: bytes) -> bytes | None:
-        return self._txn.get(key, db=self._dbs[db])  # type: ignore[attr-defined, no-any-return]
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,11 @@ def plans_by_id() -> dict[str, Plan]:
     doc = load_plans_file(CONFIG_DIR / "plans.toml")
     zones = {z.id for z in doc.zones}
     return {p["id"]: compile_plan(p, known_zones=zones) for p in doc.plans}
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port

@@ -13,37 +13,20 @@ from pathlib import Path
 
 from ocs.cdr.fileformat import COLUMNS, parse_iso_utc
 from ocs.money import MoneyError, parse_amount
+from ocs.store.records import CdrRecord
 
 
 class CdrFormatError(ValueError):
     """A malformed CDR file; the message names the file and line."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class CdrRow:
+    """One CDR as read back from a file, with where it came from."""
+
     file: str
     line: int
-    record_id: str
-    session_id: str
-    msisdn: str
-    imsi: str
-    service: str
-    rating_group: int | None
-    destination: str
-    start_time: int
-    end_time: int
-    duration_s: int
-    bytes_in: int
-    bytes_out: int
-    units: int
-    charge: int
-    currency: str
-    plan_id: str
-    rate_id: str
-    roaming: bool
-    visited_network: str
-    protocol: str
-    result: str
+    record: CdrRecord
 
 
 def _int(v: str, name: str) -> int:
@@ -78,9 +61,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
             if len(row) != width:
                 raise CdrFormatError(f"{p}:{line}: expected {width} fields, got {len(row)}")
             try:
-                yield CdrRow(
-                    file=p.name,
-                    line=line,
+                rec = CdrRecord(
                     record_id=row[0],
                     session_id=row[1],
                     msisdn=row[2],
@@ -105,6 +86,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
                 )
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None
+            yield CdrRow(p.name, line, rec)
         if f.tell() and not _ends_with_newline(p):
             raise CdrFormatError(f"{p}:{reader.line_num}: truncated (no final newline)")
 

@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.cdr import export as export_mod
 from ocs.cdr.export import CdrExporter
-from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.fileformat import COLUMNS, HEADER, format_row
 from ocs.cdr.reader import CdrFormatError, closed_cdr_files, read_cdr_file
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import DebitRequest, IdKind
@@ -18,6 +20,7 @@ from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
 from ocs.store.env import CDR_JOURNAL
+from ocs.store.records import CdrRecord
 
 NOW = WEDNESDAY_NOON
 
@@ -58,7 +61,8 @@ def test_export_rotates_by_records_and_flush(tmp_path: Path) -> None:
         assert len(r2.closed) == 1 and r2.rows == 0
         names = [p.name for p in closed_cdr_files(tmp_path / "cdr")]
         assert names == [f"cdr_n1_20261118T120000Z_{i:06d}.csv" for i in range(3)]
-        rows = [row for p in closed_cdr_files(tmp_path / "cdr") for row in read_cdr_file(p)]
+        rows = [row.record for p in closed_cdr_files(tmp_path / "cdr")
+                for row in read_cdr_file(p)]
         assert [r.record_id for r in rows] == [f"n1-{i}" for i in range(1, 101)]
         assert all(r.charge == 50_000 and r.currency == "EUR" for r in rows)
         assert rows[3].session_id == "sess,3"  # quoted field survives
@@ -167,3 +171,29 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
     notcdr.write_text("a,b\n")
     with pytest.raises(CdrFormatError, match=r"x.csv:1"):
         list(read_cdr_file(notcdr))
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"),
+               max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.builds(
+    CdrRecord,
+    record_id=text, session_id=text, msisdn=st.from_regex(r"[0-9]{0,15}", fullmatch=True),
+    imsi=st.from_regex(r"[0-9]{0,15}", fullmatch=True),
+    service=st.sampled_from(["data", "voice", "sms", "mms"]),
+    rating_group=st.one_of(st.none(), st.integers(0, 2**32 - 1)), destination=text,
+    start_time=st.integers(0, 4_000_000_000), end_time=st.integers(0, 4_000_000_000),
+    duration_s=st.integers(0, 10**9), bytes_in=st.integers(0, 2**64),
+    bytes_out=st.integers(0, 2**64), units=st.integers(-(2**64), 2**64),
+    charge=st.integers(-(10**15), 10**15), currency=st.sampled_from(["EUR", "CHF"]),
+    plan_id=text, rate_id=text, roaming=st.booleans(),
+    visited_network=st.from_regex(r"([0-9]{5,6})?", fullmatch=True), protocol=text,
+    result=text))
+def test_record_round_trips_through_the_file_format(tmp_path_factory: pytest.TempPathFactory,
+                                                    rec: CdrRecord) -> None:
+    p = tmp_path_factory.mktemp("rt") / "cdr_x.csv"
+    p.write_text(HEADER + format_row(rec), encoding="utf-8", newline="")
+    (row,) = list(read_cdr_file(p))
+    assert row.record == rec

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
@@ -18,8 +19,6 @@ from ocs.rating.plans import load_plans_file
 from ocs.store import Store, Writer
 from protocols.radius.agent import RadiusAgent
 from protocols.radius.codec import Attr, Code, Drop, decode, encode_request
-
-from tests_support import CONFIG_DIR, add
 
 SECRET = b"testing123"
 INTERESTING = [Attr.ACCT_STATUS_TYPE, Attr.ACCT_SESSION_ID, Attr.USER_NAME,

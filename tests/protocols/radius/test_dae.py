@@ -4,7 +4,6 @@ credit is gone or the subscriber is suspended; ACK, NAK 503 (session gone), time
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from pyrad import packet as pyrad_packet
 from pyrad import server as pyrad_server
 from pyrad.dictionary import Dictionary
-from tests_support import CONFIG_DIR, REPO, add
+from tests_support import CONFIG_DIR, REPO, add, free_udp_port
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
@@ -29,12 +28,6 @@ SECRET = b"testing123"
 DICT = Dictionary(str(REPO / "dictionaries" / "radius" / "dictionary"))
 
 
-def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 class Nas(pyrad_server.Server):  # type: ignore[misc]
@@ -67,7 +60,7 @@ def start_nas(port: int) -> Nas:
 
 
 def test_disconnects(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_udp_port()
     nas = start_nas(port)
     store = Store(tmp_path / "d", map_size_mb=64)
     store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import require_tool
+from tests_support import free_udp_port, require_tool
 
 OCS = str(Path(sys.executable).parent / "ocs")
 
@@ -37,12 +36,6 @@ enabled = false
 """
 
 
-def _free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 class Server:
@@ -71,7 +64,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_tool("radclient")
     cwd = tmp_path_factory.mktemp("rc")
-    auth, acct = _free_udp_port(), _free_udp_port()
+    auth, acct = free_udp_port(), free_udp_port()
     cfg = cwd / "rc.toml"
     cfg.write_text(CONFIG.format(data=cwd / "data", auth=auth, acct=acct))
     repo_config = Path(__file__).resolve().parents[3] / "config" / "plans.toml"
