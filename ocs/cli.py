@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ocs.billing.run import BillingError
 from ocs.cdr.export import CdrExporter
 from ocs.cdr.reader import CdrFormatError
 from ocs.charging.engine import ChargingEngine
@@ -128,6 +129,21 @@ def build_parser() -> _Parser:
     p = csub.add_parser("list", parents=[common], help="list closed CDR files")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cdr_list)
+
+    b = sub.add_parser("bill", parents=[common], help="billing: invoices from CDR files")
+    bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = bsub.add_parser("run", parents=[common], help="invoice one period")
+    p.add_argument("--period", required=True, metavar="YYYY-MM")
+    p.add_argument("--out", metavar="DIR", help="default: DATA_DIR/<billing.invoice_dir>/"
+                   "<period>")
+    p.add_argument("--dry-run", action="store_true", help="show totals, write nothing")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bill_run)
+    p = bsub.add_parser("reconcile", parents=[common],
+                        help="CDR files vs balances vs invoices for a billed period")
+    p.add_argument("--period", required=True, metavar="YYYY-MM")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bill_reconcile)
 
     p = sub.add_parser("charge", parents=[common],
                        help="charge an event now (operator test charge, manual debit)")
@@ -496,6 +512,60 @@ def cmd_cdr_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bill_run(args: argparse.Namespace) -> int:
+    from ocs.billing.run import Biller, check_period
+
+    cfg = _config(args)
+    check_period(args.period)
+    out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / args.period
+    started = time.perf_counter()
+    with _open(cfg) as store:
+        biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
+        if args.no_progress or not sys.stderr.isatty():
+            summary, _inv = biller.run(args.period, out, dry_run=args.dry_run)
+        else:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            with Progress(TextColumn("reading CDR files"), BarColumn(), DownloadColumn(),
+                          transient=True) as prog:
+                task = prog.add_task("cdr", total=None)
+                summary, _inv = biller.run(
+                    args.period, out, dry_run=args.dry_run,
+                    progress=lambda done, total: prog.update(task, completed=done,
+                                                             total=total))
+    elapsed = time.perf_counter() - started
+    what = "dry run: would write" if args.dry_run else ("re-ran" if summary.rerun else "wrote")
+    where = "" if args.dry_run else f" to {out}"
+    print(f"{args.period}: {what} {summary.invoices} invoices{where} from {summary.rows} CDR "
+          f"rows in {summary.files} files; subtotal {format_amount(summary.subtotal)}, tax "
+          f"{format_amount(summary.tax)}, total {format_amount(summary.total)} "
+          f"({elapsed:.1f} s)")
+    return 0
+
+
+def cmd_bill_reconcile(args: argparse.Namespace) -> int:
+    from ocs.billing.reconcile import reconcile
+    from ocs.billing.run import check_period
+
+    cfg = _config(args)
+    check_period(args.period)
+    with _open(cfg) as store:
+        rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing)
+    if args.json:
+        _print_json({"period": rec.period, "ok": rec.ok, "differences": rec.differences,
+                     "cdr_total": format_amount(rec.cdr_total),
+                     "engine_total": format_amount(rec.engine_total),
+                     "invoiced_usage": format_amount(rec.invoiced_usage)})
+    else:
+        for line in rec.differences:
+            print(line)
+        print(f"{rec.period}: {'reconciled' if rec.ok else f'{len(rec.differences)} differences'}"
+              f"; CDR charges {format_amount(rec.cdr_total)}, engine "
+              f"{format_amount(rec.engine_total)}, invoiced postpaid usage "
+              f"{format_amount(rec.invoiced_usage)}")
+    return 0 if rec.ok else EXIT_FAILURE
+
+
 def cmd_charge(args: argparse.Namespace) -> int:
     cfg = _config(args)
     msisdn = validate_msisdn(args.msisdn)
@@ -541,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CliError, ConfigError, PlanError, ProvisioningError, MoneyError,
-            CdrFormatError) as exc:
+            CdrFormatError, BillingError) as exc:
         status = exc.status if isinstance(exc, CliError) else EXIT_BAD_INPUT
         sys.stderr.write(f"ocs: error: {exc}\n")
         return status

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocs.money import MICRO, MoneyError, parse_amount
+
 DEFAULT_CONFIG = Path("config/ocs.toml")
 
 
@@ -147,6 +149,22 @@ class NocConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaxRule:
+    name: str
+    rate: str
+    """Decimal fraction as a string, e.g. "0.081" for 8.1 %."""
+    prefix: str = ""
+    """MSISDN prefix (country code) of the jurisdiction; "" = everyone else."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillingConfig:
+    invoice_dir: str = "invoices"
+    due_days: int = 30
+    taxes: tuple[TaxRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:9100"
@@ -164,6 +182,7 @@ class Config:
     snmp: SnmpConfig | None = None
     cdr: CdrConfig = field(default_factory=CdrConfig)
     noc: NocConfig = field(default_factory=NocConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
 
     @property
@@ -189,6 +208,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "snmp": SnmpConfig,
     "cdr": CdrConfig,
     "noc": NocConfig,
+    "billing": BillingConfig,
     "admin": AdminConfig,
 }
 
@@ -294,6 +314,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: store.commit_max_delay_ms: must be within 0..1000")
     if cfg.cdr.export_interval_s <= 0 or cfg.charging.reaper_interval_s <= 0:
         raise ConfigError(f"{src}: intervals must be positive")
+    if cfg.billing.due_days < 0:
+        raise ConfigError(f"{src}: billing.due_days: must be >= 0")
+    for i, t in enumerate(cfg.billing.taxes):
+        try:
+            rate = parse_amount(t.rate, field="rate")
+        except MoneyError as exc:
+            raise ConfigError(f"{src}: billing.taxes[{i}].rate: {exc}") from exc
+        if rate > MICRO:
+            raise ConfigError(f"{src}: billing.taxes[{i}].rate: a fraction, at most 1")
+        if t.prefix and not (t.prefix.isascii() and t.prefix.isdigit()):
+            raise ConfigError(f"{src}: billing.taxes[{i}].prefix: expected digits")
     if cfg.admin.enabled:
         _check_listen(cfg.admin.listen, f"{src}: admin.listen")
     if cfg.diameter is not None:

@@ -38,6 +38,7 @@ ANSWER_EXPIRY = b"answer_expiry"  # u64 stored_at + request key -> b""
 REFUNDS = b"refunds"  # original request key -> refund request key
 CDR_JOURNAL = b"cdr_journal"  # u64 seq -> CdrRecord
 META = b"meta"  # name -> value
+BILLING = b"billing"  # b"run:" + period -> BillingRun; b"file:" + name -> billed-through period
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -54,6 +55,7 @@ ALL_DBS = (
     REFUNDS,
     CDR_JOURNAL,
     META,
+    BILLING,
 )
 
 META_SCHEMA = b"schema_version"

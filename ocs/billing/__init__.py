@@ -1,0 +1,1 @@
+"""Billing: invoices from closed CDR files (``ocs bill run``) and reconciliation."""

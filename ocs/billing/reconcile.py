@@ -1,0 +1,93 @@
+"""``ocs bill reconcile --period``: do the CDR files, the charging engine's balances and
+the invoices agree? Every difference is listed, one line each.
+
+1. Each CDR file the period's run billed still has the checksum recorded then.
+2. Per subscriber, all charges in CDRs ever written (closed files plus the journal, which
+   holds everything not yet in a closed file) equal the money the engine moved
+   (``charged_total`` of the balance).
+3. Per postpaid subscriber, the usage billed on the period's invoice equals the charges
+   of the CDR rows the run billed, within the per-line rounding to the cent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocs.billing.run import CENT, Biller, BillingError, _rows, _sha256
+from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.reader import closed_cdr_files
+from ocs.config import BillingConfig
+from ocs.money import MoneyError, format_amount, parse_amount
+from ocs.store.env import BALANCES, CDR_JOURNAL, Store
+from ocs.store.records import dec_balance, dec_cdr
+
+_MSISDN, _CHARGE = COLUMNS.index("msisdn"), COLUMNS.index("charge")
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    period: str
+    differences: list[str]
+    cdr_total: int
+    engine_total: int
+    invoiced_usage: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> Reconciliation:
+    biller = Biller(store, cdr_dir, cfg)
+    record = biller.stored_run(period)
+    if record is None:
+        raise BillingError(f"period {period} has not been billed; run 'ocs bill run' first")
+    diffs: list[str] = []
+    for f in record.files:
+        path = cdr_dir / f.name
+        if not path.exists():
+            diffs.append(f"{f.name}: billed in {period} but missing")
+        elif _sha256(path) != f.sha256:
+            diffs.append(f"{f.name}: edited since {period} was billed (sha256 {f.sha256[:12]}"
+                         f"… now {_sha256(path)[:12]}…)")
+    # 2. CDR charges versus the engine's balances
+    cdr_by_sub: dict[str, int] = defaultdict(int)
+    for path in closed_cdr_files(cdr_dir):
+        for line, row in _rows(path):
+            try:
+                cdr_by_sub[row[_MSISDN]] += parse_amount(row[_CHARGE], allow_negative=True)
+            except MoneyError as exc:
+                raise BillingError(f"{path}:{line}: {exc}") from None
+    with store.read() as txn:
+        # journal records not yet in a closed file (the open .part's included)
+        for _k, v in txn.cursor(db=store.dbs[CDR_JOURNAL]):
+            rec = dec_cdr.decode(v)
+            cdr_by_sub[rec.msisdn] += rec.charge
+        engine_by_sub = {bytes(k).decode(): dec_balance.decode(v).charged_total
+                         for k, v in txn.cursor(db=store.dbs[BALANCES])}
+    for msisdn in sorted(set(cdr_by_sub) | set(engine_by_sub)):
+        a, b = cdr_by_sub.get(msisdn, 0), engine_by_sub.get(msisdn, 0)
+        if a != b:
+            diffs.append(f"{msisdn}: CDR charges {format_amount(a)} but the engine charged "
+                         f"{format_amount(b)} (difference {format_amount(a - b)})")
+    # 3. invoiced postpaid usage versus the CDR rows the run billed
+    invoiced = 0
+    if not any("edited" in d or "missing" in d for d in diffs):
+        _summary, invoices = biller.run(period, None, dry_run=True)
+        usage, _rows_n = biller._scan(record, None)
+        postpaid = {s.msisdn for s in record.subscribers if s.mode == "postpaid"}
+        for inv in invoices:
+            billed = [ln for ln in inv.lines if ln.kind in ("usage", "adjustment", "credit")]
+            invoiced += sum(ln.amount for ln in billed)
+            if inv.msisdn not in postpaid:
+                continue
+            u = usage.get(inv.msisdn)
+            raw = sum(c for (_k, _s, _p), (_u, c) in u.buckets.items()) if u else 0
+            got = sum(ln.amount for ln in billed)
+            if abs(got - raw) > len(billed) * CENT // 2:
+                diffs.append(f"{inv.msisdn}: invoice {inv.invoice_id} bills usage "
+                             f"{format_amount(got)}, CDRs say {format_amount(raw)}")
+    return Reconciliation(period=period, differences=diffs, cdr_total=sum(cdr_by_sub.values()),
+                          engine_total=sum(engine_by_sub.values()), invoiced_usage=invoiced)

@@ -1,0 +1,464 @@
+"""``ocs bill run``: invoices for one period from closed CDR files.
+
+Semantics (all amounts int micro-units until formatted):
+
+- A CDR belongs to the calendar month of its ``end_time`` in its plan's time zone.
+- Each closed file remembers the period through which it has been billed. A run of
+  period P bills the rows of each file whose period is after that mark and at most P:
+  rows of P are the period's usage, rows of earlier periods arrived late and become
+  adjustment lines. Rows of later periods stay for later runs.
+- The first run of a period records its inputs (files with checksums and marks, the
+  subscribers with their plan terms, invoice numbers). Running it again rebuilds the
+  invoices from that record: byte-identical output, or an error if a file changed.
+- Invoice lines are rounded to the cent (half up) one by one; tax is computed per
+  taxable line, rounded per line, and stated once as a single line. So
+  total = sum of lines = subtotal + tax.
+- Postpaid usage is billed at the charges the engine already rated (allowances and
+  overage included); prepaid usage is listed as information (already paid).
+- A malformed or truncated file stops the run with its file and line; nothing is
+  written (outputs go to a temp dir renamed into place at the end).
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import datetime as dt
+import hashlib
+import io
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.reader import closed_cdr_files
+from ocs.config import BillingConfig
+from ocs.money import MICRO, MoneyError, parse_amount
+from ocs.provisioning import all_plans
+from ocs.store.env import BILLING, Store
+from ocs.store.records import Subscriber, dec_subscriber
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+CENT = MICRO // 100
+
+# Column positions in the CDR file format.
+_C = {name: i for i, name in enumerate(COLUMNS)}
+_MSISDN, _SERVICE, _END, _UNITS = _C["msisdn"], _C["service"], _C["end_time"], _C["units"]
+_CHARGE, _PLAN, _RESULT = _C["charge"], _C["plan_id"], _C["result"]
+
+SERVICE_TEXT = {"data": ("Data", "bytes"), "voice": ("Voice calls", "seconds"),
+                "sms": ("SMS", "messages"), "mms": ("MMS", "messages")}
+
+
+class BillingError(ValueError):
+    """A run that cannot go ahead (bad period, edited or malformed CDR file, ...)."""
+
+
+def round_cents(micros: int) -> int:
+    """Round half away from zero to a whole cent."""
+    q, r = divmod(abs(micros), CENT)
+    if r * 2 >= CENT:
+        q += 1
+    return q * CENT if micros >= 0 else -q * CENT
+
+
+def round_ratio_cents(numerator: int, denominator: int) -> int:
+    """numerator / denominator micro-units, rounded half up to a whole cent, exactly."""
+    q, r = divmod(numerator, denominator * CENT)
+    if 2 * r >= denominator * CENT:
+        q += 1
+    return q * CENT
+
+
+def check_period(period: str) -> tuple[int, int]:
+    m = _PERIOD_RE.match(period)
+    if not m:
+        raise BillingError(f"period {period!r}: expected YYYY-MM")
+    return int(m.group(1)), int(m.group(2))
+
+
+# -- stored run records -------------------------------------------------------------------
+
+
+class FileUse(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    sha256: str
+    after: str
+    """Rows with ``after < period <= run period`` were billed by this run ("" = none before)."""
+
+
+class SubscriberTerms(msgspec.Struct, array_like=True, frozen=True):
+    msisdn: str
+    plan_id: str
+    plan_name: str
+    mode: str
+    currency: str
+    timezone: str
+    monthly_fee: int
+    created_at: int
+    terminated_at: int
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    period: str
+    files: list[FileUse]
+    subscribers: list[SubscriberTerms]
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_run = msgspec.msgpack.Decoder(RunRecord)
+
+
+# -- invoices -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Line:
+    kind: str  # fee | usage | adjustment | credit | tax
+    description: str
+    quantity: int
+    amount: int
+
+
+@dataclass(slots=True)
+class Invoice:
+    invoice_id: str
+    msisdn: str
+    period: str
+    plan: str
+    plan_name: str
+    currency: str
+    lines: list[Line]
+    subtotal: int
+    tax: int
+    total: int
+    due_date: str
+    issue_date: str
+    tax_name: str
+    tax_rate: int
+    prepaid_usage: list[tuple[str, int, int]] = field(default_factory=list)
+    """(service, units, charged) already paid from the prepaid balance."""
+
+
+@dataclass(slots=True)
+class Usage:
+    """Per subscriber: (kind, service, row period) -> [units, charge]."""
+
+    buckets: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+
+    def add(self, kind: str, service: str, period: str, units: int, charge: int) -> None:
+        b = self.buckets.get((kind, service, period))
+        if b is None:
+            self.buckets[(kind, service, period)] = [units, charge]
+        else:
+            b[0] += units
+            b[1] += charge
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    period: str
+    invoices: int
+    rows: int
+    files: int
+    subtotal: int
+    tax: int
+    total: int
+    out_dir: Path | None
+    rerun: bool
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Biller:
+    def __init__(self, store: Store, cdr_dir: Path, cfg: BillingConfig):
+        self.store = store
+        self.cdr_dir = cdr_dir
+        self.cfg = cfg
+        self._period_cache: dict[tuple[str, str], str] = {}
+
+    # -- state --------------------------------------------------------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        return self.store.get(BILLING, key)
+
+    def stored_run(self, period: str) -> RunRecord | None:
+        raw = self._get(b"run:" + period.encode())
+        return _dec_run.decode(raw) if raw is not None else None
+
+    def _billed_through(self, name: str) -> str:
+        raw = self._get(b"file:" + name.encode())
+        return raw.decode() if raw is not None else ""
+
+    def later_runs(self, period: str) -> list[str]:
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[BILLING]) as cur:
+            out = []
+            if cur.set_range(b"run:"):
+                for k in cur.iternext(keys=True, values=False):
+                    k = bytes(k)
+                    if not k.startswith(b"run:"):
+                        break
+                    if k[4:].decode() > period:
+                        out.append(k[4:].decode())
+            return out
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _plan_record(self, period: str) -> RunRecord:
+        """What a first run of ``period`` bills: unbilled file rows, current subscribers."""
+        year, month = check_period(period)
+        plans = all_plans(self.store)
+        subs: list[SubscriberTerms] = []
+        with self.store.read() as txn:
+            for _k, v in txn.cursor(db=self.store.dbs[b"subscribers"]):
+                sub: Subscriber = dec_subscriber.decode(v)
+                plan = plans.get(sub.plan_id, {})
+                tz = str(plan.get("timezone", "UTC"))
+                start, end, _days = period_bounds(year, month, tz)
+                terminated = sub.updated_at if sub.status == "terminated" else 0
+                if sub.created_at >= end or (terminated and terminated < start):
+                    continue
+                subs.append(SubscriberTerms(
+                    msisdn=sub.msisdn, plan_id=sub.plan_id,
+                    plan_name=str(plan.get("name", sub.plan_id)), mode=sub.mode,
+                    currency=sub.currency, timezone=tz,
+                    monthly_fee=parse_amount(str(plan.get("monthly_fee", "0"))),
+                    created_at=sub.created_at, terminated_at=terminated))
+        files = []
+        for path in closed_cdr_files(self.cdr_dir):
+            after = self._billed_through(path.name)
+            if after >= period:
+                continue
+            files.append(FileUse(path.name, _sha256(path), after))
+        return RunRecord(period=period, files=files, subscribers=subs)
+
+    def _row_period(self, tz: str, end_time: str) -> str:
+        key = (tz, end_time[:16])
+        p = self._period_cache.get(key)
+        if p is None:
+            if not _TS_RE.match(end_time):
+                raise ValueError(f"end_time {end_time!r} is not UTC ISO 8601")
+            t = dt.datetime.strptime(end_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            local = t.astimezone(zoneinfo.ZoneInfo(tz))
+            p = f"{local.year:04d}-{local.month:02d}"
+            if len(self._period_cache) > 100_000:
+                self._period_cache.clear()
+            self._period_cache[key] = p
+        return p
+
+    def _scan(self, record: RunRecord, progress: ProgressFn | None) -> tuple[
+            dict[str, Usage], int]:
+        """Stream the record's files; aggregate billable rows per subscriber."""
+        tz_of = {s.msisdn: s.timezone for s in record.subscribers}
+        plans = all_plans(self.store)
+        period = record.period
+        usage: dict[str, Usage] = {}
+        rows = 0
+        total_bytes = sum((self.cdr_dir / f.name).stat().st_size for f in record.files
+                          if (self.cdr_dir / f.name).exists())
+        done_bytes = 0
+        for fu in record.files:
+            path = self.cdr_dir / fu.name
+            if not path.exists():
+                raise BillingError(f"{path}: CDR file billed by this period is missing")
+            if _sha256(path) != fu.sha256:
+                raise BillingError(f"{path}: changed since period {period} was billed "
+                                   "(checksum differs); run 'ocs bill reconcile'")
+            for line, row in _rows(path):
+                msisdn = row[_MSISDN]
+                tz = tz_of.get(msisdn) or str(plans.get(row[_PLAN], {}).get("timezone", "UTC"))
+                try:
+                    p = self._row_period(tz, row[_END])
+                    if not (fu.after < p <= period):
+                        continue
+                    units = int(row[_UNITS])
+                    charge = parse_amount(row[_CHARGE], allow_negative=True, field="charge")
+                except (ValueError, MoneyError) as exc:
+                    raise BillingError(f"{path}:{line}: {exc}") from None
+                kind = "credit" if row[_RESULT] == "refund" else (
+                    "usage" if p == period else "adjustment")
+                u = usage.get(msisdn)
+                if u is None:
+                    u = usage[msisdn] = Usage()
+                u.add(kind, row[_SERVICE], p, units, charge)
+                rows += 1
+            done_bytes += path.stat().st_size
+            if progress is not None:
+                progress(done_bytes, total_bytes)
+        return usage, rows
+
+    # -- invoices -----------------------------------------------------------------------
+
+    def _tax_rule(self, msisdn: str) -> tuple[str, int]:
+        best: tuple[int, str, int] | None = None
+        for t in self.cfg.taxes:
+            if msisdn.startswith(t.prefix) and (best is None or len(t.prefix) > best[0]):
+                best = (len(t.prefix), t.name, parse_amount(t.rate))
+        return (best[1], best[2]) if best else ("", 0)
+
+    def _invoice(self, terms: SubscriberTerms, usage: Usage | None, period: str,
+                 invoice_id: str) -> Invoice | None:
+        year, month = check_period(period)
+        _start, end, days = period_bounds(year, month, terms.timezone)
+        lines: list[Line] = []
+        if terms.monthly_fee:
+            active = active_days(terms, year, month)
+            amount = terms.monthly_fee if active == days else round_ratio_cents(
+                terms.monthly_fee * active, days)
+            desc = f"Monthly fee, {terms.plan_name}"
+            if active != days:
+                desc += f" (pro rata {active}/{days} days)"
+            lines.append(Line("fee", desc, active, round_cents(amount)))
+        prepaid: list[tuple[str, int, int]] = []
+        if usage is not None:
+            for (kind, service, p), (units, charge) in sorted(usage.buckets.items()):
+                name, unit = SERVICE_TEXT.get(service, (service, "units"))
+                if terms.mode != "postpaid":
+                    if kind == "usage":
+                        prepaid.append((service, units, charge))
+                    continue
+                if kind == "usage":
+                    lines.append(Line("usage", f"{name} ({unit})", units, round_cents(charge)))
+                elif kind == "adjustment":
+                    lines.append(Line("adjustment", f"{name} ({unit}) from {p}, reported "
+                                      "after that period was billed", units,
+                                      round_cents(charge)))
+                else:
+                    lines.append(Line("credit", f"Refund, {name} ({p})", units,
+                                      round_cents(charge)))
+        if not lines and not prepaid:
+            return None
+        subtotal = sum(ln.amount for ln in lines)
+        tax_name, rate = self._tax_rule(terms.msisdn)
+        tax = sum(round_ratio_cents(ln.amount * rate, MICRO) if ln.amount >= 0 else
+                  -round_ratio_cents(-ln.amount * rate, MICRO) for ln in lines) if rate else 0
+        if rate:
+            lines.append(Line("tax", f"{tax_name} {_pct(rate)} %", 0, tax))
+        issue = _local_date(end, terms.timezone)
+        due = issue + dt.timedelta(days=self.cfg.due_days)
+        return Invoice(invoice_id=invoice_id, msisdn=terms.msisdn, period=period,
+                       plan=terms.plan_id, plan_name=terms.plan_name, currency=terms.currency,
+                       lines=lines, subtotal=subtotal, tax=tax, total=subtotal + tax,
+                       due_date=due.isoformat(), issue_date=issue.isoformat(),
+                       tax_name=tax_name, tax_rate=rate, prepaid_usage=prepaid)
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self, period: str, out_dir: Path | None, *, dry_run: bool = False,
+            progress: ProgressFn | None = None) -> tuple[RunSummary, list[Invoice]]:
+        check_period(period)
+        record = self.stored_run(period)
+        rerun = record is not None
+        if record is None:
+            later = self.later_runs(period)
+            if later:
+                raise BillingError(f"period {period} comes before {later[0]}, which is "
+                                   "already billed")
+            record = self._plan_record(period)
+        usage, rows = self._scan(record, progress)
+        invoices: list[Invoice] = []
+        seq = 0
+        for terms in sorted(record.subscribers, key=lambda s: s.msisdn):
+            inv = self._invoice(terms, usage.get(terms.msisdn), period,
+                                f"INV-{period.replace('-', '')}-{seq + 1:06d}")
+            if inv is not None:
+                seq += 1
+                invoices.append(inv)
+        summary = RunSummary(
+            period=period, invoices=len(invoices), rows=rows, files=len(record.files),
+            subtotal=sum(i.subtotal for i in invoices), tax=sum(i.tax for i in invoices),
+            total=sum(i.total for i in invoices), out_dir=None if dry_run else out_dir,
+            rerun=rerun)
+        if dry_run or out_dir is None:
+            return summary, invoices
+        from ocs.billing.render import write_invoices
+
+        write_invoices(invoices, out_dir)
+        if not rerun:
+            self._save(record)
+        return summary, invoices
+
+    def _save(self, record: RunRecord) -> None:
+        def op(tx: Any) -> None:
+            tx.put(BILLING, b"run:" + record.period.encode(), _enc.encode(record))
+            for f in record.files:
+                tx.put(BILLING, b"file:" + f.name.encode(), record.period.encode())
+
+        self.store.run_write(op)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def period_bounds(year: int, month: int, tz: str) -> tuple[int, int, int]:
+    """(start, end) epoch seconds of the month in ``tz``, and its number of days."""
+    z = zoneinfo.ZoneInfo(tz)
+    days = calendar.monthrange(year, month)[1]
+    start = dt.datetime(year, month, 1, tzinfo=z)
+    nxt = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=z)
+    return int(start.timestamp()), int(nxt.timestamp()), days
+
+
+def active_days(terms: SubscriberTerms, year: int, month: int) -> int:
+    """Days of the month the subscription was active (activation and termination days
+    count), in the plan's time zone."""
+    days = calendar.monthrange(year, month)[1]
+    first = dt.date(year, month, 1)
+    last = dt.date(year, month, days)
+    begin = max(first, _local_date(terms.created_at, terms.timezone)) if terms.created_at \
+        else first
+    finish = min(last, _local_date(terms.terminated_at, terms.timezone)) \
+        if terms.terminated_at else last
+    return max(0, (finish - begin).days + 1)
+
+
+def _local_date(ts: int, tz: str) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, tz=zoneinfo.ZoneInfo(tz)).date()
+
+
+def _pct(rate: int) -> str:
+    s = f"{rate * 100 / MICRO:.4f}".rstrip("0").rstrip(".")
+    return s
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Rows of a CDR file with line numbers; checks the header, widths and the end."""
+    with path.open("rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader, None)
+            if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
+                raise BillingError(f"{path}:1: not a CDR file (unexpected header)")
+            width = len(header)
+            for row in reader:
+                if len(row) != width:
+                    raise BillingError(f"{path}:{reader.line_num}: expected {width} fields, "
+                                       f"got {len(row)}")
+                yield reader.line_num, row
+        except UnicodeDecodeError:
+            raise BillingError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
+        except csv.Error as exc:
+            raise BillingError(f"{path}:{reader.line_num + 1}: {exc}") from None
+        raw.seek(0, os.SEEK_END)
+        if raw.tell():
+            raw.seek(-1, os.SEEK_END)
+            if raw.read(1) != b"\n":
+                raise BillingError(f"{path}:{reader.line_num}: truncated (no final newline)")
+
