@@ -63,6 +63,7 @@ tr.total td{font-weight:700;font-size:17px;border-top:2px solid #1d2733;border-b
 .section{margin-top:28px}
 h2{font-size:15px;color:#5a6b7d;text-transform:uppercase;letter-spacing:1px;margin:0 0 8px}
 .note{font-size:12px;color:#5a6b7d;margin-top:28px;line-height:1.5}
+.nw{white-space:nowrap}
 """
 
 
@@ -108,7 +109,8 @@ def invoice_html(inv: Invoice) -> str:
 </table>
 {prepaid}
 <p class="note">Amounts are rounded to the cent line by line; tax is computed on each line
-and stated once. Please pay {_money(inv.total, inv.currency)} by {e(inv.due_date)}.</p>
+and stated once. Please pay <span class="nw">{_money(inv.total, inv.currency)}</span> by
+<span class="nw">{e(inv.due_date)}</span>.</p>
 </div></body></html>
 """
 

@@ -340,7 +340,7 @@ class Biller:
         tax_name, rate = self._tax_rule(terms.msisdn)
         tax = sum(round_ratio_cents(ln.amount * rate, MICRO) if ln.amount >= 0 else
                   -round_ratio_cents(-ln.amount * rate, MICRO) for ln in lines) if rate else 0
-        if rate:
+        if rate and lines:
             lines.append(Line("tax", f"{tax_name} {_pct(rate)} %", 0, tax))
         issue = _local_date(end, terms.timezone)
         due = issue + dt.timedelta(days=self.cfg.due_days)
