@@ -54,5 +54,6 @@ def bench_part(name: str) -> Callable[[Callable[[BenchContext], Awaitable[list[R
 
 def load_all() -> None:
     """Import every module that registers commands or bench parts."""
+    import sim.billing_cmd
     import sim.core_cmd
     import sim.radius_cmd  # noqa: F401

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_support import CONFIG_DIR
 
 from ocs.billing.reconcile import reconcile
 from ocs.billing.run import Biller, BillingError, round_cents, round_ratio_cents
@@ -20,8 +21,6 @@ from ocs.config import BillingConfig, TaxRule
 from ocs.provisioning import NewSubscriber, op_add_subscriber, op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
-
-from tests_support import CONFIG_DIR
 
 NOV_10 = calendar.timegm((2026, 11, 10, 12, 0, 0))
 NOV_20 = calendar.timegm((2026, 11, 20, 12, 0, 0))

@@ -6,10 +6,10 @@ import struct
 import subprocess
 from pathlib import Path
 
+from tests_support import require_tool
+
 from ocs.billing.render import invoice_html
 from ocs.billing.run import Invoice, Line
-
-from tests_support import require_tool
 
 
 def test_invoice_renders_in_chromium(tmp_path: Path) -> None:
