@@ -131,7 +131,7 @@ def test_rerun_is_byte_identical_and_late_cdrs_adjust_next_period(world: World) 
         ("tax", 0, "2.4000"),  # 2.349 -> 2.35, 0.0324 -> 0.03, 0.0162 -> 0.02
     ]
     assert "from 2026-11" in dec["lines"][1]["description"]
-    with pytest.raises(BillingError, match="2026-10 comes before .* already billed"):
+    with pytest.raises(BillingError, match=r"2026-10 comes before .* already billed"):
         world.biller().run("2026-10", world.root / "oct")
 
 
