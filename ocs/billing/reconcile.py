@@ -84,7 +84,7 @@ def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> R
             if inv.msisdn not in postpaid:
                 continue
             u = usage.get(inv.msisdn)
-            raw = sum(c for (_k, _s, _p), (_u, c) in u.buckets.items()) if u else 0
+            raw = sum(b[1] for b in u.buckets.values()) if u else 0
             got = sum(ln.amount for ln in billed)
             if abs(got - raw) > len(billed) * CENT // 2:
                 diffs.append(f"{inv.msisdn}: invoice {inv.invoice_id} bills usage "

@@ -77,6 +77,10 @@ def invoice_html(inv: Invoice) -> str:
         qty = "" if ln.kind == "credit" and not ln.quantity else f"{ln.quantity:,}"
         if ln.kind == "fee":
             qty = f"{ln.quantity} days"
+        if ln.kind == "allowance":
+            rows.append(f'<tr class="tax"><td>{e(ln.description)}</td><td class="num">{qty}'
+                        '</td><td class="num">included</td></tr>')
+            continue
         rows.append(f'<tr><td>{e(ln.description)}</td><td class="num">{qty}</td>'
                     f'<td class="num">{_money(ln.amount, inv.currency)}</td></tr>')
     rows.append(f'<tr><td colspan="2">Subtotal</td><td class="num">'

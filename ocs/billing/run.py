@@ -52,6 +52,7 @@ CENT = MICRO // 100
 _C = {name: i for i, name in enumerate(COLUMNS)}
 _MSISDN, _SERVICE, _END, _UNITS = _C["msisdn"], _C["service"], _C["end_time"], _C["units"]
 _CHARGE, _PLAN, _RESULT = _C["charge"], _C["plan_id"], _C["result"]
+_ALLOWANCE = _C["allowance_units"]
 
 SERVICE_TEXT = {"data": ("Data", "bytes"), "voice": ("Voice calls", "seconds"),
                 "sms": ("SMS", "messages"), "mms": ("MMS", "messages")}
@@ -121,7 +122,7 @@ _dec_run = msgspec.msgpack.Decoder(RunRecord)
 
 @dataclass(slots=True)
 class Line:
-    kind: str  # fee | usage | adjustment | credit | tax
+    kind: str  # fee | allowance | usage | adjustment | credit | tax
     description: str
     quantity: int
     amount: int
@@ -149,17 +150,10 @@ class Invoice:
 
 @dataclass(slots=True)
 class Usage:
-    """Per subscriber: (kind, service, row period) -> [units, charge]."""
+    """Per subscriber: (kind, service, row period) -> [units, charge, allowance units]."""
 
     buckets: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
 
-    def add(self, kind: str, service: str, period: str, units: int, charge: int) -> None:
-        b = self.buckets.get((kind, service, period))
-        if b is None:
-            self.buckets[(kind, service, period)] = [units, charge]
-        else:
-            b[0] += units
-            b[1] += charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +323,19 @@ class Biller:
                     kind = "usage" if p == period else "adjustment"
                     if row[_RESULT] == "refund":
                         kind = "credit"
+                    allowance_s = row[_ALLOWANCE]
+                    try:
+                        allowance = int(allowance_s) if allowance_s != "0" else 0
+                    except ValueError as exc:
+                        raise BillingError(f"{path}:{reader.line_num}: {exc}") from None
                     key = (msisdn, kind, row[_SERVICE], p)
                     b = acc.get(key)
                     if b is None:
-                        acc[key] = [units, charge]
+                        acc[key] = [units, charge, allowance]
                     else:
                         b[0] += units
                         b[1] += charge
+                        b[2] += allowance
                     rows += 1
                 line = reader.line_num
             except UnicodeDecodeError:
@@ -373,14 +373,19 @@ class Biller:
             lines.append(Line("fee", desc, active, round_cents(amount)))
         prepaid: list[tuple[str, int, int]] = []
         if usage is not None:
-            for (kind, service, p), (units, charge) in sorted(usage.buckets.items()):
+            for (kind, service, p), (units, charge, allowance) in sorted(
+                    usage.buckets.items()):
                 name, unit = SERVICE_TEXT.get(service, (service, "units"))
                 if terms.mode != "postpaid":
                     if kind == "usage":
                         prepaid.append((service, units, charge))
                     continue
                 if kind == "usage":
-                    lines.append(Line("usage", f"{name} ({unit})", units, round_cents(charge)))
+                    if allowance:
+                        lines.append(Line("allowance", f"{name} ({unit}) included in the "
+                                          "plan's allowance", allowance, 0))
+                    lines.append(Line("usage", f"{name} ({unit})", units - allowance,
+                                      round_cents(charge)))
                 elif kind == "adjustment":
                     lines.append(Line("adjustment", f"{name} ({unit}) from {p}, reported "
                                       "after that period was billed", units,

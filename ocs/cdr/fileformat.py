@@ -31,6 +31,7 @@ COLUMNS = (
     "visited_network",
     "protocol",
     "result",
+    "allowance_units",
 )
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -86,4 +87,5 @@ def format_row(r: CdrRecord) -> str:
         r.visited_network,
         _field(r.protocol),
         _field(r.result),
+        str(r.allowance_units),
     )) + "\n"

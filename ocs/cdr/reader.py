@@ -83,6 +83,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
                     visited_network=row[18],
                     protocol=row[19],
                     result=row[20],
+                    allowance_units=_int(row[21], "allowance_units"),
                 )
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None

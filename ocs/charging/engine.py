@@ -581,6 +581,7 @@ class ChargingEngine:
                 visited_network=res.visited_network,
                 protocol=res.protocol,
                 result="capped" if capped else result,
+                allowance_units=from_allowance,
             )
         res.last_at = now
         return Settlement(
@@ -718,6 +719,7 @@ class ChargingEngine:
             visited_network=req.visited_network,
             protocol=req.protocol,
             result="event",
+            allowance_units=from_allowance,
         )
         tx.put(BALANCES, msisdn, encode(bal))
         return Debit(
@@ -784,6 +786,7 @@ class ChargingEngine:
             visited_network="",
             protocol="refund",
             result="refund",
+            allowance_units=-restored,
         )
         tx.put(BALANCES, msisdn, encode(bal))
         tx.put(REFUNDS, req.original_key, req.request_key)

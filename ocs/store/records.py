@@ -111,6 +111,8 @@ class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     visited_network: str
     protocol: str
     result: str
+    allowance_units: int = 0
+    """Of ``units``, how many came from the plan's allowance (charged nothing)."""
 
 
 class CdrExportState(msgspec.Struct, array_like=True, kw_only=True):

@@ -93,7 +93,8 @@ def test_postpaid_invoice_exact(world: World) -> None:
     assert lines(biz) == [
         ("fee", 21, "20.3000"),
         ("usage", 1, "0.2000"),
-        ("usage", 132, "2.7000"),
+        ("allowance", 7, "0.0000"),  # the 7 national seconds, from the allowance
+        ("usage", 125, "2.7000"),
         ("tax", 0, "1.8800"),  # 1.644 -> 1.64, 0.0162 -> 0.02, 0.2187 -> 0.22
     ]
     assert (biz["subtotal"], biz["tax"], biz["total"]) == ("23.2000", "1.8800", "25.0800")
@@ -153,10 +154,10 @@ def test_edited_cdr_file_is_caught(world: World) -> None:
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda t: t[:-1], "truncated"),
-    (lambda t: t[:-30], "expected 21 fields"),
+    (lambda t: t[:-30], "expected 22 fields"),
     (lambda t: t.replace(",0.200000,", ",zero,"), "charge"),
     (lambda t: t.replace("2026-11-20T12:00:00Z", "20/11/2026"), "end_time"),
-    (lambda t: t + "a,b,c\n", "expected 21 fields"),
+    (lambda t: t + "a,b,c\n", "expected 22 fields"),
 ])
 def test_malformed_file_fails_with_file_and_line(world: World, damage, message) -> None:  # type: ignore[no-untyped-def]
     world.charge(BIZ, Service.SMS, 1, "4179", NOV_20, "26201")
