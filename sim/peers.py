@@ -56,7 +56,7 @@ post-auth {{
 
 
 class PeerUnavailable(RuntimeError):
-    pass
+    """The peer is not installed here or did not start."""
 
 
 def ensure_freeradius() -> str:

@@ -22,6 +22,7 @@ Semantics (all amounts int micro-units until formatted):
 from __future__ import annotations
 
 import calendar
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -285,68 +286,46 @@ class Biller:
         period_cache = self._period_cache
         amounts: dict[str, int] = {}
         rows = 0
-        line = 1
-        with path.open("rb") as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            reader = csv.reader(text)
-            try:
-                header = next(reader, None)
-                if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
-                    raise BillingError(f"{path}:1: not a CDR file (unexpected header)")
-                width = len(header)
-                for row in reader:
-                    if len(row) != width:
-                        raise BillingError(f"{path}:{reader.line_num}: expected {width} "
-                                           f"fields, got {len(row)}")
-                    msisdn = row[_MSISDN]
-                    end = row[_END]
-                    tz = tz_of.get(msisdn) or plan_tz.get(row[_PLAN], "UTC")
-                    p = period_cache.get((tz, end[:16]))
-                    if p is None:
-                        try:
-                            p = self._row_period(tz, end)
-                        except ValueError as exc:
-                            raise BillingError(f"{path}:{reader.line_num}: {exc}") from None
-                    if p <= after or p > period:
-                        continue
-                    charge_s = row[_CHARGE]
-                    charge = amounts.get(charge_s)
+        with _cdr_csv(path) as (reader, width):
+            for row in reader:
+                if len(row) != width:
+                    raise BillingError(f"{path}:{reader.line_num}: expected {width} "
+                                       f"fields, got {len(row)}")
+                msisdn = row[_MSISDN]
+                end = row[_END]
+                tz = tz_of.get(msisdn) or plan_tz.get(row[_PLAN], "UTC")
+                p = period_cache.get((tz, end[:16]))
+                if p is None:
                     try:
-                        if charge is None:
-                            charge = parse_amount(charge_s, allow_negative=True,
-                                                  field="charge")
-                            if len(amounts) < 65536:
-                                amounts[charge_s] = charge
-                        units = int(row[_UNITS])
-                    except (ValueError, MoneyError) as exc:
-                        raise BillingError(f"{path}:{reader.line_num}: {exc}") from None
-                    kind = "usage" if p == period else "adjustment"
-                    if row[_RESULT] == "refund":
-                        kind = "credit"
-                    allowance_s = row[_ALLOWANCE]
-                    try:
-                        allowance = int(allowance_s) if allowance_s != "0" else 0
+                        p = self._row_period(tz, end)
                     except ValueError as exc:
                         raise BillingError(f"{path}:{reader.line_num}: {exc}") from None
-                    key = (msisdn, kind, row[_SERVICE], p)
-                    b = acc.get(key)
-                    if b is None:
-                        acc[key] = [units, charge, allowance]
-                    else:
-                        b[0] += units
-                        b[1] += charge
-                        b[2] += allowance
-                    rows += 1
-                line = reader.line_num
-            except UnicodeDecodeError:
-                raise BillingError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
-            except csv.Error as exc:
-                raise BillingError(f"{path}:{reader.line_num + 1}: {exc}") from None
-            raw.seek(0, os.SEEK_END)
-            if raw.tell():
-                raw.seek(-1, os.SEEK_END)
-                if raw.read(1) != b"\n":
-                    raise BillingError(f"{path}:{line}: truncated (no final newline)")
+                if p <= after or p > period:
+                    continue
+                charge_s = row[_CHARGE]
+                charge = amounts.get(charge_s)
+                allowance_s = row[_ALLOWANCE]
+                try:
+                    if charge is None:
+                        charge = parse_amount(charge_s, allow_negative=True, field="charge")
+                        if len(amounts) < 65536:
+                            amounts[charge_s] = charge
+                    units = int(row[_UNITS])
+                    allowance = int(allowance_s) if allowance_s != "0" else 0
+                except (ValueError, MoneyError) as exc:
+                    raise BillingError(f"{path}:{reader.line_num}: {exc}") from None
+                kind = "usage" if p == period else "adjustment"
+                if row[_RESULT] == "refund":
+                    kind = "credit"
+                key = (msisdn, kind, row[_SERVICE], p)
+                b = acc.get(key)
+                if b is None:
+                    acc[key] = [units, charge, allowance]
+                else:
+                    b[0] += units
+                    b[1] += charge
+                    b[2] += allowance
+                rows += 1
         return rows
 
     # -- invoices -----------------------------------------------------------------------
@@ -496,21 +475,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Rows of a CDR file with line numbers; checks the header, widths and the end."""
+@contextlib.contextmanager
+def _cdr_csv(path: Path) -> Iterator[tuple[Any, int]]:
+    """Open a CDR file for reading rows: checks the header, turns decode and CSV errors
+    into ``file:line`` errors, and on a clean finish checks the file ends with a newline.
+    Yields (csv reader, row width)."""
     with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        reader = csv.reader(text)
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
         try:
             header = next(reader, None)
             if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
                 raise BillingError(f"{path}:1: not a CDR file (unexpected header)")
-            width = len(header)
-            for row in reader:
-                if len(row) != width:
-                    raise BillingError(f"{path}:{reader.line_num}: expected {width} fields, "
-                                       f"got {len(row)}")
-                yield reader.line_num, row
+            yield reader, len(header)
         except UnicodeDecodeError:
             raise BillingError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
         except csv.Error as exc:
@@ -521,3 +497,12 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             if raw.read(1) != b"\n":
                 raise BillingError(f"{path}:{reader.line_num}: truncated (no final newline)")
 
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Rows of a CDR file with line numbers (every row checked for its width)."""
+    with _cdr_csv(path) as (reader, width):
+        for row in reader:
+            if len(row) != width:
+                raise BillingError(f"{path}:{reader.line_num}: expected {width} fields, "
+                                   f"got {len(row)}")
+            yield reader.line_num, row

@@ -48,7 +48,7 @@ def child_main(settings_json: str) -> None:
             if res.closed:
                 log.info("cdr_export", rows=res.rows, closed=list(res.closed))
         except ExportBusy:
-            pass
+            pass  # `ocs cdr flush` holds the lock right now; the next round catches up
         except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
             log.error("cdr_export_failed", error=str(exc))
         stop.wait(interval)

@@ -99,7 +99,7 @@ class Batch:
                     self._txn.commit()
                     return time.perf_counter() - t0
                 except lmdb.MapFullError:
-                    pass
+                    pass  # grow the map and re-run the batch, below
                 except lmdb.Error as exc:
                     self._fail(StoreError(f"commit failed: {exc}"))
                     return 0.0

@@ -261,6 +261,10 @@ class RadiusAgent:
         for session, live in list(self.sessions.items()):
             if live.disconnecting:
                 continue
+            if not self.engine.session_keys(f"{session}\x00"):
+                # settled elsewhere (reaper, Accounting-On of another server): forget it
+                del self.sessions[session]
+                continue
             sub = self.engine.find_subscriber_now(live.identity)
             if sub is None or sub.status != "active":
                 self.disconnect(session, sub.status if sub else "unknown")

@@ -20,7 +20,7 @@ from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans, op_set_status
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store, Writer
-from protocols.radius.agent import RadiusAgent
+from protocols.radius.agent import LiveSession, RadiusAgent
 from protocols.radius.codec import AcctStatus, Attr, Code, attr, decode, encode_request
 from protocols.radius.dae import DaeClient, DaeOutcome, DaeTarget, SessionRef
 
@@ -116,6 +116,15 @@ def test_disconnects(tmp_path: Path) -> None:
         await agent.drain()
         assert nas.received[-1]["Acct-Session-Id"] == ["s3"]
         assert agent.dae.counters["disconnect_ack"] == 2
+        # a session whose reservation is gone (its Stop was lost, the reaper settled it)
+        # is forgotten by the sweep
+        sent = len(nas.received)
+        agent.sessions["radius:127.0.0.1:ghost"] = LiveSession(
+            client, SessionRef("ghost", "bob"), ((IdKind.USERNAME, "bob"),))
+        await agent.sweep()
+        await agent.drain()
+        assert "radius:127.0.0.1:ghost" not in agent.sessions
+        assert len(nas.received) == sent  # forgotten, not disconnected
         # 4. a NAS that never answers: bounded retries, then timeout
         nas.answer = "silent"
         dae = DaeClient(timeout_s=0.2, attempts=3)
