@@ -27,6 +27,7 @@ from ocs.provisioning import (
     import_subscribers,
     iter_subscribers,
     op_add_subscriber,
+    op_change_plan,
     op_load_plans,
     op_set_status,
     op_topup,
@@ -117,6 +118,10 @@ def build_parser() -> _Parser:
         p = ssub.add_parser(action, parents=[common])
         p.add_argument("msisdn")
         p.set_defaults(func=cmd_sub_status, status_action=action)
+    p = ssub.add_parser("plan", parents=[common], help="move a subscriber to another plan")
+    p.add_argument("msisdn")
+    p.add_argument("plan")
+    p.set_defaults(func=cmd_sub_plan)
     p = ssub.add_parser("import", parents=[common], help="bulk provisioning from CSV")
     p.add_argument("file")
     p.add_argument("--no-progress", action="store_true")
@@ -448,6 +453,15 @@ def cmd_sub_status(args: argparse.Namespace) -> int:
     with _open(cfg) as store:
         _old, new = store.run_write(op_set_status(args.msisdn, args.status_action))
     print(f"{new.msisdn}: {new.status}")
+    return 0
+
+
+def cmd_sub_plan(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    validate_msisdn(args.msisdn)
+    with _open(cfg) as store:
+        old, new = store.run_write(op_change_plan(args.msisdn, args.plan))
+    print(f"{new.msisdn}: plan {old.plan_id} -> {new.plan_id}")
     return 0
 
 

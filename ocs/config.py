@@ -158,10 +158,22 @@ class TaxRule:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Discount:
+    description: str
+    percent: str
+    """Decimal string, e.g. "10" for 10 %."""
+    plan: str = ""
+    """Plan id it applies to; "" = every plan."""
+    applies_to: str = "fee"
+    """fee | usage | all"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BillingConfig:
     invoice_dir: str = "invoices"
     due_days: int = 30
     taxes: tuple[TaxRule, ...] = ()
+    discounts: tuple[Discount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,6 +337,15 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: billing.taxes[{i}].rate: a fraction, at most 1")
         if t.prefix and not (t.prefix.isascii() and t.prefix.isdigit()):
             raise ConfigError(f"{src}: billing.taxes[{i}].prefix: expected digits")
+    for i, d in enumerate(cfg.billing.discounts):
+        try:
+            pct = parse_amount(d.percent, field="percent")
+        except MoneyError as exc:
+            raise ConfigError(f"{src}: billing.discounts[{i}].percent: {exc}") from exc
+        if pct > 100 * MICRO:
+            raise ConfigError(f"{src}: billing.discounts[{i}].percent: at most 100")
+        if d.applies_to not in ("fee", "usage", "all"):
+            raise ConfigError(f"{src}: billing.discounts[{i}].applies_to: fee, usage or all")
     if cfg.admin.enabled:
         _check_listen(cfg.admin.listen, f"{src}: admin.listen")
     if cfg.diameter is not None:

@@ -246,6 +246,40 @@ def op_set_status(msisdn: str, action: str, now: int | None = None) -> Callable[
     return op
 
 
+def op_change_plan(msisdn: str, plan_id: str, now: int | None = None) -> Callable[
+        [Tx], tuple[Subscriber, Subscriber]]:
+    """Move a subscriber to another plan of the same mode and currency, from ``now``.
+
+    Open sessions keep the terms they were granted under; new grants use the new plan.
+    """
+    ts = int(time.time()) if now is None else now
+
+    def op(tx: Tx) -> tuple[Subscriber, Subscriber]:
+        sub = get_subscriber(tx, msisdn)
+        if sub.status == "terminated":
+            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+        plan = plan_table(tx, plan_id)
+        if plan is None:
+            raise ProvisioningError(f"unknown plan {plan_id!r}")
+        if plan_id == sub.plan_id:
+            raise ProvisioningError(f"subscriber {sub.msisdn} is already on {plan_id!r}")
+        mode = str(plan.get("mode", "prepaid"))
+        if mode != sub.mode:
+            raise ProvisioningError(f"plan {plan_id!r} is {mode}; subscriber {sub.msisdn} "
+                                    f"is {sub.mode}")
+        if str(plan.get("currency", "EUR")) != sub.currency:
+            raise ProvisioningError(f"plan {plan_id!r} is in {plan.get('currency')}, "
+                                    f"not {sub.currency}")
+        since = sub.plan_since or sub.created_at
+        new = msgspec.structs.replace(
+            sub, plan_id=plan_id, plan_since=ts, updated_at=ts,
+            plan_history=(*sub.plan_history, (since, sub.plan_id)))
+        tx.put(SUBSCRIBERS, sub.msisdn.encode(), encode(new))
+        return sub, new
+
+    return op
+
+
 def op_load_plans(doc: PlansDocument) -> Callable[[Tx], int]:
     """Store every plan and zone of a validated document; bumps the plans version."""
 

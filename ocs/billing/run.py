@@ -106,6 +106,8 @@ class SubscriberTerms(msgspec.Struct, array_like=True, frozen=True):
     monthly_fee: int
     created_at: int
     terminated_at: int
+    segments: list[tuple[int, str, str, int]] = []
+    """Plan segments in force: (from, plan id, plan name, monthly fee), oldest first."""
 
 
 class RunRecord(msgspec.Struct, frozen=True):
@@ -123,7 +125,7 @@ _dec_run = msgspec.msgpack.Decoder(RunRecord)
 
 @dataclass(slots=True)
 class Line:
-    kind: str  # fee | allowance | usage | adjustment | credit | tax
+    kind: str  # fee | allowance | usage | adjustment | credit | discount | tax
     description: str
     quantity: int
     amount: int
@@ -221,12 +223,18 @@ class Biller:
                 terminated = sub.updated_at if sub.status == "terminated" else 0
                 if sub.created_at >= end or (terminated and terminated < start):
                     continue
+                segments = []
+                history = [*sub.plan_history, (sub.plan_since or sub.created_at, sub.plan_id)]
+                for since, pid in history:
+                    pt = plans.get(pid, {})
+                    segments.append((since, pid, str(pt.get("name", pid)),
+                                     parse_amount(str(pt.get("monthly_fee", "0")))))
                 subs.append(SubscriberTerms(
                     msisdn=sub.msisdn, plan_id=sub.plan_id,
                     plan_name=str(plan.get("name", sub.plan_id)), mode=sub.mode,
                     currency=sub.currency, timezone=tz,
                     monthly_fee=parse_amount(str(plan.get("monthly_fee", "0"))),
-                    created_at=sub.created_at, terminated_at=terminated))
+                    created_at=sub.created_at, terminated_at=terminated, segments=segments))
         files = []
         for path in closed_cdr_files(self.cdr_dir):
             after = self._billed_through(path.name)
@@ -342,14 +350,19 @@ class Biller:
         year, month = check_period(period)
         _start, end, days = period_bounds(year, month, terms.timezone)
         lines: list[Line] = []
-        if terms.monthly_fee:
-            active = active_days(terms, year, month)
-            amount = terms.monthly_fee if active == days else round_ratio_cents(
-                terms.monthly_fee * active, days)
-            desc = f"Monthly fee, {terms.plan_name}"
+        segments = terms.segments or [(terms.created_at, terms.plan_id, terms.plan_name,
+                                       terms.monthly_fee)]
+        for i, (since, _pid, plan_name, fee) in enumerate(segments):
+            until = segments[i + 1][0] if i + 1 < len(segments) else 0
+            active = segment_days(since, until, terms.terminated_at, terms.timezone, year,
+                                  month)
+            if not fee or not active:
+                continue
+            amount = fee if active == days else round_ratio_cents(fee * active, days)
+            desc = f"Monthly fee, {plan_name}"
             if active != days:
                 desc += f" (pro rata {active}/{days} days)"
-            lines.append(Line("fee", desc, active, round_cents(amount)))
+            lines.append(Line("fee", desc, active, amount))
         prepaid: list[tuple[str, int, int]] = []
         if usage is not None:
             for (kind, service, p), (units, charge, allowance) in sorted(
@@ -372,6 +385,16 @@ class Biller:
                 else:
                     lines.append(Line("credit", f"Refund, {name} ({p})", units,
                                       round_cents(charge)))
+        for d in self.cfg.discounts:
+            if d.plan and d.plan != terms.plan_id:
+                continue
+            kinds = {"fee": ("fee",), "usage": ("usage", "adjustment"),
+                     "all": ("fee", "usage", "adjustment")}[d.applies_to]
+            base = sum(ln.amount for ln in lines if ln.kind in kinds)
+            if base > 0:
+                pct = parse_amount(d.percent)
+                lines.append(Line("discount", f"{d.description} ({_pct(pct // 100)} %)", 0,
+                                  -round_ratio_cents(base * pct, 100 * MICRO)))
         if not lines and not prepaid:
             return None
         subtotal = sum(ln.amount for ln in lines)
@@ -445,16 +468,22 @@ def period_bounds(year: int, month: int, tz: str) -> tuple[int, int, int]:
     return int(start.timestamp()), int(nxt.timestamp()), days
 
 
-def active_days(terms: SubscriberTerms, year: int, month: int) -> int:
-    """Days of the month the subscription was active (activation and termination days
-    count), in the plan's time zone."""
+def segment_days(since: int, until: int, terminated: int, tz: str, year: int,
+                 month: int) -> int:
+    """Days of the month a plan segment was in force, in the plan's time zone.
+
+    The segment runs from the day of ``since`` (activation or plan change) to the day
+    before ``until`` (the next change; 0 = none) or the day of termination, inclusive.
+    """
     days = calendar.monthrange(year, month)[1]
     first = dt.date(year, month, 1)
     last = dt.date(year, month, days)
-    begin = max(first, _local_date(terms.created_at, terms.timezone)) if terms.created_at \
-        else first
-    finish = min(last, _local_date(terms.terminated_at, terms.timezone)) \
-        if terms.terminated_at else last
+    begin = max(first, _local_date(since, tz)) if since else first
+    finish = last
+    if until:
+        finish = min(finish, _local_date(until, tz) - dt.timedelta(days=1))
+    if terminated:
+        finish = min(finish, _local_date(terminated, tz))
     return max(0, (finish - begin).days + 1)
 
 

@@ -24,6 +24,10 @@ class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     roaming: bool = True
     created_at: int = 0
     updated_at: int = 0
+    plan_history: tuple[tuple[int, str], ...] = ()
+    """Earlier plans as (effective from, plan id); the current plan took over at
+    ``plan_since``. Billing prorates monthly fees over these segments."""
+    plan_since: int = 0
 
 
 class Balance(msgspec.Struct, array_like=True, kw_only=True):

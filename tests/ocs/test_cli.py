@@ -55,6 +55,11 @@ def test_init_tour(inited: Path) -> None:
     assert len(files) == 1 and files[0]["records"] == 1
     text = Path(files[0]["path"]).read_text()
     assert "41791112233" in text and ",4.500000,EUR,prepaid-basic,voice-premium," in text
+    ocs("subscriber", "plan", "41791112233", "prepaid-data", cwd=cwd)
+    show = json.loads(ocs("subscriber", "show", "41791112233", "--json", cwd=cwd).stdout)
+    assert show["plan"] == "prepaid-data" and show["balance"] == "2.2500"
+    bad = ocs("subscriber", "plan", "41791112233", "postpaid-business", cwd=cwd, ok=False)
+    assert bad.returncode == 2 and "is postpaid" in bad.stderr
     for action, status in (("suspend", "suspended"), ("resume", "active"),
                            ("delete", "terminated")):
         ocs("subscriber", action, "41791112233", cwd=cwd)

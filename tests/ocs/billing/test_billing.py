@@ -200,3 +200,41 @@ def test_total_is_sum_of_lines_is_subtotal_plus_tax(tmp_path_factory: pytest.Tem
             assert inv.tax == sum(round_ratio_cents(a * 81_000, 1_000_000) for a in taxable)
     finally:
         w.store.close()
+
+
+def test_plan_change_prorates_and_discount_applies(world: World) -> None:
+    from ocs.config import Discount
+    from ocs.provisioning import op_change_plan
+
+    # a second postpaid plan exists only in this test: same mode and currency
+    doc = load_plans_file(CONFIG_DIR / "plans.toml")
+    extra = dict(next(p for p in doc.plans if p["id"] == "postpaid-business"))
+    extra.update(id="postpaid-max", name="Max Postpaid", monthly_fee="59.00")
+    from ocs.rating.plans import PlansDocument
+
+    world.store.run_write(op_load_plans(PlansDocument(plans=(extra,), zones=())))
+    # on business (29.00) from Nov 10, on max (59.00) from Nov 25 (Zurich days)
+    world.store.run_write(op_change_plan(BIZ, "postpaid-max", now=calendar.timegm(
+        (2026, 11, 25, 8, 0, 0))))
+    world.charge(BIZ, Service.SMS, 1, "4179", NOV_20 + 10 * 86400, "26201")
+    world.flush(NOV_20 + 10 * 86400)
+    cfg = BillingConfig(taxes=CFG.taxes, due_days=14, discounts=(
+        Discount(description="Bundle discount", percent="10", plan="postpaid-max",
+                 applies_to="fee"),))
+    _s, invoices = Biller(world.store, world.cdr_dir, cfg).run("2026-11", None, dry_run=True)
+    (inv,) = [i for i in invoices if i.msisdn == BIZ]
+    assert inv.plan == "postpaid-max"
+    got = [(ln.kind, ln.quantity, ln.amount) for ln in inv.lines]
+    assert got == [
+        ("fee", 15, 14_500_000),  # Nov 10-24 on Business: 29.00 * 15/30
+        ("fee", 6, 11_800_000),   # Nov 25-30 on Max: 59.00 * 6/30
+        ("usage", 1, 200_000),
+        ("discount", 0, -2_630_000),  # 10 % of both fee lines (the plan on the invoice)
+        # tax per line: 1.1745->1.17, 0.9558->0.96, 0.0162->0.02, -0.21303->-0.21
+        ("tax", 0, 1_940_000),
+    ]
+    assert inv.total == 14_500_000 + 11_800_000 + 200_000 - 2_630_000 + 1_940_000
+    with pytest.raises(Exception, match="already on"):
+        world.store.run_write(op_change_plan(BIZ, "postpaid-max"))
+    with pytest.raises(Exception, match="is prepaid"):
+        world.store.run_write(op_change_plan(BIZ, "prepaid-basic"))
