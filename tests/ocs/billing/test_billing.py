@@ -238,3 +238,14 @@ def test_plan_change_prorates_and_discount_applies(world: World) -> None:
         world.store.run_write(op_change_plan(BIZ, "postpaid-max"))
     with pytest.raises(Exception, match="is prepaid"):
         world.store.run_write(op_change_plan(BIZ, "prepaid-basic"))
+
+
+def test_allowance_boundary_then_overage(world: World) -> None:
+    # Business includes 500 SMS a month at home; 498 + 5 = 503 messages: 3 are overage
+    assert world.charge(BIZ, Service.SMS, 498, "4179", NOV_20) == 0
+    assert world.charge(BIZ, Service.SMS, 5, "4179", NOV_20 + 60) == 150_000  # 3 x 0.05
+    world.flush(NOV_20 + 60)
+    _s, invoices = world.biller().run("2026-11", None, dry_run=True)
+    (inv,) = [i for i in invoices if i.msisdn == BIZ]
+    got = [(ln.kind, ln.quantity, ln.amount) for ln in inv.lines]
+    assert got[1:3] == [("allowance", 500, 0), ("usage", 3, 150_000)]
