@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -125,16 +126,27 @@ class RadiusAgent:
         # most specific network first
         self.clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
         self.counters: Counter[str] = Counter()
+        self._client_cache: dict[str, Client | None] = {}
 
     def client_for(self, address: str) -> Client | None:
         try:
+            return self._client_cache[address]
+        except KeyError:
+            pass
+        found = None
+        try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return None
-        for c in self.clients:
-            if ip.version == c.network.version and ip in c.network:
-                return c
-        return None
+            ip = None
+        if ip is not None:
+            for c in self.clients:
+                if ip.version == c.network.version and ip in c.network:
+                    found = c
+                    break
+        if len(self._client_cache) > 65536:
+            self._client_cache.clear()
+        self._client_cache[address] = found
+        return found
 
     @staticmethod
     def _proxy_state(pkt: Packet) -> list[tuple[int, bytes]]:
@@ -342,4 +354,4 @@ class RadiusAgent:
 def _ip(value: bytes | None) -> str:
     if value is None or len(value) != 4:
         return ""
-    return str(ipaddress.IPv4Address(value))
+    return socket.inet_ntoa(value)

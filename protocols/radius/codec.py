@@ -104,12 +104,11 @@ class Packet:
     """(type, value) in packet order; Vendor-Specific values kept whole."""
     raw: bytes
     """The packet as received, up to its Length field."""
+    first: dict[int, bytes]
+    """The first value of each attribute type (lookups without scanning)."""
 
     def get(self, attr: int) -> bytes | None:
-        for t, v in self.attributes:
-            if t == attr:
-                return v
-        return None
+        return self.first.get(attr)
 
     def all(self, attr: int) -> list[bytes]:
         return [v for t, v in self.attributes if t == attr]
@@ -125,6 +124,8 @@ class Packet:
         return int.from_bytes(v, "big")
 
     def vsa(self, vendor: int, vtype: int) -> bytes | None:
+        if Attr.VENDOR_SPECIFIC not in self.first:
+            return None
         for t, v in self.attributes:
             if t != Attr.VENDOR_SPECIFIC or len(v) < 4:
                 continue
@@ -154,6 +155,7 @@ def decode(data: bytes) -> Packet:
     if length < MIN_LENGTH or length > MAX_LENGTH or length > len(data):
         raise Drop("bad_length")
     attrs: list[tuple[int, bytes]] = []
+    first: dict[int, bytes] = {}
     pos = MIN_LENGTH
     while pos < length:
         if pos + 2 > length:
@@ -161,9 +163,12 @@ def decode(data: bytes) -> Packet:
         t, alen = data[pos], data[pos + 1]
         if alen < 2 or pos + alen > length:
             raise Drop("bad_attribute")
-        attrs.append((t, bytes(data[pos + 2 : pos + alen])))
+        v = bytes(data[pos + 2 : pos + alen])
+        attrs.append((t, v))
+        if t not in first:
+            first[t] = v
         pos += alen
-    return Packet(code, ident, auth, tuple(attrs), bytes(data[:length]))
+    return Packet(code, ident, auth, tuple(attrs), bytes(data[:length]), first)
 
 
 def _md5(*parts: bytes) -> bytes:
@@ -202,6 +207,8 @@ def message_authenticator_ok(pkt: Packet, secret: bytes,
     """Check Message-Authenticator (RFC 3579 §3.2): HMAC-MD5 over the packet with the
     attribute's value zeroed. None when the packet has none. ``authenticator`` replaces the
     header's (16 zero octets for Accounting/DAE requests, the request's for replies)."""
+    if Attr.MESSAGE_AUTHENTICATOR not in pkt.first:
+        return None
     raw = bytearray(pkt.raw)
     found: bytes | None = None
     for t, off, n in _attribute_offsets(pkt.raw):
