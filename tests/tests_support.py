@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,45 @@ def free_udp_port() -> int:
     port = int(s.getsockname()[1])
     s.close()
     return port
+
+
+def start_nas(port: int, secret: bytes = b"testing123") -> Any:
+    """A NAS's Dynamic Authorization side, from pyrad, in a thread: records the
+    Disconnect/CoA requests it gets (``nas.received``, ``nas.coa``) and answers as told by
+    ``nas.answer`` (ack | nak (Error-Cause 503) | silent)."""
+    import threading
+
+    from pyrad import packet as pyrad_packet
+    from pyrad import server as pyrad_server
+    from pyrad.dictionary import Dictionary
+
+    class Nas(pyrad_server.Server):  # type: ignore[misc]
+        answer = "ack"
+
+        def _reply(self, pkt: Any, ack: int, nak: int) -> None:
+            if self.answer == "silent":
+                return
+            r = self.CreateReplyPacket(pkt)
+            if self.answer == "ack":
+                r.code = ack
+            else:
+                r.code = nak
+                r["Error-Cause"] = 503
+            self.SendReplyPacket(pkt.fd, r)
+
+        def HandleDisconnectPacket(self, pkt: Any) -> None:
+            self.received.append({k: pkt[k] for k in pkt.keys()})  # noqa: SIM118
+            self._reply(pkt, pyrad_packet.DisconnectACK, pyrad_packet.DisconnectNAK)
+
+        def HandleCoaPacket(self, pkt: Any) -> None:
+            self.coa.append({k: pkt[k] for k in pkt.keys()})  # noqa: SIM118
+            self._reply(pkt, pyrad_packet.CoAACK, pyrad_packet.CoANAK)
+
+    nas = Nas(dict=Dictionary(str(REPO / "dictionaries" / "radius" / "dictionary")),
+              coaport=port, auth_enabled=False, acct_enabled=False, coa_enabled=True)
+    nas.received = []
+    nas.coa = []
+    nas.hosts["127.0.0.1"] = pyrad_server.RemoteHost("127.0.0.1", secret, "ocs")
+    nas.BindToAddress("127.0.0.1")
+    threading.Thread(target=nas.Run, daemon=True).start()
+    return nas

@@ -56,7 +56,8 @@ _CHARGE, _PLAN, _RESULT = _C["charge"], _C["plan_id"], _C["result"]
 _ALLOWANCE = _C["allowance_units"]
 
 SERVICE_TEXT = {"data": ("Data", "bytes"), "voice": ("Voice calls", "seconds"),
-                "sms": ("SMS", "messages"), "mms": ("MMS", "messages")}
+                "sms": ("SMS", "messages"), "mms": ("MMS", "messages"),
+                "time": ("Connected time", "seconds")}
 
 
 class BillingError(ValueError):

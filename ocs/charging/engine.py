@@ -50,7 +50,7 @@ from ocs.rating.engine import (
     rate_usage,
     select_rate,
 )
-from ocs.rating.plans import Mode, Plan, Service
+from ocs.rating.plans import TIMED, Mode, Plan, Service
 from ocs.store.env import (
     ALLOWANCES,
     ANSWER_EXPIRY,
@@ -105,7 +105,7 @@ class EngineSettings:
     def default_units(self, service: Service) -> int:
         if service is Service.DATA:
             return self.default_data_grant_bytes
-        if service is Service.VOICE:
+        if service is Service.VOICE or service is Service.TIME:
             return self.default_voice_grant_s
         return 1
 
@@ -569,7 +569,7 @@ class ChargingEngine:
                 destination=res.destination,
                 start_time=res.last_at,
                 end_time=now,
-                duration_s=used if service is Service.VOICE else max(0, now - res.last_at),
+                duration_s=used if service in TIMED else max(0, now - res.last_at),
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
                 units=used,
@@ -707,7 +707,7 @@ class ChargingEngine:
             destination=req.destination,
             start_time=now,
             end_time=now,
-            duration_s=units if req.service is Service.VOICE else 0,
+            duration_s=units if req.service in TIMED else 0,
             bytes_in=0,
             bytes_out=units if req.service is Service.DATA else 0,
             units=units,
@@ -876,6 +876,25 @@ class ChargingEngine:
                 res = dec_reservation.decode(v)
                 out.append((res.session_id, Service(res.service), res.rating_group))
         return out
+
+    def plan_of(self, sub: Subscriber) -> Plan | None:
+        return self.plans.in_store(self.store).plans.get(sub.plan_id)
+
+    def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
+                         rating_group: int | None = None, visited_network: str = "",
+                         now: int | None = None) -> int | None:
+        """How many units (<= cap) the subscriber's available money buys now, at the
+        rate that would apply; None when no rate prices it. Allowances not counted."""
+        book = self.plans.in_store(self.store)
+        plan = book.plans.get(sub.plan_id)
+        if plan is None:
+            return None
+        ctx = self._context(book, service, _now(now), rating_group, "", visited_network)
+        rate = select_rate(plan, ctx)
+        if rate is None:
+            return None
+        view = self.check_balance(((IdKind.MSISDN, sub.msisdn),), now)
+        return max_units(rate, view.available if view else 0, cap)
 
     def open_reservations(self, msisdn: str | None = None) -> Iterator[Reservation]:
         with self.store.read() as txn:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from ocs.money import ceil_div
-from ocs.rating.plans import Plan, Rate, Service
+from ocs.rating.plans import TIMED, Plan, Rate, Service
 
 UTC = dt.UTC
 
@@ -73,7 +73,7 @@ def billed_units(terms: PriceTerms, units: int) -> int:
     """Units after block rounding (voice: first increment, then increments)."""
     if units <= 0:
         return 0
-    if terms.service != Service.VOICE:
+    if terms.service not in TIMED:
         return units
     first = terms.first_increment_s
     inc = terms.increment_s
@@ -100,7 +100,7 @@ def max_units(terms: PriceTerms, money: int, cap: int) -> int:
         return 0
     # ceil(b * price / size) <= budget  <=>  b <= budget * size / price
     billed = (budget * terms.unit_size) // terms.price
-    if terms.service == Service.VOICE:
+    if terms.service in TIMED:
         first, inc = terms.first_increment_s, terms.increment_s
         if billed < first or billed <= 0:
             return 0

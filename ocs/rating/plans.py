@@ -28,6 +28,12 @@ class Service(StrEnum):
     VOICE = "voice"
     SMS = "sms"
     MMS = "mms"
+    TIME = "time"
+    """Connected time of an access session (WiFi hotspot, BNG), rated by the second."""
+
+
+TIMED = frozenset({Service.VOICE, Service.TIME})
+"""Services measured in seconds with first-increment / increment blocks."""
 
 
 class Mode(StrEnum):
@@ -48,6 +54,7 @@ UNIT_SIZES: dict[Service, dict[str, int]] = {
     Service.VOICE: {"minute": 60, "second": 1},
     Service.SMS: {"message": 1},
     Service.MMS: {"message": 1},
+    Service.TIME: {"hour": 3600, "minute": 60, "second": 1},
 }
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -365,8 +372,10 @@ def compile_plan(
         try:
             svc = Service(svc_s)
         except ValueError as exc:
-            raise _err(f"{rw}.service", f"expected data, voice, sms or mms, got {svc_s!r}") from exc
-        default_unit = {"data": "MB", "voice": "minute", "sms": "message", "mms": "message"}
+            raise _err(f"{rw}.service",
+                       f"expected data, voice, sms, mms or time, got {svc_s!r}") from exc
+        default_unit = {"data": "MB", "voice": "minute", "sms": "message", "mms": "message",
+                        "time": "minute"}
         unit = _str(r, "unit", rw, default_unit[svc.value])
         sizes = UNIT_SIZES[svc]
         if unit not in sizes:
@@ -375,7 +384,7 @@ def compile_plan(
         prefix = _str(r, "prefix", rw, "")
         if prefix and not (prefix.isascii() and prefix.isdigit()):
             raise _err(f"{rw}.prefix", f"expected E.164 digits, got {prefix!r}")
-        first = _int(r, "first_increment_s", rw, 1 if svc is Service.VOICE else 0)
+        first = _int(r, "first_increment_s", rw, 1 if svc in TIMED else 0)
         inc = _int(r, "increment_s", rw, 1, minimum=1)
         zones = _list(r, "zones", rw, str) or []
         for j, z in enumerate(zones):

@@ -78,7 +78,11 @@ class LiveSession:
     client: Client
     ref: SessionRef
     identity: Identity
+    service: Service = Service.DATA
+    started: int = 0
     disconnecting: bool = False
+    limited: bool = False
+    """The last grant was all the credit allowed (a top-up should extend the session)."""
 
 
 def octets(pkt: Packet, octets_attr: int, gigawords_attr: int) -> int | None:
@@ -175,33 +179,49 @@ class RadiusAgent:
             if not sid:
                 raise Drop("missing_acct_session_id")
             session = f"radius:{nas}:{sid}"
-            if status == AcctStatus.STOP:
-                self.sessions.pop(session, None)
-            elif session not in self.sessions:
+            live = (self.sessions.pop(session, None) if status == AcctStatus.STOP
+                    else self.sessions.get(session))
+            if live is None:
                 calling = pkt.text(Attr.CALLING_STATION_ID)
-                self.sessions[session] = LiveSession(client, SessionRef(
+                ids = identity(pkt)
+                live = LiveSession(client, SessionRef(
                     sid, pkt.text(Attr.USER_NAME), pkt.get(Attr.NAS_IP_ADDRESS) or b"",
-                    calling), identity(pkt))
-            await self._session(pkt, AcctStatus(status), session, key)
+                    calling), ids, self.service_for(ids), int(self.clock()))
+                if status != AcctStatus.STOP:
+                    self.sessions[session] = live
+            await self._session(pkt, AcctStatus(status), session, key, live)
         else:
             self.counters["acct_status_ignored"] += 1
         self.counters[f"acct_{status}"] += 1
         return encode_reply(Code.ACCOUNTING_RESPONSE, pkt, client.secret,
                             self._proxy_state(pkt))
 
-    async def _session(self, pkt: Packet, status: AcctStatus, session: str, key: bytes) -> None:
+    def service_for(self, ids: Identity) -> Service:
+        """Time-rated when the subscriber's plan prices connected time, else data."""
+        sub = self.engine.find_subscriber_now(ids)
+        plan = self.engine.plan_of(sub) if sub is not None else None
+        if plan is not None and len(plan.tries[Service.TIME]):
+            return Service.TIME
+        return Service.DATA
+
+    async def _session(self, pkt: Packet, status: AcctStatus, session: str, key: bytes,
+                       live: LiveSession) -> None:
         eng = self.engine
         now = int(self.clock())
-        rg = self.rating_group
+        service = live.service
+        rg = self.rating_group if service is Service.DATA else None
         bytes_in = octets(pkt, Attr.ACCT_INPUT_OCTETS, Attr.ACCT_INPUT_GIGAWORDS)
         bytes_out = octets(pkt, Attr.ACCT_OUTPUT_OCTETS, Attr.ACCT_OUTPUT_GIGAWORDS)
-        total = None if bytes_in is None and bytes_out is None else (
-            (bytes_in or 0) + (bytes_out or 0))
+        if service is Service.TIME:
+            total = pkt.integer(Attr.ACCT_SESSION_TIME)
+        else:
+            total = None if bytes_in is None and bytes_out is None else (
+                (bytes_in or 0) + (bytes_out or 0))
         visited = (pkt.vsa(VENDOR_3GPP, Tgpp.SGSN_MCC_MNC) or b"").decode("ascii", "replace")
 
         def reserve(k: bytes) -> ReserveRequest:
             return ReserveRequest(request_key=k, session_id=session, subscriber=identity(pkt),
-                                  service=Service.DATA, rating_group=rg,
+                                  service=service, rating_group=rg,
                                   visited_network=visited, protocol="radius",
                                   validity_s=self.validity_s, now=now)
 
@@ -210,10 +230,11 @@ class RadiusAgent:
             if not grant.ok:
                 log.info("radius_start_refused", session=session, refusal=grant.refusal)
                 self.disconnect(session, str(grant.refusal))
+            live.limited = grant.ok and grant.final
             return
         final = status is AcctStatus.STOP
         commit = CommitRequest(
-            request_key=key, session_id=session, service=Service.DATA, rating_group=rg,
+            request_key=key, session_id=session, service=service, rating_group=rg,
             cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
             final=final, next_units=None if final else 0, validity_s=self.validity_s,
             now=now)
@@ -226,11 +247,13 @@ class RadiusAgent:
                 self.disconnect(session, str(grant.refusal))
                 return
             settled = await eng.commit(CommitRequest(
-                request_key=key + b":charge", session_id=session, service=Service.DATA,
+                request_key=key + b":charge", session_id=session, service=service,
                 rating_group=rg, cumulative_units=total, bytes_in=bytes_in or 0,
                 bytes_out=bytes_out or 0, final=final, next_units=None if final else 0,
                 validity_s=self.validity_s, now=now))
         nxt = settled.next_grant
+        if nxt is not None:
+            live.limited = nxt.ok and nxt.final
         if nxt is not None and not nxt.ok:
             self.counters["credit_exhausted"] += 1
             log.info("radius_credit_exhausted", session=session, refusal=nxt.refusal)
@@ -259,7 +282,8 @@ class RadiusAgent:
             self.sessions.pop(session, None)
             await self.engine.commit(CommitRequest(
                 request_key=f"{session}:gone:{int(self.clock())}".encode(),
-                session_id=session, service=Service.DATA, rating_group=self.rating_group,
+                session_id=session, service=live.service,
+                rating_group=self.rating_group if live.service is Service.DATA else None,
                 final=True, now=int(self.clock())))
         elif outcome is DaeOutcome.ACK:
             self.sessions.pop(session, None)  # the NAS sends its Stop, which settles
@@ -281,7 +305,30 @@ class RadiusAgent:
             if sub is None or sub.status != "active":
                 self.disconnect(session, sub.status if sub else "unknown")
                 n += 1
+            elif live.limited and live.service is Service.TIME:
+                self._extend(session, live, sub)
         return n
+
+    def _extend(self, session: str, live: LiveSession, sub: Any) -> None:
+        """A credit-limited time session whose subscriber topped up: CoA-Request with a
+        longer Session-Timeout (connected so far + what the credit now buys)."""
+        more = self.engine.affordable_units(sub, Service.TIME, self.cfg.session_timeout_s)
+        if not more or self.dae is None:
+            return
+        timeout = int(self.clock()) - live.started + more
+        live.limited = False  # one CoA per top-up; the next interim re-grants
+
+        async def send() -> None:
+            assert self.dae is not None
+            outcome = await self.dae.send(Code.COA_REQUEST, live.client.dae_target, live.ref,
+                                          [attr(Attr.SESSION_TIMEOUT, timeout)])
+            log.info("radius_coa", session=session, session_timeout=timeout, outcome=outcome)
+            if outcome is not DaeOutcome.ACK:
+                live.limited = True  # try again on the next sweep
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self, timeout: float = 10.0) -> None:
         if self._tasks:
@@ -317,7 +364,18 @@ class RadiusAgent:
                                 [attr(Attr.REPLY_MESSAGE, _REJECT_TEXT.get(refusal, refusal)),
                                  *proxy], message_authenticator=True)
         self.counters["access_accept"] += 1
-        attrs = [attr(Attr.SESSION_TIMEOUT, self.cfg.session_timeout_s),
+        timeout = self.cfg.session_timeout_s
+        sub = self.engine.find_subscriber_now(identity(pkt))
+        if sub is not None and sub.mode == "prepaid" and self.service_for(
+                ((IdKind.MSISDN, sub.msisdn),)) is Service.TIME:
+            timeout = self.engine.affordable_units(sub, Service.TIME, timeout) or 0
+            if timeout <= 0:
+                self.counters["access_reject"] += 1
+                return encode_reply(Code.ACCESS_REJECT, pkt, client.secret,
+                                    [attr(Attr.REPLY_MESSAGE, _REJECT_TEXT[
+                                        Refusal.OUT_OF_CREDIT]), *proxy],
+                                    message_authenticator=True)
+        attrs = [attr(Attr.SESSION_TIMEOUT, timeout),
                  attr(Attr.ACCT_INTERIM_INTERVAL, self.cfg.interim_interval_s), *proxy]
         return encode_reply(Code.ACCESS_ACCEPT, pkt, client.secret, attrs,
                             message_authenticator=True)

@@ -4,15 +4,10 @@ credit is gone or the subscriber is suspended; ACK, NAK 503 (session gone), time
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from pyrad import packet as pyrad_packet
-from pyrad import server as pyrad_server
-from pyrad.dictionary import Dictionary
-from tests_support import CONFIG_DIR, REPO, add, free_udp_port
+from tests_support import CONFIG_DIR, add, free_udp_port, start_nas
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
@@ -25,38 +20,8 @@ from protocols.radius.codec import AcctStatus, Attr, Code, attr, decode, encode_
 from protocols.radius.dae import DaeClient, DaeOutcome, DaeTarget, SessionRef
 
 SECRET = b"testing123"
-DICT = Dictionary(str(REPO / "dictionaries" / "radius" / "dictionary"))
 
 
-
-
-class Nas(pyrad_server.Server):  # type: ignore[misc]
-    """A NAS's DAE side, from pyrad: records requests, answers as told."""
-
-    answer: str = "ack"
-    received: list[dict[str, Any]]
-
-    def HandleDisconnectPacket(self, pkt: Any) -> None:
-        self.received.append({k: pkt[k] for k in pkt.keys()})  # noqa: SIM118 (names)
-        if self.answer == "silent":
-            return
-        r = self.CreateReplyPacket(pkt)
-        if self.answer == "ack":
-            r.code = pyrad_packet.DisconnectACK
-        else:
-            r.code = pyrad_packet.DisconnectNAK
-            r["Error-Cause"] = 503
-        self.SendReplyPacket(pkt.fd, r)
-
-
-def start_nas(port: int) -> Nas:
-    nas = Nas(dict=DICT, coaport=port, auth_enabled=False, acct_enabled=False,
-              coa_enabled=True)
-    nas.received = []
-    nas.hosts["127.0.0.1"] = pyrad_server.RemoteHost("127.0.0.1", SECRET, "ocs")
-    nas.BindToAddress("127.0.0.1")
-    threading.Thread(target=nas.Run, daemon=True).start()
-    return nas
 
 
 def test_disconnects(tmp_path: Path) -> None:
