@@ -66,7 +66,8 @@ def test_init_tour(inited: Path) -> None:
         show = json.loads(ocs("subscriber", "show", "41791112233", "--json", cwd=cwd).stdout)
         assert show["status"] == status
     plans = json.loads(ocs("plan", "list", "--json", cwd=cwd).stdout)
-    assert {p["id"] for p in plans} == {"prepaid-basic", "prepaid-data", "postpaid-business"}
+    assert {p["id"] for p in plans} == {"prepaid-basic", "prepaid-data", "postpaid-business",
+                                        "wifi-hourly"}
     one = json.loads(ocs("plan", "show", "prepaid-basic", "--json", cwd=cwd).stdout)
     assert one["rates"][0]["price"] == "0.0100"
 

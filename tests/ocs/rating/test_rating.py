@@ -203,4 +203,4 @@ def test_plan_errors_name_the_key(snippet: str, key: str) -> None:
 def test_demo_plans_load() -> None:
     doc = load_plans_file(CONFIG_DIR / "plans.toml")
     assert {p["id"] for p in doc.plans} == {"prepaid-basic", "prepaid-data",
-                                            "postpaid-business"}
+                                            "postpaid-business", "wifi-hourly"}
