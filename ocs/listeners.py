@@ -25,5 +25,7 @@ def register(section: str, starter: Starter) -> None:
 def load_builtin() -> None:
     """Register the listeners of the protocol packages in this build."""
     from protocols.radius.transport import start_radius
+    from protocols.smpp.transport import start_smpp
 
     register("radius", start_radius)
+    register("smpp", start_smpp)

@@ -82,6 +82,7 @@ class Server:
         self._stopping = asyncio.Event()
         self.started_at = time.time()
         self.radius: Any = None
+        self.smpp: Any = None
 
     def health(self) -> dict[str, Any]:
         ok = self.writer.alive and self.exporter.alive and not self._stopping.is_set()

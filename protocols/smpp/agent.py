@@ -1,0 +1,109 @@
+"""SMPP agent: authenticates binds and charges submits through the engine.
+
+A submit_sm / data_sm is charged as SMS events (one per part) against the sender
+(source_addr = MSISDN) and answered only after the durable commit, with the CDR's record
+id as message_id. A destination no ``[[smpp.routes]]`` prefix matches is refused with
+ESME_RINVDSTADR and nothing is charged. The retry of a PDU (same bind, same sequence
+number) replays the stored answer and charges nothing.
+
+Refusals (documented in the README):
+unknown sender ESME_RINVSRCADR 0x0A; suspended, blocked, deleted or roaming barred
+ESME_RX_P_APPN 0x65; out of credit / credit limit ESME_RSUBMITFAIL 0x45; no rate for the
+destination ESME_RX_R_APPN 0x66; no route ESME_RINVDSTADR 0x0B; overloaded ESME_RTHROTTLED
+0x58; store failure ESME_RSYSERR 0x08.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+
+import structlog
+
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import DebitRequest, IdKind, Refusal
+from ocs.config import SmppConfig
+from ocs.rating.plans import Service
+from ocs.store import Overloaded, StoreError
+from protocols.smpp.pdu import Bind, Status, Submit, count_parts
+
+log = structlog.get_logger(__name__)
+
+REFUSAL_STATUS: dict[str, Status] = {
+    Refusal.UNKNOWN_SUBSCRIBER: Status.RINVSRCADR,
+    Refusal.SUSPENDED: Status.RX_P_APPN,
+    Refusal.BLOCKED: Status.RX_P_APPN,
+    Refusal.TERMINATED: Status.RX_P_APPN,
+    Refusal.ROAMING_NOT_ALLOWED: Status.RX_P_APPN,
+    Refusal.OUT_OF_CREDIT: Status.RSUBMITFAIL,
+    Refusal.CREDIT_LIMIT_REACHED: Status.RSUBMITFAIL,
+    Refusal.RATING_FAILED: Status.RX_R_APPN,
+}
+
+
+def _digits(addr: str) -> str:
+    return "".join(c for c in addr if c.isascii() and c.isdigit())
+
+
+class SmppAgent:
+    def __init__(self, engine: ChargingEngine, cfg: SmppConfig):
+        self.engine = engine
+        self.cfg = cfg
+        self.accounts = {a.system_id: a for a in cfg.accounts}
+        self.routes = sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
+        self.binds: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+
+    def authenticate(self, bind: Bind) -> Status:
+        acct = self.accounts.get(bind.system_id)
+        if acct is None:
+            self.counters["bind_unknown_system_id"] += 1
+            return Status.RINVSYSID
+        if not hmac.compare_digest(bind.password.encode(), acct.password.encode()):
+            self.counters["bind_bad_password"] += 1
+            return Status.RINVPASWD
+        if self.binds[bind.system_id] >= acct.max_binds:
+            self.counters["bind_limit"] += 1
+            return Status.RBINDFAIL
+        self.binds[bind.system_id] += 1
+        return Status.ROK
+
+    def unbound(self, system_id: str) -> None:
+        if self.binds[system_id] > 0:
+            self.binds[system_id] -= 1
+
+    def route(self, destination: str) -> str | None:
+        for r in self.routes:
+            if destination.startswith(r.prefix):
+                return r.system_id
+        return None
+
+    async def submit(self, system_id: str, bind_id: str, seq: int, sm: Submit) -> tuple[
+            Status, str]:
+        dest = _digits(sm.destination_addr)
+        if not dest or self.route(dest) is None:
+            self.counters["submit_no_route"] += 1
+            return Status.RINVDSTADR, ""
+        source = _digits(sm.source_addr)
+        if not source:
+            return Status.RINVSRCADR, ""
+        parts = count_parts(sm)
+        req = DebitRequest(
+            request_key=f"smpp:{system_id}:{bind_id}:{seq}".encode(),
+            subscriber=((IdKind.MSISDN, source),), service=Service.SMS, units=parts,
+            destination=dest, protocol="smpp", session_id=f"smpp:{system_id}:{bind_id}:{seq}")
+        try:
+            debit = await self.engine.direct_debit(req)
+        except Overloaded:
+            self.counters["submit_overloaded"] += 1
+            return Status.RTHROTTLED, ""
+        except (StoreError, OSError) as exc:
+            log.error("smpp_submit_failed", system_id=system_id, error=str(exc))
+            return Status.RSYSERR, ""
+        if not debit.ok:
+            self.counters[f"submit_refused_{debit.refusal}"] += 1
+            return REFUSAL_STATUS.get(debit.refusal, Status.RSUBMITFAIL), ""
+        self.counters["submit_charged"] += 1
+        return Status.ROK, debit.record_id
+
+
