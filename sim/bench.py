@@ -38,6 +38,16 @@ rating_group = 10
 [[radius.clients]]
 address = "127.0.0.1"
 secret = "testing123"
+[smpp]
+listen = "127.0.0.1:0"
+window = 64
+[[smpp.accounts]]
+system_id = "esme"
+password = "secret"
+max_binds = 16
+[[smpp.routes]]
+prefix = "41"
+system_id = "esme"
 """
 
 

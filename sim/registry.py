@@ -56,4 +56,5 @@ def load_all() -> None:
     """Import every module that registers commands or bench parts."""
     import sim.billing_cmd
     import sim.core_cmd
-    import sim.radius_cmd  # noqa: F401
+    import sim.radius_cmd
+    import sim.smpp_cmd  # noqa: F401
