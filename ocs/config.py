@@ -113,6 +113,12 @@ class SmppConfig:
     listen: str = "127.0.0.1:2775"
     window: int = 64
     throttle_per_s: int = 0
+    enquire_link_s: float = 30.0
+    """Send enquire_link after this long without traffic on a bind."""
+    response_timeout_s: float = 10.0
+    """Close the bind when our enquire_link is not answered within this."""
+    bind_timeout_s: float = 30.0
+    """Close a connection that has not bound within this."""
     accounts: tuple[SmppAccount, ...] = ()
     routes: tuple[SmppRoute, ...] = ()
 
@@ -369,6 +375,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: smpp.window: must be positive")
         if cfg.smpp.throttle_per_s < 0:
             raise ConfigError(f"{src}: smpp.throttle_per_s: must be >= 0")
+        for key in ("enquire_link_s", "response_timeout_s", "bind_timeout_s"):
+            if getattr(cfg.smpp, key) <= 0:
+                raise ConfigError(f"{src}: smpp.{key}: must be positive")
         ids = {a.system_id for a in cfg.smpp.accounts}
         for i, r in enumerate(cfg.smpp.routes):
             if r.system_id not in ids:

@@ -71,7 +71,16 @@ def nack(status: int, seq: int) -> Send:
 
 
 class SmppSession:
-    def __init__(self, *, window: int = 64, throttle_per_s: int = 0, system_id: str = "OCS"):
+    def __init__(self, *, window: int = 64, throttle_per_s: int = 0, system_id: str = "OCS",
+                 enquire_link_s: float = 30.0, response_timeout_s: float = 10.0,
+                 bind_timeout_s: float = 30.0, now: float = 0.0):
+        self.enquire_link_s = enquire_link_s
+        self.response_timeout_s = response_timeout_s
+        self.bind_timeout_s = bind_timeout_s
+        self.opened_at = now
+        self.last_activity = now
+        self.pending_enquire: tuple[int, float] | None = None
+        self._our_seq = 0
         self.state = State.OPEN
         self.system_id = ""
         self.window = window
@@ -94,12 +103,45 @@ class SmppSession:
         self._tokens -= 1.0
         return False
 
+    def next_sequence(self) -> int:
+        """Our own sequence numbers: 1 .. 0x7FFFFFFF, then 1 again."""
+        self._our_seq = self._our_seq % 0x7FFFFFFF + 1
+        return self._our_seq
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` wants to run next (None: never)."""
+        if self.state is State.CLOSED:
+            return None
+        if self.state is State.OPEN:
+            return self.opened_at + self.bind_timeout_s
+        if self.pending_enquire is not None:
+            return self.pending_enquire[1] + self.response_timeout_s
+        return self.last_activity + self.enquire_link_s
+
+    def handle_timer(self, now: float) -> list[Action]:
+        deadline = self.get_timer()
+        if deadline is None or now < deadline:
+            return []
+        if self.state is State.OPEN:
+            self.state = State.CLOSED
+            return [Close("no bind in time")]
+        if self.pending_enquire is not None:
+            self.state = State.CLOSED
+            return [Close("enquire_link not answered")]
+        seq = self.next_sequence()
+        self.pending_enquire = (seq, now)
+        return [Send(Pdu(Cmd.ENQUIRE_LINK, 0, seq))]
+
     def receive(self, pdu: Pdu, now: float) -> list[Action]:
         cmd, seq = pdu.command_id, pdu.sequence
         if self.state is State.CLOSED:
             return []
+        self.last_activity = now
         if cmd & RESP:
-            return []  # answers to our enquire_link (deliveries arrive with issue #5's rest)
+            if (cmd == Cmd.ENQUIRE_LINK.resp and self.pending_enquire is not None
+                    and self.pending_enquire[0] == seq):
+                self.pending_enquire = None
+            return []
         if cmd not in _KNOWN:
             return [nack(Status.RINVCMDID, seq)]
         if cmd in _BIND_STATE:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import time
 from typing import Any
 
 import structlog
@@ -25,18 +24,44 @@ class SmppConnection(asyncio.Protocol):
     def __init__(self, agent: SmppAgent, node: str):
         self.agent = agent
         cfg = agent.cfg
+        self.loop = asyncio.get_running_loop()
         self.session = SmppSession(window=cfg.window, throttle_per_s=cfg.throttle_per_s,
-                                   system_id=node[:15])
+                                   system_id=node[:15], enquire_link_s=cfg.enquire_link_s,
+                                   response_timeout_s=cfg.response_timeout_s,
+                                   bind_timeout_s=cfg.bind_timeout_s, now=self.loop.time())
         self.framer = Framer()
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.bind_id = f"{_RUN}{next(_bind_ids)}"
         self.tasks: set[asyncio.Task[None]] = set()
         self.bound_as = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def _arm(self) -> None:
+        """One timer per connection, at the session's next deadline."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        when = self.session.get_timer()
+        if when is not None and self.transport is not None:
+            self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        actions = self.session.handle_timer(self.loop.time())
+        for a in actions:
+            if isinstance(a, Close):
+                log.info("smpp_bind_closed", system_id=self.session.system_id, reason=a.reason)
+        self._run(actions)
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.bound_as:
             self.agent.unbound(self.bound_as)
             self.bound_as = ""
@@ -48,9 +73,10 @@ class SmppConnection(asyncio.Protocol):
         except PduError as e:
             self._run([nack(e.status, e.sequence), Close(str(e))])
             return
-        now = time.monotonic()
+        now = self.loop.time()
         for pdu in pdus:
             self._run(self.session.receive(pdu, now))
+        self._arm()
 
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
