@@ -119,6 +119,10 @@ class SmppConfig:
     """Close the bind when our enquire_link is not answered within this."""
     bind_timeout_s: float = 30.0
     """Close a connection that has not bound within this."""
+    default_validity_s: int = 86400
+    """How long a message waits for its destination when the submit sets no validity."""
+    refund_expired: bool = True
+    """Refund the sender when a message expires undelivered."""
     accounts: tuple[SmppAccount, ...] = ()
     routes: tuple[SmppRoute, ...] = ()
 

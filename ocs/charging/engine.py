@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ocs import messaging
 from ocs.cdr import journal
 from ocs.charging.model import (
     BalanceView,
@@ -37,7 +38,9 @@ from ocs.charging.model import (
     ReleaseRequest,
     ReserveRequest,
     Settlement,
+    SmsOutcomeRequest,
     StoredAnswer,
+    SubmitSmsRequest,
     TrimRequest,
 )
 from ocs.charging.plans import PlanBook, PlanCache
@@ -162,6 +165,8 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "refund": (RefundRequest, Refund),
     "expire": (ExpireRequest, bool),
     "trim_answers": (TrimRequest, int),
+    "submit_sms": (SubmitSmsRequest, Debit),
+    "sms_outcome": (SmsOutcomeRequest, bool),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -792,6 +797,59 @@ class ChargingEngine:
         tx.put(REFUNDS, req.original_key, req.request_key)
         return Refund(ok=True, msisdn=orig.msisdn, refunded=orig.charged,
                       allowance_restored=restored, record_id=record_id)
+
+    # -- SMS store-and-forward ---------------------------------------------------------
+
+    def op_submit_sms(self, tx: Tx, req: SubmitSmsRequest) -> Debit:
+        """Debit the SMS and, when charged, queue it for delivery (same transaction)."""
+
+        def compute(now: int) -> Debit:
+            d = self._debit(tx, req.debit, now)
+            if d.ok:
+                messaging.enqueue(tx, messaging.SmsMessage(
+                    message_id=d.record_id, kind="message", submitter=req.submitter,
+                    route=req.route, source=req.source, destination=req.destination,
+                    data_coding=req.data_coding, esm_class=req.esm_class, payload=req.payload,
+                    registered_delivery=req.registered_delivery, submitted_at=now,
+                    expires_at=now + req.validity_s, next_try=now,
+                    debit_key=req.debit.request_key))
+            return d
+
+        return self._idempotent(tx, req.debit.request_key, req.debit.now, compute)
+
+    def op_sms_outcome(self, tx: Tx, req: SmsOutcomeRequest) -> bool:
+        msg = messaging.load(tx, req.message_id)
+        if msg is None or msg.state != "enroute":
+            return False
+        now = req.now
+        if req.outcome == "delivered":
+            messaging.settle(tx, msg, "delivered", now)
+            if msg.kind == "message" and msg.registered_delivery & 0x01:
+                self._queue_receipt(tx, msg, "DELIVRD", 2, now)
+        elif req.outcome == "retry":
+            messaging.reschedule(tx, msg, now + messaging.backoff(msg.attempts + 1))
+        elif req.outcome == "expire":
+            messaging.settle(tx, msg, "expired", now)
+            if msg.kind == "message":
+                if req.refund_expired and msg.debit_key:
+                    self._refund(tx, RefundRequest(request_key=b"expired:" + msg.debit_key,
+                                                   original_key=msg.debit_key), now)
+                if msg.registered_delivery & 0x03:  # receipt on success or failure / failure
+                    self._queue_receipt(tx, msg, "EXPIRED", 3, now)
+        else:
+            raise ValueError(f"unknown SMS outcome {req.outcome!r}")
+        return True
+
+    @staticmethod
+    def _queue_receipt(tx: Tx, msg: messaging.SmsMessage, stat: str, state: int,
+                       now: int) -> None:
+        text = messaging.receipt_text(msg, stat, now)
+        messaging.enqueue(tx, messaging.SmsMessage(
+            message_id=msg.message_id + "-r", kind="receipt", submitter=msg.submitter,
+            route=msg.submitter, source=msg.destination, destination=msg.source,
+            data_coding=0, esm_class=0x04, payload=text.encode("ascii", "replace"),
+            registered_delivery=0, submitted_at=now, expires_at=msg.expires_at + 86400,
+            next_try=now, receipted_id=msg.message_id, receipt_state=state))
 
     # -- read-only enquiries (never block: LMDB readers) ------------------------------
 

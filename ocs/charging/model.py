@@ -216,3 +216,27 @@ class TrimRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     before: int
     limit: int = 2000
+
+
+class SubmitSmsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Charge an SMS (``debit``) and queue it for delivery, in one transaction."""
+
+    debit: DebitRequest
+    submitter: str
+    route: str
+    source: str
+    destination: str
+    data_coding: int = 0
+    esm_class: int = 0
+    payload: bytes = b""
+    registered_delivery: int = 0
+    validity_s: int = 86400
+
+
+class SmsOutcomeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a delivery attempt: delivered | retry | expire."""
+
+    message_id: str
+    outcome: str
+    now: int
+    refund_expired: bool = True

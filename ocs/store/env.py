@@ -39,6 +39,8 @@ REFUNDS = b"refunds"  # original request key -> refund request key
 CDR_JOURNAL = b"cdr_journal"  # u64 seq -> CdrRecord
 META = b"meta"  # name -> value
 BILLING = b"billing"  # b"run:" + period -> BillingRun; b"file:" + name -> billed-through period
+SMS = b"sms"  # message id -> SmsMessage (store-and-forward queue and its history)
+SMS_DUE = b"sms_due"  # u64 next try + message id -> b""
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -56,6 +58,8 @@ ALL_DBS = (
     CDR_JOURNAL,
     META,
     BILLING,
+    SMS,
+    SMS_DUE,
 )
 
 META_SCHEMA = b"schema_version"

@@ -16,16 +16,18 @@ destination ESME_RX_R_APPN 0x66; no route ESME_RINVDSTADR 0x0B; overloaded ESME_
 from __future__ import annotations
 
 import hmac
+import time
 from collections import Counter
+from typing import Any
 
 import structlog
 
 from ocs.charging.engine import ChargingEngine
-from ocs.charging.model import DebitRequest, IdKind, Refusal
+from ocs.charging.model import DebitRequest, IdKind, Refusal, SubmitSmsRequest
 from ocs.config import SmppConfig
 from ocs.rating.plans import Service
 from ocs.store import Overloaded, StoreError
-from protocols.smpp.pdu import Bind, Status, Submit, count_parts
+from protocols.smpp.pdu import Bind, PduError, Status, Submit, count_parts, parse_validity
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +55,8 @@ class SmppAgent:
         self.routes = sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
         self.binds: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        self.on_queued: Any = None
+        """Called when a message was queued (wakes the delivery worker)."""
 
     def authenticate(self, bind: Bind) -> Status:
         acct = self.accounts.get(bind.system_id)
@@ -87,13 +91,25 @@ class SmppAgent:
         source = _digits(sm.source_addr)
         if not source:
             return Status.RINVSRCADR, ""
-        parts = count_parts(sm)
-        req = DebitRequest(
-            request_key=f"smpp:{system_id}:{bind_id}:{seq}".encode(),
-            subscriber=((IdKind.MSISDN, source),), service=Service.SMS, units=parts,
-            destination=dest, protocol="smpp", session_id=f"smpp:{system_id}:{bind_id}:{seq}")
+        route = self.route(dest)
+        assert route is not None
         try:
-            debit = await self.engine.direct_debit(req)
+            validity = parse_validity(sm.validity_period, int(time.time()),
+                                      self.cfg.default_validity_s)
+        except PduError as e:
+            return e.status, ""
+        parts = count_parts(sm)
+        key = f"smpp:{system_id}:{bind_id}:{seq}"
+        req = SubmitSmsRequest(
+            debit=DebitRequest(request_key=key.encode(), subscriber=((IdKind.MSISDN, source),),
+                               service=Service.SMS, units=parts, destination=dest,
+                               protocol="smpp", session_id=key),
+            submitter=system_id, route=route, source=sm.source_addr,
+            destination=sm.destination_addr, data_coding=sm.data_coding,
+            esm_class=sm.esm_class & ~0x04, payload=sm.payload,
+            registered_delivery=sm.registered_delivery, validity_s=validity)
+        try:
+            debit = await self.engine.submit("submit_sms", req)
         except Overloaded:
             self.counters["submit_overloaded"] += 1
             return Status.RTHROTTLED, ""
@@ -104,6 +120,8 @@ class SmppAgent:
             self.counters[f"submit_refused_{debit.refusal}"] += 1
             return REFUSAL_STATUS.get(debit.refusal, Status.RSUBMITFAIL), ""
         self.counters["submit_charged"] += 1
-        return Status.ROK, debit.record_id
+        if self.on_queued is not None:
+            self.on_queued()
+        return Status.ROK, str(debit.record_id)
 
 

@@ -8,6 +8,10 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from ocs.text import decode_gsm7
+
+__all__ = ["decode_gsm7"]
+
 HEADER = struct.Struct(">IIII")
 MAX_PDU = 64 * 1024
 
@@ -52,6 +56,7 @@ class Status(IntEnum):
     RMSGQFUL = 0x14
     RSUBMITFAIL = 0x45
     RTHROTTLED = 0x58
+    RINVEXPIRY = 0x62
     RX_T_APPN = 0x64
     RX_P_APPN = 0x65
     RX_R_APPN = 0x66
@@ -60,6 +65,8 @@ class Status(IntEnum):
 
 
 class Tag(IntEnum):
+    RECEIPTED_MESSAGE_ID = 0x001E
+    MESSAGE_STATE = 0x0427
     SC_INTERFACE_VERSION = 0x0210
     MESSAGE_PAYLOAD = 0x0424
     SAR_MSG_REF_NUM = 0x020C
@@ -273,28 +280,6 @@ def encode_submit(s: Submit) -> bytes:
 
 # -- message parts -------------------------------------------------------------------------
 
-_GSM_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-              "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
-_GSM_EXT = {0x0A: "\f", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\", 0x3C: "[", 0x3D: "~",
-            0x3E: "]", 0x40: "|", 0x65: "€"}
-
-
-def decode_gsm7(data: bytes) -> str:
-    """GSM 03.38 default alphabet, unpacked (one septet per octet, as on SMPP), with the
-    extension table behind 0x1B."""
-    out = []
-    esc = False
-    for b in data:
-        if esc:
-            out.append(_GSM_EXT.get(b, " "))
-            esc = False
-        elif b == 0x1B:
-            esc = True
-        else:
-            out.append(_GSM_BASIC[b] if b < 128 else "?")
-    return "".join(out)
-
-
 def count_parts(sm: Submit) -> int:
     """How many SMS parts the network carries for this submit (what is charged).
 
@@ -314,3 +299,38 @@ def count_parts(sm: Submit) -> int:
     if units <= single:
         return 1
     return -(-units // multi)
+
+
+def parse_validity(value: str, now: int, default_s: int) -> int:
+    """Seconds of validity from an SMPP time: "" (default), relative "YYMMDDhhmmss000R" or
+    absolute "YYMMDDhhmmsstnnp" (p = + or -, nn quarter hours from UTC)."""
+    import calendar
+
+    if not value:
+        return default_s
+    if len(value) != 16 or not value[:15].isdigit() or value[15] not in "R+-":
+        raise PduError(Status.RINVEXPIRY, f"validity_period {value!r}")
+    yy, mo, dd, hh, mi, ss = (int(value[i:i + 2]) for i in range(0, 12, 2))
+    if value[15] == "R":
+        return max(1, ((yy * 365 + mo * 30 + dd) * 24 + hh) * 3600 + mi * 60 + ss)
+    try:
+        local = calendar.timegm((2000 + yy, mo, dd, hh, mi, ss, 0, 0, 0))
+    except (ValueError, OverflowError) as exc:
+        raise PduError(Status.RINVEXPIRY, f"validity_period {value!r}") from exc
+    offset = int(value[13:15]) * 900
+    utc = local - offset if value[15] == "+" else local + offset
+    if utc <= now:
+        raise PduError(Status.RINVEXPIRY, f"validity_period {value!r} is in the past")
+    return utc - now
+
+
+def encode_deliver(source: str, destination: str, esm_class: int, data_coding: int,
+                   payload: bytes, tlvs: dict[int, bytes] | None = None) -> bytes:
+    """deliver_sm body (the submit_sm layout; long bodies go in message_payload)."""
+    extra = dict(tlvs or {})
+    short = payload
+    if len(payload) > 254:
+        extra[Tag.MESSAGE_PAYLOAD] = payload
+        short = b""
+    return encode_submit(Submit("", 1, 1, source, 1, 1, destination, esm_class, 0, 0, "", "",
+                                0, 0, data_coding, 0, short, extra))

@@ -63,7 +63,14 @@ class Close:
     reason: str
 
 
-Action = Send | Authenticate | Charge | Close
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The ESME answered one of our requests (deliver_sm_resp, ...)."""
+
+    pdu: Pdu
+
+
+Action = Send | Authenticate | Charge | Close | Response
 
 
 def nack(status: int, seq: int) -> Send:
@@ -103,6 +110,11 @@ class SmppSession:
         self._tokens -= 1.0
         return False
 
+    @property
+    def receiver(self) -> bool:
+        """Bound to receive deliver_sm (receiver or transceiver)."""
+        return self.state in (State.BOUND_RX, State.BOUND_TRX)
+
     def next_sequence(self) -> int:
         """Our own sequence numbers: 1 .. 0x7FFFFFFF, then 1 again."""
         self._our_seq = self._our_seq % 0x7FFFFFFF + 1
@@ -141,7 +153,8 @@ class SmppSession:
             if (cmd == Cmd.ENQUIRE_LINK.resp and self.pending_enquire is not None
                     and self.pending_enquire[0] == seq):
                 self.pending_enquire = None
-            return []
+                return []
+            return [Response(pdu)]
         if cmd not in _KNOWN:
             return [nack(Status.RINVCMDID, seq)]
         if cmd in _BIND_STATE:

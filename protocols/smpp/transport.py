@@ -5,15 +5,29 @@ touches sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import time
 from typing import Any
 
 import structlog
 
+from ocs import messaging
+from ocs.charging.model import SmsOutcomeRequest
+from ocs.store.env import SMS, SMS_DUE, pack_u64
 from protocols.smpp.agent import SmppAgent
-from protocols.smpp.pdu import Framer, PduError
-from protocols.smpp.session import Action, Authenticate, Charge, Close, Send, SmppSession, nack
+from protocols.smpp.pdu import Cmd, Framer, Pdu, PduError, Tag, encode_deliver
+from protocols.smpp.session import (
+    Action,
+    Authenticate,
+    Charge,
+    Close,
+    Response,
+    Send,
+    SmppSession,
+    nack,
+)
 
 log = structlog.get_logger(__name__)
 _bind_ids = itertools.count(1)
@@ -35,6 +49,9 @@ class SmppConnection(asyncio.Protocol):
         self.bind_id = f"{_RUN}{next(_bind_ids)}"
         self.tasks: set[asyncio.Task[None]] = set()
         self.bound_as = ""
+        self.waiting: dict[int, asyncio.Future[Pdu]] = {}
+        """Our requests (deliver_sm) by sequence number, until their response."""
+        self.on_bound: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -58,7 +75,20 @@ class SmppConnection(asyncio.Protocol):
         self._run(actions)
         self._arm()
 
+    def request(self, cmd: int, body: bytes) -> asyncio.Future[Pdu]:
+        """Send one of our requests; the future gets its response."""
+        seq = self.session.next_sequence()
+        fut: asyncio.Future[Pdu] = self.loop.create_future()
+        self.waiting[seq] = fut
+        assert self.transport is not None
+        self.transport.write(Pdu(cmd, 0, seq, body).encode())
+        return fut
+
     def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("bind closed"))
+        self.waiting.clear()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -92,6 +122,12 @@ class SmppConnection(asyncio.Protocol):
                     self.bound_as = a.bind.system_id
                 self._run(self.session.bind_done(a.sequence, a.command_id, a.bind.system_id,
                                                  status, a.bind.interface_version))
+                if status == 0 and self.on_bound is not None:
+                    self.on_bound()
+            elif isinstance(a, Response):
+                fut = self.waiting.pop(a.pdu.sequence, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(a.pdu)
             elif isinstance(a, Charge):
                 task = asyncio.ensure_future(self._charge(a))
                 self.tasks.add(task)
@@ -109,21 +145,111 @@ class SmppListener:
         self.node = node
         self.server: asyncio.Server | None = None
         self.connections: set[SmppConnection] = set()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: set[str] = set()
+        self._fresh: set[str] = set()
+        """system_ids that just bound a receiver: their waiting messages go now."""
+        agent.on_queued = self._wake.set
+
+    def receivers(self, system_id: str) -> list[SmppConnection]:
+        return [c for c in self.connections
+                if c.transport is not None and c.session.receiver
+                and c.session.system_id == system_id]
+
+    async def _deliver_loop(self) -> None:
+        """Deliver what is due: to a receiver bind of the route's system_id, else later."""
+        while True:
+            self._wake.clear()
+            now = int(time.time())
+            fresh, self._fresh = self._fresh, set()
+            for msg in self._due(now, fresh):
+                if msg.message_id in self._inflight:
+                    continue
+                if now >= msg.expires_at:
+                    await self._outcome(msg.message_id, "expire")
+                    continue
+                targets = [c for c in self.receivers(msg.route)
+                           if len(c.waiting) < self.agent.cfg.window]
+                if not targets:
+                    await self._outcome(msg.message_id, "retry")
+                    continue
+                conn = min(targets, key=lambda c: len(c.waiting))
+                self._inflight.add(msg.message_id)
+                task = asyncio.ensure_future(self._deliver(conn, msg))
+                conn.tasks.add(task)
+                task.add_done_callback(conn.tasks.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+
+    def _due(self, now: int, fresh: set[str]) -> list[messaging.SmsMessage]:
+        """Messages whose next try has come, and any waiting for a freshly bound route."""
+        store = self.agent.engine.store
+        out: list[messaging.SmsMessage] = []
+        stop = pack_u64(now + 1)
+        with store.read() as txn, txn.cursor(db=store.dbs[SMS_DUE]) as cur:
+            for k in cur.iternext(keys=True, values=False):
+                key = bytes(k)
+                if len(out) >= 500 or (key >= stop and not fresh):
+                    break
+                raw = txn.get(key[8:], db=store.dbs[SMS])
+                if raw is None:
+                    continue
+                msg = messaging.decode(raw)
+                if key < stop or msg.route in fresh:
+                    out.append(msg)
+        return out
+
+    def _bound(self, system_id: str) -> None:
+        self._fresh.add(system_id)
+        self._wake.set()
+
+    async def _outcome(self, message_id: str, outcome: str) -> None:
+        try:
+            await self.agent.engine.submit("sms_outcome", SmsOutcomeRequest(
+                message_id=message_id, outcome=outcome, now=int(time.time()),
+                refund_expired=self.agent.cfg.refund_expired))
+        except Exception as exc:  # busy or writer restarting: the next round tries again
+            log.warning("smpp_outcome_failed", message_id=message_id, error=str(exc))
+
+    async def _deliver(self, conn: SmppConnection, msg: messaging.SmsMessage) -> None:
+        tlvs: dict[int, bytes] = {}
+        if msg.kind == "receipt":
+            tlvs = {Tag.RECEIPTED_MESSAGE_ID: msg.receipted_id.encode() + b"\x00",
+                    Tag.MESSAGE_STATE: bytes((msg.receipt_state,))}
+        body = encode_deliver(msg.source, msg.destination, msg.esm_class, msg.data_coding,
+                              msg.payload, tlvs)
+        try:
+            resp = await asyncio.wait_for(conn.request(Cmd.DELIVER_SM, body),
+                                          self.agent.cfg.response_timeout_s)
+            ok = resp.status == 0
+        except (TimeoutError, ConnectionError):
+            ok = False
+        self.agent.counters["deliver_ok" if ok else "deliver_failed"] += 1
+        await self._outcome(msg.message_id, "delivered" if ok else "retry")
+        self._inflight.discard(msg.message_id)
+        if ok:
+            self._wake.set()  # a receipt may have been queued
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
 
         def factory() -> SmppConnection:
             conn = SmppConnection(self.agent, self.node)
+            conn.on_bound = lambda: self._bound(conn.session.system_id)
+            self.connections = {c for c in self.connections if c.transport is not None}
             self.connections.add(conn)
             return conn
 
         self.server = await loop.create_server(factory, host, port)
+        self._worker = loop.create_task(self._deliver_loop())
         sock = self.server.sockets[0].getsockname()
         log.info("smpp_listening", address=f"{sock[0]}:{sock[1]}")
         return str(sock[0]), int(sock[1])
 
     async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
         if self.server is not None:
             self.server.close()
         pending = [t for c in self.connections for t in c.tasks]

@@ -1,0 +1,102 @@
+"""Store-and-forward for SMS: the queue the SMPP side delivers from.
+
+A submitted message is queued in the same transaction as its debit, so an accepted
+submit is never lost. Delivery attempts, receipts, expiry and refunds are operations in
+the store too; the SMPP transport only moves PDUs.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ocs.store.env import SMS, SMS_DUE, pack_u64
+from ocs.store.tx import Tx
+from ocs.text import decode_gsm7
+
+
+class SmsMessage(msgspec.Struct, array_like=True, kw_only=True):
+    message_id: str
+    kind: str  # message | receipt
+    submitter: str  # system_id that submitted it (receipts go back there)
+    route: str  # system_id to deliver to
+    source: str
+    destination: str
+    data_coding: int
+    esm_class: int
+    payload: bytes
+    registered_delivery: int
+    submitted_at: int
+    expires_at: int
+    next_try: int
+    attempts: int = 0
+    state: str = "enroute"  # enroute | delivered | expired | undeliverable
+    done_at: int = 0
+    debit_key: bytes = b""
+    receipted_id: str = ""
+    receipt_state: int = 0
+
+
+_dec = msgspec.msgpack.Decoder(SmsMessage)
+_enc = msgspec.msgpack.Encoder()
+
+MAX_BACKOFF_S = 600
+
+
+def backoff(attempts: int) -> int:
+    """Seconds until the next try after ``attempts`` failed ones: 5, 10, 20 ... 600."""
+    return min(MAX_BACKOFF_S, 5 << min(16, max(0, attempts - 1)))
+
+
+def load(tx: Tx, message_id: str) -> SmsMessage | None:
+    raw = tx.get(SMS, message_id.encode())
+    return _dec.decode(raw) if raw is not None else None
+
+
+def enqueue(tx: Tx, msg: SmsMessage) -> None:
+    tx.put(SMS, msg.message_id.encode(), _enc.encode(msg))
+    tx.put(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode(), b"")
+
+
+def settle(tx: Tx, msg: SmsMessage, state: str, now: int) -> None:
+    """Final state: out of the due index, kept as history."""
+    tx.delete(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode())
+    msg.state = state
+    msg.done_at = now
+    tx.put(SMS, msg.message_id.encode(), _enc.encode(msg))
+
+
+def reschedule(tx: Tx, msg: SmsMessage, next_try: int) -> None:
+    tx.delete(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode())
+    msg.attempts += 1
+    msg.next_try = next_try
+    enqueue(tx, msg)
+
+
+def decode(raw: bytes) -> SmsMessage:
+    return _dec.decode(raw)
+
+
+def _yymmddhhmm(ts: int) -> str:
+    import time as _time
+
+    return _time.strftime("%y%m%d%H%M", _time.gmtime(ts))
+
+
+def message_text(msg: SmsMessage) -> str:
+    """The message body as text (GSM 03.38, UCS-2 or Latin-1 by data_coding)."""
+    if msg.data_coding == 0x08:
+        return msg.payload[: len(msg.payload) // 2 * 2].decode("utf-16-be", "replace")
+    if msg.data_coding == 0x00:
+        return decode_gsm7(msg.payload)
+    return msg.payload.decode("latin-1")
+
+
+def receipt_text(msg: SmsMessage, stat: str, now: int) -> str:
+    """The de-facto standard delivery receipt text (SMPP 3.4 appendix B)."""
+    delivered = "001" if stat == "DELIVRD" else "000"
+    err = "000"
+    text = "".join(c if c.isascii() and c.isprintable() else "?"
+                   for c in message_text(msg)[:20])
+    return (f"id:{msg.message_id} sub:001 dlvrd:{delivered} "
+            f"submit date:{_yymmddhhmm(msg.submitted_at)} done date:{_yymmddhhmm(now)} "
+            f"stat:{stat} err:{err} text:{text}")

@@ -1,0 +1,77 @@
+"""Store-and-forward operations on the real store: queue with the debit, outcomes,
+receipts, expiry refunds, backoff."""
+
+from __future__ import annotations
+
+from tests_support import WEDNESDAY_NOON, add
+
+from ocs import messaging
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import DebitRequest, IdKind, SmsOutcomeRequest, SubmitSmsRequest
+from ocs.rating.plans import Service
+from ocs.store.env import SMS_DUE
+
+T0 = WEDNESDAY_NOON
+
+
+def submit(engine: ChargingEngine, key: bytes, regd: int = 1) -> str:
+    d = engine.store.run_write(lambda tx: engine.op_submit_sms(tx, SubmitSmsRequest(
+        debit=DebitRequest(request_key=key, subscriber=((IdKind.MSISDN, "41790000001"),),
+                           service=Service.SMS, destination="41791234567", now=T0),
+        submitter="esme", route="esme", source="41790000001", destination="41791234567",
+        payload=b"hi", registered_delivery=regd, validity_s=60)))
+    assert d.ok and d.charged == 50_000
+    return str(d.record_id)
+
+
+def outcome(engine: ChargingEngine, mid: str, what: str, now: int) -> bool:
+    return bool(engine.store.run_write(lambda tx: engine.op_sms_outcome(
+        tx, SmsOutcomeRequest(message_id=mid, outcome=what, now=now))))
+
+
+def queued(engine: ChargingEngine) -> list[messaging.SmsMessage]:
+    from ocs.store.env import SMS
+
+    with engine.store.read() as txn:
+        return [messaging.decode(txn.get(bytes(k)[8:], db=engine.store.dbs[SMS]))
+                for k, _ in txn.cursor(db=engine.store.dbs[SMS_DUE])]
+
+
+def balance(engine: ChargingEngine) -> int:
+    v = engine.check_balance(((IdKind.MSISDN, "41790000001"),))
+    assert v is not None
+    return v.balance
+
+
+def test_queue_retry_deliver_receipt(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    mid = submit(engine, b"s1")
+    # the same submit again: replayed, not queued twice
+    assert submit(engine, b"s1") == mid and len(queued(engine)) == 1
+    assert outcome(engine, mid, "retry", T0 + 1)
+    (m,) = queued(engine)
+    assert (m.attempts, m.next_try) == (1, T0 + 1 + 5)
+    assert outcome(engine, mid, "retry", T0 + 7)
+    assert queued(engine)[0].next_try == T0 + 7 + 10
+    assert outcome(engine, mid, "delivered", T0 + 20)
+    assert not outcome(engine, mid, "delivered", T0 + 21)  # already final
+    (r,) = queued(engine)
+    assert r.kind == "receipt" and r.route == "esme" and r.receipted_id == mid
+    assert r.payload.decode().startswith(f"id:{mid} sub:001 dlvrd:001 submit date:2611181200 "
+                                         f"done date:2611181200 stat:DELIVRD err:000 text:hi")
+    assert balance(engine) == 950_000
+
+
+def test_expiry_refunds_once(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    mid = submit(engine, b"s2", regd=0)
+    assert balance(engine) == 950_000
+    assert outcome(engine, mid, "expire", T0 + 61)
+    assert balance(engine) == 1_000_000
+    assert not outcome(engine, mid, "expire", T0 + 62)
+    assert balance(engine) == 1_000_000
+    assert queued(engine) == []  # no receipt asked for
+
+
+def test_backoff() -> None:
+    assert [messaging.backoff(n) for n in (1, 2, 3, 8, 50)] == [5, 10, 20, 600, 600]

@@ -1,0 +1,169 @@
+"""Delivery: deliver_sm to receiver binds, store-and-forward until one binds, delivery
+receipts with the submit's message_id, expiry with refund — smpplib as the ESMEs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import smpplib.client
+import smpplib.consts
+
+OCS = str(Path(sys.executable).parent / "ocs")
+CONFIG = """
+[node]
+name = "dl"
+data_dir = "{data}"
+log_format = "json"
+[smpp]
+listen = "127.0.0.1:{port}"
+[[smpp.accounts]]
+system_id = "esme"
+password = "secret"
+[[smpp.accounts]]
+system_id = "other"
+password = "secret2"
+[[smpp.routes]]
+prefix = "417"
+system_id = "esme"
+[[smpp.routes]]
+prefix = "418"
+system_id = "other"
+[admin]
+enabled = false
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+class Smsc:
+    def __init__(self, cwd: Path, cfg: Path, port: int):
+        self.cwd, self.cfg, self.port = cwd, cfg, port
+
+    def ocs(self, *args: str) -> str:
+        p = subprocess.run([OCS, *args, "--config", str(self.cfg)], cwd=self.cwd,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    def balance(self, msisdn: str) -> str:
+        return str(json.loads(self.ocs("subscriber", "show", msisdn, "--json"))["balance"])
+
+    def esme(self, kind: str, system_id: str = "esme", password: str = "secret") -> Any:
+        c = smpplib.client.Client("127.0.0.1", self.port, timeout=5)
+        c.connect()
+        getattr(c, f"bind_{kind}")(system_id=system_id, password=password)
+        received: list[Any] = []
+        c.set_message_received_handler(lambda pdu: received.append(pdu))
+        c.received = received
+        return c
+
+
+@pytest.fixture(scope="module")
+def smsc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smsc]:
+    cwd = tmp_path_factory.mktemp("dl")
+    port = _free_port()
+    cfg = cwd / "dl.toml"
+    cfg.write_text(CONFIG.format(data=cwd / "data", port=port))
+    srv = Smsc(cwd, cfg, port)
+    srv.ocs("init", "--plans", str(Path(__file__).resolve().parents[3] / "config" /
+                                   "plans.toml"))
+    for msisdn in ("41790000001", "41790000002", "41790000003"):
+        srv.ocs("subscriber", "add", "--msisdn", msisdn, "--plan", "prepaid-basic",
+                "--balance", "1.00")
+    log = (cwd / "serve.log").open("w")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while "smpp_listening" not in (cwd / "serve.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield srv
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+
+
+def read_until(c: Any, n: int, timeout: float = 8.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while len(c.received) < n and time.monotonic() < deadline:
+        c.read_once()
+    return list(c.received)
+
+
+def test_delivery_and_receipt(smsc: Smsc) -> None:
+    c = smsc.esme("transceiver")
+    c.send_message(source_addr_ton=1, source_addr="41790000001", dest_addr_ton=1,
+                   destination_addr="41791234567", short_message=b"hello there",
+                   registered_delivery=1)
+    resp = c.read_pdu()
+    assert resp.status == 0
+    message_id = resp.message_id
+    got = read_until(c, 2)
+    assert len(got) == 2
+    mt, receipt = got
+    assert mt.short_message == b"hello there" and mt.destination_addr == b"41791234567"
+    assert mt.esm_class == 0
+    assert receipt.esm_class == 0x04
+    text = receipt.short_message.decode()
+    assert text.startswith(f"id:{message_id.decode()} sub:001 dlvrd:001 submit date:")
+    assert " stat:DELIVRD err:000 text:hello there" in text
+    assert receipt.receipted_message_id == message_id
+    assert receipt.message_state == smpplib.consts.SMPP_MESSAGE_STATE_DELIVERED
+    assert smsc.balance("41790000001") == "0.9500"
+    c.unbind()
+    c.disconnect()
+
+
+def test_store_and_forward_until_a_receiver_binds(smsc: Smsc) -> None:
+    tx = smsc.esme("transmitter")
+    tx.send_message(source_addr_ton=1, source_addr="41790000002", dest_addr_ton=1,
+                    destination_addr="41881234567", short_message=b"waiting for you")
+    assert tx.read_pdu().status == 0
+    time.sleep(1.0)  # nobody of "other" is bound: the message waits in the store
+    rx = smsc.esme("receiver", "other", "secret2")
+    got = read_until(rx, 1)
+    assert [p.short_message for p in got] == [b"waiting for you"]
+    assert smsc.balance("41790000002") == "0.9500"
+    rx.disconnect()
+    tx.disconnect()
+
+
+def test_expiry_refunds(smsc: Smsc) -> None:
+    tx = smsc.esme("transmitter")
+    tx.send_message(source_addr_ton=1, source_addr="41790000003", dest_addr_ton=1,
+                    destination_addr="41881111111", short_message=b"too late",
+                    validity_period="000000000002000R", registered_delivery=1)
+    assert tx.read_pdu().status == 0
+    assert smsc.balance("41790000003") == "0.9500"
+    deadline = time.monotonic() + 10
+    while smsc.balance("41790000003") != "1.0000":
+        assert time.monotonic() < deadline, "not refunded"
+        time.sleep(0.3)
+    tx.disconnect()
+    # the EXPIRED receipt waits for the submitter's receiver bind
+    rx = smsc.esme("receiver")
+    got = read_until(rx, 1)
+    assert got and got[-1].esm_class == 0x04
+    assert " stat:EXPIRED " in got[-1].short_message.decode()
+    rx.disconnect()
