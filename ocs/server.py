@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import time
 from typing import Any
@@ -74,6 +75,7 @@ class Server:
             "rotate_records": cfg.cdr.rotate_records,
             "interval_s": cfg.cdr.export_interval_s,
             "log_format": log_format,
+            "parent_pid": os.getpid(),
         })
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None

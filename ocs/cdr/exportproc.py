@@ -42,7 +42,11 @@ def child_main(settings_json: str) -> None:
     exporter = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
                            rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
     interval = conf["interval_s"]
-    while not stop.is_set():
+    parent = int(conf.get("parent_pid", os.getppid()))  # passed in: the parent may die
+    while not stop.is_set():                             # before we get this far
+        if os.getppid() != parent:  # ocs serve is gone (killed): drain, close, leave
+            log.warning("cdr_exporter_orphaned", parent=parent)
+            break
         try:
             res = exporter.run_once(int(time.time()))
             if res.closed:

@@ -181,6 +181,7 @@ class SmppListener:
                 task.add_done_callback(conn.tasks.discard)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
+            await asyncio.sleep(0.02)  # coalesce wake-ups: one pass per 20 ms at most
 
     def _due(self, now: int, fresh: set[str]) -> list[messaging.SmsMessage]:
         """Messages whose next try has come, and any waiting for a freshly bound route."""
@@ -192,6 +193,8 @@ class SmppListener:
                 key = bytes(k)
                 if len(out) >= 500 or (key >= stop and not fresh):
                     break
+                if key[8:].decode() in self._inflight:
+                    continue
                 raw = txn.get(key[8:], db=store.dbs[SMS])
                 if raw is None:
                     continue

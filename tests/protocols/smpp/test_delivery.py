@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,8 +44,6 @@ enabled = false
 
 
 def _free_port() -> int:
-    import socket
-
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = int(s.getsockname()[1])
@@ -167,3 +166,48 @@ def test_expiry_refunds(smsc: Smsc) -> None:
     assert got and got[-1].esm_class == 0x04
     assert " stat:EXPIRED " in got[-1].short_message.decode()
     rx.disconnect()
+
+
+def test_restart_with_queued_messages_loses_none(tmp_path: Path) -> None:
+    port = _free_port()
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(CONFIG.format(data=tmp_path / "data", port=port).replace('"dl"', '"rs"'))
+    srv = Smsc(tmp_path, cfg, port)
+    srv.ocs("init", "--plans", str(Path(__file__).resolve().parents[3] / "config" /
+                                   "plans.toml"))
+    srv.ocs("subscriber", "add", "--msisdn", "41790000009", "--plan", "prepaid-basic",
+            "--balance", "1.00")
+
+    def serve() -> subprocess.Popen[bytes]:
+        log = (tmp_path / "serve.log").open("a")
+        proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:  # ready when the SMPP port accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+
+    proc = serve()
+    tx = srv.esme("transmitter")
+    for i in range(5):
+        tx.send_message(source_addr_ton=1, source_addr="41790000009", dest_addr_ton=1,
+                        destination_addr="41881234567", short_message=b"queued %d" % i)
+        assert tx.read_pdu().status == 0
+    tx.disconnect()
+    os.kill(proc.pid, signal.SIGKILL)  # no goodbye: what was accepted must survive
+    proc.wait(10)
+    time.sleep(0.5)  # its writer child notices the closed socket and exits
+    proc = serve()
+    try:
+        rx = srv.esme("receiver", "other", "secret2")
+        got = read_until(rx, 5)
+        assert sorted(p.short_message for p in got) == [b"queued %d" % i for i in range(5)]
+        rx.disconnect()
+        assert srv.balance("41790000009") == "0.7500"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

@@ -158,3 +158,24 @@ def test_fuzz_session_never_raises(pdus: list[tuple[int, bytes]]) -> None:
                 s.bind_done(a.sequence, a.command_id, a.bind.system_id, Status.ROK, 0x34)
             elif isinstance(a, Charge):
                 s.submit_done(a.sequence, a.command_id, Status.ROK, "x")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([*SEEDS, b"\x00\x00\x00\x10\x00\x00\x00\x15" + bytes(8)]),
+                min_size=1, max_size=4).map(lambda parts: b"".join(
+                    struct.pack(">IIII", 16 + len(p), 0x4, 0, i + 1) + p
+                    for i, p in enumerate(parts))),
+       st.lists(st.integers(1, 7), min_size=1, max_size=30))
+def test_fuzz_framer_byte_by_byte_equals_whole(stream: bytes, cuts: list[int]) -> None:
+    whole = Framer().feed(stream)
+    f = Framer()
+    got = []
+    pos = 0
+    i = 0
+    while pos < len(stream):
+        n = cuts[i % len(cuts)]
+        got += f.feed(stream[pos:pos + n])
+        pos += n
+        i += 1
+    assert [(p.command_id, p.sequence, p.body) for p in got] == [
+        (p.command_id, p.sequence, p.body) for p in whole]
