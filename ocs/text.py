@@ -23,3 +23,13 @@ def decode_gsm7(data: bytes) -> str:
         else:
             out.append(_GSM_BASIC[b] if b < 128 else "?")
     return "".join(out)
+
+
+def count_characters(payload: bytes, data_coding: int) -> int:
+    """Characters of an SMS body: GSM 03.38 septets with an escape pair counting as one
+    character, UCS-2 code units, or octets for the other codings."""
+    if data_coding == 0x08:
+        return len(payload) // 2
+    if data_coding == 0x00:
+        return len(decode_gsm7(payload))
+    return len(payload)

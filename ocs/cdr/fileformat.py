@@ -32,6 +32,7 @@ COLUMNS = (
     "protocol",
     "result",
     "allowance_units",
+    "characters",
 )
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -88,4 +89,5 @@ def format_row(r: CdrRecord) -> str:
         _field(r.protocol),
         _field(r.result),
         str(r.allowance_units),
+        str(r.characters),
     )) + "\n"

@@ -84,6 +84,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
                     protocol=row[19],
                     result=row[20],
                     allowance_units=_int(row[21], "allowance_units"),
+                    characters=_int(row[22], "characters"),
                 )
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None

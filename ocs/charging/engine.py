@@ -725,6 +725,7 @@ class ChargingEngine:
             protocol=req.protocol,
             result="event",
             allowance_units=from_allowance,
+            characters=req.characters,
         )
         tx.put(BALANCES, msisdn, encode(bal))
         return Debit(

@@ -168,6 +168,8 @@ class DebitRequest(msgspec.Struct, frozen=True, kw_only=True):
     destination: str = ""
     visited_network: str = ""
     protocol: str = "internal"
+    characters: int = 0
+    """Message length in characters (SMS/MMS), recorded on the CDR."""
     now: int | None = None
 
 

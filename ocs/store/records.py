@@ -117,6 +117,8 @@ class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     result: str
     allowance_units: int = 0
     """Of ``units``, how many came from the plan's allowance (charged nothing)."""
+    characters: int = 0
+    """SMS/MMS: characters of the message (GSM 03.38, UCS-2 or octets); 0 otherwise."""
 
 
 class CdrExportState(msgspec.Struct, array_like=True, kw_only=True):

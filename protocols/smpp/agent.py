@@ -27,6 +27,7 @@ from ocs.charging.model import DebitRequest, IdKind, Refusal, SubmitSmsRequest
 from ocs.config import SmppConfig
 from ocs.rating.plans import Service
 from ocs.store import Overloaded, StoreError
+from ocs.text import count_characters
 from protocols.smpp.pdu import Bind, PduError, Status, Submit, count_parts, parse_validity
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,14 @@ REFUSAL_STATUS: dict[str, Status] = {
     Refusal.CREDIT_LIMIT_REACHED: Status.RSUBMITFAIL,
     Refusal.RATING_FAILED: Status.RX_R_APPN,
 }
+
+
+def _text_of(sm: Submit) -> bytes:
+    """The message body without its User Data Header (esm_class 0x40)."""
+    body = sm.payload
+    if sm.esm_class & 0x40 and body:
+        return body[1 + body[0]:]
+    return body
 
 
 def _digits(addr: str) -> str:
@@ -103,7 +112,8 @@ class SmppAgent:
         req = SubmitSmsRequest(
             debit=DebitRequest(request_key=key.encode(), subscriber=((IdKind.MSISDN, source),),
                                service=Service.SMS, units=parts, destination=dest,
-                               protocol="smpp", session_id=key),
+                               protocol="smpp", session_id=key,
+                               characters=count_characters(_text_of(sm), sm.data_coding)),
             submitter=system_id, route=route, source=sm.source_addr,
             destination=sm.destination_addr, data_coding=sm.data_coding,
             esm_class=sm.esm_class & ~0x04, payload=sm.payload,

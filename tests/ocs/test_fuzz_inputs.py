@@ -18,7 +18,7 @@ PLANS_TEXT = (CONFIG_DIR / "plans.toml").read_text()
 CONFIG_TEXT = (CONFIG_DIR / "ocs.toml").read_text()
 GOOD_ROW = ("n1-1,s,41790000001,228010000000001,sms,,4179,2026-11-18T12:00:00Z,"
             "2026-11-18T12:00:00Z,0,0,0,1,0.050000,EUR,prepaid-basic,sms-national,0,,cli,"
-            "event,0\n")
+            "event,0,0\n")
 
 
 def _mutate(text: str, data: st.DataObject) -> str:

@@ -161,7 +161,7 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
         list(read_cdr_file(bad))
     short = tmp_path / "short.csv"
     short.write_text(lines[0] + lines[1][:40] + "\n")
-    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 22 fields"):
+    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 23 fields"):
         list(read_cdr_file(short))
     truncated = tmp_path / "trunc.csv"
     truncated.write_text(lines[0] + lines[1].rstrip("\n"))
@@ -190,7 +190,8 @@ text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
     charge=st.integers(-(10**15), 10**15), currency=st.sampled_from(["EUR", "CHF"]),
     plan_id=text, rate_id=text, roaming=st.booleans(),
     visited_network=st.from_regex(r"([0-9]{5,6})?", fullmatch=True), protocol=text,
-    result=text, allowance_units=st.integers(-(2**40), 2**40)))
+    result=text, allowance_units=st.integers(-(2**40), 2**40),
+    characters=st.integers(0, 10**6)))
 def test_record_round_trips_through_the_file_format(tmp_path_factory: pytest.TempPathFactory,
                                                     rec: CdrRecord) -> None:
     p = tmp_path_factory.mktemp("rt") / "cdr_x.csv"

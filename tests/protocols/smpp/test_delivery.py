@@ -132,6 +132,12 @@ def test_delivery_and_receipt(smsc: Smsc) -> None:
     assert smsc.balance("41790000001") == "0.9500"
     c.unbind()
     c.disconnect()
+    # the CDR counts the characters of the message (11) besides the 1 part charged
+    smsc.ocs("cdr", "flush")
+    rows = [ln.split(",") for f in sorted((smsc.cwd / "data" / "cdr").glob("*.csv"))
+            for ln in f.read_text().splitlines()[1:]]
+    (row,) = [r for r in rows if r[2] == "41790000001"]
+    assert row[12] == "1" and row[-1] == "11" and row[19] == "smpp"
 
 
 def test_store_and_forward_until_a_receiver_binds(smsc: Smsc) -> None:
