@@ -135,6 +135,17 @@ def build_parser() -> _Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cdr_list)
 
+    a = sub.add_parser("alarms", parents=[common], help="NOC alarms")
+    asub = a.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = asub.add_parser("list", parents=[common])
+    p.add_argument("--active", action="store_true", help="only alarms not cleared")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alarms_list)
+    for action in ("ack", "clear"):
+        p = asub.add_parser(action, parents=[common])
+        p.add_argument("id", type=int)
+        p.set_defaults(func=cmd_alarms_action, alarm_action=action)
+
     b = sub.add_parser("bill", parents=[common], help="billing: invoices from CDR files")
     bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = bsub.add_parser("run", parents=[common], help="invoice one period")
@@ -523,6 +534,51 @@ def cmd_cdr_list(args: argparse.Namespace) -> int:
     else:
         _table("Closed CDR files", ["file", "records", "bytes"],
                [[i["file"], i["records"], i["bytes"]] for i in items])
+    return 0
+
+
+def cmd_alarms_list(args: argparse.Namespace) -> int:
+    from ocs.noc import alarms as noc
+
+    cfg = _config(args)
+    with _open(cfg) as store, store.read() as txn:
+        items = [noc.decode(v) for _k, v in txn.cursor(db=store.dbs[b"alarms"])]
+    if args.active:
+        items = [a for a in items if a.active]
+    items.sort(key=lambda a: (-a.last_seen, -a.alarm_id))
+    if args.json:
+        _print_json([noc.to_json(a) for a in items])
+    else:
+        _table(f"Alarms ({len(items)})", ["id", "severity", "element", "resource", "type",
+                                           "cause", "count", "ack", "last seen"],
+               [[a.alarm_id, a.perceived_severity + (" (flapping)" if a.flapping else ""),
+                 a.element, a.resource, a.alarm_type, a.probable_cause, a.count,
+                 "yes" if a.acknowledged else "", _iso(a.last_seen)] for a in items])
+    return 0
+
+
+def _iso(ts: int) -> str:
+    from ocs.cdr.fileformat import iso_utc
+
+    return iso_utc(ts)
+
+
+def cmd_alarms_action(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ocs.noc import alarms as noc
+
+    cfg = _config(args)
+    act = noc.OperatorAction(alarm_id=args.id, action=args.alarm_action, at=int(time.time()),
+                             user=getpass.getuser())
+    with _open(cfg) as store:
+        try:
+            alarm = store.run_write(lambda tx: noc.operator(tx, act))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    state = "acknowledged" if args.alarm_action == "ack" else "cleared"
+    print(f"alarm {alarm.alarm_id} ({alarm.element} {alarm.resource} {alarm.alarm_type}) "
+          f"{state}")
     return 0
 
 

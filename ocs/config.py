@@ -156,6 +156,13 @@ class CdrConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NocConfig:
     stream_dir: str = "alarms"
+    rotate_s: int = 300
+    rotate_records: int = 100_000
+    health_interval_s: float = 10.0
+    min_free_disk_mb: int = 1024
+    """Raise an environmentalAlarm when the data directory's disk has less free."""
+    max_commit_ms: float = 200.0
+    """Raise a qualityOfServiceAlarm when a group commit took longer."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.config import Config, parse_listen
+from ocs.noc.alarms import Notification, Severity
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
 from ocs.store.procwriter import ProcessWriter
@@ -62,7 +64,7 @@ class Server:
             queue_size=cfg.store.queue_size,
             engine=engine_conf,
             log_format=log_format,
-            on_batch=metrics.on_batch,
+            on_batch=self._on_batch,
         )
         self.engine = ChargingEngine(self.store, None, settings)
         self.engine.backend = self.writer
@@ -76,7 +78,11 @@ class Server:
             "interval_s": cfg.cdr.export_interval_s,
             "log_format": log_format,
             "parent_pid": os.getpid(),
+            "alarm_dir": str(cfg.under_data(cfg.noc.stream_dir)),
+            "alarm_rotate_s": cfg.noc.rotate_s,
+            "alarm_rotate_records": cfg.noc.rotate_records,
         })
+        self._slowest_commit_s = 0.0
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
@@ -85,6 +91,46 @@ class Server:
         self.started_at = time.time()
         self.radius: Any = None
         self.smpp: Any = None
+
+    def _on_batch(self, ops: int, commit_s: float, batch_s: float) -> None:
+        metrics.on_batch(ops, commit_s, batch_s)
+        self._slowest_commit_s = max(self._slowest_commit_s, commit_s)
+
+    async def check_health(self, now: int) -> list[str]:
+        """The server's own threshold alarms, through the same alarm model."""
+        noc = self.cfg.noc
+        free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
+        slowest_ms = self._slowest_commit_s * 1000
+        self._slowest_commit_s = 0.0
+        checks = [
+            ("disk", "environmentalAlarm", "storageCapacityProblem",
+             free_mb < noc.min_free_disk_mb, Severity.MAJOR,
+             f"{free_mb} MiB free on the data disk (threshold {noc.min_free_disk_mb} MiB)",
+             {"free_mb": str(free_mb)}),
+            ("store-commit", "qualityOfServiceAlarm", "thresholdCrossed",
+             slowest_ms > noc.max_commit_ms, Severity.MINOR,
+             f"slowest group commit {slowest_ms:.1f} ms (threshold {noc.max_commit_ms} ms)",
+             {"commit_ms": f"{slowest_ms:.1f}"}),
+        ]
+        outcomes = []
+        for resource, kind, cause, bad, severity, text, varbinds in checks:
+            n = Notification(element=self.cfg.node.name, resource=resource, alarm_type=kind,
+                             probable_cause=cause,
+                             severity=severity if bad else Severity.CLEARED,
+                             varbinds=varbinds, text=text, at=now)
+            outcome = await self.engine.submit("alarm_notify", n)
+            if outcome != "clear_unmatched":
+                outcomes.append(f"{resource}:{outcome}")
+        return outcomes
+
+    async def _health_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.check_health(int(time.time()))
+            except (Overloaded, WriterStopped, StoreError) as exc:
+                log.warning("health_check_skipped", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.cfg.noc.health_interval_s)
 
     def health(self) -> dict[str, Any]:
         ok = self.writer.alive and self.exporter.alive and not self._stopping.is_set()
@@ -130,6 +176,7 @@ class Server:
                 continue
             self._listeners.append(await starter(self))
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
+        self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         log.info("server_started", node=self.cfg.node.name, data_dir=str(self.cfg.data_dir),
                  writer_pid=self.writer.pid)
 

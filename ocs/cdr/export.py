@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,48 +51,62 @@ def _stamp(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-class CdrExporter:
-    def __init__(self, store: Store, cdr_dir: Path, node: str, *, rotate_s: int,
-                 rotate_records: int, batch: int = 20_000):
+class JournalExporter:
+    """Drains one journal sub-database into rotated files (``<prefix>_<node>_<UTC>_<seq>``)."""
+
+    def __init__(self, store: Store, out_dir: Path, node: str, *, rotate_s: int,
+                 rotate_records: int, batch: int = 20_000, journal: bytes = CDR_JOURNAL,
+                 state_key: bytes = META_CDR_EXPORT, prefix: str = "cdr", suffix: str = ".csv",
+                 header: bytes = _HEADER_BYTES,
+                 format_record: Callable[[bytes], bytes] | None = None):
         self.store = store
-        self.dir = cdr_dir
+        self.dir = out_dir
         self.node = node
         self.rotate_s = rotate_s
         self.rotate_records = rotate_records
         self.batch = batch
+        self.journal = journal
+        self.state_key = state_key
+        self.prefix = prefix
+        self.suffix = suffix
+        self.header = header
+        self.format_record = format_record or (lambda v: format_row(dec_cdr.decode(v)).encode())
         self.dir.mkdir(parents=True, exist_ok=True)
 
     # -- state ------------------------------------------------------------------------
 
     def state(self) -> CdrExportState:
-        raw = self.store.get(META, META_CDR_EXPORT)
+        raw = self.store.get(META, self.state_key)
         return dec_export_state.decode(raw) if raw is not None else CdrExportState()
 
     def _save(self, st: CdrExportState, trim: tuple[int, int] | None = None) -> None:
+        journal = self.journal
+
         def op(tx: Tx) -> None:
             if trim is not None:
-                for k, _ in tx.scan(CDR_JOURNAL, pack_u64(trim[0]), pack_u64(trim[1])):
-                    tx.delete(CDR_JOURNAL, k)
-            tx.put(META, META_CDR_EXPORT, encode(st))
+                for k, _ in tx.scan(journal, pack_u64(trim[0]), pack_u64(trim[1])):
+                    tx.delete(journal, k)
+            tx.put(META, self.state_key, encode(st))
 
         self.store.run_write(op)
 
     def _records(self, first: int, stop: int | None, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
-        with self.store.read() as txn, txn.cursor(db=self.store.dbs[CDR_JOURNAL]) as cur:
+        fmt = self.format_record
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[self.journal]) as cur:
             if not cur.set_range(pack_u64(first)):
                 return out
             for k, v in cur:
                 seq = int.from_bytes(k, "big")
                 if (stop is not None and seq >= stop) or len(out) >= limit:
                     break
-                out.append((seq, format_row(dec_cdr.decode(v)).encode()))
+                out.append((seq, fmt(bytes(v))))
         return out
 
     def pending(self) -> int:
         """Journal records not yet confirmed in a file."""
         st = self.state()
-        with self.store.read() as txn, txn.cursor(db=self.store.dbs[CDR_JOURNAL]) as cur:
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[self.journal]) as cur:
             if not cur.set_range(pack_u64(st.written_seq + 1)):
                 return 0
             return sum(1 for _ in cur.iternext(keys=True, values=False))
@@ -101,7 +115,7 @@ class CdrExporter:
 
     @contextlib.contextmanager
     def locked(self, wait: bool) -> Iterator[None]:
-        fd = os.open(self.dir / ".export.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / f".{self.prefix}-export.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -137,7 +151,7 @@ class CdrExporter:
             return
         # Shorter than confirmed (or missing): rebuild from the journal.
         with part.open("wb") as f:
-            f.write(_HEADER_BYTES)
+            f.write(self.header)
             seq = st.first_seq
             while seq <= st.written_seq:
                 recs = self._records(seq, st.written_seq + 1, self.batch)
@@ -157,7 +171,7 @@ class CdrExporter:
             self._save(st)
         name = st.open_name
         part = self._part(st)
-        final = self.dir / (name + ".csv")
+        final = self.dir / (name + self.suffix)
         if part.exists() or not final.exists():
             self._repair_part(st)
             if st.written_seq + 1 < end_seq:
@@ -173,7 +187,7 @@ class CdrExporter:
         st.part_bytes = 0
         st.closing_end_seq = 0
         self._save(st, trim=(closed_first, end_seq))
-        log.info("cdr_file_closed", file=final.name, records=end_seq - closed_first)
+        log.info("journal_file_closed", file=final.name, records=end_seq - closed_first)
         return final.name
 
     def _append(self, st: CdrExportState, stop: int | None) -> int:
@@ -184,7 +198,7 @@ class CdrExporter:
         part = self._part(st)
         with part.open("ab") as f:
             if st.part_bytes == 0:
-                f.write(_HEADER_BYTES)
+                f.write(self.header)
             f.write(b"".join(r for _, r in recs))
             f.flush()
             os.fsync(f.fileno())
@@ -205,7 +219,7 @@ class CdrExporter:
             if not st.open_name:
                 if not self._records(st.written_seq + 1, None, 1):
                     break
-                st.open_name = f"cdr_{self.node}_{_stamp(now)}_{st.file_seq:06d}"
+                st.open_name = f"{self.prefix}_{self.node}_{_stamp(now)}_{st.file_seq:06d}"
                 st.open_started_at = now
                 st.first_seq = st.written_seq + 1
                 st.part_bytes = 0
@@ -241,4 +255,8 @@ class CdrExporter:
             return ExportResult(rows=total + r.rows, closed=tuple(closed + list(r.closed)))
 
     def closed_files(self) -> list[Path]:
-        return sorted(self.dir.glob("cdr_*.csv"))
+        return sorted(self.dir.glob(f"{self.prefix}_*{self.suffix}"))
+
+
+class CdrExporter(JournalExporter):
+    """The CDR journal into ``cdr_<node>_<UTC start>_<seq>.csv`` files."""

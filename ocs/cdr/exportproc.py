@@ -25,7 +25,8 @@ log = structlog.get_logger(__name__)
 
 def child_main(settings_json: str) -> None:
     from ocs import logs
-    from ocs.cdr.export import CdrExporter, ExportBusy
+    from ocs.cdr.export import CdrExporter, ExportBusy, JournalExporter
+    from ocs.noc.stream import alarm_exporter
     from ocs.store.env import Store
 
     conf = json.loads(settings_json)
@@ -39,31 +40,41 @@ def child_main(settings_json: str) -> None:
     from pathlib import Path
 
     store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
-    exporter = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
-                           rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
+    cdrs = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
+                       rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
+    exporters: list[JournalExporter] = [cdrs]
+    if conf.get("alarm_dir"):
+        exporters.append(alarm_exporter(store, Path(conf["alarm_dir"]), conf["node"],
+                                        conf["alarm_rotate_s"], conf["alarm_rotate_records"]))
     interval = conf["interval_s"]
     parent = int(conf.get("parent_pid", os.getppid()))  # passed in: the parent may die
     while not stop.is_set():                             # before we get this far
         if os.getppid() != parent:  # ocs serve is gone (killed): drain, close, leave
             log.warning("cdr_exporter_orphaned", parent=parent)
             break
-        try:
-            res = exporter.run_once(int(time.time()))
-            if res.closed:
-                log.info("cdr_export", rows=res.rows, closed=list(res.closed))
-        except ExportBusy:
-            pass  # `ocs cdr flush` holds the lock right now; the next round catches up
-        except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
-            log.error("cdr_export_failed", error=str(exc))
+        for exporter in exporters:
+            try:
+                res = exporter.run_once(int(time.time()))
+                if res.closed:
+                    log.info("journal_export", prefix=exporter.prefix, rows=res.rows,
+                             closed=list(res.closed))
+            except ExportBusy:
+                pass  # `ocs cdr flush` holds the lock right now; the next round catches up
+            except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
+                log.error("journal_export_failed", prefix=exporter.prefix, error=str(exc))
         stop.wait(interval)
-    try:
-        res = exporter.flush(int(time.time()))
-        log.info("cdr_export_final", rows=res.rows, closed=list(res.closed))
-    except OSError as exc:
-        log.error("cdr_export_failed", error=str(exc))
-        store.close()
-        raise SystemExit(1) from exc
+    failed = False
+    for exporter in exporters:
+        try:
+            res = exporter.flush(int(time.time()))
+            log.info("journal_export_final", prefix=exporter.prefix, rows=res.rows,
+                     closed=list(res.closed))
+        except OSError as exc:
+            log.error("journal_export_failed", prefix=exporter.prefix, error=str(exc))
+            failed = True
     store.close()
+    if failed:
+        raise SystemExit(1)
 
 
 class ExporterProcess:

@@ -44,6 +44,7 @@ from ocs.charging.model import (
     TrimRequest,
 )
 from ocs.charging.plans import PlanBook, PlanCache
+from ocs.noc import alarms
 from ocs.rating.engine import (
     UsageContext,
     cost,
@@ -167,6 +168,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "trim_answers": (TrimRequest, int),
     "submit_sms": (SubmitSmsRequest, Debit),
     "sms_outcome": (SmsOutcomeRequest, bool),
+    "alarm_notify": (alarms.Notification, str),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -851,6 +853,14 @@ class ChargingEngine:
             data_coding=0, esm_class=0x04, payload=text.encode("ascii", "replace"),
             registered_delivery=0, submitted_at=now, expires_at=msg.expires_at + 86400,
             next_try=now, receipted_id=msg.message_id, receipt_state=state))
+
+    # -- NOC ----------------------------------------------------------------------------
+
+    @staticmethod
+    def op_alarm_notify(tx: Tx, n: alarms.Notification) -> str:
+        """Raise, repeat or clear an alarm (sources: health checks, SNMP)."""
+        outcome, _alarm = alarms.notify(tx, n)
+        return outcome
 
     # -- read-only enquiries (never block: LMDB readers) ------------------------------
 

@@ -41,6 +41,9 @@ META = b"meta"  # name -> value
 BILLING = b"billing"  # b"run:" + period -> BillingRun; b"file:" + name -> billed-through period
 SMS = b"sms"  # message id -> SmsMessage (store-and-forward queue and its history)
 SMS_DUE = b"sms_due"  # u64 next try + message id -> b""
+ALARMS = b"alarms"  # u64 alarm id -> Alarm (active and history)
+ALARM_KEYS = b"alarm_keys"  # element \0 resource \0 alarm type -> u64 id of the latest alarm
+ALARM_JOURNAL = b"alarm_journal"  # u64 seq -> one JSON line of the alarm stream
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -60,6 +63,9 @@ ALL_DBS = (
     BILLING,
     SMS,
     SMS_DUE,
+    ALARMS,
+    ALARM_KEYS,
+    ALARM_JOURNAL,
 )
 
 META_SCHEMA = b"schema_version"
@@ -67,6 +73,9 @@ META_CDR_SEQ = b"cdr_seq"
 META_PLANS_VERSION = b"plans_version"
 META_CDR_EXPORT = b"cdr_export"
 META_NODE = b"node_name"
+META_ALARM_SEQ = b"alarm_seq"
+META_ALARM_STREAM_SEQ = b"alarm_stream_seq"
+META_ALARM_EXPORT = b"alarm_export"
 
 _U64 = struct.Struct(">Q")
 pack_u64 = _U64.pack

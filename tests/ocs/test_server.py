@@ -116,3 +116,45 @@ def test_serve_admin_reaper_and_graceful_stop(repo_cwd: Path) -> None:
     assert len(rows) == 3
     assert ",0.050000,EUR," in rows[1] and ",expired" in rows[2]
     assert not list((data / "cdr").glob("*.part"))
+
+
+def test_health_alarms_reach_the_cli_and_the_stream(repo_cwd: Path) -> None:
+    data = repo_cwd / "d2"
+    cfg = repo_cwd / "h.toml"
+    cfg.write_text(CONFIG.format(data=data) + """
+[noc]
+health_interval_s = 0.2
+min_free_disk_mb = 100000000
+""")
+    subprocess.run([OCS, "init", "--config", str(cfg), "--plans", "config/plans.toml"],
+                   cwd=repo_cwd, check=True, capture_output=True)
+    log = (repo_cwd / "h.log").open("w")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=repo_cwd, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        def alarms() -> list[dict[str, object]]:
+            p = subprocess.run([OCS, "alarms", "list", "--active", "--json", "--config",
+                                str(cfg)], cwd=repo_cwd, capture_output=True, text=True)
+            assert p.returncode == 0, p.stderr
+            return list(json.loads(p.stdout))
+
+        (a,) = _wait_for(alarms)
+        for key in ("alarm_id", "element", "resource", "alarm_type", "probable_cause",
+                    "perceived_severity", "first_seen", "last_seen", "count", "acknowledged",
+                    "cleared_at", "varbinds"):
+            assert key in a
+        assert (a["element"], a["resource"], a["alarm_type"], a["perceived_severity"]) == (
+            "srv", "disk", "environmentalAlarm", "major")
+        _wait_for(lambda: alarms()[0]["count"] >= 2)  # repeats, not new alarms
+        ack = subprocess.run([OCS, "alarms", "ack", str(a["alarm_id"]), "--config", str(cfg)],
+                             cwd=repo_cwd, capture_output=True, text=True)
+        assert ack.returncode == 0 and "acknowledged" in ack.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    files = sorted((data / "alarms").glob("alarms_srv_*.jsonl"))
+    events = [json.loads(ln)["event"] for f in files for ln in f.read_text().splitlines()]
+    assert events[0] == "raise" and "update" in events and "ack" in events

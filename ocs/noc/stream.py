@@ -1,0 +1,19 @@
+"""The alarm stream: the alarm journal exported to JSON Lines files
+``DATA_DIR/<noc.stream_dir>/alarms_<node>_<UTC start>_<seq>.jsonl``, rotated like CDRs
+(same exporter: .part, fsync, rename, then trim; byte-identical after a crash)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocs.cdr.export import JournalExporter
+from ocs.noc.alarms import stream_line
+from ocs.store.env import ALARM_JOURNAL, META_ALARM_EXPORT, Store
+
+
+def alarm_exporter(store: Store, out_dir: Path, node: str, rotate_s: int,
+                   rotate_records: int) -> JournalExporter:
+    return JournalExporter(store, out_dir, node, rotate_s=rotate_s,
+                           rotate_records=rotate_records, journal=ALARM_JOURNAL,
+                           state_key=META_ALARM_EXPORT, prefix="alarms", suffix=".jsonl",
+                           header=b"", format_record=stream_line)
