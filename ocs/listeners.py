@@ -26,6 +26,8 @@ def load_builtin() -> None:
     """Register the listeners of the protocol packages in this build."""
     from protocols.radius.transport import start_radius
     from protocols.smpp.transport import start_smpp
+    from protocols.snmp.transport import start_snmp
 
     register("radius", start_radius)
     register("smpp", start_smpp)
+    register("snmp", start_snmp)

@@ -45,3 +45,8 @@ RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and 
                          ["endpoint", "outcome"], registry=REGISTRY)
 RADIUS_DROPPED = Counter("ocs_radius_dropped", "RADIUS packets silently discarded, by reason",
                          ["endpoint", "reason"], registry=REGISTRY)
+
+SNMP_TRAPS = Counter("ocs_snmp_notifications", "SNMP traps and informs accepted",
+                     registry=REGISTRY)
+SNMP_DROPPED = Counter("ocs_snmp_dropped", "SNMP packets dropped, by reason", ["reason"],
+                       registry=REGISTRY)

@@ -91,6 +91,7 @@ class Server:
         self.started_at = time.time()
         self.radius: Any = None
         self.smpp: Any = None
+        self.snmp: Any = None
 
     def _on_batch(self, ops: int, commit_s: float, batch_s: float) -> None:
         metrics.on_batch(ops, commit_s, batch_s)
