@@ -48,6 +48,11 @@ max_binds = 16
 [[smpp.routes]]
 prefix = "41"
 system_id = "esme"
+[snmp]
+trap_listen = "127.0.0.1:0"
+communities = ["public"]
+[noc]
+min_free_disk_mb = 0
 """
 
 

@@ -57,4 +57,5 @@ def load_all() -> None:
     import sim.billing_cmd
     import sim.core_cmd
     import sim.radius_cmd
-    import sim.smpp_cmd  # noqa: F401
+    import sim.smpp_cmd
+    import sim.snmp_cmd  # noqa: F401

@@ -230,3 +230,33 @@ def raw_varbinds(data: bytes) -> bytes:
     _t, _s, e3 = _tlv(data, e2, pe)
     _t, _vs, ve = _tlv(data, e3, pe)
     return data[e3:ve]
+
+
+def _enc_oid(oid: str) -> bytes:
+    parts = [int(p) for p in oid.split(".")]
+    out = bytearray([parts[0] * 40 + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7F]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7F))
+            p >>= 7
+        out.extend(reversed(chunk))
+    return _enc(OID, bytes(out))
+
+
+def encode_trap_v2c(community: bytes, request_id: int, uptime: int, trap_oid: str,
+                    varbinds: list[tuple[str, int | str]], *, inform: bool = False) -> bytes:
+    """A v2c SNMPv2-Trap (or InformRequest): sysUpTime, snmpTrapOID, then ``varbinds``
+    (int -> INTEGER, str -> OCTET STRING). For the simulator and tests."""
+    def vb(oid: str, value: bytes) -> bytes:
+        return _enc(SEQUENCE, _enc_oid(oid) + value)
+
+    ticks = uptime.to_bytes(max(1, (uptime.bit_length() + 8) // 8), "big")
+    items = [vb(SYS_UPTIME, _enc(TIMETICKS, ticks)), vb(SNMP_TRAP_OID, _enc_oid(trap_oid))]
+    for oid, value in varbinds:
+        items.append(vb(oid, _enc_int(value) if isinstance(value, int)
+                        else _enc(OCTET_STRING, value.encode())))
+    pdu = _enc(INFORM if inform else TRAP_V2, _enc_int(request_id) + _enc_int(0) + _enc_int(0)
+               + _enc(SEQUENCE, b"".join(items)))
+    return _enc(SEQUENCE, _enc_int(1) + _enc(OCTET_STRING, community) + pdu)

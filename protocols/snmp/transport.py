@@ -28,6 +28,8 @@ class TrapReceiver(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.counters: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.latencies: list[float] | None = None
+        """When a list: arrival → alarm committed, in seconds, per notification (bench)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -47,11 +49,11 @@ class TrapReceiver(asyncio.DatagramProtocol):
             return
         self.counters["received"] += 1
         metrics.SNMP_TRAPS.inc()
-        task = asyncio.ensure_future(self._handle(msg, data, addr))
+        task = asyncio.ensure_future(self._handle(msg, data, addr, time.perf_counter()))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _handle(self, msg: Any, data: bytes, addr: Any) -> None:
+    async def _handle(self, msg: Any, data: bytes, addr: Any, arrived: float) -> None:
         n = to_notification(msg, addr[0], int(time.time()))
         try:
             outcome = await self.engine.submit("alarm_notify", n)
@@ -60,6 +62,8 @@ class TrapReceiver(asyncio.DatagramProtocol):
             log.warning("snmp_notification_failed", error=str(exc))
             return
         self.counters[f"alarm_{outcome}"] += 1
+        if self.latencies is not None:
+            self.latencies.append(time.perf_counter() - arrived)
         if msg.pdu_type == INFORM and self.transport is not None:
             self.transport.sendto(encode_inform_response(msg, raw_varbinds(data)), addr)
 

@@ -39,6 +39,24 @@ def test_pysnmp_trap_decodes() -> None:
     assert dict(m.varbinds)["1.3.6.1.2.1.1.3.0"] == "12345"
 
 
+def test_our_encoder_decodes_in_pysnmp_and_ours() -> None:
+    from pyasn1.codec.ber import decoder
+
+    from protocols.snmp.codec import encode_trap_v2c
+
+    raw = encode_trap_v2c(b"public", 7, 300, "1.3.6.1.6.3.1.1.5.3",
+                          [("1.3.6.1.2.1.2.2.1.1.3", 3), ("1.3.6.1.2.1.2.2.1.2.3", "eth0"),
+                           ("1.3.6.1.4.1.99999.200.300", 2**31 - 1)])
+    m = decode(raw)
+    assert m.trap_oid == "1.3.6.1.6.3.1.1.5.3" and m.request_id == 7
+    assert dict(m.varbinds)["1.3.6.1.4.1.99999.200.300"] == str(2**31 - 1)
+    p = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    msg, rest = decoder.decode(raw, asn1Spec=p.Message())
+    assert rest == b""
+    vbs = p.apiPDU.get_varbinds(p.apiMessage.get_pdu(msg))
+    assert str(vbs[3][1]) == "eth0" and int(vbs[2][1]) == 3
+
+
 def test_inform_response_decodes_in_pysnmp() -> None:
     from pyasn1.codec.ber import decoder
 

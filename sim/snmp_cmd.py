@@ -1,0 +1,167 @@
+"""``ocs-sim snmp``: v2c trap load — bursts at a rate, link flaps across many interfaces —
+and the ``snmp`` part of ``make bench`` (net-snmp snmptrapd side by side)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from protocols.snmp.codec import encode_trap_v2c
+from sim.registry import bench_part, command
+from sim.report import Report, dump_json, percentile, print_table
+
+if TYPE_CHECKING:
+    from sim.bench import BenchContext
+
+LINK_DOWN, LINK_UP = "1.3.6.1.6.3.1.1.5.3", "1.3.6.1.6.3.1.1.5.4"
+IF_INDEX = "1.3.6.1.2.1.2.2.1.1."
+
+
+def send_traps(host: str, port: int, count: int, rate: float | None, *,
+               community: str = "public", interfaces: int = 1000) -> float:
+    """Link flaps over ``interfaces`` ifIndexes (down, then up, ...); returns seconds."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with_buf = 4 << 20
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, with_buf)
+    packets = []
+    for n in range(min(count, 20_000)):
+        idx = n % interfaces + 1
+        trap = LINK_DOWN if (n // interfaces) % 2 == 0 else LINK_UP
+        packets.append(encode_trap_v2c(community.encode(), n + 1, n, trap,
+                                       [(f"{IF_INDEX}{idx}", idx)]))
+    start = time.perf_counter()
+    for n in range(count):
+        if rate and n % 100 == 0:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        s.sendto(packets[n % len(packets)], (host, port))
+    s.close()
+    return time.perf_counter() - start
+
+
+@command("snmp", "SNMP v2c trap load: link flaps over many interfaces at a rate")
+class SnmpCommand:
+    @staticmethod
+    def configure(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default="127.0.0.1:1162")
+        p.add_argument("--community", default="public")
+        p.add_argument("--traps", type=int, default=20_000)
+        p.add_argument("--rate", type=float, help="traps per second (default: as fast as possible)")
+        p.add_argument("--interfaces", type=int, default=1000)
+        p.add_argument("--json", action="store_true")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        host, _, port = args.server.rpartition(":")
+        secs = send_traps(host, int(port), args.traps, args.rate, community=args.community,
+                          interfaces=args.interfaces)
+        rep = Report("snmp", "traps sent", args.traps, 0, secs)
+        if args.json:
+            sys.stdout.write(dump_json([rep]) + "\n")
+        else:
+            print_table([rep], "ocs-sim snmp")
+        return 0
+
+
+def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | None:
+    binary = shutil.which("snmptrapd")
+    if binary is None:
+        return None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    conf = workdir / "snmptrapd.conf"
+    conf.write_text("disableAuthorization yes\nserverRecvBuf 8388608\n")
+    # the same 8 MiB receive buffer our receiver asks for (net-snmp's serverRecvBuf)
+    (workdir / "snmp.conf").write_text("serverRecvBuf 8388608\n")
+    log = workdir / "snmptrapd.log"
+    proc = subprocess.Popen([binary, "-f", "-n", "-C", "-c", str(conf), "-Lf", str(log),
+                             f"udp:127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={"MIBS": "", "PATH": "/usr/bin", "SNMPCONFPATH": str(workdir)})
+    try:
+        time.sleep(1.0)
+        secs = send_traps("127.0.0.1", port, count, rate)
+        # let it finish what it buffered: wait until the log stops growing (max 60 s)
+        last, deadline = -1, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            size = log.stat().st_size if log.exists() else 0
+            if size == last:
+                break
+            last = size
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # one snmpTrapOID varbind per logged trap
+    got = log.read_text(errors="replace").count("3.6.1.6.3.1.1.4.1.0 = OID") if log.exists() \
+        else 0
+    return Report("snmp", f"snmptrapd (file log), {count:,} traps offered", got, count - got,
+                  secs, extra={"result": f"{got:,} logged"})
+
+
+@bench_part("snmp")
+async def bench_snmp(ctx: BenchContext) -> list[Report]:
+    import asyncio
+
+    server = ctx.server
+    if server.snmp is None:
+        raise RuntimeError("the bench server has no SNMP listener")
+    receiver = server.snmp.receiver
+    host, port = server.snmp.transport.get_extra_info("sockname")[:2]
+    loop = asyncio.get_running_loop()
+    reports: list[Report] = []
+    for label, rate, seconds in (("sustained", 5000.0, 10.0), ("storm", 10000.0, 30.0)):
+        count = int(rate * ctx.scale_s(seconds))
+        receiver.latencies = []
+        before = receiver.counters["received"]
+        secs = await loop.run_in_executor(None, send_traps, host, port, count, rate)
+        deadline = time.perf_counter() + 30
+        while len(receiver.latencies) < receiver.counters["received"] - before and (
+                time.perf_counter() < deadline):
+            await asyncio.sleep(0.1)
+        lat = sorted(receiver.latencies)
+        got = len(lat)
+        target = "p99 <= 100 ms" if label == "sustained" else "p99 < 1 s"
+        rep = Report("snmp", f"v2c traps -> alarms, {label} @ {rate:,.0f}/s", got,
+                     count - got, secs, target=target,
+                     latencies_ms={f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99,
+                                                                                  99.9)},
+                     extra={"result": f"{got:,}/{count:,} taken"})
+        limit = 100.0 if label == "sustained" else 1000.0
+        rep.passed = got == count and rep.latencies_ms["p99"] <= limit
+        reports.append(rep)
+        receiver.latencies = None
+    with tempfile.TemporaryDirectory() as d:
+        peer = await loop.run_in_executor(None, _snmptrapd_rate, int(5000 * ctx.scale_s(10.0)),
+                                          5000.0, Path(d))
+    if peer is not None:
+        reports.append(peer)
+    # intake at the generator's full speed: what each side takes of the same offered load
+    count = ctx.scale(100_000)
+    before = receiver.counters["received"]
+    secs = await loop.run_in_executor(None, send_traps, host, port, count, None)
+    await asyncio.sleep(3.0)
+    ours = receiver.counters["received"] - before
+    full = Report("snmp", f"ours, {count:,} traps as fast as sent", ours, count - ours, secs,
+                  extra={"result": f"{ours:,} taken"})
+    reports.append(full)
+    with tempfile.TemporaryDirectory() as d:
+        fast = await loop.run_in_executor(None, _snmptrapd_rate, count, None, Path(d))
+    if fast is not None:
+        fast.name = f"snmptrapd, {count:,} traps as fast as sent"
+        ratio = ours / fast.operations if fast.operations else 0.0
+        full.extra["result"] = f"{ours:,} taken, {ratio:.2f}x snmptrapd"
+        reports.append(fast)
+    return reports
+
+
