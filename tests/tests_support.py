@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +98,32 @@ def start_nas(port: int, secret: bytes = b"testing123") -> Any:
     nas.BindToAddress("127.0.0.1")
     threading.Thread(target=nas.Run, daemon=True).start()
     return nas
+
+
+OCS = str(Path(sys.executable).parent / "ocs")
+
+
+@contextlib.contextmanager
+def serving(cfg: Path, cwd: Path, ready: str, *, log_name: str = "serve.log",
+            timeout: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``ocs serve --config cfg`` until the block ends (SIGTERM, then SIGKILL if it
+    hangs); ready once ``ready`` appears in its log."""
+    log_path = cwd / log_name
+    log = log_path.open("a")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while ready not in log_path.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import free_udp_port, require_tool
+from tests_support import free_udp_port, require_tool, serving
 
 OCS = str(Path(sys.executable).parent / "ocs")
 
@@ -74,22 +72,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.ocs("subscriber", "add", "--msisdn", f"4179000000{i + 1}", "--plan",
                 "prepaid-basic", "--username", user, "--password", "secret",
                 "--balance", "10.00")
-    log = (cwd / "serve.log").open("w")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while "radius_listening" not in (cwd / "serve.log").read_text() or (
-            (cwd / "serve.log").read_text().count("radius_listening") < 2):
-        assert time.monotonic() < deadline, (cwd / "serve.log").read_text()
-        time.sleep(0.05)
-    try:
+    with serving(cfg, cwd, "radius_listening"):
+        deadline = time.monotonic() + 20
+        while (cwd / "serve.log").read_text().count("radius_listening") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         yield srv
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
 
 
 def test_access_pap_with_message_authenticator(server: Server) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import smpplib.client
 import smpplib.consts
+from tests_support import serving
 
 OCS = str(Path(sys.executable).parent / "ocs")
 CONFIG = """
@@ -86,21 +87,8 @@ def smsc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smsc]:
     for msisdn in ("41790000001", "41790000002", "41790000003"):
         srv.ocs("subscriber", "add", "--msisdn", msisdn, "--plan", "prepaid-basic",
                 "--balance", "1.00")
-    log = (cwd / "serve.log").open("w")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while "smpp_listening" not in (cwd / "serve.log").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
+    with serving(cfg, cwd, "smpp_listening"):
         yield srv
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
 
 
 def read_until(c: Any, n: int, timeout: float = 8.0) -> list[Any]:

@@ -4,13 +4,10 @@ writer process): binds, charged submits with exact amounts, refusals, retries.""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.gsm
+from tests_support import serving
 
 OCS = str(Path(sys.executable).parent / "ocs")
 CONFIG = """
@@ -86,21 +84,8 @@ def smsc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smsc]:
                             ("41790000003", "1.00"), ("41790000004", "1.00")):
         srv.ocs("subscriber", "add", "--msisdn", msisdn, "--plan", "prepaid-basic",
                 "--balance", balance)
-    log = (cwd / "serve.log").open("w")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while "smpp_listening" not in (cwd / "serve.log").read_text():
-        assert time.monotonic() < deadline, (cwd / "serve.log").read_text()
-        time.sleep(0.05)
-    try:
+    with serving(cfg, cwd, "smpp_listening"):
         yield srv
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
 
 
 def submit(c: Any, source: str, dest: str, text: bytes = b"hello", **kw: Any) -> Any:

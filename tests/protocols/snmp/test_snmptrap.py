@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import free_udp_port, require_tool
+from tests_support import free_udp_port, require_tool, serving
 
 OCS = str(Path(sys.executable).parent / "ocs")
 CONFIG = """
@@ -68,21 +67,8 @@ def nms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nms]:
     plans = Path(__file__).resolve().parents[3] / "config" / "plans.toml"
     subprocess.run([OCS, "init", "--config", str(cfg), "--plans", str(plans)], check=True,
                    capture_output=True)
-    log = (cwd / "serve.log").open("w")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while "snmp_listening" not in (cwd / "serve.log").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
+    with serving(cfg, cwd, "snmp_listening"):
         yield Nms(cwd, cfg, port)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
 
 
 def test_v2c_link_down_then_up_is_one_cleared_alarm(nms: Nms) -> None:
