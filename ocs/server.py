@@ -66,8 +66,7 @@ class Server:
             log_format=log_format,
             on_batch=self._on_batch,
         )
-        self.engine = ChargingEngine(self.store, None, settings)
-        self.engine.backend = self.writer
+        self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.exporter = ExporterProcess({
             "data_dir": str(cfg.data_dir),
             "map_size_mb": cfg.store.map_size_mb,

@@ -195,12 +195,15 @@ class ThreadBackend:
 class ChargingEngine:
     """Facade the protocol agents call. Async methods return after the durable commit."""
 
-    def __init__(self, store: Store, writer: Writer | None, settings: EngineSettings):
+    def __init__(self, store: Store, writer: Writer | None, settings: EngineSettings, *,
+                 backend: WriteBackend | None = None):
+        """``writer``: a writer thread of this process; or ``backend``: where named
+        operations go otherwise (the server's writer process). Neither: sync use only."""
         self.store = store
         self.writer = writer
         self.settings = settings
         self.plans = PlanCache()
-        self.backend: WriteBackend | None = (
+        self.backend: WriteBackend | None = backend or (
             ThreadBackend(writer, self) if writer is not None else None)
 
     # -- running operations -----------------------------------------------------------

@@ -27,6 +27,7 @@ from ocs.charging.model import CommitRequest, Identity, IdKind, Refusal, Reserve
 from ocs.config import RadiusConfig
 from ocs.provisioning import verify_password
 from ocs.rating.plans import Service
+from ocs.store.records import Subscriber
 from protocols.radius.codec import (
     VENDOR_3GPP,
     AcctStatus,
@@ -46,6 +47,7 @@ from protocols.radius.dae import DaeClient, DaeOutcome, DaeTarget, SessionRef
 log = structlog.get_logger(__name__)
 
 _ZERO_AUTH = b"\x00" * 16
+_UNSEEN = object()
 _REJECT_TEXT: dict[str, str] = {
     Refusal.UNKNOWN_SUBSCRIBER: "unknown user",
     Refusal.SUSPENDED: "account suspended",
@@ -133,10 +135,9 @@ class RadiusAgent:
         self._client_cache: dict[str, Client | None] = {}
 
     def client_for(self, address: str) -> Client | None:
-        try:
-            return self._client_cache[address]
-        except KeyError:
-            pass
+        cached = self._client_cache.get(address, _UNSEEN)
+        if cached is not _UNSEEN:
+            return cached  # type: ignore[return-value]
         found = None
         try:
             ip = ipaddress.ip_address(address)
@@ -196,13 +197,15 @@ class RadiusAgent:
         return encode_reply(Code.ACCOUNTING_RESPONSE, pkt, client.secret,
                             self._proxy_state(pkt))
 
-    def service_for(self, ids: Identity) -> Service:
+    def service_of(self, sub: Subscriber | None) -> Service:
         """Time-rated when the subscriber's plan prices connected time, else data."""
-        sub = self.engine.find_subscriber_now(ids)
         plan = self.engine.plan_of(sub) if sub is not None else None
         if plan is not None and len(plan.tries[Service.TIME]):
             return Service.TIME
         return Service.DATA
+
+    def service_for(self, ids: Identity) -> Service:
+        return self.service_of(self.engine.find_subscriber_now(ids))
 
     async def _session(self, pkt: Packet, status: AcctStatus, session: str, key: bytes,
                        live: LiveSession) -> None:
@@ -357,7 +360,7 @@ class RadiusAgent:
                            or pkt.get(Attr.EAP_MESSAGE) is not None):
             raise Drop("missing_message_authenticator")
         proxy = self._proxy_state(pkt)
-        refusal = await self._authorise(client, pkt)
+        refusal, sub = await self._authorise(client, pkt)
         if refusal is not None:
             self.counters["access_reject"] += 1
             return encode_reply(Code.ACCESS_REJECT, pkt, client.secret,
@@ -365,9 +368,7 @@ class RadiusAgent:
                                  *proxy], message_authenticator=True)
         self.counters["access_accept"] += 1
         timeout = self.cfg.session_timeout_s
-        sub = self.engine.find_subscriber_now(identity(pkt))
-        if sub is not None and sub.mode == "prepaid" and self.service_for(
-                ((IdKind.MSISDN, sub.msisdn),)) is Service.TIME:
+        if sub is not None and sub.mode == "prepaid" and self.service_of(sub) is Service.TIME:
             timeout = self.engine.affordable_units(sub, Service.TIME, timeout) or 0
             if timeout <= 0:
                 self.counters["access_reject"] += 1
@@ -380,33 +381,33 @@ class RadiusAgent:
         return encode_reply(Code.ACCESS_ACCEPT, pkt, client.secret, attrs,
                             message_authenticator=True)
 
-    async def _authorise(self, client: Client, pkt: Packet) -> str | None:
-        """None when the user may connect, else the refusal reason."""
-        ids = identity(pkt)
+    async def _authorise(self, client: Client, pkt: Packet) -> tuple[str | None,
+                                                                    Subscriber | None]:
+        """(None, subscriber) when the user may connect, else (refusal, subscriber)."""
         pw_attr = pkt.get(Attr.USER_PASSWORD)
         if pw_attr is None:
-            return "PAP (User-Password) is required"
+            return "PAP (User-Password) is required", None
         password = decrypt_password(pw_attr, client.secret, pkt.authenticator)
-        sub = self.engine.find_subscriber_now(ids)
+        sub = self.engine.find_subscriber_now(identity(pkt))
         if sub is None:
-            return Refusal.UNKNOWN_SUBSCRIBER
+            return Refusal.UNKNOWN_SUBSCRIBER, None
         # scrypt takes milliseconds and releases the GIL: keep it off the event loop.
         ok = bool(sub.password_hash) and await asyncio.get_running_loop().run_in_executor(
             None, verify_password, password.decode("utf-8", "replace"), sub.password_hash)
         if not ok:
             self.counters["access_bad_password"] += 1
-            return "authentication failed"
+            return "authentication failed", sub
+        if sub.status != "active":
+            return {"suspended": Refusal.SUSPENDED, "blocked": Refusal.BLOCKED}.get(
+                sub.status, Refusal.TERMINATED), sub
         view = self.engine.check_balance(((IdKind.MSISDN, sub.msisdn),))
         if view is None:
-            return Refusal.UNKNOWN_SUBSCRIBER
-        if view.status != "active":
-            return {"suspended": Refusal.SUSPENDED, "blocked": Refusal.BLOCKED}.get(
-                view.status, Refusal.TERMINATED)
+            return Refusal.UNKNOWN_SUBSCRIBER, sub
         data_left = view.allowances.get("data", {}).get("remaining", 0)
         if view.available <= 0 and data_left <= 0:
-            return Refusal.CREDIT_LIMIT_REACHED if view.mode == "postpaid" else (
-                Refusal.OUT_OF_CREDIT)
-        return None
+            return (Refusal.CREDIT_LIMIT_REACHED if view.mode == "postpaid"
+                    else Refusal.OUT_OF_CREDIT), sub
+        return None, sub
 
 
 def _ip(value: bytes | None) -> str:
