@@ -127,3 +127,47 @@ def serving(cfg: Path, cwd: Path, ready: str, *, log_name: str = "serve.log",
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def free_tcp_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+class Smsc:
+    """A running ``ocs serve`` with SMPP, driven through the real CLI and smpplib ESMEs."""
+
+    def __init__(self, cwd: Path, cfg: Path, port: int):
+        self.cwd, self.cfg, self.port = cwd, cfg, port
+
+    def ocs(self, *args: str) -> str:
+        p = subprocess.run([OCS, *args, "--config", str(self.cfg)], cwd=self.cwd,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    def balance(self, msisdn: str) -> str:
+        import json
+
+        return str(json.loads(self.ocs("subscriber", "show", msisdn, "--json"))["balance"])
+
+    def esme(self, kind: str = "transmitter", system_id: str = "esme",
+             password: str = "secret") -> Any:
+        """A bound smpplib client; what it receives collects in ``.received``."""
+        import smpplib.client
+        import smpplib.exceptions
+
+        c = smpplib.client.Client("127.0.0.1", self.port, timeout=5)
+        c.connect()
+        try:
+            getattr(c, f"bind_{kind}")(system_id=system_id, password=password)
+        except smpplib.exceptions.PDUError:
+            c.disconnect()
+            raise
+        received: list[Any] = []
+        c.set_message_received_handler(lambda pdu: received.append(pdu))
+        c.received = received
+        return c

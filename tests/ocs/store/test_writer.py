@@ -6,7 +6,6 @@ import asyncio
 import threading
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from ocs.store import Overloaded, Store, Tx, Writer, WriterStopped
@@ -175,9 +174,3 @@ def test_schema_version_checked(tmp_path: Path) -> None:
         Store(tmp_path / "d", map_size_mb=8)
     with pytest.raises(StoreError, match="ocs init"):
         Store(tmp_path / "missing", create=False)
-
-
-def test_lmdb_error_types_exist() -> None:
-    # the writer relies on these names
-    assert issubclass(lmdb.MapFullError, lmdb.Error)
-    assert issubclass(lmdb.MapResizedError, lmdb.Error)

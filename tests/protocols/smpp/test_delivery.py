@@ -3,12 +3,10 @@ receipts with the submit's message_id, expiry with refund — smpplib as the ESM
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,8 @@ from typing import Any
 import pytest
 import smpplib.client
 import smpplib.consts
-from tests_support import serving
+from tests_support import OCS, Smsc, free_tcp_port, serving
 
-OCS = str(Path(sys.executable).parent / "ocs")
 CONFIG = """
 [node]
 name = "dl"
@@ -44,41 +41,13 @@ enabled = false
 """
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
-
-class Smsc:
-    def __init__(self, cwd: Path, cfg: Path, port: int):
-        self.cwd, self.cfg, self.port = cwd, cfg, port
-
-    def ocs(self, *args: str) -> str:
-        p = subprocess.run([OCS, *args, "--config", str(self.cfg)], cwd=self.cwd,
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr
-        return p.stdout
-
-    def balance(self, msisdn: str) -> str:
-        return str(json.loads(self.ocs("subscriber", "show", msisdn, "--json"))["balance"])
-
-    def esme(self, kind: str, system_id: str = "esme", password: str = "secret") -> Any:
-        c = smpplib.client.Client("127.0.0.1", self.port, timeout=5)
-        c.connect()
-        getattr(c, f"bind_{kind}")(system_id=system_id, password=password)
-        received: list[Any] = []
-        c.set_message_received_handler(lambda pdu: received.append(pdu))
-        c.received = received
-        return c
 
 
 @pytest.fixture(scope="module")
 def smsc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smsc]:
     cwd = tmp_path_factory.mktemp("dl")
-    port = _free_port()
+    port = free_tcp_port()
     cfg = cwd / "dl.toml"
     cfg.write_text(CONFIG.format(data=cwd / "data", port=port))
     srv = Smsc(cwd, cfg, port)
@@ -163,7 +132,7 @@ def test_expiry_refunds(smsc: Smsc) -> None:
 
 
 def test_restart_with_queued_messages_loses_none(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_tcp_port()
     cfg = tmp_path / "r.toml"
     cfg.write_text(CONFIG.format(data=tmp_path / "data", port=port).replace('"dl"', '"rs"'))
     srv = Smsc(tmp_path, cfg, port)

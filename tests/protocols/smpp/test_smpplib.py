@@ -3,11 +3,8 @@ writer process): binds, charged submits with exact amounts, refusals, retries.""
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +14,8 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.gsm
-from tests_support import serving
+from tests_support import Smsc, free_tcp_port, serving
 
-OCS = str(Path(sys.executable).parent / "ocs")
 CONFIG = """
 [node]
 name = "sm"
@@ -39,42 +35,13 @@ enabled = false
 """
 
 
-def _free_tcp_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
-
-class Smsc:
-    def __init__(self, cwd: Path, cfg: Path, port: int):
-        self.cwd, self.cfg, self.port = cwd, cfg, port
-
-    def ocs(self, *args: str) -> str:
-        p = subprocess.run([OCS, *args, "--config", str(self.cfg)], cwd=self.cwd,
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr
-        return p.stdout
-
-    def balance(self, msisdn: str) -> str:
-        return str(json.loads(self.ocs("subscriber", "show", msisdn, "--json"))["balance"])
-
-    def client(self, password: str = "secret", kind: str = "transmitter") -> Any:
-        c = smpplib.client.Client("127.0.0.1", self.port, timeout=5)
-        c.connect()
-        try:
-            getattr(c, f"bind_{kind}")(system_id="esme", password=password)
-        except smpplib.exceptions.PDUError:
-            c.disconnect()
-            raise
-        return c
 
 
 @pytest.fixture(scope="module")
 def smsc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smsc]:
     cwd = tmp_path_factory.mktemp("smsc")
-    port = _free_tcp_port()
+    port = free_tcp_port()
     cfg = cwd / "sm.toml"
     cfg.write_text(CONFIG.format(data=cwd / "data", port=port))
     srv = Smsc(cwd, cfg, port)
@@ -96,12 +63,12 @@ def submit(c: Any, source: str, dest: str, text: bytes = b"hello", **kw: Any) ->
 
 def test_bind_wrong_password(smsc: Smsc) -> None:
     with pytest.raises(smpplib.exceptions.PDUError) as exc:
-        smsc.client(password="nope")
+        smsc.esme(password="nope")
     assert exc.value.args[1] == smpplib.consts.SMPP_ESME_RINVPASWD
 
 
 def test_submit_charged_exactly_once_per_part(smsc: Smsc) -> None:
-    c = smsc.client()
+    c = smsc.esme()
     resp = submit(c, "41790000001", "41791234567")
     assert resp.status == 0 and resp.message_id.startswith(b"sm-")
     assert smsc.balance("41790000001") == "0.9500"  # sms-national 0.05
@@ -123,7 +90,7 @@ def test_submit_charged_exactly_once_per_part(smsc: Smsc) -> None:
     ("41790000003", "4930123456", smpplib.consts.SMPP_ESME_RINVDSTADR),    # no route
 ])
 def test_refusals_charge_nothing(smsc: Smsc, source: str, dest: str, status: int) -> None:
-    c = smsc.client()
+    c = smsc.esme()
     before = smsc.balance("41790000003")
     resp = submit(c, source, dest)
     assert resp.status == status

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests_support import free_tcp_port
+
 from protocols.smpp.pdu import Bind, Cmd, Pdu, Status, encode_bind
 from protocols.smpp.session import Close, Send, SmppSession
 
@@ -48,16 +50,11 @@ def test_sequence_wraps() -> None:
     assert s.next_sequence() == 1
 
 
-def _free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
+
 
 
 def test_server_closes_dead_and_unbound_connections(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_tcp_port()
     cfg = tmp_path / "t.toml"
     cfg.write_text(f"""
 [node]
