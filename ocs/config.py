@@ -64,6 +64,19 @@ class DiameterConfig:
     watchdog_s: float = 30.0
     tx_timeout_s: float = 10.0
     default_validity_s: int = 900
+    """Validity-Time of a grant; the session supervision timer Tcc is twice this."""
+    dedup_window_s: float = 240.0
+    """How long answers are kept for duplicate requests (RFC 6733: at least 4 minutes)."""
+    max_pending_per_peer: int = 4096
+    """Requests in flight per connection; beyond this the answer is 3004 TOO_BUSY."""
+    quota_threshold_percent: int = 20
+    """Volume/Time-Quota-Threshold as a percentage of each grant (0 = not sent)."""
+    quota_holding_s: int = 0
+    """Quota-Holding-Time sent with grants (0 = not sent)."""
+    final_unit_action: str = "terminate"
+    """terminate | redirect: what the gateway does when the last units are used."""
+    redirect_url: str = ""
+    """Top-up portal for final_unit_action = "redirect"."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,7 +379,21 @@ def _validate(cfg: Config) -> None:
     if cfg.admin.enabled:
         _check_listen(cfg.admin.listen, f"{src}: admin.listen")
     if cfg.diameter is not None:
-        _check_listen(cfg.diameter.listen, f"{src}: diameter.listen")
+        dm = cfg.diameter
+        _check_listen(dm.listen, f"{src}: diameter.listen")
+        if not dm.origin_host or not dm.origin_realm:
+            raise ConfigError(f"{src}: diameter: origin_host and origin_realm must be set")
+        if dm.final_unit_action not in ("terminate", "redirect"):
+            raise ConfigError(f"{src}: diameter.final_unit_action: terminate or redirect")
+        if dm.final_unit_action == "redirect" and not dm.redirect_url:
+            raise ConfigError(f"{src}: diameter.redirect_url: needed for redirect")
+        if not 0 <= dm.quota_threshold_percent < 100:
+            raise ConfigError(f"{src}: diameter.quota_threshold_percent: 0..99")
+        for key in ("watchdog_s", "tx_timeout_s", "default_validity_s", "max_pending_per_peer"):
+            if getattr(dm, key) <= 0:
+                raise ConfigError(f"{src}: diameter.{key}: must be positive")
+        if dm.dedup_window_s < 0 or dm.quota_holding_s < 0:
+            raise ConfigError(f"{src}: diameter: dedup_window_s and quota_holding_s must be >= 0")
     if cfg.radius is not None:
         _check_listen(cfg.radius.auth_listen, f"{src}: radius.auth_listen")
         _check_listen(cfg.radius.acct_listen, f"{src}: radius.acct_listen")

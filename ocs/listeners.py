@@ -24,10 +24,12 @@ def register(section: str, starter: Starter) -> None:
 
 def load_builtin() -> None:
     """Register the listeners of the protocol packages in this build."""
+    from protocols.diameter.transport import start_diameter
     from protocols.radius.transport import start_radius
     from protocols.smpp.transport import start_smpp
     from protocols.snmp.transport import start_snmp
 
+    register("diameter", start_diameter)
     register("radius", start_radius)
     register("smpp", start_smpp)
     register("snmp", start_snmp)

@@ -50,3 +50,14 @@ SNMP_TRAPS = Counter("ocs_snmp_notifications", "SNMP traps and informs accepted"
                      registry=REGISTRY)
 SNMP_DROPPED = Counter("ocs_snmp_dropped", "SNMP packets dropped, by reason", ["reason"],
                        registry=REGISTRY)
+
+DIAMETER_ANSWERS = Counter("ocs_diameter_answers", "Diameter answers sent, by Result-Code",
+                           ["result"], registry=REGISTRY)
+DIAMETER_DUPLICATES = Counter("ocs_diameter_duplicates",
+                              "Duplicate requests answered from the duplicate cache",
+                              registry=REGISTRY)
+DIAMETER_NOTIFICATIONS = Counter("ocs_diameter_server_requests",
+                                 "RAR/ASR sent by this server, by kind and answer Result-Code",
+                                 ["kind", "result"], registry=REGISTRY)
+DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
+                       registry=REGISTRY)

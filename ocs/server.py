@@ -88,6 +88,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.started_at = time.time()
+        self.diameter: Any = None
         self.radius: Any = None
         self.smpp: Any = None
         self.snmp: Any = None

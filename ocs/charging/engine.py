@@ -949,6 +949,19 @@ class ChargingEngine:
                 out.append((res.session_id, Service(res.service), res.rating_group))
         return out
 
+    def session_reservations(self, session_id: str) -> list[Reservation]:
+        """Open reservations of one session (every rating group / service)."""
+        out: list[Reservation] = []
+        start = f"{session_id}\x00".encode()
+        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RESERVATIONS]) as cur:
+            if not cur.set_range(start):
+                return out
+            for k, v in cur:
+                if not bytes(k).startswith(start):
+                    break
+                out.append(dec_reservation.decode(v))
+        return out
+
     def plan_of(self, sub: Subscriber) -> Plan | None:
         return self.plans.in_store(self.store).plans.get(sub.plan_id)
 

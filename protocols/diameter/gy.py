@@ -1,0 +1,894 @@
+"""The Gy credit-control application (RFC 4006 / RFC 8506, 3GPP TS 32.299).
+
+:func:`parse_ccr` turns a checked CCR into a :class:`Ccr` (or a 5004/5005 error with
+Failed-AVP); :class:`GyAgent` runs it against the charging engine and builds the CCA.
+Every money change goes through an engine operation keyed by (Session-Id,
+CC-Request-Number, Rating-Group), so a retransmission — even one arriving after a
+restart, when the node's duplicate cache is gone — replays the stored answer and
+charges nothing. The CCA is built only from the engine's answers, after its durable
+commit.
+
+Sessions: CCR-I opens one (one reservation per rating group), CCR-U settles the used
+units and grants the next quota in the same transaction, CCR-T settles and releases,
+CCR-E is stateless (direct debit, refund, balance check, price enquiry). The supervision
+timer Tcc (2 × Validity-Time) is the reservation's expiry: the reaper settles it, and a
+later CCR-U for that session gets 5002.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import (
+    CommitRequest,
+    Debit,
+    DebitRequest,
+    Grant,
+    Identity,
+    IdKind,
+    Refund,
+    RefundRequest,
+    Refusal,
+    ReleaseRequest,
+    ReserveRequest,
+    Settlement,
+)
+from ocs.rating.plans import Service
+from protocols.diameter import codec as c
+from protocols.diameter.codec import VENDOR_3GPP, A, Avp, Message, MessageError, Rc
+
+log = structlog.get_logger(__name__)
+
+INITIAL, UPDATE, TERMINATION, EVENT = 1, 2, 3, 4
+DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY = 0, 1, 2, 3
+SUB_E164, SUB_IMSI, SUB_SIP_URI, SUB_NAI, SUB_PRIVATE = 0, 1, 2, 3, 4
+FUA_TERMINATE, FUA_REDIRECT = 0, 1
+REDIRECT_URL = 2
+ENOUGH_CREDIT, NO_CREDIT = 0, 1
+REAUTH_AUTHORIZE_ONLY = 0
+
+CONTEXT_SERVICE = {
+    "32251": Service.DATA,
+    "32260": Service.VOICE,
+    "32275": Service.VOICE,
+    "32274": Service.SMS,
+    "32270": Service.MMS,
+}
+"""Service-Context-Id (``[<ext>.<MNC>.<MCC>.<Rel>.]3225x@3gpp.org``) -> service."""
+
+CURRENCY_NUMERIC = {"EUR": 978, "USD": 840, "CHF": 756, "GBP": 826, "SEK": 752,
+                    "NOK": 578, "DKK": 208, "PLN": 985, "CZK": 203, "JPY": 392}
+
+REFUSAL_CODE = {
+    Refusal.UNKNOWN_SUBSCRIBER: Rc.USER_UNKNOWN,
+    Refusal.SUSPENDED: Rc.END_USER_SERVICE_DENIED,
+    Refusal.BLOCKED: Rc.END_USER_SERVICE_DENIED,
+    Refusal.TERMINATED: Rc.END_USER_SERVICE_DENIED,
+    Refusal.ROAMING_NOT_ALLOWED: Rc.END_USER_SERVICE_DENIED,
+    Refusal.OUT_OF_CREDIT: Rc.CREDIT_LIMIT_REACHED,
+    Refusal.CREDIT_LIMIT_REACHED: Rc.CREDIT_LIMIT_REACHED,
+    Refusal.RATING_FAILED: Rc.RATING_FAILED,
+    Refusal.UNKNOWN_RESERVATION: Rc.UNKNOWN_SESSION_ID,
+    Refusal.SESSION_CONFLICT: Rc.UNABLE_TO_COMPLY,
+    Refusal.NOT_REFUNDABLE: Rc.UNABLE_TO_COMPLY,
+    Refusal.ALREADY_REFUNDED: Rc.UNABLE_TO_COMPLY,
+}
+
+
+# -- the request -------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Units:
+    time: int | None = None
+    total: int | None = None
+    input: int | None = None
+    output: int | None = None
+    specific: int | None = None
+
+    def add(self, other: Units) -> None:
+        for name in ("time", "total", "input", "output", "specific"):
+            v = getattr(other, name)
+            if v is not None:
+                setattr(self, name, (getattr(self, name) or 0) + v)
+
+    def amount(self, service: Service) -> int | None:
+        """The units of ``service`` (bytes, seconds, messages); None when not given."""
+        if service is Service.DATA:
+            if self.total is not None:
+                return self.total
+            if self.input is not None or self.output is not None:
+                return (self.input or 0) + (self.output or 0)
+            return None
+        if service is Service.VOICE or service is Service.TIME:
+            return self.time
+        return self.specific
+
+
+def _units(avp: Avp) -> Units:
+    u = Units()
+    for a in avp.group(2):
+        if a.vendor:
+            continue
+        code = a.code
+        if code == A.CC_TIME:
+            u.time = a.u32
+        elif code == A.CC_TOTAL_OCTETS:
+            u.total = a.u64
+        elif code == A.CC_INPUT_OCTETS:
+            u.input = a.u64
+        elif code == A.CC_OUTPUT_OCTETS:
+            u.output = a.u64
+        elif code == A.CC_SERVICE_SPECIFIC_UNITS:
+            u.specific = a.u64
+    return u
+
+
+@dataclass(slots=True)
+class Mscc:
+    rating_group: int | None = None
+    service_identifier: int | None = None
+    requested: Units | None = None
+    """Requested-Service-Unit; None = no new quota wanted (usage report only)."""
+    used: Units | None = None
+    """Used-Service-Unit summed over every USU in the MSCC."""
+    reporting_reason: int | None = None
+
+
+@dataclass(slots=True)
+class Ccr:
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_realm: str
+    request_type: int
+    request_number: int
+    context_id: str
+    service: Service
+    identity: Identity
+    requested_action: int = DIRECT_DEBITING
+    msccs: list[Mscc] = field(default_factory=list)
+    single: Mscc | None = None
+    """Requested/Used-Service-Unit at command level (no MSCC)."""
+    destination: str = ""
+    visited_network: str = ""
+    termination_cause: int | None = None
+
+
+def _digits_of_address(text: str) -> str:
+    """E.164 digits of ``tel:+41…``, ``sip:+41…@host``, ``+41 79…`` or plain digits."""
+    if ":" in text:
+        text = text.split(":", 1)[1]
+    text = text.split("@", 1)[0].split(";", 1)[0]
+    return "".join(ch for ch in text if ch.isascii() and ch.isdigit())
+
+
+def _service_of(context_id: str) -> Service | None:
+    head = context_id.rsplit("@", 1)[0]
+    return CONTEXT_SERVICE.get(head.rsplit(".", 1)[-1])
+
+
+def _identity(msg: Message) -> Identity:
+    ids: list[tuple[IdKind, str]] = []
+    for sub in msg.find_all(A.SUBSCRIPTION_ID):
+        kind, data = None, ""
+        for a in sub.group():
+            if a.vendor:
+                continue
+            if a.code == A.SUBSCRIPTION_ID_TYPE:
+                kind = a.u32
+            elif a.code == A.SUBSCRIPTION_ID_DATA:
+                data = a.text
+        if kind is None or not data:
+            raise MessageError(Rc.MISSING_AVP, "Subscription-Id needs Type and Data",
+                               c.zero_filled(A.SUBSCRIPTION_ID_TYPE if kind is None
+                                             else A.SUBSCRIPTION_ID_DATA))
+        if kind == SUB_E164:
+            ids.append((IdKind.MSISDN, _digits_of_address(data)))
+        elif kind == SUB_IMSI:
+            ids.append((IdKind.IMSI, data))
+        elif kind == SUB_SIP_URI:
+            digits = _digits_of_address(data)
+            if digits:
+                ids.append((IdKind.MSISDN, digits))
+        elif kind in (SUB_NAI, SUB_PRIVATE):
+            ids.append((IdKind.USERNAME, data))
+    user = msg.find(A.USER_NAME)
+    if user is not None and user.data:
+        ids.append((IdKind.USERNAME, user.text))
+    return tuple(ids)
+
+
+def _required(msg: Message, code: int) -> Avp:
+    a = msg.find(code)
+    if a is None:
+        raise MessageError(Rc.MISSING_AVP, f"missing AVP {code}", c.zero_filled(code))
+    return a
+
+
+def _only_once(msg: Message, *codes: int) -> None:
+    for code in codes:
+        found = msg.find_all(code)
+        if len(found) > 1:
+            raise MessageError(Rc.AVP_OCCURS_TOO_MANY_TIMES, f"AVP {code} more than once",
+                               found[1].encode())
+
+
+def _nested(avps: list[Avp], *path: tuple[int, int]) -> Avp | None:
+    """The first AVP at ``path`` of (code, vendor) steps inside ``avps``."""
+    found: Avp | None = None
+    level = avps
+    for depth, (code, vendor) in enumerate(path):
+        found = c.find(level, code, vendor)
+        if found is None:
+            return None
+        if depth < len(path) - 1:
+            level = found.group(depth + 1)
+    return found
+
+
+def parse_ccr(msg: Message) -> Ccr:
+    """The credit-control view of a checked CCR; MessageError for a bad or missing AVP."""
+    _only_once(msg, A.SESSION_ID, A.CC_REQUEST_TYPE, A.CC_REQUEST_NUMBER, A.ORIGIN_HOST,
+               A.ORIGIN_REALM, A.SERVICE_CONTEXT_ID, A.REQUESTED_ACTION)
+    sid = _required(msg, A.SESSION_ID).text
+    if not sid:
+        raise MessageError(Rc.INVALID_AVP_VALUE, "empty Session-Id",
+                           _required(msg, A.SESSION_ID).encode())
+    origin_host = _required(msg, A.ORIGIN_HOST).text
+    origin_realm = _required(msg, A.ORIGIN_REALM).text
+    dest_realm = _required(msg, A.DESTINATION_REALM).text
+    app = _required(msg, A.AUTH_APPLICATION_ID)
+    if app.u32 != c.App.CREDIT_CONTROL:
+        raise MessageError(Rc.INVALID_AVP_VALUE, f"Auth-Application-Id {app.u32}", app.encode())
+    context_avp = _required(msg, A.SERVICE_CONTEXT_ID)
+    context_id = context_avp.text
+    rt_avp = _required(msg, A.CC_REQUEST_TYPE)
+    request_type = rt_avp.u32
+    if request_type not in (INITIAL, UPDATE, TERMINATION, EVENT):
+        raise MessageError(Rc.INVALID_AVP_VALUE, f"CC-Request-Type {request_type}",
+                           rt_avp.encode())
+    request_number = _required(msg, A.CC_REQUEST_NUMBER).u32
+    action = DIRECT_DEBITING
+    ra = msg.find(A.REQUESTED_ACTION)
+    if ra is not None:
+        action = ra.u32
+        if action not in (DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY):
+            raise MessageError(Rc.INVALID_AVP_VALUE, f"Requested-Action {action}", ra.encode())
+    msccs: list[Mscc] = []
+    for m in msg.find_all(A.MULTIPLE_SERVICES_CREDIT_CONTROL):
+        item = Mscc()
+        for a in m.group():
+            if a.vendor == VENDOR_3GPP:
+                if a.code == A.REPORTING_REASON:
+                    item.reporting_reason = a.u32
+                continue
+            if a.vendor:
+                continue
+            if a.code == A.RATING_GROUP:
+                item.rating_group = a.u32
+            elif a.code == A.SERVICE_IDENTIFIER:
+                item.service_identifier = a.u32
+            elif a.code == A.REQUESTED_SERVICE_UNIT:
+                item.requested = _units(a)
+            elif a.code == A.USED_SERVICE_UNIT:
+                used = _units(a)
+                if item.used is None:
+                    item.used = used
+                else:
+                    item.used.add(used)
+                for inner in a.group(2):
+                    if inner.vendor == VENDOR_3GPP and inner.code == A.REPORTING_REASON:
+                        item.reporting_reason = inner.u32
+        msccs.append(item)
+    single = None
+    rsu, usu = msg.find(A.REQUESTED_SERVICE_UNIT), msg.find_all(A.USED_SERVICE_UNIT)
+    if rsu is not None or usu:
+        single = Mscc(requested=_units(rsu) if rsu is not None else None)
+        for u in usu:
+            if single.used is None:
+                single.used = _units(u)
+            else:
+                single.used.add(_units(u))
+    service = _service_of(context_id) or _guess_service(msccs, single)
+    if service is None:
+        raise MessageError(Rc.RATING_FAILED, f"no service for Service-Context-Id {context_id}",
+                           context_avp.encode())
+    svc_info = msg.find(A.SERVICE_INFORMATION, VENDOR_3GPP)
+    destination = visited = ""
+    if svc_info is not None:
+        info = svc_info.group()
+        ps = _nested(info, (A.PS_INFORMATION, VENDOR_3GPP))
+        if ps is not None:
+            mccmnc = c.find(ps.group(2), A.TGPP_SGSN_MCC_MNC, VENDOR_3GPP)
+            if mccmnc is not None:
+                visited = mccmnc.text
+        called = _nested(info, (A.IMS_INFORMATION, VENDOR_3GPP),
+                         (A.CALLED_PARTY_ADDRESS, VENDOR_3GPP))
+        if called is not None:
+            destination = _digits_of_address(called.text)
+        recipient = _nested(info, (A.SMS_INFORMATION, VENDOR_3GPP),
+                            (A.RECIPIENT_INFO, VENDOR_3GPP),
+                            (A.RECIPIENT_ADDRESS, VENDOR_3GPP),
+                            (A.ADDRESS_DATA, VENDOR_3GPP))
+        if recipient is not None:
+            destination = _digits_of_address(recipient.text)
+    top_mccmnc = msg.find(A.TGPP_SGSN_MCC_MNC, VENDOR_3GPP)
+    if not visited and top_mccmnc is not None:
+        visited = top_mccmnc.text
+    tc = msg.find(A.TERMINATION_CAUSE)
+    return Ccr(
+        session_id=sid, origin_host=origin_host, origin_realm=origin_realm,
+        destination_realm=dest_realm, request_type=request_type,
+        request_number=request_number, context_id=context_id, service=service,
+        identity=_identity(msg), requested_action=action, msccs=msccs, single=single,
+        destination=destination, visited_network=visited,
+        termination_cause=tc.u32 if tc is not None else None,
+    )
+
+
+def _guess_service(msccs: list[Mscc], single: Mscc | None) -> Service | None:
+    for m in [*msccs, *([single] if single else [])]:
+        for u in (m.requested, m.used):
+            if u is None:
+                continue
+            if u.time is not None:
+                return Service.VOICE
+            if u.total is not None or u.input is not None or u.output is not None:
+                return Service.DATA
+            if u.specific is not None:
+                return Service.SMS
+    return None
+
+
+# -- the answer --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GySettings:
+    origin_host: str
+    origin_realm: str
+    validity_s: int = 900
+    """Validity-Time of a grant; the reservation lives 2 × this (Tcc)."""
+    quota_threshold_percent: int = 20
+    """Volume/Time-Quota-Threshold as a share of the grant (0 = none)."""
+    quota_holding_s: int = 0
+    """Quota-Holding-Time in grants (0 = not sent: the client's default)."""
+    final_unit_action: str = "terminate"
+    """terminate | redirect (needs redirect_url)."""
+    redirect_url: str = ""
+    failure_handling: int = 2
+    """Credit-Control-Failure-Handling sent in CCAs (RETRY_AND_TERMINATE)."""
+    currency: str = "EUR"
+
+
+def _unit_avp(service: Service, units: int) -> bytes:
+    if service is Service.DATA:
+        return c.u64(A.CC_TOTAL_OCTETS, units)
+    if service is Service.VOICE or service is Service.TIME:
+        return c.u32(A.CC_TIME, min(units, 0xFFFFFFFF))
+    return c.u64(A.CC_SERVICE_SPECIFIC_UNITS, units)
+
+
+def money_avps(amount_micro: int, currency: str) -> bytes:
+    """Unit-Value (Value-Digits × 10^Exponent) + Currency-Code for a micro amount."""
+    value, exp = amount_micro, -6
+    while value and value % 10 == 0 and exp < 0:
+        value //= 10
+        exp += 1
+    if value == 0:
+        exp = 0
+    uv = c.grouped(A.UNIT_VALUE, c.i64(A.VALUE_DIGITS, value), c.i32(A.EXPONENT, exp))
+    return uv + c.u32(A.CURRENCY_CODE, CURRENCY_NUMERIC.get(currency, 0))
+
+
+@dataclass(slots=True)
+class MsccResult:
+    mscc: Mscc
+    result_code: int = Rc.SUCCESS
+    granted: int | None = None
+    final: bool = False
+    redirect: bool = False
+    validity: bool = True
+
+
+def encode_mscc(r: MsccResult, service: Service, s: GySettings) -> bytes:
+    parts = []
+    if r.granted is not None:
+        parts.append(c.grouped(A.GRANTED_SERVICE_UNIT, _unit_avp(service, r.granted)))
+    m = r.mscc
+    if m.service_identifier is not None:
+        parts.append(c.u32(A.SERVICE_IDENTIFIER, m.service_identifier))
+    if m.rating_group is not None:
+        parts.append(c.u32(A.RATING_GROUP, m.rating_group))
+    if r.validity and r.result_code in (Rc.SUCCESS, Rc.CREDIT_LIMIT_REACHED):
+        parts.append(c.u32(A.VALIDITY_TIME, s.validity_s))
+    parts.append(c.u32(A.RESULT_CODE, r.result_code))
+    if r.final or r.redirect:
+        parts.append(_fui(s))
+    if r.granted and s.quota_threshold_percent and not r.final:
+        th = min(0xFFFFFFFF, r.granted * s.quota_threshold_percent // 100)
+        if th:
+            code = A.VOLUME_QUOTA_THRESHOLD if service is Service.DATA else (
+                A.TIME_QUOTA_THRESHOLD if service in (Service.VOICE, Service.TIME) else 1226)
+            parts.append(c.u32(code, th, vendor=VENDOR_3GPP))
+    if r.granted and s.quota_holding_s:
+        parts.append(c.u32(A.QUOTA_HOLDING_TIME, s.quota_holding_s, vendor=VENDOR_3GPP))
+    return c.grouped(A.MULTIPLE_SERVICES_CREDIT_CONTROL, *parts)
+
+
+def _fui(s: GySettings) -> bytes:
+    if s.final_unit_action == "redirect" and s.redirect_url:
+        return c.grouped(A.FINAL_UNIT_INDICATION,
+                         c.u32(A.FINAL_UNIT_ACTION, FUA_REDIRECT),
+                         c.grouped(A.REDIRECT_SERVER,
+                                   c.u32(A.REDIRECT_ADDRESS_TYPE, REDIRECT_URL),
+                                   c.utf8(A.REDIRECT_SERVER_ADDRESS, s.redirect_url)))
+    return c.grouped(A.FINAL_UNIT_INDICATION, c.u32(A.FINAL_UNIT_ACTION, FUA_TERMINATE))
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class GySession:
+    session_id: str
+    identity: Identity
+    msisdn: str
+    service: Service
+    origin_host: str
+    origin_realm: str
+    peer: Any = None
+    """The connection the CCRs arrive on (for RAR/ASR)."""
+    groups: set[int | None] = field(default_factory=set)
+    """Rating groups (None = single-service) with a reservation."""
+    visited_network: str = ""
+    destination: str = ""
+    deadline: float = 0.0
+    """Tcc: the session is dropped when no CCR arrives before this."""
+    limited: bool = False
+    """The last grant was all the credit allowed (a top-up is worth a RAR)."""
+    notified: str = ""
+    """'rar' or 'asr' once the server told the client (not repeated)."""
+
+
+class GyAgent:
+    """Runs checked CCRs against the engine; holds the live session table."""
+
+    def __init__(self, engine: ChargingEngine, settings: GySettings, *,
+                 clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.s = settings
+        self.clock = clock
+        self.sessions: dict[str, GySession] = {}
+        self._tails: dict[str, asyncio.Future[None]] = {}
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    @property
+    def tcc_s(self) -> int:
+        return 2 * self.s.validity_s
+
+    def _key(self, ccr: Ccr, rg: int | None, kind: str) -> bytes:
+        return (f"gy\x00{ccr.session_id}\x00{ccr.request_number}\x00"
+                f"{'-' if rg is None else rg}\x00{kind}").encode()
+
+    # -- entry point ----------------------------------------------------------------------
+
+    async def handle(self, msg: Message, peer: Any = None) -> bytes:
+        """The CCA for one checked CCR (MessageError for a malformed one)."""
+        ccr = parse_ccr(msg)
+        if ccr.destination_realm.lower() != self.s.origin_realm.lower():
+            raise MessageError(Rc.REALM_NOT_SERVED, f"realm {ccr.destination_realm}",
+                               protocol=True)
+        self._count(f"ccr_{ccr.request_type}")
+        if ccr.request_type == EVENT:
+            rc, body = await self._event(ccr)
+            return self._cca(msg, ccr, rc, body)
+        # one CCR of a session at a time (RAR collisions, parallel CCR-U per MSCC)
+        loop = asyncio.get_running_loop()
+        prev = self._tails.get(ccr.session_id)
+        mine: asyncio.Future[None] = loop.create_future()
+        self._tails[ccr.session_id] = mine
+        try:
+            if prev is not None:
+                await prev
+            if ccr.request_type == INITIAL:
+                rc, body = await self._initial(ccr, peer)
+            elif ccr.request_type == UPDATE:
+                rc, body = await self._update(ccr, peer)
+            else:
+                rc, body = await self._terminate(ccr)
+        finally:
+            mine.set_result(None)
+            if self._tails.get(ccr.session_id) is mine:
+                del self._tails[ccr.session_id]
+        return self._cca(msg, ccr, rc, body)
+
+    def _cca(self, msg: Message, ccr: Ccr, rc: int, body: bytes) -> bytes:
+        s = self.s
+        parts = [
+            msg.find(A.SESSION_ID).encode(),  # type: ignore[union-attr]
+            c.u32(A.RESULT_CODE, rc),
+            c.octets(A.ORIGIN_HOST, s.origin_host.encode()),
+            c.octets(A.ORIGIN_REALM, s.origin_realm.encode()),
+            c.u32(A.AUTH_APPLICATION_ID, c.App.CREDIT_CONTROL),
+            c.u32(A.CC_REQUEST_TYPE, ccr.request_type),
+            c.u32(A.CC_REQUEST_NUMBER, ccr.request_number),
+            body,
+        ]
+        if ccr.request_type != EVENT:
+            parts.append(c.u32(A.CC_SESSION_FAILOVER, 1))
+            parts.append(c.u32(A.CREDIT_CONTROL_FAILURE_HANDLING, s.failure_handling))
+        parts.extend(a.encode() for a in msg.avps if a.code == A.PROXY_INFO and a.vendor == 0)
+        return c.encode_message(msg.code, msg.flags & c.FLAG_P, msg.app, msg.hbh, msg.e2e,
+                                b"".join(parts))
+
+    def _subscriber_refusal(self, ccr: Ccr) -> tuple[int, str]:
+        """(command Result-Code, msisdn) before any write: 5030 / 4010 answered at once."""
+        sub = self.engine.find_subscriber_now(ccr.identity) if ccr.identity else None
+        if sub is None:
+            return Rc.USER_UNKNOWN, ""
+        if sub.status != "active":
+            return Rc.END_USER_SERVICE_DENIED, sub.msisdn
+        return Rc.SUCCESS, sub.msisdn
+
+    def _items(self, ccr: Ccr) -> list[Mscc]:
+        if ccr.msccs:
+            return ccr.msccs
+        return [ccr.single or Mscc(requested=Units())]
+
+    def _from_grant(self, item: Mscc, g: Grant) -> MsccResult:
+        if g.ok and g.zero_rated:
+            return MsccResult(item, Rc.CREDIT_CONTROL_NOT_APPLICABLE, validity=False)
+        if g.ok:
+            return MsccResult(item, Rc.SUCCESS, granted=g.granted_units, final=g.final)
+        code = REFUSAL_CODE.get(Refusal(g.refusal), Rc.UNABLE_TO_COMPLY) if g.refusal else (
+            Rc.UNABLE_TO_COMPLY)
+        if code == Rc.CREDIT_LIMIT_REACHED and self._redirecting:
+            # RFC 4006 §5.6.2: no credit -> FUI REDIRECT + Validity-Time, no GSU
+            return MsccResult(item, Rc.SUCCESS, redirect=True)
+        return MsccResult(item, code, validity=code == Rc.CREDIT_LIMIT_REACHED)
+
+    @property
+    def _redirecting(self) -> bool:
+        return self.s.final_unit_action == "redirect" and bool(self.s.redirect_url)
+
+    def _body(self, ccr: Ccr, results: list[MsccResult]) -> bytes:
+        if ccr.msccs:
+            return b"".join(encode_mscc(r, ccr.service, self.s) for r in results)
+        # single-service: GSU, Validity-Time and FUI at command level
+        parts = []
+        for r in results:
+            if r.granted is not None:
+                parts.append(c.grouped(A.GRANTED_SERVICE_UNIT, _unit_avp(ccr.service, r.granted)))
+            if r.validity and r.result_code in (Rc.SUCCESS, Rc.CREDIT_LIMIT_REACHED):
+                parts.append(c.u32(A.VALIDITY_TIME, self.s.validity_s))
+            if r.final or r.redirect:
+                parts.append(_fui(self.s))
+        return b"".join(parts)
+
+    @staticmethod
+    def _command_code(ccr: Ccr, results: list[MsccResult]) -> int:
+        if ccr.msccs:
+            return Rc.SUCCESS
+        return results[0].result_code if results else Rc.SUCCESS
+
+    def _reserve_req(self, ccr: Ccr, sess: GySession, item: Mscc) -> ReserveRequest:
+        units = item.requested.amount(ccr.service) if item.requested is not None else None
+        return ReserveRequest(
+            request_key=self._key(ccr, item.rating_group, "r"), session_id=ccr.session_id,
+            subscriber=sess.identity, service=sess.service, units=units or None,
+            rating_group=item.rating_group, destination=sess.destination,
+            visited_network=sess.visited_network, protocol="diameter",
+            validity_s=self.tcc_s, now=self._now())
+
+    # -- CCR-I ----------------------------------------------------------------------------
+
+    async def _initial(self, ccr: Ccr, peer: Any) -> tuple[int, bytes]:
+        rc, msisdn = self._subscriber_refusal(ccr)
+        if rc != Rc.SUCCESS:
+            self._count(f"refused_{rc}")
+            return rc, b""
+        sess = GySession(ccr.session_id, ccr.identity, msisdn, ccr.service, ccr.origin_host,
+                         ccr.origin_realm, peer, visited_network=ccr.visited_network,
+                         destination=ccr.destination,
+                         deadline=self.clock() + self.tcc_s)
+        items = self._items(ccr)
+        grants = await asyncio.gather(*(
+            self.engine.submit("reserve", self._reserve_req(ccr, sess, item))
+            for item in items))
+        results = []
+        for item, g in zip(items, grants, strict=True):
+            if g.ok and not g.zero_rated:
+                sess.groups.add(item.rating_group)
+            if g.final or not g.ok:
+                sess.limited = True
+            results.append(self._from_grant(item, g))
+        self.sessions[ccr.session_id] = sess
+        return self._command_code(ccr, results), self._body(ccr, results)
+
+    # -- CCR-U ----------------------------------------------------------------------------
+
+    def _session(self, ccr: Ccr, peer: Any) -> GySession | None:
+        """The live session, re-attached from the store after a restart; None when it is
+        unknown or its Tcc ran out."""
+        now = self.clock()
+        sess = self.sessions.get(ccr.session_id)
+        if sess is not None and now <= sess.deadline:
+            sess.deadline = now + self.tcc_s
+            if peer is not None:
+                sess.peer = peer
+            return sess
+        live = [r for r in self.engine.session_reservations(ccr.session_id)
+                if r.expires_at > now]
+        if not live:
+            self.sessions.pop(ccr.session_id, None)
+            return None
+        first = live[0]
+        sess = GySession(ccr.session_id, ccr.identity or ((IdKind.MSISDN, first.msisdn),),
+                         first.msisdn, Service(first.service), ccr.origin_host,
+                         ccr.origin_realm, peer, groups={r.rating_group for r in live},
+                         visited_network=first.visited_network,
+                         destination=first.destination, deadline=now + self.tcc_s)
+        self.sessions[ccr.session_id] = sess
+        return sess
+
+    def _commit_req(self, ccr: Ccr, sess: GySession, item: Mscc, *, final: bool) -> CommitRequest:
+        used = item.used.amount(sess.service) if item.used is not None else None
+        next_units = None
+        if not final and item.requested is not None:
+            next_units = item.requested.amount(sess.service) or 0
+        return CommitRequest(
+            request_key=self._key(ccr, item.rating_group, "c"), session_id=ccr.session_id,
+            service=sess.service, rating_group=item.rating_group, used_units=used or 0,
+            bytes_in=(item.used.input or 0) if item.used else 0,
+            bytes_out=(item.used.output or 0) if item.used else 0,
+            final=final, next_units=next_units, validity_s=self.tcc_s, now=self._now())
+
+    async def _update(self, ccr: Ccr, peer: Any) -> tuple[int, bytes]:
+        sess = self._session(ccr, peer)
+        if sess is None:
+            self._count("unknown_session")
+            return Rc.UNKNOWN_SESSION_ID, b""
+        sess.notified = ""
+        items = self._items(ccr) if (ccr.msccs or ccr.single) else [
+            Mscc(rating_group=g, requested=Units()) for g in sorted(
+                sess.groups, key=lambda g: -1 if g is None else g)]
+        futs = []
+        for item in items:
+            if item.rating_group in sess.groups:
+                futs.append(self.engine.submit(
+                    "commit", self._commit_req(ccr, sess, item, final=False)))
+            elif item.requested is not None:
+                futs.append(self.engine.submit("reserve", self._reserve_req(ccr, sess, item)))
+            elif item.used is not None and (item.used.amount(sess.service) or 0) > 0:
+                futs.append(self.engine.submit("debit", DebitRequest(
+                    request_key=self._key(ccr, item.rating_group, "d"),
+                    subscriber=sess.identity, service=sess.service,
+                    units=item.used.amount(sess.service) or 0, session_id=ccr.session_id,
+                    rating_group=item.rating_group, destination=sess.destination,
+                    visited_network=sess.visited_network, protocol="diameter",
+                    now=self._now())))
+            else:
+                futs.append(_done(None))
+        answers = await asyncio.gather(*futs)
+        results: list[MsccResult] = []
+        sess.limited = False
+        for item, ans in zip(items, answers, strict=True):
+            results.append(self._update_result(sess, item, ans))
+        return self._command_code(ccr, results), self._body(ccr, results)
+
+    def _update_result(self, sess: GySession, item: Mscc, ans: Any) -> MsccResult:
+        if isinstance(ans, Settlement):
+            if not ans.ok:  # settled by the reaper meanwhile
+                sess.groups.discard(item.rating_group)
+                return MsccResult(item, Rc.UNKNOWN_SESSION_ID, validity=False)
+            g = ans.next_grant
+            if g is None:  # a usage report without RSU: no new quota, a sane Validity-Time
+                return MsccResult(item, Rc.SUCCESS)
+            if g.final or not g.ok:
+                sess.limited = True
+            return self._from_grant(item, g)
+        if isinstance(ans, Grant):
+            if ans.ok and not ans.zero_rated:
+                sess.groups.add(item.rating_group)
+            if ans.final or not ans.ok:
+                sess.limited = True
+            return self._from_grant(item, ans)
+        if isinstance(ans, Debit):
+            if ans.ok:
+                return MsccResult(item, Rc.SUCCESS)
+            code = REFUSAL_CODE.get(Refusal(ans.refusal), Rc.UNABLE_TO_COMPLY)
+            return MsccResult(item, code, validity=False)
+        return MsccResult(item, Rc.SUCCESS)
+
+    # -- CCR-T ----------------------------------------------------------------------------
+
+    async def _terminate(self, ccr: Ccr) -> tuple[int, bytes]:
+        sess = self._session(ccr, None)
+        reported = {m.rating_group: m for m in self._items(ccr)} if (
+            ccr.msccs or ccr.single) else {}
+        groups = set(sess.groups) if sess is not None else set()
+        if sess is None:
+            # a retransmitted CCR-T of a session already closed replays its answers
+            if not reported:
+                self._count("unknown_session")
+                return Rc.UNKNOWN_SESSION_ID, b""
+            sess = GySession(ccr.session_id, ccr.identity, "", ccr.service, ccr.origin_host,
+                             ccr.origin_realm)
+            groups = set(reported)
+        futs = []
+        order = sorted(groups | set(reported), key=lambda g: -1 if g is None else g)
+        for rg in order:
+            item = reported.get(rg) or Mscc(rating_group=rg)
+            futs.append(self.engine.submit("commit", self._commit_req(ccr, sess, item,
+                                                                      final=True)))
+        answers = await asyncio.gather(*futs)
+        self.sessions.pop(ccr.session_id, None)
+        if not any(isinstance(a, Settlement) and a.ok for a in answers):
+            self._count("unknown_session")
+            return Rc.UNKNOWN_SESSION_ID, b""
+        return Rc.SUCCESS, b""
+
+    # -- CCR-E ----------------------------------------------------------------------------
+
+    async def _event(self, ccr: Ccr) -> tuple[int, bytes]:
+        action = ccr.requested_action
+        items = self._items(ccr)
+        if action == CHECK_BALANCE:
+            return self._check_balance(ccr, items[0])
+        if action == PRICE_ENQUIRY:
+            return self._price(ccr, items[0])
+        if action == REFUND_ACCOUNT:
+            refunds = await asyncio.gather(*(self.engine.submit("refund", RefundRequest(
+                request_key=self._key(ccr, item.rating_group, "refund"),
+                original_key=self._original_debit_key(ccr, item.rating_group),
+                now=self._now()))
+                for item in items))
+            return self._event_answer(ccr, items, refunds)
+        rc, _msisdn = self._subscriber_refusal(ccr)
+        if rc != Rc.SUCCESS:
+            self._count(f"refused_{rc}")
+            return rc, b""
+        debits = await asyncio.gather(*(self.engine.submit("debit", DebitRequest(
+            request_key=self._key(ccr, item.rating_group, "d"), subscriber=ccr.identity,
+            service=ccr.service,
+            units=(item.requested.amount(ccr.service) if item.requested else None) or (
+                1 if ccr.service in (Service.SMS, Service.MMS) else 0),
+            session_id=ccr.session_id, rating_group=item.rating_group,
+            destination=ccr.destination, visited_network=ccr.visited_network,
+            protocol="diameter", now=self._now())) for item in items))
+        return self._event_answer(ccr, items, debits)
+
+    def _original_debit_key(self, ccr: Ccr, rg: int | None) -> bytes:
+        """A refund names the debit it reverses by Session-Id (and Rating-Group): the
+        DIRECT_DEBITING event of that session (CC-Request-Number 0)."""
+        return (f"gy\x00{ccr.session_id}\x000\x00{'-' if rg is None else rg}\x00d").encode()
+
+    def _event_answer(self, ccr: Ccr, items: list[Mscc],
+                      answers: list[Any]) -> tuple[int, bytes]:
+        results = []
+        for item, ans in zip(items, answers, strict=True):
+            if isinstance(ans, Debit) and ans.ok:
+                code = Rc.CREDIT_CONTROL_NOT_APPLICABLE if ans.zero_rated else Rc.SUCCESS
+                results.append(MsccResult(item, code, granted=ans.units, validity=False))
+            elif isinstance(ans, Refund) and ans.ok:
+                results.append(MsccResult(item, Rc.SUCCESS, validity=False))
+            else:
+                refusal = getattr(ans, "refusal", "")
+                code = REFUSAL_CODE.get(Refusal(refusal), Rc.UNABLE_TO_COMPLY) if refusal else (
+                    Rc.UNABLE_TO_COMPLY)
+                results.append(MsccResult(item, code, validity=False))
+        if ccr.msccs:
+            rc = Rc.SUCCESS
+            if all(r.result_code == results[0].result_code for r in results):
+                rc = results[0].result_code  # one outcome for the whole event
+            return rc, b"".join(encode_mscc(r, ccr.service, self.s) for r in results)
+        return self._command_code(ccr, results), self._body(ccr, results)
+
+    def _check_balance(self, ccr: Ccr, item: Mscc) -> tuple[int, bytes]:
+        view = self.engine.check_balance(ccr.identity) if ccr.identity else None
+        if view is None:
+            return Rc.USER_UNKNOWN, b""
+        enough = view.available > 0 and view.status == "active"
+        units = item.requested.amount(ccr.service) if item.requested else None
+        if enough and units:
+            quote = self.engine.price_enquiry(ccr.identity, ccr.service, units,
+                                              rating_group=item.rating_group,
+                                              destination=ccr.destination,
+                                              visited_network=ccr.visited_network,
+                                              now=self._now())
+            enough = quote.ok and quote.charge <= view.available
+        return Rc.SUCCESS, c.u32(A.CHECK_BALANCE_RESULT, ENOUGH_CREDIT if enough else NO_CREDIT)
+
+    def _price(self, ccr: Ccr, item: Mscc) -> tuple[int, bytes]:
+        units = (item.requested.amount(ccr.service) if item.requested else None) or (
+            1 if ccr.service in (Service.SMS, Service.MMS) else 0)
+        quote = self.engine.price_enquiry(ccr.identity, ccr.service, units,
+                                          rating_group=item.rating_group,
+                                          destination=ccr.destination,
+                                          visited_network=ccr.visited_network,
+                                          now=self._now())
+        if not quote.ok:
+            code = REFUSAL_CODE.get(Refusal(quote.refusal), Rc.UNABLE_TO_COMPLY)
+            if code == Rc.RATING_FAILED:
+                return code, c.grouped(A.FAILED_AVP, c.utf8(A.SERVICE_CONTEXT_ID,
+                                                            ccr.context_id))
+            return code, b""
+        sub = self.engine.find_subscriber_now(ccr.identity)
+        currency = sub.currency if sub is not None else self.s.currency
+        return Rc.SUCCESS, c.grouped(A.COST_INFORMATION, money_avps(quote.charge, currency))
+
+    # -- server-initiated -----------------------------------------------------------------
+
+    def rar_body(self, sess: GySession) -> bytes:
+        """Body of a RAR for ``sess`` (after Origin-Host/Realm): re-authorise all groups."""
+        return b"".join([
+            c.utf8(A.SESSION_ID, sess.session_id),
+            c.octets(A.DESTINATION_REALM, sess.origin_realm.encode()),
+            c.octets(A.DESTINATION_HOST, sess.origin_host.encode()),
+            c.u32(A.AUTH_APPLICATION_ID, c.App.CREDIT_CONTROL),
+            c.u32(A.RE_AUTH_REQUEST_TYPE, REAUTH_AUTHORIZE_ONLY),
+        ])
+
+    def asr_body(self, sess: GySession) -> bytes:
+        return b"".join([
+            c.utf8(A.SESSION_ID, sess.session_id),
+            c.octets(A.DESTINATION_REALM, sess.origin_realm.encode()),
+            c.octets(A.DESTINATION_HOST, sess.origin_host.encode()),
+            c.u32(A.AUTH_APPLICATION_ID, c.App.CREDIT_CONTROL),
+        ])
+
+    async def release_session(self, session_id: str) -> int:
+        """Drop a session the client says it no longer has (RAA/ASA 5002): release its
+        reservations. Returns how many were released."""
+        self.sessions.pop(session_id, None)
+        futs = [self.engine.submit("release", ReleaseRequest(
+            request_key=f"gy\x00{session_id}\x00release\x00{r.rating_group}".encode(),
+            session_id=session_id, service=Service(r.service), rating_group=r.rating_group,
+            now=self._now()))
+            for r in self.engine.session_reservations(session_id)]
+        return sum(1 for r in await asyncio.gather(*futs) if r.ok)
+
+    def sweep(self, limit: int = 20000) -> list[tuple[str, GySession]]:
+        """Sessions to notify: ('asr', s) for a blocked or deleted subscriber, ('rar', s) for
+        a suspended one or a credit-limited one that now has credit. Drops sessions past
+        Tcc. Checks at most ``limit`` sessions per call (round robin)."""
+        now = self.clock()
+        out: list[tuple[str, GySession]] = []
+        checked = 0
+        for sid in list(self.sessions)[:limit]:
+            sess = self.sessions.get(sid)
+            if sess is None:
+                continue
+            if now > sess.deadline:
+                del self.sessions[sid]
+                continue
+            checked += 1
+            if sess.notified:
+                continue
+            sub = self.engine.find_subscriber_now(sess.identity)
+            if sub is None or sub.status in ("blocked", "terminated"):
+                out.append(("asr", sess))
+            elif sub.status != "active" or (
+                    sess.limited and self.engine.affordable_units(sub, sess.service, 1)):
+                out.append(("rar", sess))
+            # rotate: move checked sessions to the end so the next sweep starts elsewhere
+            self.sessions[sid] = self.sessions.pop(sid)
+        return out
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
