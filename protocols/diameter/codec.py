@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from protocols.diameter.dictionary import DEFAULT, Dictionary
 
@@ -499,3 +500,31 @@ def zero_filled(code: int, vendor: int = 0, dictionary: Dictionary = DEFAULT) ->
     d = dictionary.get(code, vendor)
     n = (d.fixed_length or 0) if d else 0
     return encode_avp(code, b"\x00" * n, AVP_M, vendor)
+
+
+def value_of(a: Avp, dictionary: Dictionary = DEFAULT, depth: int = 1) -> Any:
+    """The typed value of an AVP by its dictionary type (unknown AVPs: raw bytes;
+    Grouped: a list of (code, vendor, value) triples; Time: Unix seconds)."""
+    d = dictionary.get(a.code, a.vendor)
+    t = d.type if d is not None else "OctetString"
+    if t == "Grouped":
+        return [(x.code, x.vendor, value_of(x, dictionary, depth + 1)) for x in a.group(depth)]
+    if t in ("Unsigned32", "Enumerated"):
+        return a.u32
+    if t == "Unsigned64":
+        return a.u64
+    if t == "Integer32":
+        return a.i32
+    if t == "Integer64":
+        return a.i64
+    if t == "Float32":
+        return a.f32
+    if t == "Float64":
+        return a.f64
+    if t == "Time":
+        return a.u32 - NTP_OFFSET
+    if t == "Address":
+        return a.address
+    if t in ("UTF8String", "DiameterURI"):
+        return a.text
+    return a.data  # OctetString, DiameterIdentity, IPFilterRule (ASCII octets)

@@ -860,6 +860,12 @@ class GyAgent:
             for r in self.engine.session_reservations(session_id)]
         return sum(1 for r in await asyncio.gather(*futs) if r.ok)
 
+    def _can_afford(self, sub: Any, sess: GySession) -> bool:
+        groups = sess.groups or {None}
+        return any(self.engine.affordable_units(sub, sess.service, 1, rating_group=g,
+                                                visited_network=sess.visited_network)
+                   for g in groups)
+
     def sweep(self, limit: int = 20000) -> list[tuple[str, GySession]]:
         """Sessions to notify: ('asr', s) for a blocked or deleted subscriber, ('rar', s) for
         a suspended one or a credit-limited one that now has credit. Drops sessions past
@@ -880,8 +886,7 @@ class GyAgent:
             sub = self.engine.find_subscriber_now(sess.identity)
             if sub is None or sub.status in ("blocked", "terminated"):
                 out.append(("asr", sess))
-            elif sub.status != "active" or (
-                    sess.limited and self.engine.affordable_units(sub, sess.service, 1)):
+            elif sub.status != "active" or (sess.limited and self._can_afford(sub, sess)):
                 out.append(("rar", sess))
             # rotate: move checked sessions to the end so the next sweep starts elsewhere
             self.sessions[sid] = self.sessions.pop(sid)

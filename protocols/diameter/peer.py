@@ -257,10 +257,10 @@ class PeerConnection:
             self._dwr_sent_at = None
             self._dwr_hbh = -1
             return
-        ctx = self.pending.pop(msg.hbh, None)
-        if ctx is None:
+        if msg.hbh not in self.pending:
             self._count("unknown_answer")
             return
+        ctx = self.pending.pop(msg.hbh)
         if msg.code == Cmd.DPR:
             self.state = State.CLOSED
             events.append(Close("DPA received"))
