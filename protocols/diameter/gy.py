@@ -446,6 +446,8 @@ class GySession:
     """The connection the CCRs arrive on (for RAR/ASR)."""
     groups: set[int | None] = field(default_factory=set)
     """Rating groups (None = single-service) with a reservation."""
+    asked: set[int | None] = field(default_factory=set)
+    """Rating groups the client asked quota for (refused ones included)."""
     visited_network: str = ""
     destination: str = ""
     deadline: float = 0.0
@@ -609,6 +611,7 @@ class GyAgent:
             for item in items))
         results = []
         for item, g in zip(items, grants, strict=True):
+            sess.asked.add(item.rating_group)
             if g.ok and not g.zero_rated:
                 sess.groups.add(item.rating_group)
             if g.final or not g.ok:
@@ -685,6 +688,8 @@ class GyAgent:
         results: list[MsccResult] = []
         sess.limited = False
         for item, ans in zip(items, answers, strict=True):
+            if item.requested is not None:
+                sess.asked.add(item.rating_group)
             results.append(self._update_result(sess, item, ans))
         return self._command_code(ccr, results), self._body(ccr, results)
 
@@ -861,7 +866,7 @@ class GyAgent:
         return sum(1 for r in await asyncio.gather(*futs) if r.ok)
 
     def _can_afford(self, sub: Any, sess: GySession) -> bool:
-        groups = sess.groups or {None}
+        groups = (sess.groups | sess.asked) or {None}
         return any(self.engine.affordable_units(sub, sess.service, 1, rating_group=g,
                                                 visited_network=sess.visited_network)
                    for g in groups)

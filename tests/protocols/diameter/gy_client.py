@@ -2,7 +2,8 @@
 
 Usage: gy_client.py HOST PORT I|U|T|E [ACTION] [CONTEXT]
 Environment: PEER (server Origin-Host), SID, MSISDN, RG, NUMBER (CC-Request-Number),
-ORIGIN (client Origin-Host), REALM, RAR_WAIT (seconds to stay up answering RAR/ASR).
+ORIGIN (client Origin-Host), REALM, RAR_WAIT (seconds to stay up answering RAR/ASR),
+GRACEFUL (stop with DPR/DPA instead of exiting at once).
 Prints one line: CCA <result> [(rg, result, gsu, validity, fui), ...] plus check/cost.
 """
 
@@ -92,4 +93,8 @@ try:
     while time.monotonic() < deadline and not received:
         time.sleep(0.05)
 finally:
-    node.stop(1)
+    if os.environ.get("GRACEFUL"):
+        node.stop(5)  # DPR/DPA, then python-diameter joins its threads (~9 s)
+    else:
+        sys.stdout.flush()
+        os._exit(0)
