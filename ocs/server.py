@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import shutil
 import signal
@@ -176,6 +177,12 @@ class Server:
                 log.warning("listener_not_in_this_build", section=section)
                 continue
             self._listeners.append(await starter(self))
+        # Move everything allocated at start-up out of the collector's way and make young
+        # collections rarer: the hot paths allocate many short-lived objects, and a full
+        # collection walking the session tables would stall every answer.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         log.info("server_started", node=self.cfg.node.name, data_dir=str(self.cfg.data_dir),

@@ -31,6 +31,10 @@ log_format = "json"
 listen = "127.0.0.1:0"
 [cdr]
 rotate_s = 300
+[diameter]
+listen = "127.0.0.1:0"
+origin_host = "ocs.test.realm"
+origin_realm = "test.realm"
 [radius]
 auth_listen = "127.0.0.1:0"
 acct_listen = "127.0.0.1:0"

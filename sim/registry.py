@@ -56,6 +56,7 @@ def load_all() -> None:
     """Import every module that registers commands or bench parts."""
     import sim.billing_cmd
     import sim.core_cmd
+    import sim.diameter_cmd
     import sim.radius_cmd
     import sim.smpp_cmd
     import sim.snmp_cmd  # noqa: F401

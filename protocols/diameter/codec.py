@@ -196,13 +196,14 @@ _F64 = struct.Struct("!d")
 
 
 class Avp:
-    __slots__ = ("code", "data", "flags", "vendor")
+    __slots__ = ("_kids", "code", "data", "flags", "vendor")
 
     def __init__(self, code: int, data: bytes, flags: int = AVP_M, vendor: int = 0):
         self.code = code
         self.flags = flags
         self.vendor = vendor
         self.data = data
+        self._kids: list[Avp] | None = None
 
     def __repr__(self) -> str:
         v = f"/{self.vendor}" if self.vendor else ""
@@ -276,14 +277,19 @@ class Avp:
         raise MessageError(Rc.INVALID_AVP_VALUE, f"AVP {self.code}: bad Address", self.encode())
 
     def group(self, depth: int = 1) -> list[Avp]:
+        """The AVPs inside a Grouped AVP (decoded once, then cached)."""
+        kids = self._kids
+        if kids is not None:
+            return kids
         if depth > MAX_DEPTH:
             raise MessageError(Rc.INVALID_AVP_VALUE, f"AVP {self.code}: nested deeper than "
                                f"{MAX_DEPTH}", self.encode())
         try:
-            return decode_avps(self.data, 0, len(self.data))
+            kids = self._kids = decode_avps(self.data, 0, len(self.data))
         except MessageError as exc:
             raise MessageError(exc.result_code, f"in AVP {self.code}: {exc.text}",
                                exc.failed_avp) from None
+        return kids
 
     def encode(self) -> bytes:
         return encode_avp(self.code, self.data, self.flags, self.vendor)

@@ -212,12 +212,21 @@ def _required(msg: Message, code: int) -> Avp:
     return a
 
 
-def _only_once(msg: Message, *codes: int) -> None:
-    for code in codes:
-        found = msg.find_all(code)
-        if len(found) > 1:
-            raise MessageError(Rc.AVP_OCCURS_TOO_MANY_TIMES, f"AVP {code} more than once",
-                               found[1].encode())
+_SINGLE = frozenset({A.SESSION_ID, A.CC_REQUEST_TYPE, A.CC_REQUEST_NUMBER, A.ORIGIN_HOST,
+                     A.ORIGIN_REALM, A.SERVICE_CONTEXT_ID, A.REQUESTED_ACTION,
+                     A.DESTINATION_REALM, A.AUTH_APPLICATION_ID})
+"""AVPs the CCR grammar allows once (RFC 4006 §3.1): a second copy is 5009."""
+
+
+def _only_once(msg: Message) -> None:
+    seen: set[int] = set()
+    for a in msg.avps:
+        code = a.code
+        if code in _SINGLE and not a.vendor:
+            if code in seen:
+                raise MessageError(Rc.AVP_OCCURS_TOO_MANY_TIMES, f"AVP {code} more than once",
+                                   a.encode())
+            seen.add(code)
 
 
 def _nested(avps: list[Avp], *path: tuple[int, int]) -> Avp | None:
@@ -235,8 +244,7 @@ def _nested(avps: list[Avp], *path: tuple[int, int]) -> Avp | None:
 
 def parse_ccr(msg: Message) -> Ccr:
     """The credit-control view of a checked CCR; MessageError for a bad or missing AVP."""
-    _only_once(msg, A.SESSION_ID, A.CC_REQUEST_TYPE, A.CC_REQUEST_NUMBER, A.ORIGIN_HOST,
-               A.ORIGIN_REALM, A.SERVICE_CONTEXT_ID, A.REQUESTED_ACTION)
+    _only_once(msg)
     sid = _required(msg, A.SESSION_ID).text
     if not sid:
         raise MessageError(Rc.INVALID_AVP_VALUE, "empty Session-Id",
@@ -469,6 +477,13 @@ class GyAgent:
         self.sessions: dict[str, GySession] = {}
         self._tails: dict[str, asyncio.Future[None]] = {}
         self.counters: dict[str, int] = {}
+        # constant parts of every CCA, encoded once
+        self._origin = (c.octets(A.ORIGIN_HOST, settings.origin_host.encode())
+                        + c.octets(A.ORIGIN_REALM, settings.origin_realm.encode())
+                        + c.u32(A.AUTH_APPLICATION_ID, c.App.CREDIT_CONTROL))
+        self._session_tail = (c.u32(A.CC_SESSION_FAILOVER, 1)
+                              + c.u32(A.CREDIT_CONTROL_FAILURE_HANDLING,
+                                      settings.failure_handling))
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -517,21 +532,19 @@ class GyAgent:
         return self._cca(msg, ccr, rc, body)
 
     def _cca(self, msg: Message, ccr: Ccr, rc: int, body: bytes) -> bytes:
-        s = self.s
         parts = [
             msg.find(A.SESSION_ID).encode(),  # type: ignore[union-attr]
             c.u32(A.RESULT_CODE, rc),
-            c.octets(A.ORIGIN_HOST, s.origin_host.encode()),
-            c.octets(A.ORIGIN_REALM, s.origin_realm.encode()),
-            c.u32(A.AUTH_APPLICATION_ID, c.App.CREDIT_CONTROL),
+            self._origin,
             c.u32(A.CC_REQUEST_TYPE, ccr.request_type),
             c.u32(A.CC_REQUEST_NUMBER, ccr.request_number),
             body,
         ]
         if ccr.request_type != EVENT:
-            parts.append(c.u32(A.CC_SESSION_FAILOVER, 1))
-            parts.append(c.u32(A.CREDIT_CONTROL_FAILURE_HANDLING, s.failure_handling))
-        parts.extend(a.encode() for a in msg.avps if a.code == A.PROXY_INFO and a.vendor == 0)
+            parts.append(self._session_tail)
+        for a in msg.avps:
+            if a.code == A.PROXY_INFO and not a.vendor:
+                parts.append(a.encode())
         return c.encode_message(msg.code, msg.flags & c.FLAG_P, msg.app, msg.hbh, msg.e2e,
                                 b"".join(parts))
 

@@ -50,6 +50,7 @@ class DiameterProtocol(asyncio.Protocol):
         self.peer_address = ""
         self.waiters: dict[int, asyncio.Future[c.Message]] = {}
         self._announced = False
+        self._out: list[bytes] = []
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,8 +80,7 @@ class DiameterProtocol(asyncio.Protocol):
         t = self.transport
         for ev in events:
             if isinstance(ev, Send):
-                if t is not None and not t.is_closing():
-                    t.write(ev.data)
+                self.write(ev.data)
             elif isinstance(ev, Request):
                 self.node.dispatch(self, ev)
             elif isinstance(ev, Answer):
@@ -92,6 +92,7 @@ class DiameterProtocol(asyncio.Protocol):
                 (log.info if quiet else log.warning)(
                     "diameter_close", reason=ev.reason, address=self.peer_address,
                     peer=self.conn.peer_host)
+                self._flush()
                 if t is not None:
                     t.close()
         if not self._announced and self.conn.state is State.OPEN:
@@ -101,8 +102,16 @@ class DiameterProtocol(asyncio.Protocol):
                      address=self.peer_address)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Queue an answer; answers completed in one loop iteration leave in one write."""
+        self._out.append(data)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        t = self.transport
+        if t is not None and not t.is_closing() and out:
+            t.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def request(self, code: int, app: int, body: bytes, timeout: float) -> c.Message:
         """Send a request of ours (RAR, ASR) and wait for its answer."""
@@ -156,7 +165,7 @@ class DiameterNode:
                     self._spawn(self._answer_later(proto, first, msg.hbh))
             return
         if proto.inflight >= self.max_pending:
-            metrics.DIAMETER_ANSWERS.labels(result="3004").inc()
+            _count_answer(Rc.TOO_BUSY)
             proto.write(answer_for(msg, self.local, Rc.TOO_BUSY, error=True,
                                    text="too many requests in flight"))
             return
@@ -197,7 +206,7 @@ class DiameterNode:
         else:
             self.dedup.forget(key)
         fut.set_result(answer)
-        metrics.DIAMETER_ANSWERS.labels(result=str(_result_code(answer))).inc()
+        _count_answer(_result_code(answer))
         proto.write(answer)
 
     def _spawn(self, coro: Any) -> None:
@@ -291,6 +300,16 @@ class DiameterNode:
         for proto in list(self.connections):
             if proto.transport is not None:
                 proto.transport.close()
+
+
+_ANSWER_COUNTERS: dict[int, Any] = {}
+
+
+def _count_answer(rc: int) -> None:
+    counter = _ANSWER_COUNTERS.get(rc)
+    if counter is None:
+        counter = _ANSWER_COUNTERS[rc] = metrics.DIAMETER_ANSWERS.labels(result=str(rc))
+    counter.inc()
 
 
 def _result_code(answer: bytes) -> int:
