@@ -27,12 +27,12 @@ from sim.report import Report, dump_json, print_table
 if TYPE_CHECKING:
     from sim.bench import BenchContext
 
-ORIGIN = b"sim.test.realm"
-REALM = b"test.realm"
+ORIGIN = b"sim.localdomain"
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, realm: bytes) -> None:
+        self.realm = realm
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
@@ -63,7 +63,7 @@ class _Conn(asyncio.Protocol):
         code = int.from_bytes(req[5:8], "big")
         app = int.from_bytes(req[8:12], "big")
         body = c.u32(A.RESULT_CODE, 2001) + c.octets(A.ORIGIN_HOST, ORIGIN) + c.octets(
-            A.ORIGIN_REALM, REALM)
+            A.ORIGIN_REALM, self.realm)
         m = c.decode(req)
         sid = m.find(A.SESSION_ID)
         if sid is not None:
@@ -93,8 +93,9 @@ def result_codes(answer: bytes) -> tuple[int, list[int]]:
 
 class GyLoad:
     def __init__(self, host: str, port: int, *, connections: int = 4, rating_group: int = 10,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0, realm: str = "localdomain"):
         self.addr = (host, port)
+        self.realm = realm.encode()
         self.n = connections
         self.rg = rating_group
         self.timeout_s = timeout_s
@@ -107,10 +108,10 @@ class GyLoad:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(self.n):
-            _, conn = await loop.create_connection(_Conn, *self.addr)
+            _, conn = await loop.create_connection(lambda: _Conn(self.realm), *self.addr)
             self.conns.append(conn)
             cer = b"".join([
-                c.octets(A.ORIGIN_HOST, ORIGIN), c.octets(A.ORIGIN_REALM, REALM),
+                c.octets(A.ORIGIN_HOST, ORIGIN), c.octets(A.ORIGIN_REALM, self.realm),
                 c.address(A.HOST_IP_ADDRESS, "127.0.0.1"), c.u32(A.VENDOR_ID, 0),
                 c.utf8(A.PRODUCT_NAME, "ocs-sim", flags=0), c.u32(A.AUTH_APPLICATION_ID, 4)])
             ans = await self._send(conn, Cmd.CER, 0, cer)
@@ -137,7 +138,7 @@ class GyLoad:
             requested: int | None = None, event_units: int = 0) -> bytes:
         parts = [
             c.utf8(A.SESSION_ID, sid), c.octets(A.ORIGIN_HOST, ORIGIN),
-            c.octets(A.ORIGIN_REALM, REALM), c.octets(A.DESTINATION_REALM, REALM),
+            c.octets(A.ORIGIN_REALM, self.realm), c.octets(A.DESTINATION_REALM, self.realm),
             c.u32(A.AUTH_APPLICATION_ID, 4),
             c.utf8(A.SERVICE_CONTEXT_ID, "32274@3gpp.org" if kind == 4 else "32251@3gpp.org"),
             c.u32(A.CC_REQUEST_TYPE, kind), c.u32(A.CC_REQUEST_NUMBER, number),
@@ -179,8 +180,9 @@ class GyLoad:
 
 async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, window: int,
                    rate: float | None, connections: int, used: int, requested: int,
-                   terminate: bool, events: int, run_id: str) -> list[Report]:
-    load = GyLoad(host, port, connections=connections)
+                   terminate: bool, events: int, run_id: str, realm: str = "localdomain",
+                   rating_group: int = 10) -> list[Report]:
+    load = GyLoad(host, port, connections=connections, realm=realm, rating_group=rating_group)
     await load.open()
     sem = asyncio.Semaphore(window)
     sessions = len(msisdns)
@@ -210,7 +212,7 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
         return lat, time.perf_counter() - start, load.errors - err0
 
     def sid(i: int) -> str:
-        return f"sim.test.realm;{run_id};{i}"
+        return f"{ORIGIN.decode()};{run_id};{i}"
 
     reports = []
     numbers = [0] * sessions
@@ -235,7 +237,7 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
         reports.append(Report.from_latencies("diameter", f"CCR-T x{sessions}", lat, err, secs))
     if events:
         lat, secs, err = await phase(events, lambda n: load.ccr(
-            f"sim.test.realm;{run_id};e{n}", 4, 0, msisdns[n % len(msisdns)],
+            f"{ORIGIN.decode()};{run_id};e{n}", 4, 0, msisdns[n % len(msisdns)],
             event_units=1), rate)
         reports.append(Report.from_latencies("diameter", "CCR-E direct debit", lat, err, secs))
     for r in reports:
@@ -249,6 +251,9 @@ class DiameterCommand:
     @staticmethod
     def configure(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", default="127.0.0.1:3868", help="HOST:PORT")
+        p.add_argument("--realm", default="localdomain",
+                       help="Destination-Realm (the server's origin_realm) and ours")
+        p.add_argument("--rating-group", type=int, default=10)
         p.add_argument("--sessions", type=int, default=1000)
         p.add_argument("--msisdn-base", type=int, default=41770000000,
                        help="Subscription-Id (E.164) of session i is base + i")
@@ -273,7 +278,8 @@ class DiameterCommand:
         coro = run_load(host, int(port), msisdns, updates=args.updates, window=args.window,
                         rate=args.rate, connections=args.connections, used=args.used,
                         requested=args.requested, terminate=args.terminate,
-                        events=args.events, run_id=f"{time.time_ns():x}")
+                        events=args.events, run_id=f"{time.time_ns():x}", realm=args.realm,
+                        rating_group=args.rating_group)
         try:
             import uvloop
 
@@ -289,7 +295,7 @@ class DiameterCommand:
 
 def _sim(host: str, port: int, args: list[str]) -> list[dict[str, Any]]:
     cmd = [sys.executable, "-m", "sim.cli", "diameter", "--server", f"{host}:{port}", "--json",
-           *args]
+           "--realm", "test.realm", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         raise RuntimeError(f"ocs-sim diameter failed: {p.stderr.strip()[-500:]}")
@@ -333,15 +339,16 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
     upd = next(r for r in reports if r.name.startswith("CCR-U"))
     upd.target = ">= 20,000 CCR/s, 0 errors"
     upd.passed = upd.throughput >= 20_000 and upd.errors == 0
-    # open loop at 10,000 CCR/s for a bounded time
-    rate = 10_000
-    opened = await loop.run_in_executor(None, _sim, host, port, [
-        "--sessions", str(sessions), "--updates", str(int(rate * ctx.scale_s(10.0))),
-        "--rate", str(rate), "--window", "4096", "--connections", "8", "--terminate"])
-    rep = _from_json(next(d for d in opened if d["name"].startswith("CCR-U")),
-                     target="p99 <= 10 ms at 10,000/s, 0 errors")
-    rep.passed = rep.latencies_ms.get("p99", 1e9) <= 10.0 and rep.errors == 0
-    reports.append(rep)
+    # open loop at 10,000 CCR/s (the target) and at half that, each for a bounded time
+    for rate in (10_000, 5_000):
+        opened = await loop.run_in_executor(None, _sim, host, port, [
+            "--sessions", str(sessions), "--updates", str(int(rate * ctx.scale_s(10.0))),
+            "--rate", str(rate), "--window", "4096", "--connections", "8", "--terminate"])
+        rep = _from_json(next(d for d in opened if d["name"].startswith("CCR-U")))
+        if rate == 10_000:
+            rep.target = "p99 <= 10 ms at 10,000/s, 0 errors"
+            rep.passed = rep.latencies_ms.get("p99", 1e9) <= 10.0 and rep.errors == 0
+        reports.append(rep)
     # 100,000 concurrent sessions held: RSS growth of the server process
     held = ctx.scale(100_000)
     before = _rss_mb()

@@ -1,0 +1,48 @@
+"""``ocs-sim diameter`` against ``ocs serve``: every answer 2001, every charge exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests_support import CONFIG_DIR, OCS, free_tcp_port, serving
+
+from ocs.store import Store
+from sim.core import provision
+
+
+def test_sim_sessions_are_charged_exactly(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    cfg = tmp_path / "ocs.toml"
+    cfg.write_text(f"""
+[node]
+data_dir = "{tmp_path / 'data'}"
+log_format = "json"
+[diameter]
+listen = "127.0.0.1:{port}"
+[admin]
+enabled = false
+""")
+    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
+    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+    store = Store(tmp_path / "data")
+    provision(store, 20, balance="1.00")
+    store.close()
+    with serving(cfg, tmp_path, "diameter_listening"):
+        p = subprocess.run([sys.executable, "-m", "sim.cli", "diameter", "--server",
+                            f"127.0.0.1:{port}", "--sessions", "20", "--updates", "200",
+                            "--terminate", "--events", "20", "--json", "--connections", "2"],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    reports = json.loads(p.stdout)
+    assert [(r["name"], r["operations"], r["errors"]) for r in reports] == [
+        ("CCR-I x20", 20, 0), ("CCR-U, window 512, 2 conn", 200, 0), ("CCR-T x20", 20, 0),
+        ("CCR-E direct debit", 20, 0)]
+    for i in (0, 19):
+        show = subprocess.run([OCS, "subscriber", "show", f"41770{i:06d}", "--json", "--config",
+                               str(cfg)], check=True, capture_output=True, text=True).stdout
+        s = json.loads(show)
+        # 10 updates + CCR-T of 100 kB each at 0.01 EUR/MB, one SMS at 0.15 (international)
+        assert (s["balance"], s["reserved"]) == ("0.8390", "0.0000"), s
