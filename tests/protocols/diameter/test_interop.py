@@ -305,3 +305,24 @@ def test_tshark_decodes_a_session_without_errors(ocs: Ocs, tmp_path: Path) -> No
                              "-Y", "_ws.expert.severity >= \"error\" || _ws.malformed"],
                             capture_output=True, text=True, timeout=60).stdout
     assert expert.strip() == "", expert
+
+
+def test_duplicate_while_the_first_is_in_flight_and_garbage_on_another_peer(ocs: Ocs) -> None:
+    before = ocs.show("41780000001")["reserved"]
+    good, _ = connect(ocs.port)
+    bad, _ = connect(ocs.port, host=b"bad.test.realm")
+    r = ccr_i("raw.test.realm;4;inflight", 0xBEEF, msisdn="41780000001")
+    first = r.as_bytes()
+    r.header.is_retransmit = True
+    r.header.hop_by_hop_identifier = 0x9999
+    good.sendall(first + r.as_bytes())  # the copy arrives before the first is answered
+    bad.sendall(b"\x01\x00\x00\x07" + b"\xff" * 40)  # a length no message can have
+    a1, a2 = recv(good), recv(good)
+    assert {a1.header.hop_by_hop_identifier, a2.header.hop_by_hop_identifier} == {0x1234, 0x9999}
+    assert a1.as_bytes()[20:] == a2.as_bytes()[20:] and a1.result_code == 2001
+    assert closed(bad)
+    s = ocs.show("41780000001")["reserved"]
+    assert s == "0.00001" and before == "0.0000"  # one reservation of 1000 bytes
+    good.sendall(ccr_i("raw.test.realm;4;after", 0xBEF0, msisdn="41780000004").as_bytes())
+    assert recv(good).result_code == 2001  # the other peer is unaffected
+    good.close()
