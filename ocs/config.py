@@ -155,6 +155,9 @@ class SnmpConfig:
     enabled: bool = True
     trap_listen: str = "127.0.0.1:1162"
     communities: tuple[str, ...] = ("public",)
+    engine_id: str = ""
+    """Our SNMPv3 engine ID in hex (authoritative for INFORMs); empty = derived from
+    node.name."""
     v3_users: tuple[SnmpV3User, ...] = ()
 
 
@@ -424,6 +427,34 @@ def _validate(cfg: Config) -> None:
                 )
     if cfg.snmp is not None:
         _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
+        _check_usm(cfg.snmp, src)
+
+
+def _check_usm(snmp: SnmpConfig, src: str) -> None:
+    auths = {"", "NONE", "MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"}
+    privs = {"", "NONE", "DES", "AES", "AES128", "AES192", "AES256"}
+    hexes = [("snmp.engine_id", snmp.engine_id)]
+    for i, u in enumerate(snmp.v3_users):
+        where = f"{src}: snmp.v3_users[{i}]"
+        if not u.name:
+            raise ConfigError(f"{where}.name: must not be empty")
+        if u.auth_protocol.upper().replace("-", "") not in auths:
+            raise ConfigError(f"{where}.auth_protocol: one of MD5, SHA, SHA224..SHA512")
+        if u.priv_protocol.upper().replace("-", "") not in privs:
+            raise ConfigError(f"{where}.priv_protocol: one of DES, AES, AES192, AES256")
+        for key in ("auth_key", "priv_key"):
+            value = getattr(u, key)
+            if value and len(value) < 8:
+                raise ConfigError(f"{where}.{key}: at least 8 characters (RFC 3414)")
+        hexes.append((f"snmp.v3_users[{i}].engine_id", u.engine_id))
+    for where, value in hexes:
+        if value:
+            try:
+                raw = bytes.fromhex(value.removeprefix("0x"))
+            except ValueError:
+                raise ConfigError(f"{src}: {where}: expected hex digits") from None
+            if not 5 <= len(raw) <= 32:
+                raise ConfigError(f"{src}: {where}: an engine ID has 5 to 32 octets")
 
 
 def load_config(path: str | Path | None = None, *, data_dir: str | None = None) -> Config:

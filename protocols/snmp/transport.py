@@ -16,14 +16,24 @@ import structlog
 
 from ocs import metrics
 from protocols.snmp.agent import to_notification
-from protocols.snmp.codec import INFORM, Drop, decode, encode_inform_response, raw_varbinds
+from protocols.snmp.codec import (
+    INFORM,
+    TRAP_V2,
+    Drop,
+    Message,
+    decode,
+    encode_inform_response,
+    raw_varbinds,
+)
 
 log = structlog.get_logger(__name__)
 
 
 class TrapReceiver(asyncio.DatagramProtocol):
-    def __init__(self, engine: Any, communities: tuple[str, ...]):
+    def __init__(self, engine: Any, communities: tuple[str, ...], v3: Any = None):
         self.engine = engine
+        self.v3 = v3
+        """A :class:`protocols.snmp.usm.V3Receiver` when v3 users are configured."""
         self.communities = tuple(c.encode() for c in communities)
         self.transport: asyncio.DatagramTransport | None = None
         self.counters: Counter[str] = Counter()
@@ -42,7 +52,10 @@ class TrapReceiver(asyncio.DatagramProtocol):
         try:
             msg = decode(data)
         except Drop as d:
-            self._drop(d.reason)
+            if d.reason == "v3_not_supported" and self.v3 is not None:
+                self._v3(data, addr)
+            else:
+                self._drop(d.reason)
             return
         if not any(hmac.compare_digest(msg.community, c) for c in self.communities):
             self._drop("bad_community")
@@ -53,7 +66,28 @@ class TrapReceiver(asyncio.DatagramProtocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _handle(self, msg: Any, data: bytes, addr: Any, arrived: float) -> None:
+    def _v3(self, data: bytes, addr: Any) -> None:
+        note, replies, outcome = self.v3.feed(data, (addr[0], addr[1]))
+        if note is None:
+            if replies and self.transport is not None:
+                # a Report (engine discovery, time window, unknown user when reportable)
+                for datagram, to in replies:
+                    self.transport.sendto(datagram, to)
+            if outcome == "usmStatsUnknownEngineIDs" and replies:
+                self.counters["v3_discovery"] += 1  # the normal first step of an inform
+            else:
+                self._drop(f"v3_{outcome}")
+            return
+        self.counters["received_v3"] += 1
+        metrics.SNMP_TRAPS.inc()
+        msg = Message(3, b"", INFORM if note.confirmed else TRAP_V2, 0, note.varbinds)
+        task = asyncio.ensure_future(self._handle(msg, data, addr, time.perf_counter(),
+                                                  replies))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, msg: Any, data: bytes, addr: Any, arrived: float,
+                      replies: list[tuple[bytes, Any]] | None = None) -> None:
         n = to_notification(msg, addr[0], int(time.time()))
         try:
             outcome = await self.engine.submit("alarm_notify", n)
@@ -64,7 +98,12 @@ class TrapReceiver(asyncio.DatagramProtocol):
         self.counters[f"alarm_{outcome}"] += 1
         if self.latencies is not None:
             self.latencies.append(time.perf_counter() - arrived)
-        if msg.pdu_type == INFORM and self.transport is not None:
+        if self.transport is None:
+            return
+        if replies is not None:  # v3: pysnmp built the Response; it leaves now
+            for datagram, to in replies:
+                self.transport.sendto(datagram, to)
+        elif msg.pdu_type == INFORM:
             self.transport.sendto(encode_inform_response(msg, raw_varbinds(data)), addr)
 
 
@@ -97,7 +136,14 @@ async def start_snmp(server: Any) -> SnmpListener:
     from ocs.config import parse_listen
 
     cfg = server.cfg.snmp
-    listener = SnmpListener(TrapReceiver(server.engine, cfg.communities))
+    v3 = None
+    if cfg.v3_users:
+        from protocols.snmp.usm import load_receiver
+
+        v3 = load_receiver(list(cfg.v3_users), server.cfg.node.name, cfg.engine_id,
+                           server.cfg.data_dir / "snmp_engine_boots")
+        log.info("snmp_v3_ready", engine_id=v3.engine_id.hex(), users=len(cfg.v3_users))
+    listener = SnmpListener(TrapReceiver(server.engine, cfg.communities, v3))
     await listener.start(*parse_listen(cfg.trap_listen))
     server.snmp = listener
     return listener
