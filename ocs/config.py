@@ -170,6 +170,35 @@ class CdrConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrapMapping:
+    """An enterprise notification and what it means as an alarm."""
+
+    oid: str
+    alarm_type: str = "other"
+    probable_cause: str = "other"
+    severity: str = "major"
+    clear_oid: str = ""
+    """The notification that clears it (same element and resource)."""
+    resource_varbind: str = ""
+    """OID prefix of the varbind naming the resource (its value, e.g. a port index);
+    empty = the whole device."""
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NocHook:
+    """Run a command or POST a webhook for alarm events of these severities."""
+
+    severities: tuple[str, ...] = ("critical", "major")
+    command: str = ""
+    """Run with the event as JSON on stdin (no shell)."""
+    url: str = ""
+    """POST the event as JSON."""
+    retries: int = 3
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NocConfig:
     stream_dir: str = "alarms"
     rotate_s: int = 300
@@ -179,6 +208,18 @@ class NocConfig:
     """Raise an environmentalAlarm when the data directory's disk has less free."""
     max_commit_ms: float = 200.0
     """Raise a qualityOfServiceAlarm when a group commit took longer."""
+    max_error_rate: float = 0.05
+    """Raise a processingErrorAlarm when more than this share of charging operations
+    failed (busy, writer or store errors) in a health interval."""
+    storm_rate: int = 0
+    """Traps per second from one element that start storm control (0 = off): its
+    notifications are counted under one summary alarm instead of processed one by one."""
+    storm_hold_s: float = 30.0
+    """Storm control ends after this long below the rate; the summary alarm clears."""
+    history_days: int = 90
+    """Cleared alarms are deleted this long after they cleared (0 = keep for ever)."""
+    traps: tuple[TrapMapping, ...] = ()
+    hooks: tuple[NocHook, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -428,6 +469,54 @@ def _validate(cfg: Config) -> None:
     if cfg.snmp is not None:
         _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
         _check_usm(cfg.snmp, src)
+    _check_noc(cfg.noc, src)
+
+
+_SEVERITIES = {"critical", "major", "minor", "warning", "indeterminate"}
+_ALARM_TYPES = {
+    "other", "communicationsAlarm", "qualityOfServiceAlarm", "processingErrorAlarm",
+    "equipmentAlarm", "environmentalAlarm", "integrityViolation", "operationalViolation",
+    "physicalViolation", "securityServiceOrMechanismViolation", "timeDomainViolation"}
+
+
+def _is_oid(text: str) -> bool:
+    parts = text.strip(".").split(".")
+    return len(parts) >= 2 and all(p.isascii() and p.isdigit() for p in parts)
+
+
+def _check_noc(noc: NocConfig, src: str) -> None:
+    if noc.storm_rate < 0 or noc.storm_hold_s <= 0 or noc.history_days < 0:
+        raise ConfigError(f"{src}: noc: storm_rate and history_days must be >= 0, "
+                          "storm_hold_s > 0")
+    if not 0 < noc.max_error_rate <= 1:
+        raise ConfigError(f"{src}: noc.max_error_rate: a share between 0 and 1")
+    seen: set[str] = set()
+    for i, t in enumerate(noc.traps):
+        where = f"{src}: noc.traps[{i}]"
+        for key in ("oid", "clear_oid", "resource_varbind"):
+            value = getattr(t, key)
+            if (value or key == "oid") and not _is_oid(value):
+                raise ConfigError(f"{where}.{key}: expected a dotted OID")
+        if t.alarm_type not in _ALARM_TYPES:
+            raise ConfigError(f"{where}.alarm_type: one of {', '.join(sorted(_ALARM_TYPES))}")
+        if t.severity not in _SEVERITIES:
+            raise ConfigError(f"{where}.severity: one of {', '.join(sorted(_SEVERITIES))}")
+        for oid in (t.oid, t.clear_oid):
+            if oid and oid in seen:
+                raise ConfigError(f"{where}: OID {oid} is mapped twice")
+            seen.add(oid)
+    for i, h in enumerate(noc.hooks):
+        where = f"{src}: noc.hooks[{i}]"
+        if bool(h.command) == bool(h.url):
+            raise ConfigError(f"{where}: set exactly one of command and url")
+        if h.url and not h.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.url: http:// or https://")
+        bad = [x for x in h.severities if x not in _SEVERITIES | {"cleared"}]
+        if bad or not h.severities:
+            raise ConfigError(f"{where}.severities: from {', '.join(sorted(_SEVERITIES))}, "
+                              "cleared")
+        if h.retries < 0 or h.timeout_s <= 0:
+            raise ConfigError(f"{where}: retries >= 0 and timeout_s > 0")
 
 
 def _check_usm(snmp: SnmpConfig, src: str) -> None:

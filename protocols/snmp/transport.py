@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from protocols.snmp.agent import to_notification
+from protocols.snmp.agent import StormControl, TrapTable, storm_notification, to_notification
 from protocols.snmp.codec import (
     INFORM,
     TRAP_V2,
@@ -30,8 +30,11 @@ log = structlog.get_logger(__name__)
 
 
 class TrapReceiver(asyncio.DatagramProtocol):
-    def __init__(self, engine: Any, communities: tuple[str, ...], v3: Any = None):
+    def __init__(self, engine: Any, communities: tuple[str, ...], v3: Any = None, *,
+                 table: TrapTable | None = None, storm: StormControl | None = None):
         self.engine = engine
+        self.table = table
+        self.storm = storm
         self.v3 = v3
         """A :class:`protocols.snmp.usm.V3Receiver` when v3 users are configured."""
         self.communities = tuple(c.encode() for c in communities)
@@ -62,7 +65,46 @@ class TrapReceiver(asyncio.DatagramProtocol):
             return
         self.counters["received"] += 1
         metrics.SNMP_TRAPS.inc()
+        if not self._admit(msg, addr):
+            if msg.pdu_type == INFORM and self.transport is not None:
+                self.transport.sendto(encode_inform_response(msg, raw_varbinds(data)), addr)
+            return
         task = asyncio.ensure_future(self._handle(msg, data, addr, time.perf_counter()))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _admit(self, msg: Message, addr: Any) -> bool:
+        """Storm control: False when the element is in a storm (counted, not processed)."""
+        if self.storm is None:
+            return True
+        element = msg.agent_addr or addr[0]
+        ok, start = self.storm.admit(element, time.monotonic())
+        if start:
+            log.warning("snmp_trap_storm", element=element, threshold=self.storm.rate)
+            self._submit(storm_notification(element, int(time.time()), started=True,
+                                            rate=self.storm.rate))
+        if not ok:
+            self.counters["storm_suppressed"] += 1
+        return ok
+
+    def storm_tick(self) -> None:
+        """Clear the summary alarm of storms that are over (called every second)."""
+        if self.storm is None:
+            return
+        for element, suppressed, peak in self.storm.ended(time.monotonic()):
+            log.info("snmp_trap_storm_over", element=element, suppressed=suppressed)
+            self._submit(storm_notification(element, int(time.time()), started=False,
+                                            rate=self.storm.rate, suppressed=suppressed,
+                                            peak=peak))
+
+    def _submit(self, n: Any) -> None:
+        async def go() -> None:
+            try:
+                await self.engine.submit("alarm_notify", n)
+            except Exception as exc:
+                log.warning("snmp_notification_failed", error=str(exc))
+
+        task = asyncio.ensure_future(go())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -81,6 +123,11 @@ class TrapReceiver(asyncio.DatagramProtocol):
         self.counters["received_v3"] += 1
         metrics.SNMP_TRAPS.inc()
         msg = Message(3, b"", INFORM if note.confirmed else TRAP_V2, 0, note.varbinds)
+        if not self._admit(msg, addr):
+            if self.transport is not None:
+                for datagram, to in replies:
+                    self.transport.sendto(datagram, to)
+            return
         task = asyncio.ensure_future(self._handle(msg, data, addr, time.perf_counter(),
                                                   replies))
         self.tasks.add(task)
@@ -88,7 +135,7 @@ class TrapReceiver(asyncio.DatagramProtocol):
 
     async def _handle(self, msg: Any, data: bytes, addr: Any, arrived: float,
                       replies: list[tuple[bytes, Any]] | None = None) -> None:
-        n = to_notification(msg, addr[0], int(time.time()))
+        n = to_notification(msg, addr[0], int(time.time()), self.table)
         try:
             outcome = await self.engine.submit("alarm_notify", n)
         except Exception as exc:  # busy or writer restarting: an inform will be resent
@@ -111,6 +158,12 @@ class SnmpListener:
     def __init__(self, receiver: TrapReceiver):
         self.receiver = receiver
         self.transport: asyncio.DatagramTransport | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.receiver.storm_tick()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -120,11 +173,15 @@ class SnmpListener:
         if raw is not None:
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        if self.receiver.storm is not None:
+            self._ticker = loop.create_task(self._tick())
         sock = self.transport.get_extra_info("sockname")
         log.info("snmp_listening", address=f"{sock[0]}:{sock[1]}")
         return str(sock[0]), int(sock[1])
 
     async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self.transport is not None:
             self.transport.close()
         if self.receiver.tasks:
@@ -143,7 +200,10 @@ async def start_snmp(server: Any) -> SnmpListener:
         v3 = load_receiver(list(cfg.v3_users), server.cfg.node.name, cfg.engine_id,
                            server.cfg.data_dir / "snmp_engine_boots")
         log.info("snmp_v3_ready", engine_id=v3.engine_id.hex(), users=len(cfg.v3_users))
-    listener = SnmpListener(TrapReceiver(server.engine, cfg.communities, v3))
+    noc = server.cfg.noc
+    storm = StormControl(noc.storm_rate, noc.storm_hold_s) if noc.storm_rate > 0 else None
+    listener = SnmpListener(TrapReceiver(server.engine, cfg.communities, v3,
+                                         table=TrapTable.of(noc.traps), storm=storm))
     await listener.start(*parse_listen(cfg.trap_listen))
     server.snmp = listener
     return listener
