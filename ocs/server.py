@@ -30,7 +30,7 @@ from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.config import Config, parse_listen
-from ocs.noc.alarms import Notification, Severity
+from ocs.noc.alarms import Notification, Severity, TrimAlarms
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
 from ocs.store.procwriter import ProcessWriter
@@ -83,6 +83,8 @@ class Server:
             "alarm_rotate_records": cfg.noc.rotate_records,
         })
         self._slowest_commit_s = 0.0
+        self._health_mark = (0, 0)
+        self._last_trim = 0.0
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
@@ -104,6 +106,10 @@ class Server:
         free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
         slowest_ms = self._slowest_commit_s * 1000
         self._slowest_commit_s = 0.0
+        ops, failed = self.writer.ops, self.writer.failed
+        d_ops, d_failed = ops - self._health_mark[0], failed - self._health_mark[1]
+        self._health_mark = (ops, failed)
+        rate = d_failed / (d_ops + d_failed) if d_ops + d_failed else 0.0
         checks = [
             ("disk", "environmentalAlarm", "storageCapacityProblem",
              free_mb < noc.min_free_disk_mb, Severity.MAJOR,
@@ -113,6 +119,11 @@ class Server:
              slowest_ms > noc.max_commit_ms, Severity.MINOR,
              f"slowest group commit {slowest_ms:.1f} ms (threshold {noc.max_commit_ms} ms)",
              {"commit_ms": f"{slowest_ms:.1f}"}),
+            ("charging", "processingErrorAlarm", "thresholdCrossed",
+             rate > noc.max_error_rate and d_failed >= 10, Severity.MAJOR,
+             f"{d_failed} of {d_ops + d_failed} charging operations failed "
+             f"({rate:.1%}, threshold {noc.max_error_rate:.1%})",
+             {"failed": str(d_failed), "operations": str(d_ops + d_failed)}),
         ]
         outcomes = []
         for resource, kind, cause, bad, severity, text, varbinds in checks:
@@ -123,6 +134,12 @@ class Server:
             outcome = await self.engine.submit("alarm_notify", n)
             if outcome != "clear_unmatched":
                 outcomes.append(f"{resource}:{outcome}")
+        if noc.history_days and time.monotonic() - self._last_trim >= 600:
+            self._last_trim = time.monotonic()
+            trimmed = await self.engine.submit("alarm_trim", TrimAlarms(
+                before=now - noc.history_days * 86400))
+            if trimmed:
+                log.info("alarm_history_trimmed", alarms=trimmed)
         return outcomes
 
     async def _health_loop(self) -> None:

@@ -169,6 +169,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "submit_sms": (SubmitSmsRequest, Debit),
     "sms_outcome": (SmsOutcomeRequest, bool),
     "alarm_notify": (alarms.Notification, str),
+    "alarm_trim": (alarms.TrimAlarms, int),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -858,6 +859,10 @@ class ChargingEngine:
             next_try=now, receipted_id=msg.message_id, receipt_state=state))
 
     # -- NOC ----------------------------------------------------------------------------
+
+    @staticmethod
+    def op_alarm_trim(tx: Tx, req: alarms.TrimAlarms) -> int:
+        return alarms.trim(tx, req)
 
     @staticmethod
     def op_alarm_notify(tx: Tx, n: alarms.Notification) -> str:

@@ -205,6 +205,34 @@ def notify(tx: Tx, n: Notification) -> tuple[str, Alarm | None]:
     return "raise", a
 
 
+class TrimAlarms(msgspec.Struct, frozen=True, kw_only=True):
+    """Delete alarms cleared before ``before`` (history retention)."""
+
+    before: int
+    limit: int = 2000
+
+
+def trim(tx: Tx, req: TrimAlarms) -> int:
+    """Delete up to ``limit`` cleared alarms whose clear is older than ``req.before``.
+    Alarm ids grow with time, so the scan stops at the first alarm first seen after
+    ``before``; old alarms that are still active are kept (and skipped)."""
+    n = 0
+    for k, raw in tx.scan(ALARMS, limit=req.limit * 4):
+        a = _dec.decode(raw)
+        if a.first_seen >= req.before:
+            break
+        if a.active or a.cleared_at >= req.before:
+            continue
+        tx.delete(ALARMS, k)
+        key = alarm_key(a.element, a.resource, a.alarm_type)
+        if tx.get(ALARM_KEYS, key) == k:
+            tx.delete(ALARM_KEYS, key)
+        n += 1
+        if n >= req.limit:
+            break
+    return n
+
+
 def operator(tx: Tx, act: OperatorAction) -> Alarm:
     a = load(tx, act.alarm_id)
     if a is None:

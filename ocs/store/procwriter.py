@@ -220,6 +220,8 @@ class ProcessWriter:
         self._result_decoders: dict[str, Any] = {}
         self.batches = 0
         self.ops = 0
+        self.failed = 0
+        """Operations that got an error instead of an answer (busy, store, writer lost)."""
         self.restarts = 0
 
     @property
@@ -264,6 +266,7 @@ class ProcessWriter:
         if self._transport is None:
             raise StoreError("writer process is not running")
         if len(self._pending) >= self._queue_size:
+            self.failed += 1
             raise Overloaded(f"write queue full ({self._queue_size} operations)")
         dec = self._result_decoders.get(name)
         if dec is None:
@@ -308,12 +311,14 @@ class ProcessWriter:
                 kind, message = msgspec.msgpack.decode(raw)
                 err: Exception = StoreError(message) if kind == "StoreError" else (
                     OperationFailed(f"{kind}: {message}"))
+                self.failed += 1
                 fut.set_exception(err)
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None
         if self._pending:
             err = StoreError("writer process ended before answering")
+            self.failed += len(self._pending)
             for fut, _dec in self._pending.values():
                 if not fut.done():
                     fut.set_exception(err)

@@ -32,10 +32,9 @@ class Tx:
     def delete(self, db: bytes, key: bytes) -> None:
         self._txn.delete(key, db=self._dbs[db])
 
-    def scan(self, db: bytes, start: bytes = b"", stop: bytes | None = None) -> Iterator[
-        tuple[bytes, bytes]
-    ]:
-        """Entries in key order from ``start`` up to ``stop`` (exclusive).
+    def scan(self, db: bytes, start: bytes = b"", stop: bytes | None = None, *,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries in key order from ``start`` up to ``stop`` (exclusive), at most ``limit``.
 
         Materialised first, so the caller may write to the same database while iterating.
         """
@@ -43,7 +42,8 @@ class Tx:
         with self._txn.cursor(db=self._dbs[db]) as cur:
             if cur.set_range(start):
                 for k, v in cur:
-                    if stop is not None and k >= stop:
+                    if (stop is not None and k >= stop) or (limit is not None
+                                                            and len(out) >= limit):
                         break
                     out.append((bytes(k), bytes(v)))
         return iter(out)

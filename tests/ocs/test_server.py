@@ -158,3 +158,59 @@ min_free_disk_mb = 100000000
     files = sorted((data / "alarms").glob("alarms_srv_*.jsonl"))
     events = [json.loads(ln)["event"] for f in files for ln in f.read_text().splitlines()]
     assert events[0] == "raise" and "update" in events and "ack" in events
+
+
+def test_charging_error_rate_alarm(tmp_path: Path) -> None:
+    """More failed than answered operations in a health interval: processingErrorAlarm."""
+    import asyncio
+
+    from ocs.charging.model import DebitRequest
+    from ocs.config import load_config
+    from ocs.provisioning import NewSubscriber, op_add_subscriber, op_load_plans
+    from ocs.rating.plans import load_plans_file
+    from ocs.server import Server
+    from ocs.store import Overloaded
+
+    cfg_path = tmp_path / "e.toml"
+    cfg_path.write_text(f"""
+[node]
+name = "srv"
+data_dir = "{tmp_path / 'd'}"
+log_format = "json"
+[store]
+queue_size = 4
+[noc]
+min_free_disk_mb = 0
+health_interval_s = 3600
+[admin]
+enabled = false
+""")
+    cfg = load_config(cfg_path)
+    store = Store(cfg.data_dir)
+    plans = Path(__file__).resolve().parents[2] / "config" / "plans.toml"
+    store.run_write(op_load_plans(load_plans_file(plans)))
+    store.run_write(op_add_subscriber(NewSubscriber(msisdn="41790000001",
+                                                    plan_id="prepaid-basic", balance="10")))
+    store.close()
+
+    async def go() -> list[str]:
+        server = Server(cfg)
+        await server.start()
+        try:
+            futs, busy = [], 0
+            for i in range(100):
+                try:
+                    futs.append(server.engine.submit("debit", DebitRequest(
+                        request_key=b"e%d" % i, subscriber=((IdKind.MSISDN, "41790000001"),),
+                        service=Service.SMS, destination="41791112233")))
+                except Overloaded:
+                    busy += 1
+            await asyncio.gather(*futs)
+            assert busy >= 90 and server.writer.failed >= busy  # (+ reaper, health)
+            outcomes = await server.check_health(int(time.time()))
+            assert "charging:raise" in outcomes
+            return await server.check_health(int(time.time()))  # a quiet interval
+        finally:
+            await server.stop()
+
+    assert "charging:clear" in asyncio.run(go())

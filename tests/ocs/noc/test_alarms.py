@@ -94,3 +94,19 @@ def test_stream_files(store: Store, tmp_path: Path) -> None:
     assert all(ln["event"] == "raise" for ln in lines)
     with store.read() as txn:
         assert txn.stat(store.dbs[ALARM_JOURNAL])["entries"] == 0
+
+
+def test_history_retention_trims_only_old_cleared_alarms(store: Store) -> None:
+    link(store, "1", True, T)          # alarm 1: cleared long ago
+    link(store, "1", False, T + 10)
+    link(store, "2", True, T + 20)     # alarm 2: old but still active
+    link(store, "3", True, T + 30)     # alarm 3: cleared recently
+    link(store, "3", False, T + 5000)
+    link(store, "1", True, T + 6000)   # alarm 4: the same problem as 1, back again
+    n = store.run_write(lambda tx: noc.trim(tx, noc.TrimAlarms(before=T + 1000)))
+    assert n == 1
+    left = {a.alarm_id: a for a in all_alarms(store)}
+    assert sorted(left) == [2, 3, 4]
+    # the key of ifIndex=1 still finds the live alarm 4: a clear ends it
+    assert link(store, "1", False, T + 6001) == "clear"
+    assert store.run_write(lambda tx: noc.trim(tx, noc.TrimAlarms(before=T + 1000))) == 0
