@@ -108,7 +108,6 @@ class Server:
         self._slowest_commit_s = 0.0
         ops, failed = self.writer.ops, self.writer.failed
         d_ops, d_failed = ops - self._health_mark[0], failed - self._health_mark[1]
-        self._health_mark = (ops, failed)
         rate = d_failed / (d_ops + d_failed) if d_ops + d_failed else 0.0
         checks = [
             ("disk", "environmentalAlarm", "storageCapacityProblem",
@@ -134,6 +133,7 @@ class Server:
             outcome = await self.engine.submit("alarm_notify", n)
             if outcome != "clear_unmatched":
                 outcomes.append(f"{resource}:{outcome}")
+        self._health_mark = (ops, failed)  # only once the interval's alarms are recorded
         if noc.history_days and time.monotonic() - self._last_trim >= 600:
             self._last_trim = time.monotonic()
             trimmed = await self.engine.submit("alarm_trim", TrimAlarms(
