@@ -81,6 +81,7 @@ class Server:
             "alarm_dir": str(cfg.under_data(cfg.noc.stream_dir)),
             "alarm_rotate_s": cfg.noc.rotate_s,
             "alarm_rotate_records": cfg.noc.rotate_records,
+            "hooks": [dataclasses.asdict(h) for h in cfg.noc.hooks],
         })
         self._slowest_commit_s = 0.0
         self._health_mark = (0, 0)

@@ -43,9 +43,13 @@ def child_main(settings_json: str) -> None:
     cdrs = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
                        rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
     exporters: list[JournalExporter] = [cdrs]
+    from ocs.noc.hooks import Hook, HookDispatcher
+
+    hooks = HookDispatcher([Hook.of(h) for h in conf.get("hooks", [])])
     if conf.get("alarm_dir"):
         exporters.append(alarm_exporter(store, Path(conf["alarm_dir"]), conf["node"],
-                                        conf["alarm_rotate_s"], conf["alarm_rotate_records"]))
+                                        conf["alarm_rotate_s"], conf["alarm_rotate_records"],
+                                        on_line=hooks.offer if hooks.hooks else None))
     interval = conf["interval_s"]
     parent = int(conf.get("parent_pid", os.getppid()))  # passed in: the parent may die
     while not stop.is_set():                             # before we get this far
@@ -72,6 +76,7 @@ def child_main(settings_json: str) -> None:
         except OSError as exc:
             log.error("journal_export_failed", prefix=exporter.prefix, error=str(exc))
             failed = True
+    hooks.close()
     store.close()
     if failed:
         raise SystemExit(1)

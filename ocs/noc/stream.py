@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ocs.cdr.export import JournalExporter
@@ -12,8 +13,17 @@ from ocs.store.env import ALARM_JOURNAL, META_ALARM_EXPORT, Store
 
 
 def alarm_exporter(store: Store, out_dir: Path, node: str, rotate_s: int,
-                   rotate_records: int) -> JournalExporter:
+                   rotate_records: int, on_line: Callable[[bytes], None] | None = None
+                   ) -> JournalExporter:
+    """``on_line`` sees every stream line as it is exported (notification hooks)."""
+    fmt = stream_line
+    if on_line is not None:
+        def fmt(raw: bytes) -> bytes:
+            line = stream_line(raw)
+            on_line(line)
+            return line
+
     return JournalExporter(store, out_dir, node, rotate_s=rotate_s,
                            rotate_records=rotate_records, journal=ALARM_JOURNAL,
                            state_key=META_ALARM_EXPORT, prefix="alarms", suffix=".jsonl",
-                           header=b"", format_record=stream_line)
+                           header=b"", format_record=fmt)
