@@ -35,7 +35,7 @@ def test_hooks_deliver_from_serve(tmp_path: Path) -> None:
     attempts = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             attempts.append(body)
             if len(attempts) == 1:

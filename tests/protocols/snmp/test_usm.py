@@ -97,6 +97,16 @@ enabled = false
             "", LINK_DOWN, "1.3.6.1.2.1.2.2.1.1.11", "i", "11")
         time.sleep(1)
         assert {a["resource"] for a in alarms(cfg)} == {"ifIndex=7"}
+        # ocs-sim snmp in v3 mode: informs (acknowledged after the durable alarm change)
+        p = run(sys.executable, "-m", "sim.cli", "snmp", "--server", target, "--traps", "20",
+                "--v3-user", "informuser", "--auth-key", "authpass123", "--priv-key",
+                "privpass123", "--inform", "--interfaces", "5", "--json")
+        assert p.returncode == 0, p.stderr
+        [rep] = json.loads(p.stdout)
+        assert (rep["name"], rep["operations"], rep["errors"]) == (
+            "v3 informs acknowledged", 20, 0)
+        assert sum(int(a["count"]) for a in alarms(cfg)  # type: ignore[call-overload]
+                   if a["resource"] != "ifIndex=7") == 10  # two rounds of 5 downs (ups clear)
     assert (tmp_path / "data" / "snmp_engine_boots").read_text().strip() == "1"
 
 
