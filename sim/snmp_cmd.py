@@ -155,9 +155,11 @@ def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | N
     port = s.getsockname()[1]
     s.close()
     conf = workdir / "snmptrapd.conf"
-    conf.write_text("disableAuthorization yes\nserverRecvBuf 8388608\n")
-    # the same 8 MiB receive buffer our receiver asks for (net-snmp's serverRecvBuf)
-    (workdir / "snmp.conf").write_text("serverRecvBuf 8388608\n")
+    # the same 8 MiB receive buffer our receiver asks for: net-snmp's library token
+    # serverRecvBuf, directed at the library with "[snmp]" (snmptrapd -C reads no
+    # snmp.conf; a bare serverRecvBuf line in snmptrapd.conf is not applied: `ss -uam`
+    # showed rb212992 without the prefix, rb8388608 with it)
+    conf.write_text("disableAuthorization yes\n[snmp] serverRecvBuf 8388608\n")
     log = workdir / "snmptrapd.log"
     proc = subprocess.Popen([binary, "-f", "-n", "-C", "-c", str(conf), "-Lf", str(log),
                              f"udp:127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
