@@ -251,6 +251,38 @@ class BillingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FraudWeights:
+    high_risk_prefix: int = 40
+    night_usage: int = 20
+    long_call: int = 40
+    roaming_disabled: int = 30
+    high_risk_network: int = 60
+    sim_box: int = 100
+    velocity: int = 60
+    distant_sessions: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FraudConfig:
+    enabled: bool = True
+    high_risk_prefixes: tuple[str, ...] = ()
+    """Destination prefixes whose first use is an indicator (premium, satellite, ...)."""
+    high_risk_networks: tuple[str, ...] = ()
+    """Visited MCC-MNCs that are an indicator."""
+    long_call_s: int = 14400
+    night_start: int = 0
+    night_end: int = 6
+    """Night = local hours [night_start, night_end) in the plan's time zone."""
+    sim_box_calls_per_hour: int = 30
+    sim_box_max_avg_s: int = 60
+    velocity_factor: float = 10.0
+    velocity_min_amount: str = "5.00"
+    review_score: int = 40
+    block_score: int = 100
+    weights: FraudWeights = field(default_factory=FraudWeights)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:9100"
@@ -269,6 +301,7 @@ class Config:
     cdr: CdrConfig = field(default_factory=CdrConfig)
     noc: NocConfig = field(default_factory=NocConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
+    fraud: FraudConfig = field(default_factory=FraudConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
 
     @property
@@ -295,6 +328,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "cdr": CdrConfig,
     "noc": NocConfig,
     "billing": BillingConfig,
+    "fraud": FraudConfig,
     "admin": AdminConfig,
 }
 
@@ -470,6 +504,18 @@ def _validate(cfg: Config) -> None:
         _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
         _check_usm(cfg.snmp, src)
     _check_noc(cfg.noc, src)
+    f = cfg.fraud
+    try:
+        parse_amount(f.velocity_min_amount, field="velocity_min_amount")
+    except MoneyError as exc:
+        raise ConfigError(f"{src}: fraud.velocity_min_amount: {exc}") from exc
+    if not (0 <= f.night_start <= 24 and 0 <= f.night_end <= 24):
+        raise ConfigError(f"{src}: fraud: night_start and night_end are hours 0..24")
+    if not 0 < f.review_score <= f.block_score:
+        raise ConfigError(f"{src}: fraud: 0 < review_score <= block_score")
+    for p in f.high_risk_prefixes:
+        if not (p.isascii() and p.isdigit()):
+            raise ConfigError(f"{src}: fraud.high_risk_prefixes: {p!r} is not digits")
 
 
 _SEVERITIES = {"critical", "major", "minor", "warning", "indeterminate"}

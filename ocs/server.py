@@ -46,6 +46,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         default_data_grant_bytes=cfg.charging.default_data_grant_bytes,
         default_voice_grant_s=cfg.charging.default_voice_grant_s,
         default_validity_s=cfg.charging.default_validity_s,
+        fraud=dataclasses.asdict(cfg.fraud) if cfg.fraud.enabled else None,
     )
 
 

@@ -44,6 +44,10 @@ from ocs.charging.model import (
     TrimRequest,
 )
 from ocs.charging.plans import PlanBook, PlanCache
+from ocs.fraud import cases as fraud_cases
+from ocs.fraud.cases import local_hour
+from ocs.fraud.rules import HOME, FraudSettings
+from ocs.fraud.rules import Event as FraudEvent
 from ocs.noc import alarms
 from ocs.rating.engine import (
     UsageContext,
@@ -105,6 +109,9 @@ class EngineSettings:
     default_data_grant_bytes: int = 10_000_000
     default_voice_grant_s: int = 300
     default_validity_s: int = 900
+    fraud: dict[str, Any] | None = None
+    """The ``[fraud]`` config as plain data (it crosses to the writer process); None =
+    no fraud rules."""
 
     def default_units(self, service: Service) -> int:
         if service is Service.DATA:
@@ -204,6 +211,7 @@ class ChargingEngine:
         self.writer = writer
         self.settings = settings
         self.plans = PlanCache()
+        self.fraud = FraudSettings.of(settings.fraud)
         self.backend: WriteBackend | None = backend or (
             ThreadBackend(writer, self) if writer is not None else None)
 
@@ -355,6 +363,22 @@ class ChargingEngine:
                 refusal = Refusal.RATING_FAILED
         return ctx, sub, plan, refusal
 
+    # -- fraud rules (in the same transaction as the charge) ----------------------------
+
+    def _fraud(self, tx: Tx, sub: Subscriber, plan: Plan | None, kind: str, at: int, *,
+               service: Service, session_id: str = "", units: int = 0, charge: int = 0,
+               session_total: int = 0, destination: str = "", visited_network: str = "",
+               roaming: bool = False) -> str:
+        """allow | review | block for this rated event (block: ``sub`` is now suspended)."""
+        if not self.fraud.enabled:
+            return "allow"
+        ev = FraudEvent(kind=kind, at=at,
+                        local_hour=local_hour(plan.timezone if plan else "UTC", at),
+                        service=service.value, session_id=session_id, units=units,
+                        charge=charge, session_total=session_total, destination=destination,
+                        location=visited_network if roaming else HOME, roaming=roaming)
+        return fraud_cases.check(tx, self.fraud, sub, ev)
+
     # -- reserve ----------------------------------------------------------------------
 
     def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
@@ -365,9 +389,16 @@ class ChargingEngine:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
                                               req.visited_network)
+        if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:
+            self._fraud(tx, sub, plan, "refused_roaming", now, service=req.service,
+                        visited_network=req.visited_network, roaming=True)
         if refusal is not None or sub is None or plan is None:
             return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
+        if self._fraud(tx, sub, plan, "start", now, service=req.service,
+                       session_id=req.session_id, destination=req.destination,
+                       visited_network=req.visited_network, roaming=ctx.roaming) == "block":
+            return Grant(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         validity = req.validity_s or self.settings.default_validity_s
         if is_zero_rated(plan, ctx):
             return Grant(ok=True, msisdn=sub.msisdn, zero_rated=True, validity_s=validity)
@@ -518,6 +549,12 @@ class ChargingEngine:
                                req.bytes_out, "final" if req.final else "interim",
                                write_cdr=used > 0 or req.final)
         next_grant: Grant | None = None
+        if sub is not None and self._fraud(
+                tx, sub, plan, "end" if req.final else "usage", now, service=Service(res.service),
+                session_id=res.session_id, units=used, charge=settled.charged,
+                session_total=res.used_total, destination=res.destination,
+                visited_network=res.visited_network, roaming=res.roaming) == "block":
+            sub = msgspec.structs.replace(sub, status="suspended")
         if req.final or sub is None or plan is None:
             tx.delete(RESERVATIONS, key)
             tx.put(BALANCES, msisdn, encode(bal))
@@ -681,6 +718,9 @@ class ChargingEngine:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
                                               req.visited_network)
+        if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:
+            self._fraud(tx, sub, plan, "refused_roaming", now, service=req.service,
+                        visited_network=req.visited_network, roaming=True)
         if refusal is not None or sub is None or plan is None:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -701,6 +741,11 @@ class ChargingEngine:
         if need > self._available(sub, bal):
             return Debit(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn,
                          rate_id=rate.id if rate else "")
+        if self._fraud(tx, sub, plan, "event", now, service=req.service,
+                       session_id=req.session_id, units=units, charge=need,
+                       session_total=units, destination=req.destination,
+                       visited_network=req.visited_network, roaming=ctx.roaming) == "block":
+            return Debit(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         bal.balance -= need
         bal.charged_total += need
         if alw is not None:

@@ -44,6 +44,8 @@ SMS_DUE = b"sms_due"  # u64 next try + message id -> b""
 ALARMS = b"alarms"  # u64 alarm id -> Alarm (active and history)
 ALARM_KEYS = b"alarm_keys"  # element \0 resource \0 alarm type -> u64 id of the latest alarm
 ALARM_JOURNAL = b"alarm_journal"  # u64 seq -> one JSON line of the alarm stream
+FRAUD_STATE = b"fraud_state"  # msisdn -> (FraudState, recent findings)
+FRAUD_CASES = b"fraud_cases"  # u64 case id -> Case
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -66,6 +68,8 @@ ALL_DBS = (
     ALARMS,
     ALARM_KEYS,
     ALARM_JOURNAL,
+    FRAUD_STATE,
+    FRAUD_CASES,
 )
 
 META_SCHEMA = b"schema_version"

@@ -1,0 +1,184 @@
+"""Fraud state, scoring and cases in the store, applied inside charging transactions.
+
+:func:`check` runs the rules for one rated event in the engine's write transaction:
+the subscriber's state is read and written in the same transaction as the charge, the
+indicators of the last 24 hours add up to a score, a score at ``review_score`` opens (or
+updates) the subscriber's case, and at ``block_score`` the subscriber is suspended in
+that same transaction — the protocols then tear its sessions down (Diameter RAR/ASR,
+RADIUS Disconnect-Request) and refuse new ones (SMPP submits included). Every case
+lists the indicators that made it, with their values and thresholds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from functools import lru_cache
+
+import msgspec
+
+from ocs.fraud.rules import Event, FraudSettings, FraudState, decision, evaluate
+from ocs.store.env import FRAUD_CASES, FRAUD_STATE, META, SUBSCRIBERS, pack_u64, unpack_u64
+from ocs.store.records import Subscriber, dec_subscriber, encode
+from ocs.store.tx import Tx
+
+META_FRAUD_SEQ = b"fraud_case_seq"
+WINDOW_S = 86400
+
+
+class Finding(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    value: str
+    threshold: str
+    weight: int
+    at: int
+
+
+class Case(msgspec.Struct, kw_only=True):
+    case_id: int
+    msisdn: str
+    opened_at: int
+    updated_at: int
+    decision: str
+    """review | block"""
+    score: int
+    findings: list[Finding] = []
+    status: str = "open"
+    """open | resolved"""
+    action: str = ""
+    """What was done: "suspended" (block) or "" (review: a case only)."""
+    resolved_at: int = 0
+    resolution: str = ""
+    reinstated: bool = False
+
+
+class Recent(msgspec.Struct, array_like=True):
+    findings: list[Finding] = []
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_case = msgspec.msgpack.Decoder(Case)
+_dec_state = msgspec.msgpack.Decoder(tuple[FraudState, Recent])
+
+
+def load_case(tx: Tx, case_id: int) -> Case | None:
+    raw = tx.get(FRAUD_CASES, pack_u64(case_id))
+    return _dec_case.decode(raw) if raw is not None else None
+
+
+def decode_case(raw: bytes) -> Case:
+    return _dec_case.decode(raw)
+
+
+def _load(tx: Tx, msisdn: bytes) -> tuple[FraudState, Recent]:
+    raw = tx.get(FRAUD_STATE, msisdn)
+    if raw is None:
+        return FraudState(), Recent()
+    st, recent = _dec_state.decode(raw)
+    return st, recent
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+@lru_cache(maxsize=4096)
+def _local_hour(tz: str, hour: int) -> int:
+    """Local hour of day at the start of UTC hour ``hour`` (cached: it changes hourly)."""
+    return datetime.datetime.fromtimestamp(hour * 3600, _zone(tz)).hour
+
+
+def local_hour(tz: str, at: int) -> int:
+    return _local_hour(tz, at // 3600)
+
+
+def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
+    """Run the rules for a rated event of ``sub``; the decision for it now: allow |
+    review | block (block: the subscriber has been suspended in this transaction)."""
+    key = sub.msisdn.encode()
+    st, recent = _load(tx, key)
+    found = evaluate(st, e, cfg)
+    verdict = "allow"
+    if found:
+        keep = [f for f in recent.findings if f.at > e.at - WINDOW_S]
+        keep += [Finding(i.name, i.value, i.threshold, i.weight, e.at) for i in found]
+        recent.findings = keep[-16:]
+        names: dict[str, int] = {}
+        for f in recent.findings:
+            names[f.name] = max(names.get(f.name, 0), f.weight)
+        score = sum(names.values())
+        verdict = decision(score, cfg)
+        if verdict != "allow":
+            st.open_case = _record(tx, st.open_case, sub, recent.findings, score, verdict,
+                                   e.at)
+    tx.put(FRAUD_STATE, key, _enc.encode((st, recent)))
+    return verdict
+
+
+def _record(tx: Tx, case_id: int, sub: Subscriber, findings: list[Finding], score: int,
+            verdict: str, at: int) -> int:
+    case = load_case(tx, case_id) if case_id else None
+    if case is None or case.status != "open":
+        raw = tx.get(META, META_FRAUD_SEQ)
+        case_id = (unpack_u64(raw) if raw else 0) + 1
+        tx.put(META, META_FRAUD_SEQ, pack_u64(case_id))
+        case = Case(case_id=case_id, msisdn=sub.msisdn, opened_at=at, updated_at=at,
+                    decision=verdict, score=score)
+    seen = {(f.name, f.at) for f in case.findings}
+    case.findings = [*case.findings, *(f for f in findings if (f.name, f.at) not in seen)][-32:]
+    case.score = max(case.score, score)
+    case.updated_at = at
+    if verdict == "block" or case.decision == "block":
+        case.decision = "block"
+        if sub.status == "active":
+            tx.put(SUBSCRIBERS, sub.msisdn.encode(), encode(msgspec.structs.replace(
+                sub, status="suspended", updated_at=at)))
+            case.action = "suspended"
+    tx.put(FRAUD_CASES, pack_u64(case.case_id), _enc.encode(case))
+    return case.case_id
+
+
+def resolve(tx: Tx, case_id: int, *, reinstate: bool, note: str, at: int) -> Case:
+    """Close a case; ``reinstate`` makes a subscriber suspended by it active again and
+    forgets the findings that led to it."""
+    case = load_case(tx, case_id)
+    if case is None:
+        raise KeyError(f"no fraud case {case_id}")
+    if case.status != "open":
+        raise ValueError(f"fraud case {case_id} is already resolved")
+    case.status, case.resolved_at, case.resolution = "resolved", at, note
+    key = case.msisdn.encode()
+    raw = tx.get(SUBSCRIBERS, key)
+    if reinstate and raw is not None:
+        sub = dec_subscriber.decode(raw)
+        if sub.status == "suspended":
+            tx.put(SUBSCRIBERS, key, encode(msgspec.structs.replace(sub, status="active",
+                                                                    updated_at=at)))
+            case.reinstated = True
+    st, recent = _load(tx, key)
+    if st.open_case == case_id:
+        st.open_case = 0
+    recent.findings = []
+    st.spend_in_hour, st.calls, st.call_seconds, st.destinations = 0, 0, 0, []
+    tx.put(FRAUD_STATE, key, _enc.encode((st, recent)))
+    tx.put(FRAUD_CASES, pack_u64(case_id), _enc.encode(case))
+    return case
+
+
+def to_json(c: Case) -> dict[str, object]:
+    return {
+        "case_id": c.case_id,
+        "msisdn": c.msisdn,
+        "status": c.status,
+        "decision": c.decision,
+        "score": c.score,
+        "action": c.action,
+        "opened_at": c.opened_at,
+        "updated_at": c.updated_at,
+        "resolved_at": c.resolved_at or None,
+        "resolution": c.resolution,
+        "reinstated": c.reinstated,
+        "indicators": [{"name": f.name, "value": f.value, "threshold": f.threshold,
+                        "weight": f.weight, "at": f.at} for f in c.findings],
+    }
