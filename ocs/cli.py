@@ -146,6 +146,36 @@ def build_parser() -> _Parser:
         p.add_argument("id", type=int)
         p.set_defaults(func=cmd_alarms_action, alarm_action=action)
 
+    fr = sub.add_parser("fraud", parents=[common], help="fraud cases and the offline scan")
+    fsub = fr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    fc = fsub.add_parser("cases", parents=[common], help="cases opened by the real-time rules")
+    fcsub = fc.add_subparsers(dest="case_action", required=True, parser_class=_Parser)
+    p = fcsub.add_parser("list", parents=[common])
+    p.add_argument("--open", action="store_true", help="only open cases")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fraud_cases_list)
+    p = fcsub.add_parser("show", parents=[common])
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fraud_cases_show)
+    p = fcsub.add_parser("resolve", parents=[common])
+    p.add_argument("id", type=int)
+    p.add_argument("--reinstate", action="store_true",
+                   help="make the subscriber active again if the case suspended it")
+    p.add_argument("--note", default="", help="resolution (kept in the case)")
+    p.set_defaults(func=cmd_fraud_cases_resolve)
+    p = fsub.add_parser("scan", parents=[common],
+                        help="rank subscribers by anomalous usage in a period's CDR files")
+    p.add_argument("--period", required=True, metavar="YYYY-MM")
+    p.add_argument("--out", metavar="CSV", help="default: DATA_DIR/fraud/scan_<period>.csv")
+    p.add_argument("--model", metavar="PATH", help="score with a saved model instead of "
+                   "fitting one on this period")
+    p.add_argument("--save-model", metavar="PATH")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--top", type=int, default=20, help="rows in the terminal table")
+    p.add_argument("--json", action="store_true", help="print the top rows as JSON")
+    p.set_defaults(func=cmd_fraud_scan)
+
     b = sub.add_parser("bill", parents=[common], help="billing: invoices from CDR files")
     bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = bsub.add_parser("run", parents=[common], help="invoice one period")
@@ -579,6 +609,113 @@ def cmd_alarms_action(args: argparse.Namespace) -> int:
     state = "acknowledged" if args.alarm_action == "ack" else "cleared"
     print(f"alarm {alarm.alarm_id} ({alarm.element} {alarm.resource} {alarm.alarm_type}) "
           f"{state}")
+    return 0
+
+
+def _cases(store: Any) -> list[Any]:
+    from ocs.fraud.cases import decode_case
+    from ocs.store.env import FRAUD_CASES
+
+    with store.read() as txn:
+        return [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
+
+
+def cmd_fraud_cases_list(args: argparse.Namespace) -> int:
+    from ocs.fraud.cases import to_json
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        items = _cases(store)
+    if args.open:
+        items = [c for c in items if c.status == "open"]
+    items.sort(key=lambda c: (-c.updated_at, -c.case_id))
+    if args.json:
+        _print_json([to_json(c) for c in items])
+    else:
+        _table(f"Fraud cases ({len(items)})", ["id", "msisdn", "status", "decision", "score",
+                                                "action", "indicators", "updated"],
+               [[c.case_id, c.msisdn, c.status, c.decision, c.score, c.action or "-",
+                 ", ".join(sorted({f.name for f in c.findings})), _iso(c.updated_at)]
+                for c in items])
+    return 0
+
+
+def cmd_fraud_cases_show(args: argparse.Namespace) -> int:
+    from ocs.fraud.cases import load_case, to_json
+    from ocs.store.tx import Tx
+
+    cfg = _config(args)
+    with _open(cfg) as store, store.read() as txn:
+        case = load_case(Tx(txn, store.dbs), args.id)
+    if case is None:
+        raise CliError(f"no fraud case {args.id}")
+    if args.json:
+        _print_json(to_json(case))
+        return 0
+    print(f"case {case.case_id}: {case.msisdn} — {case.decision} (score {case.score}), "
+          f"{case.status}; action: {case.action or 'none (review)'}")
+    print(f"opened {_iso(case.opened_at)}, updated {_iso(case.updated_at)}"
+          + (f", resolved {_iso(case.resolved_at)}: {case.resolution}"
+             + (" (reinstated)" if case.reinstated else "") if case.resolved_at else ""))
+    _table("Why", ["indicator", "value", "threshold", "weight", "at"],
+           [[f.name, f.value, f.threshold, f.weight, _iso(f.at)] for f in case.findings])
+    return 0
+
+
+def cmd_fraud_cases_resolve(args: argparse.Namespace) -> int:
+    from ocs.fraud.cases import resolve
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        try:
+            case = store.run_write(lambda tx: resolve(tx, args.id, reinstate=args.reinstate,
+                                                      note=args.note, at=int(time.time())))
+        except (KeyError, ValueError) as exc:
+            raise CliError(str(exc).strip("'\"")) from None
+    print(f"case {case.case_id} resolved" + (f"; {case.msisdn} reinstated"
+                                              if case.reinstated else ""))
+    return 0
+
+
+def cmd_fraud_scan(args: argparse.Namespace) -> int:
+    from ocs.cdr.reader import CdrFormatError, closed_cdr_files
+    from ocs.fraud import scan
+
+    cfg = _config(args)
+    try:
+        start, end = scan.period_bounds(args.period)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    files = closed_cdr_files(cfg.under_data(cfg.cdr.dir))
+    try:
+        keys, rows = scan.daily_features(files, start, end)
+    except CdrFormatError as exc:
+        raise CliError(str(exc)) from None
+    if not rows:
+        raise CliError(f"no usage in {args.period} in {len(files)} CDR file(s)")
+    if args.model:
+        try:
+            model = scan.load_model(Path(args.model))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{args.model}: {exc}") from None
+    else:
+        model = scan.fit(rows, seed=args.seed)
+    if args.save_model:
+        scan.save_model(model, Path(args.save_model))
+    ranked = scan.rank(model, keys, rows)
+    out = Path(args.out) if args.out else cfg.under_data("fraud") / f"scan_{args.period}.csv"
+    scan.write_csv(ranked, out)
+    top = ranked[: args.top]
+    if args.json:
+        _print_json([{"rank": r.rank, "msisdn": r.msisdn, "day": r.day, "score": r.score,
+                      **dict(zip(scan.FEATURES, r.features, strict=True))} for r in top])
+    else:
+        _table(f"Most anomalous subscribers, {args.period} ({len(ranked):,} ranked, "
+               f"{len(rows):,} subscriber-days)", ["rank", "msisdn", "day", "score",
+                                                    *scan.FEATURES],
+               [[r.rank, r.msisdn, r.day, f"{r.score:.3f}", *(f"{v:g}" for v in r.features)]
+                for r in top])
+        print(f"report: {out}")
     return 0
 
 

@@ -82,6 +82,8 @@ REFUSAL_CODE = {
 }
 
 
+_CREDIT = frozenset({Refusal.OUT_OF_CREDIT, Refusal.CREDIT_LIMIT_REACHED})
+
 # -- the request -------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -630,7 +632,9 @@ class GyAgent:
             if g.final or not g.ok:
                 sess.limited = True
             results.append(self._from_grant(item, g))
-        self.sessions[ccr.session_id] = sess
+        # keep the session when it holds quota, or waits for credit (a top-up -> RAR)
+        if sess.groups or any(not g.ok and g.refusal in _CREDIT for g in grants):
+            self.sessions[ccr.session_id] = sess
         return self._command_code(ccr, results), self._body(ccr, results)
 
     # -- CCR-U ----------------------------------------------------------------------------

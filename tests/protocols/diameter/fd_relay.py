@@ -69,7 +69,7 @@ with serve_log.open("w") as slog, relay_log.open("w") as rlog:
         out["relay_open"] = wait_for(serve_log, "relay.test.realm", 20)
         ccas = []
         env = {**os.environ, "PEER": "relay.test.realm", "SID": "pgw.test.realm;relay;1",
-               "MSISDN": "41780000001"}
+               "MSISDN": "41780000001", "GRACEFUL": "1"}  # DPR, or the relay keeps a stale peer
         for kind in ("I", "U", "T"):
             p = subprocess.run([sys.executable, str(here / "gy_client.py"), "127.0.0.1",
                                 relay_port, kind], capture_output=True, text=True, timeout=60,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gy_support import ccr, mscc, units
 from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
@@ -19,7 +20,7 @@ from ocs.store import Store, Writer
 from ocs.store.env import CDR_JOURNAL
 from ocs.store.records import dec_cdr
 from protocols.diameter import codec as c
-from protocols.diameter.codec import VENDOR_3GPP, A, Cmd, MessageError, Rc
+from protocols.diameter.codec import VENDOR_3GPP, A, MessageError, Rc
 from protocols.diameter.gy import GyAgent, GySettings
 
 MB = 1_000_000
@@ -52,48 +53,6 @@ def env(tmp_path: Path) -> Iterator[tuple[GyAgent, Clock]]:
     yield GyAgent(engine, SETTINGS, clock=clock), clock
     writer.stop()
     store.close()
-
-
-def units(kind: str, value: int) -> bytes:
-    code = {"octets": A.CC_TOTAL_OCTETS, "time": A.CC_TIME,
-            "ssu": A.CC_SERVICE_SPECIFIC_UNITS}[kind]
-    return c.u32(code, value) if kind == "time" else c.u64(code, value)
-
-
-def mscc(rg: int | None, rsu: bytes | None = None, usu: list[bytes] | None = None,
-         extra: bytes = b"") -> bytes:
-    parts = [] if rg is None else [c.u32(A.RATING_GROUP, rg)]
-    if rsu is not None:
-        parts.append(c.grouped(A.REQUESTED_SERVICE_UNIT, rsu))
-    for u in usu or []:
-        parts.append(c.grouped(A.USED_SERVICE_UNIT, u))
-    return c.grouped(A.MULTIPLE_SERVICES_CREDIT_CONTROL, *parts, extra)
-
-
-def ccr(kind: int, number: int, *body: bytes, sid: str = "pgw;1;1", msisdn: str = "41790000001",
-        context: str = "32251@3gpp.org", e2e: int | None = None, action: int | None = None,
-        sub_type: int = 0) -> c.Message:
-    parts = [
-        c.utf8(A.SESSION_ID, sid),
-        c.octets(A.ORIGIN_HOST, b"pgw.test.realm"),
-        c.octets(A.ORIGIN_REALM, b"test.realm"),
-        c.octets(A.DESTINATION_REALM, b"test.realm"),
-        c.u32(A.AUTH_APPLICATION_ID, 4),
-        c.utf8(A.SERVICE_CONTEXT_ID, context),
-        c.u32(A.CC_REQUEST_TYPE, kind),
-        c.u32(A.CC_REQUEST_NUMBER, number),
-    ]
-    if msisdn:
-        parts.append(c.grouped(A.SUBSCRIPTION_ID, c.u32(A.SUBSCRIPTION_ID_TYPE, sub_type),
-                               c.utf8(A.SUBSCRIPTION_ID_DATA, msisdn)))
-    if action is not None:
-        parts.append(c.u32(A.REQUESTED_ACTION, action))
-    parts.extend(body)
-    raw = c.encode_message(Cmd.CCR, c.FLAG_R | c.FLAG_P, 4, 7, e2e if e2e is not None else
-                           kind * 100 + number, b"".join(parts))
-    m = c.decode(raw)
-    c.check(m.avps)
-    return m
 
 
 def run(agent: GyAgent, msg: c.Message) -> c.Message:
