@@ -657,8 +657,10 @@ def cmd_fraud_cases_show(args: argparse.Namespace) -> int:
     print(f"opened {_iso(case.opened_at)}, updated {_iso(case.updated_at)}"
           + (f", resolved {_iso(case.resolved_at)}: {case.resolution}"
              + (" (reinstated)" if case.reinstated else "") if case.resolved_at else ""))
-    _table("Why", ["indicator", "value", "threshold", "weight", "at"],
-           [[f.name, f.value, f.threshold, f.weight, _iso(f.at)] for f in case.findings])
+    print("why:")
+    for f in case.findings:
+        print(f"  {f.name} = {f.value} (threshold {f.threshold}; weight {f.weight}) "
+              f"at {_iso(f.at)}")
     return 0
 
 

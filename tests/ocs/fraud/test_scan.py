@@ -47,12 +47,15 @@ def generate(path: Path, subscribers: int = 100_000) -> None:
                 at = DAY + rng.randint(8, 21) * 3600 + rng.randint(0, 3599)
                 kind = rng.random()
                 if kind < 0.5:
-                    f.write(format_row(rec(n, m, "voice", at, dest=f"41{rng.randint(0, 10**9):09d}",
+                    dest = f"41{rng.randint(0, 10**9):09d}"
+                    f.write(format_row(rec(n, m, "voice", at, dest=dest,
                                            seconds=rng.randint(20, 600))))
                 elif kind < 0.8:
-                    f.write(format_row(rec(n, m, "sms", at, dest=f"417{rng.randint(0, 10**8):08d}")))
+                    dest = f"417{rng.randint(0, 10**8):08d}"
+                    f.write(format_row(rec(n, m, "sms", at, dest=dest)))
                 else:
-                    f.write(format_row(rec(n, m, "data", at, units=rng.randint(10**6, 3 * 10**8))))
+                    volume = rng.randint(10**6, 3 * 10**8)
+                    f.write(format_row(rec(n, m, "data", at, units=volume)))
         for m, kind in ANOMALIES.items():
             for j in range({"sim box": 400, "night premium": 30, "data burst": 8,
                             "sms spam": 3000}[kind]):

@@ -2,8 +2,8 @@
 
 Usage: gy_client.py HOST PORT I|U|T|E [ACTION] [CONTEXT]
 Environment: PEER (server Origin-Host), SID, MSISDN, RG, NUMBER (CC-Request-Number),
-ORIGIN (client Origin-Host), REALM, RAR_WAIT (seconds to stay up answering RAR/ASR),
-GRACEFUL (stop with DPR/DPA instead of exiting at once).
+ORIGIN (client Origin-Host), REALM, VISITED (3GPP-SGSN-MCC-MNC), RAR_WAIT (seconds to
+stay up answering RAR/ASR), GRACEFUL (stop with DPR/DPA instead of exiting at once).
 Prints one line: CCA <result> [(rg, result, gsu, validity, fui), ...] plus check/cost.
 """
 
@@ -11,7 +11,12 @@ import os
 import sys
 import time
 
-from diameter.message.avp.grouped import RequestedServiceUnit, UsedServiceUnit
+from diameter.message.avp.grouped import (
+    PsInformation,
+    RequestedServiceUnit,
+    ServiceInformation,
+    UsedServiceUnit,
+)
 from diameter.message.commands import CreditControlRequest
 from diameter.message.constants import (
     APP_DIAMETER_CREDIT_CONTROL_APPLICATION,
@@ -59,6 +64,9 @@ r.cc_request_number = int(os.environ.get("NUMBER", {"I": 0, "U": 1, "T": 2, "E":
 r.add_subscription_id(E_SUBSCRIPTION_ID_TYPE_END_USER_E164, os.environ.get("MSISDN", "41790000001"))
 r.multiple_services_indicator = 1
 rg = int(os.environ.get("RG", "10"))
+if os.environ.get("VISITED"):
+    r.service_information = ServiceInformation(
+        ps_information=PsInformation(tgpp_sgsn_mcc_mnc=os.environ["VISITED"]))
 ims = ctx.startswith("32260")
 rsu = RequestedServiceUnit(cc_time=60) if ims else RequestedServiceUnit(cc_total_octets=1_000_000)
 usu = UsedServiceUnit(cc_time=30) if ims else UsedServiceUnit(cc_total_octets=500_000)
