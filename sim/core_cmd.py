@@ -106,6 +106,8 @@ async def bench_core(ctx: BenchContext) -> list[Report]:
     rep = _report("durable ops, closed loop", r, target=">= 40000 ops/s")
     rep.passed = rep.throughput >= 40_000
     reports.append(rep)
+    reports.extend(await fraud_overhead(ctx, rep, lambda: run_closed_loop(
+        load, ctx.scale(120_000), 2000), "durable ops, closed loop"))
     for rate, target in ((20_000, 5.0), (10_000, None)):
         r = await run_open_loop(load, rate, ctx.scale_s(5.0))
         rep = _report(f"submit->durable @ {rate // 1000}k/s", r,
@@ -113,10 +115,70 @@ async def bench_core(ctx: BenchContext) -> list[Report]:
         if target:
             rep.passed = rep.latencies_ms["p99"] <= target
         reports.append(rep)
+    reports.append(await asyncio.get_running_loop().run_in_executor(
+        None, bench_fraud_rules, ctx.workdir, ctx.scale(100_000)))
     reports.extend(_bench_trie())
     reports.extend(await asyncio.get_running_loop().run_in_executor(
         None, _bench_million, ctx.workdir, ctx.scale(1_000_000)))
     return reports
+
+
+async def fraud_overhead(ctx: BenchContext, with_rules: Report, again: Any, name: str
+                         ) -> list[Report]:
+    """The rules' cost: the same load with the fraud rules off, then on again (the mean
+    of the two 'on' runs against the 'off' run between them, so warming up favours
+    neither)."""
+    eng = ctx.server.engine
+    if not ctx.server.cfg.fraud.enabled:
+        return []
+
+    async def once() -> Report:
+        r = await again()
+        return r if isinstance(r, Report) else _report(name, r)
+
+    await eng.submit("fraud_rules", False)
+    try:
+        without = await once()
+    finally:
+        await eng.submit("fraud_rules", True)
+    on_again = await once()
+    on = (with_rules.throughput + on_again.throughput) / 2
+    without.name = f"{name}, fraud rules off"
+    cost = 1 - on / without.throughput if without.throughput else 0.0
+    with_rules.extra["fraud"] = (f"rules on: {with_rules.throughput:,.0f} and "
+                                 f"{on_again.throughput:,.0f} ops/s")
+    without.target = "fraud rules cost <= 10%"
+    without.passed = cost <= 0.10
+    without.extra["result"] = f"rules cost {cost:.1%}"
+    return [without]
+
+
+def bench_fraud_rules(workdir: Path, events: int = 100_000) -> Report:
+    """Average cost of the fraud rules per rated event, in a write transaction."""
+    from ocs.fraud import cases
+    from ocs.fraud.rules import Event, FraudSettings
+    from ocs.store.records import Subscriber
+
+    cfg = FraudSettings(high_risk_prefixes=("882", "883", "979", "41900"))
+    subs = [Subscriber(msisdn=f"4175{i:07d}", plan_id="prepaid-basic", mode="prepaid",
+                       currency="EUR") for i in range(1000)]
+    rng = random.Random(5)
+    evs = [Event(kind=rng.choice(("start", "usage", "end", "event")), at=1_790_000_000 + i,
+                 local_hour=12, service=rng.choice(("voice", "data", "sms")),
+                 session_id=f"s{i % 5000}", units=60, charge=10_000, session_total=120,
+                 destination=f"41{rng.randrange(10**9):09d}") for i in range(events)]
+    with Store(workdir / "fraud-rules", map_size_mb=512) as store:
+        t0 = time.perf_counter()
+        for start in range(0, events, 1000):
+            def op(tx: Any, start: int = start) -> None:
+                for i in range(start, min(start + 1000, events)):
+                    cases.check(tx, cfg, subs[i % 1000], evs[i])
+            store.run_write(op)
+        secs = time.perf_counter() - t0
+    per_event_us = secs / events * 1e6
+    return Report("core", "fraud rules per rated event (in a write txn)", events, 0, secs,
+                  target="<= 20 us average", passed=per_event_us <= 20,
+                  extra={"result": f"{per_event_us:.1f} us/event"})
 
 
 def _bench_trie() -> list[Report]:

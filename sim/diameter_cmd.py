@@ -339,6 +339,15 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
     upd = next(r for r in reports if r.name.startswith("CCR-U"))
     upd.target = ">= 20,000 CCR/s, 0 errors"
     upd.passed = upd.throughput >= 20_000 and upd.errors == 0
+    from sim.core_cmd import fraud_overhead
+
+    async def again() -> Report:
+        res = await loop.run_in_executor(None, _sim, host, port, [
+            "--sessions", str(sessions), "--updates", str(updates), "--window", "1024",
+            "--connections", "8", "--terminate"])
+        return _from_json(next(d for d in res if d["name"].startswith("CCR-U")))
+
+    reports.extend(await fraud_overhead(ctx, upd, again, upd.name))
     # open loop at 10,000 CCR/s (the target) and at half that, each for a bounded time
     for rate in (10_000, 5_000):
         opened = await loop.run_in_executor(None, _sim, host, port, [

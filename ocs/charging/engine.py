@@ -12,6 +12,7 @@ the same transaction (invariant 4).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "sms_outcome": (SmsOutcomeRequest, bool),
     "alarm_notify": (alarms.Notification, str),
     "alarm_trim": (alarms.TrimAlarms, int),
+    "fraud_rules": (bool, bool),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -904,6 +906,14 @@ class ChargingEngine:
             next_try=now, receipted_id=msg.message_id, receipt_state=state))
 
     # -- NOC ----------------------------------------------------------------------------
+
+    def op_fraud_rules(self, tx: Tx, enabled: bool) -> bool:
+        """Switch the real-time fraud rules on or off in this process (maintenance; the
+        benchmark compares both). Returns the previous state."""
+        before = self.fraud.enabled
+        self.fraud = dataclasses.replace(self.fraud, enabled=enabled and bool(
+            self.settings.fraud))
+        return before
 
     @staticmethod
     def op_alarm_trim(tx: Tx, req: alarms.TrimAlarms) -> int:

@@ -18,12 +18,21 @@ from functools import lru_cache
 import msgspec
 
 from ocs.fraud.rules import Event, FraudSettings, FraudState, decision, evaluate
-from ocs.store.env import FRAUD_CASES, FRAUD_STATE, META, SUBSCRIBERS, pack_u64, unpack_u64
+from ocs.store.env import BALANCES, FRAUD_CASES, META, SUBSCRIBERS, pack_u64, unpack_u64
 from ocs.store.records import Subscriber, dec_subscriber, encode
 from ocs.store.tx import Tx
 
 META_FRAUD_SEQ = b"fraud_case_seq"
 WINDOW_S = 86400
+STATE_SUFFIX = b"\x00fraud"
+"""The state lives next to the subscriber's balance (key msisdn + this, in BALANCES): the
+charge writes that leaf page anyway, so the rules add no page to the group commit. In a
+database of its own the state doubled the pages each batch wrote (a measured 20 %
+throughput cost, against the 10 % allowed)."""
+
+
+def state_key(msisdn: str) -> bytes:
+    return msisdn.encode() + STATE_SUFFIX
 
 
 class Finding(msgspec.Struct, array_like=True, frozen=True):
@@ -70,8 +79,8 @@ def decode_case(raw: bytes) -> Case:
     return _dec_case.decode(raw)
 
 
-def _load(tx: Tx, msisdn: bytes) -> tuple[FraudState, Recent]:
-    raw = tx.get(FRAUD_STATE, msisdn)
+def _load(tx: Tx, key: bytes) -> tuple[FraudState, Recent]:
+    raw = tx.get(BALANCES, key)
     if raw is None:
         return FraudState(), Recent()
     st, recent = _dec_state.decode(raw)
@@ -96,7 +105,7 @@ def local_hour(tz: str, at: int) -> int:
 def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
     """Run the rules for a rated event of ``sub``; the decision for it now: allow |
     review | block (block: the subscriber has been suspended in this transaction)."""
-    key = sub.msisdn.encode()
+    key = state_key(sub.msisdn)
     st, recent = _load(tx, key)
     found = evaluate(st, e, cfg)
     verdict = "allow"
@@ -112,7 +121,7 @@ def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
         if verdict != "allow":
             st.open_case = _record(tx, st.open_case, sub, recent.findings, score, verdict,
                                    e.at)
-    tx.put(FRAUD_STATE, key, _enc.encode((st, recent)))
+    tx.put(BALANCES, key, _enc.encode((st, recent)))
     return verdict
 
 
@@ -156,12 +165,12 @@ def resolve(tx: Tx, case_id: int, *, reinstate: bool, note: str, at: int) -> Cas
             tx.put(SUBSCRIBERS, key, encode(msgspec.structs.replace(sub, status="active",
                                                                     updated_at=at)))
             case.reinstated = True
-    st, recent = _load(tx, key)
+    st, recent = _load(tx, state_key(case.msisdn))
     if st.open_case == case_id:
         st.open_case = 0
     recent.findings = []
     st.spend_in_hour, st.calls, st.call_seconds, st.destinations = 0, 0, 0, []
-    tx.put(FRAUD_STATE, key, _enc.encode((st, recent)))
+    tx.put(BALANCES, state_key(case.msisdn), _enc.encode((st, recent)))
     tx.put(FRAUD_CASES, pack_u64(case_id), _enc.encode(case))
     return case
 

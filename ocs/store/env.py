@@ -29,7 +29,7 @@ IDX_IMSI = b"idx_imsi"  # imsi -> msisdn
 IDX_USERNAME = b"idx_username"  # username -> msisdn
 PLANS = b"plans"  # plan id -> plan document (msgpack of the validated TOML table)
 ZONES = b"zones"  # zone id -> zone document
-BALANCES = b"balances"  # msisdn -> Balance
+BALANCES = b"balances"  # msisdn -> Balance; msisdn + b"\x00fraud" -> fraud rules state
 ALLOWANCES = b"allowances"  # msisdn -> Allowance
 RESERVATIONS = b"reservations"  # reservation key -> Reservation
 RES_EXPIRY = b"res_expiry"  # u64 expires_at + reservation key -> b""
@@ -44,7 +44,6 @@ SMS_DUE = b"sms_due"  # u64 next try + message id -> b""
 ALARMS = b"alarms"  # u64 alarm id -> Alarm (active and history)
 ALARM_KEYS = b"alarm_keys"  # element \0 resource \0 alarm type -> u64 id of the latest alarm
 ALARM_JOURNAL = b"alarm_journal"  # u64 seq -> one JSON line of the alarm stream
-FRAUD_STATE = b"fraud_state"  # msisdn -> (FraudState, recent findings)
 FRAUD_CASES = b"fraud_cases"  # u64 case id -> Case
 
 ALL_DBS = (
@@ -68,7 +67,6 @@ ALL_DBS = (
     ALARMS,
     ALARM_KEYS,
     ALARM_JOURNAL,
-    FRAUD_STATE,
     FRAUD_CASES,
 )
 
