@@ -125,6 +125,8 @@ class GyLoad:
                 conn.transport.close()
 
     async def _send(self, conn: _Conn, code: int, app: int, body: bytes) -> bytes:
+        if conn.lost:
+            raise ConnectionError("connection closed")
         self.hbh = (self.hbh + 1) & 0xFFFFFFFF
         self.e2e = (self.e2e + 1) & 0xFFFFFFFF
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
