@@ -58,5 +58,6 @@ def load_all() -> None:
     import sim.core_cmd
     import sim.diameter_cmd
     import sim.radius_cmd
+    import sim.scenario
     import sim.smpp_cmd
     import sim.snmp_cmd  # noqa: F401
