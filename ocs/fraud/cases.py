@@ -17,7 +17,14 @@ from functools import lru_cache
 
 import msgspec
 
-from ocs.fraud.rules import Event, FraudSettings, FraudState, decision, evaluate
+from ocs.fraud.rules import (
+    Event,
+    Finding,
+    FraudSettings,
+    FraudState,
+    decision,
+    evaluate,
+)
 from ocs.store.env import BALANCES, FRAUD_CASES, META, SUBSCRIBERS, pack_u64, unpack_u64
 from ocs.store.records import Subscriber, dec_subscriber, encode
 from ocs.store.tx import Tx
@@ -33,14 +40,6 @@ throughput cost, against the 10 % allowed)."""
 
 def state_key(msisdn: str) -> bytes:
     return msisdn.encode() + STATE_SUFFIX
-
-
-class Finding(msgspec.Struct, array_like=True, frozen=True):
-    name: str
-    value: str
-    threshold: str
-    weight: int
-    at: int
 
 
 class Case(msgspec.Struct, kw_only=True):
@@ -61,13 +60,9 @@ class Case(msgspec.Struct, kw_only=True):
     reinstated: bool = False
 
 
-class Recent(msgspec.Struct, array_like=True):
-    findings: list[Finding] = []
-
-
 _enc = msgspec.msgpack.Encoder()
 _dec_case = msgspec.msgpack.Decoder(Case)
-_dec_state = msgspec.msgpack.Decoder(tuple[FraudState, Recent])
+_dec_state = msgspec.msgpack.Decoder(FraudState)
 
 
 def load_case(tx: Tx, case_id: int) -> Case | None:
@@ -79,12 +74,9 @@ def decode_case(raw: bytes) -> Case:
     return _dec_case.decode(raw)
 
 
-def _load(tx: Tx, key: bytes) -> tuple[FraudState, Recent]:
+def _load(tx: Tx, key: bytes) -> FraudState:
     raw = tx.get(BALANCES, key)
-    if raw is None:
-        return FraudState(), Recent()
-    st, recent = _dec_state.decode(raw)
-    return st, recent
+    return _dec_state.decode(raw) if raw is not None else FraudState()
 
 
 @lru_cache(maxsize=64)
@@ -106,22 +98,21 @@ def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
     """Run the rules for a rated event of ``sub``; the decision for it now: allow |
     review | block (block: the subscriber has been suspended in this transaction)."""
     key = state_key(sub.msisdn)
-    st, recent = _load(tx, key)
+    st = _load(tx, key)
     found = evaluate(st, e, cfg)
     verdict = "allow"
     if found:
-        keep = [f for f in recent.findings if f.at > e.at - WINDOW_S]
+        keep = [f for f in st.findings if f.at > e.at - WINDOW_S]
         keep += [Finding(i.name, i.value, i.threshold, i.weight, e.at) for i in found]
-        recent.findings = keep[-16:]
+        st.findings = keep[-16:]
         names: dict[str, int] = {}
-        for f in recent.findings:
+        for f in st.findings:
             names[f.name] = max(names.get(f.name, 0), f.weight)
         score = sum(names.values())
         verdict = decision(score, cfg)
         if verdict != "allow":
-            st.open_case = _record(tx, st.open_case, sub, recent.findings, score, verdict,
-                                   e.at)
-    tx.put(BALANCES, key, _enc.encode((st, recent)))
+            st.open_case = _record(tx, st.open_case, sub, st.findings, score, verdict, e.at)
+    tx.put(BALANCES, key, _enc.encode(st))
     return verdict
 
 
@@ -165,12 +156,12 @@ def resolve(tx: Tx, case_id: int, *, reinstate: bool, note: str, at: int) -> Cas
             tx.put(SUBSCRIBERS, key, encode(msgspec.structs.replace(sub, status="active",
                                                                     updated_at=at)))
             case.reinstated = True
-    st, recent = _load(tx, state_key(case.msisdn))
+    st = _load(tx, state_key(case.msisdn))
     if st.open_case == case_id:
         st.open_case = 0
-    recent.findings = []
+    st.findings = []
     st.spend_in_hour, st.calls, st.call_seconds, st.destinations = 0, 0, 0, []
-    tx.put(BALANCES, state_key(case.msisdn), _enc.encode((st, recent)))
+    tx.put(BALANCES, state_key(case.msisdn), _enc.encode(st))
     tx.put(FRAUD_CASES, pack_u64(case_id), _enc.encode(case))
     return case
 

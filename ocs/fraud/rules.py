@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -92,6 +92,16 @@ class FraudSettings:
         )
 
 
+class Finding(msgspec.Struct, array_like=True, frozen=True):
+    """An indicator as recorded: what fired, on which value, against which threshold."""
+
+    name: str
+    value: str
+    threshold: str
+    weight: int
+    at: int
+
+
 class FraudState(msgspec.Struct, array_like=True, kw_only=True):
     """Per-subscriber state: a fixed number of counters and small bounded lists."""
 
@@ -113,22 +123,13 @@ class FraudState(msgspec.Struct, array_like=True, kw_only=True):
     sessions: list[tuple[str, str, int]] = []
     """(session id, location, expires at) of open sessions (at most 8)."""
     open_case: int = 0
+    findings: list[Finding] = []
+    """Indicators of the last 24 hours (at most 16): their weights add up to the score."""
 
 
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(FraudState)
+class Event(NamedTuple):
+    """One rated event (a tuple: one is built for every charge)."""
 
-
-def encode_state(s: FraudState) -> bytes:
-    return _enc.encode(s)
-
-
-def decode_state(raw: bytes | None) -> FraudState:
-    return _dec.decode(raw) if raw is not None else FraudState()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
     kind: str
     """start (a session asks for quota) | usage (a session reports use) | end (the last
     report) | event (a direct debit) | refused_roaming."""
