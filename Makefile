@@ -30,8 +30,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check ocs protocols sim tests
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m sim.bench
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $(VENV)/.bench
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m sim.bench --results bench/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

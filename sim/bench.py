@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("parts", nargs="*", help=f"parts to run (default all: "
                    f"{', '.join(sorted(BENCH_PARTS))})")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--results", metavar="DIR",
+                   help="write <UTC date>.json, plots and report.md under DIR "
+                        "(make bench: bench/results)")
     p.add_argument("--quick", type=float, default=float(os.environ.get("OCS_BENCH_SCALE", "1")),
                    help="scale sizes and durations (e.g. 0.1 for a smoke run)")
     args = p.parse_args(argv)
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(reports)
     if args.json:
         Path(args.json).write_text(dump_json(reports) + "\n")
+    if args.results:
+        from sim.benchreport import write_results
+
+        print(f"results: {write_results(reports, Path(args.results))}")
     return 0
 
 

@@ -1,0 +1,140 @@
+"""The benchmark report: results JSON, PNG plots and a Markdown table.
+
+``make bench`` writes ``bench/results/<UTC date>.json`` and, beside it,
+``<UTC date>/`` with ``throughput.png`` (operations per second of every measured run),
+``latency.png`` (p50 / p99 per run that measured latency), ``peers.png`` (ours against
+FreeRADIUS and snmptrapd in the same run) and ``report.md`` (the table BENCHMARKS.md
+keeps).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from sim.report import Report
+
+
+def _fmt_rate(r: Report) -> str:
+    return f"{r.throughput:,.0f}" if r.seconds > 0 and r.operations else ""
+
+
+def markdown(reports: list[Report], when: str) -> str:
+    lines = [f"Run {when} on {platform.machine()} ({_cores()} cores), "
+             f"Python {platform.python_version()}.", "",
+             "| part | benchmark | ops/s | p50 ms | p99 ms | errors | result | target | verdict |",
+             "|---|---|---:|---:|---:|---:|---|---|---|"]
+    for r in reports:
+        lat = r.latencies_ms
+        p50 = f"{lat['p50']:.1f}" if lat.get("p50") == lat.get("p50") and "p50" in lat else ""
+        p99 = f"{lat['p99']:.1f}" if lat.get("p99") == lat.get("p99") and "p99" in lat else ""
+        verdict = "" if r.passed is None else ("PASS" if r.passed else "**MISS**")
+        lines.append(f"| {r.part} | {r.name} | {_fmt_rate(r)} | {p50} | {p99} | {r.errors} | "
+                     f"{r.extra.get('result', '')} | {r.target} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def plots(reports: list[Report], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    runs = [r for r in reports if r.seconds > 0 and r.operations and r.part != "billing"]
+    if runs:
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(runs) + 1.5))
+        ax.barh([f"{r.part}: {r.name}"[:70] for r in runs], [r.throughput for r in runs],
+                color=["tab:green" if r.passed else "tab:red" if r.passed is False
+                       else "tab:blue" for r in runs])
+        ax.invert_yaxis()
+        ax.set_xlabel("operations per second")
+        ax.set_title("Throughput (green: target met, red: missed)")
+        fig.tight_layout()
+        made.append(out / "throughput.png")
+        fig.savefig(made[-1], dpi=100)
+        plt.close(fig)
+    timed = [r for r in reports if "p99" in r.latencies_ms
+             and r.latencies_ms["p99"] == r.latencies_ms["p99"]]
+    if timed:
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(timed) + 1.5))
+        labels = [f"{r.part}: {r.name}"[:70] for r in timed]
+        ys = range(len(timed))
+        ax.barh([y - 0.2 for y in ys], [r.latencies_ms["p50"] for r in timed], height=0.4,
+                label="p50")
+        ax.barh([y + 0.2 for y in ys], [r.latencies_ms["p99"] for r in timed], height=0.4,
+                label="p99")
+        ax.set_yticks(list(ys), labels)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds (log)")
+        ax.set_title("Latency percentiles per run")
+        ax.legend()
+        fig.tight_layout()
+        made.append(out / "latency.png")
+        fig.savefig(made[-1], dpi=100)
+        plt.close(fig)
+    pairs = _peer_pairs(reports)
+    if pairs:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        names = [p[0] for p in pairs]
+        ax.bar([i - 0.2 for i in range(len(pairs))], [p[1] for p in pairs], width=0.4,
+               label="ours")
+        ax.bar([i + 0.2 for i in range(len(pairs))], [p[2] for p in pairs], width=0.4,
+               label="peer")
+        ax.set_xticks(range(len(pairs)), names)
+        ax.set_ylabel("operations per second")
+        ax.set_title("Ours against the reference peers, same generator, same run")
+        ax.legend()
+        fig.tight_layout()
+        made.append(out / "peers.png")
+        fig.savefig(made[-1], dpi=100)
+        plt.close(fig)
+    return made
+
+
+def _peer_pairs(reports: list[Report]) -> list[tuple[str, float, float]]:
+    by = {(r.part, r.name): r for r in reports}
+    out = []
+    ours = by.get(("radius", "Interim-Update, window 512"))
+    peer = next((r for (p, n), r in by.items() if p == "radius" and "FreeRADIUS" in n), None)
+    if ours and peer:
+        out.append(("RADIUS vs FreeRADIUS 3.2", ours.throughput, peer.throughput))
+    ours_s = next((r for (p, n), r in by.items() if p == "snmp" and n.startswith("ours,")), None)
+    peer_s = next((r for (p, n), r in by.items() if p == "snmp" and n.startswith("snmptrapd,")),
+                  None)
+    if ours_s and peer_s:  # traps taken out of the same offered burst
+        out.append(("SNMP traps taken vs snmptrapd", float(ours_s.operations),
+                    float(peer_s.operations)))
+    return out
+
+
+def write_results(reports: list[Report], root: Path) -> Path:
+    """Write JSON, plots and report.md under ``root``; returns the JSON path."""
+    now = datetime.datetime.now(datetime.UTC)
+    stamp = now.strftime("%Y-%m-%dT%H%M%SZ")
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{stamp}.json"
+    doc: dict[str, Any] = {"run_at": now.isoformat(timespec="seconds"),
+                           "machine": {"cores": _cores(), "arch": platform.machine(),
+                                       "python": platform.python_version()},
+                           "reports": [r.to_json() for r in reports]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    extra = root / stamp
+    try:
+        plots(reports, extra)
+    except ImportError:  # matplotlib is installed by `make bench`; a bare run goes on
+        pass
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "report.md").write_text(markdown(reports, now.isoformat(timespec="seconds")))
+    return path
