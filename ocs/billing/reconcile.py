@@ -66,8 +66,7 @@ def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> R
             rec = dec_cdr.decode(v)
             cdr_by_sub[rec.msisdn] += rec.charge
         engine_by_sub = {bytes(k).decode(): dec_balance.decode(v).charged_total
-                         for k, v in txn.cursor(db=store.dbs[BALANCES])
-                         if b"\x00" not in k}  # msisdn + "\0fraud": rules state
+                         for k, v in txn.cursor(db=store.dbs[BALANCES])}
     for msisdn in sorted(set(cdr_by_sub) | set(engine_by_sub)):
         a, b = cdr_by_sub.get(msisdn, 0), engine_by_sub.get(msisdn, 0)
         if a != b:

@@ -368,18 +368,25 @@ class ChargingEngine:
     # -- fraud rules (in the same transaction as the charge) ----------------------------
 
     def _fraud(self, tx: Tx, sub: Subscriber, plan: Plan | None, kind: str, at: int, *,
-               service: Service, session_id: str = "", units: int = 0, charge: int = 0,
-               session_total: int = 0, destination: str = "", visited_network: str = "",
+               service: Service, bal: Balance | None = None, session_id: str = "",
+               units: int = 0, charge: int = 0, session_total: int = 0,
+               destination: str = "", visited_network: str = "",
                roaming: bool = False) -> str:
-        """allow | review | block for this rated event (block: ``sub`` is now suspended)."""
+        """allow | review | block for this rated event (block: ``sub`` is now suspended).
+        The rules' state is in the balance record: with ``bal`` the caller writes it back;
+        without, it is read and written here."""
         if not self.fraud.enabled:
             return "allow"
-        ev = FraudEvent(kind=kind, at=at,
-                        local_hour=local_hour(plan.timezone if plan else "UTC", at),
-                        service=service.value, session_id=session_id, units=units,
-                        charge=charge, session_total=session_total, destination=destination,
-                        location=visited_network if roaming else HOME, roaming=roaming)
-        return fraud_cases.check(tx, self.fraud, sub, ev)
+        ev = FraudEvent(kind, at, local_hour(plan.timezone if plan else "UTC", at),
+                        service.value, session_id, units, charge, session_total,
+                        destination, visited_network if roaming else HOME, roaming)
+        if bal is not None:
+            return fraud_cases.check(tx, self.fraud, sub, ev, bal)
+        key = sub.msisdn.encode()
+        own = self._balance(tx, key)
+        verdict = fraud_cases.check(tx, self.fraud, sub, ev, own)
+        tx.put(BALANCES, key, encode(own))
+        return verdict
 
     # -- reserve ----------------------------------------------------------------------
 
@@ -397,10 +404,6 @@ class ChargingEngine:
         if refusal is not None or sub is None or plan is None:
             return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
-        if self._fraud(tx, sub, plan, "start", now, service=req.service,
-                       session_id=req.session_id, destination=req.destination,
-                       visited_network=req.visited_network, roaming=ctx.roaming) == "block":
-            return Grant(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         validity = req.validity_s or self.settings.default_validity_s
         if is_zero_rated(plan, ctx):
             return Grant(ok=True, msisdn=sub.msisdn, zero_rated=True, validity_s=validity)
@@ -410,6 +413,11 @@ class ChargingEngine:
         key = reservation_key(req.session_id, req.service, req.rating_group)
         msisdn = sub.msisdn.encode()
         bal = self._balance(tx, msisdn)
+        if self._fraud(tx, sub, plan, "start", now, service=req.service, bal=bal,
+                       session_id=req.session_id, destination=req.destination,
+                       visited_network=req.visited_network, roaming=ctx.roaming) == "block":
+            tx.put(BALANCES, msisdn, encode(bal))  # the rules' state; nothing reserved
+            return Grant(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         cycle = cycle_of(plan, now)
         uses_allowance = plan.allowances.for_service(req.service) > 0
         alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
@@ -454,7 +462,13 @@ class ChargingEngine:
             self.settings.default_units(req.service))
         grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
         if not grant.ok:
-            return grant  # nothing written: an earlier grant on this key stays as it was
+            # nothing written (an earlier grant on this key stays as it was) but the
+            # rules' state, on the stored balance
+            if self.fraud.enabled:
+                stored = self._balance(tx, msisdn)
+                stored.fraud = bal.fraud
+                tx.put(BALANCES, msisdn, encode(stored))
+            return grant
         self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
         return grant
 
@@ -553,7 +567,7 @@ class ChargingEngine:
         next_grant: Grant | None = None
         if sub is not None and self._fraud(
                 tx, sub, plan, "end" if req.final else "usage", now, service=Service(res.service),
-                session_id=res.session_id, units=used, charge=settled.charged,
+                bal=bal, session_id=res.session_id, units=used, charge=settled.charged,
                 session_total=res.used_total, destination=res.destination,
                 visited_network=res.visited_network, roaming=res.roaming) == "block":
             sub = msgspec.structs.replace(sub, status="suspended")
@@ -743,10 +757,11 @@ class ChargingEngine:
         if need > self._available(sub, bal):
             return Debit(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn,
                          rate_id=rate.id if rate else "")
-        if self._fraud(tx, sub, plan, "event", now, service=req.service,
+        if self._fraud(tx, sub, plan, "event", now, service=req.service, bal=bal,
                        session_id=req.session_id, units=units, charge=need,
                        session_total=units, destination=req.destination,
                        visited_network=req.visited_network, roaming=ctx.roaming) == "block":
+            tx.put(BALANCES, msisdn, encode(bal))  # the rules' state; nothing charged
             return Debit(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         bal.balance -= need
         bal.charged_total += need

@@ -26,22 +26,11 @@ from ocs.fraud.rules import (
     evaluate,
 )
 from ocs.store.env import BALANCES, FRAUD_CASES, META, SUBSCRIBERS, pack_u64, unpack_u64
-from ocs.store.records import Subscriber, dec_subscriber, encode
+from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber, encode
 from ocs.store.tx import Tx
 
 META_FRAUD_SEQ = b"fraud_case_seq"
 WINDOW_S = 86400
-STATE_SUFFIX = b"\x00fraud"
-"""The state lives next to the subscriber's balance (key msisdn + this, in BALANCES): the
-charge writes that leaf page anyway, so the rules add no page to the group commit. In a
-database of its own the state doubled the pages each batch wrote (a measured 20 %
-throughput cost, against the 10 % allowed)."""
-
-
-def state_key(msisdn: str) -> bytes:
-    return msisdn.encode() + STATE_SUFFIX
-
-
 class Case(msgspec.Struct, kw_only=True):
     case_id: int
     msisdn: str
@@ -62,7 +51,6 @@ class Case(msgspec.Struct, kw_only=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec_case = msgspec.msgpack.Decoder(Case)
-_dec_state = msgspec.msgpack.Decoder(FraudState)
 
 
 def load_case(tx: Tx, case_id: int) -> Case | None:
@@ -72,11 +60,6 @@ def load_case(tx: Tx, case_id: int) -> Case | None:
 
 def decode_case(raw: bytes) -> Case:
     return _dec_case.decode(raw)
-
-
-def _load(tx: Tx, key: bytes) -> FraudState:
-    raw = tx.get(BALANCES, key)
-    return _dec_state.decode(raw) if raw is not None else FraudState()
 
 
 @lru_cache(maxsize=64)
@@ -94,11 +77,13 @@ def local_hour(tz: str, at: int) -> int:
     return _local_hour(tz, at // 3600)
 
 
-def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
+def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event, bal: Balance) -> str:
     """Run the rules for a rated event of ``sub``; the decision for it now: allow |
-    review | block (block: the subscriber has been suspended in this transaction)."""
-    key = state_key(sub.msisdn)
-    st = _load(tx, key)
+    review | block (block: the subscriber has been suspended in this transaction). The
+    state is ``bal.fraud``: the caller writes ``bal`` back, as it does for every charge."""
+    st = bal.fraud
+    if st is None:
+        st = bal.fraud = FraudState()
     found = evaluate(st, e, cfg)
     verdict = "allow"
     if found:
@@ -112,7 +97,6 @@ def check(tx: Tx, cfg: FraudSettings, sub: Subscriber, e: Event) -> str:
         verdict = decision(score, cfg)
         if verdict != "allow":
             st.open_case = _record(tx, st.open_case, sub, st.findings, score, verdict, e.at)
-    tx.put(BALANCES, key, _enc.encode(st))
     return verdict
 
 
@@ -156,12 +140,15 @@ def resolve(tx: Tx, case_id: int, *, reinstate: bool, note: str, at: int) -> Cas
             tx.put(SUBSCRIBERS, key, encode(msgspec.structs.replace(sub, status="active",
                                                                     updated_at=at)))
             case.reinstated = True
-    st = _load(tx, state_key(case.msisdn))
-    if st.open_case == case_id:
-        st.open_case = 0
-    st.findings = []
-    st.spend_in_hour, st.calls, st.call_seconds, st.destinations = 0, 0, 0, []
-    tx.put(BALANCES, state_key(case.msisdn), _enc.encode(st))
+    braw = tx.get(BALANCES, key)
+    bal = dec_balance.decode(braw) if braw is not None else Balance()
+    st = bal.fraud
+    if st is not None:
+        if st.open_case == case_id:
+            st.open_case = 0
+        st.findings = []
+        st.spend_in_hour, st.calls, st.call_seconds, st.destinations = 0, 0, 0, []
+        tx.put(BALANCES, key, encode(bal))
     tx.put(FRAUD_CASES, pack_u64(case_id), _enc.encode(case))
     return case
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from ocs.fraud.rules import FraudState
+
 
 class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     msisdn: str
@@ -38,6 +40,9 @@ class Balance(msgspec.Struct, array_like=True, kw_only=True):
     charged_total: int = 0
     """Sum of every committed charge minus refunds (for reconciliation)."""
     topped_up_total: int = 0
+    fraud: FraudState | None = None
+    """The fraud rules' state of this subscriber: in the balance record because every
+    charge reads and writes that record anyway (no extra lookup, write or page)."""
 
 
 class Allowance(msgspec.Struct, array_like=True, kw_only=True):

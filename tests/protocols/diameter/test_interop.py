@@ -239,34 +239,44 @@ def test_base_protocol(ocs: Ocs) -> None:
     assert recv(s).result_code == 2001 and closed(s)
 
 
+def expect(p: subprocess.Popen[str], prefix: str) -> str:
+    """The next line of the client's output that starts with ``prefix`` (all it printed
+    in the assertion message otherwise)."""
+    assert p.stdout is not None
+    seen = []
+    while True:
+        line = p.stdout.readline()
+        if not line:
+            raise AssertionError(f"no {prefix!r} line; client printed {seen}")
+        seen.append(line.strip())
+        if line.startswith(prefix):
+            return line.strip()
+
+
 def test_rar_after_top_up_and_asr_when_blocked(ocs: Ocs) -> None:
     ocs.cli("subscriber", "add", "--msisdn", "41780000010", "--plan", "prepaid-basic",
             "--balance", "0")
     env = {**os.environ, "PEER": "ocs.test.realm", "SID": "pgw.test.realm;rar",
-           "MSISDN": "41780000010", "RAR_WAIT": "20"}
+           "MSISDN": "41780000010", "RAR_WAIT": "30"}
     p = subprocess.Popen([sys.executable, str(CLIENT), "127.0.0.1", str(ocs.port), "I"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        assert line.startswith("CCA 2001 1 0 [(10, 4012"), line
+        assert expect(p, "CCA").startswith("CCA 2001 1 0 [(10, 4012")
         ocs.cli("subscriber", "topup", "41780000010", "1.00")
-        line = p.stdout.readline()
-        assert line.strip() == "SERVER-REQUEST 258", line  # RAR, answered 2002
+        assert expect(p, "SERVER-REQUEST") == "SERVER-REQUEST 258"  # RAR, answered 2002
     finally:
         p.wait(30)
     env["SID"], env["MSISDN"] = "pgw.test.realm;asr", "41780000003"
     p = subprocess.Popen([sys.executable, str(CLIENT), "127.0.0.1", str(ocs.port), "I"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        assert p.stdout is not None
-        assert p.stdout.readline().startswith("CCA 2001 1 0 [(10, 2001")
+        assert expect(p, "CCA").startswith("CCA 2001 1 0 [(10, 2001")
         assert ocs.show("41780000003")["reserved"] == "0.0100"
         ocs.cli("subscriber", "block", "41780000003")
-        assert p.stdout.readline().strip() == "SERVER-REQUEST 274"  # ASR, answered 2001
+        assert expect(p, "SERVER-REQUEST") == "SERVER-REQUEST 274"  # ASR, answered 2001
     finally:
         p.wait(30)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while ocs.show("41780000003")["reserved"] != "0.0000":  # released after the ASA
         assert time.monotonic() < deadline
         time.sleep(0.1)
