@@ -167,6 +167,9 @@ class CdrConfig:
     rotate_s: int = 300
     rotate_records: int = 100_000
     export_interval_s: float = 1.0
+    min_free_mb: int = 64
+    """Below this much free space for CDR files: a critical alarm, and new charging is
+    refused ("unable to comply") until there is room again (0 = never)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -106,6 +106,10 @@ class Server:
         """The server's own threshold alarms, through the same alarm model."""
         noc = self.cfg.noc
         free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
+        cdr_dir = self.cfg.under_data(self.cfg.cdr.dir)
+        cdr_free_mb = shutil.disk_usage(cdr_dir if cdr_dir.exists() else self.cfg.data_dir
+                                        ).free // 2**20
+        cdr_full = cdr_free_mb < self.cfg.cdr.min_free_mb
         slowest_ms = self._slowest_commit_s * 1000
         self._slowest_commit_s = 0.0
         ops, failed = self.writer.ops, self.writer.failed
@@ -120,12 +124,22 @@ class Server:
              slowest_ms > noc.max_commit_ms, Severity.MINOR,
              f"slowest group commit {slowest_ms:.1f} ms (threshold {noc.max_commit_ms} ms)",
              {"commit_ms": f"{slowest_ms:.1f}"}),
+            ("cdr", "environmentalAlarm", "storageCapacityProblem", cdr_full,
+             Severity.CRITICAL,
+             f"{cdr_free_mb} MiB free for CDR files (threshold {self.cfg.cdr.min_free_mb} "
+             "MiB): new charging refused", {"free_mb": str(cdr_free_mb)}),
             ("charging", "processingErrorAlarm", "thresholdCrossed",
              rate > noc.max_error_rate and d_failed >= 10, Severity.MAJOR,
              f"{d_failed} of {d_ops + d_failed} charging operations failed "
              f"({rate:.1%}, threshold {noc.max_error_rate:.1%})",
              {"failed": str(d_failed), "operations": str(d_ops + d_failed)}),
         ]
+        paused = "no room for CDR files" if cdr_full else ""
+        if paused != self.engine.paused:
+            (log.error if paused else log.info)(
+                "charging_paused" if paused else "charging_resumed", reason=paused,
+                cdr_free_mb=cdr_free_mb)
+            self.engine.paused = paused
         outcomes = []
         for resource, kind, cause, bad, severity, text, varbinds in checks:
             n = Notification(element=self.cfg.node.name, resource=resource, alarm_type=kind,

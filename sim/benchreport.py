@@ -58,7 +58,8 @@ def plots(reports: list[Report], out: Path) -> list[Path]:
                 color=["tab:green" if r.passed else "tab:red" if r.passed is False
                        else "tab:blue" for r in runs])
         ax.invert_yaxis()
-        ax.set_xlabel("operations per second")
+        ax.set_xscale("log")
+        ax.set_xlabel("operations per second (log)")
         ax.set_title("Throughput (green: target met, red: missed)")
         fig.tight_layout()
         made.append(out / "throughput.png")
@@ -93,7 +94,7 @@ def plots(reports: list[Report], out: Path) -> list[Path]:
         ax.bar([i + 0.2 for i in range(len(pairs))], [p[2] for p in pairs], width=0.4,
                label="peer")
         ax.set_xticks(range(len(pairs)), names)
-        ax.set_ylabel("operations per second")
+        ax.set_ylabel("RADIUS: requests/s; SNMP: traps taken")
         ax.set_title("Ours against the reference peers, same generator, same run")
         ax.legend()
         fig.tight_layout()
@@ -138,3 +139,21 @@ def write_results(reports: list[Report], root: Path) -> Path:
     extra.mkdir(parents=True, exist_ok=True)
     (extra / "report.md").write_text(markdown(reports, now.isoformat(timespec="seconds")))
     return path
+
+
+def load_results(path: Path) -> list[Report]:
+    doc = json.loads(path.read_text())
+    return [Report(part=d["part"], name=d["name"], operations=d["operations"],
+                   errors=d["errors"], seconds=d["seconds"], latencies_ms=d["latencies_ms"],
+                   target=d.get("target", ""), passed=d.get("passed"),
+                   extra=d.get("extra", {})) for d in doc["reports"]]
+
+
+if __name__ == "__main__":  # python -m sim.benchreport RESULTS.json: redraw its plots
+    import sys
+
+    src = Path(sys.argv[1])
+    reps = load_results(src)
+    plots(reps, src.with_suffix(""))
+    when = json.loads(src.read_text())["run_at"]
+    (src.with_suffix("") / "report.md").write_text(markdown(reps, when))

@@ -72,6 +72,7 @@ from ocs.store.env import (
     RESERVATIONS,
     SUBSCRIBERS,
     Store,
+    StoreError,
     pack_u64,
     unpack_u64,
 )
@@ -184,6 +185,15 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
 runs one inside a transaction. Names and types are what crosses to a writer process."""
 
 
+NEW_CHARGES = frozenset({"reserve", "debit", "submit_sms"})
+"""Operations that start new charging (refused while charging is paused)."""
+
+
+class ChargingPaused(StoreError):
+    """New charging is refused for now (e.g. no room for CDR files): protocols answer
+    "unable to comply" (Diameter 5012, SMPP ESME_RSYSERR, no RADIUS response)."""
+
+
 class WriteBackend(Protocol):
     """Where write operations run: a writer thread here, or the writer process."""
 
@@ -214,15 +224,22 @@ class ChargingEngine:
         self.settings = settings
         self.plans = PlanCache()
         self.fraud = FraudSettings.of(settings.fraud)
+        self.paused = ""
+        """Why new charging is refused ("" = it is not): set by the server's health
+        checks, e.g. while the CDR directory is full."""
         self.backend: WriteBackend | None = backend or (
             ThreadBackend(writer, self) if writer is not None else None)
 
     # -- running operations -----------------------------------------------------------
 
     def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
-        """Queue write operation ``name``; the future resolves after the durable commit."""
+        """Queue write operation ``name``; the future resolves after the durable commit.
+        While charging is paused, new charges raise :class:`ChargingPaused` (settling what
+        was already used still goes through)."""
         if self.backend is None:
             raise RuntimeError("engine has no writer (use the *_sync methods)")
+        if self.paused and name in NEW_CHARGES:
+            raise ChargingPaused(self.paused)
         return self.backend.submit(name, req)
 
     def _run_sync(self, fn: Callable[[Tx], T]) -> T:

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
+from ocs.charging.engine import ChargingPaused
 from ocs.store import Overloaded, StoreError, WriterStopped
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd, MessageError, Rc
@@ -190,6 +191,9 @@ class DiameterNode:
         except (Overloaded, WriterStopped) as exc:
             keep = False  # a retry must be processed, not replayed
             answer = answer_for(msg, self.local, Rc.TOO_BUSY, error=True, text=str(exc))
+        except ChargingPaused as exc:  # e.g. no room for CDRs: the server raised an alarm
+            keep = False
+            answer = answer_for(msg, self.local, Rc.UNABLE_TO_COMPLY, text=str(exc))
         except StoreError as exc:
             keep = False
             log.error("diameter_store_error", error=str(exc))

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from ocs.charging.engine import ChargingEngine
+from ocs.charging.engine import ChargingEngine, ChargingPaused
 from ocs.charging.model import DebitRequest, IdKind, Refusal, SubmitSmsRequest
 from ocs.config import SmppConfig
 from ocs.rating.plans import Service
@@ -123,6 +123,9 @@ class SmppAgent:
         except Overloaded:
             self.counters["submit_overloaded"] += 1
             return Status.RTHROTTLED, ""
+        except ChargingPaused:  # e.g. no room for CDRs (an alarm is raised): try later
+            self.counters["submit_paused"] += 1
+            return Status.RSYSERR, ""
         except (StoreError, OSError) as exc:
             log.error("smpp_submit_failed", system_id=system_id, error=str(exc))
             return Status.RSYSERR, ""
