@@ -166,7 +166,8 @@ class Runner:
         self.out = Outcome()
         self.gy: Any = None
         self.radius: Any = None
-        self.esme: Any = None
+        self.esmes: list[Any] = []
+        self.windows: list[asyncio.Semaphore] = []
         self.trap_sock: socket.socket | None = None
         self.seq = 0
 
@@ -196,11 +197,14 @@ class Runner:
             assert self.cfg.smpp is not None and self.cfg.smpp.accounts
             host, port = parse_listen(self.cfg.smpp.listen)
             acct = self.cfg.smpp.accounts[0]
-            _t, self.esme = await asyncio.get_running_loop().create_connection(Esme, host, port)
-            resp = await self.esme.request(Cmd.BIND_TRANSCEIVER, encode_bind(
-                Bind(acct.system_id, acct.password, "", 0x34, 0, 0, "")))
-            if resp.status != Status.ROK:
-                raise ScenarioError(f"SMPP bind refused: 0x{resp.status:x}")
+            for _ in range(min(4, acct.max_binds)):  # each bind keeps within the window
+                _t, esme = await asyncio.get_running_loop().create_connection(Esme, host, port)
+                resp = await esme.request(Cmd.BIND_TRANSCEIVER, encode_bind(
+                    Bind(acct.system_id, acct.password, "", 0x34, 0, 0, "")))
+                if resp.status != Status.ROK:
+                    raise ScenarioError(f"SMPP bind refused: 0x{resp.status:x}")
+                self.esmes.append(esme)
+                self.windows.append(asyncio.Semaphore(self.cfg.smpp.window))
         if "snmp_traps" in kinds:
             self.trap_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -208,8 +212,9 @@ class Runner:
         for obj in (self.gy, self.radius):
             if obj is not None:
                 obj.close()
-        if self.esme is not None and self.esme.transport is not None:
-            self.esme.transport.close()
+        for esme in self.esmes:
+            if esme.transport is not None:
+                esme.transport.close()
         if self.trap_sock is not None:
             self.trap_sock.close()
 
@@ -320,9 +325,11 @@ class Runner:
         m = self.pick()
         sm = Submit("", 1, 1, m.msisdn, 1, 1, f"4179{self.rng.randrange(10**7):07d}", 0, 0,
                     0, "", "", 0, 0, 0, 0, b"scenario %d" % n, {})
+        esme, window = self.esmes[n % len(self.esmes)], self.windows[n % len(self.esmes)]
         try:
-            resp = await self._timed("smpp_sms", asyncio.wait_for(
-                self.esme.request(Cmd.SUBMIT_SM, encode_submit(sm)), 10))
+            async with window:
+                resp = await self._timed("smpp_sms", asyncio.wait_for(
+                    esme.request(Cmd.SUBMIT_SM, encode_submit(sm)), 10))
         except (TimeoutError, ConnectionError):
             self.out.errors["smpp_sms"] += 1
             return
