@@ -171,3 +171,14 @@ class Smsc:
         c.set_message_received_handler(lambda pdu: received.append(pdu))
         c.received = received
         return c
+
+
+def init_server(tmp: Path, sections: str, *, name: str = "ocs-1") -> Path:
+    """Write ``tmp/ocs.toml`` ([node] with a data dir under ``tmp``, JSON logs, then
+    ``sections``) and the demo plans beside it, and run ``ocs init``; returns the config."""
+    cfg = tmp / "ocs.toml"
+    cfg.write_text(f'[node]\nname = "{name}"\ndata_dir = "{tmp / "data"}"\n'
+                   f'log_format = "json"\n{sections}')
+    (tmp / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
+    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+    return cfg

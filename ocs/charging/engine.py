@@ -380,6 +380,9 @@ class ChargingEngine:
             plan = book.plans.get(sub.plan_id)
             if plan is None:
                 refusal = Refusal.RATING_FAILED
+        if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:  # a fraud indicator
+            self._fraud(tx, sub, book.plans.get(sub.plan_id), "refused_roaming", now,
+                        service=service, visited_network=visited_network, roaming=True)
         return ctx, sub, plan, refusal
 
     # -- fraud rules (in the same transaction as the charge) ----------------------------
@@ -415,9 +418,6 @@ class ChargingEngine:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
                                               req.visited_network)
-        if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:
-            self._fraud(tx, sub, plan, "refused_roaming", now, service=req.service,
-                        visited_network=req.visited_network, roaming=True)
         if refusal is not None or sub is None or plan is None:
             return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -751,9 +751,6 @@ class ChargingEngine:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
                                               req.visited_network)
-        if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:
-            self._fraud(tx, sub, plan, "refused_roaming", now, service=req.service,
-                        visited_network=req.visited_network, roaming=True)
         if refusal is not None or sub is None or plan is None:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests_support import CONFIG_DIR, OCS, free_tcp_port
+from tests_support import OCS, free_tcp_port, init_server
 
 from ocs.cdr.reader import closed_cdr_files, read_cdr_files
 from ocs.store import Store
@@ -67,12 +67,7 @@ async def send_all(port: int, indexes: list[int], kill_after: int | None,
 @pytest.mark.slow
 def test_sigkill_mid_load_then_retransmit(tmp_path: Path) -> None:
     port = free_tcp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-name = "crash"
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [diameter]
 listen = "127.0.0.1:{port}"
 origin_host = "ocs.test.realm"
@@ -82,9 +77,7 @@ rotate_records = 250
 export_interval_s = 0.1
 [admin]
 enabled = false
-""")
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+""", name="crash")
     with Store(tmp_path / "data") as store:
         provision(store, SUBSCRIBERS, balance="100.00")
     log = tmp_path / "serve.log"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests_support import CONFIG_DIR, OCS, free_tcp_port, serving
+from tests_support import OCS, free_tcp_port, init_server, serving
 
 from ocs.store import Store
 from protocols.diameter.codec import Cmd
@@ -47,12 +47,7 @@ def test_cdr_disk_full_pauses_charging_and_recovers(tmp_path: Path) -> None:
     _mount_tmpfs(cdr, "4m")
     try:
         port = free_tcp_port()
-        cfg = tmp_path / "ocs.toml"
-        cfg.write_text(f"""
-[node]
-name = "full"
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+        cfg = init_server(tmp_path, f"""
 [diameter]
 listen = "127.0.0.1:{port}"
 origin_host = "ocs.test.realm"
@@ -66,9 +61,7 @@ health_interval_s = 0.2
 min_free_disk_mb = 0
 [admin]
 enabled = false
-""")
-        (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-        subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+""", name="full")
         with Store(tmp_path / "data") as store:
             provision(store, 1, balance="100.00")
 

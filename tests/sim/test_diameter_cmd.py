@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, OCS, free_tcp_port, serving
+from tests_support import OCS, free_tcp_port, init_server, serving
 
 from ocs.store import Store
 from sim.core import provision
@@ -15,18 +15,12 @@ from sim.core import provision
 
 def test_sim_sessions_are_charged_exactly(tmp_path: Path) -> None:
     port = free_tcp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [diameter]
 listen = "127.0.0.1:{port}"
 [admin]
 enabled = false
 """)
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
     store = Store(tmp_path / "data")
     provision(store, 20, balance="1.00")
     store.close()

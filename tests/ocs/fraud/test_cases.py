@@ -151,3 +151,21 @@ def test_no_rules_without_fraud_config(agent: GyAgent, tmp_path: Path) -> None:
     for i in range(35):
         assert rc(call(plain, i, "41790000003", 20)) == Rc.SUCCESS
     assert cases(plain) == []
+
+
+def test_refused_roaming_is_recorded_as_an_indicator(agent: GyAgent) -> None:
+    from ocs.provisioning import NewSubscriber, op_add_subscriber
+    from ocs.store.env import BALANCES
+    from ocs.store.records import dec_balance
+
+    store = agent.engine.store
+    store.run_write(op_add_subscriber(NewSubscriber(msisdn="41790000009", plan_id="prepaid-basic",
+                                                    balance="5.00", roaming=False)))
+    a = run(agent, ccr(1, 0, mscc(10, units("octets", 10**6)), service_info(visited="26201"),
+                       sid="r;1", msisdn="41790000009"))
+    assert mscc_rc(a) == Rc.END_USER_SERVICE_DENIED
+    with store.read() as txn:
+        bal = dec_balance.decode(txn.get(b"41790000009", db=store.dbs[BALANCES]))
+    assert bal.fraud is not None
+    assert [f.name for f in bal.fraud.findings] == ["roaming_disabled"]
+    assert cases(agent) == []  # 30 points alone: below review

@@ -9,18 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, OCS, Smsc, free_tcp_port, serving
+from tests_support import OCS, Smsc, free_tcp_port, init_server, serving
 
 CLIENT = Path(__file__).resolve().parents[2] / "protocols" / "diameter" / "gy_client.py"
 
 
 def test_high_risk_roaming_blocks_and_tears_down(tmp_path: Path) -> None:
     dport, sport = free_tcp_port(), free_tcp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 home_networks = ["22801"]
 [charging]
 reaper_interval_s = 0.5
@@ -41,9 +37,7 @@ high_risk_networks = ["99901"]
 [admin]
 enabled = false
 """)
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
     smsc = Smsc(tmp_path, cfg, sport)
-    smsc.ocs("init")
     smsc.ocs("subscriber", "add", "--msisdn", "41780000001", "--plan", "prepaid-basic",
              "--balance", "20.00")
     base = {**os.environ, "PEER": "ocs.test.realm", "MSISDN": "41780000001"}

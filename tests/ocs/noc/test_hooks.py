@@ -6,13 +6,12 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, OCS, free_udp_port, serving
+from tests_support import free_udp_port, init_server, serving
 
 from ocs.noc.hooks import Hook
 from protocols.snmp.codec import encode_trap_v2c
@@ -54,12 +53,7 @@ def test_hooks_deliver_from_serve(tmp_path: Path) -> None:
     script = tmp_path / "page.py"
     script.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')\n")
     port = free_udp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-name = "nm"
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [snmp]
 trap_listen = "127.0.0.1:{port}"
 [cdr]
@@ -75,9 +69,7 @@ url = "http://127.0.0.1:{httpd.server_address[1]}/alarms"
 retries = 2
 [admin]
 enabled = false
-""")
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+""", name="nm")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         with serving(cfg, tmp_path, "snmp_listening"):

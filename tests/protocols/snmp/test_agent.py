@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, free_udp_port, serving
+from tests_support import free_udp_port, init_server, serving
 
 from ocs.config import TrapMapping
 from protocols.snmp.agent import StormControl, TrapTable, to_notification
@@ -55,12 +55,7 @@ def test_storm_control_per_element() -> None:
 
 def test_storm_summary_alarm_and_mapping_end_to_end(tmp_path: Path) -> None:
     port = free_udp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-name = "nm"
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [snmp]
 trap_listen = "127.0.0.1:{port}"
 [noc]
@@ -76,9 +71,7 @@ severity = "critical"
 resource_varbind = "{PSU_INDEX}"
 [admin]
 enabled = false
-""")
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+""", name="nm")
 
     def alarms() -> list[dict[str, object]]:
         out = subprocess.run([OCS, "alarms", "list", "--json", "--config", str(cfg)],

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, free_udp_port, require_tool, serving
+from tests_support import free_udp_port, init_server, require_tool, serving
 
 from protocols.snmp.usm import engine_id_for, next_boots
 
@@ -38,12 +38,7 @@ def wait_for(cfg: Path, resource: str, severity: str) -> dict[str, object]:
 def test_v3_auth_priv_trap_and_inform(tmp_path: Path) -> None:
     snmptrap, snmpinform = require_tool("snmptrap"), require_tool("snmpinform")
     port = free_udp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-name = "nm"
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [snmp]
 trap_listen = "127.0.0.1:{port}"
 [[snmp.v3_users]]
@@ -63,9 +58,7 @@ priv_key = "privpass123"
 min_free_disk_mb = 0
 [admin]
 enabled = false
-""")
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
+""", name="nm")
     env = {**os.environ, "MIBS": ""}
     target = f"127.0.0.1:{port}"
 
