@@ -738,6 +738,7 @@ class GyAgent:
 
     async def _terminate(self, ccr: Ccr) -> tuple[int, bytes]:
         sess = self._session(ccr, None)
+        known = sess is not None
         reported = {m.rating_group: m for m in self._items(ccr)} if (
             ccr.msccs or ccr.single) else {}
         groups = set(sess.groups) if sess is not None else set()
@@ -757,10 +758,10 @@ class GyAgent:
                                                                       final=True)))
         answers = await asyncio.gather(*futs)
         self.sessions.pop(ccr.session_id, None)
-        if not any(isinstance(a, Settlement) and a.ok for a in answers):
+        if not known and not any(isinstance(a, Settlement) and a.ok for a in answers):
             self._count("unknown_session")
             return Rc.UNKNOWN_SESSION_ID, b""
-        return Rc.SUCCESS, b""
+        return Rc.SUCCESS, b""  # a live session without quota (refused) ends cleanly too
 
     # -- CCR-E ----------------------------------------------------------------------------
 

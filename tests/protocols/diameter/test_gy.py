@@ -330,3 +330,13 @@ def test_sweep_finds_sessions_to_notify(env: tuple[GyAgent, Clock]) -> None:
     store.run_write(op_topup("41790000003", "2.00"))
     got = sorted((kind, s.session_id) for kind, s in agent.sweep())
     assert got == [("asr", "a"), ("rar", "b")]
+
+
+def test_terminating_a_session_that_never_got_quota(env: tuple[GyAgent, Clock]) -> None:
+    agent, _ = env
+    a = run(agent, ccr(1, 0, mscc(10, units("octets", MB)), msisdn="41790000002", sid="poor"))
+    assert msccs(a)[0]["rc"] == Rc.CREDIT_LIMIT_REACHED
+    t = run(agent, ccr(3, 1, mscc(10, None, [units("octets", 0)]), msisdn="41790000002",
+                       sid="poor"))
+    assert rc(t) == Rc.SUCCESS and agent.sessions == {}
+    assert rc(run(agent, ccr(3, 2, sid="poor", msisdn="41790000002"))) == Rc.UNKNOWN_SESSION_ID
