@@ -60,6 +60,22 @@ min_free_disk_mb = 0
 """
 
 
+def with_addresses(config: str, bound: dict[tuple[str, str], str]) -> str:
+    """``config`` with the ``(section, key)`` listen addresses replaced by ``bound`` (the
+    ports the bench server actually got for its ``127.0.0.1:0``), for tools that read the
+    server's endpoints from a config file."""
+    out, section = [], ""
+    for line in config.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[]")
+        key = stripped.split("=", 1)[0].strip()
+        if (section, key) in bound:
+            line = f'{key} = "{bound[section, key]}"'
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class BenchContext:
     workdir: Path

@@ -50,7 +50,7 @@ ZURICH = zoneinfo.ZoneInfo("Europe/Zurich")
 
 
 class ScenarioError(ValueError):
-    pass
+    """A bad scenario file, or a run that cannot start (bind refused, CLI error)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,45 +515,11 @@ class ScenarioCommand:
         return 1 if diffs else 0
 
 
-BENCH_CONFIG = """
-[node]
-name = "bench"
-data_dir = "{data}"
-log_format = "json"
-[cdr]
-dir = "{cdr}"
-[diameter]
-listen = "{diameter}"
-origin_host = "ocs.test.realm"
-origin_realm = "test.realm"
-[radius]
-acct_listen = "{radius}"
-auth_listen = "127.0.0.1:0"
-rating_group = 10
-[[radius.clients]]
-address = "127.0.0.1"
-secret = "testing123"
-[smpp]
-listen = "{smpp}"
-[[smpp.accounts]]
-system_id = "esme"
-password = "secret"
-max_binds = 16
-[[smpp.routes]]
-prefix = "41"
-system_id = "esme"
-[snmp]
-trap_listen = "{snmp}"
-communities = ["public"]
-[admin]
-enabled = false
-"""
-
-
 @bench_part("mixed")
 async def bench_mixed(ctx: BenchContext) -> list[Report]:
     """The busy-hour scenario (smoke with --quick < 1) against the bench server, every
     protocol at once, reconciled with --verify."""
+    from sim.bench import with_addresses
     from sim.core import provision as load_plans_and
 
     server = ctx.server
@@ -562,11 +528,10 @@ async def bench_mixed(ctx: BenchContext) -> list[Report]:
     r = server.radius.address("acct")
     s = server.smpp.server.sockets[0].getsockname()[:2]
     t = server.snmp.transport.get_extra_info("sockname")[:2]
-    cfg = ctx.workdir / "mixed.toml"
-    cfg.write_text(BENCH_CONFIG.format(
-        data=server.cfg.data_dir, cdr=server.cfg.under_data(server.cfg.cdr.dir),
-        diameter=f"{d[0]}:{d[1]}", radius=f"{r[0]}:{r[1]}", smpp=f"{s[0]}:{s[1]}",
-        snmp=f"{t[0]}:{t[1]}"))
+    cfg = ctx.workdir / "mixed.toml"  # the bench server's own config, with its real ports
+    cfg.write_text(with_addresses((ctx.workdir / "ocs.toml").read_text(), {
+        ("diameter", "listen"): f"{d[0]}:{d[1]}", ("radius", "acct_listen"): f"{r[0]}:{r[1]}",
+        ("smpp", "listen"): f"{s[0]}:{s[1]}", ("snmp", "trap_listen"): f"{t[0]}:{t[1]}"}))
     name = "busy-hour" if ctx.quick >= 1 else "smoke"
     scenario = Path(__file__).with_name("scenarios") / f"{name}.toml"
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from tests_support import WEDNESDAY_NOON
+
 from protocols.diameter import codec as c
 from protocols.diameter.codec import VENDOR_3GPP, A, Cmd
+from protocols.diameter.gy import GyAgent
 
 
 def units(kind: str, value: int) -> bytes:
@@ -61,3 +66,22 @@ def service_info(*, visited: str = "", called: str = "") -> bytes:
                                                          vendor=VENDOR_3GPP),
                                vendor=VENDOR_3GPP))
     return c.grouped(A.SERVICE_INFORMATION, *inner, vendor=VENDOR_3GPP)
+
+
+class Clock:
+    """A settable clock for the Gy agent (seconds)."""
+
+    def __init__(self, now: float = float(WEDNESDAY_NOON)) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(agent: GyAgent, msg: c.Message) -> c.Message:
+    """The agent's CCA for ``msg``, decoded."""
+    return c.decode(asyncio.run(agent.handle(msg)))
+
+
+def rc(m: c.Message) -> int:
+    return m.find(A.RESULT_CODE).u32  # type: ignore[union-attr]

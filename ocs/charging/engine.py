@@ -1023,25 +1023,11 @@ class ChargingEngine:
                           billed_units=rated.billed_units, charge=rated.charge,
                           explanation=rated.explain())
 
-    def session_keys(self, prefix: str) -> list[tuple[str, Service, int | None]]:
-        """(session id, service, rating group) of open reservations whose session id
-        starts with ``prefix`` (e.g. every session of one NAS)."""
-        out: list[tuple[str, Service, int | None]] = []
-        start = prefix.encode()
-        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RESERVATIONS]) as cur:
-            if not cur.set_range(start):
-                return out
-            for k, v in cur:
-                if not bytes(k).startswith(start):
-                    break
-                res = dec_reservation.decode(v)
-                out.append((res.session_id, Service(res.service), res.rating_group))
-        return out
-
-    def session_reservations(self, session_id: str) -> list[Reservation]:
-        """Open reservations of one session (every rating group / service)."""
+    def reservations_with_prefix(self, prefix: str) -> list[Reservation]:
+        """Open reservations whose key starts with ``prefix`` (keys are session id, NUL,
+        rating group or service)."""
         out: list[Reservation] = []
-        start = f"{session_id}\x00".encode()
+        start = prefix.encode()
         with self.store.read() as txn, txn.cursor(db=self.store.dbs[RESERVATIONS]) as cur:
             if not cur.set_range(start):
                 return out
@@ -1050,6 +1036,16 @@ class ChargingEngine:
                     break
                 out.append(dec_reservation.decode(v))
         return out
+
+    def session_keys(self, prefix: str) -> list[tuple[str, Service, int | None]]:
+        """(session id, service, rating group) of open reservations whose session id
+        starts with ``prefix`` (e.g. every session of one NAS)."""
+        return [(r.session_id, Service(r.service), r.rating_group)
+                for r in self.reservations_with_prefix(prefix)]
+
+    def session_reservations(self, session_id: str) -> list[Reservation]:
+        """Open reservations of one session (every rating group / service)."""
+        return self.reservations_with_prefix(f"{session_id}\x00")
 
     def plan_of(self, sub: Subscriber) -> Plan | None:
         return self.plans.in_store(self.store).plans.get(sub.plan_id)

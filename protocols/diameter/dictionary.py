@@ -29,7 +29,7 @@ FIXED_LENGTH = {
 
 
 class DictionaryError(ValueError):
-    pass
+    """A malformed dictionary file; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)

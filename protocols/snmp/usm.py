@@ -43,7 +43,7 @@ USM_STATS = ("usmStatsUnsupportedSecLevels", "usmStatsNotInTimeWindows",
 
 
 class UsmConfigError(ValueError):
-    pass
+    """A v3 user the receiver cannot set up (unknown protocol)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,14 @@ resolving reinstates."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gy_support import ccr, mscc, service_info, units
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from gy_support import Clock, ccr, mscc, rc, run, service_info, units
+from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
@@ -31,12 +30,6 @@ FRAUD = dataclasses.asdict(FraudConfig(high_risk_networks=("99901",),
 VOICE = "32260@3gpp.org"
 
 
-class Clock:
-    now = float(WEDNESDAY_NOON)
-
-    def __call__(self) -> float:
-        return self.now
-
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[GyAgent]:
@@ -52,14 +45,6 @@ def agent(tmp_path: Path) -> Iterator[GyAgent]:
                   clock=Clock())
     writer.stop()
     store.close()
-
-
-def run(agent: GyAgent, msg: c.Message) -> c.Message:
-    return c.decode(asyncio.run(agent.handle(msg)))
-
-
-def rc(m: c.Message) -> int:
-    return m.find(A.RESULT_CODE).u32  # type: ignore[union-attr]
 
 
 def mscc_rc(m: c.Message) -> int:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests_support import CONFIG_DIR, OCS, free_tcp_port, require_tool
+from tests_support import OCS, free_tcp_port, init_server, require_tool
 
 DRIVER = Path(__file__).with_name("fd_relay.py")
 
@@ -27,11 +27,7 @@ def test_session_through_freediameter_relay(tmp_path: Path) -> None:
                     str(tmp_path / "fd.key"), "-out", str(tmp_path / "fd.pem"), "-days", "2",
                     "-subj", "/CN=relay.test.realm"], check=True, capture_output=True)
     ocs_port, relay_port = free_tcp_port(), free_tcp_port()
-    cfg = tmp_path / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-data_dir = "{tmp_path / 'data'}"
-log_format = "json"
+    cfg = init_server(tmp_path, f"""
 [diameter]
 listen = "127.0.0.1:{ocs_port}"
 origin_host = "ocs.test.realm"
@@ -40,10 +36,9 @@ allowed_peers = ["relay.test.realm"]
 [admin]
 enabled = false
 """)
-    (tmp_path / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    for args in (["init"], ["subscriber", "add", "--msisdn", "41780000001", "--plan",
-                            "prepaid-basic", "--balance", "10"]):
-        subprocess.run([OCS, *args, "--config", str(cfg)], check=True, capture_output=True)
+    subprocess.run([OCS, "subscriber", "add", "--msisdn", "41780000001", "--plan",
+                    "prepaid-basic", "--balance", "10", "--config", str(cfg)], check=True,
+                   capture_output=True)
     p = subprocess.run(["unshare", "-n", sys.executable, str(DRIVER), str(tmp_path), str(cfg),
                         str(ocs_port), str(relay_port)], capture_output=True, text=True,
                        timeout=180)

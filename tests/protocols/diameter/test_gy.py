@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gy_support import ccr, mscc, units
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from gy_support import Clock, ccr, mscc, rc, run, units
+from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, IdKind
@@ -26,13 +26,6 @@ from protocols.diameter.gy import GyAgent, GySettings
 MB = 1_000_000
 SETTINGS = GySettings(origin_host="ocs.test.realm", origin_realm="test.realm")
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(WEDNESDAY_NOON)
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -53,14 +46,6 @@ def env(tmp_path: Path) -> Iterator[tuple[GyAgent, Clock]]:
     yield GyAgent(engine, SETTINGS, clock=clock), clock
     writer.stop()
     store.close()
-
-
-def run(agent: GyAgent, msg: c.Message) -> c.Message:
-    return c.decode(asyncio.run(agent.handle(msg)))
-
-
-def rc(m: c.Message) -> int:
-    return m.find(A.RESULT_CODE).u32  # type: ignore[union-attr]
 
 
 def msccs(m: c.Message) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from diameter.message.commands import (
     DeviceWatchdogRequest,
     DisconnectPeerRequest,
 )
-from tests_support import CONFIG_DIR, OCS, free_tcp_port, require_tool, serving
+from tests_support import OCS, free_tcp_port, init_server, require_tool, serving
 
 CLIENT = Path(__file__).with_name("gy_client.py")
 
@@ -51,13 +51,11 @@ class Ocs:
         return lines[-1]
 
 
-def write_config(tmp: Path, port: int, **diameter: object) -> Path:
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in diameter.items())
-    cfg = tmp / "ocs.toml"
-    cfg.write_text(f"""
-[node]
-data_dir = "{tmp / 'data'}"
-log_format = "json"
+@pytest.fixture(scope="module")
+def ocs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ocs]:
+    tmp = tmp_path_factory.mktemp("gy")
+    port = free_tcp_port()
+    cfg = init_server(tmp, f"""
 [charging]
 reaper_interval_s = 0.5
 [diameter]
@@ -65,21 +63,10 @@ listen = "127.0.0.1:{port}"
 origin_host = "ocs.test.realm"
 origin_realm = "test.realm"
 watchdog_s = 6
-{extra}
 [admin]
 enabled = false
 """)
-    (tmp / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def ocs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ocs]:
-    tmp = tmp_path_factory.mktemp("gy")
-    port = free_tcp_port()
-    cfg = write_config(tmp, port)
     o = Ocs(tmp, cfg, port)
-    o.cli("init")
     for msisdn, balance in (("41780000001", "10.00"), ("41780000002", "0"),
                             ("41780000003", "5.00"), ("41780000004", "5.00")):
         o.cli("subscriber", "add", "--msisdn", msisdn, "--plan", "prepaid-basic",
