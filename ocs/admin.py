@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ocs.metrics import REGISTRY
+from ocs.metrics import exposition_registry
 
 _MAX_REQUEST = 8192
 
@@ -48,10 +48,11 @@ class AdminServer:
         if method not in (b"GET", b"HEAD"):
             status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
         elif path == b"/metrics":
-            status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            body = generate_latest(exposition_registry())
+            status, ctype = "200 OK", CONTENT_TYPE_LATEST
         elif path == b"/healthz":
             health = self._health()
-            ok = health.get("status") == "ok"
+            ok = health.get("status") in ("ok", "degraded")  # degraded: a worker restarts
             status = "200 OK" if ok else "503 Service Unavailable"
             ctype, body = "application/json", json.dumps(health).encode() + b"\n"
         else:

@@ -69,6 +69,9 @@ def build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("serve", parents=[common], help="run the server")
+    p.add_argument("--workers", type=int, metavar="N", default=None,
+                   help="event-loop processes sharing the ports (default: node.workers; "
+                   "0 = one per CPU core)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", parents=[common], help="create the store and load plans")
@@ -242,11 +245,26 @@ def _engine(cfg: Config, store: Store) -> ChargingEngine:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ocs import logs, server
+    import os
+    import shutil
+
+    from ocs import logs, workers
 
     cfg = _config(args)
+    if args.workers is not None and not 0 <= args.workers <= 64:
+        raise CliError("--workers: expected 0 (one per core) to 64")
+    n = workers.resolve(args.workers, cfg)
+    if n > 1:  # before ocs.metrics is imported: every worker's counters in files there
+        metrics_dir = Path(cfg.data_dir) / "run" / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    else:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from ocs import server
+
     logs.configure(cfg.node.log_format)
-    server.run(cfg)
+    server.run(cfg, n)
     return 0
 
 

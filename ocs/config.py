@@ -34,6 +34,8 @@ class NodeConfig:
     """MCC-MNC codes of the home network; a visited network in this list is not roaming."""
     log_format: str = "auto"
     """auto (console on a TTY, JSON otherwise) | json | console."""
+    workers: int = 0
+    """Event-loop processes sharing the listeners (SO_REUSEPORT); 0 = one per CPU core."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,6 +416,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: node.name: must be non-empty without '/', '_' or spaces")
     if len(cfg.node.currency) != 3 or not cfg.node.currency.isalpha():
         raise ConfigError(f"{src}: node.currency: expected a 3-letter ISO 4217 code")
+    if not 0 <= cfg.node.workers <= 64:
+        raise ConfigError(f"{src}: node.workers: expected 0 (one per core) to 64")
     if cfg.node.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"{src}: node.log_format: expected auto, json or console")
     for n in cfg.node.home_networks:

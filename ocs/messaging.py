@@ -72,6 +72,14 @@ def reschedule(tx: Tx, msg: SmsMessage, next_try: int) -> None:
     enqueue(tx, msg)
 
 
+def lease(tx: Tx, msg: SmsMessage, until: int) -> None:
+    """Taken for a delivery attempt: not due for anyone else before ``until`` (if the
+    attempt's outcome never comes, e.g. its worker died, it is due again then)."""
+    tx.delete(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode())
+    msg.next_try = until
+    enqueue(tx, msg)
+
+
 def decode(raw: bytes) -> SmsMessage:
     return _dec.decode(raw)
 

@@ -1,10 +1,36 @@
-"""Prometheus counters and gauges served on the admin /metrics endpoint."""
+"""Prometheus counters and gauges served on the admin /metrics endpoint.
+
+With several workers (``ocs serve --workers N``) ``ocs serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before this module is first imported: every process then
+keeps its values in a memory-mapped file there, and /metrics (worker 0) adds them up
+(prometheus_client's multiprocess mode). Gauges say how: ``livesum`` over the running
+workers, or ``max`` for figures only worker 0 sets.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def exposition_registry() -> CollectorRegistry:
+    """The registry /metrics renders: every worker's values when there are several."""
+    if not MULTIPROCESS_DIR:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def process_ended(pid: int) -> None:
+    """Drop a finished worker's live gauges (its counters keep counting in the sums)."""
+    if MULTIPROCESS_DIR:
+        multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+
 
 STORE_BATCHES = Counter("ocs_store_batches", "Group-commit batches committed", registry=REGISTRY)
 STORE_OPS = Counter("ocs_store_ops", "Operations committed through the writer",
@@ -22,17 +48,18 @@ STORE_BATCH_OPS = Histogram(
     registry=REGISTRY,
 )
 STORE_QUEUE = Gauge("ocs_store_queue_depth", "Operations waiting for the writer",
-                    registry=REGISTRY)
-STORE_SIZE = Gauge("ocs_store_file_bytes", "Size of the LMDB file", registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="livesum")
+STORE_SIZE = Gauge("ocs_store_file_bytes", "Size of the LMDB file", registry=REGISTRY,
+                   multiprocess_mode="max")
 CHARGING_OPS = Counter("ocs_charging_operations", "Charging operations by kind and outcome",
                        ["op", "outcome"], registry=REGISTRY)
 RESERVATIONS_EXPIRED = Counter("ocs_reservations_expired",
                                "Reservations settled by the reaper", registry=REGISTRY)
 CDR_PENDING = Gauge("ocs_cdr_pending", "CDRs committed but not yet written to a file",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="max")
 CDR_JOURNAL = Gauge("ocs_cdr_journal_records",
                     "CDRs in the journal (including the open file's, until it closes)",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="max")
 
 
 def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:
@@ -60,4 +87,4 @@ DIAMETER_NOTIFICATIONS = Counter("ocs_diameter_server_requests",
                                  "RAR/ASR sent by this server, by kind and answer Result-Code",
                                  ["kind", "result"], registry=REGISTRY)
 DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
-                       registry=REGISTRY)
+                       registry=REGISTRY, multiprocess_mode="livesum")

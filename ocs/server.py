@@ -51,8 +51,16 @@ def engine_settings(cfg: Config) -> EngineSettings:
 
 
 class Server:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, *, worker: int = 0, workers: int = 1):
         self.cfg = cfg
+        self.worker = worker
+        """0 for the process ``ocs serve`` started; 1..N-1 for the others (ocs.workers)."""
+        self.workers = workers
+        self.primary = worker == 0
+        self.reuse_port = workers > 1
+        self.origin_state_id = 0
+        """Diameter Origin-State-Id of this node (the same in every worker); 0 = own."""
+        self.pool: Any = None
         self.store = Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=False)
         settings = engine_settings(cfg)
         log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
@@ -69,7 +77,7 @@ class Server:
             on_batch=self._on_batch,
         )
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
-        self.exporter = ExporterProcess({
+        self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
             "map_size_mb": cfg.store.map_size_mb,
             "cdr_dir": str(cfg.under_data(cfg.cdr.dir)),
@@ -102,14 +110,25 @@ class Server:
         metrics.on_batch(ops, commit_s, batch_s)
         self._slowest_commit_s = max(self._slowest_commit_s, commit_s)
 
-    async def check_health(self, now: int) -> list[str]:
-        """The server's own threshold alarms, through the same alarm model."""
-        noc = self.cfg.noc
-        free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
+    def check_cdr_room(self) -> tuple[int, bool]:
+        """(MiB free for CDR files, full?); pauses or resumes new charging to match."""
         cdr_dir = self.cfg.under_data(self.cfg.cdr.dir)
         cdr_free_mb = shutil.disk_usage(cdr_dir if cdr_dir.exists() else self.cfg.data_dir
                                         ).free // 2**20
         cdr_full = cdr_free_mb < self.cfg.cdr.min_free_mb
+        paused = "no room for CDR files" if cdr_full else ""
+        if paused != self.engine.paused:
+            (log.error if paused else log.info)(
+                "charging_paused" if paused else "charging_resumed", reason=paused,
+                cdr_free_mb=cdr_free_mb)
+            self.engine.paused = paused
+        return cdr_free_mb, cdr_full
+
+    async def check_health(self, now: int) -> list[str]:
+        """The server's own threshold alarms, through the same alarm model."""
+        noc = self.cfg.noc
+        free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
+        cdr_free_mb, cdr_full = self.check_cdr_room()
         slowest_ms = self._slowest_commit_s * 1000
         self._slowest_commit_s = 0.0
         ops, failed = self.writer.ops, self.writer.failed
@@ -134,12 +153,6 @@ class Server:
              f"({rate:.1%}, threshold {noc.max_error_rate:.1%})",
              {"failed": str(d_failed), "operations": str(d_ops + d_failed)}),
         ]
-        paused = "no room for CDR files" if cdr_full else ""
-        if paused != self.engine.paused:
-            (log.error if paused else log.info)(
-                "charging_paused" if paused else "charging_resumed", reason=paused,
-                cdr_free_mb=cdr_free_mb)
-            self.engine.paused = paused
         outcomes = []
         for resource, kind, cause, bad, severity, text, varbinds in checks:
             n = Notification(element=self.cfg.node.name, resource=resource, alarm_type=kind,
@@ -161,20 +174,30 @@ class Server:
     async def _health_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.check_health(int(time.time()))
-            except (Overloaded, WriterStopped, StoreError) as exc:
+                if self.primary:
+                    await self.check_health(int(time.time()))
+                else:
+                    self.check_cdr_room()
+            except (Overloaded, WriterStopped, StoreError, OSError) as exc:
                 log.warning("health_check_skipped", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.cfg.noc.health_interval_s)
 
     def health(self) -> dict[str, Any]:
-        ok = self.writer.alive and self.exporter.alive and not self._stopping.is_set()
+        exporter_alive = self.exporter is not None and self.exporter.alive
+        ok = (self.writer.alive and (exporter_alive or not self.primary)
+              and not self._stopping.is_set())
+        alive = 1 + (self.pool.alive if self.pool is not None else 0)
         self._update_gauges()
         return {
-            "status": "ok" if ok else "unavailable",
+            "status": "unavailable" if not ok else "ok" if alive == self.workers
+            else "degraded",
             "node": self.cfg.node.name,
+            "workers": self.workers,
+            "workers_alive": alive,
+            "worker_restarts": self.pool.restarts if self.pool is not None else 0,
             "writer_alive": self.writer.alive,
-            "exporter_alive": self.exporter.alive,
+            "exporter_alive": exporter_alive,
             "queue_depth": self.writer.queued,
             "batches": self.writer.batches,
             "ops": self.writer.ops,
@@ -195,15 +218,16 @@ class Server:
 
     async def start(self) -> None:
         await self.writer.start()
-        await self.exporter.start()
-        if self.cfg.admin.enabled:
-            host, port = parse_listen(self.cfg.admin.listen)
-            self.admin_address = await self.admin.start(host, port)
-            log.info("admin_listening", address=f"{self.admin_address[0]}:{self.admin_address[1]}")
+        if self.exporter is not None:
+            await self.exporter.start()
+        if self.primary and not self.origin_state_id:
+            from protocols.diameter.peer import origin_state_id
+
+            self.origin_state_id = origin_state_id()
         listeners.load_builtin()
         for section in ("diameter", "radius", "smpp", "snmp"):
             sec = getattr(self.cfg, section)
-            if sec is None or not sec.enabled:
+            if sec is None or not sec.enabled or (section == "snmp" and not self.primary):
                 continue
             starter = listeners.STARTERS.get(section)
             if starter is None:
@@ -216,10 +240,24 @@ class Server:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
+        if self.primary:
+            self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        if self.primary and self.workers > 1:
+            from ocs.workers import WorkerPool, bound_config
+
+            self.pool = WorkerPool(bound_config(self), self.workers,
+                                   origin_state_id=self.origin_state_id,
+                                   on_exit=metrics.process_ended)
+            await self.pool.start()
+        # last: /healthz says ok once every worker listens
+        if self.primary and self.cfg.admin.enabled:
+            host, port = parse_listen(self.cfg.admin.listen)
+            self.admin_address = await self.admin.start(host, port)
+            log.info("admin_listening",
+                     address=f"{self.admin_address[0]}:{self.admin_address[1]}")
         log.info("server_started", node=self.cfg.node.name, data_dir=str(self.cfg.data_dir),
-                 writer_pid=self.writer.pid)
+                 writer_pid=self.writer.pid, worker=self.worker, workers=self.workers)
 
     async def _reaper_loop(self) -> None:
         interval = self.cfg.charging.reaper_interval_s
@@ -258,34 +296,36 @@ class Server:
             with contextlib.suppress(Exception):
                 await lst.close()
         await self.admin.close()
+        if self.pool is not None:  # their last CDRs must be in before the exporter ends
+            await self.pool.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.writer.stop()
-        code = await self.exporter.stop()
+        code = await self.exporter.stop() if self.exporter is not None else None
         log.info("server_stopped", ops=self.writer.ops, batches=self.writer.batches,
                  exporter_exit=code)
         self.store.close()
 
 
-async def serve(cfg: Config) -> None:
-    server = Server(cfg)
-    await server.start()
+async def serve(cfg: Config, workers: int = 1) -> None:
+    server = Server(cfg, workers=workers)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits
+        loop.add_signal_handler(sig, server.request_stop)  # for the start, then stops
     try:
+        await server.start()  # a failed start still stops what it had started
         await server.wait()
     finally:
         await server.stop()
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config, workers: int = 1) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, workers))
     else:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, workers))

@@ -85,6 +85,7 @@ def plots(reports: list[Report], out: Path) -> list[Path]:
         made.append(out / "latency.png")
         fig.savefig(made[-1], dpi=100)
         plt.close(fig)
+    made += _timeline_plot(plt, reports, out)
     pairs = _peer_pairs(reports)
     if pairs:
         fig, ax = plt.subplots(figsize=(8, 3))
@@ -102,6 +103,31 @@ def plots(reports: list[Report], out: Path) -> list[Path]:
         fig.savefig(made[-1], dpi=100)
         plt.close(fig)
     return made
+
+
+def _timeline_plot(plt: Any, reports: list[Report], out: Path) -> list[Path]:
+    """Throughput over time: one panel per part, a line per run that kept its timeline."""
+    series = [r for r in reports if len(r.extra.get("timeline", {}).get("per_s", [])) >= 3]
+    parts = sorted({r.part for r in series})
+    if not parts:
+        return []
+    fig, axes = plt.subplots(len(parts), 1, figsize=(10, 2.6 * len(parts)), squeeze=False)
+    for ax, part in zip(axes[:, 0], parts, strict=True):
+        for r in series:
+            if r.part != part:
+                continue
+            tl = r.extra["timeline"]
+            xs = [(i + 0.5) * tl["bucket_s"] for i in range(len(tl["per_s"]))]
+            ax.plot(xs, tl["per_s"], label=r.name[:60], linewidth=1)
+        ax.set_title(f"{part}: completions per second over the run", fontsize=9)
+        ax.set_ylabel("ops/s")
+        ax.legend(fontsize=6, loc="best")
+    axes[-1, 0].set_xlabel("seconds since the run started")
+    fig.tight_layout()
+    path = out / "timeline.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
 
 
 def _peer_pairs(reports: list[Report]) -> list[tuple[str, float, float]]:

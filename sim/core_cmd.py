@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sim.bench import BenchContext
 
 
-def _report(name: str, r: CoreResult, **kw: object) -> Report:
+def _report(name: str, r: CoreResult, **kw: Any) -> Report:
     rep = Report.from_latencies("core", name, r.latencies, r.errors, r.seconds, **kw)
     rep.extra["avg_batch"] = round(r.ops / max(1, r.batches), 1)
     return rep

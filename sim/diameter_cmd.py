@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd
 from sim.registry import bench_part, command
-from sim.report import Report, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -193,20 +193,24 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
     await load.open()
     sem = asyncio.Semaphore(window)
     sessions = len(msisdns)
+    timeline = Timeline()
 
     async def one(body: bytes, i: int, lat: list[float]) -> None:
         try:
             r = await load.request(body, i)
             if r is not None:
                 lat.append(r)
+                timeline.mark()
         finally:
             sem.release()
 
     async def phase(count: int, make: Any, phase_rate: float | None) -> tuple[list[float],
                                                                             float, int]:
+        nonlocal timeline
         lat: list[float] = []
         err0 = load.errors
         tasks = []
+        timeline = Timeline()
         start = time.perf_counter()
         for n in range(count):
             if phase_rate:
@@ -226,7 +230,8 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
     if sessions:
         lat, secs, err = await phase(sessions, lambda n: load.ccr(
             sid(n), 1, 0, msisdns[n], requested=requested), None)
-        reports.append(Report.from_latencies("diameter", f"CCR-I x{sessions}", lat, err, secs))
+        reports.append(Report.from_latencies("diameter", f"CCR-I x{sessions}", lat, err, secs,
+                                                timeline))
 
     def update(n: int) -> bytes:
         i = n % sessions
@@ -237,16 +242,19 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
         lat, secs, err = await phase(updates, update, rate)
         name = (f"CCR-U @ {rate:g}/s" if rate else f"CCR-U, window {window}") + (
             f", {connections} conn")
-        reports.append(Report.from_latencies("diameter", name, lat, err, secs))
+        reports.append(Report.from_latencies("diameter", name, lat, err, secs,
+                                                timeline))
     if terminate and sessions:
         lat, secs, err = await phase(sessions, lambda n: load.ccr(
             sid(n), 3, numbers[n] + 1, msisdns[n], used=used), None)
-        reports.append(Report.from_latencies("diameter", f"CCR-T x{sessions}", lat, err, secs))
+        reports.append(Report.from_latencies("diameter", f"CCR-T x{sessions}", lat, err, secs,
+                                                timeline))
     if events:
         lat, secs, err = await phase(events, lambda n: load.ccr(
             f"{ORIGIN.decode()};{run_id};e{n}", 4, 0, msisdns[n % len(msisdns)],
             event_units=1), rate)
-        reports.append(Report.from_latencies("diameter", "CCR-E direct debit", lat, err, secs))
+        reports.append(Report.from_latencies("diameter", "CCR-E direct debit", lat, err, secs,
+                                                timeline))
     for r in reports:
         r.extra["result_codes"] = dict(sorted(load.result_counts.items()))
     load.close()

@@ -28,7 +28,7 @@ from protocols.radius.codec import (
 )
 from protocols.radius.codec import decode as decode_packet
 from sim.registry import bench_part, command
-from sim.report import Report, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -131,17 +131,23 @@ async def run_load(host: str, port: int, secret: bytes, msisdns: list[str], *,
     sessions = len(msisdns)
     sem = asyncio.Semaphore(window)
 
-    async def one(attrs: list[tuple[int, bytes]], i: int, lat: list[float]) -> None:
+    async def one(attrs: list[tuple[int, bytes]], i: int, lat: list[float],
+                  timeline: Timeline) -> None:
         try:
             r = await load.request(attrs, i)
             if r is not None:
                 lat.append(r)
+                timeline.mark()
         finally:
             sem.release()
+
+    timelines: list[Timeline] = []
 
     async def phase(items: list[list[tuple[int, bytes]]]) -> tuple[list[float], float]:
         lat: list[float] = []
         tasks = []
+        timeline = Timeline()
+        timelines.append(timeline)
         start = time.perf_counter()
         for n, attrs in enumerate(items):
             if rate:
@@ -150,7 +156,7 @@ async def run_load(host: str, port: int, secret: bytes, msisdns: list[str], *,
                 if delay > 0:
                     await asyncio.sleep(delay)
             await sem.acquire()
-            tasks.append(asyncio.ensure_future(one(attrs, n, lat)))
+            tasks.append(asyncio.ensure_future(one(attrs, n, lat, timeline)))
         await asyncio.gather(*tasks)
         return lat, time.perf_counter() - start
 
@@ -168,9 +174,10 @@ async def run_load(host: str, port: int, secret: bytes, msisdns: list[str], *,
     load.close()
     name = f"Interim-Update @ {rate:g}/s" if rate else f"Interim-Update, window {window}"
     return (
-        Report.from_latencies("radius", f"Start x{sessions}", lat_s, err0, secs_s),
+        Report.from_latencies("radius", f"Start x{sessions}", lat_s, err0, secs_s,
+                              timelines[0]),
         Report.from_latencies("radius", name, lat_i,
-                              load.errors + load.bad_replies - err0, secs_i),
+                              load.errors + load.bad_replies - err0, secs_i, timelines[1]),
     )
 
 
@@ -230,7 +237,7 @@ def _free_udp_port() -> int:
 
 def _from_json(d: dict[str, Any], **kw: Any) -> Report:
     r = Report(part=d["part"], name=d["name"], operations=d["operations"], errors=d["errors"],
-               seconds=d["seconds"], latencies_ms=d["latencies_ms"])
+               seconds=d["seconds"], latencies_ms=d["latencies_ms"], extra=d.get("extra", {}))
     for k, v in kw.items():
         setattr(r, k, v)
     return r

@@ -58,6 +58,7 @@ def load_all() -> None:
     import sim.core_cmd
     import sim.diameter_cmd
     import sim.radius_cmd
+    import sim.scaling
     import sim.scenario
     import sim.smpp_cmd
     import sim.snmp_cmd  # noqa: F401

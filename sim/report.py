@@ -4,8 +4,31 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+class Timeline:
+    """When each operation of one run completed, for the throughput-over-time plot."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.done: list[float] = []
+
+    def mark(self) -> None:
+        self.done.append(time.perf_counter())
+
+    def series(self, points: int = 60) -> dict[str, Any]:
+        """Completions per second in at most ``points`` equal buckets from the start."""
+        if not self.done:
+            return {"bucket_s": 0.0, "per_s": []}
+        span = max(self.done) - self.start
+        bucket = max(0.05, span / points)
+        counts = [0] * (int(span / bucket) + 1)
+        for t in self.done:
+            counts[min(len(counts) - 1, int((t - self.start) / bucket))] += 1
+        return {"bucket_s": round(bucket, 4), "per_s": [round(c / bucket, 1) for c in counts]}
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -34,13 +57,16 @@ class Report:
 
     @classmethod
     def from_latencies(cls, part: str, name: str, latencies_s: list[float], errors: int,
-                       seconds: float, **kw: Any) -> Report:
+                       seconds: float, timeline: Timeline | None = None, **kw: Any) -> Report:
         lat = sorted(latencies_s)
         pct = {f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99, 99.9)}
         if lat:
             pct["max"] = lat[-1] * 1000
-        return cls(part=part, name=name, operations=len(lat) + errors, errors=errors,
-                   seconds=seconds, latencies_ms=pct, **kw)
+        r = cls(part=part, name=name, operations=len(lat) + errors, errors=errors,
+                seconds=seconds, latencies_ms=pct, **kw)
+        if timeline is not None:
+            r.extra["timeline"] = timeline.series()
+        return r
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ocs.config import Config, load_config, parse_listen
 from ocs.money import format_amount, parse_amount
 from sim.registry import bench_part, command
-from sim.report import Report, print_table
+from sim.report import Report, Timeline, print_table
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -156,6 +156,8 @@ class Outcome:
     done: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    timelines: dict[str, Timeline] = field(default_factory=lambda: defaultdict(Timeline))
+    """Completion times per traffic kind, from the start of the run."""
     charged_events: int = 0
 
 
@@ -225,6 +227,7 @@ class Runner:
         t0 = time.perf_counter()
         res = await coro
         self.out.latencies[kind].append(time.perf_counter() - t0)
+        self.out.timelines[kind].mark()
         return res
 
     async def _ccr(self, kind: str, body: bytes) -> bool:
@@ -318,6 +321,7 @@ class Runner:
                 self.out.errors["radius_data"] += 1
                 return
             self.out.latencies["radius_data"].append(r)
+            self.out.timelines["radius_data"].mark()
         self.out.expected[m.msisdn] += price_data(m, total, False)
         self.out.done["radius_data"] += 1
         self.out.charged_events += len(steps)
@@ -354,6 +358,7 @@ class Runner:
                                               trap, [(f"1.3.6.1.2.1.2.2.1.1.{idx}", idx)]),
                               (host, port))
         self.out.done["snmp_traps"] += 1
+        self.out.timelines["snmp_traps"].mark()
 
     async def drive(self, t: Traffic) -> None:
         fn = getattr(self, t.kind)
@@ -374,6 +379,8 @@ class Runner:
 
     async def run(self) -> float:
         await self.open()
+        for t in self.sc.traffic:  # every timeline starts with the run
+            self.out.timelines[t.kind] = Timeline()
         t0 = time.perf_counter()
         try:
             await asyncio.gather(*(self.drive(t) for t in self.sc.traffic))
@@ -449,7 +456,7 @@ def reports(sc: Scenario, out: Outcome, seconds: float) -> list[Report]:
     for t in sc.traffic:
         lat = out.latencies.get(t.kind, [])
         r = Report.from_latencies("scenario", f"{sc.name}: {t.kind}", lat, out.errors[t.kind],
-                                  seconds)
+                                  seconds, out.timelines.get(t.kind))
         r.extra["result"] = f"{out.done[t.kind]:,} done"
         reps.append(r)
     total = Report("scenario", f"{sc.name}: charged events", out.charged_events,
@@ -458,6 +465,12 @@ def reports(sc: Scenario, out: Outcome, seconds: float) -> list[Report]:
     if all_lat:
         total.latencies_ms = Report.from_latencies("scenario", "", all_lat, 0,
                                                    seconds).latencies_ms
+    charged = [tl for k, tl in out.timelines.items() if k != "snmp_traps"]
+    if charged:
+        merged = Timeline()
+        merged.start = min(tl.start for tl in charged)
+        merged.done = [t for tl in charged for t in tl.done]
+        total.extra["timeline"] = merged.series()
     reps.append(total)
     return reps
 

@@ -23,7 +23,7 @@ from protocols.smpp.pdu import (
     encode_submit,
 )
 from sim.registry import bench_part, command
-from sim.report import Report, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -107,6 +107,7 @@ async def run_load(host: str, port: int, system_id: str, password: str, sources:
             resp = await asyncio.wait_for(esme.request(Cmd.SUBMIT_SM, encode_submit(sm)), 10)
             if resp.status == Status.ROK:
                 lat.append(time.perf_counter() - t0)
+                timeline.mark()
             else:
                 errors += 1
         except (TimeoutError, ConnectionError):
@@ -114,6 +115,7 @@ async def run_load(host: str, port: int, system_id: str, password: str, sources:
         finally:
             sem.release()
 
+    timeline = Timeline()
     start = time.perf_counter()
     tasks = []
     for n in range(messages):
@@ -137,7 +139,7 @@ async def run_load(host: str, port: int, system_id: str, password: str, sources:
             esme.transport.close()
     name = (f"submit_sm @ {rate:g}/s" if rate else
             f"submit_sm, {binds} transceiver binds x window {window}")
-    report = Report.from_latencies("smpp", name, lat, errors, seconds)
+    report = Report.from_latencies("smpp", name, lat, errors, seconds, timeline)
     report.extra["receipts"] = got
     report.extra["result"] = f"receipts {got}/{accepted}"
     return report

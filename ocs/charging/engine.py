@@ -904,8 +904,12 @@ class ChargingEngine:
         msg = messaging.load(tx, req.message_id)
         if msg is None or msg.state != "enroute":
             return False
+        if req.expect_next_try >= 0 and msg.next_try != req.expect_next_try:
+            return False  # another worker claimed or rescheduled it meanwhile
         now = req.now
-        if req.outcome == "delivered":
+        if req.outcome == "claim":
+            messaging.lease(tx, msg, req.lease_until)
+        elif req.outcome == "delivered":
             messaging.settle(tx, msg, "delivered", now)
             if msg.kind == "message" and msg.registered_delivery & 0x01:
                 self._queue_receipt(tx, msg, "DELIVRD", 2, now)

@@ -236,9 +236,14 @@ class SubmitSmsRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SmsOutcomeRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """What became of a delivery attempt: delivered | retry | expire."""
+    """What became of a delivery attempt: delivered | retry | expire; or ``claim``: this
+    worker delivers it, nobody else tries before ``lease_until`` (several workers)."""
 
     message_id: str
     outcome: str
     now: int
     refund_expired: bool = True
+    expect_next_try: int = -1
+    """>= 0: apply only if the message is still due at that time (nobody claimed or
+    rescheduled it since it was read)."""
+    lease_until: int = 0

@@ -277,10 +277,13 @@ class DiameterNode:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False
+                    ) -> tuple[str, int]:
+        """Listen; with ``reuse_port`` other worker processes share the port."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: DiameterProtocol(self), host, port,
-                                               reuse_address=True, backlog=1024)
+                                               reuse_address=True, reuse_port=reuse_port,
+                                               backlog=1024)
         self._loops = [loop.create_task(self._watchdog_loop()),
                        loop.create_task(self._sweep_loop())]
         sock = self.server.sockets[0].getsockname()
@@ -340,7 +343,8 @@ async def start_diameter(server: Any) -> DiameterNode:
     host, port = parse_listen(cfg.listen)
     addresses = (host,) if host not in ("0.0.0.0", "::", "") else ("127.0.0.1",)
     local = LocalNode(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
-                      host_addresses=addresses, origin_state_id=origin_state_id(),
+                      host_addresses=addresses,
+                      origin_state_id=server.origin_state_id or origin_state_id(),
                       allowed_peers=tuple(cfg.allowed_peers))
     settings = GySettings(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
                           validity_s=cfg.default_validity_s,
@@ -354,6 +358,7 @@ async def start_diameter(server: Any) -> DiameterNode:
                         dedup_window_s=cfg.dedup_window_s,
                         max_pending_per_peer=cfg.max_pending_per_peer,
                         sweep_interval_s=server.cfg.charging.reaper_interval_s)
-    node.address = await node.start(host, port)  # type: ignore[attr-defined]
+    node.address = await node.start(  # type: ignore[attr-defined]
+        host, port, reuse_port=server.reuse_port)
     server.diameter = node
     return node

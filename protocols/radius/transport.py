@@ -127,14 +127,15 @@ class RadiusListener:
             except Exception as exc:  # keep sweeping; a store hiccup must not end it
                 log.warning("radius_sweep_failed", error=str(exc))
 
-    async def start(self, auth: tuple[str, int], acct: tuple[str, int], window: float) -> None:
+    async def start(self, auth: tuple[str, int], acct: tuple[str, int], window: float, *,
+                    reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for kind, address, handler in (("auth", auth, self.agent.access),
                                        ("acct", acct, self.agent.accounting)):
             transport, proto = await loop.create_datagram_endpoint(
                 lambda k=kind, h=handler: RadiusEndpoint(self.agent, k, h,  # type: ignore[misc]
                                                          dedup_window_s=window),
-                local_addr=address)
+                local_addr=address, reuse_port=reuse_port)
             raw_sock = transport.get_extra_info("socket")
             if raw_sock is not None:  # bursts of requests must not overflow the queue
                 with contextlib.suppress(OSError):
@@ -174,6 +175,6 @@ async def start_radius(server: Any) -> RadiusListener:
                         dae=DaeClient())
     listener = RadiusListener(agent, sweep_interval_s=server.cfg.charging.reaper_interval_s)
     await listener.start(parse_listen(cfg.auth_listen), parse_listen(cfg.acct_listen),
-                         cfg.dedup_window_s)
+                         cfg.dedup_window_s, reuse_port=server.reuse_port)
     server.radius = listener
     return listener

@@ -139,10 +139,18 @@ class SmppConnection(asyncio.Protocol):
         self._run(self.session.submit_done(a.sequence, a.command_id, status, message_id))
 
 
+UNROUTED_GRACE_S = 3
+"""With several workers, a due message for a route none of this worker's binds serves is
+left to the worker that has a receiver; only if it stays due this long (nobody has one)
+is it rescheduled from here."""
+
+
 class SmppListener:
-    def __init__(self, agent: SmppAgent, node: str):
+    def __init__(self, agent: SmppAgent, node: str, *, shared: bool = False):
         self.agent = agent
         self.node = node
+        self.shared = shared
+        """Other worker processes deliver from the same queue: claim before delivering."""
         self.server: asyncio.Server | None = None
         self.connections: set[SmppConnection] = set()
         self._wake = asyncio.Event()
@@ -172,8 +180,14 @@ class SmppListener:
                 targets = [c for c in self.receivers(msg.route)
                            if len(c.waiting) < self.agent.cfg.window]
                 if not targets:
-                    await self._outcome(msg.message_id, "retry")
+                    if not self.shared or now - msg.next_try >= UNROUTED_GRACE_S:
+                        await self._outcome(msg.message_id, "retry",
+                                            expect=msg.next_try if self.shared else -1)
                     continue
+                if self.shared and not await self._outcome(
+                        msg.message_id, "claim", expect=msg.next_try,
+                        lease_until=now + int(self.agent.cfg.response_timeout_s) + 5):
+                    continue  # another worker has it
                 conn = min(targets, key=lambda c: len(c.waiting))
                 self._inflight.add(msg.message_id)
                 task = asyncio.ensure_future(self._deliver(conn, msg))
@@ -207,13 +221,16 @@ class SmppListener:
         self._fresh.add(system_id)
         self._wake.set()
 
-    async def _outcome(self, message_id: str, outcome: str) -> None:
+    async def _outcome(self, message_id: str, outcome: str, *, expect: int = -1,
+                       lease_until: int = 0) -> bool:
         try:
-            await self.agent.engine.submit("sms_outcome", SmsOutcomeRequest(
+            return bool(await self.agent.engine.submit("sms_outcome", SmsOutcomeRequest(
                 message_id=message_id, outcome=outcome, now=int(time.time()),
-                refund_expired=self.agent.cfg.refund_expired))
+                refund_expired=self.agent.cfg.refund_expired, expect_next_try=expect,
+                lease_until=lease_until)))
         except Exception as exc:  # busy or writer restarting: the next round tries again
             log.warning("smpp_outcome_failed", message_id=message_id, error=str(exc))
+            return False
 
     async def _deliver(self, conn: SmppConnection, msg: messaging.SmsMessage) -> None:
         tlvs: dict[int, bytes] = {}
@@ -234,7 +251,8 @@ class SmppListener:
         if ok:
             self._wake.set()  # a receipt may have been queued
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False
+                    ) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
 
         def factory() -> SmppConnection:
@@ -244,7 +262,7 @@ class SmppListener:
             self.connections.add(conn)
             return conn
 
-        self.server = await loop.create_server(factory, host, port)
+        self.server = await loop.create_server(factory, host, port, reuse_port=reuse_port)
         self._worker = loop.create_task(self._deliver_loop())
         sock = self.server.sockets[0].getsockname()
         log.info("smpp_listening", address=f"{sock[0]}:{sock[1]}")
@@ -267,8 +285,9 @@ async def start_smpp(server: Any) -> SmppListener:
     """``ocs serve`` starter for the ``[smpp]`` section."""
     from ocs.config import parse_listen
 
-    listener = SmppListener(SmppAgent(server.engine, server.cfg.smpp), server.cfg.node.name)
-    await listener.start(*parse_listen(server.cfg.smpp.listen))
+    listener = SmppListener(SmppAgent(server.engine, server.cfg.smpp), server.cfg.node.name,
+                            shared=server.workers > 1)
+    await listener.start(*parse_listen(server.cfg.smpp.listen), reuse_port=server.reuse_port)
     server.smpp = listener
     return listener
 

@@ -75,3 +75,29 @@ def test_expiry_refunds_once(engine: ChargingEngine) -> None:
 
 def test_backoff() -> None:
     assert [messaging.backoff(n) for n in (1, 2, 3, 8, 50)] == [5, 10, 20, 600, 600]
+
+
+def claim(engine: ChargingEngine, mid: str, expect: int, until: int, now: int) -> bool:
+    return bool(engine.store.run_write(lambda tx: engine.op_sms_outcome(
+        tx, SmsOutcomeRequest(message_id=mid, outcome="claim", now=now, expect_next_try=expect,
+                              lease_until=until))))
+
+
+def test_claims_let_one_worker_deliver_and_lapse_if_it_never_answers(
+        engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    mid = submit(engine, b"s3", regd=0)
+    (m,) = queued(engine)
+    # two workers read it due at T0; the first claim wins, the second finds it moved
+    assert claim(engine, mid, m.next_try, T0 + 15, T0)
+    assert not claim(engine, mid, m.next_try, T0 + 15, T0)
+    (leased,) = queued(engine)
+    assert (leased.next_try, leased.attempts) == (T0 + 15, 0)  # a lease, not an attempt
+    # a worker without a receiver does not reschedule what another has claimed
+    assert not engine.store.run_write(lambda tx: engine.op_sms_outcome(tx, SmsOutcomeRequest(
+        message_id=mid, outcome="retry", now=T0 + 4, expect_next_try=m.next_try)))
+    assert queued(engine)[0].next_try == T0 + 15
+    # the claimant died: due again when the lease ends, claimed anew, then delivered
+    assert claim(engine, mid, T0 + 15, T0 + 30, T0 + 15)
+    assert outcome(engine, mid, "delivered", T0 + 16)
+    assert queued(engine) == [] and balance(engine) == 950_000

@@ -1,0 +1,288 @@
+"""``ocs serve --workers 2``: both workers take connections on the one Diameter port and
+charge exactly; /metrics adds up both; a killed worker is started again and traffic goes
+on; SMPP messages submitted through binds on both workers are delivered once each; a
+killed worker 0 takes the others with it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests_support import OCS, Smsc, free_tcp_port, init_server, require_tool
+
+from ocs.cdr.reader import closed_cdr_files, read_cdr_files
+from ocs.store import Store
+from ocs.workers import bound_config, resolve
+from protocols.diameter.codec import Cmd
+from sim.core import provision
+from sim.diameter_cmd import GyLoad, result_codes
+
+SUBSCRIBERS = 20
+PRICE = 150_000  # one SMS event to no destination: sms-international, 0.15
+
+
+def health(admin: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as r:
+        result: dict[str, Any] = json.loads(r.read())
+        return result
+
+
+def metrics_text(admin: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def wait_for(cond: Any, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if cond():
+                return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve(cfg: Path, cwd: Path, admin: int, workers: int = 2
+          ) -> Iterator[subprocess.Popen[bytes]]:
+    log = (cwd / "serve.log").open("a")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg), "--workers", str(workers)],
+                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is None and health(admin)["workers_alive"] == workers,
+                 what="workers up")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def tcp_owners(port: int) -> Counter[int]:
+    """PIDs owning the established server-side connections of ``port`` (ss -tnp)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return Counter(int(p) for p in re.findall(r"pid=(\d+)", out))
+
+
+def listeners(port: int, proto: str) -> set[int]:
+    out = subprocess.run(["ss", f"-{proto}lnpH", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+async def debits(port: int, first: int, count: int) -> list[int]:
+    """``count`` CCR-E direct debits over 16 connections; their Result-Codes."""
+    load = GyLoad("127.0.0.1", port, connections=16, realm="test.realm")
+    await load.open()
+    try:
+        return await _send(load, first, count)
+    finally:
+        load.close()
+
+
+async def _send(load: GyLoad, first: int, count: int) -> list[int]:
+    sem = asyncio.Semaphore(64)
+
+    async def one(i: int) -> int:
+        async with sem:
+            body = load.ccr(f"w;{i}", 4, 0, f"4177{i % SUBSCRIBERS:07d}", event_units=1)
+            ans = await load._send(load.conns[i % len(load.conns)], Cmd.CCR, 4, body)
+            return result_codes(ans)[0]
+
+    return list(await asyncio.gather(*(one(i) for i in range(first, first + count))))
+
+
+def _config(tmp: Path) -> tuple[Path, dict[str, int]]:
+    ports = {"diameter": free_tcp_port(), "admin": free_tcp_port()}
+    cfg = init_server(tmp, f"""
+[diameter]
+listen = "127.0.0.1:{ports['diameter']}"
+origin_host = "ocs.test.realm"
+origin_realm = "test.realm"
+[radius]
+auth_listen = "127.0.0.1:0"
+acct_listen = "127.0.0.1:0"
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "testing123"
+[cdr]
+export_interval_s = 0.1
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+""", name="workers")
+    with Store(tmp / "data") as store:
+        provision(store, SUBSCRIBERS, balance="100.00")
+    return cfg, ports
+
+
+def test_worker_count_defaults_to_the_cores(tmp_path: Path) -> None:
+    from ocs.config import Config, NodeConfig
+
+    assert resolve(None, Config()) == len(os.sched_getaffinity(0))
+    assert resolve(3, Config()) == 3
+    assert resolve(None, Config(node=NodeConfig(workers=1))) == 1
+    bad = subprocess.run([OCS, "serve", "--workers", "-1"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and "--workers" in bad.stderr
+
+
+def test_bound_config_names_the_ports_worker_0_got() -> None:
+    from types import SimpleNamespace
+
+    from ocs.config import Config, DiameterConfig, RadiusConfig
+
+    cfg = Config(diameter=DiameterConfig(listen="127.0.0.1:0"),
+                 radius=RadiusConfig(auth_listen="::1:0", acct_listen="127.0.0.1:0"))
+    server = SimpleNamespace(
+        cfg=cfg, diameter=SimpleNamespace(address=("127.0.0.1", 3868)), smpp=None,
+        radius=SimpleNamespace(address=lambda k: ("::1", 1812) if k == "auth"
+                               else ("127.0.0.1", 1813)))
+    out = bound_config(server)  # type: ignore[arg-type]
+    assert out.diameter is not None and out.diameter.listen == "127.0.0.1:3868"
+    assert out.radius is not None and out.radius.auth_listen == "[::1]:1812"
+    assert out.radius.acct_listen == "127.0.0.1:1813"
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_ports_charge_exactly_and_survive_a_killed_worker(
+        tmp_path: Path) -> None:
+    require_tool("ss")
+    cfg, ports = _config(tmp_path)
+    dport, admin = ports["diameter"], ports["admin"]
+    with serve(cfg, tmp_path, admin) as proc:
+        h = health(admin)
+        assert h["status"] == "ok" and h["workers"] == 2 and h["workers_alive"] == 2
+        assert len(listeners(dport, "t")) == 2  # SO_REUSEPORT: both processes listen
+
+        async def first_round() -> tuple[list[int], Counter[int]]:
+            load = GyLoad("127.0.0.1", dport, connections=16, realm="test.realm")
+            await load.open()
+            try:
+                owners = tcp_owners(dport)  # while the 16 connections are open
+                return await _send(load, 0, 400), owners
+            finally:
+                load.close()
+
+        codes, owners = asyncio.run(first_round())
+        assert codes == [2001] * 400
+        assert sum(owners.values()) == 16 and len(owners) == 2, owners
+        assert proc.pid in owners  # worker 0 and one other process share the connections
+        # /metrics adds up every worker's counters
+        text = metrics_text(admin)
+        m = re.search(r'^ocs_diameter_answers_total\{result="2001"\} (\S+)$', text, re.M)
+        assert m is not None and float(m.group(1)) == 400, text[:2000]
+        # a worker that dies is started again; traffic goes on
+        (other,) = set(owners) - {proc.pid}
+        os.kill(other, signal.SIGKILL)
+        wait_for(lambda: health(admin)["worker_restarts"] == 1
+                 and health(admin)["workers_alive"] == 2, what="worker restarted")
+        assert health(admin)["status"] == "ok"
+        assert other not in listeners(dport, "t") and len(listeners(dport, "t")) == 2
+        assert asyncio.run(debits(dport, 400, 200)) == [2001] * 200
+    assert proc.returncode == 0
+    # exact balances: 600 debits of 0.15 over 20 subscribers
+    for n in range(SUBSCRIBERS):
+        show = subprocess.run([OCS, "subscriber", "show", f"4177{n:07d}", "--json", "--config",
+                               str(cfg)], check=True, capture_output=True, text=True).stdout
+        assert json.loads(show)["balance"] == f"{(100_000_000 - 30 * PRICE) / 1e6:.4f}"
+    rows = [r.record for r in read_cdr_files(closed_cdr_files(tmp_path / "data" / "cdr"))]
+    assert Counter(Counter(r.session_id for r in rows).values()) == {1: 600}
+    assert sum(r.charge for r in rows) == 600 * PRICE
+    seqs = sorted(int(r.record_id.rsplit("-", 1)[1]) for r in rows)
+    assert seqs == list(range(seqs[0], seqs[0] + 600))  # one sequence across workers
+
+
+@pytest.mark.slow
+def test_killed_worker_0_takes_the_workers_with_it(tmp_path: Path) -> None:
+    require_tool("ss")
+    cfg, ports = _config(tmp_path)
+    with serve(cfg, tmp_path, ports["admin"]) as proc:
+        pids = listeners(ports["diameter"], "t")
+        assert len(pids) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: not listeners(ports["diameter"], "t"), 15, "workers to leave")
+    for pid in pids - {proc.pid}:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 15, "worker exit")
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", ports["diameter"]))
+
+
+SMPP_CONFIG = """
+[smpp]
+listen = "127.0.0.1:{port}"
+[[smpp.accounts]]
+system_id = "esme"
+password = "secret"
+max_binds = 16
+[[smpp.routes]]
+prefix = "417"
+system_id = "esme"
+[admin]
+listen = "127.0.0.1:{admin}"
+"""
+
+
+@pytest.mark.slow
+def test_smpp_delivers_each_message_once_across_workers(tmp_path: Path) -> None:
+    require_tool("ss")
+    port, admin = free_tcp_port(), free_tcp_port()
+    cfg = init_server(tmp_path, SMPP_CONFIG.format(port=port, admin=admin), name="smsc")
+    srv = Smsc(tmp_path, cfg, port)
+    srv.ocs("subscriber", "add", "--msisdn", "41790000001", "--plan", "prepaid-basic",
+            "--balance", "10.00")
+    with serve(cfg, tmp_path, admin):
+        receivers = [srv.esme("receiver") for _ in range(6)]
+        owners = tcp_owners(port)
+        assert len(owners) == 2, owners  # receivers bound on both workers
+        senders = [srv.esme("transmitter") for _ in range(6)]
+        ids = []
+        for i in range(30):
+            tx = senders[i % len(senders)]
+            tx.send_message(source_addr_ton=1, source_addr="41790000001", dest_addr_ton=1,
+                            destination_addr=f"4179100{i:04d}", short_message=b"hi %d" % i,
+                            registered_delivery=1)
+            resp = tx.read_pdu()
+            assert resp.status == 0
+            ids.append(resp.message_id)
+        got: list[Any] = []
+        deadline = time.monotonic() + 20
+        while len(got) < 60 and time.monotonic() < deadline:
+            for rx in receivers:
+                rx._socket.settimeout(0.05)
+                with contextlib.suppress(OSError, Exception):
+                    rx.read_once()
+            got = [p for rx in receivers for p in rx.received]
+        time.sleep(1.0)  # nothing more must come: no message is delivered twice
+        for rx in receivers:
+            rx._socket.settimeout(0.05)
+            with contextlib.suppress(OSError, Exception):
+                rx.read_once()
+        got = [p for rx in receivers for p in rx.received]
+        texts = Counter(p.short_message for p in got if p.esm_class == 0)
+        receipts = Counter(p.receipted_message_id for p in got if p.esm_class == 0x04)
+        assert texts == Counter({b"hi %d" % i: 1 for i in range(30)})
+        assert receipts == Counter({m: 1 for m in ids})
+        assert srv.balance("41790000001") == "8.5000"  # 30 x 0.05
+        for c in receivers + senders:
+            with contextlib.suppress(Exception):
+                c.disconnect()
