@@ -24,7 +24,7 @@ class Timeline:
         if not self.done:
             return {"bucket_s": 0.0, "per_s": []}
         span = max(self.done) - self.start
-        bucket = max(0.05, span / points)
+        bucket = max(0.25, span / points)
         counts = [0] * (int(span / bucket) + 1)
         for t in self.done:
             counts[min(len(counts) - 1, int((t - self.start) / bucket))] += 1

@@ -162,7 +162,8 @@ def measure(workdir: Path, workers: int, updates: int, interims: int) -> dict[st
             for key, item in (("diameter", d), ("radius", rad)):
                 rep = Report(part="scaling", name="", operations=item["operations"],
                              errors=item["errors"], seconds=item["seconds"],
-                             latencies_ms=item["latencies_ms"], extra=item["cpu"])
+                             latencies_ms=item["latencies_ms"],
+                             extra={**item.get("extra", {}), **item["cpu"]})
                 best = out.get(key)
                 if best is None or rep.throughput > best.throughput:
                     out[key] = rep
