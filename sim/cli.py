@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd.configure(p)
         p.set_defaults(run=cmd.run)
     args = parser.parse_args(argv)
+    # A load generator must not add its own collector pauses to the latencies it
+    # measures: what exists now is frozen, and young collections come rarely (runs are
+    # bounded; asyncio's garbage is almost all freed by reference counting).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -51,6 +51,9 @@ def _stamp(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+TRIM_CHUNK = 2_000
+"""Journal entries deleted per transaction once their file is closed."""
+
 class JournalExporter:
     """Drains one journal sub-database into rotated files (``<prefix>_<node>_<UTC>_<seq>``)."""
 
@@ -72,6 +75,7 @@ class JournalExporter:
         self.header = header
         self.format_record = format_record or (lambda v: format_row(dec_cdr.decode(v)).encode())
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._leftovers_trimmed = False
 
     # -- state ------------------------------------------------------------------------
 
@@ -79,16 +83,28 @@ class JournalExporter:
         raw = self.store.get(META, self.state_key)
         return dec_export_state.decode(raw) if raw is not None else CdrExportState()
 
-    def _save(self, st: CdrExportState, trim: tuple[int, int] | None = None) -> None:
-        journal = self.journal
+    def _save(self, st: CdrExportState) -> None:
+        self.store.run_write(lambda tx: tx.put(META, self.state_key, encode(st)))
 
-        def op(tx: Tx) -> None:
-            if trim is not None:
-                for k, _ in tx.scan(journal, pack_u64(trim[0]), pack_u64(trim[1])):
-                    tx.delete(journal, k)
-            tx.put(META, self.state_key, encode(st))
+    def _trim(self, below: int) -> int:
+        """Drop the journal entries below ``below`` (all in closed files), ``TRIM_CHUNK``
+        a transaction: one transaction deleting a whole file's rows would hold the store's
+        write lock, and so every charging answer, for a noticeable time."""
+        journal, total = self.journal, 0
+        stop = pack_u64(below)
 
-        self.store.run_write(op)
+        def op(tx: Tx) -> int:
+            n = 0
+            for k, _ in tx.scan(journal, b"", stop, limit=TRIM_CHUNK):
+                tx.delete(journal, k)
+                n += 1
+            return n
+
+        while (n := self.store.run_write(op)) > 0:
+            total += n
+            if n < TRIM_CHUNK:
+                break
+        return total
 
     def _records(self, first: int, stop: int | None, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -186,7 +202,8 @@ class JournalExporter:
         st.written_seq = end_seq - 1
         st.part_bytes = 0
         st.closing_end_seq = 0
-        self._save(st, trim=(closed_first, end_seq))
+        self._save(st)
+        self._trim(end_seq)  # after the state: a crash between them leaves only leftovers
         log.info("journal_file_closed", file=final.name, records=end_seq - closed_first)
         return final.name
 
@@ -211,6 +228,9 @@ class JournalExporter:
         st = self.state()
         closed: list[str] = []
         rows = 0
+        if not self._leftovers_trimmed:  # rows of closed files a crash left behind
+            self._trim(st.first_seq)
+            self._leftovers_trimmed = True
         if st.closing_end_seq:
             closed.append(self._close(st, st.closing_end_seq))
         if st.open_name:

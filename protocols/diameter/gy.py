@@ -18,6 +18,7 @@ later CCR-U for that session gets 5002.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -896,7 +897,7 @@ class GyAgent:
         now = self.clock()
         out: list[tuple[str, GySession]] = []
         checked = 0
-        for sid in list(self.sessions)[:limit]:
+        for sid in list(itertools.islice(self.sessions, limit)):
             sess = self.sessions.get(sid)
             if sess is None:
                 continue

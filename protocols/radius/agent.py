@@ -295,10 +295,14 @@ class RadiusAgent:
 
     async def sweep(self) -> int:
         """Disconnect live sessions whose subscriber was suspended, blocked or deleted
-        (``ocs subscriber suspend`` runs in another process, so the server polls)."""
+        (``ocs subscriber suspend`` runs in another process, so the server polls). The
+        event loop gets a turn every 256 sessions: the store reads of a pass over many
+        sessions must not hold up the answers all at once."""
         n = 0
-        for session, live in list(self.sessions.items()):
-            if live.disconnecting:
+        for i, (session, live) in enumerate(list(self.sessions.items())):
+            if i and i % 256 == 0:
+                await asyncio.sleep(0)
+            if live.disconnecting or self.sessions.get(session) is not live:
                 continue
             if not self.engine.session_keys(f"{session}\x00"):
                 # settled elsewhere (reaper, Accounting-On of another server): forget it

@@ -111,8 +111,32 @@ async def _send(load: GyLoad, first: int, count: int) -> list[int]:
     return list(await asyncio.gather(*(one(i) for i in range(first, first + count))))
 
 
+async def radius_sessions(port: int) -> list[float | None]:
+    """One accounting session per subscriber (Start, Interim 5 MB, Stop 8 MB, in order),
+    each from its own UDP source port, all sessions at once."""
+    from protocols.radius.codec import AcctStatus
+    from sim.radius_cmd import RadiusLoad
+
+    load = RadiusLoad("127.0.0.1", port, b"testing123", sockets=SUBSCRIBERS)
+    await load.open()
+
+    async def session(i: int) -> list[float | None]:
+        msisdn = f"4177{i:07d}"
+        return [await load.request(RadiusLoad.session_attrs(status, i, total, msisdn, "w"), i)
+                for status, total in ((AcctStatus.START, 0), (AcctStatus.INTERIM_UPDATE,
+                                      5_000_000), (AcctStatus.STOP, 8_000_000))]
+
+    try:
+        return [r for rs in await asyncio.gather(*(session(i) for i in range(SUBSCRIBERS)))
+                for r in rs]
+    finally:
+        load.close()
+
+
 def _config(tmp: Path) -> tuple[Path, dict[str, int]]:
-    ports = {"diameter": free_tcp_port(), "admin": free_tcp_port()}
+    from tests_support import free_udp_port
+
+    ports = {"diameter": free_tcp_port(), "admin": free_tcp_port(), "acct": free_udp_port()}
     cfg = init_server(tmp, f"""
 [diameter]
 listen = "127.0.0.1:{ports['diameter']}"
@@ -120,7 +144,8 @@ origin_host = "ocs.test.realm"
 origin_realm = "test.realm"
 [radius]
 auth_listen = "127.0.0.1:0"
-acct_listen = "127.0.0.1:0"
+acct_listen = "127.0.0.1:{ports['acct']}"
+rating_group = 10
 [[radius.clients]]
 address = "127.0.0.1"
 secret = "testing123"
@@ -198,17 +223,24 @@ def test_two_workers_share_the_ports_charge_exactly_and_survive_a_killed_worker(
         assert health(admin)["status"] == "ok"
         assert other not in listeners(dport, "t") and len(listeners(dport, "t")) == 2
         assert asyncio.run(debits(dport, 400, 200)) == [2001] * 200
+        # RADIUS: both workers take the accounting port; 20 source ports spread over them
+        assert len(listeners(ports["acct"], "u")) == 2
+        assert None not in asyncio.run(radius_sessions(ports["acct"]))
     assert proc.returncode == 0
-    # exact balances: 600 debits of 0.15 over 20 subscribers
+    # exact balances: 600 debits of 0.15 over 20 subscribers, and 8 MB at 0.01/MB each
     for n in range(SUBSCRIBERS):
         show = subprocess.run([OCS, "subscriber", "show", f"4177{n:07d}", "--json", "--config",
                                str(cfg)], check=True, capture_output=True, text=True).stdout
-        assert json.loads(show)["balance"] == f"{(100_000_000 - 30 * PRICE) / 1e6:.4f}"
+        s = json.loads(show)
+        assert s["balance"] == f"{(100_000_000 - 30 * PRICE - 80_000) / 1e6:.4f}", s
+        assert s["reserved"] == "0.0000", s
     rows = [r.record for r in read_cdr_files(closed_cdr_files(tmp_path / "data" / "cdr"))]
-    assert Counter(Counter(r.session_id for r in rows).values()) == {1: 600}
-    assert sum(r.charge for r in rows) == 600 * PRICE
+    debit_rows = [r for r in rows if r.session_id.startswith("w;")]
+    assert Counter(Counter(r.session_id for r in debit_rows).values()) == {1: 600}
+    assert sum(r.charge for r in debit_rows) == 600 * PRICE
+    assert sum(r.charge for r in rows) == 600 * PRICE + SUBSCRIBERS * 80_000
     seqs = sorted(int(r.record_id.rsplit("-", 1)[1]) for r in rows)
-    assert seqs == list(range(seqs[0], seqs[0] + 600))  # one sequence across workers
+    assert seqs == list(range(seqs[0], seqs[0] + len(rows)))  # one sequence, all workers
 
 
 @pytest.mark.slow

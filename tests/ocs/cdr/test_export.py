@@ -82,7 +82,7 @@ def test_rotate_by_time(tmp_path: Path) -> None:
         assert ex.run_once(NOW + 900).closed == ()  # nothing new: no empty files
 
 
-STEPS = ["_save", "replace", "fsync_dir", "append"]
+STEPS = ["_save", "replace", "fsync_dir", "append", "_trim"]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -112,8 +112,8 @@ def test_crash_at_any_step_gives_identical_files(tmp_path: Path, step: str, hit:
 
     with Store(tmp_path / "crash") as s:
         ex = exporter(s, tmp_path / "crash_cdr")
-        if step == "_save":
-            monkeypatch.setattr(ex, "_save", crashing(ex._save))
+        if step in ("_save", "_trim"):
+            monkeypatch.setattr(ex, step, crashing(getattr(ex, step)))
         elif step == "replace":
             monkeypatch.setattr(export_mod.os, "replace", crashing(export_mod.os.replace))
         elif step == "fsync_dir":
@@ -134,6 +134,29 @@ def test_crash_at_any_step_gives_identical_files(tmp_path: Path, step: str, hit:
         with s.read() as txn:
             assert txn.stat(s.dbs[CDR_JOURNAL])["entries"] == 0
     assert files(tmp_path / "crash_cdr") == reference
+
+
+def test_closed_rows_leave_the_journal_a_chunk_per_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_store(tmp_path / "s", 50)
+    monkeypatch.setattr(export_mod, "TRIM_CHUNK", 4)
+    with Store(tmp_path / "s") as s:
+        commits = {"n": 0}
+        run_write = s.run_write
+
+        def counting(fn):  # type: ignore[no-untyped-def]
+            commits["n"] += 1
+            return run_write(fn)
+
+        monkeypatch.setattr(s, "run_write", counting)
+        ex = exporter(s, tmp_path / "cdr")
+        ex.run_once(NOW)  # closes one file of 40 rows
+        with s.read() as txn:
+            assert txn.stat(s.dbs[CDR_JOURNAL])["entries"] == 10
+        assert commits["n"] >= 40 // 4  # the 40 rows went 4 at a time
+        rows = [row.record for p in closed_cdr_files(tmp_path / "cdr") for row in
+                read_cdr_file(p)]
+        assert [r.record_id for r in rows] == [f"n1-{i}" for i in range(1, 41)]
 
 
 def test_lost_part_is_rebuilt_from_journal(tmp_path: Path) -> None:
