@@ -19,6 +19,7 @@ import gc
 import os
 import shutil
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -51,7 +52,8 @@ def engine_settings(cfg: Config) -> EngineSettings:
 
 
 class Server:
-    def __init__(self, cfg: Config, *, worker: int = 0, workers: int = 1):
+    def __init__(self, cfg: Config, *, worker: int = 0, workers: int = 1,
+                 writer_path: str = ""):
         self.cfg = cfg
         self.worker = worker
         """0 for the process ``ocs serve`` started; 1..N-1 for the others (ocs.workers)."""
@@ -61,6 +63,21 @@ class Server:
         self.origin_state_id = 0
         """Diameter Origin-State-Id of this node (the same in every worker); 0 = own."""
         self.pool: Any = None
+        self._run_dir = ""
+        if self.primary and workers > 1:
+            # The one writer process takes the other workers' operations on a Unix socket
+            # (the store has one write lock, so one writer makes the biggest batches), in
+            # DATA_DIR/run/ (0700), or a private temp directory when that path would be too
+            # long for a socket address.
+            run = cfg.data_dir / "run" / "writer"
+            if len(str(run / "writer.sock")) <= 100:
+                shutil.rmtree(run, ignore_errors=True)
+                run.mkdir(mode=0o700, parents=True)
+                self._run_dir = str(run)
+            else:
+                self._run_dir = tempfile.mkdtemp(prefix="ocs-")
+            writer_path = os.path.join(self._run_dir, "writer.sock")
+        self.writer_path = writer_path
         self.store = Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=False)
         settings = engine_settings(cfg)
         log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
@@ -75,6 +92,8 @@ class Server:
             engine=engine_conf,
             log_format=log_format,
             on_batch=self._on_batch,
+            listen=writer_path if self.primary else "",
+            attach="" if self.primary else writer_path,
         )
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.exporter = None if not self.primary else ExporterProcess({
@@ -248,6 +267,7 @@ class Server:
 
             self.pool = WorkerPool(bound_config(self), self.workers,
                                    origin_state_id=self.origin_state_id,
+                                   writer_path=self.writer_path,
                                    on_exit=metrics.process_ended)
             await self.pool.start()
         # last: /healthz says ok once every worker listens
@@ -305,6 +325,8 @@ class Server:
                 await t
         await self.writer.stop()
         code = await self.exporter.stop() if self.exporter is not None else None
+        if self._run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("server_stopped", ops=self.writer.ops, batches=self.writer.batches,
                  exporter_exit=code)
         self.store.close()

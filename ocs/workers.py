@@ -95,10 +95,11 @@ class WorkerPool:
     """Worker 0's view of workers 1..N-1: start, supervise, stop."""
 
     def __init__(self, cfg: Config, count: int, *, origin_state_id: int,
-                 on_exit: Any = None):
+                 writer_path: str = "", on_exit: Any = None):
         self.cfg = cfg
         self.count = count
         self.origin_state_id = origin_state_id
+        self.writer_path = writer_path
         self.on_exit = on_exit
         """Called with the pid of a worker that ended (its metrics are then final)."""
         self.workers = [_Worker(i) for i in range(1, count)]
@@ -135,6 +136,7 @@ class WorkerPool:
         w.ready = asyncio.Event()
         payload = pickle.dumps({"cfg": self.cfg, "index": w.index, "workers": self.count,
                                 "origin_state_id": self.origin_state_id,
+                                "writer_path": self.writer_path,
                                 "parent_pid": os.getpid()})
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ocs.workers", stdin=asyncio.subprocess.PIPE,
@@ -208,7 +210,8 @@ class WorkerPool:
 async def _worker(payload: dict[str, Any]) -> None:
     from ocs.server import Server
 
-    server = Server(payload["cfg"], worker=payload["index"], workers=payload["workers"])
+    server = Server(payload["cfg"], worker=payload["index"], workers=payload["workers"],
+                    writer_path=payload["writer_path"])
     server.origin_state_id = payload["origin_state_id"]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -90,38 +90,102 @@ def child_main(fd: int, settings_json: str) -> None:
     decoders = {name: msgspec.msgpack.Decoder(req_t) for name, (req_t, _r) in OPERATIONS.items()}
     ops = {name: getattr(engine, "op_" + name) for name in OPERATIONS}
     sock = socket.socket(fileno=fd)
+    _tune(sock)
+    listener = None
+    if conf.get("listen"):  # other workers' event loops attach here (ocs serve --workers)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(conf["listen"])
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(conf["listen"])
+        listener.listen(64)
+    serve(sock, store, decoders, ops, conf["max_ops"], conf["max_delay_ms"] / 1000.0,
+          listener=listener)
+    store.close()
+
+
+def _tune(sock: socket.socket) -> None:
     sock.setblocking(True)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
-    serve(sock, store, decoders, ops, conf["max_ops"], conf["max_delay_ms"] / 1000.0)
-    store.close()
+
+
+class _Client:
+    """One connection sending operations: the parent's socket pair, or an attached
+    worker's Unix socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+        self.open = True
 
 
 def serve(sock: socket.socket, store: Any, decoders: dict[str, Any],
-          ops: dict[str, Callable[[Any, Any], Any]], max_ops: int, max_delay: float) -> None:
+          ops: dict[str, Callable[[Any, Any], Any]], max_ops: int, max_delay: float, *,
+          listener: socket.socket | None = None) -> None:
     """Read operations, run them in group-commit batches, answer after each commit.
 
-    Returns when the parent closes its end (after committing what was received).
+    ``sock`` is the parent's end; with ``listener``, other processes (the other workers'
+    event loops) connect and send operations too: they share the batches, each gets its
+    own answers, and only the parent gets the batch statistics. Returns when the parent
+    closes its end (after committing what was received).
     """
-    buf = bytearray()
-    pending: deque[tuple[int, str, msgspec.Raw]] = deque()
+    parent = _Client(sock)
+    clients = {sock.fileno(): parent}
+    pending: deque[tuple[_Client, int, str, msgspec.Raw]] = deque()
     eof = False
     batches = 0
 
-    def read(timeout: float | None) -> None:
+    def receive(c: _Client) -> None:
         nonlocal eof
-        if timeout is not None:
-            ready, _, _ = select.select([sock], [], [], timeout)
-            if not ready:
-                return
-        data = sock.recv(_SOCK_BUF)
+        try:
+            data = c.sock.recv(_SOCK_BUF)
+        except OSError:
+            data = b""
         if not data:
-            eof = True
+            if c is parent:
+                eof = True
+            else:  # an attached worker went away: its answers have nowhere to go
+                c.open = False
+                clients.pop(c.sock.fileno(), None)
+                c.sock.close()
             return
-        buf.extend(data)
-        for frame in _split_frames(buf):
-            pending.append(_dec_frame.decode(frame))
+        c.buf.extend(data)
+        try:
+            frames = _split_frames(c.buf)
+        except StoreError:
+            frames = []
+            if c is not parent:  # garbage from an attached socket: drop that client
+                c.open = False
+                clients.pop(c.sock.fileno(), None)
+                c.sock.close()
+                return
+            raise
+        for frame in frames:
+            rid, name, raw = _dec_frame.decode(frame)
+            pending.append((c, rid, name, raw))
+
+    def read(timeout: float | None) -> None:
+        if len(clients) == 1 and listener is None:
+            if timeout is not None:
+                ready, _, _ = select.select([sock], [], [], timeout)
+                if not ready:
+                    return
+            receive(parent)
+            return
+        watch: list[Any] = [c.sock for c in clients.values()]
+        if listener is not None:
+            watch.append(listener)
+        ready, _, _ = select.select(watch, [], [], timeout)
+        for s in ready:
+            if s is listener:
+                conn, _addr = listener.accept()
+                _tune(conn)
+                clients[conn.fileno()] = _Client(conn)
+            else:
+                c = clients.get(s.fileno())
+                if c is not None:
+                    receive(c)
 
     def op_for(name: str, raw: msgspec.Raw) -> Callable[[Any], Any]:
         fn = ops.get(name)
@@ -139,11 +203,11 @@ def serve(sock: socket.socket, store: Any, decoders: dict[str, Any],
         batches += 1
         batch = Batch(store, batches)
         deadline = batch.started + max_delay
-        ids: list[int] = []
+        ids: list[tuple[_Client, int]] = []
         while True:
             while pending and len(batch) < max_ops:
-                rid, name, raw = pending.popleft()
-                ids.append(rid)
+                client, rid, name, raw = pending.popleft()
+                ids.append((client, rid))
                 try:
                     fn = op_for(name, raw)
                 except (OperationFailed, msgspec.DecodeError) as exc:
@@ -160,18 +224,26 @@ def serve(sock: socket.socket, store: Any, decoders: dict[str, Any],
                 break
             read(remaining)
         commit_s = batch.commit()
-        out = []
-        for rid, (ok, value) in zip(ids, batch.results, strict=True):
+        outs: dict[_Client, list[bytes]] = {parent: []}
+        for (client, rid), (ok, value) in zip(ids, batch.results, strict=True):
+            out = outs.setdefault(client, [])
             if ok:
                 out.append(_frame(_enc.encode((rid, True, value))))
             else:
                 out.append(_frame(_enc.encode((rid, False, (type(value).__name__, str(value))))))
-        out.append(_frame(_enc.encode(
+        outs[parent].append(_frame(_enc.encode(
             (0, True, (len(batch), commit_s, time.perf_counter() - batch.started)))))
-        try:
-            sock.sendall(b"".join(out))
-        except OSError:
-            return  # the parent is gone; what was committed stays committed
+        for client, out in outs.items():
+            if not client.open:
+                continue
+            try:
+                client.sock.sendall(b"".join(out))
+            except OSError:
+                if client is parent:
+                    return  # the parent is gone; what was committed stays committed
+                client.open = False
+                clients.pop(client.sock.fileno(), None)
+                client.sock.close()
 
 
 # -- the parent side ----------------------------------------------------------------------
@@ -194,11 +266,16 @@ BatchHook = Callable[[int, float, float], None]
 
 
 class ProcessWriter:
-    """Submits named operations to the writer process; futures resolve after commit."""
+    """Submits named operations to the writer process; futures resolve after commit.
+
+    By default it starts (and restarts) the writer process. With ``listen`` that process
+    also takes connections on that Unix socket path; with ``attach`` this object starts
+    no process but connects to such a path (another worker's writer) and reconnects
+    when it goes away."""
 
     def __init__(self, *, data_dir: str, map_size_mb: int, max_ops: int, max_delay_ms: float,
                  queue_size: int, engine: dict[str, Any], log_format: str = "json",
-                 on_batch: BatchHook | None = None):
+                 on_batch: BatchHook | None = None, listen: str = "", attach: str = ""):
         self._conf = {
             "data_dir": data_dir,
             "map_size_mb": map_size_mb,
@@ -206,7 +283,9 @@ class ProcessWriter:
             "max_delay_ms": max_delay_ms,
             "engine": engine,
             "log_format": log_format,
+            "listen": listen,
         }
+        self._attach = attach
         self._queue_size = queue_size
         self._on_batch = on_batch
         self._proc: subprocess.Popen[bytes] | None = None
@@ -226,6 +305,8 @@ class ProcessWriter:
 
     @property
     def alive(self) -> bool:
+        if self._attach:
+            return self._transport is not None
         return self._proc is not None and self._proc.poll() is None and (
             self._transport is not None)
 
@@ -243,6 +324,9 @@ class ProcessWriter:
         self._result_decoders = {
             name: msgspec.msgpack.Decoder(res_t) for name, (_q, res_t) in OPERATIONS.items()
         }
+        if self._attach:
+            await self._connect(deadline_s=60.0)
+            return
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for s in (parent_sock, child_sock):
             with contextlib.suppress(OSError):
@@ -258,7 +342,42 @@ class ProcessWriter:
         self._closed = asyncio.Event()
         self._transport, _ = await loop.create_connection(
             lambda: _Protocol(self), sock=parent_sock)
+        listen = str(self._conf["listen"])
+        if listen:  # attached workers may connect once this is up
+            deadline = time.monotonic() + 30
+            while not os.path.exists(listen) and time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.01)
         log.info("writer_process_started", pid=self._proc.pid)
+
+    async def _connect(self, deadline_s: float) -> None:
+        """Attach to the shared writer's socket, retrying while it (re)starts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        delay = 0.05
+        while True:
+            try:
+                self._transport, _ = await loop.create_unix_connection(
+                    lambda: _Protocol(self), self._attach)
+            except OSError as exc:
+                if self._stopping or loop.time() > deadline:
+                    raise StoreError(f"cannot attach to the writer: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            if self._stopping:
+                self._transport.close()
+                self._transport = None
+                raise StoreError("writer is stopping")
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
+            self._closed = asyncio.Event()
+            log.info("writer_attached", path=self._attach)
+            return
 
     def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
         if self._stopping:
@@ -325,10 +444,18 @@ class ProcessWriter:
             self._pending.clear()
         if not self._stopping:
             code = self._proc.poll() if self._proc is not None else None
-            log.error("writer_process_lost", exit_code=code)
-            asyncio.get_running_loop().create_task(self._restart())
+            log.error("writer_process_lost", exit_code=code, attached=bool(self._attach))
+            asyncio.get_running_loop().create_task(
+                self._reattach() if self._attach else self._restart())
         if self._closed is not None:
             self._closed.set()
+
+    async def _reattach(self) -> None:
+        self.restarts += 1
+        try:
+            await self._connect(deadline_s=float("inf"))
+        except StoreError:
+            pass  # stopping
 
     async def _restart(self) -> None:
         if self._proc is not None:

@@ -133,3 +133,53 @@ def test_operation_errors_are_isolated(tmp_path: Path) -> None:
 
         assert balance(SUBS[0]) == 3_000_000  # the failed operation left nothing behind
         assert balance(SUBS[1]) == balance(SUBS[2]) == 3_000_000 - 50_000
+
+
+def test_attached_clients_share_the_writer_and_reattach_after_a_restart(
+        tmp_path: Path) -> None:
+    """ocs serve --workers: one writer process, the other workers attached over a Unix
+    socket; each gets its own answers, the batches are shared, and an attached client
+    finds the writer again after it is restarted."""
+    data = tmp_path / "d"
+    _setup(data)
+    path = str(tmp_path / "w.sock")
+
+    async def main() -> None:
+        owner = _writer(data)
+        owner._conf["listen"] = path
+        settings = dataclasses.asdict(EngineSettings(node="pw"))
+        settings["home_networks"] = []
+        attached = [ProcessWriter(data_dir=str(data), map_size_mb=64, max_ops=64,
+                                  max_delay_ms=1.0, queue_size=10_000, engine=settings,
+                                  attach=path) for _ in range(2)]
+        await owner.start()
+        for a in attached:
+            await a.start()
+            assert a.alive and a.pid is None
+        writers = [owner, *attached]
+        results = await asyncio.gather(*(writers[i % 3].submit("debit", _debit(i))
+                                         for i in range(300)))
+        assert all(d.ok and d.charged == 50_000 for d in results)
+        # every answer went to the one who asked: request keys are distinct, so are ids
+        assert len({d.record_id for d in results}) == 300
+        assert owner.ops == 300 and attached[0].ops == 0  # batch figures: the owner's
+        assert owner.batches < 300  # shared batches
+        pid = owner.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            if owner.alive and owner.pid != pid and all(a.alive for a in attached):
+                break
+            await asyncio.sleep(0.05)
+        assert owner.alive and all(a.alive and a.restarts == 1 for a in attached)
+        d = await attached[1].submit("debit", _debit(300))
+        assert d.ok
+        for a in attached:
+            await a.stop()
+        await owner.stop()
+
+    asyncio.run(main())
+    with Store(data) as s, s.read() as txn:  # 301 SMS of 0.05 over 10 subscribers
+        total = sum(dec_balance.decode(txn.get(m.encode(), db=s.dbs[BALANCES])).balance
+                    for m in SUBS)
+    assert total == 10 * 3_000_000 - 301 * 50_000
