@@ -1,5 +1,7 @@
 """``ocs serve``: the event loop with the admin endpoint, reaper and protocol listeners,
-plus two child processes: the group-commit writer and the CDR exporter.
+plus two child processes: the group-commit writer and the CDR exporter. With several
+workers (``ocs.workers``) this is worker 0; the others run the listeners only and
+attach to its writer.
 
 The writer and the exporter run as processes because py-lmdb releases the GIL around
 every LMDB call: a busy second thread would make each of those calls wait for the GIL.

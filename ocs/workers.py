@@ -4,9 +4,10 @@ Worker 0 is the process ``ocs serve`` started. It binds every listener with
 SO_REUSEPORT, then starts workers 1..N-1 (``python -m ocs.workers``) on the very
 addresses it bound (so port 0 in the config works too), and the kernel spreads new
 connections (Diameter, SMPP) and datagrams (RADIUS, by source address and port) over
-the processes. Every worker has its own group-commit writer process; they share the one
-LMDB store, whose write lock orders their transactions (ARCHITECTURE invariants hold
-per transaction, so they hold across workers).
+the processes. They all send their write operations to worker 0's group-commit writer
+process, attached over a Unix socket (``ocs.store.procwriter``): the LMDB store has one
+write lock, so one writer process makes the biggest batches, and the ARCHITECTURE
+invariants, which hold per transaction, hold across workers.
 
 Only worker 0 runs what must exist once per node: the admin endpoint, the CDR exporter,
 the reaper, the NOC health checks and the SNMP trap listener (storm control counts per
