@@ -1,9 +1,10 @@
-"""``make bench``: start a fresh server on a temp data dir, run every registered
-benchmark part against it, print one table (and write JSON with ``--json FILE``).
+"""``make bench``: run every registered benchmark part, each against a freshly started
+server on a fresh temp data dir, print one table (and write JSON with ``--json FILE``).
 
 The server runs in this process (store, writer, CDR exporter, reaper, admin endpoint all
-live, as under ``ocs serve``); parts that need a wire protocol talk to its listeners
-over loopback sockets.
+live, as under ``ocs serve`` with one worker); parts that need a wire protocol talk to
+its listeners over loopback sockets. A fresh server per part keeps one part's leftovers
+(100,000 Gy sessions, a grown store) out of the next one's figures.
 """
 
 from __future__ import annotations
@@ -94,25 +95,25 @@ async def run(parts: list[str], quick: float) -> list[Report]:
 
     logs.configure("json", level=40)
     reports: list[Report] = []
-    with tempfile.TemporaryDirectory(prefix="ocs-bench-") as tmp:
-        work = Path(tmp)
-        data = work / "data"
-        cfg_path = work / "ocs.toml"
-        cfg_path.write_text(CONFIG.format(data=data))
-        cfg = load_config(cfg_path)
-        from ocs.store import Store
+    for name in parts:
+        with tempfile.TemporaryDirectory(prefix=f"ocs-bench-{name}-") as tmp:
+            work = Path(tmp)
+            data = work / "data"
+            cfg_path = work / "ocs.toml"
+            cfg_path.write_text(CONFIG.format(data=data))
+            cfg = load_config(cfg_path)
+            from ocs.store import Store
 
-        Store(data).close()  # a fresh, empty store (plans loaded by the parts)
-        server = Server(cfg)
-        await server.start()
-        try:
-            ctx = BenchContext(workdir=work, server=server, quick=quick)
-            for name in parts:
+            Store(data).close()  # a fresh, empty store (plans loaded by the parts)
+            server = Server(cfg)
+            await server.start()
+            try:
+                ctx = BenchContext(workdir=work, server=server, quick=quick)
                 t0 = time.perf_counter()
                 reports.extend(await BENCH_PARTS[name].run(ctx))
                 sys.stderr.write(f"bench part {name}: {time.perf_counter() - t0:.1f} s\n")
-        finally:
-            await server.stop()
+            finally:
+                await server.stop()
     return reports
 
 
