@@ -88,3 +88,7 @@ DIAMETER_NOTIFICATIONS = Counter("ocs_diameter_server_requests",
                                  ["kind", "result"], registry=REGISTRY)
 DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
                        registry=REGISTRY, multiprocess_mode="livesum")
+
+WORKER_RESTARTS = Counter("ocs_worker_restarts",
+                          "Worker processes started again after they ended unasked",
+                          registry=REGISTRY)

@@ -175,6 +175,9 @@ class WorkerPool:
             if self._stopping:
                 return
             w.restarts += 1
+            from ocs import metrics
+
+            metrics.WORKER_RESTARTS.inc()
             await self._spawn(w)
 
     async def stop(self, timeout: float = 20.0) -> None:

@@ -234,6 +234,7 @@ def test_two_workers_share_the_ports_charge_exactly_and_survive_a_killed_worker(
         wait_for(lambda: health(admin)["worker_restarts"] == 1
                  and health(admin)["workers_alive"] == 2, what="worker restarted")
         assert health(admin)["status"] == "ok"
+        assert "ocs_worker_restarts_total 1.0" in metrics_text(admin)
         assert other not in listeners(dport, "t") and len(listeners(dport, "t")) == 2
         assert asyncio.run(debits(dport, 400, 200)) == [2001] * 200
         # the one writer process (worker 0's) is killed: it is restarted, the other worker
@@ -343,3 +344,71 @@ def test_smpp_delivers_each_message_once_across_workers(tmp_path: Path) -> None:
         for c in receivers + senders:
             with contextlib.suppress(Exception):
                 c.disconnect()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_load_then_retransmit_charges_each_once(tmp_path: Path) -> None:
+    """A worker (not worker 0) is SIGKILLed with debits in flight on its connections; the
+    client reconnects (maybe to the other worker) and sends everything again: each
+    request is charged once and is in one CDR."""
+    require_tool("ss")
+    cfg, ports = _config(tmp_path)
+    dport, admin = ports["diameter"], ports["admin"]
+    events = 1200
+    with serve(cfg, tmp_path, admin) as proc:
+
+        async def first() -> dict[int, int]:
+            load = GyLoad("127.0.0.1", dport, connections=16, realm="test.realm")
+            await load.open()
+            victim = next(p for p in tcp_owners(dport) if p != proc.pid)
+            answered: dict[int, int] = {}
+            sem = asyncio.Semaphore(64)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    body = load.ccr(f"k;{i}", 4, 0, f"4177{i % SUBSCRIBERS:07d}",
+                                    event_units=1)
+                    try:
+                        ans = await load._send(load.conns[i % 16], Cmd.CCR, 4, body)
+                    except (TimeoutError, ConnectionError):
+                        return
+                    answered[i] = result_codes(ans)[0]
+                    if len(answered) == events // 3:
+                        os.kill(victim, signal.SIGKILL)
+
+            await asyncio.gather(*(one(i) for i in range(events)))
+            load.close()
+            return answered
+
+        answered = asyncio.run(first())
+        assert events // 3 <= len(answered) < events  # some were lost with the worker
+        assert set(answered.values()) <= {2001, 5012}
+        wait_for(lambda: health(admin)["workers_alive"] == 2, what="worker restarted")
+
+        async def again() -> list[int]:
+            load = GyLoad("127.0.0.1", dport, connections=16, realm="test.realm")
+            await load.open()
+            try:
+                sem = asyncio.Semaphore(64)
+
+                async def one(i: int) -> int:
+                    async with sem:
+                        body = load.ccr(f"k;{i}", 4, 0, f"4177{i % SUBSCRIBERS:07d}",
+                                        event_units=1)
+                        return result_codes(await load._send(load.conns[i % 16], Cmd.CCR,
+                                                             4, body))[0]
+
+                return list(await asyncio.gather(*(one(i) for i in range(events))))
+            finally:
+                load.close()
+
+        assert asyncio.run(again()) == [2001] * events
+    assert proc.returncode == 0
+    for n in range(SUBSCRIBERS):
+        show = subprocess.run([OCS, "subscriber", "show", f"4177{n:07d}", "--json", "--config",
+                               str(cfg)], check=True, capture_output=True, text=True).stdout
+        expected = 100_000_000 - (events // SUBSCRIBERS) * PRICE
+        assert json.loads(show)["balance"] == f"{expected / 1e6:.4f}"
+    rows = [r.record for r in read_cdr_files(closed_cdr_files(tmp_path / "data" / "cdr"))]
+    assert Counter(Counter(r.session_id for r in rows).values()) == {1: events}
+    assert sum(r.charge for r in rows) == events * PRICE
