@@ -34,6 +34,8 @@ class SmsMessage(msgspec.Struct, array_like=True, kw_only=True):
     debit_key: bytes = b""
     receipted_id: str = ""
     receipt_state: int = 0
+    lease: int = 0
+    """While > now: a worker has claimed it for a delivery attempt (several workers)."""
 
 
 _dec = msgspec.msgpack.Decoder(SmsMessage)
@@ -69,6 +71,7 @@ def reschedule(tx: Tx, msg: SmsMessage, next_try: int) -> None:
     tx.delete(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode())
     msg.attempts += 1
     msg.next_try = next_try
+    msg.lease = 0
     enqueue(tx, msg)
 
 
@@ -77,6 +80,7 @@ def lease(tx: Tx, msg: SmsMessage, until: int) -> None:
     attempt's outcome never comes, e.g. its worker died, it is due again then)."""
     tx.delete(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode())
     msg.next_try = until
+    msg.lease = until
     enqueue(tx, msg)
 
 

@@ -908,6 +908,8 @@ class ChargingEngine:
             return False  # another worker claimed or rescheduled it meanwhile
         now = req.now
         if req.outcome == "claim":
+            if msg.lease > now:
+                return False  # another worker is delivering it (a fresh bind saw it too)
             messaging.lease(tx, msg, req.lease_until)
         elif req.outcome == "delivered":
             messaging.settle(tx, msg, "delivered", now)

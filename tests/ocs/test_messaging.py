@@ -97,6 +97,8 @@ def test_claims_let_one_worker_deliver_and_lapse_if_it_never_answers(
     assert not engine.store.run_write(lambda tx: engine.op_sms_outcome(tx, SmsOutcomeRequest(
         message_id=mid, outcome="retry", now=T0 + 4, expect_next_try=m.next_try)))
     assert queued(engine)[0].next_try == T0 + 15
+    # a worker where a receiver just bound reads it as it is now: still leased, refused
+    assert not claim(engine, mid, T0 + 15, T0 + 30, T0 + 5)
     # the claimant died: due again when the lease ends, claimed anew, then delivered
     assert claim(engine, mid, T0 + 15, T0 + 30, T0 + 15)
     assert outcome(engine, mid, "delivered", T0 + 16)
