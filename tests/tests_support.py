@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +104,26 @@ OCS = str(Path(sys.executable).parent / "ocs")
 
 
 @contextlib.contextmanager
-def serving(cfg: Path, cwd: Path, ready: str, *, log_name: str = "serve.log",
-            timeout: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``ocs serve --config cfg`` until the block ends (SIGTERM, then SIGKILL if it
-    hangs); ready once ``ready`` appears in its log."""
+def serving(cfg: Path, cwd: Path, ready: str | Callable[[], bool], *,
+            log_name: str = "serve.log", timeout: float = 20.0,
+            args: Sequence[str] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``ocs serve --config cfg [args]`` until the block ends (SIGTERM, then SIGKILL if
+    it hangs); ready once ``ready`` appears in its log (or, a function, returns true)."""
     log_path = cwd / log_name
     log = log_path.open("a")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg)], cwd=cwd, stdout=log,
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg), *args], cwd=cwd, stdout=log,
                             stderr=subprocess.STDOUT)
+
+    def is_ready() -> bool:
+        if isinstance(ready, str):
+            return ready in log_path.read_text()
+        with contextlib.suppress(OSError, ValueError):
+            return ready()
+        return False
+
     try:
         deadline = time.monotonic() + timeout
-        while ready not in log_path.read_text():
+        while not is_ready():
             assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
             time.sleep(0.05)
         yield proc

@@ -16,12 +16,11 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import OCS, Smsc, free_tcp_port, init_server, require_tool
+from tests_support import OCS, Smsc, free_tcp_port, init_server, require_tool, serving
 
 from ocs.cdr.reader import closed_cdr_files, read_cdr_files
 from ocs.store import Store
@@ -55,25 +54,11 @@ def wait_for(cond: Any, timeout: float = 30.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
-@contextlib.contextmanager
 def serve(cfg: Path, cwd: Path, admin: int, workers: int = 2
-          ) -> Iterator[subprocess.Popen[bytes]]:
-    log = (cwd / "serve.log").open("a")
-    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg), "--workers", str(workers)],
-                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is None and health(admin)["workers_alive"] == workers,
-                 what="workers up")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+          ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``ocs serve --workers N``, ready once /healthz counts every worker alive."""
+    return serving(cfg, cwd, lambda: health(admin)["workers_alive"] == workers,
+                   timeout=30, args=("--workers", str(workers)))
 
 
 def tcp_owners(port: int) -> Counter[int]:
@@ -289,7 +274,7 @@ listen = "127.0.0.1:{port}"
 [[smpp.accounts]]
 system_id = "esme"
 password = "secret"
-max_binds = 16
+max_binds = 64
 [[smpp.routes]]
 prefix = "417"
 system_id = "esme"
