@@ -39,6 +39,7 @@ from ocs.charging.model import (
     ReleaseRequest,
     ReserveRequest,
     Settlement,
+    SmppBindRequest,
     SmsOutcomeRequest,
     StoredAnswer,
     SubmitSmsRequest,
@@ -67,6 +68,8 @@ from ocs.store.env import (
     BALANCES,
     IDX_IMSI,
     IDX_USERNAME,
+    META,
+    META_SMPP_BINDS,
     REFUNDS,
     RES_EXPIRY,
     RESERVATIONS,
@@ -180,6 +183,8 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "alarm_notify": (alarms.Notification, str),
     "alarm_trim": (alarms.TrimAlarms, int),
     "fraud_rules": (bool, bool),
+    "smpp_bind": (SmppBindRequest, bool),
+    "smpp_binds_reset": (int, int),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -928,6 +933,34 @@ class ChargingEngine:
         else:
             raise ValueError(f"unknown SMS outcome {req.outcome!r}")
         return True
+
+    @staticmethod
+    def op_smpp_bind(tx: Tx, req: SmppBindRequest) -> bool:
+        """Count SMPP binds per account over every worker (``ocs serve --workers``)."""
+        prefix = META_SMPP_BINDS + req.system_id.encode() + b"\x00"
+        key = prefix + req.worker.to_bytes(2, "big")
+        raw = tx.get(META, key)
+        mine = unpack_u64(raw) if raw is not None else 0
+        if req.release:
+            if mine:
+                tx.put(META, key, pack_u64(mine - 1))
+            return True
+        if sum(unpack_u64(v) for _k, v in tx.scan(META, prefix, prefix + b"\xff\xff\xff")
+               ) >= req.max_binds:
+            return False
+        tx.put(META, key, pack_u64(mine + 1))
+        return True
+
+    @staticmethod
+    def op_smpp_binds_reset(tx: Tx, worker: int) -> int:
+        """Forget the binds a worker held (it just started: its connections died with its
+        last run); ``worker`` -1: every worker's (the node starts)."""
+        n = 0
+        for k, _v in tx.scan(META, META_SMPP_BINDS, META_SMPP_BINDS[:-1] + b"\x01"):
+            if worker < 0 or int.from_bytes(k[-2:], "big") == worker:
+                tx.delete(META, k)
+                n += 1
+        return n
 
     @staticmethod
     def _queue_receipt(tx: Tx, msg: messaging.SmsMessage, stat: str, state: int,

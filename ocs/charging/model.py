@@ -247,3 +247,13 @@ class SmsOutcomeRequest(msgspec.Struct, frozen=True, kw_only=True):
     """>= 0: apply only if the message is still due at that time (nobody claimed or
     rescheduled it since it was read)."""
     lease_until: int = 0
+
+
+class SmppBindRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A bind of ``system_id`` taken by ``worker`` (refused at ``max_binds`` over every
+    worker), or given back with ``release``."""
+
+    system_id: str
+    worker: int
+    max_binds: int = 0
+    release: bool = False

@@ -78,6 +78,8 @@ META_NODE = b"node_name"
 META_ALARM_SEQ = b"alarm_seq"
 META_ALARM_STREAM_SEQ = b"alarm_stream_seq"
 META_ALARM_EXPORT = b"alarm_export"
+META_SMPP_BINDS = b"smpp_binds\x00"
+"""+ system_id + NUL + worker (2 bytes) -> binds that worker holds (several workers)."""
 
 _U64 = struct.Struct(">Q")
 pack_u64 = _U64.pack

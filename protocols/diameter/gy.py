@@ -527,7 +527,7 @@ class GyAgent:
             elif ccr.request_type == UPDATE:
                 rc, body = await self._update(ccr, peer)
             else:
-                rc, body = await self._terminate(ccr)
+                rc, body = await self._terminate(ccr, peer)
         finally:
             mine.set_result(None)
             if self._tails.get(ccr.session_id) is mine:
@@ -641,11 +641,14 @@ class GyAgent:
     # -- CCR-U ----------------------------------------------------------------------------
 
     def _session(self, ccr: Ccr, peer: Any) -> GySession | None:
-        """The live session, re-attached from the store after a restart; None when it is
+        """The live session; re-attached from the store after a restart, or when its CCRs
+        now come on another connection (with several workers the session may have gone on
+        in another process meanwhile: the store says what is left of it). None when it is
         unknown or its Tcc ran out."""
         now = self.clock()
         sess = self.sessions.get(ccr.session_id)
-        if sess is not None and now <= sess.deadline:
+        if sess is not None and now <= sess.deadline and (
+                peer is None or sess.peer is None or sess.peer is peer):
             sess.deadline = now + self.tcc_s
             if peer is not None:
                 sess.peer = peer
@@ -737,8 +740,8 @@ class GyAgent:
 
     # -- CCR-T ----------------------------------------------------------------------------
 
-    async def _terminate(self, ccr: Ccr) -> tuple[int, bytes]:
-        sess = self._session(ccr, None)
+    async def _terminate(self, ccr: Ccr, peer: Any = None) -> tuple[int, bytes]:
+        sess = self._session(ccr, peer)
         known = sess is not None
         reported = {m.rating_group: m for m in self._items(ccr)} if (
             ccr.msccs or ccr.single) else {}

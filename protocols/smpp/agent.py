@@ -15,6 +15,7 @@ destination ESME_RX_R_APPN 0x66; no route ESME_RINVDSTADR 0x0B; overloaded ESME_
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections import Counter
@@ -23,7 +24,13 @@ from typing import Any
 import structlog
 
 from ocs.charging.engine import ChargingEngine, ChargingPaused
-from ocs.charging.model import DebitRequest, IdKind, Refusal, SubmitSmsRequest
+from ocs.charging.model import (
+    DebitRequest,
+    IdKind,
+    Refusal,
+    SmppBindRequest,
+    SubmitSmsRequest,
+)
 from ocs.config import SmppConfig
 from ocs.rating.plans import Service
 from ocs.store import Overloaded, StoreError
@@ -66,8 +73,13 @@ class SmppAgent:
         self.counters: Counter[str] = Counter()
         self.on_queued: Any = None
         """Called when a message was queued (wakes the delivery worker)."""
+        self.worker: int | None = None
+        """With several workers: this one's index, and binds are counted in the store
+        over all of them; None: counted here."""
+        self._releases: set[asyncio.Task[Any]] = set()
 
     def authenticate(self, bind: Bind) -> Status:
+        """Credentials, then (one worker) the bind limit counted here."""
         acct = self.accounts.get(bind.system_id)
         if acct is None:
             self.counters["bind_unknown_system_id"] += 1
@@ -75,7 +87,28 @@ class SmppAgent:
         if not hmac.compare_digest(bind.password.encode(), acct.password.encode()):
             self.counters["bind_bad_password"] += 1
             return Status.RINVPASWD
-        if self.binds[bind.system_id] >= acct.max_binds:
+        if self.worker is None:
+            return self._counted(self.binds[bind.system_id] < acct.max_binds, bind)
+        return Status.ROK
+
+    async def authenticate_shared(self, bind: Bind) -> Status:
+        """With several workers: credentials, then the bind limit over all of them, counted
+        in the store."""
+        status = self.authenticate(bind)
+        if status != Status.ROK or self.worker is None:
+            return status
+        try:
+            ok = await self.engine.submit("smpp_bind", SmppBindRequest(
+                system_id=bind.system_id, worker=self.worker,
+                max_binds=self.accounts[bind.system_id].max_binds))
+        except Exception as exc:  # the store is busy or away: no bind now
+            log.warning("smpp_bind_not_counted", system_id=bind.system_id, error=str(exc))
+            self.counters["bind_failed"] += 1
+            return Status.RBINDFAIL
+        return self._counted(bool(ok), bind)
+
+    def _counted(self, ok: bool, bind: Bind) -> Status:
+        if not ok:
             self.counters["bind_limit"] += 1
             return Status.RBINDFAIL
         self.binds[bind.system_id] += 1
@@ -84,6 +117,18 @@ class SmppAgent:
     def unbound(self, system_id: str) -> None:
         if self.binds[system_id] > 0:
             self.binds[system_id] -= 1
+        if self.worker is not None:
+            task = asyncio.ensure_future(self._release(system_id))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, system_id: str) -> None:
+        assert self.worker is not None
+        try:
+            await self.engine.submit("smpp_bind", SmppBindRequest(
+                system_id=system_id, worker=self.worker, release=True))
+        except Exception as exc:  # counted too high until this worker restarts
+            log.warning("smpp_unbind_not_counted", system_id=system_id, error=str(exc))
 
     def route(self, destination: str) -> str | None:
         for r in self.routes:

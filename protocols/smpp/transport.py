@@ -34,6 +34,10 @@ _bind_ids = itertools.count(1)
 _RUN = os.urandom(3).hex()
 
 
+_MAX_HELD = 256
+"""PDUs held per connection while its bind is counted (a pipelining ESME's first burst)."""
+
+
 class SmppConnection(asyncio.Protocol):
     def __init__(self, agent: SmppAgent, node: str):
         self.agent = agent
@@ -52,6 +56,9 @@ class SmppConnection(asyncio.Protocol):
         self.waiting: dict[int, asyncio.Future[Pdu]] = {}
         """Our requests (deliver_sm) by sequence number, until their response."""
         self.on_bound: Any = None
+        self._held: list[Pdu] | None = None
+        """PDUs that came while a bind was being counted in the store (several workers):
+        they are handled, in order, once the bind is answered."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -105,6 +112,9 @@ class SmppConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         for pdu in pdus:
+            if self._held is not None and len(self._held) < _MAX_HELD:
+                self._held.append(pdu)
+                continue
             self._run(self.session.receive(pdu, now))
         self._arm()
 
@@ -117,13 +127,13 @@ class SmppConnection(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
             elif isinstance(a, Authenticate):
-                status = self.agent.authenticate(a.bind)
-                if status == 0:
-                    self.bound_as = a.bind.system_id
-                self._run(self.session.bind_done(a.sequence, a.command_id, a.bind.system_id,
-                                                 status, a.bind.interface_version))
-                if status == 0 and self.on_bound is not None:
-                    self.on_bound()
+                if self.agent.worker is None:  # counted here: answer at once
+                    self._bound(a, self.agent.authenticate(a.bind))
+                else:
+                    self._held = []
+                    task = asyncio.ensure_future(self._bind(a))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
             elif isinstance(a, Response):
                 fut = self.waiting.pop(a.pdu.sequence, None)
                 if fut is not None and not fut.done():
@@ -132,6 +142,25 @@ class SmppConnection(asyncio.Protocol):
                 task = asyncio.ensure_future(self._charge(a))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+
+    async def _bind(self, a: Authenticate) -> None:
+        status = await self.agent.authenticate_shared(a.bind)
+        if status == 0 and self.transport is None:  # closed while the bind was counted
+            self.agent.unbound(a.bind.system_id)
+            return
+        self._bound(a, status)
+        held, self._held = self._held or [], None
+        for pdu in held:
+            self._run(self.session.receive(pdu, self.loop.time()))
+        self._arm()
+
+    def _bound(self, a: Authenticate, status: int) -> None:
+        if status == 0:
+            self.bound_as = a.bind.system_id
+        self._run(self.session.bind_done(a.sequence, a.command_id, a.bind.system_id,
+                                         status, a.bind.interface_version))
+        if status == 0 and self.on_bound is not None:
+            self.on_bound()
 
     async def _charge(self, a: Charge) -> None:
         status, message_id = await self.agent.submit(self.session.system_id, self.bind_id,
@@ -262,6 +291,10 @@ class SmppListener:
             self.connections.add(conn)
             return conn
 
+        if self.shared and self.agent.worker is not None:
+            # the binds this worker held died with its last run (worker 0: the node's)
+            await self.agent.engine.submit("smpp_binds_reset",
+                                           -1 if self.agent.worker == 0 else self.agent.worker)
         self.server = await loop.create_server(factory, host, port, reuse_port=reuse_port)
         self._worker = loop.create_task(self._deliver_loop())
         sock = self.server.sockets[0].getsockname()
@@ -285,8 +318,10 @@ async def start_smpp(server: Any) -> SmppListener:
     """``ocs serve`` starter for the ``[smpp]`` section."""
     from ocs.config import parse_listen
 
-    listener = SmppListener(SmppAgent(server.engine, server.cfg.smpp), server.cfg.node.name,
-                            shared=server.workers > 1)
+    agent = SmppAgent(server.engine, server.cfg.smpp)
+    if server.workers > 1:
+        agent.worker = server.worker
+    listener = SmppListener(agent, server.cfg.node.name, shared=server.workers > 1)
     await listener.start(*parse_listen(server.cfg.smpp.listen), reuse_port=server.reuse_port)
     server.smpp = listener
     return listener

@@ -103,3 +103,25 @@ def test_claims_let_one_worker_deliver_and_lapse_if_it_never_answers(
     assert claim(engine, mid, T0 + 15, T0 + 30, T0 + 15)
     assert outcome(engine, mid, "delivered", T0 + 16)
     assert queued(engine) == [] and balance(engine) == 950_000
+
+
+def test_smpp_binds_are_counted_over_every_worker(engine: ChargingEngine) -> None:
+    from ocs.charging.model import SmppBindRequest
+
+    def bind(worker: int, release: bool = False) -> bool:
+        return bool(engine.store.run_write(lambda tx: engine.op_smpp_bind(
+            tx, SmppBindRequest(system_id="esme", worker=worker, max_binds=3,
+                                release=release))))
+
+    def reset(worker: int) -> int:
+        return int(engine.store.run_write(lambda tx: engine.op_smpp_binds_reset(tx, worker)))
+
+    assert bind(0) and bind(1) and bind(1)
+    assert not bind(0) and not bind(2)  # 3 held over workers 0 and 1
+    assert engine.store.run_write(lambda tx: engine.op_smpp_bind(tx, SmppBindRequest(
+        system_id="other", worker=2, max_binds=1)))  # another account counts apart
+    assert bind(1, release=True) and bind(2)
+    assert reset(1) == 1  # worker 1 restarted: the bind it held is gone
+    assert bind(0) and not bind(0)
+    assert reset(-1) == 3  # the node restarted: esme on 0 and 2, other on 2 (entries)
+    assert bind(0)

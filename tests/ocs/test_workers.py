@@ -275,6 +275,10 @@ listen = "127.0.0.1:{port}"
 system_id = "esme"
 password = "secret"
 max_binds = 64
+[[smpp.accounts]]
+system_id = "few"
+password = "secret"
+max_binds = 6
 [[smpp.routes]]
 prefix = "417"
 system_id = "esme"
@@ -404,3 +408,27 @@ def test_worker_killed_mid_load_then_retransmit_charges_each_once(tmp_path: Path
     rows = [r.record for r in read_cdr_files(closed_cdr_files(tmp_path / "data" / "cdr"))]
     assert Counter(Counter(r.session_id for r in rows).values()) == {1: events}
     assert sum(r.charge for r in rows) == events * PRICE
+
+
+@pytest.mark.slow
+def test_smpp_max_binds_holds_over_all_workers(tmp_path: Path) -> None:
+    import smpplib.exceptions
+
+    require_tool("ss")
+    port, admin = free_tcp_port(), free_tcp_port()
+    cfg = init_server(tmp_path, SMPP_CONFIG.format(port=port, admin=admin), name="smsc")
+    srv = Smsc(tmp_path, cfg, port)
+    with serve(cfg, tmp_path, admin):
+        held = [srv.esme("transceiver", "few") for _ in range(6)]
+        assert len(tcp_owners(port)) == 2  # the six are spread over both workers
+        for _ in range(4):  # whichever worker a seventh reaches, the account is full
+            with pytest.raises(smpplib.exceptions.PDUError):
+                srv.esme("transceiver", "few")
+        held.pop().unbind()  # one given back: room for one more
+        wait_for(lambda: (held.append(srv.esme("transceiver", "few")) or True), 10,
+                 "a bind after an unbind")
+        with pytest.raises(smpplib.exceptions.PDUError):
+            srv.esme("transceiver", "few")
+        for c in held:
+            with contextlib.suppress(Exception):
+                c.disconnect()

@@ -325,3 +325,28 @@ def test_terminating_a_session_that_never_got_quota(env: tuple[GyAgent, Clock]) 
                        sid="poor"))
     assert rc(t) == Rc.SUCCESS and agent.sessions == {}
     assert rc(run(agent, ccr(3, 2, sid="poor", msisdn="41790000002"))) == Rc.UNKNOWN_SESSION_ID
+
+
+def test_a_session_moving_between_workers_follows_the_store(
+        env: tuple[GyAgent, Clock]) -> None:
+    """Two agents on one store are two workers: the session starts on one connection of
+    the first, goes on and ends on the second, and a late CCR-U that reaches the first on
+    a new connection is answered from what the store says (unknown), not from the first
+    worker's stale copy of the session."""
+    one, clock = env
+    two = GyAgent(one.engine, SETTINGS, clock=clock)
+
+    def on(agent: GyAgent, peer: object, msg: c.Message) -> c.Message:
+        return c.decode(asyncio.run(agent.handle(msg, peer)))
+
+    conn1, conn2, conn3 = object(), object(), object()
+    assert rc(on(one, conn1, ccr(1, 0, mscc(10, units("octets", MB))))) == Rc.SUCCESS
+    a = on(two, conn2, ccr(2, 1, mscc(10, units("octets", MB), [units("octets", 500_000)])))
+    assert msccs(a)[0]["rc"] == Rc.SUCCESS  # re-attached from the reservation
+    assert rc(on(two, conn2, ccr(3, 2, mscc(10, None, [units("octets", 200_000)])))) == (
+        Rc.SUCCESS)
+    assert money(one) == (993_000, 0)
+    assert "pgw;1;1" in one.sessions  # the first worker's copy, now stale
+    late = on(one, conn3, ccr(2, 3, mscc(10, units("octets", MB), [units("octets", 1)])))
+    assert rc(late) == Rc.UNKNOWN_SESSION_ID
+    assert money(one) == (993_000, 0) and "pgw;1;1" not in one.sessions
