@@ -116,10 +116,6 @@ class WorkerPool:
     def restarts(self) -> int:
         return sum(w.restarts for w in self.workers)
 
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers
-                if w.proc is not None and w.proc.returncode is None]
-
     async def start(self) -> None:
         """Start every worker and wait until each listens (or fail)."""
         for w in self.workers:
@@ -175,7 +171,8 @@ class WorkerPool:
             if self._stopping:
                 return
             w.restarts += 1
-            from ocs import metrics
+            from ocs import metrics  # not at the top: `ocs serve` imports this module before
+            # it sets up prometheus_client's multiprocess mode
 
             metrics.WORKER_RESTARTS.inc()
             await self._spawn(w)
