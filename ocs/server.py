@@ -308,6 +308,8 @@ class Server:
 
     def request_stop(self) -> None:
         self._stopping.set()
+        if self.pool is not None:  # a worker ending now (the same SIGTERM) is not restarted
+            self.pool.stopping = True
 
     async def wait(self) -> None:
         await self._stopping.wait()

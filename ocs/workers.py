@@ -104,7 +104,8 @@ class WorkerPool:
         self.on_exit = on_exit
         """Called with the pid of a worker that ended (its metrics are then final)."""
         self.workers = [_Worker(i) for i in range(1, count)]
-        self._stopping = False
+        self.stopping = False
+        """Set when the server stops: workers that end are not started again."""
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -156,19 +157,19 @@ class WorkerPool:
 
     async def _supervise(self, w: _Worker) -> None:
         backoff = 1.0
-        while not self._stopping:
+        while not self.stopping:
             assert w.proc is not None
             code = await w.proc.wait()
             if self.on_exit is not None:
                 self.on_exit(w.proc.pid)
-            if self._stopping:
+            if self.stopping:
                 return
             ran = time.monotonic() - w.started
             backoff = 1.0 if ran > 60 else min(MAX_BACKOFF_S, backoff * 2 if w.restarts else 1.0)
             log.error("worker_exited", worker=w.index, pid=w.proc.pid, code=code,
                       restart_in_s=backoff)
             await asyncio.sleep(backoff)
-            if self._stopping:
+            if self.stopping:
                 return
             w.restarts += 1
             from ocs import metrics  # not at the top: `ocs serve` imports this module before
@@ -179,7 +180,7 @@ class WorkerPool:
 
     async def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every worker (each drains like a server does), SIGKILL after timeout."""
-        self._stopping = True
+        self.stopping = True
         procs = [w.proc for w in self.workers
                  if w.proc is not None and w.proc.returncode is None]
         for p in procs:

@@ -35,7 +35,11 @@ def child_main(settings_json: str) -> None:
     with contextlib.suppress(OSError):
         os.nice(5)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    def on_term(*_: object) -> None:  # once: a second SIGTERM (the group's, then ours)
+        stop.set()  # must not hit the interpreter's shutdown, where it would kill us
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from pathlib import Path
 

@@ -82,7 +82,11 @@ def child_main(fd: int, settings_json: str) -> None:
 
     conf = json.loads(settings_json)
     logs.configure(conf.get("log_format", "json"))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # The parent decides when we stop (it closes its end; if it dies, the end closes):
+    # Ctrl-C or a service manager's SIGTERM to the whole group must not cut short the
+    # answers the parent is still draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
     settings = EngineSettings(**{**conf["engine"],
                                  "home_networks": frozenset(conf["engine"]["home_networks"])})

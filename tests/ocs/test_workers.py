@@ -432,3 +432,30 @@ def test_smpp_max_binds_holds_over_all_workers(tmp_path: Path) -> None:
         for c in held:
             with contextlib.suppress(Exception):
                 c.disconnect()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """A service manager (systemd's default) sends SIGTERM to every process of the
+    service at once: the writer and exporter wait for worker 0 to stop them, worker 1 is
+    not started again, everything exits 0 and the last CDRs are in a closed file."""
+    cfg, ports = _config(tmp_path)
+    log = (tmp_path / "serve.log").open("a")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg), "--workers", "2"],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: health(ports["admin"])["workers_alive"] == 2, what="workers up")
+        assert asyncio.run(debits(ports["diameter"], 0, 100)) == [2001] * 100
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "writer_process_lost" not in text and "worker_exited" not in text, text[-3000:]
+    assert '"exporter_exit": 0' in text
+    rows = [r.record for r in read_cdr_files(closed_cdr_files(tmp_path / "data" / "cdr"))]
+    assert len(rows) == 100
