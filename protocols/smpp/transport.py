@@ -175,11 +175,9 @@ is it rescheduled from here."""
 
 
 class SmppListener:
-    def __init__(self, agent: SmppAgent, node: str, *, shared: bool = False):
+    def __init__(self, agent: SmppAgent, node: str):
         self.agent = agent
         self.node = node
-        self.shared = shared
-        """Other worker processes deliver from the same queue: claim before delivering."""
         self.server: asyncio.Server | None = None
         self.connections: set[SmppConnection] = set()
         self._wake = asyncio.Event()
@@ -188,6 +186,11 @@ class SmppListener:
         self._fresh: set[str] = set()
         """system_ids that just bound a receiver: their waiting messages go now."""
         agent.on_queued = self._wake.set
+
+    @property
+    def shared(self) -> bool:
+        """Other worker processes deliver from the same queue: claim before delivering."""
+        return self.agent.worker is not None
 
     def receivers(self, system_id: str) -> list[SmppConnection]:
         return [c for c in self.connections
@@ -291,7 +294,7 @@ class SmppListener:
             self.connections.add(conn)
             return conn
 
-        if self.shared and self.agent.worker is not None:
+        if self.agent.worker is not None:
             # the binds this worker held died with its last run (worker 0: the node's)
             await self.agent.engine.submit("smpp_binds_reset",
                                            -1 if self.agent.worker == 0 else self.agent.worker)
@@ -321,7 +324,7 @@ async def start_smpp(server: Any) -> SmppListener:
     agent = SmppAgent(server.engine, server.cfg.smpp)
     if server.workers > 1:
         agent.worker = server.worker
-    listener = SmppListener(agent, server.cfg.node.name, shared=server.workers > 1)
+    listener = SmppListener(agent, server.cfg.node.name)
     await listener.start(*parse_listen(server.cfg.smpp.listen), reuse_port=server.reuse_port)
     server.smpp = listener
     return listener
