@@ -169,10 +169,7 @@ def write_results(reports: list[Report], root: Path) -> Path:
 
 def load_results(path: Path) -> list[Report]:
     doc = json.loads(path.read_text())
-    return [Report(part=d["part"], name=d["name"], operations=d["operations"],
-                   errors=d["errors"], seconds=d["seconds"], latencies_ms=d["latencies_ms"],
-                   target=d.get("target", ""), passed=d.get("passed"),
-                   extra=d.get("extra", {})) for d in doc["reports"]]
+    return [Report.from_json(d) for d in doc["reports"]]
 
 
 if __name__ == "__main__":  # python -m sim.benchreport RESULTS.json: redraw its plots

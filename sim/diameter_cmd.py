@@ -318,14 +318,6 @@ def _sim(host: str, port: int, args: list[str]) -> list[dict[str, Any]]:
     return result
 
 
-def _from_json(d: dict[str, Any], **kw: Any) -> Report:
-    r = Report(part=d["part"], name=d["name"], operations=d["operations"], errors=d["errors"],
-               seconds=d["seconds"], latencies_ms=d["latencies_ms"], extra=d.get("extra", {}))
-    for k, v in kw.items():
-        setattr(r, k, v)
-    return r
-
-
 def _rss_mb() -> float:
     with open(f"/proc/{os.getpid()}/status") as f:
         for line in f:
@@ -350,7 +342,7 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
     closed = await loop.run_in_executor(None, _sim, host, port, [
         "--sessions", str(sessions), "--updates", str(updates), "--window", "1024",
         "--connections", "8", "--terminate"])
-    reports = [_from_json(d) for d in closed]
+    reports = [Report.from_json(d) for d in closed]
     upd = next(r for r in reports if r.name.startswith("CCR-U"))
     upd.target = ">= 20,000 CCR/s, 0 errors"
     upd.passed = upd.throughput >= 20_000 and upd.errors == 0
@@ -360,7 +352,7 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
         res = await loop.run_in_executor(None, _sim, host, port, [
             "--sessions", str(sessions), "--updates", str(ctx.scale(30_000)), "--window",
             "1024", "--connections", "8", "--terminate"])
-        return _from_json(next(d for d in res if d["name"].startswith("CCR-U")))
+        return Report.from_json(next(d for d in res if d["name"].startswith("CCR-U")))
 
     reports.extend(await fraud_overhead(ctx, again, "CCR-U"))
     # open loop at 10,000 CCR/s (the target) and at half that, each for a bounded time
@@ -368,7 +360,7 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
         opened = await loop.run_in_executor(None, _sim, host, port, [
             "--sessions", str(sessions), "--updates", str(int(rate * ctx.scale_s(10.0))),
             "--rate", str(rate), "--window", "4096", "--connections", "8", "--terminate"])
-        rep = _from_json(next(d for d in opened if d["name"].startswith("CCR-U")))
+        rep = Report.from_json(next(d for d in opened if d["name"].startswith("CCR-U")))
         if rate == 10_000:
             rep.target = "p99 <= 10 ms at 10,000/s, 0 errors"
             rep.passed = rep.latencies_ms.get("p99", 1e9) <= 10.0 and rep.errors == 0
@@ -379,7 +371,7 @@ async def bench_diameter(ctx: BenchContext) -> list[Report]:
     res = await loop.run_in_executor(None, _sim, host, port, [
         "--sessions", str(held), "--updates", "0", "--window", "2048", "--connections", "8"])
     grown = _rss_mb() - before
-    hold = _from_json(res[0], target="RSS growth <= 500 MB")
+    hold = Report.from_json(res[0], target="RSS growth <= 500 MB")
     hold.name = f"{held:,} sessions held (CCR-I)"
     hold.extra["result"] = f"+{grown:.0f} MB RSS, {len(node.agent.sessions):,} live"
     hold.passed = grown <= 500 and hold.errors == 0 and len(node.agent.sessions) >= held

@@ -235,14 +235,6 @@ def _free_udp_port() -> int:
     return port
 
 
-def _from_json(d: dict[str, Any], **kw: Any) -> Report:
-    r = Report(part=d["part"], name=d["name"], operations=d["operations"], errors=d["errors"],
-               seconds=d["seconds"], latencies_ms=d["latencies_ms"], extra=d.get("extra", {}))
-    for k, v in kw.items():
-        setattr(r, k, v)
-    return r
-
-
 @bench_part("radius")
 async def bench_radius(ctx: BenchContext) -> list[Report]:
     from sim.core import provision
@@ -258,8 +250,8 @@ async def bench_radius(ctx: BenchContext) -> list[Report]:
     interims = ctx.scale(60_000)
     closed = await loop.run_in_executor(None, _sim, host, port, sessions, interims,
                                         ["--window", "512"])
-    ours = _from_json(closed[1])
-    reports = [_from_json(closed[0]), ours]
+    ours = Report.from_json(closed[1])
+    reports = [Report.from_json(closed[0]), ours]
     # FreeRADIUS 3.2 with its detail module, same generator, same run
     from sim.peers import PeerUnavailable, freeradius
 
@@ -270,7 +262,7 @@ async def bench_radius(ctx: BenchContext) -> list[Report]:
         with freeradius(fr_dir, auth_port, acct_port):
             fr = await loop.run_in_executor(None, _sim, "127.0.0.1", acct_port, sessions,
                                             interims, ["--window", "512"])
-        peer = _from_json(fr[1])
+        peer = Report.from_json(fr[1])
         peer.part, peer.name = "radius", "FreeRADIUS 3.2 (detail), same load"
         reports.append(peer)
         ratio = ours.throughput / peer.throughput if peer.throughput else 0.0
@@ -283,7 +275,7 @@ async def bench_radius(ctx: BenchContext) -> list[Report]:
     opened = await loop.run_in_executor(
         None, _sim, host, port, sessions, int(half * ctx.scale_s(5.0)),
         ["--rate", f"{half:.0f}"])
-    rep = _from_json(opened[1], target="p99 <= 10 ms at half load")
+    rep = Report.from_json(opened[1], target="p99 <= 10 ms at half load")
     rep.passed = rep.latencies_ms.get("p99", 1e9) <= 10.0
     reports.append(rep)
     return reports

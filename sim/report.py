@@ -68,6 +68,17 @@ class Report:
             r.extra["timeline"] = timeline.series()
         return r
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any], **overrides: Any) -> Report:
+        """A report back from ``to_json`` (a generator's ``--json`` output, a results
+        file); ``overrides`` replace fields (part, name, target, passed, extra ...)."""
+        fields = {"part": d["part"], "name": d["name"], "operations": d["operations"],
+                  "errors": d["errors"], "seconds": d["seconds"],
+                  "latencies_ms": d["latencies_ms"], "target": d.get("target", ""),
+                  "passed": d.get("passed"), "extra": dict(d.get("extra", {}))}
+        fields.update(overrides)
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["throughput_per_s"] = round(self.throughput, 1)

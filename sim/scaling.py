@@ -160,10 +160,8 @@ def measure(workdir: Path, workers: int, updates: int, interims: int) -> dict[st
                         "2000", "--interims", str(interims), "--window", "512"])[1]
             rad["cpu"] = _cpu_since(cpu, pid)
             for key, item in (("diameter", d), ("radius", rad)):
-                rep = Report(part="scaling", name="", operations=item["operations"],
-                             errors=item["errors"], seconds=item["seconds"],
-                             latencies_ms=item["latencies_ms"],
-                             extra={**item.get("extra", {}), **item["cpu"]})
+                rep = Report.from_json(item, part="scaling", name="",
+                                       extra={**item.get("extra", {}), **item["cpu"]})
                 best = out.get(key)
                 if best is None or rep.throughput > best.throughput:
                     out[key] = rep

@@ -560,10 +560,7 @@ async def bench_mixed(ctx: BenchContext) -> list[Report]:
     out = await asyncio.get_running_loop().run_in_executor(None, run)
     reps = []
     for d_ in out["reports"]:
-        rep = Report(part="mixed", name=d_["name"], operations=d_["operations"],
-                     errors=d_["errors"], seconds=d_["seconds"],
-                     latencies_ms=d_["latencies_ms"], extra=d_.get("extra", {}))
-        reps.append(rep)
+        reps.append(Report.from_json(d_, part="mixed"))
     total = reps[-1]
     diffs = out["differences"]
     total.target = ">= 10,000 events/s, p99 <= 20 ms, 0 reconcile differences"

@@ -207,18 +207,12 @@ async def bench_smpp(ctx: BenchContext) -> list[Report]:
     messages = str(ctx.scale(40_000))
     closed = await loop.run_in_executor(None, _sim, host, port,
                                         ["--messages", messages, "--sources", "2000"])
-    ours = Report(part="smpp", name=closed["name"], operations=closed["operations"],
-                  errors=closed["errors"], seconds=closed["seconds"],
-                  latencies_ms=closed["latencies_ms"], target=">= 10000/s, receipts for all",
-                  extra=closed["extra"])
+    ours = Report.from_json(closed, target=">= 10000/s, receipts for all")
     ours.passed = (ours.throughput >= 10_000
                    and closed["extra"]["receipts"] == ours.operations - ours.errors)
     opened = await loop.run_in_executor(None, _sim, host, port, [
         "--messages", str(int(5000 * ctx.scale_s(5.0))), "--sources", "2000",
         "--rate", "5000"])
-    at_5k = Report(part="smpp", name=opened["name"], operations=opened["operations"],
-                   errors=opened["errors"], seconds=opened["seconds"],
-                   latencies_ms=opened["latencies_ms"], target="p99 <= 20 ms",
-                   extra=opened["extra"])
+    at_5k = Report.from_json(opened, target="p99 <= 20 ms")
     at_5k.passed = at_5k.latencies_ms.get("p99", 1e9) <= 20.0
     return [ours, at_5k]

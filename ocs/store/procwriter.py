@@ -456,10 +456,8 @@ class ProcessWriter:
 
     async def _reattach(self) -> None:
         self.restarts += 1
-        try:
+        with contextlib.suppress(StoreError):  # raised only when stopping
             await self._connect(deadline_s=float("inf"))
-        except StoreError:
-            pass  # stopping
 
     async def _restart(self) -> None:
         if self._proc is not None:
