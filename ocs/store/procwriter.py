@@ -10,7 +10,8 @@ and answers each batch after its durable commit.
 Frames both ways: 4-byte big-endian length, then MessagePack.
 - request  ``[id, name, request]`` (``name`` is a key of ``OPERATIONS``)
 - answer   ``[id, true, result]`` or ``[id, false, [error kind, message]]``
-- stats    ``[0, true, [ops, commit seconds, batch seconds]]`` after each batch
+- stats    ``[0, true, [ops, commit seconds, batch seconds, failed ops of attached
+  clients]]`` after each batch, to the parent only
 """
 
 from __future__ import annotations
@@ -229,14 +230,17 @@ def serve(sock: socket.socket, store: Any, decoders: dict[str, Any],
             read(remaining)
         commit_s = batch.commit()
         outs: dict[_Client, list[bytes]] = {parent: []}
+        failed_others = 0
         for (client, rid), (ok, value) in zip(ids, batch.results, strict=True):
             out = outs.setdefault(client, [])
             if ok:
                 out.append(_frame(_enc.encode((rid, True, value))))
             else:
+                failed_others += client is not parent
                 out.append(_frame(_enc.encode((rid, False, (type(value).__name__, str(value))))))
         outs[parent].append(_frame(_enc.encode(
-            (0, True, (len(batch), commit_s, time.perf_counter() - batch.started)))))
+            (0, True, (len(batch), commit_s, time.perf_counter() - batch.started,
+                       failed_others)))))
         for client, out in outs.items():
             if not client.open:
                 continue
@@ -415,10 +419,11 @@ class ProcessWriter:
     def _answers(self, frames: list[bytes]) -> None:
         for frame in frames:
             rid, ok, raw = _dec_frame.decode(frame)
-            if rid == 0:
-                n, commit_s, batch_s = msgspec.msgpack.decode(raw)
+            if rid == 0:  # the batch's figures (all clients'; their failures too)
+                n, commit_s, batch_s, failed_others = msgspec.msgpack.decode(raw)
                 self.batches += 1
                 self.ops += n
+                self.failed += failed_others
                 if self._on_batch is not None:
                     self._on_batch(n, commit_s, batch_s)
                 continue

@@ -164,6 +164,18 @@ def test_attached_clients_share_the_writer_and_reattach_after_a_restart(
         assert len({d.record_id for d in results}) == 300
         assert owner.ops == 300 and attached[0].ops == 0  # batch figures: the owner's
         assert owner.batches < 300  # shared batches
+        # an operation that fails for an attached worker: its error goes to that worker,
+        # and the owner counts it with the node's failures (the NOC error-rate alarm)
+        with pytest.raises(StoreError):
+            await attached[0].submit("debit", DebitRequest(
+                request_key=b"x" * 600, subscriber=((IdKind.MSISDN, SUBS[0]),),
+                service=Service.SMS, destination="4179"))
+        assert attached[0].failed == 1
+        for _ in range(100):
+            if owner.failed == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert owner.failed == 1
         pid = owner.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
