@@ -60,8 +60,6 @@ class Server:
         self.worker = worker
         """0 for the process ``ocs serve`` started; 1..N-1 for the others (ocs.workers)."""
         self.workers = workers
-        self.primary = worker == 0
-        self.reuse_port = workers > 1
         self.origin_state_id = 0
         """Diameter Origin-State-Id of this node (the same in every worker); 0 = own."""
         self.pool: Any = None
@@ -126,6 +124,16 @@ class Server:
         self.radius: Any = None
         self.smpp: Any = None
         self.snmp: Any = None
+
+    @property
+    def primary(self) -> bool:
+        """Worker 0: it owns what exists once per node (admin, exporter, reaper, SNMP)."""
+        return self.worker == 0
+
+    @property
+    def reuse_port(self) -> bool:
+        """Listeners share their ports with other workers (SO_REUSEPORT)."""
+        return self.workers > 1
 
     def _on_batch(self, ops: int, commit_s: float, batch_s: float) -> None:
         metrics.on_batch(ops, commit_s, batch_s)

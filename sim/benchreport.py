@@ -9,6 +9,7 @@ keeps).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -158,10 +159,8 @@ def write_results(reports: list[Report], root: Path) -> Path:
                            "reports": [r.to_json() for r in reports]}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     extra = root / stamp
-    try:
-        plots(reports, extra)
-    except ImportError:  # matplotlib is installed by `make bench`; a bare run goes on
-        pass
+    with contextlib.suppress(ImportError):  # matplotlib comes with `make bench`; a bare
+        plots(reports, extra)  # run goes on without plots
     extra.mkdir(parents=True, exist_ok=True)
     (extra / "report.md").write_text(markdown(reports, now.isoformat(timespec="seconds")))
     return path

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table, run_sim
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -309,13 +307,7 @@ class DiameterCommand:
 
 
 def _sim(host: str, port: int, args: list[str]) -> list[dict[str, Any]]:
-    cmd = [sys.executable, "-m", "sim.cli", "diameter", "--server", f"{host}:{port}", "--json",
-           "--realm", "test.realm", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        raise RuntimeError(f"ocs-sim diameter failed: {p.stderr.strip()[-500:]}")
-    result: list[dict[str, Any]] = json.loads(p.stdout)
-    return result
+    return run_sim(["diameter", "--server", f"{host}:{port}", "--realm", "test.realm", *args])
 
 
 def _rss_mb() -> float:

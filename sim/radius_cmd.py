@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import socket
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,7 +26,7 @@ from protocols.radius.codec import (
 )
 from protocols.radius.codec import decode as decode_packet
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table, run_sim
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -218,13 +216,8 @@ class RadiusCommand:
 
 def _sim(host: str, port: int, n_sessions: int, interims: int, extra: list[str]) -> list[
         dict[str, Any]]:
-    cmd = [sys.executable, "-m", "sim.cli", "radius", "--server", f"{host}:{port}",
-           "--sessions", str(n_sessions), "--interims", str(interims), "--json", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(f"ocs-sim radius failed: {p.stderr.strip()}")
-    result: list[dict[str, Any]] = json.loads(p.stdout)
-    return result
+    return run_sim(["radius", "--server", f"{host}:{port}", "--sessions", str(n_sessions),
+                    "--interims", str(interims), *extra], timeout=600)
 
 
 def _free_udp_port() -> int:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+
+def run_sim(args: list[str], timeout: float = 900) -> list[dict[str, Any]]:
+    """Run ``ocs-sim ARGS --json`` in a process of its own (the bench parts' generators)
+    and return its reports as JSON dicts (``Report.from_json`` reads one)."""
+    p = subprocess.run([sys.executable, "-m", "sim.cli", *args, "--json"],
+                       capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"ocs-sim {args[0]} failed: {p.stderr.strip()[-500:]}")
+    result: list[dict[str, Any]] = json.loads(p.stdout)
+    return result
 
 class Timeline:
     """When each operation of one run completed, for the throughput-over-time plot."""

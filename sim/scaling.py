@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.registry import bench_part
-from sim.report import Report
+from sim.report import Report, run_sim
 
 CONFIG = """
 [node]
@@ -126,15 +126,6 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _run(cmd: list[str]) -> list[dict[str, Any]]:
-    p = subprocess.run([sys.executable, "-m", "sim.cli", *cmd, "--json"], capture_output=True,
-                       text=True, timeout=900)
-    if p.returncode != 0:
-        raise RuntimeError(f"ocs-sim {cmd[0]} failed: {p.stderr.strip()[-500:]}")
-    result: list[dict[str, Any]] = json.loads(p.stdout)
-    return result
-
-
 def _cpu_since(mark: tuple[float, float, float], pid: int) -> dict[str, float]:
     """Cores busy since ``mark``: the server's process tree and the load generator (the
     whole run: set-up, closed loop, terminate). Shows when the machine is the limit."""
@@ -150,13 +141,13 @@ def measure(workdir: Path, workers: int, updates: int, interims: int) -> dict[st
         for _round in range(2):  # the better of two runs: one stray scheduling hiccup on
             # a 2-core machine must not decide a ratio
             cpu = (tree_cpu_s(pid), _children_cpu_s(), time.perf_counter())
-            res = _run(["diameter", "--server", f"127.0.0.1:{ports['diameter']}",
+            res = run_sim(["diameter", "--server", f"127.0.0.1:{ports['diameter']}",
                         "--realm", "test.realm", "--sessions", "5000", "--updates",
                         str(updates), "--window", "1024", "--connections", "8", "--terminate"])
             d = next(x for x in res if x["name"].startswith("CCR-U"))
             d["cpu"] = _cpu_since(cpu, pid)
             cpu = (tree_cpu_s(pid), _children_cpu_s(), time.perf_counter())
-            rad = _run(["radius", "--server", f"127.0.0.1:{ports['acct']}", "--sessions",
+            rad = run_sim(["radius", "--server", f"127.0.0.1:{ports['acct']}", "--sessions",
                         "2000", "--interims", str(interims), "--window", "512"])[1]
             rad["cpu"] = _cpu_since(cpu, pid)
             for key, item in (("diameter", d), ("radius", rad)):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,7 +21,7 @@ from protocols.smpp.pdu import (
     encode_submit,
 )
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table
+from sim.report import Report, Timeline, dump_json, print_table, run_sim
 
 if TYPE_CHECKING:
     from sim.bench import BenchContext
@@ -185,13 +183,7 @@ class SmppCommand:
 
 
 def _sim(host: str, port: int, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "sim.cli", "smpp", "--server", f"{host}:{port}", "--json",
-           *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(f"ocs-sim smpp failed: {p.stderr.strip()}")
-    result: dict[str, Any] = json.loads(p.stdout)[0]
-    return result
+    return run_sim(["smpp", "--server", f"{host}:{port}", *extra], timeout=600)[0]
 
 
 @bench_part("smpp")

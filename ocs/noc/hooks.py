@@ -11,6 +11,7 @@ may offer a line again), so receivers should key on ``seq``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shlex
@@ -98,10 +99,8 @@ class HookDispatcher:
         deadline = time.monotonic() + timeout
         while not self._q.empty() and time.monotonic() < deadline:
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(queue.Full):  # still full: the thread is let go below
             self._q.put_nowait(None)
-        except queue.Full:
-            pass
         self._thread.join(max(0.1, deadline - time.monotonic()))
 
     def _run(self) -> None:
