@@ -107,6 +107,9 @@ class RadiusConfig:
     """Session-Timeout in Access-Accept for prepaid data (re-authorise at least this often)."""
     dedup_window_s: float = 30.0
     """How long a reply is kept to answer a retransmission (same client, Id, authenticator)."""
+    dae_queue_limit: int = 1024
+    """Disconnect/CoA requests that may wait per NAS while all 256 Identifiers are in
+    flight; beyond this they are dropped and counted (retried by the next sweep)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -489,6 +492,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{src}: radius.clients[{i}].address: {exc}") from exc
             if not c.secret:
                 raise ConfigError(f"{src}: radius.clients[{i}].secret: must not be empty")
+        if cfg.radius.dae_queue_limit < 0:
+            raise ConfigError(f"{src}: radius.dae_queue_limit: must be >= 0")
         if cfg.radius.interim_interval_s <= 0 or cfg.radius.session_timeout_s <= 0:
             raise ConfigError(f"{src}: radius: interim_interval_s and session_timeout_s "
                               "must be positive")

@@ -70,6 +70,9 @@ def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:
 
 RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and outcome",
                          ["endpoint", "outcome"], registry=REGISTRY)
+RADIUS_DAE = Counter("ocs_radius_dae", "Disconnect/CoA requests by kind and outcome "
+                     "(dropped: the NAS's queue was full)", ["kind", "outcome"],
+                     registry=REGISTRY)
 RADIUS_DROPPED = Counter("ocs_radius_dropped", "RADIUS packets silently discarded, by reason",
                          ["endpoint", "reason"], registry=REGISTRY)
 

@@ -172,7 +172,7 @@ async def start_radius(server: Any) -> RadiusListener:
 
     cfg = server.cfg.radius
     agent = RadiusAgent(server.engine, cfg, validity_s=server.cfg.charging.default_validity_s,
-                        dae=DaeClient())
+                        dae=DaeClient(max_queue=cfg.dae_queue_limit))
     listener = RadiusListener(agent, sweep_interval_s=server.cfg.charging.reaper_interval_s)
     await listener.start(parse_listen(cfg.auth_listen), parse_listen(cfg.acct_listen),
                          cfg.dedup_window_s, reuse_port=server.reuse_port)
