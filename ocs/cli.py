@@ -6,7 +6,9 @@ Bad input prints one line on stderr and exits with status 2, having written noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -212,7 +214,43 @@ def build_parser() -> _Parser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
+    cfg = load_config(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
+    # Balances, password hashes, MSISDNs and IMSIs: nothing we create is for other users
+    # (0700/0600), or for the owner's group too with node.group_readable (0750/0640).
+    os.umask(0o027 if cfg.node.group_readable else 0o077)
+    return cfg
+
+
+_SERVE_LOCK: list[int] = []
+"""The open lock file of ``ocs serve`` (held for the life of the process)."""
+
+
+def _lock_data_dir(cfg: Config) -> None:
+    """Take the data directory for this server, before anything in it is touched: a
+    second ``ocs serve`` on the same directory leaves with one line and changes nothing."""
+    import fcntl
+
+    data = Path(cfg.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    wanted = 0o750 if cfg.node.group_readable else 0o700
+    with contextlib.suppress(OSError):  # tighten a directory made by an older version
+        if data.stat().st_mode & 0o777 & ~wanted:
+            data.chmod(wanted)
+    path = data / "serve.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CliError(f"{path}: cannot open: {exc.strerror}", EXIT_FAILURE) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise CliError(f"{data}: in use by another 'ocs serve' (pid {holder})",
+                       EXIT_FAILURE) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _SERVE_LOCK.append(fd)
 
 
 def _open(cfg: Config, *, create: bool = False) -> Store:
@@ -245,7 +283,6 @@ def _engine(cfg: Config, store: Store) -> ChargingEngine:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
     import shutil
 
     from ocs import logs, workers
@@ -253,6 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.workers is not None and not 0 <= args.workers <= 64:
         raise CliError("--workers: expected 0 (one per core) to 64")
+    _lock_data_dir(cfg)
     n = workers.resolve(args.workers, cfg)
     if n > 1:  # before ocs.metrics is imported: every worker's counters in files there
         metrics_dir = Path(cfg.data_dir) / "run" / "metrics"

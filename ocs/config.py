@@ -36,6 +36,9 @@ class NodeConfig:
     """auto (console on a TTY, JSON otherwise) | json | console."""
     workers: int = 0
     """Event-loop processes sharing the listeners (SO_REUSEPORT); 0 = one per CPU core."""
+    group_readable: bool = False
+    """Files and directories the server creates are the owner's only (0600/0700); true
+    lets the owner's group read them too (0640/0750), e.g. for a billing or backup user."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

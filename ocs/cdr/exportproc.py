@@ -101,8 +101,13 @@ class ExporterProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def _spawn(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ocs.cdr.exportproc", json.dumps(self._conf)])
+        # The settings (hook URLs and commands among them) go through a pipe, not the
+        # command line that every local user can read in /proc.
+        self._proc = subprocess.Popen([sys.executable, "-m", "ocs.cdr.exportproc"],
+                                      stdin=subprocess.PIPE)
+        assert self._proc.stdin is not None
+        with self._proc.stdin:
+            self._proc.stdin.write(json.dumps(self._conf).encode())
 
     async def start(self) -> None:
         self._spawn()
@@ -141,4 +146,4 @@ class ExporterProcess:
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1])
+    child_main(sys.stdin.read())

@@ -114,6 +114,7 @@ class Store:
                 writemap=False,
                 readahead=False,
                 lock=True,
+                mode=0o600,  # and the process umask: balances, password hashes, IMSIs
             )
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open store: {exc}") from exc
