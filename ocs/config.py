@@ -57,6 +57,13 @@ class ChargingConfig:
     default_voice_grant_s: int = 300
     default_validity_s: int = 900
     reaper_interval_s: float = 5.0
+    max_usage_bytes: int = 1_000_000_000_000
+    """Plausibility limit of one usage report (Diameter USU, RADIUS interim delta, ...):
+    above it Diameter gets 5004 and nothing is charged; RADIUS is answered and the excess
+    is acknowledged, counted and logged, never charged."""
+    max_usage_seconds: int = 31 * 86400
+    max_usage_events: int = 10_000
+    """Messages / service-specific units in one report or event."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -439,6 +446,9 @@ def _validate(cfg: Config) -> None:
         "charging.default_data_grant_bytes": cfg.charging.default_data_grant_bytes,
         "charging.default_voice_grant_s": cfg.charging.default_voice_grant_s,
         "charging.default_validity_s": cfg.charging.default_validity_s,
+        "charging.max_usage_bytes": cfg.charging.max_usage_bytes,
+        "charging.max_usage_seconds": cfg.charging.max_usage_seconds,
+        "charging.max_usage_events": cfg.charging.max_usage_events,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -488,7 +498,13 @@ def _validate(cfg: Config) -> None:
     if cfg.radius is not None:
         _check_listen(cfg.radius.auth_listen, f"{src}: radius.auth_listen")
         _check_listen(cfg.radius.acct_listen, f"{src}: radius.acct_listen")
+        names: set[str] = set()
         for i, c in enumerate(cfg.radius.clients):
+            name = c.name or c.address
+            if name in names:
+                raise ConfigError(f"{src}: radius.clients[{i}].name: {name!r} is used twice "
+                                  "(sessions belong to the client that sent them)")
+            names.add(name)
             try:
                 ipaddress.ip_network(c.address, strict=False)
             except ValueError as exc:

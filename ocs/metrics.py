@@ -70,6 +70,9 @@ def on_batch(ops: int, commit_s: float, _batch_s: float) -> None:
 
 RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and outcome",
                          ["endpoint", "outcome"], registry=REGISTRY)
+AUTH_FAILURES = Counter("ocs_auth_failures", "Failed authentications by protocol and "
+                        "reason (bad_credentials; throttled: refused unchecked while held off)",
+                        ["protocol", "reason"], registry=REGISTRY)
 RADIUS_DAE = Counter("ocs_radius_dae", "Disconnect/CoA requests by kind and outcome "
                      "(dropped: the NAS's queue was full)", ["kind", "outcome"],
                      registry=REGISTRY)

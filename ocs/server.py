@@ -50,6 +50,9 @@ def engine_settings(cfg: Config) -> EngineSettings:
         default_voice_grant_s=cfg.charging.default_voice_grant_s,
         default_validity_s=cfg.charging.default_validity_s,
         fraud=dataclasses.asdict(cfg.fraud) if cfg.fraud.enabled else None,
+        max_usage_bytes=cfg.charging.max_usage_bytes,
+        max_usage_seconds=cfg.charging.max_usage_seconds,
+        max_usage_events=cfg.charging.max_usage_events,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,6 +118,17 @@ class EngineSettings:
     fraud: dict[str, Any] | None = None
     """The ``[fraud]`` config as plain data (it crosses to the writer process); None =
     no fraud rules."""
+    max_usage_bytes: int = 10**12
+    max_usage_seconds: int = 31 * 86400
+    max_usage_events: int = 10_000
+    """Plausibility limits of one report (bytes; seconds; messages or events)."""
+
+    def max_usage(self, service: Service) -> int:
+        if service is Service.DATA:
+            return self.max_usage_bytes
+        if service in TIMED:
+            return self.max_usage_seconds
+        return self.max_usage_events
 
     def default_units(self, service: Service) -> int:
         if service is Service.DATA:
@@ -131,6 +143,16 @@ class EngineSettings:
 def reservation_key(session_id: str, service: Service, rating_group: int | None) -> bytes:
     unit = str(rating_group) if rating_group is not None else service.value
     return f"{session_id}\x00{unit}".encode()
+
+
+_ENDED = b"\x00ended\x00"
+"""Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
+(kept as long as answers are): a later report for it is answered and charges nothing."""
+
+
+def digest(*parts: object) -> bytes:
+    """Of a request's content, to tell a retransmission from a reused request key."""
+    return hashlib.blake2b(_enc.encode(parts), digest_size=8).digest()
 
 
 def _key_text(key: bytes) -> str:
@@ -290,17 +312,30 @@ class ChargingEngine:
     # -- shared pieces inside a transaction -----------------------------------------
 
     def _idempotent(self, tx: Tx, key: bytes, now: int | None,
-                    compute: Callable[[int], A]) -> A:
-        """Replay the stored answer for ``key``, or compute, store and return a new one."""
+                    compute: Callable[[int], A], content: bytes = b"") -> A:
+        """Replay the stored answer for ``key``, or compute, store and return a new one.
+        A key stored with another ``content`` digest is a different request reusing the
+        key: refused (REQUEST_MISMATCH), nothing changes."""
         raw = tx.get(ANSWERS, key)
         if raw is not None:
-            stored = _dec_stored.decode(raw).answer
-            return msgspec.structs.replace(stored, replayed=True)  # type: ignore[return-value]
+            stored = _dec_stored.decode(raw)
+            if content and stored.digest and stored.digest != content:
+                return type(stored.answer)(  # type: ignore[return-value]
+                    ok=False, refusal=Refusal.REQUEST_MISMATCH)
+            return msgspec.structs.replace(  # type: ignore[return-value]
+                stored.answer, replayed=True)
         ts = _now(now)
         answer = compute(ts)
-        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(ts, answer)))
+        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(ts, answer, content)))
         tx.put(ANSWER_EXPIRY, pack_u64(ts) + key, b"")
         return answer
+
+    @staticmethod
+    def _mark_ended(tx: Tx, key: bytes, msisdn: str, now: int) -> None:
+        mark = _ENDED + key
+        tx.put(ANSWERS, mark, _enc.encode(StoredAnswer(now, Settlement(
+            ok=False, refusal=Refusal.SESSION_ENDED, msisdn=msisdn))))
+        tx.put(ANSWER_EXPIRY, pack_u64(now) + mark, b"")
 
     @staticmethod
     def find_subscriber(tx: Tx, ids: Identity) -> Subscriber | None:
@@ -417,7 +452,9 @@ class ChargingEngine:
 
     def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
         return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._reserve(tx, req, now))
+                                lambda now: self._reserve(tx, req, now),
+                                digest(req.subscriber, req.units, req.rating_group,
+                                       req.destination, req.visited_network, req.owner))
 
     def _reserve(self, tx: Tx, req: ReserveRequest, now: int) -> Grant:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
@@ -448,6 +485,8 @@ class ChargingEngine:
             res = dec_reservation.decode(raw)
             if res.msisdn != sub.msisdn:
                 return Grant(ok=False, refusal=Refusal.SESSION_CONFLICT, msisdn=sub.msisdn)
+            if req.owner and res.owner and req.owner != res.owner:
+                return Grant(ok=False, refusal=Refusal.NOT_OWNER)
             self._drop_holds(res, bal, alw)
             tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
         else:
@@ -479,6 +518,7 @@ class ChargingEngine:
                 started_at=now,
                 last_at=now,
                 expires_at=now + validity,
+                owner=req.owner,
             )
         requested = req.units if req.units is not None and req.units > 0 else (
             self.settings.default_units(req.service))
@@ -559,14 +599,32 @@ class ChargingEngine:
 
     def op_commit(self, tx: Tx, req: CommitRequest) -> Settlement:
         return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._commit(tx, req, now))
+                                lambda now: self._commit(tx, req, now),
+                                digest(req.rating_group, req.used_units, req.cumulative_units,
+                                       req.final, req.next_units, req.owner))
 
     def _commit(self, tx: Tx, req: CommitRequest, now: int) -> Settlement:
         key = reservation_key(req.session_id, req.service, req.rating_group)
         raw = tx.get(RESERVATIONS, key)
         if raw is None:
+            ended = tx.get(ANSWERS, _ENDED + key)
+            if ended is not None:
+                return _dec_stored.decode(ended).answer  # type: ignore[return-value]
             return Settlement(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
         res = dec_reservation.decode(raw)
+        if req.owner and res.owner and req.owner != res.owner:
+            return Settlement(ok=False, refusal=Refusal.NOT_OWNER)
+        if req.cumulative_units is not None:
+            used = max(0, req.cumulative_units - res.used_total)
+        else:
+            used = max(0, req.used_units)
+        limit = self.settings.max_usage(Service(res.service))
+        excess = 0
+        if used > limit:
+            if not req.clamp_excess:
+                return Settlement(ok=False, refusal=Refusal.IMPLAUSIBLE_USAGE,
+                                  msisdn=res.msisdn)
+            used, excess = limit, used - limit
         msisdn = res.msisdn.encode()
         sraw = tx.get(SUBSCRIBERS, msisdn)
         sub = dec_subscriber.decode(sraw) if sraw is not None else None
@@ -579,13 +637,12 @@ class ChargingEngine:
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
         alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
-        if req.cumulative_units is not None:
-            used = max(0, req.cumulative_units - res.used_total)
-        else:
-            used = max(0, req.used_units)
         settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
                                req.bytes_out, "final" if req.final else "interim",
                                write_cdr=used > 0 or req.final)
+        if excess:  # acknowledged, never charged (a later report must not charge it)
+            res.used_total += excess
+            settled = msgspec.structs.replace(settled, excess_units=excess)
         next_grant: Grant | None = None
         if sub is not None and self._fraud(
                 tx, sub, plan, "end" if req.final else "usage", now, service=Service(res.service),
@@ -595,6 +652,8 @@ class ChargingEngine:
             sub = msgspec.structs.replace(sub, status="suspended")
         if req.final or sub is None or plan is None:
             tx.delete(RESERVATIONS, key)
+            if req.final:
+                self._mark_ended(tx, key, res.msisdn, now)
             tx.put(BALANCES, msisdn, encode(bal))
             if uses_allowance:
                 tx.put(ALLOWANCES, msisdn, encode(alw))
@@ -748,9 +807,14 @@ class ChargingEngine:
 
     # -- direct debit and refund ------------------------------------------------------
 
+    @staticmethod
+    def _debit_digest(req: DebitRequest, *more: object) -> bytes:
+        return digest(req.subscriber, req.service.value, req.units, req.rating_group,
+                      req.destination, req.visited_network, req.characters, *more)
+
     def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
         return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._debit(tx, req, now))
+                                lambda now: self._debit(tx, req, now), self._debit_digest(req))
 
     def _debit(self, tx: Tx, req: DebitRequest, now: int) -> Debit:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
@@ -760,6 +824,8 @@ class ChargingEngine:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
         units = max(0, req.units)
+        if units > self.settings.max_usage(req.service):
+            return Debit(ok=False, refusal=Refusal.IMPLAUSIBLE_USAGE, msisdn=sub.msisdn)
         zero = is_zero_rated(plan, ctx)
         rate = None if zero else select_rate(plan, ctx)
         if rate is None and not zero:
@@ -831,7 +897,7 @@ class ChargingEngine:
 
     def op_refund(self, tx: Tx, req: RefundRequest) -> Refund:
         return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._refund(tx, req, now))
+                                lambda now: self._refund(tx, req, now), digest(req.original_key))
 
     def _refund(self, tx: Tx, req: RefundRequest, now: int) -> Refund:
         raw = tx.get(ANSWERS, req.original_key)
@@ -903,7 +969,10 @@ class ChargingEngine:
                     debit_key=req.debit.request_key))
             return d
 
-        return self._idempotent(tx, req.debit.request_key, req.debit.now, compute)
+        return self._idempotent(tx, req.debit.request_key, req.debit.now, compute,
+                                self._debit_digest(req.debit, req.destination, req.payload,
+                                                   req.data_coding, req.esm_class,
+                                                   req.registered_delivery))
 
     def op_sms_outcome(self, tx: Tx, req: SmsOutcomeRequest) -> bool:
         msg = messaging.load(tx, req.message_id)

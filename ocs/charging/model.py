@@ -31,6 +31,14 @@ class Refusal(StrEnum):
     """The session id (and rating group) is already in use by another subscriber."""
     NOT_REFUNDABLE = "not_refundable"
     ALREADY_REFUNDED = "already_refunded"
+    REQUEST_MISMATCH = "request_mismatch"
+    """The request key was used before with different content (not a retransmission)."""
+    SESSION_ENDED = "session_ended"
+    """A report for a session that has already ended: answered, nothing charged."""
+    NOT_OWNER = "not_owner"
+    """The session belongs to another peer (Diameter CER Origin-Host, RADIUS client)."""
+    IMPLAUSIBLE_USAGE = "implausible_usage"
+    """A report above the configured plausibility limit for its unit."""
 
 
 class IdKind(StrEnum):
@@ -71,6 +79,8 @@ class Settlement(msgspec.Struct, tag="settle", kw_only=True):
     record_id: str = ""
     next_grant: Grant | None = None
     replayed: bool = False
+    excess_units: int = 0
+    """Units reported above the plausibility limit: acknowledged, not charged."""
 
 
 class Released(msgspec.Struct, tag="release", kw_only=True):
@@ -114,6 +124,8 @@ Answer = Grant | Settlement | Released | Debit | Refund
 class StoredAnswer(msgspec.Struct, array_like=True):
     stored_at: int
     answer: Answer
+    digest: bytes = b""
+    """Of the request's content: the same key with another digest is no retransmission."""
 
 
 class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,6 +141,9 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
     protocol: str = "internal"
     validity_s: int | None = None
     now: int | None = None
+    owner: str = ""
+    """The peer opening the session (``diameter:<CER Origin-Host>``, ``radius:<client>``);
+    later requests from another owner are refused. "" = internal (reaper, operator)."""
 
 
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +163,11 @@ class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
     """When not final: grant this many more units in the same transaction (0 = default)."""
     validity_s: int | None = None
     now: int | None = None
+    owner: str = ""
+    """As in :class:`ReserveRequest`; "" = internal (acts on any owner's session)."""
+    clamp_excess: bool = False
+    """Usage above the plausibility limit: charge up to the limit and count the rest
+    (RADIUS, which must answer) instead of refusing the report (Diameter: 5004)."""
 
 
 class ReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):

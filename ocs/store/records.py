@@ -96,6 +96,8 @@ class Reservation(msgspec.Struct, array_like=True, kw_only=True):
     chargeable_total: int = 0
     charged_total: int = 0
     commits: int = 0
+    owner: str = ""
+    """Who opened the session (see ReserveRequest.owner)."""
 
 
 class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,10 @@ REFUSAL_CODE = {
     Refusal.RATING_FAILED: Rc.RATING_FAILED,
     Refusal.UNKNOWN_RESERVATION: Rc.UNKNOWN_SESSION_ID,
     Refusal.SESSION_CONFLICT: Rc.UNABLE_TO_COMPLY,
+    Refusal.SESSION_ENDED: Rc.UNKNOWN_SESSION_ID,
+    Refusal.NOT_OWNER: Rc.INVALID_AVP_VALUE,
+    Refusal.IMPLAUSIBLE_USAGE: Rc.INVALID_AVP_VALUE,
+    Refusal.REQUEST_MISMATCH: Rc.INVALID_AVP_VALUE,
     Refusal.NOT_REFUNDABLE: Rc.UNABLE_TO_COMPLY,
     Refusal.ALREADY_REFUNDED: Rc.UNABLE_TO_COMPLY,
 }
@@ -455,6 +459,9 @@ class GySession:
     origin_realm: str
     peer: Any = None
     """The connection the CCRs arrive on (for RAR/ASR)."""
+    owner: str = ""
+    """``diameter:<Origin-Host of the CER>`` of the peer that opened the session: only it
+    may report on the session, and RAR/ASR go to its connection."""
     groups: set[int | None] = field(default_factory=set)
     """Rating groups (None = single-service) with a reservation."""
     asked: set[int | None] = field(default_factory=set)
@@ -504,13 +511,16 @@ class GyAgent:
 
     # -- entry point ----------------------------------------------------------------------
 
-    async def handle(self, msg: Message, peer: Any = None) -> bytes:
-        """The CCA for one checked CCR (MessageError for a malformed one)."""
+    async def handle(self, msg: Message, peer: Any = None, owner: str = "") -> bytes:
+        """The CCA for one checked CCR (MessageError for a malformed one). ``owner`` names
+        the peer the CCR came from (its CER's Origin-Host); "" in tests without one."""
         ccr = parse_ccr(msg)
         if ccr.destination_realm.lower() != self.s.origin_realm.lower():
             raise MessageError(Rc.REALM_NOT_SERVED, f"realm {ccr.destination_realm}",
                                protocol=True)
+        self._check_plausible(msg, ccr)
         self._count(f"ccr_{ccr.request_type}")
+        owner = f"diameter:{owner.lower()}" if owner else ""
         if ccr.request_type == EVENT:
             rc, body = await self._event(ccr)
             return self._cca(msg, ccr, rc, body)
@@ -523,16 +533,63 @@ class GyAgent:
             if prev is not None:
                 await prev
             if ccr.request_type == INITIAL:
-                rc, body = await self._initial(ccr, peer)
+                rc, body = await self._initial(ccr, peer, owner)
             elif ccr.request_type == UPDATE:
-                rc, body = await self._update(ccr, peer)
+                rc, body = await self._update(ccr, peer, owner)
             else:
-                rc, body = await self._terminate(ccr, peer)
+                rc, body = await self._terminate(ccr, peer, owner)
         finally:
             mine.set_result(None)
             if self._tails.get(ccr.session_id) is mine:
                 del self._tails[ccr.session_id]
         return self._cca(msg, ccr, rc, body)
+
+    def _check_plausible(self, msg: Message, ccr: Ccr) -> None:
+        """5004 for a report above the plausibility limit of its unit (nothing charged)."""
+        limit = self.engine.settings.max_usage(ccr.service)
+        for item in self._items(ccr):
+            for units in (item.used, item.requested):
+                amount = units.amount(ccr.service) if units is not None else None
+                if amount is not None and amount > limit:
+                    self._count("implausible_usage")
+                    log.warning("gy_implausible_usage", session=ccr.session_id,
+                                rating_group=item.rating_group, units=amount, limit=limit)
+                    raise MessageError(Rc.INVALID_AVP_VALUE,
+                                       f"{amount} units in one report (limit {limit})",
+                                       _offending_unit_avp(msg, ccr.service, limit))
+
+    def _refused(self, ccr: Ccr, answers: Iterable[Any]) -> None:
+        """A request key reused with other content, or a session of another peer: 5004,
+        and nothing was charged."""
+        for ans in answers:
+            refusal = getattr(ans, "refusal", "")
+            if refusal == Refusal.REQUEST_MISMATCH:
+                self._count("request_mismatch")
+                log.warning("gy_request_mismatch", session=ccr.session_id,
+                            request_number=ccr.request_number)
+                raise MessageError(Rc.INVALID_AVP_VALUE,
+                                   "CC-Request-Number reused with different content",
+                                   c.u32(A.CC_REQUEST_NUMBER, ccr.request_number))
+            if refusal == Refusal.NOT_OWNER:
+                raise self._not_owner(ccr)
+
+    def _not_owner(self, ccr: Ccr) -> MessageError:
+        self._count("not_owner")
+        log.warning("gy_session_of_another_peer", session=ccr.session_id,
+                    origin_host=ccr.origin_host)
+        return MessageError(Rc.INVALID_AVP_VALUE, "the session belongs to another peer",
+                            c.utf8(A.SESSION_ID, ccr.session_id))
+
+    def _other_subscriber(self, ccr: Ccr, sess: GySession) -> bool:
+        """The CCR names a subscriber other than the session's (a takeover attempt)."""
+        if not ccr.identity or ccr.identity == sess.identity or not sess.msisdn:
+            return False
+        sub = self.engine.find_subscriber_now(ccr.identity)
+        if sub is not None and sub.msisdn == sess.msisdn:
+            return False
+        self._count("other_subscriber")
+        log.warning("gy_session_of_another_subscriber", session=ccr.session_id)
+        return True
 
     def _cca(self, msg: Message, ccr: Ccr, rc: int, body: bytes) -> bytes:
         parts = [
@@ -608,23 +665,27 @@ class GyAgent:
             subscriber=sess.identity, service=sess.service, units=units or None,
             rating_group=item.rating_group, destination=sess.destination,
             visited_network=sess.visited_network, protocol="diameter",
-            validity_s=self.tcc_s, now=self._now())
+            validity_s=self.tcc_s, now=self._now(), owner=sess.owner)
 
     # -- CCR-I ----------------------------------------------------------------------------
 
-    async def _initial(self, ccr: Ccr, peer: Any) -> tuple[int, bytes]:
+    async def _initial(self, ccr: Ccr, peer: Any, owner: str = "") -> tuple[int, bytes]:
         rc, msisdn = self._subscriber_refusal(ccr)
         if rc != Rc.SUCCESS:
             self._count(f"refused_{rc}")
             return rc, b""
+        known = self.sessions.get(ccr.session_id)
+        if known is not None and known.owner != owner:
+            raise self._not_owner(ccr)
         sess = GySession(ccr.session_id, ccr.identity, msisdn, ccr.service, ccr.origin_host,
-                         ccr.origin_realm, peer, visited_network=ccr.visited_network,
+                         ccr.origin_realm, peer, owner, visited_network=ccr.visited_network,
                          destination=ccr.destination,
                          deadline=self.clock() + self.tcc_s)
         items = self._items(ccr)
         grants = await asyncio.gather(*(
             self.engine.submit("reserve", self._reserve_req(ccr, sess, item))
             for item in items))
+        self._refused(ccr, grants)
         results = []
         for item, g in zip(items, grants, strict=True):
             sess.asked.add(item.rating_group)
@@ -640,13 +701,15 @@ class GyAgent:
 
     # -- CCR-U ----------------------------------------------------------------------------
 
-    def _session(self, ccr: Ccr, peer: Any) -> GySession | None:
+    def _session(self, ccr: Ccr, peer: Any, owner: str = "") -> GySession | None:
         """The live session; re-attached from the store after a restart, or when its CCRs
         now come on another connection (with several workers the session may have gone on
         in another process meanwhile: the store says what is left of it). None when it is
-        unknown or its Tcc ran out."""
+        unknown or its Tcc ran out. MessageError 5004 when it belongs to another peer."""
         now = self.clock()
         sess = self.sessions.get(ccr.session_id)
+        if sess is not None and sess.owner != owner and now <= sess.deadline:
+            raise self._not_owner(ccr)
         if sess is not None and now <= sess.deadline and (
                 peer is None or sess.peer is None or sess.peer is peer):
             sess.deadline = now + self.tcc_s
@@ -659,9 +722,11 @@ class GyAgent:
             self.sessions.pop(ccr.session_id, None)
             return None
         first = live[0]
+        if first.owner != owner:
+            raise self._not_owner(ccr)
         sess = GySession(ccr.session_id, ccr.identity or ((IdKind.MSISDN, first.msisdn),),
                          first.msisdn, Service(first.service), ccr.origin_host,
-                         ccr.origin_realm, peer, groups={r.rating_group for r in live},
+                         ccr.origin_realm, peer, owner, groups={r.rating_group for r in live},
                          visited_network=first.visited_network,
                          destination=first.destination, deadline=now + self.tcc_s)
         self.sessions[ccr.session_id] = sess
@@ -677,13 +742,16 @@ class GyAgent:
             service=sess.service, rating_group=item.rating_group, used_units=used or 0,
             bytes_in=(item.used.input or 0) if item.used else 0,
             bytes_out=(item.used.output or 0) if item.used else 0,
-            final=final, next_units=next_units, validity_s=self.tcc_s, now=self._now())
+            final=final, next_units=next_units, validity_s=self.tcc_s, now=self._now(),
+            owner=sess.owner)
 
-    async def _update(self, ccr: Ccr, peer: Any) -> tuple[int, bytes]:
-        sess = self._session(ccr, peer)
+    async def _update(self, ccr: Ccr, peer: Any, owner: str = "") -> tuple[int, bytes]:
+        sess = self._session(ccr, peer, owner)
         if sess is None:
             self._count("unknown_session")
             return Rc.UNKNOWN_SESSION_ID, b""
+        if self._other_subscriber(ccr, sess):
+            return Rc.USER_UNKNOWN, b""
         sess.notified = ""
         items = self._items(ccr) if (ccr.msccs or ccr.single) else [
             Mscc(rating_group=g, requested=Units()) for g in sorted(
@@ -706,6 +774,7 @@ class GyAgent:
             else:
                 futs.append(_done(None))
         answers = await asyncio.gather(*futs)
+        self._refused(ccr, answers)
         results: list[MsccResult] = []
         sess.limited = False
         for item, ans in zip(items, answers, strict=True):
@@ -740,9 +809,11 @@ class GyAgent:
 
     # -- CCR-T ----------------------------------------------------------------------------
 
-    async def _terminate(self, ccr: Ccr, peer: Any = None) -> tuple[int, bytes]:
-        sess = self._session(ccr, peer)
+    async def _terminate(self, ccr: Ccr, peer: Any = None, owner: str = "") -> tuple[int, bytes]:
+        sess = self._session(ccr, peer, owner)
         known = sess is not None
+        if sess is not None and self._other_subscriber(ccr, sess):
+            return Rc.USER_UNKNOWN, b""
         reported = {m.rating_group: m for m in self._items(ccr)} if (
             ccr.msccs or ccr.single) else {}
         groups = set(sess.groups) if sess is not None else set()
@@ -752,7 +823,7 @@ class GyAgent:
                 self._count("unknown_session")
                 return Rc.UNKNOWN_SESSION_ID, b""
             sess = GySession(ccr.session_id, ccr.identity, "", ccr.service, ccr.origin_host,
-                             ccr.origin_realm)
+                             ccr.origin_realm, owner=owner)
             groups = set(reported)
         futs = []
         order = sorted(groups | set(reported), key=lambda g: -1 if g is None else g)
@@ -761,6 +832,7 @@ class GyAgent:
             futs.append(self.engine.submit("commit", self._commit_req(ccr, sess, item,
                                                                       final=True)))
         answers = await asyncio.gather(*futs)
+        self._refused(ccr, answers)
         self.sessions.pop(ccr.session_id, None)
         if not known and not any(isinstance(a, Settlement) and a.ok for a in answers):
             self._count("unknown_session")
@@ -782,6 +854,7 @@ class GyAgent:
                 original_key=self._original_debit_key(ccr, item.rating_group),
                 now=self._now()))
                 for item in items))
+            self._refused(ccr, refunds)
             return self._event_answer(ccr, items, refunds)
         rc, _msisdn = self._subscriber_refusal(ccr)
         if rc != Rc.SUCCESS:
@@ -795,6 +868,7 @@ class GyAgent:
             session_id=ccr.session_id, rating_group=item.rating_group,
             destination=ccr.destination, visited_network=ccr.visited_network,
             protocol="diameter", now=self._now())) for item in items))
+        self._refused(ccr, debits)
         return self._event_answer(ccr, items, debits)
 
     def _original_debit_key(self, ccr: Ccr, rg: int | None) -> bytes:
@@ -918,6 +992,27 @@ class GyAgent:
             # rotate: move checked sessions to the end so the next sweep starts elsewhere
             self.sessions[sid] = self.sessions.pop(sid)
         return out
+
+
+def _offending_unit_avp(msg: Message, service: Service, limit: int) -> bytes:
+    """For Failed-AVP: the first Used/Requested-Service-Unit above ``limit``, else the first
+    MSCC whose units add up above it."""
+    for m in msg.find_all(A.MULTIPLE_SERVICES_CREDIT_CONTROL):
+        used = Units()
+        for a in m.group():
+            if a.vendor == 0 and a.code in (A.USED_SERVICE_UNIT, A.REQUESTED_SERVICE_UNIT):
+                units = _units(a)
+                if (units.amount(service) or 0) > limit:
+                    return a.encode()
+                if a.code == A.USED_SERVICE_UNIT:
+                    used.add(units)
+        if (used.amount(service) or 0) > limit:
+            return m.encode()
+    for code in (A.USED_SERVICE_UNIT, A.REQUESTED_SERVICE_UNIT):
+        for a in msg.find_all(code):
+            if (_units(a).amount(service) or 0) > limit:
+                return a.encode()
+    return c.zero_filled(A.USED_SERVICE_UNIT)
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

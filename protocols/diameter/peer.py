@@ -7,7 +7,7 @@ requests, or a close). The connection answers CER, DWR and DPR itself and every
 protocol error it can see from the header and the AVP dictionary, so the application
 only ever sees well-formed requests of an advertised application from an open peer.
 
-:class:`DuplicateCache` keeps answers by (Origin-Host, End-to-End-Id) for the
+:class:`DuplicateCache` keeps answers by (peer, Origin-Host, End-to-End-Id) for the
 duplicate detection of §5.4 / invariant 5 (shared by all connections of a node).
 """
 
@@ -246,6 +246,15 @@ class PeerConnection:
                 self._count(f"rc_{exc.result_code}")
                 events.append(Send(error_answer(msg, self.local, exc)))
                 return
+            origin = _text(msg.find(A.ORIGIN_HOST))
+            if origin.lower() != self.peer_host.lower() and msg.find(A.ROUTE_RECORD) is None:
+                # Only a relay (which adds Route-Record) forwards requests of other hosts;
+                # a direct peer speaks for itself, as its CER said.
+                self._count("origin_host_mismatch")
+                events.append(Send(answer_for(
+                    msg, self.local, Rc.UNKNOWN_PEER, error=True,
+                    text=f"Origin-Host {origin} is not this connection's peer")))
+                return
             events.append(Request(msg, raw))
         else:
             self._count("rc_3001")
@@ -390,33 +399,33 @@ def _offered_apps(avps: Iterable[Avp]) -> set[int]:
 
 
 class DuplicateCache:
-    """Answers by (Origin-Host, End-to-End-Id), kept ``window_s`` (RFC 6733 §5.4 wants at
-    least 4 minutes). An entry is a pending marker while the first copy is being
-    processed, then the answer bytes without the header's Hop-by-Hop id."""
+    """Answers by (peer's CER Origin-Host, Origin-Host, End-to-End-Id), kept ``window_s``
+    (RFC 6733 §5.4 wants at least 4 minutes). An entry is a pending marker while the
+    first copy is being processed, then the answer bytes without the header's Hop-by-Hop id."""
 
     PENDING = b""
 
     def __init__(self, window_s: float = 240.0):
         self.window_s = window_s
-        self._answers: dict[tuple[str, int], bytes] = {}
-        self._order: deque[tuple[float, tuple[str, int]]] = deque()
+        self._answers: dict[tuple[str, str, int], bytes] = {}
+        self._order: deque[tuple[float, tuple[str, str, int]]] = deque()
 
     def __len__(self) -> int:
         return len(self._answers)
 
-    def get(self, key: tuple[str, int]) -> bytes | None:
+    def get(self, key: tuple[str, str, int]) -> bytes | None:
         return self._answers.get(key)
 
-    def begin(self, key: tuple[str, int], now: float) -> None:
+    def begin(self, key: tuple[str, str, int], now: float) -> None:
         self._expire(now)
         self._answers[key] = self.PENDING
         self._order.append((now + self.window_s, key))
 
-    def finish(self, key: tuple[str, int], answer: bytes) -> None:
+    def finish(self, key: tuple[str, str, int], answer: bytes) -> None:
         if key in self._answers:
             self._answers[key] = answer
 
-    def forget(self, key: tuple[str, int]) -> None:
+    def forget(self, key: tuple[str, str, int]) -> None:
         """The first copy got no answer worth repeating (overload): let a retry through."""
         self._answers.pop(key, None)
 

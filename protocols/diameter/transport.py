@@ -148,7 +148,7 @@ class DiameterNode:
         self.max_pending = max_pending_per_peer
         self.sweep_interval_s = sweep_interval_s
         self.dedup = DuplicateCache(dedup_window_s)
-        self._inflight: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        self._inflight: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
         self.connections: set[DiameterProtocol] = set()
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -159,7 +159,9 @@ class DiameterNode:
     def dispatch(self, proto: DiameterProtocol, ev: Request) -> None:
         msg = ev.message
         origin = msg.find(A.ORIGIN_HOST)
-        key = (origin.data.decode("utf-8", "replace") if origin else "", msg.e2e)
+        # keyed by the peer that did the CER as well: a peer cannot reach another's answers
+        key = (proto.conn.peer_host, origin.data.decode("utf-8", "replace") if origin else "",
+               msg.e2e)
         stored = self.dedup.get(key)
         if stored is not None:
             metrics.DIAMETER_DUPLICATES.inc()
@@ -186,11 +188,11 @@ class DiameterNode:
         with contextlib.suppress(Exception):
             proto.write(with_hbh(await asyncio.shield(first), hbh))
 
-    async def _handle(self, proto: DiameterProtocol, msg: c.Message, key: tuple[str, int],
+    async def _handle(self, proto: DiameterProtocol, msg: c.Message, key: tuple[str, str, int],
                       fut: asyncio.Future[bytes]) -> None:
         keep = True
         try:
-            answer = await self.agent.handle(msg, proto)
+            answer = await self.agent.handle(msg, proto, proto.conn.peer_host)
         except MessageError as exc:
             answer = error_answer(msg, self.local, exc)
         except (Overloaded, WriterStopped) as exc:

@@ -22,12 +22,14 @@ from typing import Any
 
 import structlog
 
+from ocs import metrics
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import CommitRequest, Identity, IdKind, Refusal, ReserveRequest
 from ocs.config import RadiusConfig
-from ocs.provisioning import verify_password
+from ocs.provisioning import hash_password, verify_password
 from ocs.rating.plans import Service
 from ocs.store.records import Subscriber
+from protocols.authguard import FailureThrottle
 from protocols.radius.codec import (
     VENDOR_3GPP,
     AcctStatus,
@@ -47,6 +49,9 @@ from protocols.radius.dae import DaeClient, DaeOutcome, DaeTarget, SessionRef
 log = structlog.get_logger(__name__)
 
 _ZERO_AUTH = b"\x00" * 16
+AUTH_FAILED = "authentication failed"
+"""The one Reply-Message for an unknown user and a wrong password alike."""
+_COUNTER_MAX = (1 << 63) - 1
 _UNSEEN = object()
 _REJECT_TEXT: dict[str, str] = {
     Refusal.UNKNOWN_SUBSCRIBER: "unknown user",
@@ -71,6 +76,17 @@ class Client:
     @property
     def dae_target(self) -> DaeTarget:
         return DaeTarget(self.coa_address, self.coa_port, self.secret)
+
+    @property
+    def owner(self) -> str:
+        return f"radius:{self.name}"
+
+    def owns(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return ip.version == self.network.version and ip in self.network
 
 
 @dataclass(slots=True)
@@ -133,6 +149,10 @@ class RadiusAgent:
         self.clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
         self.counters: Counter[str] = Counter()
         self._client_cache: dict[str, Client | None] = {}
+        self.guard = FailureThrottle()
+        """Password guessing brake per (client, User-Name)."""
+        self._dummy_hash = hash_password("no such user")
+        """Checked for unknown users, so they take as long as a wrong password."""
 
     def client_for(self, address: str) -> Client | None:
         cached = self._client_cache.get(address, _UNSEEN)
@@ -169,17 +189,27 @@ class RadiusAgent:
         status = pkt.integer(Attr.ACCT_STATUS_TYPE)
         if status is None:
             raise Drop("missing_acct_status_type")
-        nas = (pkt.text(Attr.NAS_IDENTIFIER) or _ip(pkt.get(Attr.NAS_IP_ADDRESS))
-               or client.name)
+        nas_ip = _ip(pkt.get(Attr.NAS_IP_ADDRESS))
+        if nas_ip and not client.owns(nas_ip):
+            # RFC 5080 §2.1.1: the client is who sent it; the attribute is only its claim
+            self.counters["nas_ip_mismatch"] += 1
+            n = self.counters["nas_ip_mismatch"]
+            if n & (n - 1) == 0:
+                log.warning("radius_nas_ip_mismatch", client=client.name, nas_ip=nas_ip,
+                            seen=n)
+        nas = pkt.text(Attr.NAS_IDENTIFIER) or nas_ip or client.name
         key = b"radius:%s:%d:%s" % (client.name.encode(), pkt.identifier,
                                     pkt.authenticator.hex().encode())
+        # Sessions belong to the client that sent them (its own secret): another client
+        # naming the same NAS reaches none of them.
+        scope = f"radius:{client.name}:{nas}:"
         if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
-            await self._close_nas(nas, key)
+            await self._close_nas(scope, key)
         elif status in (AcctStatus.START, AcctStatus.INTERIM_UPDATE, AcctStatus.STOP):
             sid = pkt.text(Attr.ACCT_SESSION_ID)
             if not sid:
                 raise Drop("missing_acct_session_id")
-            session = f"radius:{nas}:{sid}"
+            session = scope + sid
             live = (self.sessions.pop(session, None) if status == AcctStatus.STOP
                     else self.sessions.get(session))
             if live is None:
@@ -220,13 +250,20 @@ class RadiusAgent:
         else:
             total = None if bytes_in is None and bytes_out is None else (
                 (bytes_in or 0) + (bytes_out or 0))
+        # Counters are 64-bit each (two make 65 bits): keep them in the store's integers;
+        # what lies above the plausibility limit is acknowledged, counted, not charged.
+        if total is not None:
+            total = min(total, _COUNTER_MAX)
+        bytes_in = min(bytes_in, _COUNTER_MAX) if bytes_in is not None else None
+        bytes_out = min(bytes_out, _COUNTER_MAX) if bytes_out is not None else None
+        owner = live.client.owner
         visited = (pkt.vsa(VENDOR_3GPP, Tgpp.SGSN_MCC_MNC) or b"").decode("ascii", "replace")
 
         def reserve(k: bytes) -> ReserveRequest:
             return ReserveRequest(request_key=k, session_id=session, subscriber=identity(pkt),
                                   service=service, rating_group=rg,
                                   visited_network=visited, protocol="radius",
-                                  validity_s=self.validity_s, now=now)
+                                  validity_s=self.validity_s, now=now, owner=owner)
 
         if status is AcctStatus.START:
             grant = await eng.reserve(reserve(key))
@@ -240,8 +277,16 @@ class RadiusAgent:
             request_key=key, session_id=session, service=service, rating_group=rg,
             cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
             final=final, next_units=None if final else 0, validity_s=self.validity_s,
-            now=now)
+            now=now, owner=owner, clamp_excess=True)
         settled = await eng.commit(commit)
+        if not settled.ok and settled.refusal == Refusal.SESSION_ENDED:
+            # A re-sent Stop (new Identifier, Acct-Delay-Time) or an Interim after the
+            # Stop: answered, nothing charged, no hold taken.
+            self.counters["ended_session_report"] += 1
+            self.sessions.pop(session, None)
+            log.info("radius_report_for_ended_session", session=session,
+                     status=status.name.lower())
+            return
         if not settled.ok and settled.refusal == Refusal.UNKNOWN_RESERVATION:
             # Interim or Stop without Start: open the session, then charge the report.
             grant = await eng.reserve(reserve(key + b":open"))
@@ -253,7 +298,12 @@ class RadiusAgent:
                 request_key=key + b":charge", session_id=session, service=service,
                 rating_group=rg, cumulative_units=total, bytes_in=bytes_in or 0,
                 bytes_out=bytes_out or 0, final=final, next_units=None if final else 0,
-                validity_s=self.validity_s, now=now))
+                validity_s=self.validity_s, now=now, owner=owner, clamp_excess=True))
+        if settled.excess_units:
+            self.counters["implausible_usage"] += 1
+            log.warning("radius_implausible_usage", session=session,
+                        excess_units=settled.excess_units,
+                        limit=eng.settings.max_usage(service))
         nxt = settled.next_grant
         if nxt is not None:
             live.limited = nxt.ok and nxt.final
@@ -341,10 +391,10 @@ class RadiusAgent:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout)
 
-    async def _close_nas(self, nas: str, key: bytes) -> None:
-        """Accounting-On/Off: the NAS restarted, its sessions are gone; settle them all."""
+    async def _close_nas(self, prefix: str, key: bytes) -> None:
+        """Accounting-On/Off: the NAS restarted, its sessions (of this client) are gone;
+        settle them all."""
         now = int(self.clock())
-        prefix = f"radius:{nas}:"
         for session in [k for k in self.sessions if k.startswith(prefix)]:
             del self.sessions[session]
         for i, (sid, service, rg) in enumerate(self.engine.session_keys(prefix)):
@@ -387,20 +437,32 @@ class RadiusAgent:
 
     async def _authorise(self, client: Client, pkt: Packet) -> tuple[str | None,
                                                                     Subscriber | None]:
-        """(None, subscriber) when the user may connect, else (refusal, subscriber)."""
+        """(None, subscriber) when the user may connect, else (refusal, subscriber).
+        An unknown user and a wrong password get the same answer after the same work;
+        a (client, User-Name) that keeps failing is held off (refused unchecked)."""
         pw_attr = pkt.get(Attr.USER_PASSWORD)
         if pw_attr is None:
             return "PAP (User-Password) is required", None
+        guard_key = (client.name, pkt.text(Attr.USER_NAME))
+        now = time.monotonic()
+        if self.guard.held(guard_key, now):
+            self.counters["access_throttled"] += 1
+            metrics.AUTH_FAILURES.labels("radius", "throttled").inc()
+            return AUTH_FAILED, None
         password = decrypt_password(pw_attr, client.secret, pkt.authenticator)
         sub = self.engine.find_subscriber_now(identity(pkt))
-        if sub is None:
-            return Refusal.UNKNOWN_SUBSCRIBER, None
+        stored = sub.password_hash if sub is not None and sub.password_hash else self._dummy_hash
         # scrypt takes milliseconds and releases the GIL: keep it off the event loop.
-        ok = bool(sub.password_hash) and await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, password.decode("utf-8", "replace"), sub.password_hash)
-        if not ok:
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password.decode("utf-8", "replace"), stored)
+        if sub is None or not sub.password_hash or not ok:
             self.counters["access_bad_password"] += 1
-            return "authentication failed", sub
+            metrics.AUTH_FAILURES.labels("radius", "bad_credentials").inc()
+            held = self.guard.failed(guard_key, now)
+            log.info("radius_access_failed", client=client.name, user=guard_key[1],
+                     held_s=round(held, 1))
+            return AUTH_FAILED, None
+        self.guard.succeeded(guard_key)
         if sub.status != "active":
             return {"suspended": Refusal.SUSPENDED, "blocked": Refusal.BLOCKED}.get(
                 sub.status, Refusal.TERMINATED), sub

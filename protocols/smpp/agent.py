@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from ocs import metrics
 from ocs.charging.engine import ChargingEngine, ChargingPaused
 from ocs.charging.model import (
     DebitRequest,
@@ -35,9 +36,13 @@ from ocs.config import SmppConfig
 from ocs.rating.plans import Service
 from ocs.store import Overloaded, StoreError
 from ocs.text import count_characters
+from protocols.authguard import FailureThrottle
 from protocols.smpp.pdu import Bind, PduError, Status, Submit, count_parts, parse_validity
 
 log = structlog.get_logger(__name__)
+
+_NO_PASSWORD = "\x00" * 9
+"""Compared against for an unknown system_id (as long as a real check)."""
 
 REFUSAL_STATUS: dict[str, Status] = {
     Refusal.UNKNOWN_SUBSCRIBER: Status.RINVSRCADR,
@@ -48,6 +53,7 @@ REFUSAL_STATUS: dict[str, Status] = {
     Refusal.OUT_OF_CREDIT: Status.RSUBMITFAIL,
     Refusal.CREDIT_LIMIT_REACHED: Status.RSUBMITFAIL,
     Refusal.RATING_FAILED: Status.RX_R_APPN,
+    Refusal.REQUEST_MISMATCH: Status.RSYSERR,
 }
 
 
@@ -77,24 +83,37 @@ class SmppAgent:
         """With several workers: this one's index, and binds are counted in the store
         over all of them; None: counted here."""
         self._releases: set[asyncio.Task[Any]] = set()
+        self.guard = FailureThrottle()
+        """Bind failures per source address."""
 
-    def authenticate(self, bind: Bind) -> Status:
-        """Credentials, then (one worker) the bind limit counted here."""
-        acct = self.accounts.get(bind.system_id)
-        if acct is None:
-            self.counters["bind_unknown_system_id"] += 1
-            return Status.RINVSYSID
-        if not hmac.compare_digest(bind.password.encode(), acct.password.encode()):
-            self.counters["bind_bad_password"] += 1
+    def authenticate(self, bind: Bind, source: str = "") -> Status:
+        """Credentials, then (one worker) the bind limit counted here. An unknown system_id
+        and a wrong password get the same status (ESME_RINVPASWD); a source address that
+        keeps failing is held off (refused unchecked, see :mod:`protocols.authguard`)."""
+        now = time.monotonic()
+        if self.guard.held(source, now):
+            self.counters["bind_throttled"] += 1
+            metrics.AUTH_FAILURES.labels("smpp", "throttled").inc()
             return Status.RINVPASWD
+        acct = self.accounts.get(bind.system_id)
+        expected = acct.password if acct is not None else _NO_PASSWORD
+        good = hmac.compare_digest(bind.password.encode(), expected.encode())
+        if acct is None or not good:
+            self.counters["bind_unknown_system_id" if acct is None else "bind_bad_password"] += 1
+            metrics.AUTH_FAILURES.labels("smpp", "bad_credentials").inc()
+            held = self.guard.failed(source, now)
+            log.info("smpp_bind_failed", source=source, system_id=bind.system_id,
+                     held_s=round(held, 1))
+            return Status.RINVPASWD
+        self.guard.succeeded(source)
         if self.worker is None:
             return self._counted(self.binds[bind.system_id] < acct.max_binds, bind)
         return Status.ROK
 
-    async def authenticate_shared(self, bind: Bind) -> Status:
+    async def authenticate_shared(self, bind: Bind, source: str = "") -> Status:
         """With several workers: credentials, then the bind limit over all of them, counted
         in the store."""
-        status = self.authenticate(bind)
+        status = self.authenticate(bind, source)
         if status != Status.ROK or self.worker is None:
             return status
         try:

@@ -53,6 +53,8 @@ class SmppConnection(asyncio.Protocol):
         self.bind_id = f"{_RUN}{next(_bind_ids)}"
         self.tasks: set[asyncio.Task[None]] = set()
         self.bound_as = ""
+        self.source = ""
+        """The ESME's address (bind failures are braked per source)."""
         self.waiting: dict[int, asyncio.Future[Pdu]] = {}
         """Our requests (deliver_sm) by sequence number, until their response."""
         self.on_bound: Any = None
@@ -62,6 +64,8 @@ class SmppConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else ""
         self._arm()
 
     def _arm(self) -> None:
@@ -128,7 +132,7 @@ class SmppConnection(asyncio.Protocol):
                     self.transport.close()
             elif isinstance(a, Authenticate):
                 if self.agent.worker is None:  # counted here: answer at once
-                    self._bound(a, self.agent.authenticate(a.bind))
+                    self._bound(a, self.agent.authenticate(a.bind, self.source))
                 else:
                     self._held = []
                     task = asyncio.ensure_future(self._bind(a))
@@ -144,7 +148,7 @@ class SmppConnection(asyncio.Protocol):
                 task.add_done_callback(self.tasks.discard)
 
     async def _bind(self, a: Authenticate) -> None:
-        status = await self.agent.authenticate_shared(a.bind)
+        status = await self.agent.authenticate_shared(a.bind, self.source)
         if status == 0 and self.transport is None:  # closed while the bind was counted
             self.agent.unbound(a.bind.system_id)
             return

@@ -71,7 +71,7 @@ def test_disconnects(tmp_path: Path) -> None:
         await acct(AcctStatus.INTERIM_UPDATE, "s2", "ann", 5_000_000)
         await agent.drain()
         assert agent.dae.counters["disconnect_session_gone"] == 1
-        assert reserved("41790000002") == 0 and "radius:127.0.0.1:s2" not in agent.sessions
+        assert reserved("41790000002") == 0 and "radius:127.0.0.1:127.0.0.1:s2" not in agent.sessions
         # 3. suspended while connected -> the sweep disconnects
         nas.answer = "ack"
         await acct(AcctStatus.START, "s3", "sam")
@@ -84,11 +84,11 @@ def test_disconnects(tmp_path: Path) -> None:
         # a session whose reservation is gone (its Stop was lost, the reaper settled it)
         # is forgotten by the sweep
         sent = len(nas.received)
-        agent.sessions["radius:127.0.0.1:ghost"] = LiveSession(
+        agent.sessions["radius:127.0.0.1:127.0.0.1:ghost"] = LiveSession(
             client, SessionRef("ghost", "bob"), ((IdKind.USERNAME, "bob"),))
         await agent.sweep()
         await agent.drain()
-        assert "radius:127.0.0.1:ghost" not in agent.sessions
+        assert "radius:127.0.0.1:127.0.0.1:ghost" not in agent.sessions
         assert len(nas.received) == sent  # forgotten, not disconnected
         # 4. a NAS that never answers: bounded retries, then timeout
         nas.answer = "silent"

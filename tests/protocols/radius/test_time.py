@@ -60,7 +60,7 @@ def test_time_rated_session_and_coa_after_top_up(tmp_path: Path) -> None:
         assert acc.integer(Attr.SESSION_TIMEOUT) == 120  # what 0.05 buys
         await acct(AcctStatus.START)
         assert balance() == (50_000, 40_000)  # 120 s held (the 300 s default is capped)
-        assert agent.sessions["radius:127.0.0.1:w1"].limited
+        assert agent.sessions["radius:127.0.0.1:127.0.0.1:w1"].limited
         await acct(AcctStatus.INTERIM_UPDATE, 90)  # 90 s -> two 60 s blocks = 0.04
         assert balance()[0] == 10_000
         store.run_write(op_topup(WIFI, "1.00"))
@@ -72,7 +72,7 @@ def test_time_rated_session_and_coa_after_top_up(tmp_path: Path) -> None:
         # the reservation holds 0.00 of the credit now; 1.01 buys 50 more minutes
         assert coa["Session-Timeout"] == [3000]
         assert agent.dae is not None and agent.dae.counters["coa_ack"] == 1
-        assert not agent.sessions["radius:127.0.0.1:w1"].limited
+        assert not agent.sessions["radius:127.0.0.1:127.0.0.1:w1"].limited
         await acct(AcctStatus.STOP, 200)  # 200 s -> 240 s billed -> 0.08 in all
         assert balance() == (1_050_000 - 80_000, 0)
         agent.dae.close()
