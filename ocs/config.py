@@ -57,11 +57,11 @@ class ChargingConfig:
     default_voice_grant_s: int = 300
     default_validity_s: int = 900
     reaper_interval_s: float = 5.0
-    max_usage_bytes: int = 1_000_000_000_000
+    max_usage_bytes: int = 100_000_000_000
     """Plausibility limit of one usage report (Diameter USU, RADIUS interim delta, ...):
     above it Diameter gets 5004 and nothing is charged; RADIUS is answered and the excess
     is acknowledged, counted and logged, never charged."""
-    max_usage_seconds: int = 31 * 86400
+    max_usage_seconds: int = 7 * 86400
     max_usage_events: int = 10_000
     """Messages / service-specific units in one report or event."""
 

@@ -73,6 +73,9 @@ RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and 
 AUTH_FAILURES = Counter("ocs_auth_failures", "Failed authentications by protocol and "
                         "reason (bad_credentials; throttled: refused unchecked while held off)",
                         ["protocol", "reason"], registry=REGISTRY)
+RADIUS_SUSPECT = Counter("ocs_radius_suspect", "RADIUS accounting answered but suspect, by "
+                         "reason (nas_ip_mismatch, ended_session_report, implausible_usage)",
+                         ["reason"], registry=REGISTRY)
 RADIUS_DAE = Counter("ocs_radius_dae", "Disconnect/CoA requests by kind and outcome "
                      "(dropped: the NAS's queue was full)", ["kind", "outcome"],
                      registry=REGISTRY)

@@ -118,8 +118,8 @@ class EngineSettings:
     fraud: dict[str, Any] | None = None
     """The ``[fraud]`` config as plain data (it crosses to the writer process); None =
     no fraud rules."""
-    max_usage_bytes: int = 10**12
-    max_usage_seconds: int = 31 * 86400
+    max_usage_bytes: int = 100_000_000_000
+    max_usage_seconds: int = 7 * 86400
     max_usage_events: int = 10_000
     """Plausibility limits of one report (bytes; seconds; messages or events)."""
 

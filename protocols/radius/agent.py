@@ -193,6 +193,7 @@ class RadiusAgent:
         if nas_ip and not client.owns(nas_ip):
             # RFC 5080 §2.1.1: the client is who sent it; the attribute is only its claim
             self.counters["nas_ip_mismatch"] += 1
+            metrics.RADIUS_SUSPECT.labels("nas_ip_mismatch").inc()
             n = self.counters["nas_ip_mismatch"]
             if n & (n - 1) == 0:
                 log.warning("radius_nas_ip_mismatch", client=client.name, nas_ip=nas_ip,
@@ -283,6 +284,7 @@ class RadiusAgent:
             # A re-sent Stop (new Identifier, Acct-Delay-Time) or an Interim after the
             # Stop: answered, nothing charged, no hold taken.
             self.counters["ended_session_report"] += 1
+            metrics.RADIUS_SUSPECT.labels("ended_session_report").inc()
             self.sessions.pop(session, None)
             log.info("radius_report_for_ended_session", session=session,
                      status=status.name.lower())
@@ -301,6 +303,7 @@ class RadiusAgent:
                 validity_s=self.validity_s, now=now, owner=owner, clamp_excess=True))
         if settled.excess_units:
             self.counters["implausible_usage"] += 1
+            metrics.RADIUS_SUSPECT.labels("implausible_usage").inc()
             log.warning("radius_implausible_usage", session=session,
                         excess_units=settled.excess_units,
                         limit=eng.settings.max_usage(service))

@@ -83,6 +83,7 @@ class Server:
 CONFIG = """
 [charging]
 reaper_interval_s = 1
+max_usage_bytes = 1000000000
 [radius]
 auth_listen = "127.0.0.1:{auth}"
 acct_listen = "127.0.0.1:{acct}"
@@ -114,6 +115,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv = Server(tmp_path, cfg, acct, auth, admin, coa, proc)
         srv.ocs("subscriber", "add", "--msisdn", "41790000001", "--plan", "prepaid-basic",
                 "--username", "bob", "--password", "secret", "--balance", "10.00")
+        srv.ocs("subscriber", "add", "--msisdn", "41790000002", "--plan", "prepaid-basic",
+                "--username", "carl", "--password", "secret", "--balance", "50.00")
         yield srv
 
 
@@ -185,3 +188,94 @@ def test_refused_starts_with_silent_coa_port_do_not_freeze_the_server(server: Se
     assert server.proc.wait(20) == 0
     assert time.monotonic() - t2 < 20
     assert os.path.exists(server.cwd / "data")
+
+
+def _ok(reply: bytes | None) -> None:
+    assert reply is not None and decode(reply).code == Code.ACCOUNTING_RESPONSE
+
+
+def test_resent_stop_and_interim_after_stop_charge_nothing(server: Server) -> None:
+    """RFC 2866 §5.2: a NAS re-sending a Stop uses a new Identifier (and Acct-Delay-Time):
+    the session has ended, so the report is answered and charges nothing; an Interim after
+    the Stop takes no hold either."""
+    sock = _udp()
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST, _acct(AcctStatus.START, "s5", "bob")))
+    assert server.show("41790000001") == {"balance": "10.0000", "reserved": "0.1000"}
+    stop = _acct(AcctStatus.STOP, "s5", "bob", attr(Attr.ACCT_INPUT_OCTETS, 20_000_000))
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST, stop))
+    assert server.show("41790000001") == {"balance": "9.8000", "reserved": "0.0000"}
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST,
+                       [*stop, attr(Attr.ACCT_DELAY_TIME, 3)]))
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST, _acct(
+        AcctStatus.INTERIM_UPDATE, "s5", "bob", attr(Attr.ACCT_INPUT_OCTETS, 30_000_000))))
+    assert server.show("41790000001") == {"balance": "9.8000", "reserved": "0.0000"}
+    assert server.metric("ocs_radius_suspect_total", reason="ended_session_report") == 2
+
+
+def test_a_client_reaches_only_its_own_sessions(server: Server) -> None:
+    """A second client (own secret) naming the first client's NAS-IP-Address and session:
+    its reports and its Accounting-On touch only its own sessions; the claim is counted."""
+    a, b = _udp(), _udp("127.0.0.2")
+    _ok(server.request(a, Code.ACCOUNTING_REQUEST, _acct(AcctStatus.START, "s6", "bob")))
+    assert server.show("41790000001") == {"balance": "10.0000", "reserved": "0.1000"}
+    _ok(server.request(b, Code.ACCOUNTING_REQUEST, _acct(AcctStatus.ACCOUNTING_ON, "", "x"),
+                       secret=OTHER_SECRET))
+    assert server.show("41790000001") == {"balance": "10.0000", "reserved": "0.1000"}
+    assert server.metric("ocs_radius_suspect_total", reason="nas_ip_mismatch") == 1
+    # A's session goes on as if B had not spoken: its counters are its own
+    _ok(server.request(a, Code.ACCOUNTING_REQUEST, _acct(
+        AcctStatus.INTERIM_UPDATE, "s6", "bob", attr(Attr.ACCT_INPUT_OCTETS, 5_000_000))))
+    assert server.show("41790000001") == {"balance": "9.9500", "reserved": "0.1000"}
+    _ok(server.request(a, Code.ACCOUNTING_REQUEST, _acct(
+        AcctStatus.STOP, "s6", "bob", attr(Attr.ACCT_INPUT_OCTETS, 5_000_000))))
+    assert server.show("41790000001") == {"balance": "9.9500", "reserved": "0.0000"}
+
+
+def test_absurd_counters_are_answered_and_the_excess_not_charged(server: Server) -> None:
+    """Gigawords and Octets at their maximum in both directions (2^65 bytes): answered, at
+    most charging.max_usage_bytes (1 GB here = 10.00) charged, the rest counted; the Stop
+    with the same counters charges nothing more."""
+    sock = _udp()
+    huge = [attr(Attr.ACCT_INPUT_OCTETS, 2**32 - 1), attr(Attr.ACCT_INPUT_GIGAWORDS, 2**32 - 1),
+            attr(Attr.ACCT_OUTPUT_OCTETS, 2**32 - 1),
+            attr(Attr.ACCT_OUTPUT_GIGAWORDS, 2**32 - 1)]
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST, _acct(AcctStatus.START, "s10", "carl")))
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST,
+                       _acct(AcctStatus.INTERIM_UPDATE, "s10", "carl", *huge)))
+    assert server.show("41790000002") == {"balance": "40.0000", "reserved": "0.1000"}
+    assert server.metric("ocs_radius_suspect_total", reason="implausible_usage") == 1
+    _ok(server.request(sock, Code.ACCOUNTING_REQUEST,
+                       _acct(AcctStatus.STOP, "s10", "carl", *huge)))
+    assert server.show("41790000002") == {"balance": "40.0000", "reserved": "0.0000"}
+    log = (server.cwd / "serve.log").read_text()
+    assert "Traceback" not in log and "radius_implausible_usage" in log
+
+
+def _access(server: Server, sock: socket.socket, user: str, password: bytes) -> bytes | None:
+    server._ident = (server._ident + 1) % 256
+    raw = encode_request(Code.ACCESS_REQUEST, server._ident, SECRET,
+                         [attr(Attr.USER_NAME, user)], message_authenticator=True,
+                         password=password)
+    sock.settimeout(5)
+    sock.sendto(raw, ("127.0.0.1", server.auth))
+    return sock.recv(4096)
+
+
+def test_password_guessing_is_braked_and_users_cannot_be_listed(server: Server) -> None:
+    """Wrong passwords: after 5 failures the (client, User-Name) is held off, and even the
+    right password is refused unchecked meanwhile; an unknown user gets the very answer of
+    a wrong password."""
+    sock = _udp()
+    unknown = decode(_access(server, sock, "nobody", b"guess") or b"")
+    wrong = decode(_access(server, sock, "carl", b"guess") or b"")
+    assert unknown.code == wrong.code == Code.ACCESS_REJECT
+    assert unknown.text(Attr.REPLY_MESSAGE) == wrong.text(Attr.REPLY_MESSAGE)
+    for i in range(30):
+        reply = decode(_access(server, sock, "carl", b"guess%d" % i) or b"")
+        assert reply.code == Code.ACCESS_REJECT
+    # held off: the right password is refused too, without being checked
+    assert decode(_access(server, sock, "carl", b"secret") or b"").code == Code.ACCESS_REJECT
+    assert server.metric("ocs_auth_failures_total", protocol="radius",
+                         reason="throttled") >= 20
+    # another user of the same NAS is not affected
+    assert decode(_access(server, sock, "bob", b"secret") or b"").code == Code.ACCESS_ACCEPT
