@@ -71,7 +71,8 @@ def test_disconnects(tmp_path: Path) -> None:
         await acct(AcctStatus.INTERIM_UPDATE, "s2", "ann", 5_000_000)
         await agent.drain()
         assert agent.dae.counters["disconnect_session_gone"] == 1
-        assert reserved("41790000002") == 0 and "radius:127.0.0.1:127.0.0.1:s2" not in agent.sessions
+        assert reserved("41790000002") == 0
+        assert "radius:127.0.0.1:127.0.0.1:s2" not in agent.sessions
         # 3. suspended while connected -> the sweep disconnects
         nas.answer = "ack"
         await acct(AcctStatus.START, "s3", "sam")

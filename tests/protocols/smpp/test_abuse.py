@@ -65,7 +65,7 @@ def test_sequence_number_reused_with_other_content_is_an_error(smsc: Smsc) -> No
     s.sendall(_pdu(BIND_TRANSMITTER, 1, b"esme\x00secret\x00\x00\x34\x00\x00\x00"))
     assert _read(s)[1] == 0
     s.sendall(_submit(7, b"41791234567", b"hello"))
-    cmd, status, seq, _ = _read(s)
+    _, status, seq, _ = _read(s)
     assert (status, seq) == (0, 7)
     assert smsc.balance("41790000001") == "0.9500"
     # the same sequence number on the same bind, another destination and text
