@@ -81,6 +81,18 @@ class DiameterConfig:
     """How long answers are kept for duplicate requests (RFC 6733: at least 4 minutes)."""
     max_pending_per_peer: int = 4096
     """Requests in flight per connection; beyond this the answer is 3004 TOO_BUSY."""
+    max_connections: int = 1024
+    """Connections per worker process; beyond this a new one is closed at once."""
+    cer_timeout_s: float = 10.0
+    """A connection must send its CER within this long of opening (traffic does not extend
+    it); before the CER a message may have at most 16 KiB."""
+    max_message_bytes: int = 1 << 20
+    """Largest message accepted from an open peer; a larger one closes the connection."""
+    write_buffer_kb: int = 1024
+    """Answers waiting for a peer that does not read: above this we stop reading its
+    requests ..."""
+    write_stall_s: float = 30.0
+    """... and close the connection if it stays above for this long."""
     quota_threshold_percent: int = 20
     """Volume/Time-Quota-Threshold as a percentage of each grant (0 = not sent)."""
     quota_holding_s: int = 0
@@ -490,7 +502,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: diameter.redirect_url: needed for redirect")
         if not 0 <= dm.quota_threshold_percent < 100:
             raise ConfigError(f"{src}: diameter.quota_threshold_percent: 0..99")
-        for key in ("watchdog_s", "tx_timeout_s", "default_validity_s", "max_pending_per_peer"):
+        if not 4096 <= dm.max_message_bytes <= 0xFFFFFF:
+            raise ConfigError(f"{src}: diameter.max_message_bytes: 4096..16777215")
+        for key in ("watchdog_s", "tx_timeout_s", "default_validity_s", "max_pending_per_peer",
+                    "max_connections", "cer_timeout_s", "write_buffer_kb", "write_stall_s"):
             if getattr(dm, key) <= 0:
                 raise ConfigError(f"{src}: diameter.{key}: must be positive")
         if dm.dedup_window_s < 0 or dm.quota_holding_s < 0:

@@ -95,6 +95,9 @@ DIAMETER_DUPLICATES = Counter("ocs_diameter_duplicates",
 DIAMETER_NOTIFICATIONS = Counter("ocs_diameter_server_requests",
                                  "RAR/ASR sent by this server, by kind and answer Result-Code",
                                  ["kind", "result"], registry=REGISTRY)
+DIAMETER_REFUSED = Counter("ocs_diameter_connections_refused", "Diameter connections "
+                           "refused or closed by a limit (max_connections, cer_timeout, "
+                           "oversize_before_cer, write_stalled)", ["reason"], registry=REGISTRY)
 DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
                        registry=REGISTRY, multiprocess_mode="livesum")
 

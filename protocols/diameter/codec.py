@@ -352,12 +352,14 @@ class Message:
 
 # -- decoding ----------------------------------------------------------------------------
 
-def frame_length(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | None:
-    """Length of the message starting at ``pos``, None when the header is incomplete."""
+def frame_length(buf: bytes | bytearray | memoryview, pos: int = 0,
+                 limit: int = MAX_MESSAGE) -> int | None:
+    """Length of the message starting at ``pos``, None when the header is incomplete;
+    FramingError past ``limit`` bytes."""
     if len(buf) - pos < 4:
         return None
     n = (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
-    if n < HEADER_LEN or n > MAX_MESSAGE or n % 4:
+    if n < HEADER_LEN or n > limit or n % 4:
         raise FramingError(f"message length {n}")
     return n
 

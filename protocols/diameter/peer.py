@@ -135,13 +135,23 @@ def new_e2e_seed() -> int:
     return ((int(time.time()) & 0xFFF) << 20) | random.getrandbits(20)
 
 
+MAX_CER_MESSAGE = 16 * 1024
+"""Largest message accepted before the CER is answered (a CER is a few hundred bytes):
+an unknown peer cannot make us hold more than this per connection."""
+
+
 class PeerConnection:
-    """Server side of one connection to a Diameter peer."""
+    """Server side of one connection to a Diameter peer.
+
+    Before the CER: at most ``MAX_CER_MESSAGE`` bytes a message, and the CER must come
+    within ``cer_timeout_s`` of the connection opening, however much else arrives."""
 
     def __init__(self, local: LocalNode, *, now: float, watchdog_s: float = 30.0,
-                 max_message: int = c.MAX_MESSAGE):
+                 max_message: int = c.MAX_MESSAGE, cer_timeout_s: float = 10.0):
         self.local = local
         self.state = State.WAIT_CER
+        self.opened = now
+        self.cer_timeout_s = cer_timeout_s
         self.peer_host = ""
         self.peer_realm = ""
         self.peer_apps: set[int] = set()
@@ -175,17 +185,21 @@ class PeerConnection:
         buf += data
         events: list[Event] = []
         pos = 0
+        limit = self.max_message if self.state is not State.WAIT_CER else min(
+            self.max_message, MAX_CER_MESSAGE)
         try:
             while True:
-                n = c.frame_length(buf, pos)
+                n = c.frame_length(buf, pos, limit)
                 if n is None or len(buf) - pos < n:
                     break
                 raw = bytes(buf[pos:pos + n])
                 pos += n
                 if not self._message(raw, events):
                     break
+                limit = self.max_message
         except FramingError as exc:
-            self._count("framing_error")
+            self._count("framing_error" if self.state is not State.WAIT_CER
+                        else "oversize_before_cer")
             self.state = State.CLOSED
             events.append(Close(f"framing: {exc}"))
         del buf[:pos]
@@ -341,8 +355,9 @@ class PeerConnection:
     def tick(self, now: float) -> list[Event]:
         """Watchdog (RFC 3539): DWR after Tw of silence; no answer within Tw -> close."""
         if self.state is not State.OPEN:
-            if self.state is State.WAIT_CER and now - self._last_rx >= self.watchdog_s:
-                self.state = State.CLOSED
+            if self.state is State.WAIT_CER and now - self.opened >= self.cer_timeout_s:
+                self.state = State.CLOSED  # traffic does not extend it: a hard deadline
+                self._count("cer_timeout")
                 return [Close("no CER")]
             return []
         if self._dwr_sent_at is not None:

@@ -42,10 +42,17 @@ log = structlog.get_logger(__name__)
 
 
 class DiameterProtocol(asyncio.Protocol):
+    """One connection. Flow control: when the peer does not read and our answers pile up
+    past the write buffer's high-water mark, we stop reading its requests; if it stays
+    there for ``write_stall_s`` the connection is closed (nothing grows without bound)."""
+
     def __init__(self, node: DiameterNode):
         self.node = node
         self.conn = PeerConnection(node.local, now=time.monotonic(),
-                                   watchdog_s=node.watchdog_s)
+                                   watchdog_s=node.watchdog_s,
+                                   max_message=node.max_message,
+                                   cer_timeout_s=node.cer_timeout_s)
+        self._stall: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.inflight = 0
         self.peer_address = ""
@@ -55,15 +62,46 @@ class DiameterProtocol(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if len(self.node.connections) >= self.node.max_connections:
+            _refused("max_connections")
+            transport.close()  # never added: connection_lost finds nothing to undo
+            return
+        self.transport = tr = transport  # type: ignore[assignment]
+        tr.set_write_buffer_limits(high=self.node.write_buffer_bytes)  # type: ignore[attr-defined]
         self.node.connections.add(self)
+
+    def pause_writing(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.pause_reading()
+        if self._stall is None:
+            self._stall = asyncio.get_running_loop().call_later(self.node.write_stall_s,
+                                                                self._stalled)
+
+    def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        _refused("write_stalled")
+        log.warning("diameter_close", reason="peer does not read its answers",
+                    address=self.peer_address, peer=self.conn.peer_host)
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.apply(self.conn.receive(data, time.monotonic()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         self.node.connections.discard(self)
         if self._announced:
             metrics.DIAMETER_PEERS.dec()
@@ -90,6 +128,10 @@ class DiameterProtocol(asyncio.Protocol):
                     fut.set_result(ev.message)
             elif isinstance(ev, Close):
                 quiet = ev.reason in ("peer sent DPR", "DPA received")
+                if ev.reason == "no CER":
+                    _refused("cer_timeout")
+                elif ev.reason.startswith("framing") and not self.conn.peer_host:
+                    _refused("oversize_before_cer")
                 (log.info if quiet else log.warning)(
                     "diameter_close", reason=ev.reason, address=self.peer_address,
                     peer=self.conn.peer_host)
@@ -140,8 +182,16 @@ class DiameterNode:
 
     def __init__(self, agent: GyAgent, local: LocalNode, *, watchdog_s: float = 30.0,
                  tx_timeout_s: float = 10.0, dedup_window_s: float = 240.0,
-                 max_pending_per_peer: int = 4096, sweep_interval_s: float = 5.0):
+                 max_pending_per_peer: int = 4096, sweep_interval_s: float = 5.0,
+                 max_connections: int = 1024, cer_timeout_s: float = 10.0,
+                 max_message: int = c.MAX_MESSAGE, write_buffer_bytes: int = 1 << 20,
+                 write_stall_s: float = 30.0):
         self.agent = agent
+        self.max_connections = max_connections
+        self.cer_timeout_s = cer_timeout_s
+        self.max_message = max_message
+        self.write_buffer_bytes = write_buffer_bytes
+        self.write_stall_s = write_stall_s
         self.local = local
         self.watchdog_s = watchdog_s
         self.tx_timeout_s = tx_timeout_s
@@ -330,6 +380,10 @@ class DiameterNode:
 _ANSWER_COUNTERS: dict[int, Any] = {}
 
 
+def _refused(reason: str) -> None:
+    metrics.DIAMETER_REFUSED.labels(reason).inc()
+
+
 def _count_answer(rc: int) -> None:
     counter = _ANSWER_COUNTERS.get(rc)
     if counter is None:
@@ -375,7 +429,11 @@ async def start_diameter(server: Any) -> DiameterNode:
     node = DiameterNode(agent, local, watchdog_s=cfg.watchdog_s, tx_timeout_s=cfg.tx_timeout_s,
                         dedup_window_s=cfg.dedup_window_s,
                         max_pending_per_peer=cfg.max_pending_per_peer,
-                        sweep_interval_s=server.cfg.charging.reaper_interval_s)
+                        sweep_interval_s=server.cfg.charging.reaper_interval_s,
+                        max_connections=cfg.max_connections, cer_timeout_s=cfg.cer_timeout_s,
+                        max_message=cfg.max_message_bytes,
+                        write_buffer_bytes=cfg.write_buffer_kb * 1024,
+                        write_stall_s=cfg.write_stall_s)
     node.address = await node.start(  # type: ignore[attr-defined]
         host, port, reuse_port=server.reuse_port)
     server.diameter = node
