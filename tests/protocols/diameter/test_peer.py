@@ -181,8 +181,19 @@ def test_watchdog() -> None:
 
 
 def test_cer_timeout_and_unknown_answers() -> None:
-    p = PeerConnection(LOCAL, now=0, watchdog_s=6)
-    assert p.tick(7) == [Close("no CER")]
+    p = PeerConnection(LOCAL, now=0, watchdog_s=30, cer_timeout_s=6)
+    assert p.tick(5.9) == []
+    assert p.tick(6) == [Close("no CER")]
+    # traffic does not extend the deadline
+    t = PeerConnection(LOCAL, now=0, cer_timeout_s=6)
+    for i in range(5):
+        assert t.receive(b"\x01" if i == 0 else b"\x00", i) == []
+        assert t.tick(i + 0.5) == []
+    assert t.tick(6.0) == [Close("no CER")]
+    # more than 16 KiB announced before CER: closed at once
+    big = PeerConnection(LOCAL, now=0)
+    [ev] = big.receive(b"\x01\x00\x40\x04", 0)
+    assert isinstance(ev, Close) and big.counters["oversize_before_cer"] == 1
     q = open_peer()
     stray = c.encode_message(Cmd.RAR, 0, 4, 4242, 1, c.u32(A.RESULT_CODE, 2001))
     assert q.receive(stray, 1) == [] and q.counters["unknown_answer"] == 1
