@@ -187,7 +187,7 @@ def test_cer_timeout_and_unknown_answers() -> None:
     # traffic does not extend the deadline
     t = PeerConnection(LOCAL, now=0, cer_timeout_s=6)
     for i in range(5):
-        assert t.receive(b"\x01" if i == 0 else b"\x00", i) == []
+        assert t.receive(b"\x01\x00\x01\x00" if i == 0 else b"\x00", i) == []
         assert t.tick(i + 0.5) == []
     assert t.tick(6.0) == [Close("no CER")]
     # more than 16 KiB announced before CER: closed at once
