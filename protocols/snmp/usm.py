@@ -101,6 +101,9 @@ class V3Receiver:
         boots_var.syntax = boots_var.syntax.clone(boots)
         self.bridge = _Bridge()
         config.add_transport(self.snmp, udp.DOMAIN_NAME, self.bridge)
+        self._levels: dict[str, int] = {}
+        """The security level each user is configured for (1 noAuthNoPriv, 2 authNoPriv,
+        3 authPriv): a message below it is dropped (RFC 3414 §3.2 step 5)."""
         for u in users:
             auth = AUTH.get(u.auth_protocol.upper().replace("-", ""))
             priv = PRIV.get(u.priv_protocol.upper().replace("-", ""))
@@ -111,6 +114,8 @@ class V3Receiver:
                 auth = config.USM_AUTH_NONE
             if not u.priv_key or auth == config.USM_AUTH_NONE:
                 priv = config.USM_PRIV_NONE
+            self._levels[u.name] = (1 if auth == config.USM_AUTH_NONE
+                                    else 2 if priv == config.USM_PRIV_NONE else 3)
             kw: dict[str, Any] = {}
             if auth != config.USM_AUTH_NONE:
                 kw.update(authProtocol=auth, authKey=u.auth_key)
@@ -124,10 +129,19 @@ class V3Receiver:
         self._stats = [builder.import_symbols("__SNMP-USER-BASED-SM-MIB", n)[0]
                        for n in USM_STATS]
         self._got: list[V3Notification] = []
+        self._below_level = False
         ntfrcv.NotificationReceiver(self.snmp, self._on_notification)
 
     def _on_notification(self, snmp: Any, state_ref: Any, ctx_engine: Any, ctx_name: Any,
                          varbinds: Any, cb_ctx: Any) -> None:
+        try:
+            ctx = snmp.observer.get_execution_context("rfc3412.receiveMessage:request")
+            name, level = str(ctx["securityName"]), int(ctx["securityLevel"])
+        except (KeyError, TypeError, ValueError):
+            name, level = "", 0
+        if level < self._levels.get(name, 3):
+            self._below_level = True  # e.g. noAuthNoPriv for an authPriv user: a forgery
+            return
         vbs = tuple((str(oid), _text(val)) for oid, val in varbinds)
         confirmed = bool(self.bridge.outgoing)  # pysnmp queued the inform's Response first
         self._got.append(V3Notification(varbinds=vbs, confirmed=confirmed))
@@ -139,16 +153,20 @@ class V3Receiver:
              ) -> tuple[V3Notification | None, list[tuple[bytes, Any]], str]:
         """Process one v3 datagram: (notification or None, datagrams to send back, outcome).
         For an inform the Response is among the datagrams: send it once the alarm is
-        durable. Outcome: notification | report | a usmStats name | dropped."""
+        durable. Outcome: notification | report | a usmStats name |
+        below_user_security_level | dropped."""
         before = self._stat_values()
         self.bridge.outgoing = []
         self._got = []
+        self._below_level = False
         try:
             self.snmp.transport_dispatcher.handle_timer_tick(time.time())
             self.bridge.feed(data, address)
         except Exception:  # pysnmp raises for malformed input in places: a counted drop
             return None, [], "malformed"
         out = [(msg, (str(addr[0]), int(addr[1]))) for msg, addr in self.bridge.outgoing]
+        if self._below_level:
+            return None, [], "below_user_security_level"
         if self._got:
             return self._got[0], out, "notification"
         moved = [name for name, a, b in zip(USM_STATS, before, self._stat_values(), strict=True)

@@ -88,8 +88,17 @@ enabled = false
         assert p.returncode != 0
         run(snmptrap, "-v", "3", "-e", "0x8000000009090909", "-u", "trapuser", *USER, target,
             "", LINK_DOWN, "1.3.6.1.2.1.2.2.1.1.11", "i", "11")
+        # a downgrade: the authPriv user's name at noAuthNoPriv / authNoPriv (RFC 3414 §3.2
+        # step 5): dropped, it neither raises nor clears anything
+        for level in (["-l", "noAuthNoPriv"], ["-l", "authNoPriv", "-a", "SHA", "-A",
+                                                 "authpass123"]):
+            for oid, index in ((LINK_DOWN, "12"), (LINK_UP, "7")):
+                p = run(snmptrap, "-v", "3", "-e", "0x8000000001020304", "-u", "trapuser",
+                        *level, target, "", oid, "1.3.6.1.2.1.2.2.1.1." + index, "i", index)
+                assert p.returncode == 0, p.stderr
         time.sleep(1)
         assert {a["resource"] for a in alarms(cfg)} == {"ifIndex=7"}
+        assert wait_for(cfg, "ifIndex=7", "cleared")
         # ocs-sim snmp in v3 mode: informs (acknowledged after the durable alarm change)
         p = run(sys.executable, "-m", "sim.cli", "snmp", "--server", target, "--traps", "20",
                 "--v3-user", "informuser", "--auth-key", "authpass123", "--priv-key",
