@@ -241,13 +241,21 @@ class NocConfig:
     max_error_rate: float = 0.05
     """Raise a processingErrorAlarm when more than this share of charging operations
     failed (busy, writer or store errors) in a health interval."""
-    storm_rate: int = 0
-    """Traps per second from one element that start storm control (0 = off): its
+    storm_rate: int = 500
+    """Traps per second from one source address that start storm control (0 = off): its
     notifications are counted under one summary alarm instead of processed one by one."""
     storm_hold_s: float = 30.0
     """Storm control ends after this long below the rate; the summary alarm clears."""
     history_days: int = 90
     """Cleared alarms are deleted this long after they cleared (0 = keep for ever)."""
+    max_alarms_per_element: int = 1000
+    """Active alarms one element may have; further raises are counted on one summary
+    alarm (resource ``active-alarm-limit``) until it is below again (0 = no cap)."""
+    max_active_alarms: int = 100_000
+    """Active alarms over all elements, likewise (summary alarm on element ``*``)."""
+    indeterminate_expire_s: int = 86400
+    """An active indeterminate alarm (an unmapped trap: nothing will clear it) not
+    repeated for this long clears itself (0 = never)."""
     traps: tuple[TrapMapping, ...] = ()
     hooks: tuple[NocHook, ...] = ()
 
@@ -577,6 +585,10 @@ def _is_oid(text: str) -> bool:
 
 
 def _check_noc(noc: NocConfig, src: str) -> None:
+    if min(noc.max_alarms_per_element, noc.max_active_alarms,
+           noc.indeterminate_expire_s) < 0:
+        raise ConfigError(f"{src}: noc: max_alarms_per_element, max_active_alarms and "
+                          "indeterminate_expire_s must be >= 0")
     if noc.storm_rate < 0 or noc.storm_hold_s <= 0 or noc.history_days < 0:
         raise ConfigError(f"{src}: noc: storm_rate and history_days must be >= 0, "
                           "storm_hold_s > 0")

@@ -33,7 +33,7 @@ from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.config import Config, parse_listen
-from ocs.noc.alarms import Notification, Severity, TrimAlarms
+from ocs.noc.alarms import ExpireAlarms, Notification, Severity, TrimAlarms
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
 from ocs.store.procwriter import ProcessWriter
@@ -53,6 +53,8 @@ def engine_settings(cfg: Config) -> EngineSettings:
         max_usage_bytes=cfg.charging.max_usage_bytes,
         max_usage_seconds=cfg.charging.max_usage_seconds,
         max_usage_events=cfg.charging.max_usage_events,
+        max_alarms_per_element=cfg.noc.max_alarms_per_element,
+        max_active_alarms=cfg.noc.max_active_alarms,
     )
 
 
@@ -117,6 +119,8 @@ class Server:
         self._slowest_commit_s = 0.0
         self._health_mark = (0, 0)
         self._last_trim = 0.0
+        self._expire_after = 0
+        """Where the expiry of indeterminate alarms goes on (alarm id)."""
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
@@ -201,6 +205,14 @@ class Server:
                 before=now - noc.history_days * 86400))
             if trimmed:
                 log.info("alarm_history_trimmed", alarms=trimmed)
+        if noc.indeterminate_expire_s:
+            # a slice of the alarms every interval; the position is carried along
+            done = await self.engine.submit("alarm_expire", ExpireAlarms(
+                before=now - noc.indeterminate_expire_s, at=now, after=self._expire_after))
+            self._expire_after = done.next_after
+            if done.cleared:
+                log.info("alarms_expired", alarms=done.cleared)
+        self._update_gauges()
         return outcomes
 
     async def _health_loop(self) -> None:

@@ -122,6 +122,14 @@ class EngineSettings:
     max_usage_seconds: int = 7 * 86400
     max_usage_events: int = 10_000
     """Plausibility limits of one report (bytes; seconds; messages or events)."""
+    max_alarms_per_element: int = 0
+    max_active_alarms: int = 0
+    """Caps on active alarms (0 = none)."""
+
+    @property
+    def alarm_limits(self) -> alarms.Limits:
+        return alarms.Limits(per_element=self.max_alarms_per_element,
+                             total=self.max_active_alarms)
 
     def max_usage(self, service: Service) -> int:
         if service is Service.DATA:
@@ -204,6 +212,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "sms_outcome": (SmsOutcomeRequest, bool),
     "alarm_notify": (alarms.Notification, str),
     "alarm_trim": (alarms.TrimAlarms, int),
+    "alarm_expire": (alarms.ExpireAlarms, alarms.Expired),
     "fraud_rules": (bool, bool),
     "smpp_bind": (SmppBindRequest, bool),
     "smpp_binds_reset": (int, int),
@@ -1056,11 +1065,15 @@ class ChargingEngine:
     def op_alarm_trim(tx: Tx, req: alarms.TrimAlarms) -> int:
         return alarms.trim(tx, req)
 
-    @staticmethod
-    def op_alarm_notify(tx: Tx, n: alarms.Notification) -> str:
-        """Raise, repeat or clear an alarm (sources: health checks, SNMP)."""
-        outcome, _alarm = alarms.notify(tx, n)
+    def op_alarm_notify(self, tx: Tx, n: alarms.Notification) -> str:
+        """Raise, repeat or clear an alarm (sources: health checks, SNMP); new alarms past
+        the configured caps are counted on the cap's summary alarm."""
+        outcome, _alarm = alarms.notify(tx, n, self.settings.alarm_limits)
         return outcome
+
+    def op_alarm_expire(self, tx: Tx, req: alarms.ExpireAlarms) -> alarms.Expired:
+        return alarms.expire(tx, msgspec.structs.replace(req,
+                                                         limits=self.settings.alarm_limits))
 
     # -- read-only enquiries (never block: LMDB readers) ------------------------------
 

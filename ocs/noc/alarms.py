@@ -154,11 +154,79 @@ def _flap(a: Alarm, n: Notification, at: int) -> bool:
     return False
 
 
-def notify(tx: Tx, n: Notification) -> tuple[str, Alarm | None]:
+LIMIT_RESOURCE = "active-alarm-limit"
+"""Resource of the summary alarm that stands for the raises an element's cap held back."""
+GLOBAL_ELEMENT = "*"
+"""Element of the summary alarm of the node-wide cap."""
+_ACTIVE = b"\x01active\x00"
+"""ALARM_KEYS prefix of the active-alarm counts: + element, or + nothing (all)."""
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Caps on active alarms (0 = none): per element, and over all elements."""
+
+    per_element: int = 0
+    total: int = 0
+
+
+def active_count(tx: Tx, element: str | None) -> int:
+    raw = tx.get(ALARM_KEYS, _ACTIVE + (element.encode() if element is not None else b""))
+    return unpack_u64(raw) if raw else 0
+
+
+def _count_active(tx: Tx, element: str, delta: int) -> None:
+    for key in (_ACTIVE + element.encode(), _ACTIVE):
+        raw = tx.get(ALARM_KEYS, key)
+        n = max(0, (unpack_u64(raw) if raw else 0) + delta)
+        if n:
+            tx.put(ALARM_KEYS, key, pack_u64(n))
+        else:
+            tx.delete(ALARM_KEYS, key)
+
+
+def _limited(tx: Tx, n: Notification, limits: Limits) -> tuple[str, Alarm | None] | None:
+    """When a new alarm would pass a cap: the cap's summary alarm is raised (or repeated)
+    instead, and the outcome is "capped"."""
+    if n.resource == LIMIT_RESOURCE:
+        return None
+    for element, cap, count in (
+            (n.element, limits.per_element, active_count(tx, n.element)),
+            (GLOBAL_ELEMENT, limits.total, active_count(tx, None))):
+        if cap and count >= cap:
+            notify(tx, Notification(
+                element=element, resource=LIMIT_RESOURCE, alarm_type="qualityOfServiceAlarm",
+                probable_cause="thresholdCrossed", severity=Severity.MAJOR, at=n.at,
+                varbinds={"limit": str(cap), "last_element": n.element,
+                          "last_resource": n.resource[:200]},
+                text=f"{cap} active alarms: further raises are counted here"))
+            return "capped", None
+    return None
+
+
+def _after_clear(tx: Tx, a: Alarm, at: int, limits: Limits) -> None:
+    """One active alarm fewer; the cap's summary alarm clears once below the cap."""
+    if a.resource == LIMIT_RESOURCE:
+        return
+    _count_active(tx, a.element, -1)
+    for element, cap, count in ((a.element, limits.per_element, active_count(tx, a.element)),
+                                (GLOBAL_ELEMENT, limits.total, active_count(tx, None))):
+        if cap and count < cap:
+            raw = tx.get(ALARM_KEYS, alarm_key(element, LIMIT_RESOURCE,
+                                               "qualityOfServiceAlarm"))
+            summary = load(tx, unpack_u64(raw)) if raw is not None else None
+            if summary is not None and summary.active:
+                notify(tx, Notification(element=element, resource=LIMIT_RESOURCE,
+                                        alarm_type="qualityOfServiceAlarm",
+                                        severity=Severity.CLEARED, at=at))
+
+
+def notify(tx: Tx, n: Notification, limits: Limits | None = None) -> tuple[str, Alarm | None]:
     """Apply one notification. Returns (what happened, the alarm): raise | repeat |
-    clear | clear_unmatched."""
+    clear | clear_unmatched | capped (a new alarm held back by ``limits``: the cap's
+    summary alarm counts it)."""
     if n.alarm_type not in ALARM_TYPES:
         raise ValueError(f"unknown alarm type {n.alarm_type!r}")
+    limits = limits or Limits()
     key = alarm_key(n.element, n.resource, n.alarm_type)
     raw_id = tx.get(ALARM_KEYS, key)
     current = load(tx, unpack_u64(raw_id)) if raw_id is not None else None
@@ -175,6 +243,7 @@ def notify(tx: Tx, n: Notification) -> tuple[str, Alarm | None]:
         _stream(tx, "clear", current, at, duration_s=at - current.first_seen)
         if started:
             _stream(tx, "flapping", current, at)
+        _after_clear(tx, current, at, limits)
         return "clear", current
     if current is not None and current.active:
         current.count += 1
@@ -187,6 +256,9 @@ def notify(tx: Tx, n: Notification) -> tuple[str, Alarm | None]:
         _stream(tx, "update", current, at)
         return "repeat", current
     # a new alarm, or the same problem back after a clear (a transition for flapping)
+    held = _limited(tx, n, limits)
+    if held is not None:
+        return held
     raw = tx.get(META, META_ALARM_SEQ)
     alarm_id = (unpack_u64(raw) if raw else 0) + 1
     tx.put(META, META_ALARM_SEQ, pack_u64(alarm_id))
@@ -199,6 +271,8 @@ def notify(tx: Tx, n: Notification) -> tuple[str, Alarm | None]:
     started = _flap(a, n, at) if current is not None else False
     _save(tx, a)
     tx.put(ALARM_KEYS, key, pack_u64(alarm_id))
+    if a.resource != LIMIT_RESOURCE:
+        _count_active(tx, a.element, 1)
     _stream(tx, "raise", a, at)
     if started:
         _stream(tx, "flapping", a, at)
@@ -251,9 +325,49 @@ def operator(tx: Tx, act: OperatorAction) -> Alarm:
         a.perceived_severity = Severity.CLEARED
         _save(tx, a)
         _stream(tx, "clear", a, act.at, user=act.user, duration_s=act.at - a.first_seen)
+        if a.resource != LIMIT_RESOURCE:
+            _count_active(tx, a.element, -1)
     else:
         raise ValueError(f"unknown action {act.action!r}")
     return a
+
+
+class ExpireAlarms(msgspec.Struct, frozen=True, kw_only=True):
+    """Clear active indeterminate alarms not seen since ``before``, scanning at most
+    ``limit`` alarms from id ``after`` on (the caller carries the position along)."""
+
+    before: int
+    at: int
+    after: int = 0
+    limit: int = 5000
+    limits: Limits = Limits()
+
+
+class Expired(msgspec.Struct, frozen=True, kw_only=True):
+    cleared: int
+    next_after: int
+    """Where the next call goes on (0: the scan reached the end and starts over)."""
+
+
+def expire(tx: Tx, req: ExpireAlarms) -> Expired:
+    """Indeterminate alarms (unknown traps) have no clearing notification: they clear
+    themselves once nothing has repeated them for the configured time."""
+    cleared = seen = 0
+    last = req.after
+    for k, raw in tx.scan(ALARMS, pack_u64(req.after + 1), limit=req.limit):
+        seen += 1
+        last = unpack_u64(k)
+        a = _dec.decode(raw)
+        if (a.active and a.perceived_severity == Severity.INDETERMINATE
+                and a.last_seen < req.before):
+            a.cleared_at = req.at
+            a.perceived_severity = Severity.CLEARED
+            _save(tx, a)
+            _stream(tx, "clear", a, req.at, reason="expired",
+                    duration_s=req.at - a.first_seen)
+            _after_clear(tx, a, req.at, req.limits)
+            cleared += 1
+    return Expired(cleared=cleared, next_after=last if seen >= req.limit else 0)
 
 
 def stream_line(raw: bytes) -> bytes:

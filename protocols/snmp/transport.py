@@ -74,10 +74,11 @@ class TrapReceiver(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     def _admit(self, msg: Message, addr: Any) -> bool:
-        """Storm control: False when the element is in a storm (counted, not processed)."""
+        """Storm control: False when the source is in a storm (counted, not processed).
+        Keyed by the datagram's source address, not the v1 agent-addr it claims."""
         if self.storm is None:
             return True
-        element = msg.agent_addr or addr[0]
+        element = str(addr[0])
         ok, start = self.storm.admit(element, time.monotonic())
         if start:
             log.warning("snmp_trap_storm", element=element, threshold=self.storm.rate)

@@ -110,3 +110,47 @@ def test_history_retention_trims_only_old_cleared_alarms(store: Store) -> None:
     # the key of ifIndex=1 still finds the live alarm 4: a clear ends it
     assert link(store, "1", False, T + 6001) == "clear"
     assert store.run_write(lambda tx: noc.trim(tx, noc.TrimAlarms(before=T + 1000))) == 0
+
+
+def test_caps_hold_back_new_alarms_on_a_summary_that_clears_below_the_cap(
+        store: Store) -> None:
+    limits = noc.Limits(per_element=3, total=5)
+
+    def raise_(element: str, index: int, at: int, clear: bool = False) -> str:
+        n = noc.Notification(element=element, resource=f"ifIndex={index}",
+                             alarm_type="communicationsAlarm",
+                             severity=noc.Severity.CLEARED if clear else noc.Severity.MAJOR,
+                             at=at)
+        return str(store.run_write(lambda tx: noc.notify(tx, n, limits))[0])
+
+    assert [raise_("r1", i, T + i) for i in range(1, 6)] == [
+        "raise", "raise", "raise", "capped", "capped"]
+    active = [a for a in all_alarms(store) if a.active]
+    summary = [a for a in active if a.resource == noc.LIMIT_RESOURCE]
+    assert len(active) == 4 and summary[0].element == "r1" and summary[0].count == 2
+    assert raise_("r1", 2, T + 9) == "repeat"  # an active alarm still repeats
+    # node-wide cap: 3 + 2 = 5 active (summaries are not counted)
+    assert [raise_("r2", i, T + 10 + i) for i in range(1, 4)] == ["raise", "raise", "capped"]
+    assert {a.element for a in all_alarms(store)
+            if a.active and a.resource == noc.LIMIT_RESOURCE} == {"r1", "*"}
+    # a clear brings r1 below its cap (and the node below its own): both summaries clear
+    assert raise_("r1", 1, T + 20, clear=True) == "clear"
+    assert {a.element for a in all_alarms(store)
+            if a.active and a.resource == noc.LIMIT_RESOURCE} == set()
+    assert raise_("r1", 7, T + 21) == "raise"
+
+
+def test_indeterminate_alarms_expire(store: Store) -> None:
+    for i, sev in enumerate((noc.Severity.INDETERMINATE, noc.Severity.MAJOR,
+                             noc.Severity.INDETERMINATE)):
+        n = noc.Notification(element="bts", resource=f"trap{i}", severity=sev,
+                             at=T + i * 1000)
+        store.run_write(lambda tx, n=n: noc.notify(tx, n))  # type: ignore[misc]
+    done = store.run_write(lambda tx: noc.expire(tx, noc.ExpireAlarms(
+        before=T + 1500, at=T + 5000, limit=2)))
+    assert (done.cleared, done.next_after) == (1, 2)  # trap0 only; trap1 is major
+    done = store.run_write(lambda tx: noc.expire(tx, noc.ExpireAlarms(
+        before=T + 1500, at=T + 5000, after=done.next_after, limit=2)))
+    assert (done.cleared, done.next_after) == (0, 0)  # trap2 was seen after the cut
+    assert [a.active for a in all_alarms(store)] == [False, True, True]
+    assert stream(store)[-1]["reason"] == "expired"
