@@ -883,6 +883,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         sys.stderr.write(f"ocs: error: {exc}\n")
         return EXIT_FAILURE
+    except OSError as exc:  # a file or directory we need is not usable: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"ocs: error: {where}{exc.strerror or exc}\n")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

@@ -121,6 +121,8 @@ class Server:
         self._last_trim = 0.0
         self._expire_after = 0
         """Where the expiry of indeterminate alarms goes on (alarm id)."""
+        self.cdr_problem = ""
+        """Why CDR files cannot be written ("" = fine); /healthz says degraded meanwhile."""
         self.admin = AdminServer(self.health)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
@@ -160,11 +162,32 @@ class Server:
             self.engine.paused = paused
         return cdr_free_mb, cdr_full
 
+    def check_cdr_dir(self) -> str:
+        """Why CDR files cannot be written now ("" = they can): a file is created and
+        removed in the CDR directory (an immutable or read-only directory, a full inode
+        table or a vanished mount all show here, before the exporter trips on them)."""
+        d = self.cfg.under_data(self.cfg.cdr.dir)
+        probe = d / f".write-probe-{os.getpid()}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            problem = f"{d}: {exc.strerror or exc}"
+        else:
+            problem = ""
+        if problem != self.cdr_problem:
+            (log.error if problem else log.info)(
+                "cdr_dir_unwritable" if problem else "cdr_dir_writable", problem=problem)
+            self.cdr_problem = problem
+        return problem
+
     async def check_health(self, now: int) -> list[str]:
         """The server's own threshold alarms, through the same alarm model."""
         noc = self.cfg.noc
         free_mb = shutil.disk_usage(self.cfg.data_dir).free // 2**20
         cdr_free_mb, cdr_full = self.check_cdr_room()
+        cdr_problem = self.check_cdr_dir()
         slowest_ms = self._slowest_commit_s * 1000
         self._slowest_commit_s = 0.0
         ops, failed = self.writer.ops, self.writer.failed
@@ -183,6 +206,10 @@ class Server:
              Severity.CRITICAL,
              f"{cdr_free_mb} MiB free for CDR files (threshold {self.cfg.cdr.min_free_mb} "
              "MiB): new charging refused", {"free_mb": str(cdr_free_mb)}),
+            ("cdr-dir", "processingErrorAlarm", "fileError", bool(cdr_problem),
+             Severity.CRITICAL,
+             f"CDR files cannot be written ({cdr_problem}): charges are kept in the "
+             "journal until they can", {"problem": cdr_problem}),
             ("charging", "processingErrorAlarm", "thresholdCrossed",
              rate > noc.max_error_rate and d_failed >= 10, Severity.MAJOR,
              f"{d_failed} of {d_ops + d_failed} charging operations failed "
@@ -234,8 +261,8 @@ class Server:
         alive = 1 + (self.pool.alive if self.pool is not None else 0)
         self._update_gauges()
         return {
-            "status": "unavailable" if not ok else "ok" if alive == self.workers
-            else "degraded",
+            "status": "unavailable" if not ok else "ok" if (
+                alive == self.workers and not self.cdr_problem) else "degraded",
             "node": self.cfg.node.name,
             "workers": self.workers,
             "workers_alive": alive,
@@ -247,6 +274,7 @@ class Server:
             "ops": self.writer.ops,
             "writer_restarts": self.writer.restarts,
             "uptime_s": int(time.time() - self.started_at),
+            **({"cdr_problem": self.cdr_problem} if self.cdr_problem else {}),
         }
 
     def _update_gauges(self) -> None:
