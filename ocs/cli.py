@@ -688,9 +688,9 @@ def cmd_fraud_cases_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([to_json(c) for c in items])
     else:
-        _table(f"Fraud cases ({len(items)})", ["id", "msisdn", "status", "decision", "score",
-                                                "action", "indicators", "updated"],
-               [[c.case_id, c.msisdn, c.status, c.decision, c.score, c.action or "-",
+        _table(f"Fraud cases ({len(items)})", ["id", "msisdn", "status", "action", "score",
+                                                "measure", "indicators", "updated"],
+               [[c.case_id, c.msisdn, c.status, c.decision, c.score, c.measure or "-",
                  ", ".join(sorted({f.name for f in c.findings})), _iso(c.updated_at)]
                 for c in items])
     return 0
@@ -709,7 +709,7 @@ def cmd_fraud_cases_show(args: argparse.Namespace) -> int:
         _print_json(to_json(case))
         return 0
     print(f"case {case.case_id}: {case.msisdn} — {case.decision} (score {case.score}), "
-          f"{case.status}; action: {case.action or 'none (review)'}")
+          f"{case.status}; measure: {case.measure or 'none (review)'}")
     print(f"opened {_iso(case.opened_at)}, updated {_iso(case.updated_at)}"
           + (f", resolved {_iso(case.resolved_at)}: {case.resolution}"
              + (" (reinstated)" if case.reinstated else "") if case.resolved_at else ""))

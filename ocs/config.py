@@ -293,7 +293,7 @@ class FraudWeights:
     high_risk_prefix: int = 40
     night_usage: int = 20
     long_call: int = 40
-    roaming_disabled: int = 30
+    roaming_disabled: int = 40
     high_risk_network: int = 60
     sim_box: int = 100
     velocity: int = 60

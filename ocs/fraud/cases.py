@@ -42,8 +42,9 @@ class Case(msgspec.Struct, kw_only=True):
     findings: list[Finding] = []
     status: str = "open"
     """open | resolved"""
-    action: str = ""
-    """What was done: "suspended" (block) or "" (review: a case only)."""
+    measure: str = msgspec.field(default="", name="action")
+    """What was done about it: "suspended" (block) or "" (review: a case only). Stored
+    under its first name, ``action``; the JSON ``action`` is the decision."""
     resolved_at: int = 0
     resolution: str = ""
     reinstated: bool = False
@@ -118,7 +119,7 @@ def _record(tx: Tx, case_id: int, sub: Subscriber, findings: list[Finding], scor
         if sub.status == "active":
             tx.put(SUBSCRIBERS, sub.msisdn.encode(), encode(msgspec.structs.replace(
                 sub, status="suspended", updated_at=at)))
-            case.action = "suspended"
+            case.measure = "suspended"
     tx.put(FRAUD_CASES, pack_u64(case.case_id), _enc.encode(case))
     return case.case_id
 
@@ -158,9 +159,10 @@ def to_json(c: Case) -> dict[str, object]:
         "case_id": c.case_id,
         "msisdn": c.msisdn,
         "status": c.status,
+        "action": c.decision,
         "decision": c.decision,
         "score": c.score,
-        "action": c.action,
+        "measure": c.measure or "none",
         "opened_at": c.opened_at,
         "updated_at": c.updated_at,
         "resolved_at": c.resolved_at or None,

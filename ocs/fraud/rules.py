@@ -32,7 +32,7 @@ WEIGHTS = {
     "high_risk_prefix": 40,
     "night_usage": 20,
     "long_call": 40,
-    "roaming_disabled": 30,
+    "roaming_disabled": 40,
     "high_risk_network": 60,
     "sim_box": 100,
     "velocity": 60,

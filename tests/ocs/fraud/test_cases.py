@@ -16,7 +16,7 @@ from tests_support import CONFIG_DIR, add
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
 from ocs.config import FraudConfig
-from ocs.fraud.cases import decode_case, resolve
+from ocs.fraud.cases import decode_case, resolve, to_json
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store, Writer
@@ -82,7 +82,7 @@ def test_sim_box_is_blocked_and_explained(agent: GyAgent) -> None:
     assert cases(agent) == [] and status(agent, "41790000001") == "active"
     assert rc(call(agent, 30, "41790000001", 20)) == Rc.SUCCESS  # the 31st call ends...
     [case] = cases(agent)
-    assert (case.msisdn, case.decision, case.action, case.status) == (
+    assert (case.msisdn, case.decision, case.measure, case.status) == (
         "41790000001", "block", "suspended", "open")
     [f] = case.findings
     assert f.name == "sim_box" and f.value.startswith("31 calls/h, avg 20 s")
@@ -107,7 +107,7 @@ def test_roaming_in_a_high_risk_network_while_at_home(agent: GyAgent) -> None:
     assert rc(away) == Rc.END_USER_SERVICE_DENIED or mscc_rc(away) == Rc.END_USER_SERVICE_DENIED
     [case] = cases(agent)
     assert sorted(f.name for f in case.findings) == ["distant_sessions", "high_risk_network"]
-    assert case.score == 110 and case.action == "suspended"
+    assert case.score == 110 and case.measure == "suspended"
     # the live home session is told at the next sweep (RAR, then 4010 on its CCR-U)
     assert [(k, s.session_id) for k, s in agent.sweep()] == [("rar", "home;1")]
     upd = run(agent, ccr(2, 1, mscc(10, units("octets", 10**6), [units("octets", 1000)]),
@@ -124,7 +124,7 @@ def test_spend_spike_opens_a_case_for_review(agent: GyAgent) -> None:
     run(agent, ccr(4, 0, mscc(None, units("ssu", 1)), sid="smsc;33", msisdn="41790000003",
                    context="32274@3gpp.org", action=0))
     [case] = cases(agent)
-    assert (case.decision, case.action, [f.name for f in case.findings]) == (
+    assert (case.decision, case.measure, [f.name for f in case.findings]) == (
         "review", "", ["velocity"])
     assert status(agent, "41790000003") == "active"  # review: a case, no action
 
@@ -153,4 +153,8 @@ def test_refused_roaming_is_recorded_as_an_indicator(agent: GyAgent) -> None:
         bal = dec_balance.decode(txn.get(b"41790000009", db=store.dbs[BALANCES]))
     assert bal.fraud is not None
     assert [f.name for f in bal.fraud.findings] == ["roaming_disabled"]
-    assert cases(agent) == []  # 30 points alone: below review
+    # alone a case for review, as in the seed rules (5 points = review); nothing enforced
+    [case] = cases(agent)
+    assert (case.msisdn, case.decision, case.measure, case.score) == (
+        "41790000009", "review", "", 40)
+    assert to_json(case)["action"] == "review" and to_json(case)["measure"] == "none"

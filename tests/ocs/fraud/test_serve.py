@@ -68,7 +68,7 @@ enabled = false
         assert smsc.balance("41780000001") == before
         listed = json.loads(smsc.ocs("fraud", "cases", "list", "--json"))
         [case] = listed
-        assert (case["msisdn"], case["decision"], case["action"], case["status"]) == (
+        assert (case["msisdn"], case["action"], case["measure"], case["status"]) == (
             "41780000001", "block", "suspended", "open")
         assert sorted(i["name"] for i in case["indicators"]) == [
             "distant_sessions", "high_risk_network"]
