@@ -296,6 +296,12 @@ class Server:
             from protocols.diameter.peer import origin_state_id
 
             self.origin_state_id = origin_state_id()
+        if self.primary:
+            from ocs import sanity
+
+            for problem in sanity.findings(self.cfg,
+                                           self.engine.plans.in_store(self.store).plans):
+                log.warning("config_sanity", problem=problem, config=self.cfg.source)
         listeners.load_builtin()
         for section in ("diameter", "radius", "smpp", "snmp"):
             sec = getattr(self.cfg, section)
