@@ -57,6 +57,7 @@ def load_all() -> None:
     import sim.billing_cmd
     import sim.core_cmd
     import sim.diameter_cmd
+    import sim.fuzz_cmd
     import sim.radius_cmd
     import sim.scaling
     import sim.scenario
