@@ -73,6 +73,10 @@ class DiameterConfig:
     origin_host: str = "ocs.localdomain"
     origin_realm: str = "localdomain"
     allowed_peers: tuple[str, ...] = ()
+    relay_peers: tuple[str, ...] = ()
+    """Peers (Origin-Host of their CER) that may forward other hosts' requests (with
+    Route-Record), e.g. your DRAs; empty = any peer may. A direct peer's requests must
+    carry its own Origin-Host."""
     watchdog_s: float = 30.0
     tx_timeout_s: float = 10.0
     default_validity_s: int = 900

@@ -142,7 +142,7 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
     validity_s: int | None = None
     now: int | None = None
     owner: str = ""
-    """The peer opening the session (``diameter:<CER Origin-Host>``, ``radius:<client>``);
+    """The peer opening the session (``diameter:<Origin-Host>``, ``radius:<client>``);
     later requests from another owner are refused. "" = internal (reaper, operator)."""
 
 

@@ -460,8 +460,8 @@ class GySession:
     peer: Any = None
     """The connection the CCRs arrive on (for RAR/ASR)."""
     owner: str = ""
-    """``diameter:<Origin-Host of the CER>`` of the peer that opened the session: only it
-    may report on the session, and RAR/ASR go to its connection."""
+    """``diameter:<Origin-Host>`` of the client that opened the session: only it may
+    report on the session, and RAR/ASR go to the connection its CCRs come on."""
     groups: set[int | None] = field(default_factory=set)
     """Rating groups (None = single-service) with a reservation."""
     asked: set[int | None] = field(default_factory=set)
@@ -511,16 +511,18 @@ class GyAgent:
 
     # -- entry point ----------------------------------------------------------------------
 
-    async def handle(self, msg: Message, peer: Any = None, owner: str = "") -> bytes:
-        """The CCA for one checked CCR (MessageError for a malformed one). ``owner`` names
-        the peer the CCR came from (its CER's Origin-Host); "" in tests without one."""
+    async def handle(self, msg: Message, peer: Any = None) -> bytes:
+        """The CCA for one checked CCR (MessageError for a malformed one). With a ``peer``
+        (the connection), the session's owner is the CCR's Origin-Host: the peer layer
+        has made sure a direct peer's is that of its CER (a relay's requests carry their
+        origin's, with Route-Record); without one (sans-IO tests) sessions have none."""
         ccr = parse_ccr(msg)
         if ccr.destination_realm.lower() != self.s.origin_realm.lower():
             raise MessageError(Rc.REALM_NOT_SERVED, f"realm {ccr.destination_realm}",
                                protocol=True)
         self._check_plausible(msg, ccr)
         self._count(f"ccr_{ccr.request_type}")
-        owner = f"diameter:{owner.lower()}" if owner else ""
+        owner = f"diameter:{ccr.origin_host.lower()}" if peer is not None else ""
         if ccr.request_type == EVENT:
             rc, body = await self._event(ccr)
             return self._cca(msg, ccr, rc, body)
@@ -675,7 +677,7 @@ class GyAgent:
             self._count(f"refused_{rc}")
             return rc, b""
         known = self.sessions.get(ccr.session_id)
-        if known is not None and known.owner != owner:
+        if known is not None and known.owner and known.owner != owner:
             raise self._not_owner(ccr)
         sess = GySession(ccr.session_id, ccr.identity, msisdn, ccr.service, ccr.origin_host,
                          ccr.origin_realm, peer, owner, visited_network=ccr.visited_network,
@@ -708,7 +710,7 @@ class GyAgent:
         unknown or its Tcc ran out. MessageError 5004 when it belongs to another peer."""
         now = self.clock()
         sess = self.sessions.get(ccr.session_id)
-        if sess is not None and sess.owner != owner and now <= sess.deadline:
+        if sess is not None and sess.owner and sess.owner != owner and now <= sess.deadline:
             raise self._not_owner(ccr)
         if sess is not None and now <= sess.deadline and (
                 peer is None or sess.peer is None or sess.peer is peer):
@@ -722,7 +724,7 @@ class GyAgent:
             self.sessions.pop(ccr.session_id, None)
             return None
         first = live[0]
-        if first.owner != owner:
+        if first.owner and first.owner != owner:  # "": opened before owners were kept
             raise self._not_owner(ccr)
         sess = GySession(ccr.session_id, ccr.identity or ((IdKind.MSISDN, first.msisdn),),
                          first.msisdn, Service(first.service), ccr.origin_host,

@@ -43,6 +43,9 @@ class LocalNode:
     supported_vendors: tuple[int, ...] = (c.VENDOR_3GPP,)
     allowed_peers: tuple[str, ...] = ()
     """Origin-Host allow-list (case-insensitive); empty = any peer."""
+    relay_peers: tuple[str, ...] = ()
+    """Peers (CER Origin-Host) that may forward other hosts' requests (with Route-Record);
+    empty = any peer may."""
 
     def origin_avps(self) -> bytes:
         return (c.octets(A.ORIGIN_HOST, self.origin_host.encode())
@@ -261,7 +264,7 @@ class PeerConnection:
                 events.append(Send(error_answer(msg, self.local, exc)))
                 return
             origin = _text(msg.find(A.ORIGIN_HOST))
-            if origin.lower() != self.peer_host.lower() and msg.find(A.ROUTE_RECORD) is None:
+            if origin.lower() != self.peer_host.lower() and not self._may_relay(msg):
                 # Only a relay (which adds Route-Record) forwards requests of other hosts;
                 # a direct peer speaks for itself, as its CER said.
                 self._count("origin_host_mismatch")
@@ -274,6 +277,12 @@ class PeerConnection:
             self._count("rc_3001")
             events.append(Send(answer_for(msg, self.local, Rc.COMMAND_UNSUPPORTED, error=True,
                                           text=f"command {code}")))
+
+    def _may_relay(self, msg: Message) -> bool:
+        if msg.find(A.ROUTE_RECORD) is None:
+            return False
+        relays = self.local.relay_peers
+        return not relays or self.peer_host.lower() in {r.lower() for r in relays}
 
     def _answer(self, msg: Message, events: list[Event]) -> None:
         if msg.code == Cmd.DWR and msg.hbh == self._dwr_hbh:

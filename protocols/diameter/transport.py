@@ -242,7 +242,7 @@ class DiameterNode:
                       fut: asyncio.Future[bytes]) -> None:
         keep = True
         try:
-            answer = await self.agent.handle(msg, proto, proto.conn.peer_host)
+            answer = await self.agent.handle(msg, proto)
         except MessageError as exc:
             answer = error_answer(msg, self.local, exc)
         except (Overloaded, WriterStopped) as exc:
@@ -417,7 +417,8 @@ async def start_diameter(server: Any) -> DiameterNode:
     local = LocalNode(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
                       host_addresses=addresses,
                       origin_state_id=server.origin_state_id or origin_state_id(),
-                      allowed_peers=tuple(cfg.allowed_peers))
+                      allowed_peers=tuple(cfg.allowed_peers),
+                      relay_peers=tuple(cfg.relay_peers))
     settings = GySettings(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
                           validity_s=cfg.default_validity_s,
                           quota_threshold_percent=cfg.quota_threshold_percent,

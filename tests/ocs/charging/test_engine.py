@@ -305,3 +305,67 @@ def test_answer_trim(engine: ChargingEngine) -> None:
         lambda tx: engine.op_trim_answers(tx, TrimRequest(before=T0))) == 0
     assert engine.store.run_write(
         lambda tx: engine.op_trim_answers(tx, TrimRequest(before=T0 + 1))) == 1
+
+
+def test_a_key_reused_with_other_content_is_refused(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    assert reserve(engine, "r1").ok
+    first = commit(engine, "c1", MB, next_units=5 * MB)
+    assert first.ok and first.charged == 10_000
+    again = commit(engine, "c1", 5 * MB, next_units=5 * MB)  # same key, other usage
+    assert (again.ok, again.refusal, again.charged) == (False, Refusal.REQUEST_MISMATCH, 0)
+    replay = commit(engine, "c1", MB, next_units=5 * MB, now=T0 + 999)  # a retransmission
+    assert replay.ok and replay.replayed and replay.charged == 10_000
+    assert bal(engine).balance == 990_000 and len(cdrs(engine)) == 1
+    other = reserve(engine, "r1", units=7 * MB)
+    assert other.refusal == Refusal.REQUEST_MISMATCH
+
+
+def test_reports_after_the_end_charge_nothing(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    assert reserve(engine, "r1").ok
+    assert commit(engine, "stop", 2 * MB, final=True).charged == 20_000
+    late = commit(engine, "stop-again", 2 * MB, final=True)
+    assert (late.ok, late.refusal) == (False, Refusal.SESSION_ENDED)
+    interim = commit(engine, "interim-after", 3 * MB, next_units=0)
+    assert interim.refusal == Refusal.SESSION_ENDED
+    v = bal(engine)
+    assert (v.balance, v.reserved) == (980_000, 0) and len(cdrs(engine)) == 1
+
+
+def test_sessions_belong_to_their_owner(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    assert reserve(engine, "r1", owner="radius:a").ok
+    stolen = engine.commit_sync(CommitRequest(
+        request_key=b"x", session_id="s1", service=Service.DATA, rating_group=10,
+        used_units=4 * MB, final=True, now=T0 + 60, owner="radius:b"))
+    assert (stolen.ok, stolen.refusal) == (False, Refusal.NOT_OWNER)
+    assert reserve(engine, "r2", owner="radius:b").refusal == Refusal.NOT_OWNER
+    mine = engine.commit_sync(CommitRequest(
+        request_key=b"y", session_id="s1", service=Service.DATA, rating_group=10,
+        used_units=MB, final=True, now=T0 + 60, owner="radius:a"))
+    assert mine.ok and mine.charged == 10_000 and bal(engine).balance == 990_000
+
+
+def test_implausible_usage(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000001", balance="1.00")
+    limit = engine.settings.max_usage_bytes
+    assert reserve(engine, "r1").ok
+    refused = commit(engine, "c1", limit + 1, next_units=0)
+    assert (refused.ok, refused.refusal) == (False, Refusal.IMPLAUSIBLE_USAGE)
+    assert bal(engine).balance == 1_000_000
+    # clamped (RADIUS): the limit's worth is charged (capped by the credit), the rest not,
+    # and a later cumulative report does not charge it either
+    clamped = engine.commit_sync(CommitRequest(
+        request_key=b"c2", session_id="s1", service=Service.DATA, rating_group=10,
+        cumulative_units=2**63 - 1, next_units=0, now=T0 + 60, clamp_excess=True))
+    assert clamped.ok and clamped.excess_units == 2**63 - 1 - limit
+    assert clamped.charged == 1_000_000 and clamped.capped
+    later = engine.commit_sync(CommitRequest(
+        request_key=b"c3", session_id="s1", service=Service.DATA, rating_group=10,
+        cumulative_units=2**63 - 1, final=True, now=T0 + 90, clamp_excess=True))
+    assert later.ok and later.used_units == 0 and later.charged == 0
+    d = engine.debit_sync(DebitRequest(request_key=b"d", subscriber=ALICE,
+                                       service=Service.SMS, units=10_001, destination="4179",
+                                       now=T0))
+    assert d.refusal == Refusal.IMPLAUSIBLE_USAGE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -237,3 +239,33 @@ def test_fuzz_chunks_after_cer(chunks: list[bytes]) -> None:
     for chunk in chunks:
         for ev in p.receive(chunk, 1):
             assert isinstance(ev, Send | Request | Answer | Close)
+
+
+def _with_origin(origin: str, route_record: str = "") -> bytes:
+    body = c.utf8(A.SESSION_ID, "s;1") + c.u32(A.CC_REQUEST_TYPE, 1) + c.u32(
+        A.CC_REQUEST_NUMBER, 0)
+    if route_record:
+        body += c.octets(A.ROUTE_RECORD, route_record.encode())
+    return c.encode_message(Cmd.CCR, c.FLAG_R | c.FLAG_P, 4, 5, 5, b"".join([
+        c.octets(A.ORIGIN_HOST, origin.encode()), c.octets(A.ORIGIN_REALM, b"test.realm"),
+        body]))
+
+
+def test_a_direct_peer_speaks_only_for_itself() -> None:
+    p = open_peer()
+    [ans] = sent(p.receive(_with_origin("other.test.realm"), 1))
+    assert result(ans) == Rc.UNKNOWN_PEER and ans.is_error
+    assert p.counters["origin_host_mismatch"] == 1
+    # its own Origin-Host (any case) passes; so does a relayed request (Route-Record)
+    assert isinstance(p.receive(_with_origin("PGW.test.realm"), 2)[0], Request)
+    relayed = p.receive(_with_origin("other.test.realm", "other.test.realm"), 3)
+    assert isinstance(relayed[0], Request)
+    # with relay_peers, only those may relay
+    strict = dataclasses.replace(LOCAL, relay_peers=("dra.test.realm",))
+    q = PeerConnection(strict, now=0)
+    q.receive(cer(), 0)
+    [ans] = sent(q.receive(_with_origin("other.test.realm", "other.test.realm"), 1))
+    assert result(ans) == Rc.UNKNOWN_PEER
+    d = PeerConnection(strict, now=0)
+    d.receive(cer("dra.test.realm"), 0)
+    assert isinstance(d.receive(_with_origin("other.test.realm", "x"), 1)[0], Request)
