@@ -191,3 +191,29 @@ def init_server(tmp: Path, sections: str, *, name: str = "ocs-1") -> Path:
     (tmp / "plans.toml").write_text((CONFIG_DIR / "plans.toml").read_text())
     subprocess.run([OCS, "init", "--config", str(cfg)], check=True, capture_output=True)
     return cfg
+
+
+def admin_get(admin: int, path: str, timeout: float = 10.0) -> str:
+    """GET ``path`` from a running server's admin endpoint on 127.0.0.1:``admin``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def admin_healthy(admin: int) -> bool:
+    """/healthz answers ok (a ``serving()`` ready check)."""
+    import json
+
+    return bool(json.loads(admin_get(admin, "/healthz", timeout=1))["status"] == "ok")
+
+
+def metric(admin: int, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` on /metrics whose labels include ``labels``."""
+    total = 0.0
+    for line in admin_get(admin, "/metrics").splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == name or (head.startswith(name + "{") and all(
+                f'{k}="{v}"' in head for k, v in labels.items())):
+            total += float(value)
+    return total

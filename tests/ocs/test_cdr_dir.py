@@ -8,16 +8,10 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from tests_support import OCS, free_tcp_port, init_server, serving
-
-
-def _get(admin: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as r:
-        return str(r.read().decode())
+from tests_support import OCS, admin_get, free_tcp_port, init_server, metric, serving
 
 
 def _ocs(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,13 +30,6 @@ def _cdr_alarm(cfg: Path) -> str:
     alarms = json.loads(_ocs(cfg, "alarms", "list", "--json").stdout)
     found = [a for a in alarms if a["resource"] == "cdr-dir"]
     return str(found[0]["perceived_severity"]) if found else ""
-
-
-def _pending(admin: int) -> float:
-    for line in _get(admin, "/metrics").splitlines():
-        if line.startswith("ocs_cdr_pending "):
-            return float(line.split()[1])
-    return -1.0
 
 
 def test_unwritable_cdr_dir_is_reported_and_nothing_is_lost(tmp_path: Path) -> None:
@@ -64,7 +51,7 @@ listen = "127.0.0.1:{admin}"
     cdr = tmp_path / "data" / "cdr"
 
     def healthz() -> dict[str, object]:
-        return dict(json.loads(_get(admin, "/healthz")))
+        return dict(json.loads(admin_get(admin, "/healthz")))
 
     with serving(cfg, tmp_path, lambda: healthz()["status"] == "ok"):
         _wait(cdr.exists)
@@ -76,7 +63,7 @@ listen = "127.0.0.1:{admin}"
             _wait(lambda: _cdr_alarm(cfg) == "critical")
             h = healthz()
             assert h["status"] == "degraded" and "cdr_problem" in h
-            _wait(lambda: _pending(admin) >= 1)
+            _wait(lambda: metric(admin, "ocs_cdr_pending") >= 1)
             flush = _ocs(cfg, "cdr", "flush")
             assert flush.returncode != 0 and "Traceback" not in flush.stderr
             assert len(flush.stderr.strip().splitlines()) == 1, flush.stderr
@@ -87,4 +74,4 @@ listen = "127.0.0.1:{admin}"
         assert _ocs(cfg, "cdr", "flush").returncode == 0
         rows = [r for f in cdr.glob("cdr_*.csv") for r in f.read_text().splitlines()[1:]]
         assert len(rows) == 1 and ",0.050000,EUR," in rows[0]
-        _wait(lambda: _pending(admin) == 0)
+        _wait(lambda: metric(admin, "ocs_cdr_pending") == 0)

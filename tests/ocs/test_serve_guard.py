@@ -9,10 +9,9 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from tests_support import free_tcp_port, init_server, serving
+from tests_support import admin_healthy, free_tcp_port, init_server, serving
 
 OCS = str(Path(sys.executable).parent / "ocs")
 
@@ -26,11 +25,6 @@ severities = ["critical"]
 [admin]
 listen = "127.0.0.1:{admin}"
 """
-
-
-def _healthy(admin: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
-        return bool(r.status == 200)
 
 
 def _ocs(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +49,7 @@ def test_second_server_on_the_same_data_dir_leaves_and_touches_nothing(tmp_path:
     admin = free_tcp_port()
     cfg = init_server(tmp_path, SECTIONS.format(admin=admin))
     data = tmp_path / "data"
-    with serving(cfg, tmp_path, lambda: _healthy(admin), args=("--workers", "2")):
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "2")):
         before = sorted(p.name for p in (data / "run").iterdir())
         metrics_files = sorted(p.name for p in (data / "run" / "metrics").iterdir())
         assert "writer" in before and metrics_files
@@ -67,7 +61,7 @@ def test_second_server_on_the_same_data_dir_leaves_and_touches_nothing(tmp_path:
         assert len(lines) == 1 and "in use by another 'ocs serve'" in lines[0], second.stderr
         assert sorted(p.name for p in (data / "run").iterdir()) == before
         assert sorted(p.name for p in (data / "run" / "metrics").iterdir()) == metrics_files
-        assert _healthy(admin)
+        assert admin_healthy(admin)
         assert _ocs(cfg, "subscriber", "add", "--msisdn", "41790000001", "--plan",
                     "prepaid-basic", "--balance", "1.00").returncode == 0
 
@@ -78,7 +72,7 @@ def test_files_are_the_owners_only_and_hooks_stay_off_the_command_line(
     cfg = init_server(tmp_path, SECTIONS.format(admin=admin))
     data = tmp_path / "data"
     data.chmod(0o755)  # as an older version left it
-    with serving(cfg, tmp_path, lambda: _healthy(admin), args=("--workers", "2")) as proc:
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "2")) as proc:
         assert _ocs(cfg, "subscriber", "add", "--msisdn", "41790000001", "--plan",
                     "prepaid-basic", "--balance", "1.00").returncode == 0
         ch = _ocs(cfg, "charge", "41790000001", "--service", "sms", "--destination", "4179",

@@ -7,14 +7,13 @@ from __future__ import annotations
 import socket
 import struct
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from diameter.message.avp import Avp
 from diameter.message.commands import CapabilitiesExchangeRequest, CreditControlRequest
-from tests_support import free_tcp_port, init_server, serving
+from tests_support import admin_healthy, free_tcp_port, init_server, metric, serving
 
 REALM = b"test.realm"
 
@@ -24,12 +23,7 @@ class Server:
         self.cwd, self.port, self.admin, self.pid = cwd, port, admin, pid
 
     def refused(self, reason: str) -> float:
-        url = f"http://127.0.0.1:{self.admin}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("ocs_diameter_connections_refused_total{")
-                   and f'reason="{reason}"' in line)
+        return metric(self.admin, "ocs_diameter_connections_refused_total", reason=reason)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -54,11 +48,7 @@ write_stall_s = 3
 [admin]
 listen = "127.0.0.1:{admin}"
 """)
-    def ready() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-
-    with serving(cfg, tmp, ready, args=("--workers", "1")) as proc:
+    with serving(cfg, tmp, lambda: admin_healthy(admin), args=("--workers", "1")) as proc:
         yield Server(tmp, port, admin, proc.pid)
 
 

@@ -14,12 +14,18 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import free_tcp_port, free_udp_port, init_server, serving
+from tests_support import (
+    admin_healthy,
+    free_tcp_port,
+    free_udp_port,
+    init_server,
+    metric,
+    serving,
+)
 
 from protocols.radius.codec import AcctStatus, Attr, Code, attr, decode, encode_request
 
@@ -46,20 +52,8 @@ class Server:
         d = json.loads(self.ocs("subscriber", "show", msisdn, "--json"))
         return {"balance": d["balance"], "reserved": d["reserved"]}
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            head, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric(self.admin, name, **labels)
 
     def request(self, sock: socket.socket, code: Code, attrs: list[tuple[int, bytes]], *,
                 secret: bytes = SECRET, port: int | None = None,
@@ -111,18 +105,13 @@ def server(tmp_path: Path) -> Iterator[Server]:
     plans = str(Path(__file__).resolve().parents[3] / "config" / "plans.toml")
     subprocess.run([OCS, "plan", "load", plans, "--config", str(cfg)], check=True,
                    capture_output=True)
-    with serving(cfg, tmp_path, lambda: _healthy(admin)) as proc:
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin)) as proc:
         srv = Server(tmp_path, cfg, acct, auth, admin, coa, proc)
         srv.ocs("subscriber", "add", "--msisdn", "41790000001", "--plan", "prepaid-basic",
                 "--username", "bob", "--password", "secret", "--balance", "10.00")
         srv.ocs("subscriber", "add", "--msisdn", "41790000002", "--plan", "prepaid-basic",
                 "--username", "carl", "--password", "secret", "--balance", "50.00")
         yield srv
-
-
-def _healthy(admin: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
-        return bool(r.status == 200)
 
 
 def _udp(host: str = "127.0.0.1") -> socket.socket:
@@ -167,7 +156,7 @@ def test_refused_starts_with_silent_coa_port_do_not_freeze_the_server(server: Se
         assert answered == sent  # every Start answered (refused, charged nothing)
         # the node still serves: admin and a normal accounting request
         t1 = time.monotonic()
-        assert _healthy(server.admin)
+        assert admin_healthy(server.admin)
         reply = server.request(_udp(), Code.ACCOUNTING_REQUEST,
                                _acct(AcctStatus.START, "ok-1", "bob"))
         assert reply is not None and decode(reply).code == Code.ACCOUNTING_RESPONSE

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import smpplib.consts
 import smpplib.exceptions
-from tests_support import Smsc, free_tcp_port, init_server, serving
+from tests_support import Smsc, free_tcp_port, init_server, metric, serving
 
 BIND_TRANSMITTER, SUBMIT_SM = 0x00000002, 0x00000004
 
@@ -95,11 +94,6 @@ def test_bind_guessing_is_braked_and_system_ids_cannot_be_listed(smsc: Smsc) -> 
     with pytest.raises(smpplib.exceptions.PDUError) as exc:
         smsc.esme()
     assert exc.value.args[1] == smpplib.consts.SMPP_ESME_RINVPASWD
-    url = f"http://127.0.0.1:{smsc.admin}/metrics"  # type: ignore[attr-defined]
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    throttled = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith("ocs_auth_failures_total{")
-                    and 'protocol="smpp"' in line and 'reason="throttled"' in line)
-    assert throttled >= 10
+    assert metric(smsc.admin, "ocs_auth_failures_total",  # type: ignore[attr-defined]
+                  protocol="smpp", reason="throttled") >= 10
     assert Path(smsc.cwd / "serve.log").read_text().count("smpp_bind_failed") >= 5
