@@ -149,10 +149,21 @@ class RadiusAgent:
         self.clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
         self.counters: Counter[str] = Counter()
         self._client_cache: dict[str, Client | None] = {}
+        self._owns_cache: dict[tuple[str, str], bool] = {}
         self.guard = FailureThrottle()
         """Password guessing brake per (client, User-Name)."""
         self._dummy_hash = hash_password("no such user")
         """Checked for unknown users, so they take as long as a wrong password."""
+
+    def _owns(self, client: Client, nas_ip: str) -> bool:
+        """``nas_ip`` lies in the client's address (cached: one NAS, one answer)."""
+        key = (client.name, nas_ip)
+        ok = self._owns_cache.get(key)
+        if ok is None:
+            if len(self._owns_cache) > 65536:
+                self._owns_cache.clear()
+            ok = self._owns_cache[key] = client.owns(nas_ip)
+        return ok
 
     def client_for(self, address: str) -> Client | None:
         cached = self._client_cache.get(address, _UNSEEN)
@@ -190,7 +201,7 @@ class RadiusAgent:
         if status is None:
             raise Drop("missing_acct_status_type")
         nas_ip = _ip(pkt.get(Attr.NAS_IP_ADDRESS))
-        if nas_ip and not client.owns(nas_ip):
+        if nas_ip and not self._owns(client, nas_ip):
             # RFC 5080 §2.1.1: the client is who sent it; the attribute is only its claim
             self.counters["nas_ip_mismatch"] += 1
             metrics.RADIUS_SUSPECT.labels("nas_ip_mismatch").inc()
