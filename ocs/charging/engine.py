@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -131,7 +131,9 @@ class EngineSettings:
         return alarms.Limits(per_element=self.max_alarms_per_element,
                              total=self.max_active_alarms)
 
-    def max_usage(self, service: Service) -> int:
+    def max_usage(self, service: Service | str) -> int:
+        """The plausibility limit of one report of ``service`` (or its value)."""
+        service = Service(service)
         if service is Service.DATA:
             return self.max_usage_bytes
         if service in TIMED:
@@ -159,8 +161,11 @@ _ENDED = b"\x00ended\x00"
 
 
 def digest(*parts: object) -> bytes:
-    """Of a request's content, to tell a retransmission from a reused request key."""
-    return hashlib.blake2b(_enc.encode(parts), digest_size=8).digest()
+    """Of a request's content, to tell a retransmission from a reused request key. A
+    CRC, not a cryptographic hash: it only has to notice a client's mistake or trick
+    (a collision would replay the first answer, which is what a retransmission gets), and
+    it runs in the writer for every operation."""
+    return zlib.crc32(_enc.encode(parts)).to_bytes(4, "big")
 
 
 def _key_text(key: bytes) -> str:
@@ -260,6 +265,8 @@ class ChargingEngine:
         self.settings = settings
         self.plans = PlanCache()
         self.fraud = FraudSettings.of(settings.fraud)
+        self._max_usage = {s.value: settings.max_usage(s) for s in Service}
+        """Plausibility limit by the service value a reservation stores."""
         self.paused = ""
         """Why new charging is refused ("" = it is not): set by the server's health
         checks, e.g. while the CDR directory is full."""
@@ -627,7 +634,7 @@ class ChargingEngine:
             used = max(0, req.cumulative_units - res.used_total)
         else:
             used = max(0, req.used_units)
-        limit = self.settings.max_usage(Service(res.service))
+        limit = self._max_usage.get(res.service) or self.settings.max_usage(res.service)
         excess = 0
         if used > limit:
             if not req.clamp_excess:
@@ -661,7 +668,7 @@ class ChargingEngine:
             sub = msgspec.structs.replace(sub, status="suspended")
         if req.final or sub is None or plan is None:
             tx.delete(RESERVATIONS, key)
-            if req.final:
+            if req.final and req.remember_end:
                 self._mark_ended(tx, key, res.msisdn, now)
             tx.put(BALANCES, msisdn, encode(bal))
             if uses_allowance:
@@ -833,7 +840,7 @@ class ChargingEngine:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
         units = max(0, req.units)
-        if units > self.settings.max_usage(req.service):
+        if units > self._max_usage[req.service]:
             return Debit(ok=False, refusal=Refusal.IMPLAUSIBLE_USAGE, msisdn=sub.msisdn)
         zero = is_zero_rated(plan, ctx)
         rate = None if zero else select_rate(plan, ctx)

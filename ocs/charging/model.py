@@ -168,6 +168,11 @@ class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
     clamp_excess: bool = False
     """Usage above the plausibility limit: charge up to the limit and count the rest
     (RADIUS, which must answer) instead of refusing the report (Diameter: 5004)."""
+    remember_end: bool = False
+    """With ``final``: remember that the session ended (as long as answers are kept), so
+    a later report for it is answered SESSION_ENDED and charges nothing, instead of
+    opening it again (RADIUS, where an Interim or Stop without a Start opens a session).
+    Diameter needs none: a CCR for a closed session is 5002 anyway."""
 
 
 class ReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -289,7 +289,7 @@ class RadiusAgent:
             request_key=key, session_id=session, service=service, rating_group=rg,
             cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
             final=final, next_units=None if final else 0, validity_s=self.validity_s,
-            now=now, owner=owner, clamp_excess=True)
+            now=now, owner=owner, clamp_excess=True, remember_end=final)
         settled = await eng.commit(commit)
         if not settled.ok and settled.refusal == Refusal.SESSION_ENDED:
             # A re-sent Stop (new Identifier, Acct-Delay-Time) or an Interim after the
@@ -311,7 +311,8 @@ class RadiusAgent:
                 request_key=key + b":charge", session_id=session, service=service,
                 rating_group=rg, cumulative_units=total, bytes_in=bytes_in or 0,
                 bytes_out=bytes_out or 0, final=final, next_units=None if final else 0,
-                validity_s=self.validity_s, now=now, owner=owner, clamp_excess=True))
+                validity_s=self.validity_s, now=now, owner=owner, clamp_excess=True,
+                remember_end=final))
         if settled.excess_units:
             self.counters["implausible_usage"] += 1
             metrics.RADIUS_SUSPECT.labels("implausible_usage").inc()
@@ -351,7 +352,7 @@ class RadiusAgent:
                 request_key=f"{session}:gone:{int(self.clock())}".encode(),
                 session_id=session, service=live.service,
                 rating_group=self.rating_group if live.service is Service.DATA else None,
-                final=True, now=int(self.clock())))
+                final=True, remember_end=True, now=int(self.clock())))
         elif outcome is DaeOutcome.ACK:
             self.sessions.pop(session, None)  # the NAS sends its Stop, which settles
         else:
@@ -414,7 +415,7 @@ class RadiusAgent:
         for i, (sid, service, rg) in enumerate(self.engine.session_keys(prefix)):
             await self.engine.commit(CommitRequest(
                 request_key=key + b":%d" % i, session_id=sid, service=service,
-                rating_group=rg, final=True, now=now))
+                rating_group=rg, final=True, remember_end=True, now=now))
 
     # -- access -----------------------------------------------------------------------
 

@@ -324,7 +324,10 @@ def test_a_key_reused_with_other_content_is_refused(engine: ChargingEngine) -> N
 def test_reports_after_the_end_charge_nothing(engine: ChargingEngine) -> None:
     add(engine.store, "41790000001", balance="1.00")
     assert reserve(engine, "r1").ok
-    assert commit(engine, "stop", 2 * MB, final=True).charged == 20_000
+    stop = engine.commit_sync(CommitRequest(
+        request_key=b"stop", session_id="s1", service=Service.DATA, rating_group=10,
+        used_units=2 * MB, final=True, remember_end=True, now=T0 + 60))
+    assert stop.charged == 20_000
     late = commit(engine, "stop-again", 2 * MB, final=True)
     assert (late.ok, late.refusal) == (False, Refusal.SESSION_ENDED)
     interim = commit(engine, "interim-after", 3 * MB, next_units=0)
