@@ -106,8 +106,8 @@ class ExporterProcess:
         self._proc = subprocess.Popen([sys.executable, "-m", "ocs.cdr.exportproc"],
                                       stdin=subprocess.PIPE)
         assert self._proc.stdin is not None
-        with self._proc.stdin:
-            self._proc.stdin.write(json.dumps(self._conf).encode())
+        with contextlib.suppress(BrokenPipeError), self._proc.stdin:  # it died at once:
+            self._proc.stdin.write(json.dumps(self._conf).encode())  # the watchdog sees
 
     async def start(self) -> None:
         self._spawn()
