@@ -430,7 +430,8 @@ def encode_mscc(r: MsccResult, service: Service, s: GySettings) -> bytes:
         th = min(0xFFFFFFFF, r.granted * s.quota_threshold_percent // 100)
         if th:
             code = A.VOLUME_QUOTA_THRESHOLD if service is Service.DATA else (
-                A.TIME_QUOTA_THRESHOLD if service in (Service.VOICE, Service.TIME) else 1226)
+                A.TIME_QUOTA_THRESHOLD if service in (Service.VOICE, Service.TIME)
+                else A.UNIT_QUOTA_THRESHOLD)
             parts.append(c.u32(code, th, vendor=VENDOR_3GPP))
     if r.granted and s.quota_holding_s:
         parts.append(c.u32(A.QUOTA_HOLDING_TIME, s.quota_holding_s, vendor=VENDOR_3GPP))

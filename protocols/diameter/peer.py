@@ -330,7 +330,7 @@ class PeerConnection:
                 return
             inband = [a.u32 for a in msg.find_all(A.INBAND_SECURITY_ID)]
             if inband and 0 not in inband:
-                events.append(Send(self._cea(msg, 5017, text="only TLS offered")))
+                events.append(Send(self._cea(msg, Rc.NO_COMMON_SECURITY, text="only TLS offered")))
                 self.state = State.CLOSED
                 events.append(Close("no common security"))
                 return
