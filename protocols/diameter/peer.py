@@ -1,11 +1,12 @@
 """The Diameter peer layer (RFC 6733 §5, RFC 3539 watchdog) as a sans-IO state machine.
 
 One :class:`PeerConnection` per transport connection, server side: bytes go in through
-:meth:`PeerConnection.receive`, time through :meth:`PeerConnection.tick`; both return
-:class:`Event` lists (bytes to send, an application request, an answer to one of our
-requests, or a close). The connection answers CER, DWR and DPR itself and every
-protocol error it can see from the header and the AVP dictionary, so the application
-only ever sees well-formed requests of an advertised application from an open peer.
+:meth:`PeerConnection.receive`, time through :meth:`PeerConnection.handle_timer` when
+:meth:`PeerConnection.get_timer` says; both return :class:`Event` lists (bytes to send,
+an application request, an answer to one of our requests, or a close). The connection
+answers CER, DWR and DPR itself and every protocol error it can see from the header and
+the AVP dictionary, so the application only ever sees well-formed requests of an
+advertised application from an open peer.
 
 :class:`DuplicateCache` keeps answers by (peer, Origin-Host, End-to-End-Id) for the
 duplicate detection of §5.4 / invariant 5 (shared by all connections of a node).
@@ -361,8 +362,22 @@ class PeerConnection:
 
     # -- time -----------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Event]:
-        """Watchdog (RFC 3539): DWR after Tw of silence; no answer within Tw -> close."""
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next run (None: never, the connection is
+        done). Traffic only moves deadlines later, so a caller may arm a timer for this
+        time and, when it fires, call ``handle_timer`` and arm again: a deadline that
+        moved meanwhile just finds nothing to do (h11's style, no poll of every peer)."""
+        if self.state is State.WAIT_CER:
+            return self.opened + self.cer_timeout_s
+        if self.state is not State.OPEN:
+            return None
+        if self._dwr_sent_at is not None:
+            return self._dwr_sent_at + self.watchdog_s
+        return self._last_rx + self._next_tw
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Watchdog (RFC 3539): DWR after Tw of silence; no answer within Tw -> close.
+        Before the CER: closed at its deadline."""
         if self.state is not State.OPEN:
             if self.state is State.WAIT_CER and now - self.opened >= self.cer_timeout_s:
                 self.state = State.CLOSED  # traffic does not extend it: a hard deadline

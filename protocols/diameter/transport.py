@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from typing import Any
 
@@ -53,6 +52,8 @@ class DiameterProtocol(asyncio.Protocol):
                                    max_message=node.max_message,
                                    cer_timeout_s=node.cer_timeout_s)
         self._stall: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        """One timer per connection, at the peer core's next deadline (CER, Tw, DWA)."""
         self.transport: asyncio.Transport | None = None
         self.inflight = 0
         self.peer_address = ""
@@ -71,6 +72,20 @@ class DiameterProtocol(asyncio.Protocol):
         self.transport = tr = transport  # type: ignore[assignment]
         tr.set_write_buffer_limits(high=self.node.write_buffer_bytes)  # type: ignore[attr-defined]
         self.node.connections.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = None
+        when = self.conn.get_timer()
+        if when is not None:  # the loop's clock is time.monotonic, like the core's
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.apply(self.conn.handle_timer(time.monotonic()))
+        self._arm()
 
     def pause_writing(self) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -97,11 +112,18 @@ class DiameterProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.apply(self.conn.receive(data, time.monotonic()))
+        t = self._timer
+        if t is not None:  # traffic moves deadlines later, but the CER brings Tw closer
+            due = self.conn.get_timer()
+            if due is not None and due < t.when():
+                t.cancel()
+                self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        for handle in (self._stall, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._stall = self._timer = None
         self.node.connections.discard(self)
         if self._announced:
             metrics.DIAMETER_PEERS.dec()
@@ -336,13 +358,6 @@ class DiameterNode:
             todo -= n
             await asyncio.sleep(0)
 
-    async def _watchdog_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0 + random.random() * 0.2)
-            now = time.monotonic()
-            for proto in list(self.connections):
-                proto.apply(proto.conn.tick(now))
-
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False
@@ -352,8 +367,7 @@ class DiameterNode:
         self.server = await loop.create_server(lambda: DiameterProtocol(self), host, port,
                                                reuse_address=True, reuse_port=reuse_port,
                                                backlog=1024)
-        self._loops = [loop.create_task(self._watchdog_loop()),
-                       loop.create_task(self._sweep_loop())]
+        self._loops = [loop.create_task(self._sweep_loop())]
         sock = self.server.sockets[0].getsockname()
         log.info("diameter_listening", address=f"{sock[0]}:{sock[1]}",
                  origin_host=self.local.origin_host)

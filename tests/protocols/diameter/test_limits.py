@@ -167,3 +167,37 @@ def test_a_peer_that_never_reads_is_paused_then_closed(server: Server) -> None:
         time.sleep(0.2)
     assert server.refused("write_stalled") >= 1
     s.close()
+
+
+def test_watchdog_on_a_silent_peer(tmp_path: Path) -> None:
+    """The peer core's own timer (no poll of every connection): after Tw of silence our
+    DWR, and without its DWA the connection is closed one Tw later."""
+    port = free_tcp_port()
+    cfg = init_server(tmp_path, f"""
+[diameter]
+listen = "127.0.0.1:{port}"
+origin_host = "ocs.test.realm"
+origin_realm = "test.realm"
+watchdog_s = 2
+[admin]
+enabled = false
+""")
+    with serving(cfg, tmp_path, "diameter_listening", args=("--workers", "1")):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        cer = CapabilitiesExchangeRequest()
+        cer.origin_host, cer.origin_realm = b"quiet.test.realm", REALM
+        cer.host_ip_address = "127.0.0.1"
+        cer.vendor_id = 1
+        cer.product_name = "quiet"
+        cer.append_avp(Avp.new(258, 0, 4))
+        cer.header.hop_by_hop_identifier = cer.header.end_to_end_identifier = 1
+        s.sendall(cer.as_bytes())
+        t0 = time.monotonic()
+        head = s.recv(4, socket.MSG_WAITALL)
+        s.recv(int.from_bytes(head[1:], "big") - 4, socket.MSG_WAITALL)  # the CEA
+        head = s.recv(8, socket.MSG_WAITALL)  # then, after Tw, our DWR
+        assert int.from_bytes(head[5:8], "big") == 280 and head[4] & 0x80
+        assert 1.5 <= time.monotonic() - t0 <= 4
+        assert _closed_within(s, 5)  # no DWA: closed
+        assert time.monotonic() - t0 <= 7
+        s.close()

@@ -168,30 +168,30 @@ def test_framing_error_closes() -> None:
 
 def test_watchdog() -> None:
     p = open_peer(now=0, watchdog_s=6)
-    assert p.tick(5) == []
-    [dwr_ev] = p.tick(6.1)
+    assert p.handle_timer(5) == []
+    [dwr_ev] = p.handle_timer(6.1)
     dwr = c.decode(dwr_ev.data)  # type: ignore[union-attr]
     assert dwr.code == Cmd.DWR and dwr.is_request
     assert dwr.find(A.ORIGIN_HOST).data == b"ocs.test.realm"  # type: ignore[union-attr]
     # the peer answers: quiet again
     dwa = c.encode_message(Cmd.DWR, 0, 0, dwr.hbh, dwr.e2e, c.u32(A.RESULT_CODE, 2001))
     assert p.receive(dwa, 7) == []
-    assert p.tick(12) == []
-    [dwr_ev] = p.tick(13.2)
+    assert p.handle_timer(12) == []
+    [dwr_ev] = p.handle_timer(13.2)
     # no answer within Tw: close
-    assert p.tick(19.3) == [Close("watchdog: no DWA")]
+    assert p.handle_timer(19.3) == [Close("watchdog: no DWA")]
 
 
 def test_cer_timeout_and_unknown_answers() -> None:
     p = PeerConnection(LOCAL, now=0, watchdog_s=30, cer_timeout_s=6)
-    assert p.tick(5.9) == []
-    assert p.tick(6) == [Close("no CER")]
+    assert p.handle_timer(5.9) == []
+    assert p.handle_timer(6) == [Close("no CER")]
     # traffic does not extend the deadline
     t = PeerConnection(LOCAL, now=0, cer_timeout_s=6)
     for i in range(5):
         assert t.receive(b"\x01\x00\x01\x00" if i == 0 else b"\x00", i) == []
-        assert t.tick(i + 0.5) == []
-    assert t.tick(6.0) == [Close("no CER")]
+        assert t.handle_timer(i + 0.5) == []
+    assert t.handle_timer(6.0) == [Close("no CER")]
     # more than 16 KiB announced before CER: closed at once
     big = PeerConnection(LOCAL, now=0)
     [ev] = big.receive(b"\x01\x00\x40\x04", 0)
@@ -269,3 +269,17 @@ def test_a_direct_peer_speaks_only_for_itself() -> None:
     d = PeerConnection(strict, now=0)
     d.receive(cer("dra.test.realm"), 0)
     assert isinstance(d.receive(_with_origin("other.test.realm", "x"), 1)[0], Request)
+
+
+def test_get_timer_names_the_next_deadline() -> None:
+    p = PeerConnection(LOCAL, now=100, watchdog_s=6, cer_timeout_s=10)
+    assert p.get_timer() == 110  # the CER deadline
+    p.receive(cer(), 101)
+    due = p.get_timer()
+    assert due is not None and 101 + 4 <= due <= 101 + 8  # Tw with its jitter
+    assert p.handle_timer(due - 0.01) == []
+    [dwr] = p.handle_timer(due)
+    assert isinstance(dwr, Send)
+    assert p.get_timer() == due + 6  # the DWA deadline
+    assert p.handle_timer(due + 6) == [Close("watchdog: no DWA")]
+    assert p.get_timer() is None
