@@ -5,11 +5,12 @@ Each key (an SMPP source address; a RADIUS client and User-Name) may fail ``free
 within ``window_s``; after that it is held off for ``base_s``, doubling with every further
 failure up to ``max_s``. While held off, attempts are refused without looking at the
 secret (so guesses learn nothing) and do not lengthen the hold; a success clears the key.
-Memory is bounded: past ``max_keys`` the oldest keys are forgotten.
+Memory is bounded: past ``max_keys`` the oldest key that is not held off is forgotten.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -53,9 +54,19 @@ class FailureThrottle:
         over = rec.failures - self.free
         if over > 0:
             rec.until = now + min(self.max_s, self.base_s * (2 ** min(over - 1, 30)))
-        while len(self._keys) > self.max_keys:
-            self._keys.popitem(last=False)
+        if len(self._keys) > self.max_keys:
+            self._evict(now)
         return max(0.0, rec.until - now)
+
+    def _evict(self, now: float) -> None:
+        """Forget the oldest key that is not held off: flooding the table with new names
+        must not free a key someone is guessing for (only if every key is held does the
+        oldest go)."""
+        for key in list(itertools.islice(self._keys, 64)):
+            if self._keys[key].until <= now:
+                del self._keys[key]
+                return
+        self._keys.popitem(last=False)
 
     def succeeded(self, key: Hashable) -> None:
         self._keys.pop(key, None)

@@ -85,3 +85,19 @@ def run(agent: GyAgent, msg: c.Message) -> c.Message:
 
 def rc(m: c.Message) -> int:
     return m.find(A.RESULT_CODE).u32  # type: ignore[union-attr]
+
+
+def peer_cer(host: bytes, realm: bytes = b"test.realm") -> bytes:
+    """A CER for Credit-Control, built by python-diameter (the raw peers of the abuse and
+    limits tests)."""
+    from diameter.message.avp import Avp
+    from diameter.message.commands import CapabilitiesExchangeRequest
+
+    cer = CapabilitiesExchangeRequest()
+    cer.origin_host, cer.origin_realm = host, realm
+    cer.host_ip_address = "127.0.0.1"
+    cer.vendor_id = 99999
+    cer.product_name = "raw"
+    cer.append_avp(Avp.new(258, 0, 4))
+    cer.header.hop_by_hop_identifier = cer.header.end_to_end_identifier = 1
+    return bytes(cer.as_bytes())

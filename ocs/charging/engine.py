@@ -634,7 +634,7 @@ class ChargingEngine:
             used = max(0, req.cumulative_units - res.used_total)
         else:
             used = max(0, req.used_units)
-        limit = self._max_usage.get(res.service) or self.settings.max_usage(res.service)
+        limit = self._max_usage[res.service]
         excess = 0
         if used > limit:
             if not req.clamp_excess:

@@ -189,10 +189,9 @@ def _limited(tx: Tx, n: Notification, limits: Limits) -> tuple[str, Alarm | None
     instead, and the outcome is "capped"."""
     if n.resource == LIMIT_RESOURCE:
         return None
-    for element, cap, count in (
-            (n.element, limits.per_element, active_count(tx, n.element)),
-            (GLOBAL_ELEMENT, limits.total, active_count(tx, None))):
-        if cap and count >= cap:
+    for element, cap, counted in ((n.element, limits.per_element, n.element),
+                                  (GLOBAL_ELEMENT, limits.total, None)):
+        if cap and active_count(tx, counted) >= cap:
             notify(tx, Notification(
                 element=element, resource=LIMIT_RESOURCE, alarm_type="qualityOfServiceAlarm",
                 probable_cause="thresholdCrossed", severity=Severity.MAJOR, at=n.at,
@@ -208,9 +207,9 @@ def _after_clear(tx: Tx, a: Alarm, at: int, limits: Limits) -> None:
     if a.resource == LIMIT_RESOURCE:
         return
     _count_active(tx, a.element, -1)
-    for element, cap, count in ((a.element, limits.per_element, active_count(tx, a.element)),
-                                (GLOBAL_ELEMENT, limits.total, active_count(tx, None))):
-        if cap and count < cap:
+    for element, cap, counted in ((a.element, limits.per_element, a.element),
+                                  (GLOBAL_ELEMENT, limits.total, None)):
+        if cap and active_count(tx, counted) < cap:
             raw = tx.get(ALARM_KEYS, alarm_key(element, LIMIT_RESOURCE,
                                                "qualityOfServiceAlarm"))
             summary = load(tx, unpack_u64(raw)) if raw is not None else None
@@ -325,8 +324,7 @@ def operator(tx: Tx, act: OperatorAction) -> Alarm:
         a.perceived_severity = Severity.CLEARED
         _save(tx, a)
         _stream(tx, "clear", a, act.at, user=act.user, duration_s=act.at - a.first_seen)
-        if a.resource != LIMIT_RESOURCE:
-            _count_active(tx, a.element, -1)
+        _after_clear(tx, a, act.at, Limits())  # the count; the caps are the server's
     else:
         raise ValueError(f"unknown action {act.action!r}")
     return a

@@ -119,10 +119,6 @@ class DaeClient:
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 
-    def queued(self) -> int:
-        """Requests waiting for an Identifier, over every NAS."""
-        return sum(len(n.queue) for n in self._nas.values())
-
     async def _identifier(self, target: DaeTarget) -> int | None:
         """A free Identifier for ``target``: at once, after waiting in its queue, or None
         when the queue is full."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from diameter.message import Message
-from diameter.message.avp import Avp
 from diameter.message.avp.grouped import RequestedServiceUnit, UsedServiceUnit
-from diameter.message.commands import CapabilitiesExchangeRequest, CreditControlRequest
+from diameter.message.commands import CreditControlRequest
+from gy_support import peer_cer
 from tests_support import OCS, free_tcp_port, init_server, serving
 
 REALM = b"test.realm"
@@ -64,14 +64,7 @@ class Peer:
     def __init__(self, port: int, host: bytes):
         self.host = host
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        cer = CapabilitiesExchangeRequest()
-        cer.origin_host, cer.origin_realm = host, REALM
-        cer.host_ip_address = "127.0.0.1"
-        cer.vendor_id = 99999
-        cer.product_name = "hostile"
-        cer.append_avp(Avp.new(258, 0, 4))
-        cer.header.hop_by_hop_identifier = cer.header.end_to_end_identifier = 1
-        self.sock.sendall(cer.as_bytes())
+        self.sock.sendall(peer_cer(host))
         assert self.recv().result_code == 2001
 
     def recv(self) -> Message:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from diameter.message.avp import Avp
-from diameter.message.commands import CapabilitiesExchangeRequest, CreditControlRequest
+from diameter.message.commands import CreditControlRequest
+from gy_support import peer_cer
 from tests_support import admin_healthy, free_tcp_port, init_server, metric, serving
 
 REALM = b"test.realm"
@@ -110,17 +110,6 @@ def test_connections_beyond_the_cap_are_closed(server: Server) -> None:
         s.close()
 
 
-def _cer(host: bytes) -> bytes:
-    cer = CapabilitiesExchangeRequest()
-    cer.origin_host, cer.origin_realm = host, REALM
-    cer.host_ip_address = "127.0.0.1"
-    cer.vendor_id = 1
-    cer.product_name = "limits"
-    cer.append_avp(Avp.new(258, 0, 4))
-    cer.header.hop_by_hop_identifier = cer.header.end_to_end_identifier = 1
-    return bytes(cer.as_bytes())
-
-
 def _proxy_info(size: int) -> bytes:
     def avp(code: int, data: bytes, flags: int = 0x40) -> bytes:
         n = 8 + len(data)
@@ -132,7 +121,7 @@ def _proxy_info(size: int) -> bytes:
 def test_a_peer_that_never_reads_is_paused_then_closed(server: Server) -> None:
     s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(_cer(b"slow.test.realm"))
+    s.sendall(peer_cer(b"slow.test.realm"))
     head = s.recv(4, socket.MSG_WAITALL)
     s.recv(int.from_bytes(head[1:], "big") - 4, socket.MSG_WAITALL)
     rss = server.rss_mb()
@@ -188,7 +177,7 @@ enabled = false
 """)
     with serving(cfg, tmp_path, "diameter_listening", args=("--workers", "1")):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(_cer(b"quiet.test.realm"))
+        s.sendall(peer_cer(b"quiet.test.realm"))
         t0 = time.monotonic()
         head = s.recv(4, socket.MSG_WAITALL)
         s.recv(int.from_bytes(head[1:], "big") - 4, socket.MSG_WAITALL)  # the CEA
