@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ocs.store.env import SMS, SMS_DUE, pack_u64
+from ocs.store.env import SMS, SMS_DUE, Store, pack_u64
 from ocs.store.tx import Tx
 from ocs.text import decode_gsm7
 
@@ -52,6 +52,29 @@ def backoff(attempts: int) -> int:
 def load(tx: Tx, message_id: str) -> SmsMessage | None:
     raw = tx.get(SMS, message_id.encode())
     return _dec.decode(raw) if raw is not None else None
+
+
+def due(store: Store, now: int, *, fresh_routes: set[str], skip: set[str],
+        limit: int = 500) -> list[SmsMessage]:
+    """Messages whose next try has come (at most ``limit``, oldest first), and any routed
+    to ``fresh_routes`` (a receiver just bound); ids in ``skip`` are being delivered. A
+    read transaction: it never waits for the writer."""
+    out: list[SmsMessage] = []
+    stop = pack_u64(now + 1)
+    with store.read() as txn, txn.cursor(db=store.dbs[SMS_DUE]) as cur:
+        for k in cur.iternext(keys=True, values=False):
+            key = bytes(k)
+            if len(out) >= limit or (key >= stop and not fresh_routes):
+                break
+            if key[8:].decode() in skip:
+                continue
+            raw = txn.get(key[8:], db=store.dbs[SMS])
+            if raw is None:
+                continue
+            msg = _dec.decode(raw)
+            if key < stop or msg.route in fresh_routes:
+                out.append(msg)
+    return out
 
 
 def enqueue(tx: Tx, msg: SmsMessage) -> None:

@@ -32,6 +32,7 @@ from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
+from ocs.charging.service import EngineChargingService
 from ocs.config import Config, parse_listen
 from ocs.noc.alarms import ExpireAlarms, Notification, Severity, TrimAlarms
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
@@ -101,6 +102,8 @@ class Server:
             attach="" if self.primary else writer_path,
         )
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
+        self.charging = EngineChargingService(self.engine)
+        """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
             "map_size_mb": cfg.store.map_size_mb,

@@ -45,8 +45,10 @@ from ocs.charging.model import (
     StoredAnswer,
     SubmitSmsRequest,
     TrimRequest,
+    status_refusal,
 )
 from ocs.charging.plans import PlanBook, PlanCache
+from ocs.errors import ChargingPaused
 from ocs.fraud import cases as fraud_cases
 from ocs.fraud.cases import local_hour
 from ocs.fraud.rules import HOME, FraudSettings
@@ -76,7 +78,6 @@ from ocs.store.env import (
     RESERVATIONS,
     SUBSCRIBERS,
     Store,
-    StoreError,
     pack_u64,
     unpack_u64,
 )
@@ -100,13 +101,6 @@ A = TypeVar("A", Grant, Settlement, Released, Debit, Refund)
 
 _enc = msgspec.msgpack.Encoder()
 _dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
-
-_STATUS_REFUSAL = {
-    "suspended": Refusal.SUSPENDED,
-    "blocked": Refusal.BLOCKED,
-    "terminated": Refusal.TERMINATED,
-}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSettings:
@@ -228,11 +222,6 @@ runs one inside a transaction. Names and types are what crosses to a writer proc
 
 NEW_CHARGES = frozenset({"reserve", "debit", "submit_sms"})
 """Operations that start new charging (refused while charging is paused)."""
-
-
-class ChargingPaused(StoreError):
-    """New charging is refused for now (e.g. no room for CDR files): protocols answer
-    "unable to comply" (Diameter 5012, SMPP ESME_RSYSERR, no RADIUS response)."""
 
 
 class WriteBackend(Protocol):
@@ -414,10 +403,8 @@ class ChargingEngine:
         return Refusal.CREDIT_LIMIT_REACHED if sub.mode == Mode.POSTPAID else Refusal.OUT_OF_CREDIT
 
     def _check_subscriber(self, sub: Subscriber | None, roaming: bool) -> Refusal | None:
-        if sub is None:
-            return Refusal.UNKNOWN_SUBSCRIBER
-        refusal = _STATUS_REFUSAL.get(sub.status)
-        if refusal is not None:
+        refusal = status_refusal(sub)
+        if refusal is not None or sub is None:
             return refusal
         if roaming and not sub.roaming:
             return Refusal.ROAMING_NOT_ALLOWED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import msgspec
 
@@ -39,6 +40,27 @@ class Refusal(StrEnum):
     """The session belongs to another peer (Diameter CER Origin-Host, RADIUS client)."""
     IMPLAUSIBLE_USAGE = "implausible_usage"
     """A report above the configured plausibility limit for its unit."""
+
+
+_STATUS_REFUSAL = {
+    "suspended": Refusal.SUSPENDED,
+    "blocked": Refusal.BLOCKED,
+    "terminated": Refusal.TERMINATED,
+}
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+def status_refusal(sub: _HasStatus | None) -> Refusal | None:
+    """The subscriber-status rule, its one copy: None when ``sub`` may be served, else
+    why not (unknown, suspended, blocked, terminated). Suspended subscribers keep their
+    sessions until re-authorised; blocked and terminated ones lose them."""
+    if sub is None:
+        return Refusal.UNKNOWN_SUBSCRIBER
+    return _STATUS_REFUSAL.get(sub.status)
 
 
 class IdKind(StrEnum):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from ocs.errors import ChargingUnavailable, register
 from ocs.store.tx import Tx
 
 SCHEMA_VERSION = 1
@@ -89,7 +90,8 @@ def unpack_u64(b: bytes) -> int:
     return int(_U64.unpack(b)[0])
 
 
-class StoreError(RuntimeError):
+@register
+class StoreError(ChargingUnavailable):
     """The store cannot be opened or used (wrong schema, missing, unwritable)."""
 
 

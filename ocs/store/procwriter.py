@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from ocs.errors import BY_NAME
 from ocs.store.env import StoreError
 from ocs.store.writer import Batch, Overloaded, WriterStopped
 
@@ -437,7 +438,8 @@ class ProcessWriter:
                 fut.set_result(dec.decode(raw))
             else:
                 kind, message = msgspec.msgpack.decode(raw)
-                err: Exception = StoreError(message) if kind == "StoreError" else (
+                known = BY_NAME.get(kind)
+                err: Exception = known(message) if known is not None else (
                     OperationFailed(f"{kind}: {message}"))
                 self.failed += 1
                 fut.set_exception(err)

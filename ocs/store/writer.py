@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import lmdb
 import structlog
 
+from ocs.errors import ChargingBusy, register
 from ocs.store.env import Store, StoreError
 from ocs.store.tx import Tx
 
@@ -34,12 +35,15 @@ log = structlog.get_logger(__name__)
 Op = Callable[[Tx], Any]
 
 
-class Overloaded(RuntimeError):
+@register
+class Overloaded(ChargingBusy):
     """The write queue is full: answer the peer with its protocol's busy code."""
 
 
-class WriterStopped(RuntimeError):
-    """The writer is shutting down and takes no more operations."""
+@register
+class WriterStopped(ChargingBusy):
+    """The writer is shutting down and takes no more operations (a retry reaches the
+    next one, or another node)."""
 
 
 BatchHook = Callable[[int, float, float], None]

@@ -1,11 +1,11 @@
 """The Gy credit-control application (RFC 4006 / RFC 8506, 3GPP TS 32.299).
 
 :func:`parse_ccr` turns a checked CCR into a :class:`Ccr` (or a 5004/5005 error with
-Failed-AVP); :class:`GyAgent` runs it against the charging engine and builds the CCA.
-Every money change goes through an engine operation keyed by (Session-Id,
-CC-Request-Number, Rating-Group), so a retransmission — even one arriving after a
+Failed-AVP); :class:`GyAgent` runs it through the charging API and builds the CCA.
+Every money change is a charging command named by (Session-Id, CC-Request-Number) and
+its Rating-Group, so a retransmission — even one arriving after a
 restart, when the node's duplicate cache is gone — replays the stored answer and
-charges nothing. The CCA is built only from the engine's answers, after its durable
+charges nothing. The CCA is built only from charging's answers, after its durable
 commit.
 
 Sessions: CCR-I opens one (one reservation per rating group), CCR-U settles the used
@@ -20,28 +20,33 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from ocs.charging.engine import ChargingEngine
-from ocs.charging.model import (
-    CommitRequest,
+from ocs.charging.api import (
+    ChargeEvent,
+    ChargingService,
+    CloseSession,
     Debit,
-    DebitRequest,
     Grant,
     Identity,
     IdKind,
+    OpenSession,
+    PriceEnquiry,
     Refund,
-    RefundRequest,
+    RefundEvent,
     Refusal,
-    ReleaseRequest,
-    ReserveRequest,
+    ReleaseSession,
+    RequestRef,
+    Service,
     Settlement,
+    Subscriber,
+    UpdateSession,
+    status_refusal,
 )
-from ocs.rating.plans import Service
 from protocols.diameter import codec as c
 from protocols.diameter.codec import VENDOR_3GPP, A, Avp, Message, MessageError, Rc
 
@@ -88,6 +93,8 @@ REFUSAL_CODE = {
 
 
 _CREDIT = frozenset({Refusal.OUT_OF_CREDIT, Refusal.CREDIT_LIMIT_REACHED})
+_ENDS_SESSIONS = frozenset({Refusal.UNKNOWN_SUBSCRIBER, Refusal.BLOCKED, Refusal.TERMINATED})
+"""Statuses whose sessions are aborted (ASR); a suspended one is re-authorised (RAR)."""
 
 # -- the request -------------------------------------------------------------------------
 
@@ -478,11 +485,11 @@ class GySession:
 
 
 class GyAgent:
-    """Runs checked CCRs against the engine; holds the live session table."""
+    """Runs checked CCRs through charging; holds the live session table."""
 
-    def __init__(self, engine: ChargingEngine, settings: GySettings, *,
+    def __init__(self, charging: ChargingService, settings: GySettings, *,
                  clock: Callable[[], float] = time.time):
-        self.engine = engine
+        self.charging = charging
         self.s = settings
         self.clock = clock
         self.sessions: dict[str, GySession] = {}
@@ -506,9 +513,9 @@ class GyAgent:
     def tcc_s(self) -> int:
         return 2 * self.s.validity_s
 
-    def _key(self, ccr: Ccr, rg: int | None, kind: str) -> bytes:
-        return (f"gy\x00{ccr.session_id}\x00{ccr.request_number}\x00"
-                f"{'-' if rg is None else rg}\x00{kind}").encode()
+    @staticmethod
+    def _ref(ccr: Ccr) -> RequestRef:
+        return RequestRef("gy", ccr.session_id, ccr.request_number)
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -549,7 +556,7 @@ class GyAgent:
 
     def _check_plausible(self, msg: Message, ccr: Ccr) -> None:
         """5004 for a report above the plausibility limit of its unit (nothing charged)."""
-        limit = self.engine.settings.max_usage(ccr.service)
+        limit = self.charging.max_usage(ccr.service)
         for item in self._items(ccr):
             for units in (item.used, item.requested):
                 amount = units.amount(ccr.service) if units is not None else None
@@ -587,7 +594,7 @@ class GyAgent:
         """The CCR names a subscriber other than the session's (a takeover attempt)."""
         if not ccr.identity or ccr.identity == sess.identity or not sess.msisdn:
             return False
-        sub = self.engine.find_subscriber_now(ccr.identity)
+        sub = self.charging.subscriber(ccr.identity)
         if sub is not None and sub.msisdn == sess.msisdn:
             return False
         self._count("other_subscriber")
@@ -613,11 +620,10 @@ class GyAgent:
 
     def _subscriber_refusal(self, ccr: Ccr) -> tuple[int, str]:
         """(command Result-Code, msisdn) before any write: 5030 / 4010 answered at once."""
-        sub = self.engine.find_subscriber_now(ccr.identity) if ccr.identity else None
-        if sub is None:
-            return Rc.USER_UNKNOWN, ""
-        if sub.status != "active":
-            return Rc.END_USER_SERVICE_DENIED, sub.msisdn
+        sub = self.charging.subscriber(ccr.identity) if ccr.identity else None
+        refusal = status_refusal(sub)
+        if sub is None or refusal is not None:
+            return REFUSAL_CODE[refusal or Refusal.UNKNOWN_SUBSCRIBER], sub.msisdn if sub else ""
         return Rc.SUCCESS, sub.msisdn
 
     def _items(self, ccr: Ccr) -> list[Mscc]:
@@ -661,14 +667,13 @@ class GyAgent:
             return Rc.SUCCESS
         return results[0].result_code if results else Rc.SUCCESS
 
-    def _reserve_req(self, ccr: Ccr, sess: GySession, item: Mscc) -> ReserveRequest:
+    def _open(self, ccr: Ccr, sess: GySession, item: Mscc) -> Awaitable[Grant]:
         units = item.requested.amount(ccr.service) if item.requested is not None else None
-        return ReserveRequest(
-            request_key=self._key(ccr, item.rating_group, "r"), session_id=ccr.session_id,
-            subscriber=sess.identity, service=sess.service, units=units or None,
-            rating_group=item.rating_group, destination=sess.destination,
-            visited_network=sess.visited_network, protocol="diameter",
-            validity_s=self.tcc_s, now=self._now(), owner=sess.owner)
+        return self.charging.open_session(OpenSession(
+            request=self._ref(ccr), session_id=ccr.session_id, subscriber=sess.identity,
+            service=sess.service, units=units or None, rating_group=item.rating_group,
+            destination=sess.destination, visited_network=sess.visited_network,
+            protocol="diameter", validity_s=self.tcc_s, now=self._now(), owner=sess.owner))
 
     # -- CCR-I ----------------------------------------------------------------------------
 
@@ -685,9 +690,7 @@ class GyAgent:
                          destination=ccr.destination,
                          deadline=self.clock() + self.tcc_s)
         items = self._items(ccr)
-        grants = await asyncio.gather(*(
-            self.engine.submit("reserve", self._reserve_req(ccr, sess, item))
-            for item in items))
+        grants = await asyncio.gather(*(self._open(ccr, sess, item) for item in items))
         self._refused(ccr, grants)
         results = []
         for item, g in zip(items, grants, strict=True):
@@ -719,8 +722,7 @@ class GyAgent:
             if peer is not None:
                 sess.peer = peer
             return sess
-        live = [r for r in self.engine.session_reservations(ccr.session_id)
-                if r.expires_at > now]
+        live = [h for h in self.charging.session_holds(ccr.session_id) if h.expires_at > now]
         if not live:
             self.sessions.pop(ccr.session_id, None)
             return None
@@ -728,25 +730,31 @@ class GyAgent:
         if first.owner and first.owner != owner:  # "": opened before owners were kept
             raise self._not_owner(ccr)
         sess = GySession(ccr.session_id, ccr.identity or ((IdKind.MSISDN, first.msisdn),),
-                         first.msisdn, Service(first.service), ccr.origin_host,
+                         first.msisdn, first.service, ccr.origin_host,
                          ccr.origin_realm, peer, owner, groups={r.rating_group for r in live},
                          visited_network=first.visited_network,
                          destination=first.destination, deadline=now + self.tcc_s)
         self.sessions[ccr.session_id] = sess
         return sess
 
-    def _commit_req(self, ccr: Ccr, sess: GySession, item: Mscc, *, final: bool) -> CommitRequest:
-        used = item.used.amount(sess.service) if item.used is not None else None
+    def _commit(self, ccr: Ccr, sess: GySession, item: Mscc, *,
+                final: bool) -> Awaitable[Settlement]:
+        used = (item.used.amount(sess.service) or 0) if item.used is not None else 0
+        bytes_in = (item.used.input or 0) if item.used else 0
+        bytes_out = (item.used.output or 0) if item.used else 0
+        if final:
+            return self.charging.close_session(CloseSession(
+                request=self._ref(ccr), session_id=ccr.session_id, service=sess.service,
+                rating_group=item.rating_group, used_units=used, bytes_in=bytes_in,
+                bytes_out=bytes_out, now=self._now(), owner=sess.owner))
         next_units = None
-        if not final and item.requested is not None:
+        if item.requested is not None:
             next_units = item.requested.amount(sess.service) or 0
-        return CommitRequest(
-            request_key=self._key(ccr, item.rating_group, "c"), session_id=ccr.session_id,
-            service=sess.service, rating_group=item.rating_group, used_units=used or 0,
-            bytes_in=(item.used.input or 0) if item.used else 0,
-            bytes_out=(item.used.output or 0) if item.used else 0,
-            final=final, next_units=next_units, validity_s=self.tcc_s, now=self._now(),
-            owner=sess.owner)
+        return self.charging.update_session(UpdateSession(
+            request=self._ref(ccr), session_id=ccr.session_id, service=sess.service,
+            rating_group=item.rating_group, used_units=used, bytes_in=bytes_in,
+            bytes_out=bytes_out, next_units=next_units, validity_s=self.tcc_s,
+            now=self._now(), owner=sess.owner))
 
     async def _update(self, ccr: Ccr, peer: Any, owner: str = "") -> tuple[int, bytes]:
         sess = self._session(ccr, peer, owner)
@@ -759,17 +767,15 @@ class GyAgent:
         items = self._items(ccr) if (ccr.msccs or ccr.single) else [
             Mscc(rating_group=g, requested=Units()) for g in sorted(
                 sess.groups, key=lambda g: -1 if g is None else g)]
-        futs = []
+        futs: list[Awaitable[Any]] = []
         for item in items:
             if item.rating_group in sess.groups:
-                futs.append(self.engine.submit(
-                    "commit", self._commit_req(ccr, sess, item, final=False)))
+                futs.append(self._commit(ccr, sess, item, final=False))
             elif item.requested is not None:
-                futs.append(self.engine.submit("reserve", self._reserve_req(ccr, sess, item)))
+                futs.append(self._open(ccr, sess, item))
             elif item.used is not None and (item.used.amount(sess.service) or 0) > 0:
-                futs.append(self.engine.submit("debit", DebitRequest(
-                    request_key=self._key(ccr, item.rating_group, "d"),
-                    subscriber=sess.identity, service=sess.service,
+                futs.append(self.charging.charge_event(ChargeEvent(
+                    request=self._ref(ccr), subscriber=sess.identity, service=sess.service,
                     units=item.used.amount(sess.service) or 0, session_id=ccr.session_id,
                     rating_group=item.rating_group, destination=sess.destination,
                     visited_network=sess.visited_network, protocol="diameter",
@@ -828,13 +834,10 @@ class GyAgent:
             sess = GySession(ccr.session_id, ccr.identity, "", ccr.service, ccr.origin_host,
                              ccr.origin_realm, owner=owner)
             groups = set(reported)
-        futs = []
         order = sorted(groups | set(reported), key=lambda g: -1 if g is None else g)
-        for rg in order:
-            item = reported.get(rg) or Mscc(rating_group=rg)
-            futs.append(self.engine.submit("commit", self._commit_req(ccr, sess, item,
-                                                                      final=True)))
-        answers = await asyncio.gather(*futs)
+        answers = await asyncio.gather(*(
+            self._commit(ccr, sess, reported.get(rg) or Mscc(rating_group=rg), final=True)
+            for rg in order))
         self._refused(ccr, answers)
         self.sessions.pop(ccr.session_id, None)
         if not known and not any(isinstance(a, Settlement) and a.ok for a in answers):
@@ -852,10 +855,11 @@ class GyAgent:
         if action == PRICE_ENQUIRY:
             return self._price(ccr, items[0])
         if action == REFUND_ACCOUNT:
-            refunds = await asyncio.gather(*(self.engine.submit("refund", RefundRequest(
-                request_key=self._key(ccr, item.rating_group, "refund"),
-                original_key=self._original_debit_key(ccr, item.rating_group),
-                now=self._now()))
+            # A refund names the debit it reverses by Session-Id (and Rating-Group): the
+            # DIRECT_DEBITING event of that session (CC-Request-Number 0).
+            refunds = await asyncio.gather(*(self.charging.refund(RefundEvent(
+                request=self._ref(ccr), original=RequestRef("gy", ccr.session_id, 0),
+                rating_group=item.rating_group, now=self._now()))
                 for item in items))
             self._refused(ccr, refunds)
             return self._event_answer(ccr, items, refunds)
@@ -863,9 +867,8 @@ class GyAgent:
         if rc != Rc.SUCCESS:
             self._count(f"refused_{rc}")
             return rc, b""
-        debits = await asyncio.gather(*(self.engine.submit("debit", DebitRequest(
-            request_key=self._key(ccr, item.rating_group, "d"), subscriber=ccr.identity,
-            service=ccr.service,
+        debits = await asyncio.gather(*(self.charging.charge_event(ChargeEvent(
+            request=self._ref(ccr), subscriber=ccr.identity, service=ccr.service,
             units=(item.requested.amount(ccr.service) if item.requested else None) or (
                 1 if ccr.service in (Service.SMS, Service.MMS) else 0),
             session_id=ccr.session_id, rating_group=item.rating_group,
@@ -873,11 +876,6 @@ class GyAgent:
             protocol="diameter", now=self._now())) for item in items))
         self._refused(ccr, debits)
         return self._event_answer(ccr, items, debits)
-
-    def _original_debit_key(self, ccr: Ccr, rg: int | None) -> bytes:
-        """A refund names the debit it reverses by Session-Id (and Rating-Group): the
-        DIRECT_DEBITING event of that session (CC-Request-Number 0)."""
-        return (f"gy\x00{ccr.session_id}\x000\x00{'-' if rg is None else rg}\x00d").encode()
 
     def _event_answer(self, ccr: Ccr, items: list[Mscc],
                       answers: list[Any]) -> tuple[int, bytes]:
@@ -901,35 +899,32 @@ class GyAgent:
         return self._command_code(ccr, results), self._body(ccr, results)
 
     def _check_balance(self, ccr: Ccr, item: Mscc) -> tuple[int, bytes]:
-        view = self.engine.check_balance(ccr.identity) if ccr.identity else None
+        view = self.charging.balance(ccr.identity) if ccr.identity else None
         if view is None:
             return Rc.USER_UNKNOWN, b""
         enough = view.available > 0 and view.status == "active"
         units = item.requested.amount(ccr.service) if item.requested else None
         if enough and units:
-            quote = self.engine.price_enquiry(ccr.identity, ccr.service, units,
-                                              rating_group=item.rating_group,
-                                              destination=ccr.destination,
-                                              visited_network=ccr.visited_network,
-                                              now=self._now())
+            quote = self.charging.price(self._enquiry(ccr, item, units))
             enough = quote.ok and quote.charge <= view.available
         return Rc.SUCCESS, c.u32(A.CHECK_BALANCE_RESULT, ENOUGH_CREDIT if enough else NO_CREDIT)
+
+    def _enquiry(self, ccr: Ccr, item: Mscc, units: int) -> PriceEnquiry:
+        return PriceEnquiry(subscriber=ccr.identity, service=ccr.service, units=units,
+                            rating_group=item.rating_group, destination=ccr.destination,
+                            visited_network=ccr.visited_network, now=self._now())
 
     def _price(self, ccr: Ccr, item: Mscc) -> tuple[int, bytes]:
         units = (item.requested.amount(ccr.service) if item.requested else None) or (
             1 if ccr.service in (Service.SMS, Service.MMS) else 0)
-        quote = self.engine.price_enquiry(ccr.identity, ccr.service, units,
-                                          rating_group=item.rating_group,
-                                          destination=ccr.destination,
-                                          visited_network=ccr.visited_network,
-                                          now=self._now())
+        quote = self.charging.price(self._enquiry(ccr, item, units))
         if not quote.ok:
             code = REFUSAL_CODE.get(Refusal(quote.refusal), Rc.UNABLE_TO_COMPLY)
             if code == Rc.RATING_FAILED:
                 return code, c.grouped(A.FAILED_AVP, c.utf8(A.SERVICE_CONTEXT_ID,
                                                             ccr.context_id))
             return code, b""
-        sub = self.engine.find_subscriber_now(ccr.identity)
+        sub = self.charging.subscriber(ccr.identity)
         currency = sub.currency if sub is not None else self.s.currency
         return Rc.SUCCESS, c.grouped(A.COST_INFORMATION, money_avps(quote.charge, currency))
 
@@ -957,17 +952,16 @@ class GyAgent:
         """Drop a session the client says it no longer has (RAA/ASA 5002): release its
         reservations. Returns how many were released."""
         self.sessions.pop(session_id, None)
-        futs = [self.engine.submit("release", ReleaseRequest(
-            request_key=f"gy\x00{session_id}\x00release\x00{r.rating_group}".encode(),
-            session_id=session_id, service=Service(r.service), rating_group=r.rating_group,
-            now=self._now()))
-            for r in self.engine.session_reservations(session_id)]
+        futs = [self.charging.release_session(ReleaseSession(
+            request=RequestRef("gy", session_id, "release"), session_id=session_id,
+            service=h.service, rating_group=h.rating_group, now=self._now()))
+            for h in self.charging.session_holds(session_id)]
         return sum(1 for r in await asyncio.gather(*futs) if r.ok)
 
-    def _can_afford(self, sub: Any, sess: GySession) -> bool:
+    def _can_afford(self, sub: Subscriber, sess: GySession) -> bool:
         groups = (sess.groups | sess.asked) or {None}
-        return any(self.engine.affordable_units(sub, sess.service, 1, rating_group=g,
-                                                visited_network=sess.visited_network)
+        return any(self.charging.affordable_units(sub, sess.service, 1, rating_group=g,
+                                                  visited_network=sess.visited_network)
                    for g in groups)
 
     def sweep(self, limit: int = 20000) -> list[tuple[str, GySession]]:
@@ -987,10 +981,11 @@ class GyAgent:
             checked += 1
             if sess.notified:
                 continue
-            sub = self.engine.find_subscriber_now(sess.identity)
-            if sub is None or sub.status in ("blocked", "terminated"):
+            sub = self.charging.subscriber(sess.identity)
+            refusal = status_refusal(sub)
+            if sub is None or refusal in _ENDS_SESSIONS:
                 out.append(("asr", sess))
-            elif sub.status != "active" or (sess.limited and self._can_afford(sub, sess)):
+            elif refusal is not None or (sess.limited and self._can_afford(sub, sess)):
                 out.append(("rar", sess))
             # rotate: move checked sessions to the end so the next sweep starts elsewhere
             self.sessions[sid] = self.sessions.pop(sid)

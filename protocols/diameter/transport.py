@@ -17,8 +17,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.charging.engine import ChargingPaused
-from ocs.store import Overloaded, StoreError, WriterStopped
+from ocs.charging.api import ChargingBusy, ChargingPaused, ChargingUnavailable
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd, MessageError, Rc
 from protocols.diameter.gy import GyAgent, GySession
@@ -267,13 +266,13 @@ class DiameterNode:
             answer = await self.agent.handle(msg, proto)
         except MessageError as exc:
             answer = error_answer(msg, self.local, exc)
-        except (Overloaded, WriterStopped) as exc:
+        except ChargingBusy as exc:
             keep = False  # a retry must be processed, not replayed
             answer = answer_for(msg, self.local, Rc.TOO_BUSY, error=True, text=str(exc))
         except ChargingPaused as exc:  # e.g. no room for CDRs: the server raised an alarm
             keep = False
             answer = answer_for(msg, self.local, Rc.UNABLE_TO_COMPLY, text=str(exc))
-        except StoreError as exc:
+        except ChargingUnavailable as exc:
             keep = False
             log.error("diameter_store_error", error=str(exc))
             answer = answer_for(msg, self.local, Rc.UNABLE_TO_COMPLY, text="store error")
@@ -440,7 +439,7 @@ async def start_diameter(server: Any) -> DiameterNode:
                           final_unit_action=cfg.final_unit_action,
                           redirect_url=cfg.redirect_url,
                           currency=server.cfg.node.currency)
-    agent = GyAgent(server.engine, settings)
+    agent = GyAgent(server.charging, settings)
     node = DiameterNode(agent, local, watchdog_s=cfg.watchdog_s, tx_timeout_s=cfg.tx_timeout_s,
                         dedup_window_s=cfg.dedup_window_s,
                         max_pending_per_peer=cfg.max_pending_per_peer,

@@ -15,6 +15,7 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import FraudConfig
 from ocs.fraud.cases import decode_case, resolve, to_json
 from ocs.provisioning import op_load_plans
@@ -41,8 +42,8 @@ def agent(tmp_path: Path) -> Iterator[GyAgent]:
     writer.start()
     engine = ChargingEngine(store, writer, EngineSettings(
         node="f", home_networks=frozenset({"22801"}), fraud=FRAUD))
-    yield GyAgent(engine, GySettings(origin_host="ocs", origin_realm="test.realm"),
-                  clock=Clock())
+    yield GyAgent(EngineChargingService(engine),
+                  GySettings(origin_host="ocs", origin_realm="test.realm"), clock=Clock())
     writer.stop()
     store.close()
 
@@ -54,13 +55,13 @@ def mscc_rc(m: c.Message) -> int:
 
 
 def cases(agent: GyAgent) -> list[Any]:
-    store = agent.engine.store
+    store = agent.charging.engine.store
     with store.read() as txn:
         return [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
 
 
 def status(agent: GyAgent, msisdn: str) -> str:
-    sub = agent.engine.find_subscriber_now(((IdKind.MSISDN, msisdn),))
+    sub = agent.charging.engine.find_subscriber_now(((IdKind.MSISDN, msisdn),))
     assert sub is not None
     return sub.status
 
@@ -90,7 +91,7 @@ def test_sim_box_is_blocked_and_explained(agent: GyAgent) -> None:
     # ... and the next one is refused: 4010
     assert rc(call(agent, 31, "41790000001", 20)) == Rc.END_USER_SERVICE_DENIED
     # the operator finds it legitimate: reinstated, calls go through again
-    store = agent.engine.store
+    store = agent.charging.engine.store
     done = store.run_write(lambda tx: resolve(tx, case.case_id, reinstate=True,
                                               note="call centre, whitelisted", at=1))
     assert done.reinstated and status(agent, "41790000001") == "active"
@@ -130,9 +131,9 @@ def test_spend_spike_opens_a_case_for_review(agent: GyAgent) -> None:
 
 
 def test_no_rules_without_fraud_config(agent: GyAgent, tmp_path: Path) -> None:
-    engine = ChargingEngine(agent.engine.store, agent.engine.writer,
+    engine = ChargingEngine(agent.charging.engine.store, agent.charging.engine.writer,
                             EngineSettings(node="f", fraud=None))
-    plain = GyAgent(engine, agent.s, clock=agent.clock)
+    plain = GyAgent(EngineChargingService(engine), agent.s, clock=agent.clock)
     for i in range(35):
         assert rc(call(plain, i, "41790000003", 20)) == Rc.SUCCESS
     assert cases(plain) == []
@@ -143,7 +144,7 @@ def test_refused_roaming_is_recorded_as_an_indicator(agent: GyAgent) -> None:
     from ocs.store.env import BALANCES
     from ocs.store.records import dec_balance
 
-    store = agent.engine.store
+    store = agent.charging.engine.store
     store.run_write(op_add_subscriber(NewSubscriber(msisdn="41790000009", plan_id="prepaid-basic",
                                                     balance="5.00", roaming=False)))
     a = run(agent, ccr(1, 0, mscc(10, units("octets", 10**6)), service_info(visited="26201"),

@@ -14,6 +14,7 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.provisioning import op_load_plans, op_set_status
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store, Writer
@@ -43,7 +44,7 @@ def env(tmp_path: Path) -> Iterator[tuple[GyAgent, Clock]]:
     engine = ChargingEngine(store, writer, EngineSettings(node="g",
                                                           home_networks=frozenset({"22801"})))
     clock = Clock()
-    yield GyAgent(engine, SETTINGS, clock=clock), clock
+    yield GyAgent(EngineChargingService(engine), SETTINGS, clock=clock), clock
     writer.stop()
     store.close()
 
@@ -70,14 +71,15 @@ def msccs(m: c.Message) -> list[dict[str, Any]]:
 
 
 def money(agent: GyAgent, msisdn: str = "41790000001") -> tuple[int, int]:
-    v = agent.engine.check_balance(((IdKind.MSISDN, msisdn),))
+    v = agent.charging.engine.check_balance(((IdKind.MSISDN, msisdn),))
     assert v is not None
     return v.balance, v.reserved
 
 
 def cdrs(agent: GyAgent) -> list[Any]:
-    with agent.engine.store.read() as txn:
-        return [dec_cdr.decode(v) for _k, v in txn.cursor(db=agent.engine.store.dbs[CDR_JOURNAL])]
+    store = agent.charging.engine.store
+    with store.read() as txn:
+        return [dec_cdr.decode(v) for _k, v in txn.cursor(db=store.dbs[CDR_JOURNAL])]
 
 
 def test_data_session_initial_update_terminate(env: tuple[GyAgent, Clock]) -> None:
@@ -135,7 +137,7 @@ def test_no_credit_at_initial(env: tuple[GyAgent, Clock]) -> None:
     a = run(agent, ccr(1, 0, mscc(10, units("octets", MB)), msisdn="41790000002"))
     assert rc(a) == Rc.SUCCESS
     assert msccs(a) == [{"rg": 10, "rc": Rc.CREDIT_LIMIT_REACHED, "vt": 900}]
-    redirecting = GyAgent(agent.engine, dataclasses.replace(
+    redirecting = GyAgent(agent.charging, dataclasses.replace(
         SETTINGS, final_unit_action="redirect", redirect_url="http://topup.example/"),
         clock=agent.clock)
     a = run(redirecting, ccr(1, 0, mscc(10, units("octets", MB)), msisdn="41790000002",
@@ -183,7 +185,7 @@ def test_unknown_session_and_tcc_expiry(env: tuple[GyAgent, Clock]) -> None:
     clock.now += 2 * 900 + 1  # Tcc = 2 × Validity-Time without a CCR
     a = run(agent, ccr(2, 1, mscc(10, units("octets", MB), [units("octets", 1000)])))
     assert rc(a) == Rc.UNKNOWN_SESSION_ID
-    eng = agent.engine
+    eng = agent.charging.engine
     due = eng.expired_reservations(int(clock.now))
     assert len(due) == 1
     for key, exp in due:
@@ -306,7 +308,7 @@ def test_malformed_ccrs(env: tuple[GyAgent, Clock]) -> None:
 
 def test_sweep_finds_sessions_to_notify(env: tuple[GyAgent, Clock]) -> None:
     agent, _ = env
-    store = agent.engine.store
+    store = agent.charging.engine.store
     run(agent, ccr(1, 0, mscc(10, units("octets", MB)), sid="a"))
     run(agent, ccr(1, 0, mscc(10, units("octets", MB)), msisdn="41790000003", sid="b"))
     assert agent.sweep() == []  # 'b' is limited but still has no money
@@ -334,7 +336,7 @@ def test_a_session_moving_between_workers_follows_the_store(
     a new connection is answered from what the store says (unknown), not from the first
     worker's stale copy of the session."""
     one, clock = env
-    two = GyAgent(one.engine, SETTINGS, clock=clock)
+    two = GyAgent(one.charging, SETTINGS, clock=clock)
 
     def on(agent: GyAgent, peer: object, msg: c.Message) -> c.Message:
         return c.decode(asyncio.run(agent.handle(msg, peer)))

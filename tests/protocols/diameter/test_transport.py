@@ -7,6 +7,7 @@ import asyncio
 
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.rating.plans import Service
 from protocols.diameter.gy import GyAgent, GySession, GySettings
 from protocols.diameter.peer import LocalNode
@@ -14,8 +15,8 @@ from protocols.diameter.transport import SWEEP_CHUNK, DiameterNode
 
 
 def test_sweep_runs_in_chunks_and_visits_every_session(engine: ChargingEngine) -> None:
-    agent = GyAgent(engine, GySettings(origin_host="ocs.test", origin_realm="test"),
-                    clock=lambda: 1000.0)
+    agent = GyAgent(EngineChargingService(engine),
+                    GySettings(origin_host="ocs.test", origin_realm="test"), clock=lambda: 1000.0)
     node = DiameterNode(agent, LocalNode(origin_host="ocs.test", origin_realm="test"))
     total = 3 * SWEEP_CHUNK + 10
     for i in range(total):  # subscribers that do not exist: each would get an ASR

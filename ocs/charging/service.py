@@ -1,0 +1,181 @@
+"""The :class:`~ocs.charging.api.ChargingService` over the charging engine and its store.
+
+Here, and only here, a request's name becomes its idempotency key:
+``origin NUL session NUL number NUL rating-group-or-"-" NUL kind[:step]``, where ``kind``
+says which operation it is (``r`` reserve, ``c`` commit, ``d`` debit, ``refund``,
+``release``). A refund finds the debit it reverses by building that debit's key from its
+:class:`RequestRef` the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ocs.charging.api import (
+    BalanceView,
+    ChargeEvent,
+    CloseSession,
+    DeliveryOutcome,
+    Identity,
+    OpenSession,
+    PriceEnquiry,
+    PriceQuote,
+    RefundEvent,
+    ReleaseSession,
+    RequestRef,
+    SessionHold,
+    SmppBind,
+    SmsMessage,
+    SubmitSms,
+    Subscriber,
+    UpdateSession,
+)
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import (
+    CommitRequest,
+    Debit,
+    DebitRequest,
+    Grant,
+    Refund,
+    RefundRequest,
+    Released,
+    ReleaseRequest,
+    ReserveRequest,
+    Settlement,
+    SmppBindRequest,
+    SmsOutcomeRequest,
+    SubmitSmsRequest,
+)
+from ocs.messaging import due
+from ocs.rating.plans import Service
+from ocs.store.records import Reservation
+
+
+def request_key(ref: RequestRef, rating_group: int | None, kind: str) -> bytes:
+    """The store's idempotency key of one operation made for request ``ref``."""
+    rg = "-" if rating_group is None else str(rating_group)
+    tail = f"{kind}:{ref.step}" if ref.step else kind
+    return f"{ref.origin}\x00{ref.session}\x00{ref.number}\x00{rg}\x00{tail}".encode()
+
+
+def _hold(r: Reservation) -> SessionHold:
+    return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=Service(r.service),
+                       rating_group=r.rating_group, owner=r.owner, expires_at=r.expires_at,
+                       destination=r.destination, visited_network=r.visited_network)
+
+
+class EngineChargingService:
+    """Charging for the agents of one process, run by ``engine`` (its writer thread or
+    the writer process)."""
+
+    def __init__(self, engine: ChargingEngine):
+        self.engine = engine
+
+    # -- writes -----------------------------------------------------------------------
+
+    def open_session(self, cmd: OpenSession) -> asyncio.Future[Grant]:
+        return self.engine.submit("reserve", ReserveRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "r"),
+            session_id=cmd.session_id, subscriber=cmd.subscriber, service=cmd.service,
+            units=cmd.units, rating_group=cmd.rating_group, destination=cmd.destination,
+            visited_network=cmd.visited_network, protocol=cmd.protocol,
+            validity_s=cmd.validity_s, now=cmd.now, owner=cmd.owner))
+
+    def update_session(self, cmd: UpdateSession) -> asyncio.Future[Settlement]:
+        return self.engine.submit("commit", CommitRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "c"),
+            session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
+            used_units=cmd.used_units, cumulative_units=cmd.cumulative_units,
+            bytes_in=cmd.bytes_in, bytes_out=cmd.bytes_out, final=False,
+            next_units=cmd.next_units, validity_s=cmd.validity_s, now=cmd.now,
+            owner=cmd.owner, clamp_excess=cmd.clamp_excess))
+
+    def close_session(self, cmd: CloseSession) -> asyncio.Future[Settlement]:
+        return self.engine.submit("commit", CommitRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "c"),
+            session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
+            used_units=cmd.used_units, cumulative_units=cmd.cumulative_units,
+            bytes_in=cmd.bytes_in, bytes_out=cmd.bytes_out, final=True, now=cmd.now,
+            owner=cmd.owner, clamp_excess=cmd.clamp_excess,
+            remember_end=cmd.remember_end))
+
+    def release_session(self, cmd: ReleaseSession) -> asyncio.Future[Released]:
+        return self.engine.submit("release", ReleaseRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "release"),
+            session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
+            now=cmd.now))
+
+    def _debit(self, cmd: ChargeEvent) -> DebitRequest:
+        return DebitRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "d"),
+            subscriber=cmd.subscriber, service=cmd.service, units=cmd.units,
+            session_id=cmd.session_id, rating_group=cmd.rating_group,
+            destination=cmd.destination, visited_network=cmd.visited_network,
+            protocol=cmd.protocol, characters=cmd.characters, now=cmd.now)
+
+    def charge_event(self, cmd: ChargeEvent) -> asyncio.Future[Debit]:
+        return self.engine.submit("debit", self._debit(cmd))
+
+    def refund(self, cmd: RefundEvent) -> asyncio.Future[Refund]:
+        return self.engine.submit("refund", RefundRequest(
+            request_key=request_key(cmd.request, cmd.rating_group, "refund"),
+            original_key=request_key(cmd.original, cmd.rating_group, "d"), now=cmd.now))
+
+    def submit_sms(self, cmd: SubmitSms) -> asyncio.Future[Debit]:
+        return self.engine.submit("submit_sms", SubmitSmsRequest(
+            debit=self._debit(cmd.charge), submitter=cmd.submitter, route=cmd.route,
+            source=cmd.source, destination=cmd.destination, data_coding=cmd.data_coding,
+            esm_class=cmd.esm_class, payload=cmd.payload,
+            registered_delivery=cmd.registered_delivery, validity_s=cmd.validity_s))
+
+    def delivery_outcome(self, cmd: DeliveryOutcome) -> asyncio.Future[bool]:
+        return self.engine.submit("sms_outcome", SmsOutcomeRequest(
+            message_id=cmd.message_id, outcome=cmd.outcome, now=cmd.now,
+            refund_expired=cmd.refund_expired, expect_next_try=cmd.expect_next_try,
+            lease_until=cmd.lease_until))
+
+    def smpp_bind(self, cmd: SmppBind) -> asyncio.Future[bool]:
+        return self.engine.submit("smpp_bind", SmppBindRequest(
+            system_id=cmd.system_id, worker=cmd.worker, max_binds=cmd.max_binds,
+            release=cmd.release))
+
+    def smpp_binds_reset(self, worker: int) -> asyncio.Future[int]:
+        return self.engine.submit("smpp_binds_reset", worker)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def subscriber(self, ids: Identity) -> Subscriber | None:
+        return self.engine.find_subscriber_now(ids)
+
+    def balance(self, ids: Identity) -> BalanceView | None:
+        return self.engine.check_balance(ids)
+
+    def price(self, enquiry: PriceEnquiry) -> PriceQuote:
+        return self.engine.price_enquiry(
+            enquiry.subscriber, enquiry.service, enquiry.units,
+            rating_group=enquiry.rating_group, destination=enquiry.destination,
+            visited_network=enquiry.visited_network, now=enquiry.now)
+
+    def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
+                         rating_group: int | None = None,
+                         visited_network: str = "") -> int | None:
+        return self.engine.affordable_units(sub, service, cap, rating_group=rating_group,
+                                            visited_network=visited_network)
+
+    def prices(self, sub: Subscriber, service: Service) -> bool:
+        plan = self.engine.plan_of(sub)
+        return plan is not None and len(plan.tries[service]) > 0
+
+    def max_usage(self, service: Service) -> int:
+        return self.engine.settings.max_usage(service)
+
+    def session_holds(self, session_id: str) -> list[SessionHold]:
+        return [_hold(r) for r in self.engine.session_reservations(session_id)]
+
+    def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
+        return [_hold(r) for r in self.engine.reservations_with_prefix(prefix)]
+
+    def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
+                     limit: int = 500) -> list[SmsMessage]:
+        return due(self.engine.store, now, fresh_routes=fresh_routes, skip=skip, limit=limit)
+
