@@ -8,10 +8,7 @@ transaction) and the server (its writer) run the same code. Invalid input raises
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ocs.money import MoneyError, parse_amount
+from ocs.passwords import hash_password
 from ocs.rating.plans import Mode, PlansDocument
 from ocs.store.env import (
     BALANCES,
@@ -47,7 +45,6 @@ _dec_table = msgspec.msgpack.Decoder(dict[str, Any])
 
 # scrypt work factor: ~ a few ms per check, so RADIUS PAP stays fast enough while a
 # stolen store does not give away passwords cheaply.
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**12, 8, 1
 
 
 class ProvisioningError(ValueError):
@@ -71,27 +68,6 @@ def validate_username(value: str) -> str:
     if not _USERNAME_RE.match(value):
         raise ProvisioningError(f"invalid username {value!r}")
     return value
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = os.urandom(16) if salt is None else salt
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
-                            dklen=32)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Constant-time check of a password against ``hash_password`` output."""
-    try:
-        scheme, salt_hex, digest_hex = stored.split("$")
-        salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    got = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
-                         dklen=len(digest))
-    return hmac.compare_digest(got, digest)
 
 
 def _amount(text: str | None, what: str) -> int:

@@ -3,7 +3,7 @@
 Accounting: Start opens a usage session (a reservation), Interim-Update charges the
 bytes since the last report (cumulative counters, Gigawords included), Stop settles and
 closes it, Accounting-On/Off closes every open session of that NAS. The reply goes out
-only after the engine's durable commit. Access: PAP against the subscriber's stored
+only after the durable commit. Access: PAP against the subscriber's stored
 hash, Accept with Session-Timeout / Acct-Interim-Interval, or Reject with Reply-Message.
 
 A packet that fails verification is a :class:`~protocols.radius.codec.Drop` (silent
@@ -17,18 +17,31 @@ import ipaddress
 import socket
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 
 from ocs import metrics
-from ocs.charging.engine import ChargingEngine
-from ocs.charging.model import CommitRequest, Identity, IdKind, Refusal, ReserveRequest
+from ocs.charging.api import (
+    ChargingService,
+    CloseSession,
+    Grant,
+    Identity,
+    IdKind,
+    OpenSession,
+    Refusal,
+    RequestRef,
+    Service,
+    Settlement,
+    Subscriber,
+    UpdateSession,
+    status_refusal,
+)
 from ocs.config import RadiusConfig
-from ocs.provisioning import hash_password, verify_password
-from ocs.rating.plans import Service
-from ocs.store.records import Subscriber
+from ocs.passwords import hash_password, verify_password
 from protocols.authguard import FailureThrottle
 from protocols.radius.codec import (
     VENDOR_3GPP,
@@ -128,10 +141,10 @@ def identity(pkt: Packet) -> Identity:
 
 
 class RadiusAgent:
-    def __init__(self, engine: ChargingEngine, cfg: RadiusConfig, *,
+    def __init__(self, charging: ChargingService, cfg: RadiusConfig, *,
                  validity_s: int = 900, clock: Any = time.time,
                  dae: DaeClient | None = None):
-        self.engine = engine
+        self.charging = charging
         self.dae = dae
         self.sessions: dict[str, LiveSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,13 +223,14 @@ class RadiusAgent:
                 log.warning("radius_nas_ip_mismatch", client=client.name, nas_ip=nas_ip,
                             seen=n)
         nas = pkt.text(Attr.NAS_IDENTIFIER) or nas_ip or client.name
-        key = b"radius:%s:%d:%s" % (client.name.encode(), pkt.identifier,
-                                    pkt.authenticator.hex().encode())
+        # the request's name: (client, Identifier, Request Authenticator); a NAS's
+        # retransmission repeats both, a new report changes the Authenticator
+        number = f"{pkt.identifier}:{pkt.authenticator.hex()}"
         # Sessions belong to the client that sent them (its own secret): another client
         # naming the same NAS reaches none of them.
         scope = f"radius:{client.name}:{nas}:"
         if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
-            await self._close_nas(scope, key)
+            await self._close_nas(client, scope, number)
         elif status in (AcctStatus.START, AcctStatus.INTERIM_UPDATE, AcctStatus.STOP):
             sid = pkt.text(Attr.ACCT_SESSION_ID)
             if not sid:
@@ -232,7 +246,8 @@ class RadiusAgent:
                     calling), ids, self.service_for(ids), int(self.clock()))
                 if status != AcctStatus.STOP:
                     self.sessions[session] = live
-            await self._session(pkt, AcctStatus(status), session, key, live)
+            await self._session(pkt, AcctStatus(status), session,
+                                RequestRef(client.owner, session, number), live)
         else:
             self.counters["acct_status_ignored"] += 1
         self.counters[f"acct_{status}"] += 1
@@ -241,17 +256,16 @@ class RadiusAgent:
 
     def service_of(self, sub: Subscriber | None) -> Service:
         """Time-rated when the subscriber's plan prices connected time, else data."""
-        plan = self.engine.plan_of(sub) if sub is not None else None
-        if plan is not None and len(plan.tries[Service.TIME]):
+        if sub is not None and self.charging.prices(sub, Service.TIME):
             return Service.TIME
         return Service.DATA
 
     def service_for(self, ids: Identity) -> Service:
-        return self.service_of(self.engine.find_subscriber_now(ids))
+        return self.service_of(self.charging.subscriber(ids))
 
-    async def _session(self, pkt: Packet, status: AcctStatus, session: str, key: bytes,
-                       live: LiveSession) -> None:
-        eng = self.engine
+    async def _session(self, pkt: Packet, status: AcctStatus, session: str,
+                       ref: RequestRef, live: LiveSession) -> None:
+        charging = self.charging
         now = int(self.clock())
         service = live.service
         rg = self.rating_group if service is Service.DATA else None
@@ -271,26 +285,32 @@ class RadiusAgent:
         owner = live.client.owner
         visited = (pkt.vsa(VENDOR_3GPP, Tgpp.SGSN_MCC_MNC) or b"").decode("ascii", "replace")
 
-        def reserve(k: bytes) -> ReserveRequest:
-            return ReserveRequest(request_key=k, session_id=session, subscriber=identity(pkt),
-                                  service=service, rating_group=rg,
-                                  visited_network=visited, protocol="radius",
-                                  validity_s=self.validity_s, now=now, owner=owner)
+        def reserve(r: RequestRef) -> Awaitable[Grant]:
+            return charging.open_session(OpenSession(
+                request=r, session_id=session, subscriber=identity(pkt), service=service,
+                rating_group=rg, visited_network=visited, protocol="radius",
+                validity_s=self.validity_s, now=now, owner=owner))
+
+        def report(r: RequestRef) -> Awaitable[Settlement]:
+            if status is AcctStatus.STOP:
+                return charging.close_session(CloseSession(
+                    request=r, session_id=session, service=service, rating_group=rg,
+                    cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
+                    now=now, owner=owner, clamp_excess=True, remember_end=True))
+            return charging.update_session(UpdateSession(
+                request=r, session_id=session, service=service, rating_group=rg,
+                cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
+                next_units=0, validity_s=self.validity_s, now=now, owner=owner,
+                clamp_excess=True))
 
         if status is AcctStatus.START:
-            grant = await eng.reserve(reserve(key))
+            grant = await reserve(ref)
             if not grant.ok:
                 log.info("radius_start_refused", session=session, refusal=grant.refusal)
                 self.disconnect(session, str(grant.refusal))
             live.limited = grant.ok and grant.final
             return
-        final = status is AcctStatus.STOP
-        commit = CommitRequest(
-            request_key=key, session_id=session, service=service, rating_group=rg,
-            cumulative_units=total, bytes_in=bytes_in or 0, bytes_out=bytes_out or 0,
-            final=final, next_units=None if final else 0, validity_s=self.validity_s,
-            now=now, owner=owner, clamp_excess=True, remember_end=final)
-        settled = await eng.commit(commit)
+        settled = await report(ref)
         if not settled.ok and settled.refusal == Refusal.SESSION_ENDED:
             # A re-sent Stop (new Identifier, Acct-Delay-Time) or an Interim after the
             # Stop: answered, nothing charged, no hold taken.
@@ -302,23 +322,18 @@ class RadiusAgent:
             return
         if not settled.ok and settled.refusal == Refusal.UNKNOWN_RESERVATION:
             # Interim or Stop without Start: open the session, then charge the report.
-            grant = await eng.reserve(reserve(key + b":open"))
+            grant = await reserve(msgspec.structs.replace(ref, step="open"))
             if not grant.ok:
                 log.info("radius_session_refused", session=session, refusal=grant.refusal)
                 self.disconnect(session, str(grant.refusal))
                 return
-            settled = await eng.commit(CommitRequest(
-                request_key=key + b":charge", session_id=session, service=service,
-                rating_group=rg, cumulative_units=total, bytes_in=bytes_in or 0,
-                bytes_out=bytes_out or 0, final=final, next_units=None if final else 0,
-                validity_s=self.validity_s, now=now, owner=owner, clamp_excess=True,
-                remember_end=final))
+            settled = await report(msgspec.structs.replace(ref, step="charge"))
         if settled.excess_units:
             self.counters["implausible_usage"] += 1
             metrics.RADIUS_SUSPECT.labels("implausible_usage").inc()
             log.warning("radius_implausible_usage", session=session,
                         excess_units=settled.excess_units,
-                        limit=eng.settings.max_usage(service))
+                        limit=charging.max_usage(service))
         nxt = settled.next_grant
         if nxt is not None:
             live.limited = nxt.ok and nxt.final
@@ -348,11 +363,12 @@ class RadiusAgent:
         if outcome is DaeOutcome.SESSION_GONE:
             # The NAS no longer has it: settle here, no more usage will be reported.
             self.sessions.pop(session, None)
-            await self.engine.commit(CommitRequest(
-                request_key=f"{session}:gone:{int(self.clock())}".encode(),
+            now = int(self.clock())
+            await self.charging.close_session(CloseSession(
+                request=RequestRef(live.client.owner, session, f"gone:{now}"),
                 session_id=session, service=live.service,
                 rating_group=self.rating_group if live.service is Service.DATA else None,
-                final=True, remember_end=True, now=int(self.clock())))
+                remember_end=True, now=now))
         elif outcome is DaeOutcome.ACK:
             self.sessions.pop(session, None)  # the NAS sends its Stop, which settles
         else:
@@ -369,22 +385,23 @@ class RadiusAgent:
                 await asyncio.sleep(0)
             if live.disconnecting or self.sessions.get(session) is not live:
                 continue
-            if not self.engine.session_keys(f"{session}\x00"):
+            if not self.charging.session_holds(session):
                 # settled elsewhere (reaper, Accounting-On of another server): forget it
                 del self.sessions[session]
                 continue
-            sub = self.engine.find_subscriber_now(live.identity)
-            if sub is None or sub.status != "active":
-                self.disconnect(session, sub.status if sub else "unknown")
+            sub = self.charging.subscriber(live.identity)
+            refusal = status_refusal(sub)
+            if sub is None or refusal is not None:
+                self.disconnect(session, str(refusal))
                 n += 1
             elif live.limited and live.service is Service.TIME:
                 self._extend(session, live, sub)
         return n
 
-    def _extend(self, session: str, live: LiveSession, sub: Any) -> None:
+    def _extend(self, session: str, live: LiveSession, sub: Subscriber) -> None:
         """A credit-limited time session whose subscriber topped up: CoA-Request with a
         longer Session-Timeout (connected so far + what the credit now buys)."""
-        more = self.engine.affordable_units(sub, Service.TIME, self.cfg.session_timeout_s)
+        more = self.charging.affordable_units(sub, Service.TIME, self.cfg.session_timeout_s)
         if not more or self.dae is None:
             return
         timeout = int(self.clock()) - live.started + more
@@ -406,16 +423,17 @@ class RadiusAgent:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout)
 
-    async def _close_nas(self, prefix: str, key: bytes) -> None:
+    async def _close_nas(self, client: Client, prefix: str, number: str) -> None:
         """Accounting-On/Off: the NAS restarted, its sessions (of this client) are gone;
         settle them all."""
         now = int(self.clock())
         for session in [k for k in self.sessions if k.startswith(prefix)]:
             del self.sessions[session]
-        for i, (sid, service, rg) in enumerate(self.engine.session_keys(prefix)):
-            await self.engine.commit(CommitRequest(
-                request_key=key + b":%d" % i, session_id=sid, service=service,
-                rating_group=rg, final=True, remember_end=True, now=now))
+        for hold in self.charging.sessions_with_prefix(prefix):
+            await self.charging.close_session(CloseSession(
+                request=RequestRef(client.owner, hold.session_id, number),
+                session_id=hold.session_id, service=hold.service,
+                rating_group=hold.rating_group, remember_end=True, now=now))
 
     # -- access -----------------------------------------------------------------------
 
@@ -438,7 +456,7 @@ class RadiusAgent:
         self.counters["access_accept"] += 1
         timeout = self.cfg.session_timeout_s
         if sub is not None and sub.mode == "prepaid" and self.service_of(sub) is Service.TIME:
-            timeout = self.engine.affordable_units(sub, Service.TIME, timeout) or 0
+            timeout = self.charging.affordable_units(sub, Service.TIME, timeout) or 0
             if timeout <= 0:
                 self.counters["access_reject"] += 1
                 return encode_reply(Code.ACCESS_REJECT, pkt, client.secret,
@@ -465,7 +483,7 @@ class RadiusAgent:
             metrics.AUTH_FAILURES.labels("radius", "throttled").inc()
             return AUTH_FAILED, None
         password = decrypt_password(pw_attr, client.secret, pkt.authenticator)
-        sub = self.engine.find_subscriber_now(identity(pkt))
+        sub = self.charging.subscriber(identity(pkt))
         stored = sub.password_hash if sub is not None and sub.password_hash else self._dummy_hash
         # scrypt takes milliseconds and releases the GIL: keep it off the event loop.
         ok = await asyncio.get_running_loop().run_in_executor(
@@ -478,10 +496,10 @@ class RadiusAgent:
                      held_s=round(held, 1))
             return AUTH_FAILED, None
         self.guard.succeeded(guard_key)
-        if sub.status != "active":
-            return {"suspended": Refusal.SUSPENDED, "blocked": Refusal.BLOCKED}.get(
-                sub.status, Refusal.TERMINATED), sub
-        view = self.engine.check_balance(((IdKind.MSISDN, sub.msisdn),))
+        refusal = status_refusal(sub)
+        if refusal is not None:
+            return refusal, sub
+        view = self.charging.balance(((IdKind.MSISDN, sub.msisdn),))
         if view is None:
             return Refusal.UNKNOWN_SUBSCRIBER, sub
         data_left = view.allowances.get("data", {}).get("remaining", 0)

@@ -84,7 +84,7 @@ class RadiusEndpoint(asyncio.DatagramProtocol):
             self._cache.pop(key, None)
             self._drop(d.reason)
             return
-        except Exception as exc:  # the engine failed (busy, writer gone): no answer, the
+        except Exception as exc:  # charging failed (busy, writer gone): no answer, the
             # NAS retransmits; nothing was acknowledged
             self._cache.pop(key, None)
             metrics.RADIUS_PACKETS.labels(self.kind, "error").inc()
@@ -171,7 +171,7 @@ async def start_radius(server: Any) -> RadiusListener:
     from ocs.config import parse_listen
 
     cfg = server.cfg.radius
-    agent = RadiusAgent(server.engine, cfg, validity_s=server.cfg.charging.default_validity_s,
+    agent = RadiusAgent(server.charging, cfg, validity_s=server.cfg.charging.default_validity_s,
                         dae=DaeClient(max_queue=cfg.dae_queue_limit))
     listener = RadiusListener(agent, sweep_interval_s=server.cfg.charging.reaper_interval_s)
     await listener.start(parse_listen(cfg.auth_listen), parse_listen(cfg.acct_listen),

@@ -1,4 +1,4 @@
-"""SMPP agent: authenticates binds and charges submits through the engine.
+"""SMPP agent: authenticates binds and charges submits through the charging API.
 
 A submit_sm / data_sm is charged as SMS events (one per part) against the sender
 (source_addr = MSISDN) and answered only after the durable commit, with the CDR's record
@@ -24,17 +24,20 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.charging.engine import ChargingEngine, ChargingPaused
-from ocs.charging.model import (
-    DebitRequest,
+from ocs.charging.api import (
+    ChargeEvent,
+    ChargingBusy,
+    ChargingError,
+    ChargingPaused,
+    ChargingService,
     IdKind,
     Refusal,
-    SmppBindRequest,
-    SubmitSmsRequest,
+    RequestRef,
+    Service,
+    SmppBind,
+    SubmitSms,
 )
 from ocs.config import SmppConfig
-from ocs.rating.plans import Service
-from ocs.store import Overloaded, StoreError
 from ocs.text import count_characters
 from protocols.authguard import FailureThrottle
 from protocols.smpp.pdu import Bind, PduError, Status, Submit, count_parts, parse_validity
@@ -70,8 +73,8 @@ def _digits(addr: str) -> str:
 
 
 class SmppAgent:
-    def __init__(self, engine: ChargingEngine, cfg: SmppConfig):
-        self.engine = engine
+    def __init__(self, charging: ChargingService, cfg: SmppConfig):
+        self.charging = charging
         self.cfg = cfg
         self.accounts = {a.system_id: a for a in cfg.accounts}
         self.routes = sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
@@ -117,7 +120,7 @@ class SmppAgent:
         if status != Status.ROK or self.worker is None:
             return status
         try:
-            ok = await self.engine.submit("smpp_bind", SmppBindRequest(
+            ok = await self.charging.smpp_bind(SmppBind(
                 system_id=bind.system_id, worker=self.worker,
                 max_binds=self.accounts[bind.system_id].max_binds))
         except Exception as exc:  # the store is busy or away: no bind now
@@ -144,7 +147,7 @@ class SmppAgent:
     async def _release(self, system_id: str) -> None:
         assert self.worker is not None
         try:
-            await self.engine.submit("smpp_bind", SmppBindRequest(
+            await self.charging.smpp_bind(SmppBind(
                 system_id=system_id, worker=self.worker, release=True))
         except Exception as exc:  # counted too high until this worker restarts
             log.warning("smpp_unbind_not_counted", system_id=system_id, error=str(exc))
@@ -172,25 +175,26 @@ class SmppAgent:
         except PduError as e:
             return e.status, ""
         parts = count_parts(sm)
-        key = f"smpp:{system_id}:{bind_id}:{seq}"
-        req = SubmitSmsRequest(
-            debit=DebitRequest(request_key=key.encode(), subscriber=((IdKind.MSISDN, source),),
-                               service=Service.SMS, units=parts, destination=dest,
-                               protocol="smpp", session_id=key,
-                               characters=count_characters(_text_of(sm), sm.data_coding)),
+        req = SubmitSms(
+            charge=ChargeEvent(request=RequestRef(f"smpp:{system_id}", bind_id, seq),
+                               subscriber=((IdKind.MSISDN, source),), service=Service.SMS,
+                               units=parts, destination=dest, protocol="smpp",
+                               session_id=f"smpp:{system_id}:{bind_id}:{seq}",
+                               characters=count_characters(_text_of(sm), sm.data_coding),
+                               now=int(time.time())),
             submitter=system_id, route=route, source=sm.source_addr,
             destination=sm.destination_addr, data_coding=sm.data_coding,
             esm_class=sm.esm_class & ~0x04, payload=sm.payload,
             registered_delivery=sm.registered_delivery, validity_s=validity)
         try:
-            debit = await self.engine.submit("submit_sms", req)
-        except Overloaded:
+            debit = await self.charging.submit_sms(req)
+        except ChargingBusy:
             self.counters["submit_overloaded"] += 1
             return Status.RTHROTTLED, ""
         except ChargingPaused:  # e.g. no room for CDRs (an alarm is raised): try later
             self.counters["submit_paused"] += 1
             return Status.RSYSERR, ""
-        except (StoreError, OSError) as exc:
+        except (ChargingError, OSError) as exc:
             log.error("smpp_submit_failed", system_id=system_id, error=str(exc))
             return Status.RSYSERR, ""
         if not debit.ok:

@@ -13,9 +13,7 @@ from typing import Any
 
 import structlog
 
-from ocs import messaging
-from ocs.charging.model import SmsOutcomeRequest
-from ocs.store.env import SMS, SMS_DUE, pack_u64
+from ocs.charging.api import DeliveryOutcome, SmsMessage
 from protocols.smpp.agent import SmppAgent
 from protocols.smpp.pdu import Cmd, Framer, Pdu, PduError, Tag, encode_deliver
 from protocols.smpp.session import (
@@ -233,25 +231,9 @@ class SmppListener:
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             await asyncio.sleep(0.02)  # coalesce wake-ups: one pass per 20 ms at most
 
-    def _due(self, now: int, fresh: set[str]) -> list[messaging.SmsMessage]:
+    def _due(self, now: int, fresh: set[str]) -> list[SmsMessage]:
         """Messages whose next try has come, and any waiting for a freshly bound route."""
-        store = self.agent.engine.store
-        out: list[messaging.SmsMessage] = []
-        stop = pack_u64(now + 1)
-        with store.read() as txn, txn.cursor(db=store.dbs[SMS_DUE]) as cur:
-            for k in cur.iternext(keys=True, values=False):
-                key = bytes(k)
-                if len(out) >= 500 or (key >= stop and not fresh):
-                    break
-                if key[8:].decode() in self._inflight:
-                    continue
-                raw = txn.get(key[8:], db=store.dbs[SMS])
-                if raw is None:
-                    continue
-                msg = messaging.decode(raw)
-                if key < stop or msg.route in fresh:
-                    out.append(msg)
-        return out
+        return self.agent.charging.due_messages(now, fresh_routes=fresh, skip=self._inflight)
 
     def _bound(self, system_id: str) -> None:
         self._fresh.add(system_id)
@@ -260,7 +242,7 @@ class SmppListener:
     async def _outcome(self, message_id: str, outcome: str, *, expect: int = -1,
                        lease_until: int = 0) -> bool:
         try:
-            return bool(await self.agent.engine.submit("sms_outcome", SmsOutcomeRequest(
+            return bool(await self.agent.charging.delivery_outcome(DeliveryOutcome(
                 message_id=message_id, outcome=outcome, now=int(time.time()),
                 refund_expired=self.agent.cfg.refund_expired, expect_next_try=expect,
                 lease_until=lease_until)))
@@ -268,7 +250,7 @@ class SmppListener:
             log.warning("smpp_outcome_failed", message_id=message_id, error=str(exc))
             return False
 
-    async def _deliver(self, conn: SmppConnection, msg: messaging.SmsMessage) -> None:
+    async def _deliver(self, conn: SmppConnection, msg: SmsMessage) -> None:
         tlvs: dict[int, bytes] = {}
         if msg.kind == "receipt":
             tlvs = {Tag.RECEIPTED_MESSAGE_ID: msg.receipted_id.encode() + b"\x00",
@@ -300,8 +282,8 @@ class SmppListener:
 
         if self.agent.worker is not None:
             # the binds this worker held died with its last run (worker 0: the node's)
-            await self.agent.engine.submit("smpp_binds_reset",
-                                           -1 if self.agent.worker == 0 else self.agent.worker)
+            worker = self.agent.worker
+            await self.agent.charging.smpp_binds_reset(-1 if worker == 0 else worker)
         self.server = await loop.create_server(factory, host, port, reuse_port=reuse_port)
         self._worker = loop.create_task(self._deliver_loop())
         sock = self.server.sockets[0].getsockname()
@@ -325,7 +307,7 @@ async def start_smpp(server: Any) -> SmppListener:
     """``ocs serve`` starter for the ``[smpp]`` section."""
     from ocs.config import parse_listen
 
-    agent = SmppAgent(server.engine, server.cfg.smpp)
+    agent = SmppAgent(server.charging, server.cfg.smpp)
     if server.workers > 1:
         agent.worker = server.worker
     listener = SmppListener(agent, server.cfg.node.name)

@@ -12,6 +12,7 @@ from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans, op_set_status
 from ocs.rating.plans import load_plans_file
@@ -50,7 +51,7 @@ def agent(tmp_path: Path) -> Iterator[RadiusAgent]:
     eng = ChargingEngine(store, writer, EngineSettings(node="r"))
     cfg = RadiusConfig(clients=(RadiusClient(address="127.0.0.0/8", secret="testing123",
                                              name="lo"),), rating_group=10)
-    yield RadiusAgent(eng, cfg, clock=lambda: WEDNESDAY_NOON)
+    yield RadiusAgent(EngineChargingService(eng), cfg, clock=lambda: WEDNESDAY_NOON)
     writer.stop()
     store.close()
 
@@ -77,13 +78,13 @@ def acct(agent: RadiusAgent, status: AcctStatus, sid: str = "s1", *, ident: int 
 
 
 def balance(agent: RadiusAgent, msisdn: str = "41790000001") -> tuple[int, int]:
-    v = agent.engine.check_balance(((IdKind.MSISDN, msisdn),))
+    v = agent.charging.engine.check_balance(((IdKind.MSISDN, msisdn),))
     assert v is not None
     return v.balance, v.reserved
 
 
 def cdrs(agent: RadiusAgent) -> list[Any]:
-    store = agent.engine.store
+    store = agent.charging.engine.store
     with store.read() as txn:
         return [dec_cdr.decode(v) for _, v in txn.cursor(db=store.dbs[CDR_JOURNAL])]
 
@@ -173,7 +174,7 @@ def test_access_accept_reject(agent: RadiusAgent) -> None:
     assert access(agent, "eve", b"x").text(Attr.REPLY_MESSAGE) == "authentication failed"
     # carol has no money but 1 GB of data allowance: accepted
     assert access(agent, "carol", b"pw").code == Code.ACCESS_ACCEPT
-    agent.engine.store.run_write(op_set_status("41790000001", "suspend"))
+    agent.charging.engine.store.run_write(op_set_status("41790000001", "suspend"))
     assert access(agent, "bob", b"secret").text(Attr.REPLY_MESSAGE) == "account suspended"
 
 

@@ -13,6 +13,7 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
@@ -48,7 +49,7 @@ def test_agent_never_crashes(packets: list[tuple[Code, list[tuple[int, bytes]]]]
         writer = Writer(store, max_ops=32, max_delay_ms=0.2)
         writer.start()
         eng = ChargingEngine(store, writer, EngineSettings(node="f"))
-        agent = RadiusAgent(eng, RadiusConfig(
+        agent = RadiusAgent(EngineChargingService(eng), RadiusConfig(
             clients=(RadiusClient(address="127.0.0.1", secret="testing123"),),
             rating_group=10, require_message_authenticator=False))
         client = agent.client_for("127.0.0.1")

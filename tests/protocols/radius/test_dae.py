@@ -11,6 +11,7 @@ from tests_support import CONFIG_DIR, add, free_udp_port, start_nas
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans, op_set_status
 from ocs.rating.plans import load_plans_file
@@ -37,7 +38,7 @@ def test_disconnects(tmp_path: Path) -> None:
     eng = ChargingEngine(store, writer, EngineSettings(node="t"))
     cfg = RadiusConfig(clients=(RadiusClient(address="127.0.0.1", secret="testing123",
                                              coa_port=port),), rating_group=10)
-    agent = RadiusAgent(eng, cfg, dae=DaeClient(timeout_s=0.5, attempts=2))
+    agent = RadiusAgent(EngineChargingService(eng), cfg, dae=DaeClient(timeout_s=0.5, attempts=2))
     client = agent.client_for("127.0.0.1")
     assert client is not None
 

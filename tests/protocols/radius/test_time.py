@@ -10,6 +10,7 @@ from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add, free_udp_port, start_
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans, op_topup
 from ocs.rating.plans import load_plans_file
@@ -34,7 +35,7 @@ def test_time_rated_session_and_coa_after_top_up(tmp_path: Path) -> None:
     eng = ChargingEngine(store, writer, EngineSettings(node="w"))
     cfg = RadiusConfig(clients=(RadiusClient(address="127.0.0.1", secret="testing123",
                                              coa_port=port),))
-    agent = RadiusAgent(eng, cfg, clock=lambda: WEDNESDAY_NOON,
+    agent = RadiusAgent(EngineChargingService(eng), cfg, clock=lambda: WEDNESDAY_NOON,
                         dae=DaeClient(timeout_s=0.5, attempts=2))
     client = agent.client_for("127.0.0.1")
     assert client is not None

@@ -10,6 +10,7 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import IdKind
+from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
@@ -30,7 +31,7 @@ def test_unknown_source_dropped_and_duplicates_answered_once(tmp_path: Path) -> 
     eng = ChargingEngine(store, writer, EngineSettings(node="t"))
     cfg = RadiusConfig(clients=(RadiusClient(address="127.0.0.1", secret="testing123"),),
                        rating_group=10)
-    agent = RadiusAgent(eng, cfg)
+    agent = RadiusAgent(EngineChargingService(eng), cfg)
 
     start = encode_request(Code.ACCOUNTING_REQUEST, 1, SECRET, [
         attr(Attr.ACCT_STATUS_TYPE, AcctStatus.START), attr(Attr.ACCT_SESSION_ID, "d1"),
