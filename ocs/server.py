@@ -33,11 +33,11 @@ from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.charging.service import EngineChargingService
+from ocs.charging.writerproc import process_writer
 from ocs.config import Config, parse_listen
 from ocs.noc.alarms import ExpireAlarms, Notification, Severity, TrimAlarms
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
-from ocs.store.procwriter import ProcessWriter
 from ocs.store.records import dec_export_state
 
 log = structlog.get_logger(__name__)
@@ -87,15 +87,13 @@ class Server:
         self.store = Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=False)
         settings = engine_settings(cfg)
         log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
-        engine_conf = dataclasses.asdict(settings)
-        engine_conf["home_networks"] = sorted(settings.home_networks)
-        self.writer = ProcessWriter(
+        self.writer = process_writer(
+            settings,
             data_dir=str(cfg.data_dir),
             map_size_mb=cfg.store.map_size_mb,
             max_ops=cfg.store.commit_max_ops,
             max_delay_ms=cfg.store.commit_max_delay_ms,
             queue_size=cfg.store.queue_size,
-            engine=engine_conf,
             log_format=log_format,
             on_batch=self._on_batch,
             listen=writer_path if self.primary else "",

@@ -17,16 +17,17 @@ from functools import lru_cache
 
 import msgspec
 
-from ocs.fraud.rules import (
-    Event,
-    Finding,
-    FraudSettings,
-    FraudState,
-    decision,
-    evaluate,
-)
+from ocs.fraud.rules import Event, FraudSettings, decision, evaluate
 from ocs.store.env import BALANCES, FRAUD_CASES, META, SUBSCRIBERS, pack_u64, unpack_u64
-from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber, encode
+from ocs.store.records import (
+    Balance,
+    Finding,
+    FraudState,
+    Subscriber,
+    dec_balance,
+    dec_subscriber,
+    encode,
+)
 from ocs.store.tx import Tx
 
 META_FRAUD_SEQ = b"fraud_case_seq"

@@ -24,9 +24,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgspec
-
 from ocs.money import parse_amount
+from ocs.store.records import FraudState as FraudState  # the record lives in the store
 
 WEIGHTS = {
     "high_risk_prefix": 40,
@@ -90,41 +89,6 @@ class FraudSettings:
             review_score=int(d.get("review_score", 40)),
             block_score=int(d.get("block_score", 100)),
         )
-
-
-class Finding(msgspec.Struct, array_like=True, frozen=True):
-    """An indicator as recorded: what fired, on which value, against which threshold."""
-
-    name: str
-    value: str
-    threshold: str
-    weight: int
-    at: int
-
-
-class FraudState(msgspec.Struct, array_like=True, kw_only=True):
-    """Per-subscriber state: a fixed number of counters and small bounded lists."""
-
-    events: int = 0
-    hours: list[int] = msgspec.field(default_factory=lambda: [0] * 24)
-    """Events per local hour of day (halved when the total passes 10,000)."""
-    used_prefixes: list[str] = []
-    """High-risk prefixes already used (the first use is the indicator)."""
-    spend_hour: int = 0
-    spend_in_hour: int = 0
-    baseline: float = 0.0
-    """Exponentially decayed spend per hour (micro-units)."""
-    history_h: int = 0
-    calls_hour: int = 0
-    calls: int = 0
-    call_seconds: int = 0
-    destinations: list[int] = []
-    """CRC32 of this hour's call destinations (at most 64)."""
-    sessions: list[tuple[str, str, int]] = []
-    """(session id, location, expires at) of open sessions (at most 8)."""
-    open_case: int = 0
-    findings: list[Finding] = []
-    """Indicators of the last 24 hours (at most 16): their weights add up to the score."""
 
 
 class Event(NamedTuple):

@@ -8,7 +8,7 @@ socket pair, the child runs them in group-commit batches (:class:`~ocs.store.wri
 and answers each batch after its durable commit.
 
 Frames both ways: 4-byte big-endian length, then MessagePack.
-- request  ``[id, name, request]`` (``name`` is a key of ``OPERATIONS``)
+- request  ``[id, name, request]`` (``name`` names one of the program's operations)
 - answer   ``[id, true, result]`` or ``[id, false, [error kind, message]]``
 - stats    ``[0, true, [ops, commit seconds, batch seconds, failed ops of attached
   clients]]`` after each batch, to the parent only
@@ -28,15 +28,20 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 import structlog
 
 from ocs.errors import BY_NAME
-from ocs.store.env import StoreError
+from ocs.store.env import Store, StoreError
 from ocs.store.writer import Batch, Overloaded, WriterStopped
+
+OpTable = dict[str, tuple[type[Any], Any, Callable[[Any, Any], Any]]]
+"""Operations by name: (request type, result type, function of a transaction and a
+request)."""
+OpsFactory = Callable[[Store, dict[str, Any]], OpTable]
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +81,12 @@ def _split_frames(buf: bytearray) -> list[bytes]:
 # -- the child process ------------------------------------------------------------------
 
 
-def child_main(fd: int, settings_json: str) -> None:
-    """Entry point of the writer process (``python -m ocs.store.procwriter FD JSON``)."""
+def child_main(fd: int, settings_json: str, make_ops: OpsFactory) -> None:
+    """Body of the writer process: ``make_ops(store, settings)`` gives the operations (by
+    name: request type, result type, function of a transaction and a request) that the
+    parent's :class:`ProcessWriter` submits; ``settings`` is what it was given as
+    ``program_settings``."""
     from ocs import logs
-    from ocs.charging.engine import OPERATIONS, ChargingEngine, EngineSettings
-    from ocs.store.env import Store
 
     conf = json.loads(settings_json)
     logs.configure(conf.get("log_format", "json"))
@@ -90,11 +96,9 @@ def child_main(fd: int, settings_json: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
-    settings = EngineSettings(**{**conf["engine"],
-                                 "home_networks": frozenset(conf["engine"]["home_networks"])})
-    engine = ChargingEngine(store, None, settings)
-    decoders = {name: msgspec.msgpack.Decoder(req_t) for name, (req_t, _r) in OPERATIONS.items()}
-    ops = {name: getattr(engine, "op_" + name) for name in OPERATIONS}
+    table = make_ops(store, conf["program"])
+    decoders = {name: msgspec.msgpack.Decoder(req_t) for name, (req_t, _r, _f) in table.items()}
+    ops = {name: fn for name, (_q, _r, fn) in table.items()}
     sock = socket.socket(fileno=fd)
     _tune(sock)
     listener = None
@@ -282,15 +286,20 @@ class ProcessWriter:
     no process but connects to such a path (another worker's writer) and reconnects
     when it goes away."""
 
-    def __init__(self, *, data_dir: str, map_size_mb: int, max_ops: int, max_delay_ms: float,
-                 queue_size: int, engine: dict[str, Any], log_format: str = "json",
+    def __init__(self, *, program: str, results: Mapping[str, type[Any]],
+                 program_settings: dict[str, Any], data_dir: str, map_size_mb: int,
+                 max_ops: int, max_delay_ms: float, queue_size: int, log_format: str = "json",
                  on_batch: BatchHook | None = None, listen: str = "", attach: str = ""):
+        """``program``: the module the writer process runs (``python -m program FD JSON``,
+        calling :func:`child_main`); ``results``: each operation's result type."""
+        self._program = program
+        self._results = dict(results)
         self._conf = {
             "data_dir": data_dir,
             "map_size_mb": map_size_mb,
             "max_ops": max_ops,
             "max_delay_ms": max_delay_ms,
-            "engine": engine,
+            "program": program_settings,
             "log_format": log_format,
             "listen": listen,
         }
@@ -328,10 +337,8 @@ class ProcessWriter:
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
-        from ocs.charging.engine import OPERATIONS
-
         self._result_decoders = {
-            name: msgspec.msgpack.Decoder(res_t) for name, (_q, res_t) in OPERATIONS.items()
+            name: msgspec.msgpack.Decoder(res_t) for name, res_t in self._results.items()
         }
         if self._attach:
             await self._connect(deadline_s=60.0)
@@ -343,7 +350,7 @@ class ProcessWriter:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
         fd = child_sock.fileno()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ocs.store.procwriter", str(fd), json.dumps(self._conf)],
+            [sys.executable, "-m", self._program, str(fd), json.dumps(self._conf)],
             pass_fds=(fd,),
         )
         child_sock.close()
@@ -496,6 +503,3 @@ class ProcessWriter:
                     os.kill(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
 
-
-if __name__ == "__main__":
-    child_main(int(sys.argv[1]), sys.argv[2])

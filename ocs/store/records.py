@@ -9,7 +9,40 @@ from typing import Any
 
 import msgspec
 
-from ocs.fraud.rules import FraudState
+
+class Finding(msgspec.Struct, array_like=True, frozen=True):
+    """An indicator as recorded: what fired, on which value, against which threshold."""
+
+    name: str
+    value: str
+    threshold: str
+    weight: int
+    at: int
+
+
+class FraudState(msgspec.Struct, array_like=True, kw_only=True):
+    """Per-subscriber state: a fixed number of counters and small bounded lists."""
+
+    events: int = 0
+    hours: list[int] = msgspec.field(default_factory=lambda: [0] * 24)
+    """Events per local hour of day (halved when the total passes 10,000)."""
+    used_prefixes: list[str] = []
+    """High-risk prefixes already used (the first use is the indicator)."""
+    spend_hour: int = 0
+    spend_in_hour: int = 0
+    baseline: float = 0.0
+    """Exponentially decayed spend per hour (micro-units)."""
+    history_h: int = 0
+    calls_hour: int = 0
+    calls: int = 0
+    call_seconds: int = 0
+    destinations: list[int] = []
+    """CRC32 of this hour's call destinations (at most 64)."""
+    sessions: list[tuple[str, str, int]] = []
+    """(session id, location, expires at) of open sessions (at most 8)."""
+    open_case: int = 0
+    findings: list[Finding] = []
+    """Indicators of the last 24 hours (at most 16): their weights add up to the score."""
 
 
 class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

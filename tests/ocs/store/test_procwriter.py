@@ -4,10 +4,10 @@ lost, restarts, and reports operation errors without disturbing the batch."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -15,6 +15,7 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import Debit, DebitRequest, IdKind, StoredAnswer
+from ocs.charging.writerproc import process_writer
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store, StoreError
@@ -32,11 +33,9 @@ def _setup(data: Path) -> None:
             add(s, m, balance="3.00")
 
 
-def _writer(data: Path) -> ProcessWriter:
-    settings = dataclasses.asdict(EngineSettings(node="pw"))
-    settings["home_networks"] = []
-    return ProcessWriter(data_dir=str(data), map_size_mb=64, max_ops=64, max_delay_ms=1.0,
-                         queue_size=100_000, engine=settings)
+def _writer(data: Path, **kw: Any) -> ProcessWriter:
+    return process_writer(EngineSettings(node="pw"), data_dir=str(data), map_size_mb=64,
+                          max_ops=64, max_delay_ms=1.0, queue_size=100_000, **kw)
 
 
 def _debit(i: int) -> DebitRequest:
@@ -147,11 +146,7 @@ def test_attached_clients_share_the_writer_and_reattach_after_a_restart(
     async def main() -> None:
         owner = _writer(data)
         owner._conf["listen"] = path
-        settings = dataclasses.asdict(EngineSettings(node="pw"))
-        settings["home_networks"] = []
-        attached = [ProcessWriter(data_dir=str(data), map_size_mb=64, max_ops=64,
-                                  max_delay_ms=1.0, queue_size=10_000, engine=settings,
-                                  attach=path) for _ in range(2)]
+        attached = [_writer(data, attach=path) for _ in range(2)]
         await owner.start()
         for a in attached:
             await a.start()
