@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ocs.config import load_config
 from ocs.server import Server
+from sim.cpumeter import CpuSampler, attach
 from sim.registry import BENCH_PARTS, load_all
 from sim.report import Report, dump_json, print_table
 
@@ -80,6 +82,13 @@ def with_addresses(config: str, bound: dict[tuple[str, str], str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def server_pids(server: Server) -> tuple[int | None, ...]:
+    """The bench server's processes: this one (event loop, reaper, admin), the writer and
+    the CDR exporter; the load generators run in processes of their own."""
+    exporter = server.exporter.pid if server.exporter is not None else None
+    return os.getpid(), server.writer.pid, exporter
+
+
 @dataclass
 class BenchContext:
     workdir: Path
@@ -110,10 +119,15 @@ async def run(parts: list[str], quick: float) -> list[Report]:
             Store(data).close()  # a fresh, empty store (plans loaded by the parts)
             server = Server(cfg)
             await server.start()
+            sampler = CpuSampler(functools.partial(server_pids, server))
             try:
                 ctx = BenchContext(workdir=work, server=server, quick=quick)
                 t0 = time.perf_counter()
-                reports.extend(await BENCH_PARTS[name].run(ctx))
+                sampler.start()
+                part = await BENCH_PARTS[name].run(ctx)
+                sampler.stop()
+                attach(part, sampler)
+                reports.extend(part)
                 sys.stderr.write(f"bench part {name}: {time.perf_counter() - t0:.1f} s\n")
             finally:
                 await server.stop()

@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from sim.report import Report
+from sim.report import Report, cpu_per_op
 
 
 def _fmt_rate(r: Report) -> str:
@@ -26,14 +26,16 @@ def _fmt_rate(r: Report) -> str:
 def markdown(reports: list[Report], when: str) -> str:
     lines = [f"Run {when} on {platform.machine()} ({_cores()} cores), "
              f"Python {platform.python_version()}.", "",
-             "| part | benchmark | ops/s | p50 ms | p99 ms | errors | result | target | verdict |",
-             "|---|---|---:|---:|---:|---:|---|---|---|"]
+             "| part | benchmark | ops/s | p50 ms | p99 ms | CPU us/op (cores) | errors | "
+             "result | target | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in reports:
         lat = r.latencies_ms
         p50 = f"{lat['p50']:.1f}" if lat.get("p50") == lat.get("p50") and "p50" in lat else ""
         p99 = f"{lat['p99']:.1f}" if lat.get("p99") == lat.get("p99") and "p99" in lat else ""
         verdict = "" if r.passed is None else ("PASS" if r.passed else "**MISS**")
-        lines.append(f"| {r.part} | {r.name} | {_fmt_rate(r)} | {p50} | {p99} | {r.errors} | "
+        lines.append(f"| {r.part} | {r.name} | {_fmt_rate(r)} | {p50} | {p99} | "
+                     f"{cpu_per_op(r)} | {r.errors} | "
                      f"{r.extra.get('result', '')} | {r.target} | {verdict} |")
     return "\n".join(lines) + "\n"
 

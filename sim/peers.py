@@ -72,8 +72,10 @@ def ensure_freeradius() -> str:
 
 
 @contextlib.contextmanager
-def freeradius(workdir: Path, auth_port: int, acct_port: int) -> Iterator[Path]:
-    """Run FreeRADIUS on loopback; yields the directory its detail files go to."""
+def freeradius(workdir: Path, auth_port: int, acct_port: int,
+               pids: list[int] | None = None) -> Iterator[Path]:
+    """Run FreeRADIUS on loopback; yields the directory its detail files go to (its PID
+    appended to ``pids``, to measure its CPU)."""
     binary = ensure_freeradius()
     raddb = workdir / "raddb"
     logdir = workdir / "log"
@@ -108,6 +110,8 @@ def freeradius(workdir: Path, auth_port: int, acct_port: int) -> Iterator[Path]:
                 raise PeerUnavailable("FreeRADIUS did not start: "
                                       + (workdir / "freeradius.log").read_text()[-500:])
             time.sleep(0.05)
+        if pids is not None:
+            pids.append(proc.pid)
         yield logdir / "radacct"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from protocols.radius.codec import (
     response_authenticator_ok,
 )
 from protocols.radius.codec import decode as decode_packet
+from sim.cpumeter import CpuSampler, attach
 from sim.registry import bench_part, command
 from sim.report import Report, Timeline, dump_json, print_table, run_sim
 
@@ -252,11 +253,16 @@ async def bench_radius(ctx: BenchContext) -> list[Report]:
         fr_dir = ctx.workdir / "freeradius"
         fr_dir.mkdir()
         auth_port, acct_port = _free_udp_port(), _free_udp_port()
-        with freeradius(fr_dir, auth_port, acct_port):
+        fr_pids: list[int] = []
+        with freeradius(fr_dir, auth_port, acct_port, fr_pids):
+            fr_cpu = CpuSampler(lambda: fr_pids).start()
             fr = await loop.run_in_executor(None, _sim, "127.0.0.1", acct_port, sessions,
                                             interims, ["--window", "512"])
+            fr_cpu.stop()
         peer = Report.from_json(fr[1])
         peer.part, peer.name = "radius", "FreeRADIUS 3.2 (detail), same load"
+        peer.extra["peer"] = True
+        attach([peer], fr_cpu, peers=True)
         reports.append(peer)
         ratio = ours.throughput / peer.throughput if peer.throughput else 0.0
         ours.target = ">= 0.5x FreeRADIUS"

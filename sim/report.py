@@ -78,6 +78,9 @@ class Report:
                 seconds=seconds, latencies_ms=pct, **kw)
         if timeline is not None:
             r.extra["timeline"] = timeline.series()
+            # the run's span on CLOCK_MONOTONIC (perf_counter, the same in every process):
+            # the bench reads the server's CPU over it
+            r.extra["window"] = [round(timeline.start, 6), round(timeline.start + seconds, 6)]
         return r
 
     @classmethod
@@ -97,14 +100,24 @@ class Report:
         return d
 
 
+def cpu_per_op(r: Report) -> str:
+    """The CPU per operation of the server's processes (or the peer's), with the cores
+    they kept busy: "96 (0.95)"; "" when not measured."""
+    us = r.extra.get("cpu_us_per_op")
+    if us is None:
+        return ""
+    return f"{us:,.0f} ({r.extra.get('cpu_cores', 0):.2f})"
+
+
 def print_table(reports: list[Report], title: str = "ocs benchmark") -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title)
     for col in ("part", "benchmark", "ops", "errors", "ops/s", "p50 ms", "p99 ms",
-                "p99.9 ms", "result", "target", "verdict"):
-        t.add_column(col, justify="right" if col in ("ops", "errors", "ops/s") else "left")
+                "p99.9 ms", "CPU us/op", "result", "target", "verdict"):
+        t.add_column(col, justify="right" if col in ("ops", "errors", "ops/s", "CPU us/op")
+                     else "left")
     for r in reports:
         lat = r.latencies_ms
         result = r.extra.get("result", "")
@@ -117,6 +130,7 @@ def print_table(reports: list[Report], title: str = "ocs benchmark") -> None:
             f"{lat['p50']:.3f}" if "p50" in lat else "",
             f"{lat['p99']:.3f}" if "p99" in lat else "",
             f"{lat['p99.9']:.3f}" if "p99.9" in lat else "",
+            cpu_per_op(r),
             str(result),
             r.target,
             "" if r.passed is None else ("PASS" if r.passed else "MISS"),

@@ -100,6 +100,10 @@ class ExporterProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def _spawn(self) -> None:
         # The settings (hook URLs and commands among them) go through a pipe, not the
         # command line that every local user can read in /proc.
