@@ -299,10 +299,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     else:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    from ocs import server
+    from ocs import app  # after the metrics directory is set: the metrics read it
 
     logs.configure(cfg.node.log_format)
-    server.run(cfg, n)
+    app.run(cfg, n)
     return 0
 
 

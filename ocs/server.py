@@ -20,14 +20,14 @@ import dataclasses
 import gc
 import os
 import shutil
-import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
-from ocs import listeners, metrics
+from ocs import metrics
 from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
@@ -39,8 +39,42 @@ from ocs.noc.alarms import ExpireAlarms, Notification, Severity, TrimAlarms
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
 from ocs.store.records import dec_export_state
+from ocs.workers import WorkerPool
 
 log = structlog.get_logger(__name__)
+
+
+Starter = Callable[["Server"], Awaitable[Any]]
+"""Starts one protocol's listener for the server; returns an object with ``async close()``
+(and sets the server's attribute of that protocol: ``diameter``, ``radius`` ...)."""
+
+
+def boot_id() -> int:
+    """Stable for the process lifetime, different after a restart (time + pid): the
+    node's Diameter Origin-State-Id, the same in every worker."""
+    return (int(time.time()) ^ (os.getpid() << 20)) & 0xFFFFFFFF
+
+
+def _listen(address: tuple[Any, ...]) -> str:
+    host, port = str(address[0]), int(address[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bound_config(server: Server) -> Config:
+    """The server's config with every listen address replaced by the one it bound."""
+    cfg = server.cfg
+    changes: dict[str, Any] = {}
+    if server.diameter is not None and cfg.diameter is not None:
+        changes["diameter"] = dataclasses.replace(
+            cfg.diameter, listen=_listen(server.diameter.address))
+    if server.radius is not None and cfg.radius is not None:
+        changes["radius"] = dataclasses.replace(
+            cfg.radius, auth_listen=_listen(server.radius.address("auth")),
+            acct_listen=_listen(server.radius.address("acct")))
+    if server.smpp is not None and cfg.smpp is not None and server.smpp.server is not None:
+        changes["smpp"] = dataclasses.replace(
+            cfg.smpp, listen=_listen(server.smpp.server.sockets[0].getsockname()))
+    return dataclasses.replace(cfg, **changes)
 
 
 def engine_settings(cfg: Config) -> EngineSettings:
@@ -61,8 +95,12 @@ def engine_settings(cfg: Config) -> EngineSettings:
 
 class Server:
     def __init__(self, cfg: Config, *, worker: int = 0, workers: int = 1,
-                 writer_path: str = ""):
+                 writer_path: str = "", listeners: Mapping[str, Starter] | None = None):
+        """``listeners``: the starter of each protocol section's listener (the
+        composition root, :mod:`ocs.app`, gives those of this build); none: a server
+        with its core only (store, writer, charging, reaper, admin)."""
         self.cfg = cfg
+        self.listeners: Mapping[str, Starter] = listeners or {}
         self.worker = worker
         """0 for the process ``ocs serve`` started; 1..N-1 for the others (ocs.workers)."""
         self.workers = workers
@@ -294,21 +332,18 @@ class Server:
         if self.exporter is not None:
             await self.exporter.start()
         if self.primary and not self.origin_state_id:
-            from protocols.diameter.peer import origin_state_id
-
-            self.origin_state_id = origin_state_id()
+            self.origin_state_id = boot_id()
         if self.primary:
             from ocs import sanity
 
             for problem in sanity.findings(self.cfg,
                                            self.engine.plans.in_store(self.store).plans):
                 log.warning("config_sanity", problem=problem, config=self.cfg.source)
-        listeners.load_builtin()
         for section in ("diameter", "radius", "smpp", "snmp"):
             sec = getattr(self.cfg, section)
             if sec is None or not sec.enabled or (section == "snmp" and not self.primary):
                 continue
-            starter = listeners.STARTERS.get(section)
+            starter = self.listeners.get(section)
             if starter is None:
                 log.warning("listener_not_in_this_build", section=section)
                 continue
@@ -323,8 +358,6 @@ class Server:
             self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         if self.primary and self.workers > 1:
-            from ocs.workers import WorkerPool, bound_config
-
             self.pool = WorkerPool(bound_config(self), self.workers,
                                    origin_state_id=self.origin_state_id,
                                    writer_path=self.writer_path,
@@ -392,24 +425,3 @@ class Server:
         log.info("server_stopped", ops=self.writer.ops, batches=self.writer.batches,
                  exporter_exit=code)
         self.store.close()
-
-
-async def serve(cfg: Config, workers: int = 1) -> None:
-    server = Server(cfg, workers=workers)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits
-        loop.add_signal_handler(sig, server.request_stop)  # for the start, then stops
-    try:
-        await server.start()  # a failed start still stops what it had started
-        await server.wait()
-    finally:
-        await server.stop()
-
-
-def run(cfg: Config, workers: int = 1) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(serve(cfg, workers))
-    else:
-        uvloop.run(serve(cfg, workers))

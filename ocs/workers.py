@@ -1,7 +1,7 @@
 """``ocs serve --workers N``: several event-loop processes behind the same ports.
 
 Worker 0 is the process ``ocs serve`` started. It binds every listener with
-SO_REUSEPORT, then starts workers 1..N-1 (``python -m ocs.workers``) on the very
+SO_REUSEPORT, then starts workers 1..N-1 (``python -m ocs.app``) on the very
 addresses it bound (so port 0 in the config works too), and the kernel spreads new
 connections (Diameter, SMPP) and datagrams (RADIUS, by source address and port) over
 the processes. They all send their write operations to worker 0's group-commit writer
@@ -31,18 +31,17 @@ import pickle
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from ocs.config import Config
 
-if TYPE_CHECKING:
-    from ocs.server import Server
-
 log = structlog.get_logger(__name__)
 
 READY = b"ready\n"
+WORKER_PROGRAM = "ocs.app"
+"""What a worker process runs (``python -m``): the composition root's worker main."""
 START_TIMEOUT_S = 60.0
 MAX_BACKOFF_S = 30.0
 
@@ -59,28 +58,6 @@ def resolve(requested: int | None, cfg: Config) -> int:
     """Workers to run: ``--workers``, else ``node.workers``; 0 means one per core."""
     n = requested if requested is not None else cfg.node.workers
     return n if n > 0 else cpu_count()
-
-
-def _listen(address: tuple[Any, ...]) -> str:
-    host, port = str(address[0]), int(address[1])
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def bound_config(server: Server) -> Config:
-    """The server's config with every listen address replaced by the one it bound."""
-    cfg = server.cfg
-    changes: dict[str, Any] = {}
-    if server.diameter is not None and cfg.diameter is not None:
-        changes["diameter"] = dataclasses.replace(
-            cfg.diameter, listen=_listen(server.diameter.address))
-    if server.radius is not None and cfg.radius is not None:
-        changes["radius"] = dataclasses.replace(
-            cfg.radius, auth_listen=_listen(server.radius.address("auth")),
-            acct_listen=_listen(server.radius.address("acct")))
-    if server.smpp is not None and cfg.smpp is not None and server.smpp.server is not None:
-        changes["smpp"] = dataclasses.replace(
-            cfg.smpp, listen=_listen(server.smpp.server.sockets[0].getsockname()))
-    return dataclasses.replace(cfg, **changes)
 
 
 @dataclasses.dataclass
@@ -137,7 +114,7 @@ class WorkerPool:
                                 "writer_path": self.writer_path,
                                 "parent_pid": os.getpid()})
         w.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ocs.workers", stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", WORKER_PROGRAM, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         assert w.proc.stdin is not None and w.proc.stdout is not None
         w.proc.stdin.write(payload)
@@ -206,39 +183,7 @@ class WorkerPool:
                 self.on_exit(p.pid)
 
 
-# -- a worker process (1..N-1) -------------------------------------------------------------
-
-
-async def _worker(payload: dict[str, Any]) -> None:
-    from ocs.server import Server
-
-    server = Server(payload["cfg"], worker=payload["index"], workers=payload["workers"],
-                    writer_path=payload["writer_path"])
-    server.origin_state_id = payload["origin_state_id"]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
-    parent = payload["parent_pid"]
-
-    async def watch_parent() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if os.getppid() != parent:
-                log.error("worker_orphaned", parent_pid=parent)
-                server.request_stop()
-                return
-
-    watcher = asyncio.create_task(watch_parent())
-    try:
-        await server.start()
-        os.write(1, READY)
-        await server.wait()
-    finally:
-        watcher.cancel()
-        await server.stop()
-
-
-def _stop_with_parent() -> None:
+def stop_with_parent() -> None:
     """Ask the kernel for SIGTERM when worker 0 dies (even by SIGKILL), so a worker never
     keeps serving on its own; polling the parent PID covers other systems."""
     with contextlib.suppress(OSError, AttributeError):
@@ -246,25 +191,3 @@ def _stop_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def main() -> None:
-    _stop_with_parent()
-    payload = pickle.loads(sys.stdin.buffer.read())  # from worker 0, over a pipe
-    if os.getppid() != payload["parent_pid"]:
-        return  # worker 0 died before the death signal was set up
-    from ocs import logs
-
-    cfg: Config = payload["cfg"]
-    logs.configure(cfg.node.log_format)
-    structlog.contextvars.bind_contextvars(worker=payload["index"])
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_worker(payload))
-    else:
-        uvloop.run(_worker(payload))
-
-
-if __name__ == "__main__":
-    main()

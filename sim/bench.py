@@ -16,13 +16,15 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from ocs.app import build_server
 from ocs.config import load_config
 from ocs.server import Server
+from sim.catalog import load_all
+from sim.context import BenchContext
 from sim.cpumeter import CpuSampler, attach
-from sim.registry import BENCH_PARTS, load_all
+from sim.registry import BENCH_PARTS
 from sim.report import Report, dump_json, print_table
 
 CONFIG = """
@@ -66,40 +68,11 @@ storm_rate = 0
 """
 
 
-def with_addresses(config: str, bound: dict[tuple[str, str], str]) -> str:
-    """``config`` with the ``(section, key)`` listen addresses replaced by ``bound`` (the
-    ports the bench server actually got for its ``127.0.0.1:0``), for tools that read the
-    server's endpoints from a config file."""
-    out, section = [], ""
-    for line in config.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
-            section = stripped.strip("[]")
-        key = stripped.split("=", 1)[0].strip()
-        if (section, key) in bound:
-            line = f'{key} = "{bound[section, key]}"'
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 def server_pids(server: Server) -> tuple[int | None, ...]:
     """The bench server's processes: this one (event loop, reaper, admin), the writer and
     the CDR exporter; the load generators run in processes of their own."""
     exporter = server.exporter.pid if server.exporter is not None else None
     return os.getpid(), server.writer.pid, exporter
-
-
-@dataclass
-class BenchContext:
-    workdir: Path
-    server: Server
-    quick: float = 1.0
-
-    def scale(self, n: int) -> int:
-        return max(1, int(n * self.quick))
-
-    def scale_s(self, s: float) -> float:
-        return max(0.5, s * self.quick)
 
 
 async def run(parts: list[str], quick: float) -> list[Report]:
@@ -117,7 +90,7 @@ async def run(parts: list[str], quick: float) -> list[Report]:
             from ocs.store import Store
 
             Store(data).close()  # a fresh, empty store (plans loaded by the parts)
-            server = Server(cfg)
+            server = build_server(cfg)
             await server.start()
             sampler = CpuSampler(functools.partial(server_pids, server))
             try:

@@ -21,7 +21,7 @@ from sim.registry import bench_part
 from sim.report import Report
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
 
 
 def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,

@@ -7,7 +7,8 @@ import gc
 import sys
 from collections.abc import Sequence
 
-from sim.registry import COMMANDS, load_all
+from sim.catalog import load_all
+from sim.registry import COMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from sim.registry import bench_part, command
 from sim.report import Report, dump_json, print_table
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
 
 
 def _report(name: str, r: CoreResult, **kw: Any) -> Report:

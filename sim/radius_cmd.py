@@ -30,7 +30,7 @@ from sim.registry import bench_part, command
 from sim.report import Report, Timeline, dump_json, print_table, run_sim
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
 
 
 class _Socket(asyncio.DatagramProtocol):

@@ -1,7 +1,8 @@
 """Simulator subcommands and benchmark parts, registered per protocol.
 
-Each protocol issue adds its ``ocs-sim <protocol>`` subcommand and its ``make bench``
-part here; the CLI and the bench harness pick them up.
+Each protocol adds its ``ocs-sim <protocol>`` subcommand and its ``make bench`` part with
+these decorators, in a module :mod:`sim.catalog` lists; the CLI and the bench harness
+load that catalog.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
     from sim.report import Report
 
 
@@ -50,16 +51,3 @@ def bench_part(name: str) -> Callable[[Callable[[BenchContext], Awaitable[list[R
         return fn
 
     return deco
-
-
-def load_all() -> None:
-    """Import every module that registers commands or bench parts."""
-    import sim.billing_cmd
-    import sim.core_cmd
-    import sim.diameter_cmd
-    import sim.fuzz_cmd
-    import sim.radius_cmd
-    import sim.scaling
-    import sim.scenario
-    import sim.smpp_cmd
-    import sim.snmp_cmd  # noqa: F401

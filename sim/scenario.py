@@ -42,7 +42,7 @@ from sim.registry import bench_part, command
 from sim.report import Report, Timeline, print_table
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
 
 KINDS = ("gy_data", "gy_voice", "radius_data", "smpp_sms", "snmp_traps")
 MB = 1_000_000
@@ -534,7 +534,7 @@ class ScenarioCommand:
 async def bench_mixed(ctx: BenchContext) -> list[Report]:
     """The busy-hour scenario (smoke with --quick < 1) against the bench server, every
     protocol at once, reconciled with --verify."""
-    from sim.bench import with_addresses
+    from sim.context import with_addresses
     from sim.core import provision as load_plans_and
 
     server = ctx.server

@@ -19,7 +19,7 @@ from sim.registry import bench_part, command
 from sim.report import Report, dump_json, percentile, print_table
 
 if TYPE_CHECKING:
-    from sim.bench import BenchContext
+    from sim.context import BenchContext
 
 LINK_DOWN, LINK_UP = "1.3.6.1.6.3.1.1.5.3", "1.3.6.1.6.3.1.1.5.4"
 IF_INDEX = "1.3.6.1.2.1.2.2.1.1."

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ocs.billing.run import SERVICE_TEXT, Invoice
+from ocs.billing.invoice import SERVICE_TEXT, Invoice
 from ocs.money import format_amount
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import msgspec
 
+from ocs.billing.invoice import SERVICE_TEXT, Invoice, Line
+from ocs.billing.render import write_invoices
 from ocs.cdr.fileformat import COLUMNS
 from ocs.cdr.reader import closed_cdr_files
 from ocs.config import BillingConfig
@@ -54,11 +56,6 @@ _C = {name: i for i, name in enumerate(COLUMNS)}
 _MSISDN, _SERVICE, _END, _UNITS = _C["msisdn"], _C["service"], _C["end_time"], _C["units"]
 _CHARGE, _PLAN, _RESULT = _C["charge"], _C["plan_id"], _C["result"]
 _ALLOWANCE = _C["allowance_units"]
-
-SERVICE_TEXT = {"data": ("Data", "bytes"), "voice": ("Voice calls", "seconds"),
-                "sms": ("SMS", "messages"), "mms": ("MMS", "messages"),
-                "time": ("Connected time", "seconds")}
-
 
 class BillingError(ValueError):
     """A run that cannot go ahead (bad period, edited or malformed CDR file, ...)."""
@@ -122,34 +119,6 @@ _dec_run = msgspec.msgpack.Decoder(RunRecord)
 
 
 # -- invoices -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Line:
-    kind: str  # fee | allowance | usage | adjustment | credit | discount | tax
-    description: str
-    quantity: int
-    amount: int
-
-
-@dataclass(slots=True)
-class Invoice:
-    invoice_id: str
-    msisdn: str
-    period: str
-    plan: str
-    plan_name: str
-    currency: str
-    lines: list[Line]
-    subtotal: int
-    tax: int
-    total: int
-    due_date: str
-    issue_date: str
-    tax_name: str
-    tax_rate: int
-    prepaid_usage: list[tuple[str, int, int]] = field(default_factory=list)
-    """(service, units, charged) already paid from the prepaid balance."""
 
 
 @dataclass(slots=True)
@@ -441,8 +410,6 @@ class Biller:
             rerun=rerun)
         if dry_run or out_dir is None:
             return summary, invoices
-        from ocs.billing.render import write_invoices
-
         write_invoices(invoices, out_dir)
         if not rerun:
             self._save(record)

@@ -164,11 +164,11 @@ def test_charging_error_rate_alarm(tmp_path: Path) -> None:
     """More failed than answered operations in a health interval: processingErrorAlarm."""
     import asyncio
 
+    from ocs.app import build_server
     from ocs.charging.model import DebitRequest
     from ocs.config import load_config
     from ocs.provisioning import NewSubscriber, op_add_subscriber, op_load_plans
     from ocs.rating.plans import load_plans_file
-    from ocs.server import Server
     from ocs.store import Overloaded
 
     cfg_path = tmp_path / "e.toml"
@@ -194,7 +194,7 @@ enabled = false
     store.close()
 
     async def go() -> list[str]:
-        server = Server(cfg)
+        server = build_server(cfg)
         await server.start()
         try:
             futs, busy = [], 0

@@ -23,8 +23,9 @@ import pytest
 from tests_support import OCS, Smsc, free_tcp_port, init_server, require_tool, serving
 
 from ocs.cdr.reader import closed_cdr_files, read_cdr_files
+from ocs.server import bound_config
 from ocs.store import Store
-from ocs.workers import bound_config, resolve
+from ocs.workers import resolve
 from protocols.diameter.codec import Cmd
 from sim.core import provision
 from sim.diameter_cmd import GyLoad, result_codes

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tests_support import require_tool
 
+from ocs.billing.invoice import Invoice, Line
 from ocs.billing.render import invoice_html
-from ocs.billing.run import Invoice, Line
 
 
 def test_invoice_renders_in_chromium(tmp_path: Path) -> None:
