@@ -104,3 +104,9 @@ DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
 WORKER_RESTARTS = Counter("ocs_worker_restarts",
                           "Worker processes started again after they ended unasked",
                           registry=REGISTRY)
+LIVE_SESSIONS = Gauge("ocs_live_sessions", "Sessions in the protocols' live tables",
+                      ["protocol"], registry=REGISTRY, multiprocess_mode="livesum")
+SESSION_EVENTS = Counter("ocs_session_events",
+                         "Live sessions expired (deadline passed) or found needing an abort "
+                         "or a re-authorisation by the review", ["protocol", "event"],
+                         registry=REGISTRY)

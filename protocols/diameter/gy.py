@@ -18,7 +18,6 @@ later CCR-U for that session gets 5002.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from ocs import metrics
 from ocs.charging.api import (
     ChargeEvent,
     ChargingService,
@@ -47,6 +47,7 @@ from ocs.charging.api import (
     UpdateSession,
     status_refusal,
 )
+from ocs.sessions import AbortRequired, Session, SessionTable
 from protocols.diameter import codec as c
 from protocols.diameter.codec import VENDOR_3GPP, A, Avp, Message, MessageError, Rc
 
@@ -457,31 +458,21 @@ def _fui(s: GySettings) -> bytes:
 
 # -- sessions ----------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class GySession:
-    session_id: str
-    identity: Identity
-    msisdn: str
-    service: Service
-    origin_host: str
-    origin_realm: str
+@dataclass(slots=True, kw_only=True)
+class GySession(Session):
+    """A credit-control session (its deadline is Tcc: dropped when no CCR arrives before
+    it; ``owner`` is the Origin-Host of the client that opened it: only it may report on
+    the session, and RAR/ASR go to the connection its CCRs come on)."""
+
+    origin_host: str = ""
+    origin_realm: str = ""
     peer: Any = None
     """The connection the CCRs arrive on (for RAR/ASR)."""
-    owner: str = ""
-    """``diameter:<Origin-Host>`` of the client that opened the session: only it may
-    report on the session, and RAR/ASR go to the connection its CCRs come on."""
     groups: set[int | None] = field(default_factory=set)
     """Rating groups (None = single-service) with a reservation."""
     asked: set[int | None] = field(default_factory=set)
     """Rating groups the client asked quota for (refused ones included)."""
-    visited_network: str = ""
     destination: str = ""
-    deadline: float = 0.0
-    """Tcc: the session is dropped when no CCR arrives before this."""
-    limited: bool = False
-    """The last grant was all the credit allowed (a top-up is worth a RAR)."""
-    notified: str = ""
-    """'rar' or 'asr' once the server told the client (not repeated)."""
 
 
 class GyAgent:
@@ -492,7 +483,7 @@ class GyAgent:
         self.charging = charging
         self.s = settings
         self.clock = clock
-        self.sessions: dict[str, GySession] = {}
+        self.sessions: SessionTable[GySession] = SessionTable()
         self._tails: dict[str, asyncio.Future[None]] = {}
         self.counters: dict[str, int] = {}
         # constant parts of every CCA, encoded once
@@ -685,9 +676,10 @@ class GyAgent:
         known = self.sessions.get(ccr.session_id)
         if known is not None and known.owner and known.owner != owner:
             raise self._not_owner(ccr)
-        sess = GySession(ccr.session_id, ccr.identity, msisdn, ccr.service, ccr.origin_host,
-                         ccr.origin_realm, peer, owner, visited_network=ccr.visited_network,
-                         destination=ccr.destination,
+        sess = GySession(session_id=ccr.session_id, identity=ccr.identity, msisdn=msisdn,
+                         service=ccr.service, origin_host=ccr.origin_host,
+                         origin_realm=ccr.origin_realm, peer=peer, owner=owner,
+                         visited_network=ccr.visited_network, destination=ccr.destination,
                          deadline=self.clock() + self.tcc_s)
         items = self._items(ccr)
         grants = await asyncio.gather(*(self._open(ccr, sess, item) for item in items))
@@ -718,7 +710,7 @@ class GyAgent:
             raise self._not_owner(ccr)
         if sess is not None and now <= sess.deadline and (
                 peer is None or sess.peer is None or sess.peer is peer):
-            sess.deadline = now + self.tcc_s
+            self.sessions.touch(sess, now + self.tcc_s)
             if peer is not None:
                 sess.peer = peer
             return sess
@@ -729,9 +721,11 @@ class GyAgent:
         first = live[0]
         if first.owner and first.owner != owner:  # "": opened before owners were kept
             raise self._not_owner(ccr)
-        sess = GySession(ccr.session_id, ccr.identity or ((IdKind.MSISDN, first.msisdn),),
-                         first.msisdn, first.service, ccr.origin_host,
-                         ccr.origin_realm, peer, owner, groups={r.rating_group for r in live},
+        sess = GySession(session_id=ccr.session_id,
+                         identity=ccr.identity or ((IdKind.MSISDN, first.msisdn),),
+                         msisdn=first.msisdn, service=first.service,
+                         origin_host=ccr.origin_host, origin_realm=ccr.origin_realm,
+                         peer=peer, owner=owner, groups={r.rating_group for r in live},
                          visited_network=first.visited_network,
                          destination=first.destination, deadline=now + self.tcc_s)
         self.sessions[ccr.session_id] = sess
@@ -831,8 +825,9 @@ class GyAgent:
             if not reported:
                 self._count("unknown_session")
                 return Rc.UNKNOWN_SESSION_ID, b""
-            sess = GySession(ccr.session_id, ccr.identity, "", ccr.service, ccr.origin_host,
-                             ccr.origin_realm, owner=owner)
+            sess = GySession(session_id=ccr.session_id, identity=ccr.identity,
+                             service=ccr.service, origin_host=ccr.origin_host,
+                             origin_realm=ccr.origin_realm, owner=owner)
             groups = set(reported)
         order = sorted(groups | set(reported), key=lambda g: -1 if g is None else g)
         answers = await asyncio.gather(*(
@@ -958,7 +953,7 @@ class GyAgent:
             for h in self.charging.session_holds(session_id)]
         return sum(1 for r in await asyncio.gather(*futs) if r.ok)
 
-    def _can_afford(self, sub: Subscriber, sess: GySession) -> bool:
+    def _can_afford(self, sess: GySession, sub: Subscriber) -> bool:
         groups = (sess.groups | sess.asked) or {None}
         return any(self.charging.affordable_units(sub, sess.service, 1, rating_group=g,
                                                   visited_network=sess.visited_network)
@@ -968,27 +963,15 @@ class GyAgent:
         """Sessions to notify: ('asr', s) for a blocked or deleted subscriber, ('rar', s) for
         a suspended one or a credit-limited one that now has credit. Drops sessions past
         Tcc. Checks at most ``limit`` sessions per call (round robin)."""
-        now = self.clock()
-        out: list[tuple[str, GySession]] = []
-        checked = 0
-        for sid in list(itertools.islice(self.sessions, limit)):
-            sess = self.sessions.get(sid)
-            if sess is None:
-                continue
-            if now > sess.deadline:
-                del self.sessions[sid]
-                continue
-            checked += 1
-            if sess.notified:
-                continue
-            sub = self.charging.subscriber(sess.identity)
-            refusal = status_refusal(sub)
-            if sub is None or refusal in _ENDS_SESSIONS:
-                out.append(("asr", sess))
-            elif refusal is not None or (sess.limited and self._can_afford(sub, sess)):
-                out.append(("rar", sess))
-            # rotate: move checked sessions to the end so the next sweep starts elsewhere
-            self.sessions[sid] = self.sessions.pop(sid)
+        expired = self.sessions.expire(self.clock())
+        if expired:
+            metrics.SESSION_EVENTS.labels("diameter", "expired").inc(len(expired))
+        out = [("asr" if isinstance(ev, AbortRequired) else "rar", ev.session)
+               for ev in self.sessions.review(self.charging, limit,
+                                              credit_back=self._can_afford)]
+        for kind, _sess in out:
+            metrics.SESSION_EVENTS.labels("diameter", kind).inc()
+        metrics.LIVE_SESSIONS.labels("diameter").set(len(self.sessions))
         return out
 
 

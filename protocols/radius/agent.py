@@ -42,6 +42,7 @@ from ocs.charging.api import (
 )
 from ocs.config import RadiusConfig
 from ocs.passwords import hash_password, verify_password
+from ocs.sessions import ReauthRequired, Session, SessionTable
 from protocols.authguard import FailureThrottle
 from protocols.radius.codec import (
     VENDOR_3GPP,
@@ -102,18 +103,14 @@ class Client:
         return ip.version == self.network.version and ip in self.network
 
 
-@dataclass(slots=True)
-class LiveSession:
-    """An accounting session seen on this server, for Dynamic Authorization."""
+@dataclass(slots=True, kw_only=True)
+class LiveSession(Session):
+    """An accounting session seen on this server, for Dynamic Authorization (its
+    ``notified`` is "disconnect" while a Disconnect-Request is under way)."""
 
     client: Client
     ref: SessionRef
-    identity: Identity
-    service: Service = Service.DATA
     started: int = 0
-    disconnecting: bool = False
-    limited: bool = False
-    """The last grant was all the credit allowed (a top-up should extend the session)."""
 
 
 def octets(pkt: Packet, octets_attr: int, gigawords_attr: int) -> int | None:
@@ -146,7 +143,7 @@ class RadiusAgent:
                  dae: DaeClient | None = None):
         self.charging = charging
         self.dae = dae
-        self.sessions: dict[str, LiveSession] = {}
+        self.sessions: SessionTable[LiveSession] = SessionTable()
         self._tasks: set[asyncio.Task[None]] = set()
         self.cfg = cfg
         self.validity_s = validity_s
@@ -241,9 +238,13 @@ class RadiusAgent:
             if live is None:
                 calling = pkt.text(Attr.CALLING_STATION_ID)
                 ids = identity(pkt)
-                live = LiveSession(client, SessionRef(
-                    sid, pkt.text(Attr.USER_NAME), pkt.get(Attr.NAS_IP_ADDRESS) or b"",
-                    calling), ids, self.service_for(ids), int(self.clock()))
+                service = self.service_for(ids)
+                live = LiveSession(
+                    session_id=session, identity=ids, service=service, owner=client.owner,
+                    rating_group=self.rating_group if service is Service.DATA else None,
+                    client=client, started=int(self.clock()),
+                    ref=SessionRef(sid, pkt.text(Attr.USER_NAME),
+                                   pkt.get(Attr.NAS_IP_ADDRESS) or b"", calling))
                 if status != AcctStatus.STOP:
                     self.sessions[session] = live
             await self._session(pkt, AcctStatus(status), session,
@@ -348,9 +349,9 @@ class RadiusAgent:
         """Ask the NAS to end ``session`` (in the background; the reply to the NAS's own
         request does not wait for it)."""
         live = self.sessions.get(session)
-        if self.dae is None or live is None or live.disconnecting:
+        if self.dae is None or live is None or live.notified:
             return
-        live.disconnecting = True
+        live.notified = "disconnect"
         task = asyncio.get_running_loop().create_task(self._disconnect(session, live, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -372,30 +373,35 @@ class RadiusAgent:
         elif outcome is DaeOutcome.ACK:
             self.sessions.pop(session, None)  # the NAS sends its Stop, which settles
         else:
-            live.disconnecting = False  # try again on the next sweep
+            live.notified = ""  # try again on the next sweep
 
     async def sweep(self) -> int:
         """Disconnect live sessions whose subscriber was suspended, blocked or deleted
-        (``ocs subscriber suspend`` runs in another process, so the server polls). The
-        event loop gets a turn every 256 sessions: the store reads of a pass over many
-        sessions must not hold up the answers all at once."""
+        (``ocs subscriber suspend`` runs in another process, so the server polls); extend
+        credit-limited time sessions whose subscriber can pay again (CoA). Sessions whose
+        reservation is gone (settled by the reaper, or an Accounting-On seen by another
+        server) are forgotten. The event loop gets a turn every 256 sessions: the store
+        reads of a pass over many sessions must not hold up the answers all at once."""
         n = 0
-        for i, (session, live) in enumerate(list(self.sessions.items())):
-            if i and i % 256 == 0:
-                await asyncio.sleep(0)
-            if live.disconnecting or self.sessions.get(session) is not live:
-                continue
-            if not self.charging.session_holds(session):
-                # settled elsewhere (reaper, Accounting-On of another server): forget it
-                del self.sessions[session]
-                continue
-            sub = self.charging.subscriber(live.identity)
-            refusal = status_refusal(sub)
-            if sub is None or refusal is not None:
-                self.disconnect(session, str(refusal))
-                n += 1
-            elif live.limited and live.service is Service.TIME:
-                self._extend(session, live, sub)
+        todo = len(self.sessions)
+        while todo > 0:
+            chunk = min(256, todo)
+            todo -= chunk
+            for ev in self.sessions.review(
+                    self.charging, chunk,
+                    keep=lambda s: bool(self.charging.session_holds(s.session_id)),
+                    credit_back=lambda s, _sub: s.service is Service.TIME):
+                live = ev.session
+                if isinstance(ev, ReauthRequired) and ev.refusal is None:
+                    metrics.SESSION_EVENTS.labels("radius", "coa").inc()
+                    if ev.subscriber is not None:
+                        self._extend(live.session_id, live, ev.subscriber)
+                else:  # RADIUS has no re-authorisation of a suspended subscriber
+                    metrics.SESSION_EVENTS.labels("radius", "disconnect").inc()
+                    self.disconnect(live.session_id, str(ev.refusal))
+                    n += 1
+            await asyncio.sleep(0)
+        metrics.LIVE_SESSIONS.labels("radius").set(len(self.sessions))
         return n
 
     def _extend(self, session: str, live: LiveSession, sub: Subscriber) -> None:

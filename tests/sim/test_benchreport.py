@@ -13,7 +13,8 @@ def test_results_json_plots_and_table(tmp_path: Path) -> None:
     reps = [
         Report.from_latencies("radius", "Interim-Update, window 512", [0.001, 0.002, 0.004],
                               0, 0.5, target="x", passed=True),
-        Report("radius", "FreeRADIUS 3.2 (detail), same load", 3, 0, 0.25),
+        Report("radius", "FreeRADIUS 3.2 (detail), same load", 3, 0, 0.25,
+               extra={"cpu_us_per_op": 41.6, "cpu_cores": 0.98}),
         Report("snmp", "ours, 100 traps as fast as sent", 90, 10, 0.1),
         Report("snmp", "snmptrapd, 100 traps as fast as sent", 60, 40, 0.1),
         Report("core", "store size", 0, 0, 0.0, target="<= 1 GiB", passed=False,
@@ -30,8 +31,14 @@ def test_results_json_plots_and_table(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     table = (out / "report.md").read_text()
     assert table == markdown(reps, table.split(" on ")[0].removeprefix("Run "))
-    assert "| core | store size |  |  |  | 0 | 2 GiB | <= 1 GiB | **MISS** |" in table
-    assert "| radius | Interim-Update, window 512 | 6 | 2.0 | 4.0 | 0 |  | x | PASS |" in table
+    assert "| core | store size |  |  |  |  | 0 | 2 GiB | <= 1 GiB | **MISS** |" in table
+    assert "| radius | Interim-Update, window 512 | 6 | 2.0 | 4.0 |  | 0 |  | x | PASS |" in table
+    # the server's CPU per request (and the cores it kept busy), where measured
+    assert "| radius | FreeRADIUS 3.2 (detail), same load | 12 |  |  | 42 (0.98) | 0 |" in table
+    # a generator's run carries its window on the shared monotonic clock
+    tl = Timeline()
+    timed = Report.from_latencies("radius", "x", [0.001], 0, 0.5, tl)
+    assert timed.extra["window"] == [round(tl.start, 6), round(tl.start + 0.5, 6)]
 
 
 def test_timeline_counts_completions_per_second_in_buckets() -> None:

@@ -20,9 +20,10 @@ def test_sweep_runs_in_chunks_and_visits_every_session(engine: ChargingEngine) -
     node = DiameterNode(agent, LocalNode(origin_host="ocs.test", origin_realm="test"))
     total = 3 * SWEEP_CHUNK + 10
     for i in range(total):  # subscribers that do not exist: each would get an ASR
-        agent.sessions[f"s{i}"] = GySession(f"s{i}", ((IdKind.MSISDN, f"4100{i:06d}"),),
-                                            f"4100{i:06d}", Service.DATA, "pgw", "test",
-                                            deadline=5000.0)
+        agent.sessions[f"s{i}"] = GySession(
+            session_id=f"s{i}", identity=((IdKind.MSISDN, f"4100{i:06d}"),),
+            msisdn=f"4100{i:06d}", service=Service.DATA, origin_host="pgw",
+            origin_realm="test", deadline=5000.0)
     notified: list[str] = []
 
     async def fake_notify(kind: str, sess: GySession) -> None:

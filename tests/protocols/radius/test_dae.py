@@ -14,7 +14,7 @@ from ocs.charging.model import IdKind
 from ocs.charging.service import EngineChargingService
 from ocs.config import RadiusClient, RadiusConfig
 from ocs.provisioning import op_load_plans, op_set_status
-from ocs.rating.plans import load_plans_file
+from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store, Writer
 from protocols.radius.agent import LiveSession, RadiusAgent
 from protocols.radius.codec import AcctStatus, Attr, Code, attr, decode, encode_request
@@ -87,7 +87,9 @@ def test_disconnects(tmp_path: Path) -> None:
         # is forgotten by the sweep
         sent = len(nas.received)
         agent.sessions["radius:127.0.0.1:127.0.0.1:ghost"] = LiveSession(
-            client, SessionRef("ghost", "bob"), ((IdKind.USERNAME, "bob"),))
+            session_id="radius:127.0.0.1:127.0.0.1:ghost", client=client,
+            ref=SessionRef("ghost", "bob"), identity=((IdKind.USERNAME, "bob"),),
+            service=Service.DATA)
         await agent.sweep()
         await agent.drain()
         assert "radius:127.0.0.1:127.0.0.1:ghost" not in agent.sessions
