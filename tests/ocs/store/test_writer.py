@@ -174,3 +174,30 @@ def test_schema_version_checked(tmp_path: Path) -> None:
         Store(tmp_path / "d", map_size_mb=8)
     with pytest.raises(StoreError, match="ocs init"):
         Store(tmp_path / "missing", create=False)
+
+
+def test_an_operation_sees_its_own_writes_and_scans_them_in_order(store: Store) -> None:
+    """Reads and scans inside an operation see its own writes (puts and deletes, in key
+    order, the limit counted after them); they reach the store when it returns."""
+    store.run_write(lambda tx: [tx.put(META, b"s:%d" % i, b"old") for i in range(6)])
+
+    def op(tx: Tx) -> tuple[object, ...]:
+        tx.put(META, b"s:1", b"new")
+        tx.delete(META, b"s:2")
+        tx.put(META, b"s:35", b"ins")
+        tx.delete(META, b"s:9")  # never stored
+        got = tx.get(META, b"s:1"), tx.get(META, b"s:2"), tx.get(META, b"s:3")
+        return got, list(tx.scan(META, b"s:", b"s:5")), list(tx.scan(META, b"s:", limit=3))
+
+    w = Writer(store, max_ops=16, max_delay_ms=1)
+    w.start()
+    try:
+        got, scanned, limited = w.submit_sync(op).result(5)
+    finally:
+        w.stop()
+    assert got == (b"new", None, b"old")
+    assert scanned == [(b"s:0", b"old"), (b"s:1", b"new"), (b"s:3", b"old"),
+                       (b"s:35", b"ins"), (b"s:4", b"old")]
+    assert limited == scanned[:3]
+    assert store.get(META, b"s:2") is None and store.get(META, b"s:35") == b"ins"
+
