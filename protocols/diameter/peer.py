@@ -18,10 +18,10 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Avp, Cmd, FramingError, Message, MessageError, Rc
@@ -58,6 +58,50 @@ class State(Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+class Trigger(Enum):
+    """What moves a connection from one :class:`State` to another."""
+
+    CER_ACCEPTED = "cer_accepted"
+    CER_REJECTED = "cer_rejected"
+    NOT_CER_FIRST = "not_cer_first"
+    """A message other than a CER request before the CER."""
+    FRAMING_ERROR = "framing_error"
+    """Bytes that cannot be framed (or a message too large): the stream is lost."""
+    CER_TIMEOUT = "cer_timeout"
+    WATCHDOG_EXPIRED = "watchdog_expired"
+    DPR_RECEIVED = "dpr_received"
+    DPA_RECEIVED = "dpa_received"
+    DISCONNECT = "disconnect"
+    """This side closes (a DPR when open, at once otherwise)."""
+    TRANSPORT_CLOSED = "transport_closed"
+
+
+TRANSITIONS: Final[Mapping[tuple[State, Trigger], State]] = {
+    (State.WAIT_CER, Trigger.CER_ACCEPTED): State.OPEN,
+    (State.WAIT_CER, Trigger.CER_REJECTED): State.CLOSED,
+    (State.WAIT_CER, Trigger.NOT_CER_FIRST): State.CLOSED,
+    (State.WAIT_CER, Trigger.FRAMING_ERROR): State.CLOSED,
+    (State.WAIT_CER, Trigger.CER_TIMEOUT): State.CLOSED,
+    (State.WAIT_CER, Trigger.DISCONNECT): State.CLOSED,
+    (State.OPEN, Trigger.FRAMING_ERROR): State.CLOSED,
+    (State.OPEN, Trigger.WATCHDOG_EXPIRED): State.CLOSED,
+    (State.OPEN, Trigger.DPR_RECEIVED): State.CLOSED,
+    (State.OPEN, Trigger.DPA_RECEIVED): State.CLOSED,
+    (State.OPEN, Trigger.DISCONNECT): State.CLOSING,
+    (State.CLOSING, Trigger.FRAMING_ERROR): State.CLOSED,
+    (State.CLOSING, Trigger.DPR_RECEIVED): State.CLOSED,
+    (State.CLOSING, Trigger.DPA_RECEIVED): State.CLOSED,
+    (State.CLOSING, Trigger.DISCONNECT): State.CLOSED,
+    **{(st, Trigger.TRANSPORT_CLOSED): State.CLOSED for st in State},
+}
+"""The peer state machine (RFC 6733 §5.6, as a responder), the one place it is written:
+every state change of :class:`PeerConnection` goes through it. CLOSED is final."""
+
+
+class PeerStateError(RuntimeError):
+    """A state change the table does not have: a bug here, not the peer's doing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +223,13 @@ class PeerConnection:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    def move(self, trigger: Trigger) -> None:
+        """Change state as :data:`TRANSITIONS` says (PeerStateError if it has no entry)."""
+        nxt = TRANSITIONS.get((self.state, trigger))
+        if nxt is None:
+            raise PeerStateError(f"{trigger.value} in state {self.state.value}")
+        self.state = nxt
+
     # -- input ----------------------------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> list[Event]:
@@ -204,7 +255,7 @@ class PeerConnection:
         except FramingError as exc:
             self._count("framing_error" if self.state is not State.WAIT_CER
                         else "oversize_before_cer")
-            self.state = State.CLOSED
+            self.move(Trigger.FRAMING_ERROR)
             events.append(Close(f"framing: {exc}"))
         del buf[:pos]
         return events
@@ -218,7 +269,7 @@ class PeerConnection:
         hdr = c.decode_header(raw)
         if self.state is State.WAIT_CER and not (hdr.code == Cmd.CER and hdr.is_request):
             self._count("before_cer")
-            self.state = State.CLOSED
+            self.move(Trigger.NOT_CER_FIRST)
             events.append(Close(f"command {hdr.code} before CER"))
             return
         try:
@@ -245,7 +296,7 @@ class PeerConnection:
         elif code == Cmd.DPR:
             self._count("dpr")
             events.append(Send(answer_for(msg, self.local, Rc.SUCCESS)))
-            self.state = State.CLOSED
+            self.move(Trigger.DPR_RECEIVED)
             events.append(Close("peer sent DPR"))
         elif code in (Cmd.CCR, Cmd.RAR, Cmd.ASR, Cmd.STR):
             if msg.app not in self.local.auth_apps:
@@ -295,7 +346,7 @@ class PeerConnection:
             return
         ctx = self.pending.pop(msg.hbh)
         if msg.code == Cmd.DPR:
-            self.state = State.CLOSED
+            self.move(Trigger.DPA_RECEIVED)
             events.append(Close("DPA received"))
             return
         events.append(Answer(msg, ctx))
@@ -317,7 +368,7 @@ class PeerConnection:
                 self._count("unknown_peer")
                 events.append(Send(self._cea(msg, Rc.UNKNOWN_PEER,
                                              text=f"peer {host} is not configured")))
-                self.state = State.CLOSED
+                self.move(Trigger.CER_REJECTED)
                 events.append(Close(f"unknown peer {host}"))
                 return
             apps = _offered_apps(msg.avps)
@@ -326,23 +377,23 @@ class PeerConnection:
                 self._count("no_common_application")
                 events.append(Send(self._cea(msg, Rc.NO_COMMON_APPLICATION,
                                              text=f"offered {sorted(apps)}")))
-                self.state = State.CLOSED
+                self.move(Trigger.CER_REJECTED)
                 events.append(Close("no common application"))
                 return
             inband = [a.u32 for a in msg.find_all(A.INBAND_SECURITY_ID)]
             if inband and 0 not in inband:
                 events.append(Send(self._cea(msg, Rc.NO_COMMON_SECURITY, text="only TLS offered")))
-                self.state = State.CLOSED
+                self.move(Trigger.CER_REJECTED)
                 events.append(Close("no common security"))
                 return
         except MessageError as exc:
             events.append(Send(self._cea(msg, exc.result_code, text=exc.text,
                                          failed=exc.failed_avp)))
-            self.state = State.CLOSED
+            self.move(Trigger.CER_REJECTED)
             events.append(Close(f"bad CER: {exc.text}"))
             return
         self.peer_host, self.peer_realm, self.peer_apps = host, realm, apps
-        self.state = State.OPEN
+        self.move(Trigger.CER_ACCEPTED)
         self._count("cer")
         events.append(Send(self._cea(msg, Rc.SUCCESS)))
 
@@ -380,13 +431,13 @@ class PeerConnection:
         Before the CER: closed at its deadline."""
         if self.state is not State.OPEN:
             if self.state is State.WAIT_CER and now - self.opened >= self.cer_timeout_s:
-                self.state = State.CLOSED  # traffic does not extend it: a hard deadline
+                self.move(Trigger.CER_TIMEOUT)  # traffic does not extend it: a hard deadline
                 self._count("cer_timeout")
                 return [Close("no CER")]
             return []
         if self._dwr_sent_at is not None:
             if now - self._dwr_sent_at >= self.watchdog_s:
-                self.state = State.CLOSED
+                self.move(Trigger.WATCHDOG_EXPIRED)
                 self._count("watchdog_expired")
                 return [Close("watchdog: no DWA")]
             return []
@@ -415,9 +466,10 @@ class PeerConnection:
     def disconnect(self, cause: int = DISCONNECT_REBOOTING) -> list[Event]:
         """Start a graceful close: DPR; the DPA (or the peer closing) ends it."""
         if self.state is not State.OPEN:
-            self.state = State.CLOSED
+            if self.state is not State.CLOSED:
+                self.move(Trigger.DISCONNECT)
             return [Close("closed before open")]
-        self.state = State.CLOSING
+        self.move(Trigger.DISCONNECT)
         data, _ = self.request(Cmd.DPR, c.App.COMMON, c.u32(A.DISCONNECT_CAUSE, cause))
         return [Send(data)]
 

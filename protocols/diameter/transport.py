@@ -31,6 +31,7 @@ from protocols.diameter.peer import (
     Request,
     Send,
     State,
+    Trigger,
     answer_for,
     error_answer,
     with_hbh,
@@ -126,7 +127,7 @@ class DiameterProtocol(asyncio.Protocol):
         self.node.connections.discard(self)
         if self._announced:
             metrics.DIAMETER_PEERS.dec()
-        self.conn.state = State.CLOSED
+        self.conn.move(Trigger.TRANSPORT_CLOSED)
         for fut in self.waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("peer connection closed"))

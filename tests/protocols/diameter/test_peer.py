@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd, Rc
 from protocols.diameter.peer import (
+    TRANSITIONS,
     Answer,
     Close,
     DuplicateCache,
     LocalNode,
     PeerConnection,
+    PeerStateError,
     Request,
     Send,
     State,
+    Trigger,
     with_hbh,
 )
 
@@ -283,3 +287,60 @@ def test_get_timer_names_the_next_deadline() -> None:
     assert p.get_timer() == due + 6  # the DWA deadline
     assert p.handle_timer(due + 6) == [Close("watchdog: no DWA")]
     assert p.get_timer() is None
+
+
+def test_the_transition_table_is_the_state_machine() -> None:
+    """Every state change goes through TRANSITIONS: CLOSED is final, OPEN is reached only
+    by an accepted CER, and a change it does not list is refused, not made."""
+    assert {nxt for (st_, _t), nxt in TRANSITIONS.items() if st_ is State.CLOSED} == {
+        State.CLOSED}
+    assert [k for k, v in TRANSITIONS.items() if v is State.OPEN] == [
+        (State.WAIT_CER, Trigger.CER_ACCEPTED)]
+    p = PeerConnection(LOCAL, now=0.0)
+    with pytest.raises(PeerStateError):
+        p.move(Trigger.WATCHDOG_EXPIRED)  # no watchdog before the CER
+    assert p.state is State.WAIT_CER
+    p.receive(cer(), 0.0)
+    assert p.state is State.OPEN
+    # a request of ours answered with a DPA's command code ends the connection
+    q = PeerConnection(LOCAL, now=0.0)
+    q.receive(cer(), 0.0)
+    _data, hbh = q.request(Cmd.RAR, 4, b"")
+    ev = q.receive(c.encode_message(Cmd.DPR, 0, 0, hbh, hbh, b""), 1.0)
+    assert ev == [Close("DPA received")] and q.state is State.CLOSED
+    assert p.disconnect() and p.state is State.CLOSING
+    p.receive(request(Cmd.DPR), 1.0)
+    assert p.state is State.CLOSED
+    p.move(Trigger.TRANSPORT_CLOSED)
+    assert p.state is State.CLOSED
+
+
+@settings(max_examples=300, deadline=None)
+@example(["cer", "rar", "answer_as_dpa"])
+@example(["disconnect", "cer", "tick", "tick", "tick", "disconnect", "dpa"])
+@given(st.lists(st.sampled_from([
+    "ccr", "dwr", "dpr", "cer", "dpa", "junk", "bigframe", "tick", "disconnect", "rar",
+    "answer_as_dpa"]),
+    max_size=12))
+def test_no_input_sequence_reaches_a_change_the_table_lacks(steps: list[str]) -> None:
+    """Whatever a peer sends, in whatever order, with timers and our own disconnects in
+    between: the machine only makes changes the table lists (no PeerStateError)."""
+    p = PeerConnection(LOCAL, now=0.0, watchdog_s=1.0)
+    now = 0.0
+    for step in steps:
+        now += 0.7
+        if step == "tick":
+            p.handle_timer(now)
+        elif step == "disconnect":
+            p.disconnect()
+        elif step == "rar":
+            p.request(Cmd.RAR, 4, b"")
+        elif step == "answer_as_dpa":  # a request of ours answered with a DPA's code
+            for hbh in list(p.pending)[:1]:
+                p.receive(c.encode_message(Cmd.DPR, 0, 0, hbh, hbh, b""), now)
+        else:
+            data = {"ccr": ccr(), "dwr": request(Cmd.DWR), "dpr": request(Cmd.DPR),
+                    "cer": cer(), "dpa": c.encode_message(Cmd.DPR, 0, 0, 1, 1, b""),
+                    "junk": b"\x02\x00\x00\x14" + b"\x00" * 16,
+                    "bigframe": b"\x01\xff\xff\xff" + b"\x00" * 16}[step]
+            p.receive(data, now)
