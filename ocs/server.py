@@ -33,13 +33,14 @@ from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.charging.service import EngineChargingService
-from ocs.charging.writerproc import process_writer
 from ocs.config import Config, parse_listen
-from ocs.noc.alarms import ExpireAlarms, Notification, Severity, TrimAlarms
+from ocs.noc.alarms import ExpireAlarms, Limits, Notification, Severity, TrimAlarms
+from ocs.noc.service import AlarmService
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
 from ocs.store.records import dec_export_state
 from ocs.workers import WorkerPool
+from ocs.writerproc import process_writer
 
 log = structlog.get_logger(__name__)
 
@@ -88,8 +89,6 @@ def engine_settings(cfg: Config) -> EngineSettings:
         max_usage_bytes=cfg.charging.max_usage_bytes,
         max_usage_seconds=cfg.charging.max_usage_seconds,
         max_usage_events=cfg.charging.max_usage_events,
-        max_alarms_per_element=cfg.noc.max_alarms_per_element,
-        max_active_alarms=cfg.noc.max_active_alarms,
     )
 
 
@@ -127,6 +126,8 @@ class Server:
         log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
         self.writer = process_writer(
             settings,
+            alarm_limits=Limits(per_element=cfg.noc.max_alarms_per_element,
+                                total=cfg.noc.max_active_alarms),
             data_dir=str(cfg.data_dir),
             map_size_mb=cfg.store.map_size_mb,
             max_ops=cfg.store.commit_max_ops,
@@ -140,6 +141,8 @@ class Server:
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.charging = EngineChargingService(self.engine)
         """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
+        self.alarms = AlarmService(self.writer)
+        """Where the health checks and the SNMP trap receiver raise and clear alarms."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
             "map_size_mb": cfg.store.map_size_mb,
@@ -261,19 +264,18 @@ class Server:
                              probable_cause=cause,
                              severity=severity if bad else Severity.CLEARED,
                              varbinds=varbinds, text=text, at=now)
-            outcome = await self.engine.submit("alarm_notify", n)
+            outcome = await self.alarms.notify(n)
             if outcome != "clear_unmatched":
                 outcomes.append(f"{resource}:{outcome}")
         self._health_mark = (ops, failed)  # only once the interval's alarms are recorded
         if noc.history_days and time.monotonic() - self._last_trim >= 600:
             self._last_trim = time.monotonic()
-            trimmed = await self.engine.submit("alarm_trim", TrimAlarms(
-                before=now - noc.history_days * 86400))
+            trimmed = await self.alarms.trim(TrimAlarms(before=now - noc.history_days * 86400))
             if trimmed:
                 log.info("alarm_history_trimmed", alarms=trimmed)
         if noc.indeterminate_expire_s:
             # a slice of the alarms every interval; the position is carried along
-            done = await self.engine.submit("alarm_expire", ExpireAlarms(
+            done = await self.alarms.expire(ExpireAlarms(
                 before=now - noc.indeterminate_expire_s, at=now, after=self._expire_after))
             self._expire_after = done.next_after
             if done.cleared:

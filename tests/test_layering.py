@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PROTOCOLS_MAY_IMPORT = {
     "ocs.charging.api",  # charging: commands, answers, refusals, errors
-    "ocs.noc.alarms",  # the NOC's notifications (SNMP traps)
+    "ocs.noc.alarms",  # the NOC: notifications (SNMP traps) and the service raising them
+    "ocs.noc.service",
     "ocs.sessions",  # the live-session table, its deadlines and review events
     "ocs.config",
     "ocs.metrics",

@@ -53,7 +53,6 @@ from ocs.fraud import cases as fraud_cases
 from ocs.fraud.cases import local_hour
 from ocs.fraud.rules import HOME, FraudSettings
 from ocs.fraud.rules import Event as FraudEvent
-from ocs.noc import alarms
 from ocs.rating.engine import (
     UsageContext,
     cost,
@@ -102,6 +101,7 @@ A = TypeVar("A", Grant, Settlement, Released, Debit, Refund)
 _enc = msgspec.msgpack.Encoder()
 _dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSettings:
     node: str = "ocs-1"
@@ -116,14 +116,6 @@ class EngineSettings:
     max_usage_seconds: int = 7 * 86400
     max_usage_events: int = 10_000
     """Plausibility limits of one report (bytes; seconds; messages or events)."""
-    max_alarms_per_element: int = 0
-    max_active_alarms: int = 0
-    """Caps on active alarms (0 = none)."""
-
-    @property
-    def alarm_limits(self) -> alarms.Limits:
-        return alarms.Limits(per_element=self.max_alarms_per_element,
-                             total=self.max_active_alarms)
 
     def max_usage(self, service: Service | str) -> int:
         """The plausibility limit of one report of ``service`` (or its value)."""
@@ -209,9 +201,6 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "trim_answers": (TrimRequest, int),
     "submit_sms": (SubmitSmsRequest, Debit),
     "sms_outcome": (SmsOutcomeRequest, bool),
-    "alarm_notify": (alarms.Notification, str),
-    "alarm_trim": (alarms.TrimAlarms, int),
-    "alarm_expire": (alarms.ExpireAlarms, alarms.Expired),
     "fraud_rules": (bool, bool),
     "smpp_bind": (SmppBindRequest, bool),
     "smpp_binds_reset": (int, int),
@@ -1045,7 +1034,7 @@ class ChargingEngine:
             registered_delivery=0, submitted_at=now, expires_at=msg.expires_at + 86400,
             next_try=now, receipted_id=msg.message_id, receipt_state=state))
 
-    # -- NOC ----------------------------------------------------------------------------
+    # -- fraud rules ---------------------------------------------------------------------
 
     def op_fraud_rules(self, tx: Tx, enabled: bool) -> bool:
         """Switch the real-time fraud rules on or off in this process (maintenance; the
@@ -1054,20 +1043,6 @@ class ChargingEngine:
         self.fraud = dataclasses.replace(self.fraud, enabled=enabled and bool(
             self.settings.fraud))
         return before
-
-    @staticmethod
-    def op_alarm_trim(tx: Tx, req: alarms.TrimAlarms) -> int:
-        return alarms.trim(tx, req)
-
-    def op_alarm_notify(self, tx: Tx, n: alarms.Notification) -> str:
-        """Raise, repeat or clear an alarm (sources: health checks, SNMP); new alarms past
-        the configured caps are counted on the cap's summary alarm."""
-        outcome, _alarm = alarms.notify(tx, n, self.settings.alarm_limits)
-        return outcome
-
-    def op_alarm_expire(self, tx: Tx, req: alarms.ExpireAlarms) -> alarms.Expired:
-        return alarms.expire(tx, msgspec.structs.replace(req,
-                                                         limits=self.settings.alarm_limits))
 
     # -- read-only enquiries (never block: LMDB readers) ------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
+from ocs.noc.service import AlarmService
 from protocols.snmp.agent import StormControl, TrapTable, storm_notification, to_notification
 from protocols.snmp.codec import (
     INFORM,
@@ -30,9 +31,9 @@ log = structlog.get_logger(__name__)
 
 
 class TrapReceiver(asyncio.DatagramProtocol):
-    def __init__(self, engine: Any, communities: tuple[str, ...], v3: Any = None, *,
+    def __init__(self, alarms: AlarmService, communities: tuple[str, ...], v3: Any = None, *,
                  table: TrapTable | None = None, storm: StormControl | None = None):
-        self.engine = engine
+        self.alarms = alarms
         self.table = table
         self.storm = storm
         self.v3 = v3
@@ -101,7 +102,7 @@ class TrapReceiver(asyncio.DatagramProtocol):
     def _submit(self, n: Any) -> None:
         async def go() -> None:
             try:
-                await self.engine.submit("alarm_notify", n)
+                await self.alarms.notify(n)
             except Exception as exc:
                 log.warning("snmp_notification_failed", error=str(exc))
 
@@ -138,7 +139,7 @@ class TrapReceiver(asyncio.DatagramProtocol):
                       replies: list[tuple[bytes, Any]] | None = None) -> None:
         n = to_notification(msg, addr[0], int(time.time()), self.table)
         try:
-            outcome = await self.engine.submit("alarm_notify", n)
+            outcome = await self.alarms.notify(n)
         except Exception as exc:  # busy or writer restarting: an inform will be resent
             self._drop("store_unavailable")
             log.warning("snmp_notification_failed", error=str(exc))
@@ -203,7 +204,7 @@ async def start_snmp(server: Any) -> SnmpListener:
         log.info("snmp_v3_ready", engine_id=v3.engine_id.hex(), users=len(cfg.v3_users))
     noc = server.cfg.noc
     storm = StormControl(noc.storm_rate, noc.storm_hold_s) if noc.storm_rate > 0 else None
-    listener = SnmpListener(TrapReceiver(server.engine, cfg.communities, v3,
+    listener = SnmpListener(TrapReceiver(server.alarms, cfg.communities, v3,
                                          table=TrapTable.of(noc.traps), storm=storm))
     await listener.start(*parse_listen(cfg.trap_listen))
     server.snmp = listener

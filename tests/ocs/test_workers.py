@@ -77,7 +77,7 @@ def child_writer(pid: int) -> int:
         with contextlib.suppress(OSError):
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmd = (entry / "cmdline").read_bytes()
-            if int(stat[1]) == pid and b"ocs.charging.writerproc" in cmd:
+            if int(stat[1]) == pid and b"ocs.writerproc" in cmd:
                 return int(entry.name)
     raise AssertionError("no writer process")
 

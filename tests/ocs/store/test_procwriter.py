@@ -15,13 +15,13 @@ from tests_support import CONFIG_DIR, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import Debit, DebitRequest, IdKind, StoredAnswer
-from ocs.charging.writerproc import process_writer
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store, StoreError
 from ocs.store.env import ANSWERS, BALANCES, CDR_JOURNAL
 from ocs.store.procwriter import OperationFailed, ProcessWriter
 from ocs.store.records import dec_balance, dec_cdr
+from ocs.writerproc import process_writer
 
 SUBS = [f"4179100{i:04d}" for i in range(10)]
 

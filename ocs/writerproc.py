@@ -1,0 +1,58 @@
+"""The writer process's program: every write operation of the node over the store — the
+charging engine's and the NOC's alarms.
+
+``python -m ocs.writerproc FD JSON`` is what :class:`ocs.store.procwriter.ProcessWriter`
+starts for ``ocs serve``; :func:`process_writer` builds that writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import msgspec
+
+from ocs.charging.engine import OPERATIONS, ChargingEngine, EngineSettings
+from ocs.noc import service as noc
+from ocs.noc.alarms import Limits
+from ocs.store.env import Store
+from ocs.store.procwriter import BatchHook, OpTable, ProcessWriter, child_main
+
+PROGRAM = "ocs.writerproc"
+NO_LIMITS = Limits()
+
+
+def operations(store: Store, conf: dict[str, Any]) -> OpTable:
+    """The write operations by name, for the writer process."""
+    eng = conf["engine"]
+    settings = EngineSettings(**{**eng, "home_networks": frozenset(eng["home_networks"])})
+    engine = ChargingEngine(store, None, settings)
+    table: OpTable = {name: (req_t, res_t, getattr(engine, "op_" + name))
+                      for name, (req_t, res_t) in OPERATIONS.items()}
+    table.update(noc.AlarmOps(Limits(**conf["alarms"])).table())
+    return table
+
+
+def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS,
+                   data_dir: str, map_size_mb: int, max_ops: int, max_delay_ms: float,
+                   queue_size: int, log_format: str = "json",
+                   on_batch: BatchHook | None = None, listen: str = "",
+                   attach: str = "") -> ProcessWriter:
+    """A :class:`ProcessWriter` running the engine's operations with ``settings`` and
+    the alarm operations with ``alarm_limits``."""
+    eng = dataclasses.asdict(settings)
+    eng["home_networks"] = sorted(settings.home_networks)
+    results = {name: res_t for name, (_q, res_t) in OPERATIONS.items()}
+    results.update({name: res_t for name, (_q, res_t) in noc.OPERATIONS.items()})
+    return ProcessWriter(program=PROGRAM, results=results,
+                         program_settings={"engine": eng,
+                                           "alarms": msgspec.structs.asdict(alarm_limits)},
+                         data_dir=data_dir, map_size_mb=map_size_mb, max_ops=max_ops,
+                         max_delay_ms=max_delay_ms, queue_size=queue_size,
+                         log_format=log_format, on_batch=on_batch, listen=listen,
+                         attach=attach)
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]), sys.argv[2], operations)
