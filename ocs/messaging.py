@@ -36,6 +36,13 @@ class SmsMessage(msgspec.Struct, array_like=True, kw_only=True):
     receipt_state: int = 0
     lease: int = 0
     """While > now: a worker has claimed it for a delivery attempt (several workers)."""
+    receipt_stat: str = ""
+    """A receipt: what became of the message (DELIVRD, EXPIRED); the SMPP side writes
+    the receipt's text from these facts (``submitted_at`` of a receipt is the original's
+    done time). Receipts queued before these fields carry their text in ``payload``."""
+    original_submitted_at: int = 0
+    original_text: str = ""
+    """A receipt: the first 20 characters of the original's text."""
 
 
 _dec = msgspec.msgpack.Decoder(SmsMessage)
@@ -111,12 +118,6 @@ def decode(raw: bytes) -> SmsMessage:
     return _dec.decode(raw)
 
 
-def _yymmddhhmm(ts: int) -> str:
-    import time as _time
-
-    return _time.strftime("%y%m%d%H%M", _time.gmtime(ts))
-
-
 def message_text(msg: SmsMessage) -> str:
     """The message body as text (GSM 03.38, UCS-2 or Latin-1 by data_coding)."""
     if msg.data_coding == 0x08:
@@ -124,14 +125,3 @@ def message_text(msg: SmsMessage) -> str:
     if msg.data_coding == 0x00:
         return decode_gsm7(msg.payload)
     return msg.payload.decode("latin-1")
-
-
-def receipt_text(msg: SmsMessage, stat: str, now: int) -> str:
-    """The de-facto standard delivery receipt text (SMPP 3.4 appendix B)."""
-    delivered = "001" if stat == "DELIVRD" else "000"
-    err = "000"
-    text = "".join(c if c.isascii() and c.isprintable() else "?"
-                   for c in message_text(msg)[:20])
-    return (f"id:{msg.message_id} sub:001 dlvrd:{delivered} "
-            f"submit date:{_yymmddhhmm(msg.submitted_at)} done date:{_yymmddhhmm(now)} "
-            f"stat:{stat} err:{err} text:{text}")

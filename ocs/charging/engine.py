@@ -1026,13 +1026,14 @@ class ChargingEngine:
     @staticmethod
     def _queue_receipt(tx: Tx, msg: messaging.SmsMessage, stat: str, state: int,
                        now: int) -> None:
-        text = messaging.receipt_text(msg, stat, now)
         messaging.enqueue(tx, messaging.SmsMessage(
             message_id=msg.message_id + "-r", kind="receipt", submitter=msg.submitter,
             route=msg.submitter, source=msg.destination, destination=msg.source,
-            data_coding=0, esm_class=0x04, payload=text.encode("ascii", "replace"),
-            registered_delivery=0, submitted_at=now, expires_at=msg.expires_at + 86400,
-            next_try=now, receipted_id=msg.message_id, receipt_state=state))
+            data_coding=0, esm_class=0x04, payload=b"", registered_delivery=0,
+            submitted_at=now, expires_at=msg.expires_at + 86400, next_try=now,
+            receipted_id=msg.message_id, receipt_state=state, receipt_stat=stat,
+            original_submitted_at=msg.submitted_at,
+            original_text=messaging.message_text(msg)[:20]))
 
     # -- fraud rules ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ TLVs. Every decode checks lengths before slicing; errors carry the status to ans
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -334,3 +335,19 @@ def encode_deliver(source: str, destination: str, esm_class: int, data_coding: i
         short = b""
     return encode_submit(Submit("", 1, 1, source, 1, 1, destination, esm_class, 0, 0, "", "",
                                 0, 0, data_coding, 0, short, extra))
+
+
+def receipt_text(*, message_id: str, stat: str, submitted_at: int, done_at: int,
+                 text: str) -> str:
+    """The de-facto standard delivery receipt text (SMPP 3.4 appendix B):
+    ``id:… sub:001 dlvrd:… submit date:YYMMDDhhmm done date:… stat:… err:000 text:…``
+    (the first 20 characters of the original, printable ASCII)."""
+    delivered = "001" if stat == "DELIVRD" else "000"
+    shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:20])
+    return (f"id:{message_id} sub:001 dlvrd:{delivered} "
+            f"submit date:{_yymmddhhmm(submitted_at)} done date:{_yymmddhhmm(done_at)} "
+            f"stat:{stat} err:000 text:{shown}")
+
+
+def _yymmddhhmm(ts: int) -> str:
+    return time.strftime("%y%m%d%H%M", time.gmtime(ts))

@@ -15,7 +15,15 @@ import structlog
 
 from ocs.charging.api import DeliveryOutcome, SmsMessage
 from protocols.smpp.agent import SmppAgent
-from protocols.smpp.pdu import Cmd, Framer, Pdu, PduError, Tag, encode_deliver
+from protocols.smpp.pdu import (
+    Cmd,
+    Framer,
+    Pdu,
+    PduError,
+    Tag,
+    encode_deliver,
+    receipt_text,
+)
 from protocols.smpp.session import (
     Action,
     Authenticate,
@@ -252,11 +260,17 @@ class SmppListener:
 
     async def _deliver(self, conn: SmppConnection, msg: SmsMessage) -> None:
         tlvs: dict[int, bytes] = {}
+        payload = msg.payload
         if msg.kind == "receipt":
             tlvs = {Tag.RECEIPTED_MESSAGE_ID: msg.receipted_id.encode() + b"\x00",
                     Tag.MESSAGE_STATE: bytes((msg.receipt_state,))}
+            if msg.receipt_stat:  # (older receipts were queued with their text)
+                payload = receipt_text(
+                    message_id=msg.receipted_id, stat=msg.receipt_stat,
+                    submitted_at=msg.original_submitted_at, done_at=msg.submitted_at,
+                    text=msg.original_text).encode("ascii", "replace")
         body = encode_deliver(msg.source, msg.destination, msg.esm_class, msg.data_coding,
-                              msg.payload, tlvs)
+                              payload, tlvs)
         try:
             resp = await asyncio.wait_for(conn.request(Cmd.DELIVER_SM, body),
                                           self.agent.cfg.response_timeout_s)

@@ -10,6 +10,7 @@ from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import DebitRequest, IdKind, SmsOutcomeRequest, SubmitSmsRequest
 from ocs.rating.plans import Service
 from ocs.store.env import SMS_DUE
+from protocols.smpp.pdu import receipt_text
 
 T0 = WEDNESDAY_NOON
 
@@ -57,8 +58,14 @@ def test_queue_retry_deliver_receipt(engine: ChargingEngine) -> None:
     assert not outcome(engine, mid, "delivered", T0 + 21)  # already final
     (r,) = queued(engine)
     assert r.kind == "receipt" and r.route == "esme" and r.receipted_id == mid
-    assert r.payload.decode().startswith(f"id:{mid} sub:001 dlvrd:001 submit date:2611181200 "
-                                         f"done date:2611181200 stat:DELIVRD err:000 text:hi")
+    # the facts of the receipt; its text is the SMPP side's (protocols.smpp.pdu)
+    assert (r.receipt_stat, r.receipt_state, r.original_text) == ("DELIVRD", 2, "hi")
+    assert (r.original_submitted_at, r.submitted_at) == (T0, T0 + 20) and r.payload == b""
+    assert receipt_text(message_id=r.receipted_id, stat=r.receipt_stat,
+                        submitted_at=r.original_submitted_at, done_at=r.submitted_at,
+                        text=r.original_text) == (
+        f"id:{mid} sub:001 dlvrd:001 submit date:2611181200 "
+        f"done date:2611181200 stat:DELIVRD err:000 text:hi")
     assert balance(engine) == 950_000
 
 
@@ -125,3 +132,15 @@ def test_smpp_binds_are_counted_over_every_worker(engine: ChargingEngine) -> Non
     assert bind(0) and not bind(0)
     assert reset(-1) == 3  # the node restarted: esme on 0 and 2, other on 2 (entries)
     assert bind(0)
+
+
+def test_a_receipt_queued_before_the_receipt_facts_still_decodes() -> None:
+    """Receipts queued by the version before carry their text in the payload and none of
+    the receipt facts (the record is array-like: the new fields default)."""
+    import msgspec
+
+    old = ["m1-r", "receipt", "esme", "esme", "4179", "4178", 0, 4, b"id:m1 stat:DELIVRD",
+           0, 100, 200, 100, 0, "enroute", 0, b"", "m1", 2, 0]
+    msg = messaging.decode(msgspec.msgpack.encode(old))
+    assert msg.receipt_stat == "" and msg.payload == b"id:m1 stat:DELIVRD"
+    assert msg.receipted_id == "m1" and msg.receipt_state == 2
