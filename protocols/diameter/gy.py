@@ -178,6 +178,8 @@ class Ccr:
 
 def _digits_of_address(text: str) -> str:
     """E.164 digits of ``tel:+41…``, ``sip:+41…@host``, ``+41 79…`` or plain digits."""
+    if text.isascii() and text.isdigit():
+        return text  # the usual Subscription-Id-Data: digits already
     if ":" in text:
         text = text.split(":", 1)[1]
     text = text.split("@", 1)[0].split(";", 1)[0]
