@@ -100,6 +100,8 @@ try:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and not received:
         time.sleep(0.05)
+    if received:  # the handler returned the answer; give python-diameter time to send it
+        time.sleep(0.5)
 finally:
     if os.environ.get("GRACEFUL"):
         node.stop(5)  # DPR/DPA, then python-diameter joins its threads (~9 s)
