@@ -10,6 +10,7 @@ says which operation it is (``r`` reserve, ``c`` commit, ``d`` debit, ``refund``
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from ocs.charging.api import (
     BalanceView,
@@ -50,12 +51,19 @@ from ocs.messaging import due
 from ocs.rating.plans import Service
 from ocs.store.records import Reservation
 
+MAX_KEY = 400
+"""Longer keys (peers choose session ids and origins) are shortened to a digest: LMDB
+takes keys of at most 511 bytes, and ANSWER_EXPIRY puts 8 more in front."""
+
 
 def request_key(ref: RequestRef, rating_group: int | None, kind: str) -> bytes:
     """The store's idempotency key of one operation made for request ``ref``."""
     rg = "-" if rating_group is None else str(rating_group)
     tail = f"{kind}:{ref.step}" if ref.step else kind
-    return f"{ref.origin}\x00{ref.session}\x00{ref.number}\x00{rg}\x00{tail}".encode()
+    key = f"{ref.origin}\x00{ref.session}\x00{ref.number}\x00{rg}\x00{tail}".encode()
+    if len(key) <= MAX_KEY:
+        return key
+    return b"\x00long\x00" + hashlib.blake2b(key, digest_size=32).digest()
 
 
 def _hold(r: Reservation) -> SessionHold:
