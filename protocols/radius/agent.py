@@ -18,7 +18,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -86,14 +86,15 @@ class Client:
     name: str
     coa_address: str
     coa_port: int
+    owner: str = field(init=False)
+    """``radius:<name>``: owns the sessions this client opened (and names its requests)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "owner", f"radius:{self.name}")
 
     @property
     def dae_target(self) -> DaeTarget:
         return DaeTarget(self.coa_address, self.coa_port, self.secret)
-
-    @property
-    def owner(self) -> str:
-        return f"radius:{self.name}"
 
     def owns(self, address: str) -> bool:
         try:
