@@ -62,7 +62,7 @@ from ocs.rating.engine import (
     rate_usage,
     select_rate,
 )
-from ocs.rating.plans import TIMED, Mode, Plan, Service
+from ocs.rating.plans import SERVICE_OF, TIMED, Mode, Plan, Service
 from ocs.store.env import (
     ALLOWANCES,
     ANSWER_EXPIRY,
@@ -530,14 +530,14 @@ class ChargingEngine:
     def _drop_holds(res: Reservation, bal: Balance, alw: Allowance) -> None:
         bal.reserved -= res.money_reserved
         if res.cycle == alw.cycle:
-            _alw_add(alw, Service(res.service), reserved=-res.allowance_reserved)
+            _alw_add(alw, SERVICE_OF[res.service], reserved=-res.allowance_reserved)
         res.money_reserved = 0
         res.allowance_reserved = 0
         res.granted_units = 0
 
     def _grant(self, sub: Subscriber, plan: Plan, bal: Balance, alw: Allowance,
                res: Reservation, requested: int, validity: int, now: int) -> Grant:
-        service = Service(res.service)
+        service = SERVICE_OF[res.service]
         from_allowance = 0
         if res.allowance_ok and res.cycle == alw.cycle:
             from_allowance = min(requested, _alw_free(alw, plan, service))
@@ -625,7 +625,7 @@ class ChargingEngine:
         bal = self._balance(tx, msisdn)
         uses_allowance = res.allowance_ok or (
             plan is not None and not res.roaming
-            and plan.allowances.for_service(Service(res.service)) > 0)
+            and plan.allowances.for_service(SERVICE_OF[res.service]) > 0)
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
         alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
@@ -636,8 +636,9 @@ class ChargingEngine:
             res.used_total += excess
             settled = msgspec.structs.replace(settled, excess_units=excess)
         next_grant: Grant | None = None
+        service = SERVICE_OF[res.service]
         if sub is not None and self._fraud(
-                tx, sub, plan, "end" if req.final else "usage", now, service=Service(res.service),
+                tx, sub, plan, "end" if req.final else "usage", now, service=service,
                 bal=bal, session_id=res.session_id, units=used, charge=settled.charged,
                 session_total=res.used_total, destination=res.destination,
                 visited_network=res.visited_network, roaming=res.roaming) == "block":
@@ -655,7 +656,7 @@ class ChargingEngine:
             if refusal is not None:
                 next_grant = Grant(ok=False, refusal=refusal, msisdn=sub.msisdn)
             elif req.next_units is not None:
-                requested = req.next_units or self.settings.default_units(Service(res.service))
+                requested = req.next_units or self.settings.default_units(service)
                 res.cycle = alw.cycle
                 next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
             if next_grant is None or not next_grant.ok:
@@ -667,7 +668,7 @@ class ChargingEngine:
                 bal: Balance, alw: Allowance, used: int, now: int, bytes_in: int,
                 bytes_out: int, result: str, *, write_cdr: bool) -> Settlement:
         """Charge ``used`` units against a reservation; its holds are dropped."""
-        service = Service(res.service)
+        service = SERVICE_OF[res.service]
         same_cycle = res.cycle == alw.cycle
         held = res.allowance_reserved
         self._drop_holds(res, bal, alw)
@@ -912,7 +913,7 @@ class ChargingEngine:
             alw = dec_allowance.decode(araw)
             if alw.cycle == orig.cycle:
                 restored = orig.allowance_used
-                _alw_add(alw, Service(orig.service), used=-restored)
+                _alw_add(alw, SERVICE_OF[orig.service], used=-restored)
                 tx.put(ALLOWANCES, msisdn, encode(alw))
         record_id = journal.append(
             tx,
@@ -1131,7 +1132,7 @@ class ChargingEngine:
     def session_keys(self, prefix: str) -> list[tuple[str, Service, int | None]]:
         """(session id, service, rating group) of open reservations whose session id
         starts with ``prefix`` (e.g. every session of one NAS)."""
-        return [(r.session_id, Service(r.service), r.rating_group)
+        return [(r.session_id, SERVICE_OF[r.service], r.rating_group)
                 for r in self.reservations_with_prefix(prefix)]
 
     def session_reservations(self, session_id: str) -> list[Reservation]:

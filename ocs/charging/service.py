@@ -48,7 +48,7 @@ from ocs.charging.model import (
     SubmitSmsRequest,
 )
 from ocs.messaging import due
-from ocs.rating.plans import Service
+from ocs.rating.plans import SERVICE_OF, Service
 from ocs.store.records import Reservation
 
 MAX_KEY = 400
@@ -67,7 +67,7 @@ def request_key(ref: RequestRef, rating_group: int | None, kind: str) -> bytes:
 
 
 def _hold(r: Reservation) -> SessionHold:
-    return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=Service(r.service),
+    return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=SERVICE_OF[r.service],
                        rating_group=r.rating_group, owner=r.owner, expires_at=r.expires_at,
                        destination=r.destination, visited_network=r.visited_network)
 

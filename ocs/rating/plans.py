@@ -32,6 +32,10 @@ class Service(StrEnum):
     """Connected time of an access session (WiFi hotspot, BNG), rated by the second."""
 
 
+SERVICE_OF: dict[str, Service] = {s.value: s for s in Service}
+"""A stored service name -> its Service (a dict lookup: ``Service(name)`` goes through
+the enum machinery, a measurable cost on the writer's hot path)."""
+
 TIMED = frozenset({Service.VOICE, Service.TIME})
 """Services measured in seconds with first-increment / increment blocks."""
 
