@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -52,6 +52,7 @@ from protocols.diameter import codec as c
 from protocols.diameter.codec import VENDOR_3GPP, A, Avp, Message, MessageError, Rc
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 INITIAL, UPDATE, TERMINATION, EVENT = 1, 2, 3, 4
 DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY = 0, 1, 2, 3
@@ -684,7 +685,7 @@ class GyAgent:
                          visited_network=ccr.visited_network, destination=ccr.destination,
                          deadline=self.clock() + self.tcc_s)
         items = self._items(ccr)
-        grants = await asyncio.gather(*(self._open(ccr, sess, item) for item in items))
+        grants = await _all(self._open(ccr, sess, item) for item in items)
         self._refused(ccr, grants)
         results = []
         for item, g in zip(items, grants, strict=True):
@@ -778,7 +779,7 @@ class GyAgent:
                     now=self._now())))
             else:
                 futs.append(_done(None))
-        answers = await asyncio.gather(*futs)
+        answers = await _all(futs)
         self._refused(ccr, answers)
         results: list[MsccResult] = []
         sess.limited = False
@@ -832,9 +833,9 @@ class GyAgent:
                              origin_realm=ccr.origin_realm, owner=owner)
             groups = set(reported)
         order = sorted(groups | set(reported), key=lambda g: -1 if g is None else g)
-        answers = await asyncio.gather(*(
+        answers = await _all(
             self._commit(ccr, sess, reported.get(rg) or Mscc(rating_group=rg), final=True)
-            for rg in order))
+            for rg in order)
         self._refused(ccr, answers)
         self.sessions.pop(ccr.session_id, None)
         if not known and not any(isinstance(a, Settlement) and a.ok for a in answers):
@@ -854,23 +855,23 @@ class GyAgent:
         if action == REFUND_ACCOUNT:
             # A refund names the debit it reverses by Session-Id (and Rating-Group): the
             # DIRECT_DEBITING event of that session (CC-Request-Number 0).
-            refunds = await asyncio.gather(*(self.charging.refund(RefundEvent(
+            refunds = await _all(self.charging.refund(RefundEvent(
                 request=self._ref(ccr), original=RequestRef("gy", ccr.session_id, 0),
                 rating_group=item.rating_group, now=self._now()))
-                for item in items))
+                for item in items)
             self._refused(ccr, refunds)
             return self._event_answer(ccr, items, refunds)
         rc, _msisdn = self._subscriber_refusal(ccr)
         if rc != Rc.SUCCESS:
             self._count(f"refused_{rc}")
             return rc, b""
-        debits = await asyncio.gather(*(self.charging.charge_event(ChargeEvent(
+        debits = await _all(self.charging.charge_event(ChargeEvent(
             request=self._ref(ccr), subscriber=ccr.identity, service=ccr.service,
             units=(item.requested.amount(ccr.service) if item.requested else None) or (
                 1 if ccr.service in (Service.SMS, Service.MMS) else 0),
             session_id=ccr.session_id, rating_group=item.rating_group,
             destination=ccr.destination, visited_network=ccr.visited_network,
-            protocol="diameter", now=self._now())) for item in items))
+            protocol="diameter", now=self._now())) for item in items)
         self._refused(ccr, debits)
         return self._event_answer(ccr, items, debits)
 
@@ -953,7 +954,7 @@ class GyAgent:
             request=RequestRef("gy", session_id, "release"), session_id=session_id,
             service=h.service, rating_group=h.rating_group, now=self._now()))
             for h in self.charging.session_holds(session_id)]
-        return sum(1 for r in await asyncio.gather(*futs) if r.ok)
+        return sum(1 for r in await _all(futs) if r.ok)
 
     def _can_afford(self, sess: GySession, sub: Subscriber) -> bool:
         groups = (sess.groups | sess.asked) or {None}
@@ -996,6 +997,15 @@ def _offending_unit_avp(msg: Message, service: Service, limit: int) -> bytes:
             if (_units(a).amount(service) or 0) > limit:
                 return a.encode()
     return c.zero_filled(A.USED_SERVICE_UNIT)
+
+
+async def _all(answers: Iterable[Awaitable[T]]) -> list[T]:
+    """Await charging's answers for one message (most carry one MSCC: a plain await, ~5 us
+    less than ``asyncio.gather``)."""
+    pending = list(answers)
+    if len(pending) == 1:
+        return [await pending[0]]
+    return list(await asyncio.gather(*pending))
 
 
 def _done(value: Any) -> asyncio.Future[Any]:
