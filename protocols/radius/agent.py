@@ -240,14 +240,18 @@ class RadiusAgent:
                 calling = pkt.text(Attr.CALLING_STATION_ID)
                 ids = identity(pkt)
                 service = self.service_for(ids)
+                now = self.clock()
                 live = LiveSession(
                     session_id=session, identity=ids, service=service, owner=client.owner,
                     rating_group=self.rating_group if service is Service.DATA else None,
-                    client=client, started=int(self.clock()),
+                    client=client, started=int(now), deadline=now + self.validity_s,
                     ref=SessionRef(sid, pkt.text(Attr.USER_NAME),
                                    pkt.get(Attr.NAS_IP_ADDRESS) or b"", calling))
                 if status != AcctStatus.STOP:
                     self.sessions[session] = live
+            elif status != AcctStatus.STOP:
+                # its reservation lives validity_s past this report; so does the entry
+                self.sessions.touch(live, self.clock() + self.validity_s)
             await self._session(pkt, AcctStatus(status), session,
                                 RequestRef(client.owner, session, number), live)
         else:
@@ -379,11 +383,15 @@ class RadiusAgent:
     async def sweep(self) -> int:
         """Disconnect live sessions whose subscriber was suspended, blocked or deleted
         (``ocs subscriber suspend`` runs in another process, so the server polls); extend
-        credit-limited time sessions whose subscriber can pay again (CoA). Sessions whose
-        reservation is gone (settled by the reaper, or an Accounting-On seen by another
-        server) are forgotten. The event loop gets a turn every 256 sessions: the store
+        credit-limited time sessions whose subscriber can pay again (CoA). Sessions with no
+        report for ``validity_s`` (their reservation's life) are dropped without a store
+        read; those whose reservation is gone otherwise (an Accounting-On seen by another
+        worker) are forgotten. The event loop gets a turn every 256 sessions: the store
         reads of a pass over many sessions must not hold up the answers all at once."""
         n = 0
+        expired = self.sessions.expire(self.clock())
+        if expired:  # no report within validity_s: the reaper settles the reservation
+            metrics.SESSION_EVENTS.labels("radius", "expired").inc(len(expired))
         todo = len(self.sessions)
         while todo > 0:
             chunk = min(256, todo)

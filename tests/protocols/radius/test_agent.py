@@ -192,3 +192,24 @@ def test_identity_by_imsi_vsa(agent: RadiusAgent) -> None:
     assert client is not None
     asyncio.run(agent.accounting(client, decode(raw)))
     assert balance(agent)[1] == 100_000
+
+
+def test_a_session_with_no_report_for_its_validity_leaves_the_table(
+        agent: RadiusAgent) -> None:
+    """A NAS that stops reporting: after validity_s (its reservation's life) the session
+    leaves the live table at the next sweep, without a store read; reports move the
+    deadline."""
+    now = [float(WEDNESDAY_NOON)]
+    agent.clock = lambda: now[0]
+    acct(agent, AcctStatus.START, "quiet", ident=1)
+    acct(agent, AcctStatus.START, "chatty", ident=2)
+    quiet = "radius:lo:127.0.0.1:quiet"
+    chatty = "radius:lo:127.0.0.1:chatty"
+    for step in range(1, 4):  # chatty reports every validity_s / 2
+        now[0] += agent.validity_s / 2
+        acct(agent, AcctStatus.INTERIM_UPDATE, "chatty", ident=10 + step,
+             in_octets=step * 1000)
+        asyncio.run(agent.sweep())
+        assert chatty in agent.sessions
+        assert (quiet in agent.sessions) is (step < 3), step  # gone past validity_s
+    assert agent.sessions[chatty].deadline == now[0] + agent.validity_s
