@@ -36,6 +36,8 @@ from ocs.charging.model import (
     Refusal,
     Released,
     Settlement,
+    SmppBindRequest,
+    SmsOutcomeRequest,
     status_refusal,
 )
 from ocs.errors import ChargingBusy, ChargingError, ChargingPaused, ChargingUnavailable
@@ -185,27 +187,13 @@ class SubmitSms(msgspec.Struct, frozen=True, kw_only=True):
     validity_s: int = 86400
 
 
-class DeliveryOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What became of a delivery attempt: ``delivered`` | ``retry`` | ``expire``, or
-    ``claim`` (this worker delivers it; nobody else tries before ``lease_until``)."""
+DeliveryOutcome = SmsOutcomeRequest
+"""What became of a delivery attempt: ``delivered`` | ``retry`` | ``expire``, or
+``claim`` (this worker delivers it; nobody else tries before ``lease_until``)."""
 
-    message_id: str
-    outcome: str
-    now: int
-    refund_expired: bool = True
-    expect_next_try: int = -1
-    """>= 0: apply only if the message is still due at that time."""
-    lease_until: int = 0
-
-
-class SmppBind(msgspec.Struct, frozen=True, kw_only=True):
-    """A bind of ``system_id`` taken by ``worker`` (refused at ``max_binds`` over every
-    worker), or given back with ``release``."""
-
-    system_id: str
-    worker: int
-    max_binds: int = 0
-    release: bool = False
+SmppBind = SmppBindRequest
+"""A bind of ``system_id`` taken by ``worker`` (refused at ``max_binds`` over every
+worker), or given back with ``release``."""
 
 
 class PriceEnquiry(msgspec.Struct, frozen=True, kw_only=True):

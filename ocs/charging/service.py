@@ -43,8 +43,6 @@ from ocs.charging.model import (
     ReleaseRequest,
     ReserveRequest,
     Settlement,
-    SmppBindRequest,
-    SmsOutcomeRequest,
     SubmitSmsRequest,
 )
 from ocs.messaging import due
@@ -137,15 +135,10 @@ class EngineChargingService:
             registered_delivery=cmd.registered_delivery, validity_s=cmd.validity_s))
 
     def delivery_outcome(self, cmd: DeliveryOutcome) -> asyncio.Future[bool]:
-        return self.engine.submit("sms_outcome", SmsOutcomeRequest(
-            message_id=cmd.message_id, outcome=cmd.outcome, now=cmd.now,
-            refund_expired=cmd.refund_expired, expect_next_try=cmd.expect_next_try,
-            lease_until=cmd.lease_until))
+        return self.engine.submit("sms_outcome", cmd)
 
     def smpp_bind(self, cmd: SmppBind) -> asyncio.Future[bool]:
-        return self.engine.submit("smpp_bind", SmppBindRequest(
-            system_id=cmd.system_id, worker=cmd.worker, max_binds=cmd.max_binds,
-            release=cmd.release))
+        return self.engine.submit("smpp_bind", cmd)
 
     def smpp_binds_reset(self, worker: int) -> asyncio.Future[int]:
         return self.engine.submit("smpp_binds_reset", worker)
