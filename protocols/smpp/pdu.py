@@ -4,6 +4,7 @@ TLVs. Every decode checks lengths before slicing; errors carry the status to ans
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from dataclasses import dataclass, field
@@ -350,4 +351,10 @@ def receipt_text(*, message_id: str, stat: str, submitted_at: int, done_at: int,
 
 
 def _yymmddhhmm(ts: int) -> str:
-    return time.strftime("%y%m%d%H%M", time.gmtime(ts))
+    return _minute(ts // 60)
+
+
+@functools.lru_cache(maxsize=256)
+def _minute(minute: int) -> str:
+    """YYMMDDhhmm (UTC) of a minute since the epoch: receipts of one minute share it."""
+    return time.strftime("%y%m%d%H%M", time.gmtime(minute * 60))
