@@ -58,7 +58,8 @@ __all__ = [
 class RequestRef(msgspec.Struct, frozen=True):
     """A request as its protocol names it: unique per ``origin`` (``"gy"``,
     ``"radius:<client>"``, ``"smpp:<system_id>"``), ``session`` and ``number``
-    (CC-Request-Number, RADIUS Identifier + Authenticator, SMPP sequence number).
+    (CC-Request-Number, RADIUS Identifier + Authenticator, SMPP sequence number);
+    ``session`` may be "" where the number alone names the request (a RADIUS packet).
     ``step`` tells apart several operations made for one request (a RADIUS Interim
     without Start first opens the session, then charges the report)."""
 

@@ -252,8 +252,11 @@ class RadiusAgent:
             elif status != AcctStatus.STOP:
                 # its reservation lives validity_s past this report; so does the entry
                 self.sessions.touch(live, self.clock() + self.validity_s)
+            # (Identifier, Authenticator) alone name the packet: no session in the key,
+            # which stays short (every key is written twice, in the answers and their
+            # expiry index, and long ones cost pages in every batch)
             await self._session(pkt, AcctStatus(status), session,
-                                RequestRef(client.owner, session, number), live)
+                                RequestRef(client.owner, "", number), live)
         else:
             self.counters["acct_status_ignored"] += 1
         self.counters[f"acct_{status}"] += 1
