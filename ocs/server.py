@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from ocs import metrics
+from ocs import metrics, sanity
 from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
@@ -336,8 +336,6 @@ class Server:
         if self.primary and not self.origin_state_id:
             self.origin_state_id = boot_id()
         if self.primary:
-            from ocs import sanity
-
             for problem in sanity.findings(self.cfg,
                                            self.engine.plans.in_store(self.store).plans):
                 log.warning("config_sanity", problem=problem, config=self.cfg.source)

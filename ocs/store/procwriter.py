@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from ocs import logs
 from ocs.errors import BY_NAME
 from ocs.store.env import Store, StoreError
 from ocs.store.writer import Batch, Overloaded, WriterStopped
@@ -86,8 +87,6 @@ def child_main(fd: int, settings_json: str, make_ops: OpsFactory) -> None:
     name: request type, result type, function of a transaction and a request) that the
     parent's :class:`ProcessWriter` submits; ``settings`` is what it was given as
     ``program_settings``."""
-    from ocs import logs
-
     conf = json.loads(settings_json)
     logs.configure(conf.get("log_format", "json"))
     # The parent decides when we stop (it closes its end; if it dies, the end closes):

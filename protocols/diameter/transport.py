@@ -18,9 +18,10 @@ import structlog
 
 from ocs import metrics
 from ocs.charging.api import ChargingBusy, ChargingPaused, ChargingUnavailable
+from ocs.config import parse_listen
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd, MessageError, Rc
-from protocols.diameter.gy import GyAgent, GySession
+from protocols.diameter.gy import GyAgent, GySession, GySettings
 from protocols.diameter.peer import (
     Answer,
     Close,
@@ -34,6 +35,7 @@ from protocols.diameter.peer import (
     Trigger,
     answer_for,
     error_answer,
+    origin_state_id,
     with_hbh,
 )
 
@@ -421,10 +423,6 @@ def _result_code(answer: bytes) -> int:
 
 async def start_diameter(server: Any) -> DiameterNode:
     """``ocs serve`` starter for the ``[diameter]`` section."""
-    from ocs.config import parse_listen
-    from protocols.diameter.gy import GySettings
-    from protocols.diameter.peer import origin_state_id
-
     cfg = server.cfg.diameter
     host, port = parse_listen(cfg.listen)
     addresses = (host,) if host not in ("0.0.0.0", "::", "") else ("127.0.0.1",)

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
+from ocs.config import parse_listen
 from protocols.radius.agent import Client, RadiusAgent
 from protocols.radius.codec import Drop, Packet, decode
 from protocols.radius.dae import DaeClient
@@ -168,8 +169,6 @@ class RadiusListener:
 
 async def start_radius(server: Any) -> RadiusListener:
     """``ocs serve`` starter for the ``[radius]`` section."""
-    from ocs.config import parse_listen
-
     cfg = server.cfg.radius
     agent = RadiusAgent(server.charging, cfg, validity_s=server.cfg.charging.default_validity_s,
                         dae=DaeClient(max_queue=cfg.dae_queue_limit))

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from ocs.charging.api import DeliveryOutcome, SmsMessage
+from ocs.config import parse_listen
 from protocols.smpp.agent import SmppAgent
 from protocols.smpp.pdu import (
     Cmd,
@@ -319,8 +320,6 @@ class SmppListener:
 
 async def start_smpp(server: Any) -> SmppListener:
     """``ocs serve`` starter for the ``[smpp]`` section."""
-    from ocs.config import parse_listen
-
     agent = SmppAgent(server.charging, server.cfg.smpp)
     if server.workers > 1:
         agent.worker = server.worker

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
+from ocs.config import parse_listen
 from ocs.noc.service import AlarmService
 from protocols.snmp.agent import StormControl, TrapTable, storm_notification, to_notification
 from protocols.snmp.codec import (
@@ -192,8 +193,6 @@ class SnmpListener:
 
 async def start_snmp(server: Any) -> SnmpListener:
     """``ocs serve`` starter for the ``[snmp]`` section."""
-    from ocs.config import parse_listen
-
     cfg = server.cfg.snmp
     v3 = None
     if cfg.v3_users:
