@@ -5,135 +5,23 @@ refusal becomes. The money itself is tested against the real store in test_gy.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
 
 import pytest
+from fake_charging import Recorder
 from gy_support import Clock, ccr, mscc, rc, units
 
 from ocs.charging.api import (
-    BalanceView,
     ChargeEvent,
     ChargingBusy,
-    CloseSession,
-    Debit,
-    DeliveryOutcome,
-    Grant,
-    Identity,
-    OpenSession,
-    PriceEnquiry,
-    PriceQuote,
-    Refund,
     RefundEvent,
     Refusal,
-    Released,
-    ReleaseSession,
     RequestRef,
-    Service,
-    SessionHold,
-    Settlement,
-    SmppBind,
-    SmsMessage,
-    SubmitSms,
-    Subscriber,
-    UpdateSession,
 )
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Rc
 from protocols.diameter.gy import REFUSAL_CODE, GyAgent, GySettings
 
 SETTINGS = GySettings(origin_host="ocs.test.realm", origin_realm="test.realm")
-SUB = Subscriber(msisdn="41790000001", plan_id="p", mode="prepaid", status="active",
-                 currency="EUR")
-
-
-def _done(value: Any) -> Awaitable[Any]:
-    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    fut.set_result(value)
-    return fut
-
-
-class Recorder:
-    """A ChargingService that records the commands and answers as told."""
-
-    def __init__(self) -> None:
-        self.commands: list[Any] = []
-        self.grant = Grant(ok=True, msisdn="41790000001", granted_units=1000)
-        self.refusal: Refusal | None = None
-        self.busy = False
-        self.holds: list[SessionHold] = []
-
-    def _answer(self, cmd: Any, value: Any) -> Awaitable[Any]:
-        if self.busy:
-            raise ChargingBusy("queue full")
-        self.commands.append(cmd)
-        return _done(value)
-
-    def open_session(self, cmd: OpenSession) -> Awaitable[Grant]:
-        if self.refusal is not None:
-            return self._answer(cmd, Grant(ok=False, refusal=self.refusal))
-        return self._answer(cmd, self.grant)
-
-    def update_session(self, cmd: UpdateSession) -> Awaitable[Settlement]:
-        return self._answer(cmd, Settlement(ok=True, used_units=cmd.used_units,
-                                            next_grant=self.grant))
-
-    def close_session(self, cmd: CloseSession) -> Awaitable[Settlement]:
-        return self._answer(cmd, Settlement(ok=True, used_units=cmd.used_units))
-
-    def release_session(self, cmd: ReleaseSession) -> Awaitable[Released]:
-        return self._answer(cmd, Released(ok=True))
-
-    def charge_event(self, cmd: ChargeEvent) -> Awaitable[Debit]:
-        if self.refusal is not None:
-            return self._answer(cmd, Debit(ok=False, refusal=self.refusal))
-        return self._answer(cmd, Debit(ok=True, units=cmd.units))
-
-    def refund(self, cmd: RefundEvent) -> Awaitable[Refund]:
-        return self._answer(cmd, Refund(ok=True))
-
-    def submit_sms(self, cmd: SubmitSms) -> Awaitable[Debit]:
-        raise AssertionError("not Gy")
-
-    def delivery_outcome(self, cmd: DeliveryOutcome) -> Awaitable[bool]:
-        raise AssertionError("not Gy")
-
-    def smpp_bind(self, cmd: SmppBind) -> Awaitable[bool]:
-        raise AssertionError("not Gy")
-
-    def smpp_binds_reset(self, worker: int) -> Awaitable[int]:
-        raise AssertionError("not Gy")
-
-    def subscriber(self, ids: Identity) -> Subscriber | None:
-        return SUB if ("msisdn", "41790000001") in [(str(k), v) for k, v in ids] else None
-
-    def balance(self, ids: Identity) -> BalanceView | None:
-        return None
-
-    def price(self, enquiry: PriceEnquiry) -> PriceQuote:
-        return PriceQuote(ok=True, units=enquiry.units, charge=123)
-
-    def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
-                         rating_group: int | None = None,
-                         visited_network: str = "") -> int | None:
-        return cap
-
-    def prices(self, sub: Subscriber, service: Service) -> bool:
-        return True
-
-    def max_usage(self, service: Service) -> int:
-        return 10**9
-
-    def session_holds(self, session_id: str) -> list[SessionHold]:
-        return list(self.holds)
-
-    def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
-        return []
-
-    def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                     limit: int = 500) -> list[SmsMessage]:
-        return []
-
 
 def _run(agent: GyAgent, msg: c.Message) -> c.Message:
     return c.decode(asyncio.run(agent.handle(msg)))
