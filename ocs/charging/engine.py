@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -267,26 +267,6 @@ class ChargingEngine:
         if self.writer is not None:
             return self.writer.run(fn)
         return self.store.run_write(fn)
-
-    async def reserve(self, req: ReserveRequest) -> Grant:
-        result: Grant = await self.submit("reserve", req)
-        return result
-
-    async def commit(self, req: CommitRequest) -> Settlement:
-        result: Settlement = await self.submit("commit", req)
-        return result
-
-    async def release(self, req: ReleaseRequest) -> Released:
-        result: Released = await self.submit("release", req)
-        return result
-
-    async def direct_debit(self, req: DebitRequest) -> Debit:
-        result: Debit = await self.submit("debit", req)
-        return result
-
-    async def refund(self, req: RefundRequest) -> Refund:
-        result: Refund = await self.submit("refund", req)
-        return result
 
     def reserve_sync(self, req: ReserveRequest) -> Grant:
         return self._run_sync(lambda tx: self.op_reserve(tx, req))
@@ -1129,12 +1109,6 @@ class ChargingEngine:
                 out.append(dec_reservation.decode(v))
         return out
 
-    def session_keys(self, prefix: str) -> list[tuple[str, Service, int | None]]:
-        """(session id, service, rating group) of open reservations whose session id
-        starts with ``prefix`` (e.g. every session of one NAS)."""
-        return [(r.session_id, SERVICE_OF[r.service], r.rating_group)
-                for r in self.reservations_with_prefix(prefix)]
-
     def session_reservations(self, session_id: str) -> list[Reservation]:
         """Open reservations of one session (every rating group / service)."""
         return self.reservations_with_prefix(f"{session_id}\x00")
@@ -1157,13 +1131,6 @@ class ChargingEngine:
             return None
         view = self.check_balance(((IdKind.MSISDN, sub.msisdn),), now)
         return max_units(rate, view.available if view else 0, cap)
-
-    def open_reservations(self, msisdn: str | None = None) -> Iterator[Reservation]:
-        with self.store.read() as txn:
-            for _k, v in txn.cursor(db=self.store.dbs[RESERVATIONS]):
-                res = dec_reservation.decode(v)
-                if msisdn is None or res.msisdn == msisdn:
-                    yield res
 
 
 class _ReadTx:

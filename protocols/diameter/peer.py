@@ -14,7 +14,6 @@ duplicate detection of §5.4 / invariant 5 (shared by all connections of a node)
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import deque
@@ -530,8 +529,3 @@ class DuplicateCache:
 def with_hbh(answer: bytes, hbh: int) -> bytes:
     """A stored answer re-addressed to a retransmission's Hop-by-Hop id."""
     return answer[:12] + hbh.to_bytes(4, "big") + answer[16:]
-
-
-def origin_state_id() -> int:
-    """Stable for the process lifetime, different after a restart (time + pid)."""
-    return (int(time.time()) ^ (os.getpid() << 20)) & 0xFFFFFFFF

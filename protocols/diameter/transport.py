@@ -35,7 +35,6 @@ from protocols.diameter.peer import (
     Trigger,
     answer_for,
     error_answer,
-    origin_state_id,
     with_hbh,
 )
 
@@ -428,7 +427,7 @@ async def start_diameter(server: Any) -> DiameterNode:
     addresses = (host,) if host not in ("0.0.0.0", "::", "") else ("127.0.0.1",)
     local = LocalNode(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
                       host_addresses=addresses,
-                      origin_state_id=server.origin_state_id or origin_state_id(),
+                      origin_state_id=server.origin_state_id,
                       allowed_peers=tuple(cfg.allowed_peers),
                       relay_peers=tuple(cfg.relay_peers))
     settings = GySettings(origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,

@@ -24,7 +24,7 @@ async def main(data_dir: str, subs: list[str]) -> None:
     async def one(i: int) -> None:
         try:
             sub = subs[i % len(subs)]
-            d = await eng.direct_debit(DebitRequest(
+            d = await eng.submit("debit", DebitRequest(
                 request_key=b"k%08d" % i, subscriber=((IdKind.MSISDN, sub),),
                 service=Service.SMS, destination="4179"))
             out.write(f"{i} {int(d.ok)}\n")
