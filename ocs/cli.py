@@ -402,6 +402,7 @@ def _plan_json(table: dict[str, Any]) -> dict[str, Any]:
                 "connect_fee": format_amount(r.connect_fee),
                 "zones": sorted(r.zones),
                 "bands": list(r.bands),
+                "slices": sorted(r.slices),
             }
             for r in plan.rates
         ],
@@ -439,10 +440,11 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
         print(f"{item['id']}: {item['name']} ({item['mode']}, {item['currency']}, monthly fee "
               f"{item['monthly_fee']}, time zone {item['timezone']})")
         _table("Rates", ["id", "service", "price", "unit", "prefix", "rating groups", "zones",
-                         "bands"],
+                         "bands", "slices"],
                [[r["id"], r["service"], r["price"], r["unit"], r["prefix"] or "*",
                  r["rating_groups"] or "any", ",".join(r["zones"]) or "home",
-                 ",".join(r["bands"]) or "all"] for r in item["rates"]])
+                 ",".join(r["bands"]) or "all", ",".join(r["slices"]) or "any"]
+                for r in item["rates"]])
     return 0
 
 

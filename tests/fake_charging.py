@@ -112,7 +112,7 @@ class Recorder:
 
     def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
                          rating_group: int | None = None,
-                         visited_network: str = "") -> int | None:
+                         visited_network: str = "", slice_: str = "") -> int | None:
         return cap
 
     def prices(self, sub: Subscriber, service: Service) -> bool:

@@ -39,7 +39,7 @@ import msgspec
 
 from ocs.billing.invoice import SERVICE_TEXT, Invoice, Line
 from ocs.billing.render import write_invoices
-from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.fileformat import COLUMNS, header_ok
 from ocs.cdr.reader import closed_cdr_files
 from ocs.config import BillingConfig
 from ocs.money import MICRO, MoneyError, parse_amount
@@ -481,9 +481,9 @@ def _cdr_csv(path: Path) -> Iterator[tuple[Any, int]]:
         reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
         try:
             header = next(reader, None)
-            if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
+            if not header_ok(header):
                 raise BillingError(f"{path}:1: not a CDR file (unexpected header)")
-            yield reader, len(header)
+            yield reader, len(header or ())
         except UnicodeDecodeError:
             raise BillingError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
         except csv.Error as exc:

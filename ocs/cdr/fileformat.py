@@ -33,9 +33,23 @@ COLUMNS = (
     "result",
     "allowance_units",
     "characters",
+    "slice",
+    "dnn",
 )
 
 HEADER = ",".join(COLUMNS) + "\n"
+
+FIRST_COLUMNS = 23
+"""Columns of the files written before the 5G ones (slice, dnn) were added at the end:
+readers take both."""
+
+
+def header_ok(header: list[str] | None) -> bool:
+    """A CDR file's header: ours, or that of an older release (a prefix of ours)."""
+    if header is None:
+        return False
+    known = min(len(header), len(COLUMNS))
+    return known >= FIRST_COLUMNS and tuple(header[:known]) == COLUMNS[:known]
 
 
 _iso_cache: dict[int, str] = {}
@@ -90,4 +104,6 @@ def format_row(r: CdrRecord) -> str:
         _field(r.result),
         str(r.allowance_units),
         str(r.characters),
+        _field(r.slice),
+        _field(r.dnn),
     )) + "\n"

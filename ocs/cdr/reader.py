@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocs.cdr.fileformat import COLUMNS, parse_iso_utc
+from ocs.cdr.fileformat import FIRST_COLUMNS, header_ok, parse_iso_utc
 from ocs.money import MoneyError, parse_amount
 from ocs.store.records import CdrRecord
 
@@ -53,9 +53,10 @@ def _read(p: Path) -> Iterator[CdrRow]:
     with p.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
+        if header is None or not header_ok(header):
             raise CdrFormatError(f"{p}:1: not a CDR file (unexpected header)")
         width = len(header)
+        fiveg = width >= FIRST_COLUMNS + 2  # files written before slice, dnn lack them
         for row in reader:
             line = reader.line_num
             if len(row) != width:
@@ -85,6 +86,8 @@ def _read(p: Path) -> Iterator[CdrRow]:
                     result=row[20],
                     allowance_units=_int(row[21], "allowance_units"),
                     characters=_int(row[22], "characters"),
+                    slice=row[23] if fiveg else "",
+                    dnn=row[24] if fiveg else "",
                 )
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None

@@ -88,6 +88,11 @@ class OpenSession(msgspec.Struct, frozen=True, kw_only=True):
     owner: str = ""
     """The peer opening the session (``diameter:<Origin-Host>``, ``radius:<client>``);
     later requests from another owner are refused ``NOT_OWNER``."""
+    slice: str = ""
+    """5G S-NSSAI of the PDU session, "SST" or "SST-SD" (SD lower-case hex): rates may
+    name slices; recorded on the CDRs. "" = none."""
+    dnn: str = ""
+    """5G data network name, recorded on the CDRs."""
 
 
 class UpdateSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +165,8 @@ class ChargeEvent(msgspec.Struct, frozen=True, kw_only=True):
     visited_network: str = ""
     characters: int = 0
     """Message length in characters (SMS/MMS), recorded on the CDR."""
+    slice: str = ""
+    dnn: str = ""
 
 
 class RefundEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,6 +212,7 @@ class PriceEnquiry(msgspec.Struct, frozen=True, kw_only=True):
     rating_group: int | None = None
     destination: str = ""
     visited_network: str = ""
+    slice: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,7 +263,7 @@ class ChargingService(Protocol):
 
     def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
                          rating_group: int | None = None,
-                         visited_network: str = "") -> int | None:
+                         visited_network: str = "", slice_: str = "") -> int | None:
         """How many units (<= cap) the subscriber's money buys now; None = not priced."""
 
     def prices(self, sub: Subscriber, service: Service) -> bool:

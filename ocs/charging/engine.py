@@ -349,7 +349,7 @@ class ChargingEngine:
         return dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
 
     def _context(self, book: PlanBook, service: Service, at: int, rating_group: int | None,
-                 destination: str, visited_network: str) -> UsageContext:
+                 destination: str, visited_network: str, slice_: str = "") -> UsageContext:
         roaming = bool(visited_network) and visited_network not in self.settings.home_networks
         return UsageContext(
             service=service,
@@ -358,6 +358,7 @@ class ChargingEngine:
             destination=destination,
             zone=book.zone_of_network.get(visited_network) if roaming else None,
             roaming=roaming,
+            slice=slice_,
         )
 
     @staticmethod
@@ -380,11 +381,13 @@ class ChargingEngine:
         return None
 
     def _payer(self, tx: Tx, ids: Identity, service: Service, now: int,
-               rating_group: int | None, destination: str, visited_network: str) -> tuple[
+               rating_group: int | None, destination: str, visited_network: str,
+               slice_: str = "") -> tuple[
                    UsageContext, Subscriber | None, Plan | None, Refusal | None]:
         """Who pays, on which plan, in which rating context; or why nobody can."""
         book = self.plans.in_tx(tx)
-        ctx = self._context(book, service, now, rating_group, destination, visited_network)
+        ctx = self._context(book, service, now, rating_group, destination, visited_network,
+                            slice_)
         sub = self.find_subscriber(tx, ids)
         refusal = self._check_subscriber(sub, ctx.roaming)
         plan = None
@@ -426,12 +429,13 @@ class ChargingEngine:
         return self._idempotent(tx, req.request_key, req.now,
                                 lambda now: self._reserve(tx, req, now),
                                 digest(req.subscriber, req.units, req.rating_group,
-                                       req.destination, req.visited_network, req.owner))
+                                       req.destination, req.visited_network, req.owner,
+                                       req.slice))
 
     def _reserve(self, tx: Tx, req: ReserveRequest, now: int) -> Grant:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
-                                              req.visited_network)
+                                              req.visited_network, req.slice)
         if refusal is not None or sub is None or plan is None:
             return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -491,6 +495,8 @@ class ChargingEngine:
                 last_at=now,
                 expires_at=now + validity,
                 owner=req.owner,
+                slice=req.slice,
+                dnn=req.dnn,
             )
         requested = req.units if req.units is not None and req.units > 0 else (
             self.settings.default_units(req.service))
@@ -700,6 +706,8 @@ class ChargingEngine:
                 protocol=res.protocol,
                 result="capped" if capped else result,
                 allowance_units=from_allowance,
+                slice=res.slice,
+                dnn=res.dnn,
             )
         res.last_at = now
         return Settlement(
@@ -783,7 +791,8 @@ class ChargingEngine:
     @staticmethod
     def _debit_digest(req: DebitRequest, *more: object) -> bytes:
         return digest(req.subscriber, req.service.value, req.units, req.rating_group,
-                      req.destination, req.visited_network, req.characters, *more)
+                      req.destination, req.visited_network, req.characters, req.slice,
+                      *more)
 
     def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
         return self._idempotent(tx, req.request_key, req.now,
@@ -792,7 +801,7 @@ class ChargingEngine:
     def _debit(self, tx: Tx, req: DebitRequest, now: int) -> Debit:
         ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
                                               req.rating_group, req.destination,
-                                              req.visited_network)
+                                              req.visited_network, req.slice)
         if refusal is not None or sub is None or plan is None:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -852,6 +861,8 @@ class ChargingEngine:
             result="event",
             allowance_units=from_allowance,
             characters=req.characters,
+            slice=req.slice,
+            dnn=req.dnn,
         )
         tx.put(BALANCES, msisdn, encode(bal))
         return Debit(
@@ -1075,7 +1086,8 @@ class ChargingEngine:
 
     def price_enquiry(self, ids: Identity, service: Service, units: int, *,
                       rating_group: int | None = None, destination: str = "",
-                      visited_network: str = "", now: int | None = None) -> PriceQuote:
+                      visited_network: str = "", now: int | None = None,
+                      slice_: str = "") -> PriceQuote:
         with self.store.read() as txn:
             sub = self.find_subscriber(_ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
         if sub is None:
@@ -1085,7 +1097,7 @@ class ChargingEngine:
         if plan is None:
             return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
         ctx = self._context(book, service, _now(now), rating_group, destination,
-                            visited_network)
+                            visited_network, slice_)
         if is_zero_rated(plan, ctx):
             return PriceQuote(ok=True, units=units, zero_rated=True, explanation="zero-rated")
         rated = rate_usage(plan, ctx, units)
@@ -1118,14 +1130,15 @@ class ChargingEngine:
 
     def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
                          rating_group: int | None = None, visited_network: str = "",
-                         now: int | None = None) -> int | None:
+                         now: int | None = None, slice_: str = "") -> int | None:
         """How many units (<= cap) the subscriber's available money buys now, at the
         rate that would apply; None when no rate prices it. Allowances not counted."""
         book = self.plans.in_store(self.store)
         plan = book.plans.get(sub.plan_id)
         if plan is None:
             return None
-        ctx = self._context(book, service, _now(now), rating_group, "", visited_network)
+        ctx = self._context(book, service, _now(now), rating_group, "", visited_network,
+                            slice_)
         rate = select_rate(plan, ctx)
         if rate is None:
             return None

@@ -166,6 +166,10 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
     owner: str = ""
     """The peer opening the session (``diameter:<Origin-Host>``, ``radius:<client>``);
     later requests from another owner are refused. "" = internal (reaper, operator)."""
+    slice: str = ""
+    """5G S-NSSAI ("SST" or "SST-SD"), rated and recorded on the CDRs; "" = none."""
+    dnn: str = ""
+    """5G data network name (APN), recorded on the CDRs."""
 
 
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -218,6 +222,8 @@ class DebitRequest(msgspec.Struct, frozen=True, kw_only=True):
     characters: int = 0
     """Message length in characters (SMS/MMS), recorded on the CDR."""
     now: int | None = None
+    slice: str = ""
+    dnn: str = ""
 
 
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):

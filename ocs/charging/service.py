@@ -85,7 +85,8 @@ class EngineChargingService:
             session_id=cmd.session_id, subscriber=cmd.subscriber, service=cmd.service,
             units=cmd.units, rating_group=cmd.rating_group, destination=cmd.destination,
             visited_network=cmd.visited_network, protocol=cmd.protocol,
-            validity_s=cmd.validity_s, now=cmd.now, owner=cmd.owner))
+            validity_s=cmd.validity_s, now=cmd.now, owner=cmd.owner, slice=cmd.slice,
+            dnn=cmd.dnn))
 
     def update_session(self, cmd: UpdateSession) -> asyncio.Future[Settlement]:
         return self.engine.submit("commit", CommitRequest(
@@ -117,7 +118,8 @@ class EngineChargingService:
             subscriber=cmd.subscriber, service=cmd.service, units=cmd.units,
             session_id=cmd.session_id, rating_group=cmd.rating_group,
             destination=cmd.destination, visited_network=cmd.visited_network,
-            protocol=cmd.protocol, characters=cmd.characters, now=cmd.now)
+            protocol=cmd.protocol, characters=cmd.characters, now=cmd.now,
+            slice=cmd.slice, dnn=cmd.dnn)
 
     def charge_event(self, cmd: ChargeEvent) -> asyncio.Future[Debit]:
         return self.engine.submit("debit", self._debit(cmd))
@@ -155,13 +157,14 @@ class EngineChargingService:
         return self.engine.price_enquiry(
             enquiry.subscriber, enquiry.service, enquiry.units,
             rating_group=enquiry.rating_group, destination=enquiry.destination,
-            visited_network=enquiry.visited_network, now=enquiry.now)
+            visited_network=enquiry.visited_network, now=enquiry.now,
+            slice_=enquiry.slice)
 
     def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
                          rating_group: int | None = None,
-                         visited_network: str = "") -> int | None:
+                         visited_network: str = "", slice_: str = "") -> int | None:
         return self.engine.affordable_units(sub, service, cap, rating_group=rating_group,
-                                            visited_network=visited_network)
+                                            visited_network=visited_network, slice_=slice_)
 
     def prices(self, sub: Subscriber, service: Service) -> bool:
         plan = self.engine.plan_of(sub)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from ocs.money import ceil_div
-from ocs.rating.plans import TIMED, Plan, Rate, Service
+from ocs.rating.plans import TIMED, Plan, Rate, Service, slice_rank
 
 UTC = dt.UTC
 
@@ -45,6 +45,8 @@ class UsageContext(NamedTuple):
     zone: str | None = None
     """Roaming zone id of the visited network, or None when it is in no zone."""
     roaming: bool = False
+    slice: str = ""
+    """5G S-NSSAI of the PDU session ("SST" or "SST-SD"); "" = none (4G, RADIUS)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,14 +144,15 @@ def select_rate(plan: Plan, ctx: UsageContext) -> Rate | None:
     """The most specific rate of the service matching the event, or None.
 
     Specificity: a named zone over ``*``, then the longest prefix, then a named rating
-    group, then a named band; remaining ties go to the rate listed first.
+    group, then a named slice (its SST-SD over its SST alone), then a named band;
+    remaining ties go to the rate listed first.
     """
     trie = plan.tries.get(ctx.service)
     if trie is None or not len(trie):
         return None
     local: dt.datetime | None = None
     best: Rate | None = None
-    best_key: tuple[int, int, int, int, int] | None = None
+    best_key: tuple[int, int, int, int, int, int] | None = None
     for plen, rates in trie.matches(ctx.destination):
         for rate in rates:
             if ctx.roaming:
@@ -169,6 +172,9 @@ def select_rate(plan: Plan, ctx: UsageContext) -> Rate | None:
                 rg_named = 1
             else:
                 rg_named = 0
+            sl = slice_rank(rate.slices, ctx.slice) if rate.slices else 0
+            if sl < 0:
+                continue
             if rate.bands:
                 if local is None:
                     local = local_time(plan, ctx.at)
@@ -178,7 +184,7 @@ def select_rate(plan: Plan, ctx: UsageContext) -> Rate | None:
                 band_named = 1
             else:
                 band_named = 0
-            key = (zrank, plen, rg_named, band_named, -rate.order)
+            key = (zrank, plen, rg_named, sl, band_named, -rate.order)
             if best_key is None or key > best_key:
                 best, best_key = rate, key
     return best

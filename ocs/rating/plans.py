@@ -96,6 +96,8 @@ class Rate:
     zones: frozenset[str]  # empty = home only; "*" = any roaming
     bands: tuple[str, ...]  # empty = all times
     order: int  # position in the plan, to break ties deterministically
+    slices: frozenset[str] = frozenset()
+    """5G S-NSSAIs it prices, "SST" (any SD) or "SST-SD" (SD lower-case hex); empty = any."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,6 +188,33 @@ def _money(table: dict[str, Any], key: str, where: str, default: str = "0") -> i
         raise PlanError(str(exc)) from exc
 
 
+_SLICE = re.compile(r"^(\d{1,3})(?:-([0-9A-Fa-f]{6}))?$")
+
+
+def _slice(text: str, where: str) -> str:
+    """A slice as rates name it: "SST" (0-255) or "SST-SD" (six hex digits), normalised
+    to the form the CHF reports (no leading zeros, SD lower case)."""
+    m = _SLICE.match(text)
+    if m is None or int(m.group(1)) > 255:
+        raise _err(where, f"{text!r} is not an S-NSSAI (\"SST\" 0-255 or \"SST-SD\", SD 6 hex "
+                          "digits)")
+    sst = str(int(m.group(1)))
+    return f"{sst}-{m.group(2).lower()}" if m.group(2) else sst
+
+
+def slice_rank(rate_slices: frozenset[str], event_slice: str) -> int:
+    """How a rate's slices match an event's: 2 = its exact SST-SD, 1 = its SST, 0 = the
+    rate names none; -1 = no match."""
+    if not rate_slices:
+        return 0
+    if not event_slice:
+        return -1
+    if event_slice in rate_slices:
+        return 2 if "-" in event_slice else 1
+    sst = event_slice.split("-", 1)[0]
+    return 1 if sst != event_slice and sst in rate_slices else -1
+
+
 def _id(table: dict[str, Any], where: str) -> str:
     v = _str(table, "id", where)
     if not _ID_RE.match(v):
@@ -241,6 +270,7 @@ _RATE_KEYS = {
     "connect_fee",
     "zones",
     "bands",
+    "slices",
 }
 _BAND_KEYS = {"id", "days", "from", "to"}
 _ALLOWANCE_KEYS = {"data_bytes", "voice_seconds", "sms"}
@@ -398,6 +428,10 @@ def compile_plan(
         for j, bname in enumerate(rbands):
             if bname not in bands:
                 raise _err(f"{rw}.bands[{j}]", f"unknown band {bname!r}")
+        slices = [_slice(x, f"{rw}.slices[{j}]")
+                  for j, x in enumerate(_list(r, "slices", rw, str) or [])]
+        if slices and svc is not Service.DATA:
+            raise _err(f"{rw}.slices", "only data rates price 5G slices")
         rates.append(
             Rate(
                 id=rid,
@@ -413,6 +447,7 @@ def compile_plan(
                 zones=frozenset(zones),
                 bands=tuple(rbands),
                 order=i,
+                slices=frozenset(slices),
             )
         )
     tries: dict[Service, PrefixTrie[tuple[Rate, ...]]] = {}

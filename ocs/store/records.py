@@ -131,6 +131,9 @@ class Reservation(msgspec.Struct, array_like=True, kw_only=True):
     commits: int = 0
     owner: str = ""
     """Who opened the session (see ReserveRequest.owner)."""
+    slice: str = ""
+    """5G S-NSSAI the session was rated under ("" = none)."""
+    dnn: str = ""
 
 
 class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
@@ -159,6 +162,10 @@ class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     """Of ``units``, how many came from the plan's allowance (charged nothing)."""
     characters: int = 0
     """SMS/MMS: characters of the message (GSM 03.38, UCS-2 or octets); 0 otherwise."""
+    slice: str = ""
+    """5G S-NSSAI ("SST" or "SST-SD") of a PDU session charged over Nchf; "" otherwise."""
+    dnn: str = ""
+    """5G data network name of that PDU session."""
 
 
 class CdrExportState(msgspec.Struct, array_like=True, kw_only=True):

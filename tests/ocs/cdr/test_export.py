@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 from pathlib import Path
 
@@ -184,7 +186,7 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
         list(read_cdr_file(bad))
     short = tmp_path / "short.csv"
     short.write_text(lines[0] + lines[1][:40] + "\n")
-    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 23 fields"):
+    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 25 fields"):
         list(read_cdr_file(short))
     truncated = tmp_path / "trunc.csv"
     truncated.write_text(lines[0] + lines[1].rstrip("\n"))
@@ -194,6 +196,30 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
     notcdr.write_text("a,b\n")
     with pytest.raises(CdrFormatError, match=r"x.csv:1"):
         list(read_cdr_file(notcdr))
+
+
+def test_reader_takes_files_written_before_the_5g_columns(tmp_path: Path) -> None:
+    """Files of the release before slice and dnn (23 columns) still read, as no slice."""
+    make_store(tmp_path / "s", 2)
+    with Store(tmp_path / "s") as s:
+        exporter(s, tmp_path / "cdr").flush(NOW)
+    (good,) = closed_cdr_files(tmp_path / "cdr")
+    rows = list(csv.reader(io.StringIO(good.read_text())))
+    assert rows[0][-2:] == ["slice", "dnn"]
+
+    def write(p: Path, rows: list[list[str]]) -> None:
+        with p.open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+
+    old = tmp_path / "old.csv"
+    write(old, [r[:23] for r in rows])
+    new = [r.record for r in read_cdr_file(good)]
+    back = [r.record for r in read_cdr_file(old)]
+    assert back == new and all(r.slice == "" and r.dnn == "" for r in back)
+    mixed = tmp_path / "bad.csv"  # an old header with new rows: a width error, not a guess
+    write(mixed, [rows[0][:23], rows[1]])
+    with pytest.raises(CdrFormatError, match=r"bad.csv:2: expected 23 fields"):
+        list(read_cdr_file(mixed))
 
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"),
@@ -214,7 +240,8 @@ text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
     plan_id=text, rate_id=text, roaming=st.booleans(),
     visited_network=st.from_regex(r"([0-9]{5,6})?", fullmatch=True), protocol=text,
     result=text, allowance_units=st.integers(-(2**40), 2**40),
-    characters=st.integers(0, 10**6)))
+    characters=st.integers(0, 10**6),
+    slice=st.sampled_from(["", "1", "2-00ab01", "255-ffffff"]), dnn=text))
 def test_record_round_trips_through_the_file_format(tmp_path_factory: pytest.TempPathFactory,
                                                     rec: CdrRecord) -> None:
     p = tmp_path_factory.mktemp("rt") / "cdr_x.csv"

@@ -189,6 +189,12 @@ def test_cycle_in_plan_timezone() -> None:
          "plans[0].bands[0].from"),
         ('[[plans]]\nid = "p"\n[[plans]]\nid = "p"\n', "duplicate plan"),
         ('[[zones]]\nid = "Z"\nnetworks = ["abc"]\n', "zones[0].networks[0]"),
+        ('[[plans]]\nid = "p"\n[[plans.rates]]\nid = "r"\nservice = "data"\nslices = ["256"]\n',
+         "plans[0].rates[0].slices[0]"),
+        ('[[plans]]\nid = "p"\n[[plans.rates]]\nid = "r"\nservice = "data"\n'
+         'slices = ["1-00zz01"]\n', "plans[0].rates[0].slices[0]"),
+        ('[[plans]]\nid = "p"\n[[plans.rates]]\nid = "r"\nservice = "voice"\nslices = ["1"]\n',
+         "plans[0].rates[0].slices: only data rates"),
         ("[[plans]\n", "invalid TOML"),
         ('other = 1\n', "other: unknown key"),
     ],
@@ -198,6 +204,45 @@ def test_plan_errors_name_the_key(snippet: str, key: str) -> None:
         parse_plans_document(snippet, "bad.toml")
     assert key in str(exc.value)
     assert str(exc.value).startswith("bad.toml")
+
+
+@pytest.mark.parametrize(
+    ("slice_", "rate_id", "charge"),
+    [
+        ("", "data-home", 10_000),  # 4G, RADIUS: no slice, the rate naming none
+        ("1", "data-home", 10_000),  # eMBB without an SD: no rate names it
+        ("1-000002", "data-home", 10_000),
+        ("1-000001", "data-embb-video", 5_000),  # SST-SD named exactly
+        ("2", "data-urllc", 50_000),  # SST named: any SD of it
+        ("2-abcdef", "data-urllc", 50_000),
+    ],
+)
+def test_a_named_slice_is_more_specific_than_none(slice_: str, rate_id: str,
+                                                  charge: int) -> None:
+    rated = rate_usage(BASIC, ctx(Service.DATA, rating_group=10, slice=slice_), 1_000_000)
+    assert rated is not None and (rated.rate.id, rated.charge) == (rate_id, charge)
+
+
+def test_slice_ranks_below_rating_group_and_sst_sd_above_sst() -> None:
+    doc = parse_plans_document(
+        '[[plans]]\nid = "p"\n'
+        '[[plans.rates]]\nid = "rg"\nservice = "data"\nprice = "1"\nrating_groups = [7]\n'
+        '[[plans.rates]]\nid = "sst"\nservice = "data"\nprice = "2"\nslices = ["1"]\n'
+        '[[plans.rates]]\nid = "sd"\nservice = "data"\nprice = "3"\nslices = ["001-0000AA"]\n'
+        '[[plans.rates]]\nid = "both"\nservice = "data"\nprice = "4"\nrating_groups = [8]\n'
+        'slices = ["1"]\n', "t.toml")
+    plan = compile_plan(doc.plans[0])
+    assert next(r for r in plan.rates if r.id == "sd").slices == {"1-0000aa"}
+
+    def pick(rg: int | None, sl: str) -> str | None:
+        r = select_rate(plan, ctx(Service.DATA, rating_group=rg, slice=sl))
+        return r.id if r else None
+
+    assert pick(7, "1-0000aa") == "rg"  # a named rating group outranks a named slice
+    assert pick(8, "1-0000aa") == "both"
+    assert pick(None, "1-0000aa") == "sd"  # SST-SD over SST
+    assert pick(None, "1-0000ab") == "sst"
+    assert pick(None, "2") is None and pick(None, "") is None
 
 
 def test_demo_plans_load() -> None:
