@@ -23,6 +23,7 @@ from ocs.config import Config
 from ocs.server import Server, Starter
 from ocs.workers import READY, stop_with_parent
 from protocols.diameter.transport import start_diameter
+from protocols.nchf.transport import start_chf
 from protocols.radius.transport import start_radius
 from protocols.smpp.transport import start_smpp
 from protocols.snmp.transport import start_snmp
@@ -34,6 +35,7 @@ LISTENERS: dict[str, Starter] = {
     "radius": start_radius,
     "smpp": start_smpp,
     "snmp": start_snmp,
+    "chf": start_chf,
 }
 """Config section -> the starter of its listener (run when the section is enabled)."""
 

@@ -325,6 +325,28 @@ class FraudConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChfConfig:
+    listen: str = ""
+    """Nchf over h2c (prior knowledge) and HTTP/1.1, e.g. "127.0.0.1:8086"; "" = off."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Both set: HTTPS with ALPN h2 (and http/1.1) instead of cleartext."""
+    quota_threshold_percent: int = 20
+    """volumeQuotaThreshold as a share of each grant (0 = none)."""
+    max_connections: int = 1024
+    max_streams: int = 128
+    """HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection."""
+    max_body_kb: int = 64
+    request_timeout_s: float = 10.0
+    """A request must arrive whole within this (slow senders are closed)."""
+    idle_timeout_s: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:9100"
@@ -340,6 +362,7 @@ class Config:
     radius: RadiusConfig | None = None
     smpp: SmppConfig | None = None
     snmp: SnmpConfig | None = None
+    chf: ChfConfig | None = None
     cdr: CdrConfig = field(default_factory=CdrConfig)
     noc: NocConfig = field(default_factory=NocConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
@@ -367,6 +390,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "radius": RadiusConfig,
     "smpp": SmppConfig,
     "snmp": SnmpConfig,
+    "chf": ChfConfig,
     "cdr": CdrConfig,
     "noc": NocConfig,
     "billing": BillingConfig,
@@ -558,6 +582,17 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"{src}: smpp.routes[{i}].system_id: {r.system_id!r} is no smpp.accounts entry"
                 )
+    if cfg.chf is not None and cfg.chf.listen:
+        ch = cfg.chf
+        _check_listen(ch.listen, f"{src}: chf.listen")
+        if bool(ch.tls_cert) != bool(ch.tls_key):
+            raise ConfigError(f"{src}: chf: set both tls_cert and tls_key, or neither")
+        if not 0 <= ch.quota_threshold_percent < 100:
+            raise ConfigError(f"{src}: chf.quota_threshold_percent: 0..99")
+        for key in ("max_connections", "max_streams", "max_body_kb", "request_timeout_s",
+                    "idle_timeout_s"):
+            if getattr(ch, key) <= 0:
+                raise ConfigError(f"{src}: chf.{key}: must be positive")
     if cfg.snmp is not None:
         _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
         _check_usm(cfg.snmp, src)

@@ -104,6 +104,15 @@ DIAMETER_PEERS = Gauge("ocs_diameter_peers", "Open Diameter peer connections",
 WORKER_RESTARTS = Counter("ocs_worker_restarts",
                           "Worker processes started again after they ended unasked",
                           registry=REGISTRY)
+CHF_REQUESTS = Counter("ocs_chf_requests", "Nchf requests answered, by operation and HTTP "
+                       "status", ["operation", "status"], registry=REGISTRY)
+CHF_DROPPED = Counter("ocs_chf_dropped", "Nchf connections or streams dropped, by reason "
+                      "(max_connections, h2_protocol_error, http1_protocol_error, "
+                      "body_too_large, buffered, rapid_reset, request_timeout, idle)",
+                      ["reason"], registry=REGISTRY)
+CHF_NOTIFICATIONS = Counter("ocs_chf_notifications", "ChargingNotifyRequests to consumers, "
+                            "by type and outcome (delivered, retried, failed)",
+                            ["type", "outcome"], registry=REGISTRY)
 LIVE_SESSIONS = Gauge("ocs_live_sessions", "Sessions in the protocols' live tables",
                       ["protocol"], registry=REGISTRY, multiprocess_mode="livesum")
 SESSION_EVENTS = Counter("ocs_session_events",

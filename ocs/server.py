@@ -75,6 +75,8 @@ def bound_config(server: Server) -> Config:
     if server.smpp is not None and cfg.smpp is not None and server.smpp.server is not None:
         changes["smpp"] = dataclasses.replace(
             cfg.smpp, listen=_listen(server.smpp.server.sockets[0].getsockname()))
+    if server.chf is not None and cfg.chf is not None and server.chf.address is not None:
+        changes["chf"] = dataclasses.replace(cfg.chf, listen=_listen(server.chf.address))
     return dataclasses.replace(cfg, **changes)
 
 
@@ -175,6 +177,7 @@ class Server:
         self.radius: Any = None
         self.smpp: Any = None
         self.snmp: Any = None
+        self.chf: Any = None
 
     @property
     def primary(self) -> bool:
@@ -339,7 +342,7 @@ class Server:
             for problem in sanity.findings(self.cfg,
                                            self.engine.plans.in_store(self.store).plans):
                 log.warning("config_sanity", problem=problem, config=self.cfg.source)
-        for section in ("diameter", "radius", "smpp", "snmp"):
+        for section in ("diameter", "radius", "smpp", "snmp", "chf"):
             sec = getattr(self.cfg, section)
             if sec is None or not sec.enabled or (section == "snmp" and not self.primary):
                 continue
