@@ -57,6 +57,8 @@ max_binds = 16
 [[smpp.routes]]
 prefix = "41"
 system_id = "esme"
+[chf]
+listen = "127.0.0.1:0"
 [snmp]
 trap_listen = "127.0.0.1:0"
 communities = ["public"]

@@ -172,18 +172,21 @@ def test_worker_count_defaults_to_the_cores(tmp_path: Path) -> None:
 def test_bound_config_names_the_ports_worker_0_got() -> None:
     from types import SimpleNamespace
 
-    from ocs.config import Config, DiameterConfig, RadiusConfig
+    from ocs.config import ChfConfig, Config, DiameterConfig, RadiusConfig
 
     cfg = Config(diameter=DiameterConfig(listen="127.0.0.1:0"),
-                 radius=RadiusConfig(auth_listen="::1:0", acct_listen="127.0.0.1:0"))
+                 radius=RadiusConfig(auth_listen="::1:0", acct_listen="127.0.0.1:0"),
+                 chf=ChfConfig(listen="127.0.0.1:0"))
     server = SimpleNamespace(
         cfg=cfg, diameter=SimpleNamespace(address=("127.0.0.1", 3868)), smpp=None,
         radius=SimpleNamespace(address=lambda k: ("::1", 1812) if k == "auth"
-                               else ("127.0.0.1", 1813)))
+                               else ("127.0.0.1", 1813)),
+        chf=SimpleNamespace(address=("127.0.0.1", 8086)))
     out = bound_config(server)  # type: ignore[arg-type]
     assert out.diameter is not None and out.diameter.listen == "127.0.0.1:3868"
     assert out.radius is not None and out.radius.auth_listen == "[::1]:1812"
     assert out.radius.acct_listen == "127.0.0.1:1813"
+    assert out.chf is not None and out.chf.listen == "127.0.0.1:8086"
 
 
 @pytest.mark.slow
