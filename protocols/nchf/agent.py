@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 from ocs import metrics
@@ -144,8 +145,21 @@ def _identity(req: ChargingDataRequest) -> Identity:
     return tuple(ids)
 
 
-def _digest(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
+def _digest(req: ChargingDataRequest) -> bytes:
+    """What makes a request this request: its decoded content without
+    invocationTimeStamp (a consumer re-sending a request may stamp it anew)."""
+    return hashlib.blake2b(encode(msgspec.structs.replace(req, invocationTimeStamp="")),
+                           digest_size=16).digest()
+
+
+def _ref(req: ChargingDataRequest) -> str:
+    """The ChargingDataRef of a create: its content, with the time stamp unless the
+    PDU session's chargingId tells sessions apart (then a create sent again with a new
+    stamp still finds its resource)."""
+    info = req.pDUSessionChargingInformation
+    if info is not None and info.chargingId is not None:
+        return _digest(req).hex()
+    return hashlib.blake2b(encode(req), digest_size=16).hexdigest()
 
 
 class ChfAgent:
@@ -196,8 +210,8 @@ class ChfAgent:
                                 param=f"multipleUnitUsage[{i}]", reason="implausible usage")
         try:
             if op == "create":  # the ref is the body's: a create sent again finds it
-                ref = _digest(body).hex()
-            return await self._serialised(ref, op, req, body)
+                ref = _ref(req)
+            return await self._serialised(ref, op, req)
         except ChargingBusy:
             self._count("busy")
             return HttpAnswer(503, problem(503, "NF_CONGESTION", "busy, retry"), PROBLEM_JSON,
@@ -208,8 +222,7 @@ class ChfAgent:
             return HttpAnswer(503, problem(503, "SYSTEM_FAILURE", "charging unavailable"),
                               PROBLEM_JSON, retry_after=1)
 
-    async def _serialised(self, ref: str, op: str, req: ChargingDataRequest,
-                          body: bytes) -> HttpAnswer:
+    async def _serialised(self, ref: str, op: str, req: ChargingDataRequest) -> HttpAnswer:
         """One request of a resource at a time (a consumer's parallel updates)."""
         loop = asyncio.get_running_loop()
         prev = self._tails.get(ref)
@@ -219,10 +232,10 @@ class ChfAgent:
             if prev is not None:
                 await prev
             if op == "create":
-                return await self._create(ref, req, body)
+                return await self._create(ref, req)
             if op == "update":
-                return await self._update(ref, req, body)
-            return await self._release(ref, req, body)
+                return await self._update(ref, req)
+            return await self._release(ref, req)
         finally:
             mine.set_result(None)
             if self._tails.get(ref) is mine:
@@ -230,7 +243,7 @@ class ChfAgent:
 
     # -- create -----------------------------------------------------------------------
 
-    async def _create(self, ref: str, req: ChargingDataRequest, body: bytes) -> HttpAnswer:
+    async def _create(self, ref: str, req: ChargingDataRequest) -> HttpAnswer:
         self._count("create")
         identity = _identity(req)
         if not identity:
@@ -264,7 +277,7 @@ class ChfAgent:
             infos.append(self._from_grant(u.ratingGroup, g))
         if sess.groups:
             sess.rating_group = min(sess.groups)
-        sess.seen[req.invocationSequenceNumber] = _digest(body)
+        sess.seen[req.invocationSequenceNumber] = _digest(req)
         if ref not in self.sessions:  # a create sent again replays; the resource goes on
             self.sessions[ref] = sess
         answer = ChargingDataResponse(
@@ -340,10 +353,9 @@ class ChfAgent:
         self.sessions[ref] = sess
         return sess
 
-    def _repeat_mismatch(self, sess: ChfSession, req: ChargingDataRequest,
-                         body: bytes) -> bool:
+    def _repeat_mismatch(self, sess: ChfSession, req: ChargingDataRequest) -> bool:
         isn = req.invocationSequenceNumber
-        d = _digest(body)
+        d = _digest(req)
         seen = sess.seen.get(isn)
         if seen is not None and seen != d:
             return True
@@ -352,12 +364,12 @@ class ChfAgent:
             del sess.seen[next(iter(sess.seen))]
         return False
 
-    async def _update(self, ref: str, req: ChargingDataRequest, body: bytes) -> HttpAnswer:
+    async def _update(self, ref: str, req: ChargingDataRequest) -> HttpAnswer:
         self._count("update")
         sess = self._session(ref, req)
         if sess is None:
             return _problem(404, "CHARGING_DATA_RESOURCE_NOT_FOUND", "no such charging data")
-        if self._repeat_mismatch(sess, req, body):
+        if self._repeat_mismatch(sess, req):
             return self._mismatch()
         sess.notified = ""
         usages = req.usages or [MultipleUnitUsage(ratingGroup=g, requestedUnit=Units())
@@ -438,7 +450,7 @@ class ChfAgent:
 
     # -- release ----------------------------------------------------------------------
 
-    async def _release(self, ref: str, req: ChargingDataRequest, body: bytes) -> HttpAnswer:
+    async def _release(self, ref: str, req: ChargingDataRequest) -> HttpAnswer:
         self._count("release")
         sess = self._session(ref, req)
         known = sess is not None
@@ -449,7 +461,7 @@ class ChfAgent:
                 return _problem(404, "CHARGING_DATA_RESOURCE_NOT_FOUND",
                                 "no such charging data")
             sess = ChfSession(session_id=ref, identity=(), service=Service.DATA)
-        elif self._repeat_mismatch(sess, req, body):
+        elif self._repeat_mismatch(sess, req):
             return self._mismatch()
         groups = sorted(sess.groups | set(reported))
         answers = await _all(self._commit(req, sess, reported.get(g) or MultipleUnitUsage(

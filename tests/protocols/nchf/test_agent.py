@@ -248,3 +248,53 @@ def test_rel15_spelling_and_gpsi(env: Any) -> None:
                request(1, usage(10, None, 200_000, 300_000, rel15=True)))
     assert rel.status == 204
     assert money(agent) == (995_000, 0)
+
+
+def test_a_request_sent_again_with_a_new_time_stamp_is_the_same_request(env: Any) -> None:
+    agent, _clock, _store = env
+    ref, _ = create(agent, request(0, usage(10, MB), stamp="2026-11-18T12:00:00Z"))
+    ref2, _ = create(agent, request(0, usage(10, MB), stamp="2026-11-18T12:00:05Z"))
+    assert ref2 == ref  # the chargingId tells PDU sessions apart, not the stamp
+    a1 = post(agent, f"{BASE}/{ref}/update", request(1, usage(10, MB, 1000),
+                                                     stamp="2026-11-18T12:01:00Z"))
+    a2 = post(agent, f"{BASE}/{ref}/update", request(1, usage(10, MB, 1000),
+                                                     stamp="2026-11-18T12:01:09Z"))
+    assert a1.status == a2.status == 200
+    assert money(agent) == (EUR - 10, 10_000)
+    # without a chargingId the stamp is all that tells two creates apart
+    body = json.loads(request(0, usage(10, MB)))
+    del body["pDUSessionChargingInformation"]["chargingId"]
+    r1, _ = create(agent, json.dumps(body).encode())
+    body["invocationTimeStamp"] = "2026-11-18T12:00:01Z"
+    r2, _ = create(agent, json.dumps(body).encode())
+    assert len({ref, r1, r2}) == 3
+
+
+def test_translation_to_charging_commands() -> None:
+    """Which commands a session becomes, named how (the in-memory ChargingService)."""
+    from fake_charging import Recorder
+
+    from ocs.charging.api import CloseSession, OpenSession, RequestRef, UpdateSession
+
+    fake = Recorder()
+    agent = ChfAgent(fake, ChfSettings(validity_s=60), clock=Clock())
+    ans = post(agent, BASE, request(3, usage(10, 5000), usage(20, 0), sub="msisdn-41790000001",
+                                    sst=1, sd="ABCDEF", dnn="ims"))
+    ref = ans.location.rsplit("/", 1)[-1]
+    assert post(agent, f"{BASE}/{ref}/update", request(4, usage(10, 7000, 300, 200),
+                                                       usage(20, None, 50))).status == 200
+    assert post(agent, f"{BASE}/{ref}/release", request(5, usage(10, None, 9))).status == 204
+    kinds = [type(x).__name__ for x in fake.commands]
+    assert kinds == ["OpenSession", "OpenSession", "UpdateSession", "UpdateSession",
+                     "CloseSession", "CloseSession"]
+    o10, o20, u10, u20, c10, c20 = fake.commands
+    assert isinstance(o10, OpenSession) and isinstance(u10, UpdateSession)
+    assert isinstance(c10, CloseSession) and isinstance(u20, UpdateSession)
+    assert o10.request == RequestRef("nchf", ref, 3) and u10.request == RequestRef("nchf", ref, 4)
+    assert (o10.units, o20.units, o10.slice, o10.dnn, o10.protocol) == (
+        5000, None, "1-abcdef", "ims", "nchf")
+    assert (o10.validity_s, u10.validity_s) == (120, 120)  # twice validityTime
+    assert (u10.used_units, u10.next_units, u20.used_units, u20.next_units) == (
+        500, 7000, 50, None)
+    assert (c10.rating_group, c10.used_units, c20.rating_group, c20.used_units) == (
+        10, 9, 20, 0)
