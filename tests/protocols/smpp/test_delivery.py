@@ -17,6 +17,8 @@ import smpplib.client
 import smpplib.consts
 from tests_support import OCS, Smsc, free_tcp_port, serving
 
+from ocs.cdr.fileformat import COLUMNS
+
 CONFIG = """
 [node]
 name = "dl"
@@ -94,7 +96,8 @@ def test_delivery_and_receipt(smsc: Smsc) -> None:
     rows = [ln.split(",") for f in sorted((smsc.cwd / "data" / "cdr").glob("*.csv"))
             for ln in f.read_text().splitlines()[1:]]
     (row,) = [r for r in rows if r[2] == "41790000001"]
-    assert row[12] == "1" and row[-1] == "11" and row[19] == "smpp"
+    col = {name: i for i, name in enumerate(COLUMNS)}
+    assert (row[col["units"]], row[col["characters"]], row[col["protocol"]]) == ("1", "11", "smpp")
 
 
 def test_store_and_forward_until_a_receiver_binds(smsc: Smsc) -> None:
