@@ -37,6 +37,8 @@ class _H2(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, tuple[asyncio.Future[tuple[int, bytes, bytes]], list[Any]]] = {}
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.slots = asyncio.Semaphore(100)
+        """Streams in flight (below the CHF's SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -144,12 +146,16 @@ class NchfLoad:
 
     async def request(self, i: int, path: bytes, payload: bytes,
                       expect: int) -> tuple[float | None, bytes]:
+        conn = self.conns[i % self.n]
+        if conn.slots.locked():  # that connection is full: the least busy one
+            conn = max(self.conns, key=lambda c: c.slots._value)
         t0 = time.perf_counter()
-        try:
-            status, location, answer = await self.conns[i % self.n].request(path, payload)
-        except ConnectionError:
-            self.errors += 1
-            return None, b""
+        async with conn.slots:
+            try:
+                status, location, answer = await conn.request(path, payload)
+            except ConnectionError:
+                self.errors += 1
+                return None, b""
         elapsed = time.perf_counter() - t0
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
         if status != expect or (status == 200 and b'"SUCCESS"' not in answer):
