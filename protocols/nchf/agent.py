@@ -29,11 +29,13 @@ import structlog
 
 from ocs import metrics
 from ocs.charging.api import (
+    ChargeEvent,
     ChargingBusy,
     ChargingPaused,
     ChargingService,
     ChargingUnavailable,
     CloseSession,
+    Debit,
     Grant,
     Identity,
     IdKind,
@@ -380,6 +382,8 @@ class ChfAgent:
                 futs.append(self._commit(req, sess, u, final=False))
             elif u.requestedUnit is not None:
                 futs.append(self._open(req, sess, u))
+            elif used_volume(u)[0] > 0:  # usage in a group without quota: charged as is
+                futs.append(self._charge(req, sess, u))
             else:
                 futs.append(_done(None))
         answers = await _all(futs)
@@ -423,6 +427,10 @@ class ChfAgent:
             if ans.final or not ans.ok:
                 sess.limited = True
             return self._from_grant(rg, ans)
+        if isinstance(ans, Debit) and not ans.ok:
+            code = RESULT_OF.get(Refusal(ans.refusal), "END_USER_SERVICE_REJECTED") if (
+                ans.refusal) else "END_USER_SERVICE_REJECTED"
+            return MultipleUnitInformation(ratingGroup=rg, resultCode=code)
         return None
 
     def _commit(self, req: ChargingDataRequest, sess: ChfSession, u: MultipleUnitUsage, *,
@@ -441,6 +449,14 @@ class ChfAgent:
             request=ref, session_id=sess.session_id, service=Service.DATA,
             rating_group=u.ratingGroup, used_units=used, bytes_in=up, bytes_out=down,
             next_units=next_units, validity_s=self.tcc_s, now=self._now()))
+
+    def _charge(self, req: ChargingDataRequest, sess: ChfSession,
+                u: MultipleUnitUsage) -> Awaitable[Debit]:
+        return self.charging.charge_event(ChargeEvent(
+            request=RequestRef("nchf", sess.session_id, req.invocationSequenceNumber),
+            subscriber=sess.identity, service=Service.DATA, units=used_volume(u)[0],
+            session_id=sess.session_id, rating_group=u.ratingGroup, protocol="nchf",
+            now=self._now(), slice=sess.slice, dnn=sess.dnn))
 
     def _mismatch(self) -> HttpAnswer:
         self._count("request_mismatch")
@@ -463,13 +479,27 @@ class ChfAgent:
             sess = ChfSession(session_id=ref, identity=(), service=Service.DATA)
         elif self._repeat_mismatch(sess, req):
             return self._mismatch()
-        groups = sorted(sess.groups | set(reported))
-        answers = await _all(self._commit(req, sess, reported.get(g) or MultipleUnitUsage(
-            ratingGroup=g), final=True) for g in groups)
+        futs: list[Awaitable[Settlement | Debit]] = []
+        for g in sorted(sess.groups | set(reported)):
+            u = reported.get(g) or MultipleUnitUsage(ratingGroup=g)
+            if known and g not in sess.groups and used_volume(u)[0] > 0:
+                futs.append(self._charge(req, sess, u))  # usage in a group without quota
+            else:
+                futs.append(self._commit(req, sess, u, final=True))
+        answers = await _all(futs)
         if any(a.refusal == Refusal.REQUEST_MISMATCH for a in answers):
             return self._mismatch()
+        found = any(a.ok for a in answers)
+        if not known and not found:
+            # A release sent again whose usage was charged as an event (a group without
+            # quota): that debit exists under this request's name. Asked for with no
+            # subscriber, an event never charged is refused (nobody pays), and one that
+            # was is there under other content (its subscriber): found, nothing charged.
+            again = [u for u in reported.values() if used_volume(u)[0] > 0]
+            found = any(d.ok or d.refusal == Refusal.REQUEST_MISMATCH for d in await _all(
+                self._charge(req, sess, u) for u in again))
         self.sessions.pop(ref, None)
-        if not known and not any(a.ok for a in answers):
+        if not known and not found:
             return _problem(404, "CHARGING_DATA_RESOURCE_NOT_FOUND", "no such charging data")
         return HttpAnswer(204, b"", content_type="")
 

@@ -22,7 +22,7 @@ from fake_charging import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nchf_support import BASE, request, usage
-from tests_support import OCS, free_tcp_port, init_server, metric, serving
+from tests_support import OCS, admin_healthy, free_tcp_port, init_server, metric, serving
 
 from protocols.nchf.agent import ChfAgent, ChfSettings
 
@@ -66,7 +66,7 @@ listen = "127.0.0.1:{admin}"
     subprocess.run([OCS, "subscriber", "add", "--msisdn", "41793000001", "--plan",
                     "prepaid-basic", "--balance", "10.00", "--config", str(cfg)],
                    check=True, capture_output=True)
-    with serving(cfg, tmp, "nchf_listening", args=("--workers", "1")):
+    with serving(cfg, tmp, lambda: admin_healthy(admin), args=("--workers", "1")):
         yield Target(tmp, cfg, port, admin)
 
 

@@ -298,3 +298,23 @@ def test_translation_to_charging_commands() -> None:
         500, 7000, 50, None)
     assert (c10.rating_group, c10.used_units, c20.rating_group, c20.used_units) == (
         10, 9, 20, 0)
+
+
+def test_usage_in_a_group_without_quota_is_charged_as_it_comes(env: Any) -> None:
+    agent, _clock, store = env
+    ref, _ = create(agent, request(0, usage(10, MB)))
+    up = post(agent, f"{BASE}/{ref}/update", request(1, usage(20, None, MB)))
+    assert up.status == 200 and "multipleUnitInformation" not in js(up)
+    rel = post(agent, f"{BASE}/{ref}/release", request(2, usage(20, None, 500_000)))
+    assert rel.status == 204
+    assert money(agent) == (EUR - 15_000, 0)
+    assert [(r.rating_group, r.charge, r.result) for r in cdrs(store)] == [
+        (20, 10_000, "event"), (10, 0, "final"), (20, 5_000, "event")]
+    # the same release again: replayed, nothing charged twice
+    assert post(agent, f"{BASE}/{ref}/release",
+                request(2, usage(20, None, 500_000))).status == 204
+    assert money(agent) == (EUR - 15_000, 0)
+    # usage for a ref that never was: refused, nobody charged
+    assert post(agent, f"{BASE}/{'f' * 32}/release",
+                request(2, usage(20, None, 500_000))).status == 404
+    assert money(agent) == (EUR - 15_000, 0) and len(cdrs(store)) == 3

@@ -23,6 +23,7 @@ import pytest
 from nchf_support import BASE, request, usage
 from tests_support import (
     OCS,
+    admin_healthy,
     free_tcp_port,
     init_server,
     metric,
@@ -84,7 +85,7 @@ listen = "127.0.0.1:{admin}"
     for i, balance in enumerate(("10.00", "10.00", "0.003", "10.00", "10.00", "10.00"), 1):
         c.cli("subscriber", "add", "--msisdn", f"4179100000{i}", "--imsi",
               f"22801100000000{i}", "--plan", "prepaid-basic", "--balance", balance)
-    with serving(cfg, tmp, "nchf_listening", args=("--workers", "1")):
+    with serving(cfg, tmp, lambda: admin_healthy(admin), args=("--workers", "1")):
         yield c
     c.h2.close()
 
