@@ -280,7 +280,11 @@ class ChfAgent:
         if sess.groups:
             sess.rating_group = min(sess.groups)
         sess.seen[req.invocationSequenceNumber] = _digest(req)
-        if ref not in self.sessions:  # a create sent again replays; the resource goes on
+        # kept while it holds quota or waits for credit (a top-up -> REAUTHORIZATION), as
+        # Gy keeps a session: refused creates cannot fill the table; a create sent again
+        # replays, and the resource goes on as it was
+        if ref not in self.sessions and (sess.groups or any(
+                not g.ok and g.refusal in _CREDIT for g in grants)):
             self.sessions[ref] = sess
         answer = ChargingDataResponse(
             invocationTimeStamp=timestamp(now),

@@ -318,3 +318,13 @@ def test_usage_in_a_group_without_quota_is_charged_as_it_comes(env: Any) -> None
     assert post(agent, f"{BASE}/{'f' * 32}/release",
                 request(2, usage(20, None, 500_000))).status == 404
     assert money(agent) == (EUR - 15_000, 0) and len(cdrs(store)) == 3
+
+
+def test_refused_creates_do_not_fill_the_session_table(env: Any) -> None:
+    agent, _clock, _store = env
+    for i in range(50):
+        ans = post(agent, BASE, request(i, usage(30, MB)))  # no rate prices group 30
+        assert js(ans)["multipleUnitInformation"][0]["resultCode"] == "RATING_FAILED"
+    assert len(agent.sessions) == 0
+    create(agent, request(0, usage(10, MB), sub="msisdn-41790000002"))  # waits for credit
+    assert len(agent.sessions) == 1
