@@ -20,8 +20,8 @@ from ocs.cdr.export import CdrExporter
 from ocs.cdr.reader import CdrFormatError
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import DebitRequest, IdKind
-from ocs.config import Config, ConfigError, load_config
-from ocs.money import MoneyError, format_amount
+from ocs.config import LOG_LEVELS, Config, ConfigError, load_config
+from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.provisioning import (
     NewSubscriber,
     ProvisioningError,
@@ -58,7 +58,8 @@ class _Parser(argparse.ArgumentParser):
 def _common() -> _Parser:
     p = _Parser(add_help=False)
     p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                   help="config file (default config/ocs.toml)")
+                   help="config file (default: $OCS_CONFIG, else ./config/ocs.toml, else "
+                   "/etc/ocs/ocs.toml)")
     p.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
                    help="data directory (overrides node.data_dir)")
     return p
@@ -67,25 +68,31 @@ def _common() -> _Parser:
 def build_parser() -> _Parser:
     common = _common()
     parser = _Parser(prog="ocs", description="Online charging system and AAA server",
-                     parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+                     parents=[common], epilog="exit status: 0 done, 1 refused / not found / "
+                     "failed, 2 usage or config error")
+    parser.add_argument("--version", action="version", version=f"ocs {version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("serve", parents=[common], help="run the server")
     p.add_argument("--workers", type=int, metavar="N", default=None,
                    help="event-loop processes sharing the ports (default: node.workers; "
                    "0 = one per CPU core)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help="overrides node.log_level")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", parents=[common], help="create the store and load plans")
     p.add_argument("--demo", action="store_true", help="add the demo subscribers")
     p.add_argument("--plans", metavar="FILE", help="plans file (default: plans.toml beside "
                    "the config)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
     plan = sub.add_parser("plan", parents=[common], help="tariff plans")
     psub = plan.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = psub.add_parser("load", parents=[common], help="load plans and zones from a TOML file")
     p.add_argument("file")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_load)
     p = psub.add_parser("list", parents=[common])
     p.add_argument("--json", action="store_true")
@@ -107,6 +114,7 @@ def build_parser() -> _Parser:
     p.add_argument("--postpaid", action="store_true")
     p.add_argument("--credit-limit", default="")
     p.add_argument("--roaming", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_add)
     p = ssub.add_parser("show", parents=[common])
     p.add_argument("msisdn")
@@ -118,23 +126,36 @@ def build_parser() -> _Parser:
     p = ssub.add_parser("topup", parents=[common])
     p.add_argument("msisdn")
     p.add_argument("amount")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_topup)
     for action in ("suspend", "resume", "block", "delete"):
         p = ssub.add_parser(action, parents=[common])
         p.add_argument("msisdn")
+        p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_sub_status, status_action=action)
     p = ssub.add_parser("plan", parents=[common], help="move a subscriber to another plan")
     p.add_argument("msisdn")
     p.add_argument("plan")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_plan)
     p = ssub.add_parser("import", parents=[common], help="bulk provisioning from CSV")
     p.add_argument("file")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_import)
+
+    st = sub.add_parser("store", parents=[common], help="the store: hot backup")
+    stsub = st.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = stsub.add_parser("backup", parents=[common],
+                         help="a consistent, compacted copy of the store, also while serving")
+    p.add_argument("dir", help="a new or empty directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_backup)
 
     c = sub.add_parser("cdr", parents=[common], help="CDR files")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = csub.add_parser("flush", parents=[common], help="close the open CDR file now")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cdr_flush)
     p = csub.add_parser("list", parents=[common], help="list closed CDR files")
     p.add_argument("--json", action="store_true")
@@ -149,6 +170,7 @@ def build_parser() -> _Parser:
     for action in ("ack", "clear"):
         p = asub.add_parser(action, parents=[common])
         p.add_argument("id", type=int)
+        p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_alarms_action, alarm_action=action)
 
     fr = sub.add_parser("fraud", parents=[common], help="fraud cases and the offline scan")
@@ -168,6 +190,7 @@ def build_parser() -> _Parser:
     p.add_argument("--reinstate", action="store_true",
                    help="make the subscriber active again if the case suspended it")
     p.add_argument("--note", default="", help="resolution (kept in the case)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fraud_cases_resolve)
     p = fsub.add_parser("scan", parents=[common],
                         help="rank subscribers by anomalous usage in a period's CDR files")
@@ -189,6 +212,7 @@ def build_parser() -> _Parser:
                    "<period>")
     p.add_argument("--dry-run", action="store_true", help="show totals, write nothing")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bill_run)
     p = bsub.add_parser("reconcile", parents=[common],
                         help="CDR files vs balances vs invoices for a billed period")
@@ -257,11 +281,28 @@ def _open(cfg: Config, *, create: bool = False) -> Store:
     return Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=create)
 
 
+def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    """A command's result: ``text`` for people, ``data`` as JSON with --json."""
+    if getattr(args, "json", False):
+        _print_json(data)
+    else:
+        print(text)
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table on a terminal; into a pipe or file, tab-separated lines (a header line,
+    then one per row) with every value whole, for grep, cut and awk."""
+    if not sys.stdout.isatty():
+        def cell(v: Any) -> str:
+            return " ".join(str(v).split()) if any(c in str(v) for c in "\t\r\n") else str(v)
+
+        out = ["\t".join(columns)] + ["\t".join(cell(v) for v in row) for row in rows]
+        sys.stdout.write("\n".join(out) + "\n")
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -301,16 +342,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from ocs import app  # after the metrics directory is set: the metrics read it
 
+    # every process of the server (workers, writer, exporter) reads the level from here
+    os.environ[logs.LEVEL_ENV] = args.log_level or cfg.node.log_level
     logs.configure(cfg.node.log_format)
     app.run(cfg, n)
     return 0
 
 
-def _default_plans_file(args: argparse.Namespace) -> Path:
+def _default_plans_file(args: argparse.Namespace, cfg: Config) -> Path:
     if getattr(args, "plans", None):
         return Path(args.plans)
-    cfg_path = Path(getattr(args, "config", "config/ocs.toml"))
-    return cfg_path.parent / "plans.toml"
+    return Path(cfg.source).parent / "plans.toml"
 
 
 def _load_plans(store: Store, path: Path) -> tuple[int, int, int]:
@@ -321,7 +363,7 @@ def _load_plans(store: Store, path: Path) -> tuple[int, int, int]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    plans_file = _default_plans_file(args)
+    plans_file = _default_plans_file(args, cfg)
     # Validate before anything is written.
     load_plans_file(plans_file)
     demo = plans_file.parent / "demo_subscribers.csv"
@@ -332,8 +374,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         added = 0
         if args.demo:
             added = _import_missing(store, demo)
-    print(f"store ready at {cfg.data_dir / 'ocs.lmdb'}: {n_plans} plans, {n_zones} zones"
-          + (f", {added} demo subscribers added" if args.demo else ""))
+    _say(args, f"store ready at {cfg.data_dir / 'ocs.lmdb'}: {n_plans} plans, {n_zones} "
+         f"zones" + (f", {added} demo subscribers added" if args.demo else ""),
+         {"store": str(cfg.data_dir / "ocs.lmdb"), "config": cfg.source,
+          "plans_file": str(plans_file), "plans": n_plans, "zones": n_zones,
+          "demo_subscribers_added": added})
     return 0
 
 
@@ -369,7 +414,8 @@ def cmd_plan_load(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _open(cfg) as store:
         n_plans, n_zones, version = _load_plans(store, Path(args.file))
-    print(f"loaded {n_plans} plans and {n_zones} zones (plans version {version})")
+    _say(args, f"loaded {n_plans} plans and {n_zones} zones (plans version {version})",
+         {"plans": n_plans, "zones": n_zones, "version": version})
     return 0
 
 
@@ -465,7 +511,8 @@ def cmd_sub_add(args: argparse.Namespace) -> int:
     validate_msisdn(new.msisdn)
     with _open(cfg) as store:
         sub = store.run_write(op_add_subscriber(new))
-    print(f"subscriber {sub.msisdn} added on plan {sub.plan_id} ({sub.mode})")
+    _say(args, f"subscriber {sub.msisdn} added on plan {sub.plan_id} ({sub.mode})",
+         {"msisdn": sub.msisdn, "plan": sub.plan_id, "mode": sub.mode, "status": sub.status})
     return 0
 
 
@@ -542,7 +589,9 @@ def cmd_sub_topup(args: argparse.Namespace) -> int:
     op = op_topup(args.msisdn, args.amount)
     with _open(cfg) as store:
         bal = store.run_write(op)
-    print(f"{validate_msisdn(args.msisdn)}: balance {format_amount(bal.balance)}")
+    _say(args, f"{validate_msisdn(args.msisdn)}: balance {format_amount(bal.balance)}",
+         {"msisdn": args.msisdn, "amount": format_amount(parse_amount(args.amount)),
+          "balance": format_amount(bal.balance)})
     return 0
 
 
@@ -551,7 +600,7 @@ def cmd_sub_status(args: argparse.Namespace) -> int:
     validate_msisdn(args.msisdn)
     with _open(cfg) as store:
         _old, new = store.run_write(op_set_status(args.msisdn, args.status_action))
-    print(f"{new.msisdn}: {new.status}")
+    _say(args, f"{new.msisdn}: {new.status}", {"msisdn": new.msisdn, "status": new.status})
     return 0
 
 
@@ -560,7 +609,8 @@ def cmd_sub_plan(args: argparse.Namespace) -> int:
     validate_msisdn(args.msisdn)
     with _open(cfg) as store:
         old, new = store.run_write(op_change_plan(args.msisdn, args.plan))
-    print(f"{new.msisdn}: plan {old.plan_id} -> {new.plan_id}")
+    _say(args, f"{new.msisdn}: plan {old.plan_id} -> {new.plan_id}",
+         {"msisdn": new.msisdn, "old_plan": old.plan_id, "plan": new.plan_id})
     return 0
 
 
@@ -588,7 +638,8 @@ def cmd_sub_import(args: argparse.Namespace) -> int:
 
                 n = import_subscribers(store, path, progress=progress)
     elapsed = time.perf_counter() - started
-    print(f"imported {n} subscribers in {elapsed:.1f} s")
+    _say(args, f"imported {n} subscribers in {elapsed:.1f} s",
+         {"imported": n, "seconds": round(elapsed, 3)})
     return 0
 
 
@@ -597,14 +648,25 @@ def _exporter(cfg: Config, store: Store) -> CdrExporter:
                        rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records)
 
 
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    from ocs.store.backup import backup
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        m = backup(store, args.dir, source=str(store.path))
+    _say(args, f"backup of {m['source']} in {Path(args.dir) / m['file']}: {m['bytes']:,} bytes, "
+         f"{m['subscribers']} subscribers, CDRs up to {m['cdr_seq']} "
+         f"({m['cdr_journal']} not yet in files)", m)
+    return 0
+
+
 def cmd_cdr_flush(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _open(cfg) as store:
         res = _exporter(cfg, store).flush(int(time.time()))
-    if res.closed:
-        print(f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)")
-    else:
-        print("no open CDR file; nothing to flush")
+    _say(args, f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
+         else "no open CDR file; nothing to flush", {"closed": list(res.closed),
+                                                     "rows": res.rows})
     return 0
 
 
@@ -665,8 +727,8 @@ def cmd_alarms_action(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     state = "acknowledged" if args.alarm_action == "ack" else "cleared"
-    print(f"alarm {alarm.alarm_id} ({alarm.element} {alarm.resource} {alarm.alarm_type}) "
-          f"{state}")
+    _say(args, f"alarm {alarm.alarm_id} ({alarm.element} {alarm.resource} "
+         f"{alarm.alarm_type}) {state}", {"alarm_id": alarm.alarm_id, "state": state})
     return 0
 
 
@@ -732,8 +794,9 @@ def cmd_fraud_cases_resolve(args: argparse.Namespace) -> int:
                                                       note=args.note, at=int(time.time())))
         except (KeyError, ValueError) as exc:
             raise CliError(str(exc).strip("'\"")) from None
-    print(f"case {case.case_id} resolved" + (f"; {case.msisdn} reinstated"
-                                              if case.reinstated else ""))
+    _say(args, f"case {case.case_id} resolved" + (f"; {case.msisdn} reinstated"
+                                                   if case.reinstated else ""),
+         {"case_id": case.case_id, "msisdn": case.msisdn, "reinstated": case.reinstated})
     return 0
 
 
@@ -746,6 +809,11 @@ def cmd_fraud_scan(args: argparse.Namespace) -> int:
         start, end = scan.period_bounds(args.period)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise CliError("ocs fraud scan needs scikit-learn: pip install 'ocs[ml]'",
+                       EXIT_FAILURE)
     files = closed_cdr_files(cfg.under_data(cfg.cdr.dir))
     try:
         keys, rows = scan.daily_features(files, start, end)
@@ -803,10 +871,15 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     what = "dry run: would write" if args.dry_run else ("re-ran" if summary.rerun else "wrote")
     where = "" if args.dry_run else f" to {out}"
-    print(f"{args.period}: {what} {summary.invoices} invoices{where} from {summary.rows} CDR "
-          f"rows in {summary.files} files; subtotal {format_amount(summary.subtotal)}, tax "
-          f"{format_amount(summary.tax)}, total {format_amount(summary.total)} "
-          f"({elapsed:.1f} s)")
+    _say(args, f"{args.period}: {what} {summary.invoices} invoices{where} from {summary.rows} "
+         f"CDR rows in {summary.files} files; subtotal {format_amount(summary.subtotal)}, tax "
+         f"{format_amount(summary.tax)}, total {format_amount(summary.total)} "
+         f"({elapsed:.1f} s)",
+         {"period": args.period, "dry_run": args.dry_run, "rerun": summary.rerun,
+          "out": None if args.dry_run else str(out), "invoices": summary.invoices,
+          "rows": summary.rows, "files": summary.files,
+          "subtotal": format_amount(summary.subtotal), "tax": format_amount(summary.tax),
+          "total": format_amount(summary.total), "seconds": round(elapsed, 3)})
     return 0
 
 
@@ -866,9 +939,22 @@ def cmd_charge(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("ocs")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) is None:  # `ocs` alone
+        parser.print_help()
+        return EXIT_BAD_INPUT
     if args.func is not cmd_serve:
         import logging
 

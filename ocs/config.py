@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -19,6 +20,9 @@ from typing import Any
 from ocs.money import MICRO, MoneyError, parse_amount
 
 DEFAULT_CONFIG = Path("config/ocs.toml")
+SEARCH_PATH = (DEFAULT_CONFIG, Path("/etc/ocs/ocs.toml"))
+"""Where a config is looked for when neither ``--config`` nor ``$OCS_CONFIG`` names one."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,8 @@ class NodeConfig:
     """MCC-MNC codes of the home network; a visited network in this list is not roaming."""
     log_format: str = "auto"
     """auto (console on a TTY, JSON otherwise) | json | console."""
+    log_level: str = "info"
+    """debug | info | warning | error (``ocs serve --log-level`` overrides)."""
     workers: int = 0
     """Event-loop processes sharing the listeners (SO_REUSEPORT); 0 = one per CPU core."""
     group_readable: bool = False
@@ -481,6 +487,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: node.workers: expected 0 (one per core) to 64")
     if cfg.node.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"{src}: node.log_format: expected auto, json or console")
+    if cfg.node.log_level not in LOG_LEVELS:
+        raise ConfigError(f"{src}: node.log_level: expected {', '.join(LOG_LEVELS)}")
     for n in cfg.node.home_networks:
         if not (n.isascii() and n.isdigit() and len(n) in (5, 6)):
             raise ConfigError(f"{src}: node.home_networks: {n!r} is not an MCC-MNC")
@@ -689,10 +697,33 @@ def _check_usm(snmp: SnmpConfig, src: str) -> None:
                 raise ConfigError(f"{src}: {where}: an engine ID has 5 to 32 octets")
 
 
-def load_config(path: str | Path | None = None, *, data_dir: str | None = None) -> Config:
-    """Load and validate a config file (``config/ocs.toml`` when None and it exists)."""
-    if path is None:
-        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+def find_config(path: str | Path | None = None) -> Path:
+    """The config file to use: ``path`` (``--config``), else ``$OCS_CONFIG``, else the
+    first of ./config/ocs.toml and /etc/ocs/ocs.toml that exists; ConfigError when there
+    is none (built-in defaults would point every command at a store that is not there)."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("OCS_CONFIG", "")
+    if env:
+        return Path(env)
+    for candidate in SEARCH_PATH:
+        if candidate.exists():
+            return candidate
+    raise ConfigError("no config file: give --config PATH or set OCS_CONFIG, or create "
+                      + " or ".join(str(p) for p in SEARCH_PATH))
+
+
+def load_config(path: str | Path | None = None, *, data_dir: str | None = None,
+                defaults: bool = False) -> Config:
+    """Load and validate the config file :func:`find_config` names (``defaults``: the
+    built-in defaults instead, when there is none)."""
+    try:
+        found: Path | None = find_config(path)
+    except ConfigError:
+        if not defaults:
+            raise
+        found = None
+    path = found
     if path is None:
         cfg = Config()
     else:

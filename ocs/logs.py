@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
 
+LEVEL_ENV = "OCS_LOG_LEVEL"
+"""The server's log level (debug, info, warning, error), for all of its processes."""
 
-def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
-    """``fmt``: auto (console on a TTY, JSON otherwise), json or console."""
+
+def configure(fmt: str = "auto", level: int | None = None) -> None:
+    """``fmt``: auto (console on a TTY, JSON otherwise), json or console. ``level``:
+    default ``$OCS_LOG_LEVEL`` (as ``ocs serve`` sets it), else info."""
+    if level is None:
+        name = os.environ.get(LEVEL_ENV, "info").upper()
+        level = logging.getLevelNamesMapping().get(name, logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()

@@ -13,14 +13,13 @@ import argparse
 import asyncio
 import os
 import random
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table, run_sim
+from sim.report import Report, Timeline, finish, run_sim
 
 if TYPE_CHECKING:
     from sim.context import BenchContext
@@ -299,11 +298,7 @@ class DiameterCommand:
             reports = uvloop.run(coro)
         except ImportError:  # pragma: no cover
             reports = asyncio.run(coro)
-        if args.json:
-            sys.stdout.write(dump_json(reports) + "\n")
-        else:
-            print_table(reports, "ocs-sim diameter")
-        return 0
+        return finish(reports, "ocs-sim diameter", args.json, args.server)
 
 
 def _sim(host: str, port: int, args: list[str]) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import h2.events
 
 from sim.context import BenchContext
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table, run_sim
+from sim.report import Report, Timeline, finish, run_sim
 
 BASE = "/nchf-convergedcharging/v3/chargingdata"
 
@@ -280,11 +279,7 @@ class NchfCommand:
             reports = uvloop.run(coro)
         except ImportError:  # pragma: no cover
             reports = asyncio.run(coro)
-        if args.json:
-            sys.stdout.write(dump_json(reports) + "\n")
-        else:
-            print_table(reports, "ocs-sim nchf")
-        return 0
+        return finish(reports, "ocs-sim nchf", args.json, args.server)
 
 
 def _sim(host: str, port: int, args: list[str]) -> list[dict[str, Any]]:

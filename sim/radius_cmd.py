@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import socket
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from protocols.radius.codec import (
 from protocols.radius.codec import decode as decode_packet
 from sim.cpumeter import CpuSampler, attach
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table, run_sim
+from sim.report import Report, Timeline, finish, run_sim
 
 if TYPE_CHECKING:
     from sim.context import BenchContext
@@ -208,11 +207,7 @@ class RadiusCommand:
             reports = list(uvloop.run(coro))
         except ImportError:  # pragma: no cover
             reports = list(asyncio.run(coro))
-        if args.json:
-            sys.stdout.write(dump_json(reports) + "\n")
-        else:
-            print_table(reports, "ocs-sim radius")
-        return 0
+        return finish(reports, "ocs-sim radius", args.json, args.server)
 
 
 def _sim(host: str, port: int, n_sessions: int, interims: int, extra: list[str]) -> list[

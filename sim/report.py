@@ -109,6 +109,20 @@ def cpu_per_op(r: Report) -> str:
     return f"{us:,.0f} ({r.extra.get('cpu_cores', 0):.2f})"
 
 
+def finish(reports: list[Report], title: str, as_json: bool, target: str) -> int:
+    """Print a generator's reports; the exit status: 1 with one line on stderr when the
+    target answered nothing at all (a dead port, a wrong secret), else 0."""
+    if as_json:
+        sys.stdout.write(dump_json(reports) + "\n")
+    else:
+        print_table(reports, title)
+    sent = sum(r.operations for r in reports)
+    if sent and all(r.errors == r.operations for r in reports):
+        sys.stderr.write(f"{title}: no answer from {target} ({sent} requests, all failed)\n")
+        return 1
+    return 0
+
+
 def print_table(reports: list[Report], title: str = "ocs benchmark") -> None:
     from rich.console import Console
     from rich.table import Table

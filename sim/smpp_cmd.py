@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from protocols.smpp.pdu import (
     encode_submit,
 )
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, dump_json, print_table, run_sim
+from sim.report import Report, Timeline, finish, run_sim
 
 if TYPE_CHECKING:
     from sim.context import BenchContext
@@ -175,11 +174,7 @@ class SmppCommand:
             report = uvloop.run(coro)
         except ImportError:  # pragma: no cover
             report = asyncio.run(coro)
-        if args.json:
-            sys.stdout.write(dump_json([report]) + "\n")
-        else:
-            print_table([report], "ocs-sim smpp")
-        return 0
+        return finish([report], "ocs-sim smpp", args.json, args.server)
 
 
 def _sim(host: str, port: int, extra: list[str]) -> dict[str, Any]:

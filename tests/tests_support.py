@@ -90,7 +90,7 @@ def start_nas(port: int, secret: bytes = b"testing123") -> Any:
             self.coa.append({k: pkt[k] for k in pkt.keys()})  # noqa: SIM118
             self._reply(pkt, pyrad_packet.CoAACK, pyrad_packet.CoANAK)
 
-    nas = Nas(dict=Dictionary(str(REPO / "dictionaries" / "radius" / "dictionary")),
+    nas = Nas(dict=Dictionary(str(REPO / "protocols" / "radius" / "dictionaries" / "dictionary")),
               coaport=port, auth_enabled=False, acct_enabled=False, coa_enabled=True)
     nas.received = []
     nas.coa = []

@@ -1,5 +1,6 @@
 """The AVP dictionary: names, base types and flag rules, read from
-``dictionaries/diameter/*.dict`` (base RFC 6733, RFC 4006 credit control, 3GPP Gy).
+``protocols/diameter/dictionaries/*.dict`` (base RFC 6733, RFC 4006 credit control,
+3GPP Gy), package data of this package.
 
 The codec needs it for three things: which AVPs are Grouped (to walk them), the fixed
 payload length of numeric types (a wrong length is 5014), and which AVPs are known at
@@ -14,7 +15,7 @@ from pathlib import Path
 
 DICT_DIR = Path(os.environ.get(
     "OCS_DIAMETER_DICT_DIR",
-    Path(__file__).resolve().parents[2] / "dictionaries" / "diameter"))
+    Path(__file__).resolve().parent / "dictionaries"))
 
 TYPES = frozenset({
     "OctetString", "Integer32", "Integer64", "Unsigned32", "Unsigned64", "Float32",

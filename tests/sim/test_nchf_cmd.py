@@ -39,3 +39,12 @@ enabled = false
         s = json.loads(show)
         # 10 updates + the release of 100 kB each at URLLC's 0.05 EUR/MB
         assert (s["balance"], s["reserved"]) == ("0.9450", "0.0000"), s
+
+
+def test_a_generator_against_a_dead_port_exits_1_with_one_line() -> None:
+    p = subprocess.run([sys.executable, "-m", "sim.cli", "radius", "--server",
+                        f"127.0.0.1:{free_tcp_port()}", "--sessions", "2", "--interims", "2",
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        p.stderr.strip()] and "no answer from 127.0.0.1:" in p.stderr

@@ -218,6 +218,10 @@ def test_notifications_reach_the_consumer(chf: Chf) -> None:
         (version, path, body), = smf.wait(1)
         assert (version, path) == ("2", "/nsmf-callback/v1/notify/pdu-7")  # h2c
         assert body["notificationType"] == "REAUTHORIZATION"
+        deadline = time.monotonic() + 5  # counted once the consumer's answer is in
+        while metric(chf.admin, "ocs_chf_notifications_total", type="REAUTHORIZATION",
+                     outcome="delivered") < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert metric(chf.admin, "ocs_chf_notifications_total", type="REAUTHORIZATION",
                       outcome="delivered") == before + 1
         # the SMF re-authorises: a fresh grant now that there is credit

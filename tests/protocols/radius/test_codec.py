@@ -33,7 +33,7 @@ from protocols.radius.codec import (
     vsa,
 )
 
-DICT = Dictionary(str(REPO / "dictionaries" / "radius" / "dictionary"))
+DICT = Dictionary(str(REPO / "protocols" / "radius" / "dictionaries" / "dictionary"))
 SECRET = b"testing123"
 
 

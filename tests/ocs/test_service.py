@@ -1,0 +1,238 @@
+"""Running it as a service, as an operator meets it: config discovery, --version, --json
+and pipe-friendly output, log level, hot backup under load and its restore, the wheel
+installed normally."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tests_support import (
+    CONFIG_DIR,
+    OCS,
+    admin_healthy,
+    free_tcp_port,
+    init_server,
+    serving,
+)
+
+from ocs.cdr.reader import closed_cdr_files, read_cdr_file
+from ocs.money import parse_amount
+from ocs.store import Store
+from ocs.store.env import BALANCES, CDR_JOURNAL, META, META_CDR_SEQ, unpack_u64
+from ocs.store.records import dec_balance, dec_cdr
+from sim.core import provision
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ocs(*args: str, cwd: Path, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    e = {k: v for k, v in os.environ.items() if k != "OCS_CONFIG"}
+    p = subprocess.run([OCS, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                       env={**e, **(env or {})})
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_config_discovery_version_and_help(tmp_path: Path) -> None:
+    cfg = init_server(tmp_path, "[admin]\nenabled = false\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # nothing found: one line naming where it looked, exit 2 (not silent defaults)
+    p = ocs("subscriber", "list", cwd=elsewhere, check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "no config file" in p.stderr and "/etc/ocs/ocs.toml" in p.stderr
+    # $OCS_CONFIG
+    ocs("subscriber", "add", "--msisdn", "41790000001", "--plan", "prepaid-basic",
+        cwd=elsewhere, env={"OCS_CONFIG": str(cfg)})
+    listed = ocs("subscriber", "list", "--json", cwd=elsewhere, env={"OCS_CONFIG": str(cfg)})
+    assert [s["msisdn"] for s in json.loads(listed.stdout)] == ["41790000001"]
+    # ./config/ocs.toml in the working directory
+    (elsewhere / "config").mkdir()
+    shutil.copy(cfg, elsewhere / "config" / "ocs.toml")
+    assert "41790000001" in ocs("subscriber", "list", cwd=elsewhere).stdout
+    # --config wins over $OCS_CONFIG; an error names the file it read
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nbogus = 1\n")
+    p = ocs("subscriber", "list", "--config", str(bad), cwd=elsewhere,
+            env={"OCS_CONFIG": str(cfg)}, check=False)
+    assert p.returncode == 2 and str(bad) in p.stderr and "node.bogus" in p.stderr
+    v = ocs("--version", cwd=elsewhere)
+    assert v.stdout.startswith("ocs ") and v.stdout.split()[1][0].isdigit()
+    bare = ocs(cwd=elsewhere, check=False)
+    assert bare.returncode == 2 and "usage: ocs" in bare.stdout and "serve" in bare.stdout
+
+
+def test_json_everywhere_and_whole_values_in_pipes(tmp_path: Path) -> None:
+    cfg = init_server(tmp_path, "[admin]\nenabled = false\n")
+    c = ["--config", str(cfg)]
+    init = json.loads(ocs("init", *c, "--json", cwd=tmp_path).stdout)
+    assert (init["plans"], init["zones"], init["config"]) == (4, 2, str(cfg))
+    added = json.loads(ocs("subscriber", "add", "--msisdn", "41790000001", "--plan",
+                           "prepaid-basic", "--username", "a-rather-long-user-name@example.org",
+                           "--json", *c, cwd=tmp_path).stdout)
+    assert added == {"msisdn": "41790000001", "plan": "prepaid-basic", "mode": "prepaid",
+                     "status": "active"}
+    top = json.loads(ocs("subscriber", "topup", "41790000001", "2.5", "--json", *c,
+                         cwd=tmp_path).stdout)
+    assert top == {"msisdn": "41790000001", "amount": "2.5000", "balance": "2.5000"}
+    assert json.loads(ocs("subscriber", "suspend", "41790000001", "--json", *c,
+                          cwd=tmp_path).stdout)["status"] == "suspended"
+    flush = json.loads(ocs("cdr", "flush", "--json", *c, cwd=tmp_path).stdout)
+    assert flush == {"closed": [], "rows": 0}
+    bill = json.loads(ocs("bill", "run", "--period", "2026-10", "--dry-run", "--json", *c,
+                          cwd=tmp_path).stdout)
+    assert bill["dry_run"] is True and bill["invoices"] >= 0 and "total" in bill
+    # into a pipe: tab-separated, nothing cut
+    listed = ocs("subscriber", "list", *c, cwd=tmp_path).stdout.splitlines()
+    assert listed[0].split("\t")[:2] == ["msisdn", "plan"]
+    assert listed[1].split("\t")[:4] == ["41790000001", "prepaid-basic", "prepaid",
+                                         "suspended"]
+    shown = ocs("plan", "show", "prepaid-basic", *c, cwd=tmp_path).stdout
+    assert "data-embb-video\tdata" in shown and "1-000001" in shown
+
+
+def test_log_level(tmp_path: Path) -> None:
+    admin = free_tcp_port()
+    cfg = init_server(tmp_path, f'[admin]\nlisten = "127.0.0.1:{admin}"\n')
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), log_name="quiet.log",
+                 args=("--workers", "1", "--log-level", "warning")):
+        pass
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), log_name="info.log",
+                 args=("--workers", "1")):
+        pass
+    levels = {name: {json.loads(ln)["level"] for ln in (tmp_path / name).read_text()
+                     .splitlines() if ln.startswith("{")} for name in ("quiet.log", "info.log")}
+    assert "info" in levels["info.log"] and "info" not in levels["quiet.log"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("[node]\n", '[node]\nlog_level = "loud"\n'))
+    p = ocs("serve", "--config", str(bad), cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "node.log_level" in p.stderr
+
+
+def _charged(store_dir: Path, cdr_dir: Path, initial: int, n: int) -> tuple[int, int]:
+    """(money gone from the balances, money on the CDRs the copy knows of)."""
+    with Store(store_dir, create=False) as s, s.read() as txn:
+        gone = sum(initial - dec_balance.decode(v).balance
+                   for _k, v in txn.cursor(db=s.dbs[BALANCES]))
+        seq = unpack_u64(txn.get(META_CDR_SEQ, db=s.dbs[META]) or b"\0" * 8)
+        journal = {dec_cdr.decode(v).record_id: dec_cdr.decode(v).charge
+                   for _k, v in txn.cursor(db=s.dbs[CDR_JOURNAL])}
+    files = {r.record.record_id: r.record.charge for f in closed_cdr_files(cdr_dir)
+             for r in read_cdr_file(f) if int(r.record.record_id.rsplit("-", 1)[1]) <= seq}
+    assert len(files.keys() | journal.keys()) == seq  # every CDR up to the copy's
+    return gone, sum({**files, **journal}.values())
+
+
+@pytest.mark.slow
+def test_a_backup_taken_under_load_restores_consistent(tmp_path: Path) -> None:
+    port, admin = free_tcp_port(), free_tcp_port()
+    cfg = init_server(tmp_path, f"""
+[diameter]
+listen = "127.0.0.1:{port}"
+origin_host = "ocs.test.realm"
+origin_realm = "test.realm"
+[cdr]
+export_interval_s = 0.2
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+    n = 200
+    store = Store(tmp_path / "data")
+    provision(store, n, balance="100.00")
+    store.close()
+    initial = parse_amount("100.00")
+    c = ["--config", str(cfg)]
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "1")):
+        load = threading.Thread(target=subprocess.run, args=([
+            sys.executable, "-m", "sim.cli", "diameter", "--server", f"127.0.0.1:{port}",
+            "--realm", "test.realm", "--sessions", str(n), "--updates", "20000",
+            "--terminate", "--json"],), kwargs={"capture_output": True, "timeout": 300})
+        load.start()
+        time.sleep(1.5)  # well into the updates
+        m = json.loads(ocs("store", "backup", str(tmp_path / "bk"), "--json", *c,
+                           cwd=tmp_path).stdout)
+        load.join()
+    assert m["subscribers"] == n and m["cdr_seq"] > 0 and (tmp_path / "bk" / "ocs.lmdb").exists()
+    assert oct((tmp_path / "bk" / "ocs.lmdb").stat().st_mode & 0o777) == "0o600"
+    # the copy is one instant: every balance with exactly the CDRs committed with it
+    gone, on_cdrs = _charged(tmp_path / "bk", tmp_path / "data" / "cdr", initial, n)
+    assert gone == on_cdrs > 0
+    # the server went on after the copy: the live store has moved past it
+    live_gone, _ = _charged(tmp_path / "data", tmp_path / "data" / "cdr", initial, n)
+    assert live_gone > gone
+    # restore (README): stop the server, put the copy back as DATA_DIR/ocs.lmdb, start
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    rcfg = init_server(restored, "[admin]\nenabled = false\n")
+    shutil.copy(tmp_path / "bk" / "ocs.lmdb", restored / "data" / "ocs.lmdb")
+    (restored / "data" / "ocs.lmdb-lock").unlink(missing_ok=True)
+    shown = json.loads(ocs("subscriber", "show", "41770000007", "--json", "--config",
+                           str(rcfg), cwd=restored).stdout)
+    with Store(tmp_path / "bk", create=False) as s:
+        raw = s.get(BALANCES, b"41770000007")
+    assert raw is not None
+    assert parse_amount(shown["balance"]) == dec_balance.decode(raw).balance
+    # into a directory that is not empty: refused, nothing written
+    p = ocs("store", "backup", str(tmp_path / "bk"), *c, cwd=tmp_path, check=False)
+    assert p.returncode == 1 and "not an empty directory" in p.stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_works_installed_normally(tmp_path: Path) -> None:
+    """pip install of the built wheel (not editable) in a fresh venv: the dictionaries are
+    package data; init, --version and serve work from any directory."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True,
+                   timeout=300)
+    (wheel,) = wheels.glob("ocs-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # third-party dependencies from the test environment, appended after the venv's own
+    # site-packages (its .pth files, the editable install among them, are not read)
+    deps = next(p for p in sys.path if p.endswith("site-packages") and ".venv" in p)
+    (site / "zz_deps.pth").write_text(deps + "\n")
+    subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    ocs_bin = str(venv / "bin" / "ocs")
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OCS_CONFIG")}
+    where = subprocess.run([venv / "bin" / "python", "-c", "import ocs, protocols; "
+                            "print(ocs.__file__, protocols.__file__)"], cwd=run, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert str(REPO) not in where and str(site) in where
+    assert subprocess.run([ocs_bin, "--version"], cwd=run, env=env, capture_output=True,
+                          text=True, check=True).stdout.startswith("ocs 0.")
+    port, admin = free_tcp_port(), free_tcp_port()
+    cfg = run / "ocs.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{run / "data"}"\nlog_format = "json"\n'
+                   f'[diameter]\nlisten = "127.0.0.1:{port}"\n'
+                   f'[admin]\nlisten = "127.0.0.1:{admin}"\n')
+    shutil.copy(CONFIG_DIR / "plans.toml", run / "plans.toml")
+    subprocess.run([ocs_bin, "init", "--config", str(cfg)], cwd=run, env=env, check=True,
+                   capture_output=True, timeout=120)
+    log = (run / "serve.log").open("w")
+    proc = subprocess.Popen([ocs_bin, "serve", "--config", str(cfg), "--workers", "1"],
+                            cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "diameter_listening" not in (run / "serve.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                run / "serve.log").read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
