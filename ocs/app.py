@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ocs import logs
+from ocs import logs, sdnotify
 from ocs.config import Config
 from ocs.server import Server, Starter
 from ocs.workers import READY, stop_with_parent
@@ -48,16 +48,35 @@ def build_server(cfg: Config, *, worker: int = 0, workers: int = 1,
 
 
 async def serve(cfg: Config, workers: int = 1) -> None:
-    """``ocs serve``: run until SIGTERM / SIGINT, then stop in order."""
+    """``ocs serve``: run until SIGTERM / SIGINT, then stop in order. Under systemd
+    (``Type=notify``) it says READY=1 once every listener of every worker is bound, pings
+    the watchdog from the event loop, and says STOPPING=1 when it begins to stop."""
+    sdnotify.take_environment()  # before any worker is started: they must not inherit it
+    ping = sdnotify.watchdog_interval()
     server = build_server(cfg, workers=workers)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits
         loop.add_signal_handler(sig, server.request_stop)  # for the start, then stops
+    watchdog: asyncio.Task[None] | None = None
     try:
         await server.start()  # a failed start still stops what it had started
+        sdnotify.notify(f"READY=1\nSTATUS=serving, {workers} worker(s)\nMAINPID={os.getpid()}")
+        if ping:
+            watchdog = asyncio.create_task(_watchdog(ping), name="sd-watchdog")
         await server.wait()
     finally:
+        sdnotify.notify("STOPPING=1\nSTATUS=stopping")
+        if watchdog is not None:
+            watchdog.cancel()
         await server.stop()
+
+
+async def _watchdog(every_s: float) -> None:
+    """WATCHDOG=1 while the event loop turns: a loop stuck for WatchdogSec gets the
+    service restarted (Restart=on-failure)."""
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(every_s)
 
 
 def run(cfg: Config, workers: int = 1) -> None:

@@ -20,6 +20,7 @@ from tests_support import (
     admin_healthy,
     free_tcp_port,
     init_server,
+    require_tool,
     serving,
 )
 
@@ -236,3 +237,77 @@ def test_the_wheel_works_installed_normally(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    unit = tmp_path / "ocs.service"
+    unit.write_text((REPO / "deploy" / "ocs.service").read_text()
+                    .replace("/usr/local/bin/ocs", OCS))
+    p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "ocs.service" not in p.stderr, p.stderr  # others' units may warn; ours not
+    text = unit.read_text()
+    for line in ("Type=notify", "ProtectSystem=strict", "ReadWritePaths=/var/lib/ocs",
+                 "Restart=on-failure", "WatchdogSec=", "User=ocs"):
+        assert line in text
+
+
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    """ocs serve speaks the notify protocol to $NOTIFY_SOCKET as systemd would see it:
+    READY=1 only once the listeners (of both workers) answer, WATCHDOG=1 pings, then
+    STOPPING=1; the workers send nothing (NotifyAccess=main)."""
+    import socket as so
+
+    port, admin = free_tcp_port(), free_tcp_port()
+    cfg = init_server(tmp_path, f"""
+[diameter]
+listen = "127.0.0.1:{port}"
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+    sock_path = tmp_path / "notify.sock"
+    rx = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    rx.bind(str(sock_path))
+    rx.settimeout(30)
+    senders: list[int] = []
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    env.pop("OCS_CONFIG", None)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([OCS, "serve", "--config", str(cfg), "--workers", "2"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rx.setsockopt(so.SOL_SOCKET, so.SO_PASSCRED, 1)
+    try:
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            data, anc, _flags, _addr = rx.recvmsg(4096, so.CMSG_SPACE(12))
+            for level, kind, cred in anc:
+                if level == so.SOL_SOCKET and kind == so.SCM_CREDENTIALS:
+                    senders.append(int.from_bytes(cred[:4], "little"))
+            messages.append(data.decode())
+        # ready means ready: the Diameter port and /healthz answer now
+        with so.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        assert admin_healthy(admin)
+        ready = next(m for m in messages if m.startswith("READY=1"))
+        assert f"MAINPID={proc.pid}" in ready and "2 worker(s)" in ready
+        pings = 0
+        while pings < 2:
+            data, anc, _f, _a = rx.recvmsg(4096, so.CMSG_SPACE(12))
+            pings += data == b"WATCHDOG=1"
+            senders += [int.from_bytes(c[:4], "little") for lv, k, c in anc
+                        if lv == so.SOL_SOCKET and k == so.SCM_CREDENTIALS]
+        proc.terminate()
+        while True:
+            data = rx.recv(4096)
+            if data.startswith(b"STOPPING=1"):
+                break
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        rx.close()
+    assert senders and set(senders) == {proc.pid}
