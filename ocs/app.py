@@ -57,6 +57,7 @@ async def serve(cfg: Config, workers: int = 1) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits
         loop.add_signal_handler(sig, server.request_stop)  # for the start, then stops
+    loop.add_signal_handler(signal.SIGHUP, _reload, server)
     watchdog: asyncio.Task[None] | None = None
     try:
         await server.start()  # a failed start still stops what it had started
@@ -69,6 +70,12 @@ async def serve(cfg: Config, workers: int = 1) -> None:
         if watchdog is not None:
             watchdog.cancel()
         await server.stop()
+
+
+def _reload(server: Server) -> None:
+    sdnotify.notify("RELOADING=1")
+    server.reload()
+    sdnotify.notify("READY=1")
 
 
 async def _watchdog(every_s: float) -> None:
@@ -98,6 +105,7 @@ async def _worker(payload: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     parent = payload["parent_pid"]
 
     async def watch_parent() -> None:

@@ -751,3 +751,46 @@ def load_config(path: str | Path | None = None, *, data_dir: str | None = None,
         cfg = cfg.with_data_dir(data_dir)
     _validate(cfg)
     return cfg
+
+
+RELOADABLE = frozenset({
+    "node.log_level",
+    "radius.clients", "radius.require_message_authenticator", "radius.interim_interval_s",
+    "radius.session_timeout_s", "radius.dae_queue_limit",
+    "smpp.accounts", "smpp.routes", "smpp.throttle_per_s",
+    "snmp.communities",
+    "diameter.allowed_peers", "diameter.relay_peers",
+    "billing.taxes", "billing.discounts", "billing.due_days", "billing.invoice_dir",
+})
+"""Keys a running server takes on SIGHUP (billing's are read by ``ocs bill`` anyway);
+every other change needs a restart."""
+
+
+def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(changed keys a reload applies, changed keys that need a restart), as
+    ``section.key``; a section turned on or off is ``section``."""
+    applied: list[str] = []
+    restart: list[str] = []
+    for section in _SECTIONS:
+        a, b = getattr(old, section), getattr(new, section)
+        if (a is None) != (b is None):
+            restart.append(section)
+            continue
+        if a is None or a == b:
+            continue
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                key = f"{section}.{f.name}"
+                (applied if key in RELOADABLE else restart).append(key)
+    return applied, restart
+
+
+def with_reloaded(old: Config, new: Config, keys: list[str]) -> Config:
+    """``old`` with the values of ``keys`` (``section.key``) taken from ``new``."""
+    sections: dict[str, Any] = {}
+    for key in keys:
+        section, name = key.split(".", 1)
+        current = sections.get(section, getattr(old, section))
+        sections[section] = dataclasses.replace(current, **{name: getattr(
+            getattr(new, section), name)})
+    return dataclasses.replace(old, **sections)

@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,13 +28,20 @@ from typing import Any
 
 import structlog
 
-from ocs import metrics, sanity
+from ocs import logs, metrics, sanity
 from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.charging.service import EngineChargingService
-from ocs.config import Config, parse_listen
+from ocs.config import (
+    Config,
+    ConfigError,
+    config_changes,
+    load_config,
+    parse_listen,
+    with_reloaded,
+)
 from ocs.noc.alarms import ExpireAlarms, Limits, Notification, Severity, TrimAlarms
 from ocs.noc.service import AlarmService
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
@@ -399,6 +407,37 @@ class Server:
         while await self.engine.submit("trim_answers", trim) >= trim.limit:
             pass
         return expired
+
+    def reload(self) -> list[str]:
+        """SIGHUP: read the config file again and apply what a running server can take
+        (:data:`ocs.config.RELOADABLE`: RADIUS clients, SMPP accounts and routes, SNMP
+        communities, Diameter allowed and relay peers, the log level) without dropping a
+        session, bind or connection; the rest is logged as needing a restart. A file
+        that does not load changes nothing (one line naming the problem). Worker 0
+        passes the signal on to the other workers, which read the same file. Returns the
+        keys applied."""
+        try:
+            new = load_config(self.cfg.source).with_data_dir(str(self.cfg.data_dir))
+        except ConfigError as exc:
+            log.error("config_reload_failed", config=self.cfg.source, error=str(exc),
+                      kept="the running config")
+            return []
+        applied, restart = config_changes(self.cfg, new)
+        if restart and self.primary:
+            log.warning("config_reload_needs_restart", config=self.cfg.source,
+                        keys=restart)
+        self.cfg = with_reloaded(self.cfg, new, applied)
+        logs.set_level(self.cfg.node.log_level)
+        for listener in self._listeners:
+            reconfigure = getattr(listener, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(self.cfg)
+        if self.pool is not None:
+            self.pool.cfg = bound_config(self)  # workers started again later get it too
+            self.pool.signal(signal.SIGHUP)
+        log.info("config_reloaded", config=self.cfg.source, applied=applied,
+                 worker=self.worker)
+        return applied
 
     def request_stop(self) -> None:
         self._stopping.set()

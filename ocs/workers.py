@@ -107,6 +107,13 @@ class WorkerPool:
         self._tasks += [asyncio.create_task(self._supervise(w), name=f"worker-{w.index}")
                         for w in self.workers]
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to every running worker (SIGHUP: reload the config)."""
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(sig)
+
     async def _spawn(self, w: _Worker) -> None:
         w.ready = asyncio.Event()
         payload = pickle.dumps({"cfg": self.cfg, "index": w.index, "workers": self.count,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ import structlog
 
 from ocs import metrics
 from ocs.charging.api import ChargingBusy, ChargingPaused, ChargingUnavailable
-from ocs.config import parse_listen
+from ocs.config import Config, parse_listen
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd, MessageError, Rc
 from protocols.diameter.gy import GyAgent, GySession, GySettings
@@ -226,6 +227,14 @@ class DiameterNode:
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: who may connect (allowed_peers) and relay (relay_peers). Peers
+        already connected stay; their next CER (a reconnect) meets the new lists."""
+        if cfg.diameter is not None:
+            self.local = dataclasses.replace(self.local,
+                                             allowed_peers=tuple(cfg.diameter.allowed_peers),
+                                             relay_peers=tuple(cfg.diameter.relay_peers))
 
     # -- requests -------------------------------------------------------------------------
 

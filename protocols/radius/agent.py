@@ -146,9 +146,20 @@ class RadiusAgent:
         self.dae = dae
         self.sessions: SessionTable[LiveSession] = SessionTable()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.cfg = cfg
         self.validity_s = validity_s
         self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self.reconfigure(cfg)
+        self.guard = FailureThrottle()
+        """Password guessing brake per (client, User-Name)."""
+        self._dummy_hash = hash_password("no such user")
+        """Checked for unknown users, so they take as long as a wrong password."""
+
+    def reconfigure(self, cfg: RadiusConfig) -> None:
+        """Take ``cfg`` (start-up, or a config reload): the clients and their secrets, the
+        session settings. Live sessions go on; a packet from an address no client covers
+        any more is dropped from now on."""
+        self.cfg = cfg
         self.rating_group = cfg.rating_group if cfg.rating_group >= 0 else None
         clients = [
             Client(ipaddress.ip_network(c.address, strict=False), c.secret.encode(),
@@ -158,13 +169,10 @@ class RadiusAgent:
         ]
         # most specific network first
         self.clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
-        self.counters: Counter[str] = Counter()
         self._client_cache: dict[str, Client | None] = {}
         self._owns_cache: dict[tuple[str, str], bool] = {}
-        self.guard = FailureThrottle()
-        """Password guessing brake per (client, User-Name)."""
-        self._dummy_hash = hash_password("no such user")
-        """Checked for unknown users, so they take as long as a wrong password."""
+        if self.dae is not None:
+            self.dae.max_queue = cfg.dae_queue_limit
 
     def _owns(self, client: Client, nas_ip: str) -> bool:
         """``nas_ip`` lies in the client's address (cached: one NAS, one answer)."""
@@ -510,7 +518,7 @@ class RadiusAgent:
             self.counters["access_bad_password"] += 1
             metrics.AUTH_FAILURES.labels("radius", "bad_credentials").inc()
             held = self.guard.failed(guard_key, now)
-            log.info("radius_access_failed", client=client.name, user=guard_key[1],
+            log.warning("radius_access_failed", client=client.name, user=guard_key[1],
                      held_s=round(held, 1))
             return AUTH_FAILED, None
         self.guard.succeeded(guard_key)

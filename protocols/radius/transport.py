@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.config import parse_listen
+from ocs.config import Config, parse_listen
 from protocols.radius.agent import Client, RadiusAgent
 from protocols.radius.codec import Drop, Packet, decode
 from protocols.radius.dae import DaeClient
@@ -119,6 +119,11 @@ class RadiusListener:
         self.endpoints: list[tuple[asyncio.DatagramTransport, RadiusEndpoint]] = []
         self.sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: the ``[radius]`` keys a running listener takes."""
+        if cfg.radius is not None:
+            self.agent.reconfigure(cfg.radius)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -75,9 +75,7 @@ def _digits(addr: str) -> str:
 class SmppAgent:
     def __init__(self, charging: ChargingService, cfg: SmppConfig):
         self.charging = charging
-        self.cfg = cfg
-        self.accounts = {a.system_id: a for a in cfg.accounts}
-        self.routes = sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
+        self.reconfigure(cfg)
         self.binds: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.on_queued: Any = None
@@ -89,6 +87,13 @@ class SmppAgent:
         self.guard = FailureThrottle()
         """Bind failures per source address."""
 
+
+    def reconfigure(self, cfg: SmppConfig) -> None:
+        """Take ``cfg`` (start-up, or a config reload): accounts and routes; binds made
+        from now on use them (and the throttle), binds already up go on."""
+        self.cfg = cfg
+        self.accounts = {a.system_id: a for a in cfg.accounts}
+        self.routes = sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
     def authenticate(self, bind: Bind, source: str = "") -> Status:
         """Credentials, then (one worker) the bind limit counted here. An unknown system_id
         and a wrong password get the same status (ESME_RINVPASWD); a source address that
@@ -105,7 +110,7 @@ class SmppAgent:
             self.counters["bind_unknown_system_id" if acct is None else "bind_bad_password"] += 1
             metrics.AUTH_FAILURES.labels("smpp", "bad_credentials").inc()
             held = self.guard.failed(source, now)
-            log.info("smpp_bind_failed", source=source, system_id=bind.system_id,
+            log.warning("smpp_bind_failed", source=source, system_id=bind.system_id,
                      held_s=round(held, 1))
             return Status.RINVPASWD
         self.guard.succeeded(source)

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from ocs.charging.api import DeliveryOutcome, SmsMessage
-from ocs.config import parse_listen
+from ocs.config import Config, parse_listen
 from protocols.smpp.agent import SmppAgent
 from protocols.smpp.pdu import (
     Cmd,
@@ -186,6 +186,11 @@ is it rescheduled from here."""
 
 
 class SmppListener:
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: SMPP accounts, routes and throttle for new binds."""
+        if cfg.smpp is not None:
+            self.agent.reconfigure(cfg.smpp)
+
     def __init__(self, agent: SmppAgent, node: str):
         self.agent = agent
         self.node = node

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.config import parse_listen
+from ocs.config import Config, parse_listen
 from ocs.noc.service import AlarmService
 from protocols.snmp.agent import StormControl, TrapTable, storm_notification, to_notification
 from protocols.snmp.codec import (
@@ -158,6 +158,11 @@ class TrapReceiver(asyncio.DatagramProtocol):
 
 
 class SnmpListener:
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: the v1/v2c communities (v3 users need a restart)."""
+        if cfg.snmp is not None:
+            self.receiver.communities = tuple(c.encode() for c in cfg.snmp.communities)
+
     def __init__(self, receiver: TrapReceiver):
         self.receiver = receiver
         self.transport: asyncio.DatagramTransport | None = None
