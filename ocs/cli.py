@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ocs import build_version
 from ocs.billing.run import BillingError
 from ocs.cdr.export import CdrExporter
 from ocs.cdr.reader import CdrFormatError
@@ -70,7 +71,7 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="ocs", description="Online charging system and AAA server",
                      parents=[common], epilog="exit status: 0 done, 1 refused / not found / "
                      "failed, 2 usage or config error")
-    parser.add_argument("--version", action="version", version=f"ocs {version()}")
+    parser.add_argument("--version", action="version", version=f"ocs {build_version()}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("serve", parents=[common], help="run the server")
@@ -328,9 +329,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ocs import logs, workers
 
-    cfg = _config(args)
-    if args.workers is not None and not 0 <= args.workers <= 64:
+    if args.workers is not None and not 0 <= args.workers <= 64:  # usage before config
         raise CliError("--workers: expected 0 (one per core) to 64")
+    cfg = _config(args)
     _lock_data_dir(cfg)
     n = workers.resolve(args.workers, cfg)
     if n > 1:  # before ocs.metrics is imported: every worker's counters in files there
@@ -937,16 +938,6 @@ def cmd_charge(args: argparse.Namespace) -> int:
             sys.stderr.write(f"ocs charge: refused: {res.refusal}\n")
         return EXIT_FAILURE
     return 0
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("ocs")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,6 +73,22 @@ RADIUS_PACKETS = Counter("ocs_radius_packets", "RADIUS requests by endpoint and 
 AUTH_FAILURES = Counter("ocs_auth_failures", "Failed authentications by protocol and "
                         "reason (bad_credentials; throttled: refused unchecked while held off)",
                         ["protocol", "reason"], registry=REGISTRY)
+RADIUS_ACCESS = Counter("ocs_radius_access", "Access-Requests answered, by result (accept, "
+                        "reject, challenge)", ["result"], registry=REGISTRY)
+SMPP_BINDS = Counter("ocs_smpp_binds", "SMPP bind requests by outcome (ok, bad_credentials, "
+                     "bind_limit)", ["outcome"], registry=REGISTRY)
+SMPP_SUBMITS = Counter("ocs_smpp_submits", "submit_sm / data_sm answered, by command_status "
+                       "(ESME_ROK, ESME_RSUBMITFAIL, ...)", ["status"], registry=REGISTRY)
+SMPP_DELIVERIES = Counter("ocs_smpp_deliveries", "Delivery attempts by outcome (delivered, "
+                          "retry, expire)", ["outcome"], registry=REGISTRY)
+SMPP_QUEUE = Gauge("ocs_smpp_queue_depth", "SMS messages waiting for delivery (due now or "
+                   "later)", registry=REGISTRY, multiprocess_mode="max")
+REQUEST_SECONDS = Histogram(
+    "ocs_request_seconds", "Time from a request's arrival to its answer, by protocol",
+    ["protocol"], registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+BUILD_INFO = Gauge("ocs_build_info", "The running build (value 1)", ["version", "python"],
+                   registry=REGISTRY, multiprocess_mode="max")
 RADIUS_SUSPECT = Counter("ocs_radius_suspect", "RADIUS accounting answered but suspect, by "
                          "reason (nas_ip_mismatch, ended_session_report, implausible_usage)",
                          ["reason"], registry=REGISTRY)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import platform
 import shutil
 import signal
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from ocs import logs, metrics, sanity
+from ocs import build_version, logs, metrics, sanity
 from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings
@@ -45,7 +46,7 @@ from ocs.config import (
 from ocs.noc.alarms import ExpireAlarms, Limits, Notification, Severity, TrimAlarms
 from ocs.noc.service import AlarmService
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
-from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, unpack_u64
+from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, SMS, unpack_u64
 from ocs.store.records import dec_export_state
 from ocs.workers import WorkerPool
 from ocs.writerproc import process_writer
@@ -175,7 +176,7 @@ class Server:
         """Where the expiry of indeterminate alarms goes on (alarm id)."""
         self.cdr_problem = ""
         """Why CDR files cannot be written ("" = fine); /healthz says degraded meanwhile."""
-        self.admin = AdminServer(self.health)
+        self.admin = AdminServer(self.health, before_scrape=self._update_gauges)
         self.admin_address: tuple[str, int] | None = None
         self._listeners: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -339,8 +340,10 @@ class Server:
         written = dec_export_state.decode(raw).written_seq if raw is not None else 0
         metrics.CDR_PENDING.set((unpack_u64(seq) if seq else 0) - written)
         metrics.CDR_JOURNAL.set(journal)
+        metrics.SMPP_QUEUE.set(self.store.stat(SMS)["entries"])
 
     async def start(self) -> None:
+        metrics.BUILD_INFO.labels(build_version(), platform.python_version()).set(1)
         await self.writer.start()
         if self.exporter is not None:
             await self.exporter.start()

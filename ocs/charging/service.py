@@ -10,11 +10,15 @@ says which operation it is (``r`` reserve, ``c`` commit, ``d`` debit, ``refund``
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+from typing import Any
 
+from ocs import metrics
 from ocs.charging.api import (
     BalanceView,
     ChargeEvent,
+    ChargingError,
     CloseSession,
     DeliveryOutcome,
     Identity,
@@ -64,10 +68,36 @@ def request_key(ref: RequestRef, rating_group: int | None, kind: str) -> bytes:
     return b"\x00long\x00" + hashlib.blake2b(key, digest_size=32).digest()
 
 
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    fut.exception()  # retrieved: counted, not "never retrieved"
+    return fut
+
+
 def _hold(r: Reservation) -> SessionHold:
     return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=SERVICE_OF[r.service],
                        rating_group=r.rating_group, owner=r.owner, expires_at=r.expires_at,
                        destination=r.destination, visited_network=r.visited_network)
+
+
+_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _count(op: str, fut: asyncio.Future[Any]) -> None:
+    """``ocs_charging_operations_total{op, outcome}``: ok, the refusal, or the error."""
+    if fut.cancelled():
+        outcome = "cancelled"
+    elif (exc := fut.exception()) is not None:
+        outcome = type(exc).__name__
+    else:
+        r = fut.result()
+        ok = r if isinstance(r, bool | int) else getattr(r, "ok", True)
+        outcome = "ok" if ok else (getattr(r, "refusal", "") or "refused")
+    counter = _COUNTERS.get((op, outcome))
+    if counter is None:
+        counter = _COUNTERS[op, outcome] = metrics.CHARGING_OPS.labels(op, outcome)
+    counter.inc()
 
 
 class EngineChargingService:
@@ -77,10 +107,19 @@ class EngineChargingService:
     def __init__(self, engine: ChargingEngine):
         self.engine = engine
 
+    def _op(self, op: str, request: Any) -> asyncio.Future[Any]:
+        try:
+            fut = self.engine.submit(op, request)
+        except ChargingError as exc:  # busy, unavailable: refused before it was queued
+            _count(op, _failed(exc))
+            raise
+        fut.add_done_callback(functools.partial(_count, op))
+        return fut
+
     # -- writes -----------------------------------------------------------------------
 
     def open_session(self, cmd: OpenSession) -> asyncio.Future[Grant]:
-        return self.engine.submit("reserve", ReserveRequest(
+        return self._op("reserve", ReserveRequest(
             request_key=request_key(cmd.request, cmd.rating_group, "r"),
             session_id=cmd.session_id, subscriber=cmd.subscriber, service=cmd.service,
             units=cmd.units, rating_group=cmd.rating_group, destination=cmd.destination,
@@ -89,7 +128,7 @@ class EngineChargingService:
             dnn=cmd.dnn))
 
     def update_session(self, cmd: UpdateSession) -> asyncio.Future[Settlement]:
-        return self.engine.submit("commit", CommitRequest(
+        return self._op("commit", CommitRequest(
             request_key=request_key(cmd.request, cmd.rating_group, "c"),
             session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
             used_units=cmd.used_units, cumulative_units=cmd.cumulative_units,
@@ -98,7 +137,7 @@ class EngineChargingService:
             owner=cmd.owner, clamp_excess=cmd.clamp_excess))
 
     def close_session(self, cmd: CloseSession) -> asyncio.Future[Settlement]:
-        return self.engine.submit("commit", CommitRequest(
+        return self._op("commit", CommitRequest(
             request_key=request_key(cmd.request, cmd.rating_group, "c"),
             session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
             used_units=cmd.used_units, cumulative_units=cmd.cumulative_units,
@@ -107,7 +146,7 @@ class EngineChargingService:
             remember_end=cmd.remember_end))
 
     def release_session(self, cmd: ReleaseSession) -> asyncio.Future[Released]:
-        return self.engine.submit("release", ReleaseRequest(
+        return self._op("release", ReleaseRequest(
             request_key=request_key(cmd.request, cmd.rating_group, "release"),
             session_id=cmd.session_id, service=cmd.service, rating_group=cmd.rating_group,
             now=cmd.now))
@@ -122,28 +161,28 @@ class EngineChargingService:
             slice=cmd.slice, dnn=cmd.dnn)
 
     def charge_event(self, cmd: ChargeEvent) -> asyncio.Future[Debit]:
-        return self.engine.submit("debit", self._debit(cmd))
+        return self._op("debit", self._debit(cmd))
 
     def refund(self, cmd: RefundEvent) -> asyncio.Future[Refund]:
-        return self.engine.submit("refund", RefundRequest(
+        return self._op("refund", RefundRequest(
             request_key=request_key(cmd.request, cmd.rating_group, "refund"),
             original_key=request_key(cmd.original, cmd.rating_group, "d"), now=cmd.now))
 
     def submit_sms(self, cmd: SubmitSms) -> asyncio.Future[Debit]:
-        return self.engine.submit("submit_sms", SubmitSmsRequest(
+        return self._op("submit_sms", SubmitSmsRequest(
             debit=self._debit(cmd.charge), submitter=cmd.submitter, route=cmd.route,
             source=cmd.source, destination=cmd.destination, data_coding=cmd.data_coding,
             esm_class=cmd.esm_class, payload=cmd.payload,
             registered_delivery=cmd.registered_delivery, validity_s=cmd.validity_s))
 
     def delivery_outcome(self, cmd: DeliveryOutcome) -> asyncio.Future[bool]:
-        return self.engine.submit("sms_outcome", cmd)
+        return self._op("sms_outcome", cmd)
 
     def smpp_bind(self, cmd: SmppBind) -> asyncio.Future[bool]:
-        return self.engine.submit("smpp_bind", cmd)
+        return self._op("smpp_bind", cmd)
 
     def smpp_binds_reset(self, worker: int) -> asyncio.Future[int]:
-        return self.engine.submit("smpp_binds_reset", worker)
+        return self._op("smpp_binds_reset", worker)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -273,6 +273,7 @@ class DiameterNode:
     async def _handle(self, proto: DiameterProtocol, msg: c.Message, key: tuple[str, str, int],
                       fut: asyncio.Future[bytes]) -> None:
         keep = True
+        started = time.monotonic()
         try:
             answer = await self.agent.handle(msg, proto)
         except MessageError as exc:
@@ -300,6 +301,7 @@ class DiameterNode:
             self.dedup.forget(key)
         fut.set_result(answer)
         _count_answer(_result_code(answer))
+        _SECONDS.observe(time.monotonic() - started)
         proto.write(answer)
 
     def _spawn(self, coro: Any) -> None:
@@ -402,6 +404,9 @@ class DiameterNode:
 
 
 _ANSWER_COUNTERS: dict[int, Any] = {}
+
+
+_SECONDS = metrics.REQUEST_SECONDS.labels("diameter")
 
 
 def _refused(reason: str) -> None:

@@ -46,6 +46,9 @@ SWEEP_LIMIT = 20_000
 SWEEP_CHUNK = 256
 
 
+_SECONDS = metrics.REQUEST_SECONDS.labels("nchf")
+
+
 def _drop(reason: str) -> None:
     metrics.CHF_DROPPED.labels(reason).inc()
 
@@ -433,6 +436,7 @@ class ChfProtocol(asyncio.Protocol):
             reply(HttpAnswer(415, problem(415, "", "application/json expected"), PROBLEM_JSON))
             return
         self.inflight += 1
+        started = time.monotonic()
         fut = asyncio.ensure_future(self.server.agent.handle(st.method, st.path, body))
         op = "create" if st.path.rstrip("/").endswith("chargingdata") else (
             st.path.rsplit("/", 1)[-1] if st.path.endswith(("/update", "/release")) else "other")
@@ -449,6 +453,7 @@ class ChfProtocol(asyncio.Protocol):
             else:
                 ans = f.result()
             metrics.CHF_REQUESTS.labels(op, str(ans.status)).inc()
+            _SECONDS.observe(time.monotonic() - started)
             reply(ans)
 
         fut.add_done_callback(done)

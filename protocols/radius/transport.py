@@ -30,6 +30,11 @@ Handler = Callable[[Client, Packet], Awaitable[bytes]]
 _IN_PROGRESS = b""
 
 
+_SECONDS = metrics.REQUEST_SECONDS.labels("radius")
+_ACCESS = {2: "accept", 3: "reject", 11: "challenge"}
+"""Access-Accept, Access-Reject, Access-Challenge codes -> ``ocs_radius_access{result}``."""
+
+
 class RadiusEndpoint(asyncio.DatagramProtocol):
     def __init__(self, agent: RadiusAgent, kind: str, handler: Handler, *,
                  dedup_window_s: float = 30.0, max_cache: int = 200_000):
@@ -79,6 +84,7 @@ class RadiusEndpoint(asyncio.DatagramProtocol):
 
     async def _handle(self, client: Client, pkt: Packet, addr: Any,
                       key: tuple[Any, int, bytes]) -> None:
+        started = time.monotonic()
         try:
             reply = await self.handler(client, pkt)
         except Drop as d:
@@ -92,8 +98,12 @@ class RadiusEndpoint(asyncio.DatagramProtocol):
             log.warning("radius_request_failed", kind=self.kind, client=client.name,
                         error=f"{type(exc).__name__}: {exc}")
             return
-        self._cache[key] = (time.monotonic(), reply)
+        now = time.monotonic()
+        self._cache[key] = (now, reply)
         metrics.RADIUS_PACKETS.labels(self.kind, "answered").inc()
+        _SECONDS.observe(now - started)
+        if self.kind == "auth" and reply:
+            metrics.RADIUS_ACCESS.labels(_ACCESS.get(reply[0], str(reply[0]))).inc()
         if self.transport is not None:
             self.transport.sendto(reply, addr)
 

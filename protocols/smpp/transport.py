@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from ocs import metrics
 from ocs.charging.api import DeliveryOutcome, SmsMessage
 from ocs.config import Config, parse_listen
 from protocols.smpp.agent import SmppAgent
@@ -21,6 +22,7 @@ from protocols.smpp.pdu import (
     Framer,
     Pdu,
     PduError,
+    Status,
     Tag,
     encode_deliver,
     receipt_text,
@@ -43,6 +45,19 @@ _RUN = os.urandom(3).hex()
 
 _MAX_HELD = 256
 """PDUs held per connection while its bind is counted (a pipelining ESME's first burst)."""
+
+
+_SECONDS = metrics.REQUEST_SECONDS.labels("smpp")
+_BIND_OUTCOME: dict[int, str] = {Status.ROK: "ok", Status.RINVPASWD: "bad_credentials",
+                 Status.RBINDFAIL: "bind_limit"}
+
+
+def _status_name(status: int) -> str:
+    """ESME_ROK, ESME_RSUBMITFAIL, ... (hex for a code without a name)."""
+    try:
+        return f"ESME_{Status(status).name}"
+    except ValueError:
+        return f"0x{status:08x}"
 
 
 class SmppConnection(asyncio.Protocol):
@@ -166,6 +181,7 @@ class SmppConnection(asyncio.Protocol):
         self._arm()
 
     def _bound(self, a: Authenticate, status: int) -> None:
+        metrics.SMPP_BINDS.labels(_BIND_OUTCOME.get(status, _status_name(status))).inc()
         if status == 0:
             self.bound_as = a.bind.system_id
         self._run(self.session.bind_done(a.sequence, a.command_id, a.bind.system_id,
@@ -174,8 +190,11 @@ class SmppConnection(asyncio.Protocol):
             self.on_bound()
 
     async def _charge(self, a: Charge) -> None:
+        started = time.monotonic()
         status, message_id = await self.agent.submit(self.session.system_id, self.bind_id,
                                                      a.sequence, a.submit)
+        _SECONDS.observe(time.monotonic() - started)
+        metrics.SMPP_SUBMITS.labels(_status_name(status)).inc()
         self._run(self.session.submit_done(a.sequence, a.command_id, status, message_id))
 
 
@@ -255,6 +274,8 @@ class SmppListener:
 
     async def _outcome(self, message_id: str, outcome: str, *, expect: int = -1,
                        lease_until: int = 0) -> bool:
+        if outcome != "claim":
+            metrics.SMPP_DELIVERIES.labels(outcome).inc()
         try:
             return bool(await self.agent.charging.delivery_outcome(DeliveryOutcome(
                 message_id=message_id, outcome=outcome, now=int(time.time()),

@@ -414,3 +414,79 @@ listen = "127.0.0.1:{admin}"
     show = json.loads(ocs("subscriber", "show", "41790000001", "--json", "--config",
                           str(cfg), cwd=tmp_path).stdout)
     assert (show["balance"], show["reserved"]) == ("9.9950", "0.0000")  # 500 kB at 0.01/MB
+
+
+def test_metrics_the_dashboard_needs_are_scraped(tmp_path: Path) -> None:
+    """Every metric the Grafana dashboard queries is on a real /metrics scrape of a server
+    that took some traffic of each protocol; the counters that were declared and never
+    moved (charging operations, SMPP, RADIUS accept/reject, latency) move."""
+    import re
+
+    import httpx
+    import smpplib.client
+    import smpplib.exceptions
+    from nchf_support import BASE, request, usage
+    from tests_support import admin_get, free_udp_port, metric
+
+    port, smpp, chf, admin = free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port()
+    acct, auth, trap = free_udp_port(), free_udp_port(), free_udp_port()
+    cfg = init_server(tmp_path, f"""
+[diameter]
+listen = "127.0.0.1:{port}"
+origin_host = "ocs.test.realm"
+origin_realm = "test.realm"
+[radius]
+auth_listen = "127.0.0.1:{auth}"
+acct_listen = "127.0.0.1:{acct}"
+rating_group = 10
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "s3cret"
+[smpp]
+listen = "127.0.0.1:{smpp}"
+[[smpp.accounts]]
+system_id = "esme"
+password = "secret"
+[snmp]
+trap_listen = "127.0.0.1:{trap}"
+[chf]
+listen = "127.0.0.1:{chf}"
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+    for i in (1, 2):
+        ocs("subscriber", "add", "--msisdn", f"4179000000{i}", "--imsi", f"22801000000000{i}",
+            "--plan", "prepaid-basic", "--balance", "5.00", "--config", str(cfg), cwd=tmp_path)
+    env = {**os.environ, "PEER": "ocs.test.realm", "MSISDN": "41790000001",
+           "SID": "pgw.test.realm;m;1"}
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "1")):
+        p = subprocess.run([sys.executable, str(REPO / "tests" / "protocols" / "diameter" /
+                                                "gy_client.py"), "127.0.0.1", str(port), "I"],
+                           capture_output=True, text=True, timeout=30, env=env)
+        assert "CCA 2001" in p.stdout
+        assert _acct(acct, b"s3cret", "m1")
+        with httpx.Client(http1=False, http2=True, timeout=10) as c:
+            r = c.post(f"http://127.0.0.1:{chf}{BASE}", content=request(0, usage(10, 1000)),
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 201
+        esme = smpplib.client.Client("127.0.0.1", smpp, timeout=5)
+        esme.connect()
+        with pytest.raises(smpplib.exceptions.PDUError):
+            esme.bind_transceiver(system_id="esme", password="wrong")
+        esme.disconnect()
+        scrape = admin_get(admin, "/metrics")
+        # CCR-I, the RADIUS Start and the Nchf create each reserved once
+        assert metric(admin, "ocs_charging_operations_total", op="reserve", outcome="ok") == 3
+        for proto in ("diameter", "radius", "nchf"):
+            assert metric(admin, "ocs_request_seconds_count", protocol=proto) >= 1, proto
+        assert metric(admin, "ocs_smpp_binds_total", outcome="bad_credentials") == 1
+        assert metric(admin, "ocs_build_info") == 1
+        assert metric(admin, "ocs_store_file_bytes") > 0  # on the scrape, no /healthz first
+    families = {re.sub(r"_(total|created)$", "", f)
+                for f in re.findall(r"^# TYPE (\S+) ", scrape, re.M)}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "ocs-dashboard.json").read_text())
+    named = {re.sub(r"_(total|bucket|count|sum|created)$", "", m)
+             for panel in dashboard["panels"] for t in panel["targets"]
+             for m in re.findall(r"\b(ocs_[a-z0-9_]+)", t["expr"])}
+    assert len(named) >= 20
+    assert named <= families, sorted(named - families)
