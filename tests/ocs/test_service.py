@@ -204,16 +204,18 @@ def test_the_wheel_works_installed_normally(tmp_path: Path) -> None:
     # third-party dependencies from the test environment, appended after the venv's own
     # site-packages (its .pth files, the editable install among them, are not read)
     deps = next(p for p in sys.path if p.endswith("site-packages") and ".venv" in p)
-    (site / "zz_deps.pth").write_text(deps + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OCS_CONFIG")}
     subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=300, env=env)
+    (site / "zz_deps.pth").write_text(deps + "\n")  # after: pip must not see ours there
     ocs_bin = str(venv / "bin" / "ocs")
     run = tmp_path / "run"
     run.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OCS_CONFIG")}
-    where = subprocess.run([venv / "bin" / "python", "-c", "import ocs, protocols; "
-                            "print(ocs.__file__, protocols.__file__)"], cwd=run, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    p = subprocess.run([venv / "bin" / "python", "-c", "import ocs, protocols; "
+                        "print(ocs.__file__, protocols.__file__)"], cwd=run, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    where = p.stdout
     assert str(REPO) not in where and str(site) in where
     assert subprocess.run([ocs_bin, "--version"], cwd=run, env=env, capture_output=True,
                           text=True, check=True).stdout.startswith("ocs 0.")
