@@ -443,14 +443,39 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
+SECRETS = {"RadiusClient": ("secret",), "SmppAccount": ("password",),
+           "SnmpV3User": ("auth_key", "priv_key"), "NocHook": ("url",)}
+"""Keys that may name where their value is instead of holding it: ``env:NAME`` (an
+environment variable) or ``file:PATH`` (a file's content, trailing newline dropped)."""
+
+
+def _secret(value: str, where: str) -> str:
+    if value.startswith("env:"):
+        name = value[4:]
+        got = os.environ.get(name)
+        if not name or got is None:
+            raise ConfigError(f"{where}: environment variable {name!r} is not set")
+        return got
+    if value.startswith("file:"):
+        path = Path(value[5:])
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    return value
+
+
 def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    secrets = SECRETS.get(cls.__name__, ())
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        if key in secrets:
+            kwargs[key] = _secret(kwargs[key], f"{where}.{key}")
     missing = [
         n
         for n, f in fields.items()

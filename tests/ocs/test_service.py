@@ -20,6 +20,7 @@ from tests_support import (
     OCS,
     admin_healthy,
     free_tcp_port,
+    free_udp_port,
     init_server,
     require_tool,
     serving,
@@ -428,7 +429,7 @@ def test_metrics_the_dashboard_needs_are_scraped(tmp_path: Path) -> None:
     import smpplib.client
     import smpplib.exceptions
     from nchf_support import BASE, request, usage
-    from tests_support import admin_get, free_udp_port, metric
+    from tests_support import admin_get, metric
 
     port, smpp, chf, admin = free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port()
     acct, auth, trap = free_udp_port(), free_udp_port(), free_udp_port()
@@ -492,3 +493,46 @@ listen = "127.0.0.1:{admin}"
              for m in re.findall(r"\b(ocs_[a-z0-9_]+)", t["expr"])}
     assert len(named) >= 20
     assert named <= families, sorted(named - families)
+
+
+def test_secrets_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    acct, auth, admin = free_udp_port(), free_udp_port(), free_tcp_port()
+    secret_file = tmp_path / "smpp.pw"
+    secret_file.write_text("from-a-file\n")
+    os.environ["OCS_TEST_RADIUS_SECRET"] = "from-the-env"
+    cfg = init_server(tmp_path, f"""
+[radius]
+auth_listen = "127.0.0.1:{auth}"
+acct_listen = "127.0.0.1:{acct}"
+rating_group = 10
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "env:OCS_TEST_RADIUS_SECRET"
+[smpp]
+listen = "127.0.0.1:{free_tcp_port()}"
+[[smpp.accounts]]
+system_id = "esme"
+password = "file:{secret_file}"
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+    try:
+        from ocs.config import ConfigError, load_config
+
+        del os.environ["OCS_TEST_RADIUS_SECRET"]
+        with pytest.raises(ConfigError, match=r"radius\.clients\[0\]\.secret: environment "
+                           "variable 'OCS_TEST_RADIUS_SECRET' is not set"):
+            load_config(cfg)
+        os.environ["OCS_TEST_RADIUS_SECRET"] = "from-the-env"
+        loaded = load_config(cfg)
+        assert loaded.radius is not None and loaded.radius.clients[0].secret == "from-the-env"
+        assert loaded.smpp is not None and loaded.smpp.accounts[0].password == "from-a-file"
+        ocs("subscriber", "add", "--msisdn", "41790000002", "--plan", "prepaid-basic",
+            "--balance", "1.00", "--config", str(cfg), cwd=tmp_path,
+            env={"OCS_TEST_RADIUS_SECRET": "from-the-env"})
+        with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "1")):
+            assert _acct(acct, b"from-the-env", "s1")
+            assert not _acct(acct, b"env:OCS_TEST_RADIUS_SECRET", "s2")
+        assert "from-the-env" not in (tmp_path / "serve.log").read_text()
+    finally:
+        os.environ.pop("OCS_TEST_RADIUS_SECRET", None)
