@@ -152,6 +152,13 @@ def build_parser() -> _Parser:
     p.add_argument("dir", help="a new or empty directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_backup)
+    p = stsub.add_parser("verify", parents=[common],
+                         help="the store's records against each other (and the CDR files)")
+    p.add_argument("--with-cdrs", action="store_true",
+                   help="also per subscriber: all CDR charges (files and journal) against "
+                   "the money the engine moved (needs every CDR file since the start)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_verify)
 
     c = sub.add_parser("cdr", parents=[common], help="CDR files")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -659,6 +666,22 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
          f"{m['subscribers']} subscribers, CDRs up to {m['cdr_seq']} "
          f"({m['cdr_journal']} not yet in files)", m)
     return 0
+
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from ocs.store.verify import verify
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        diffs = verify(store, cfg.under_data(cfg.cdr.dir) if args.with_cdrs else None)
+    if args.json:
+        _print_json({"ok": not diffs, "differences": diffs})
+    else:
+        for d in diffs:
+            print(d)
+        if not diffs:
+            print("store consistent" + (" with the CDR files" if args.with_cdrs else ""))
+    return EXIT_FAILURE if diffs else 0
 
 
 def cmd_cdr_flush(args: argparse.Namespace) -> int:

@@ -170,6 +170,9 @@ listen = "127.0.0.1:{admin}"
     # the copy is one instant: every balance with exactly the CDRs committed with it
     gone, on_cdrs = _charged(tmp_path / "bk", tmp_path / "data" / "cdr", initial, n)
     assert gone == on_cdrs > 0
+    checked = ocs("store", "verify", "--data-dir", str(tmp_path / "bk"), "--json", *c,
+                  cwd=tmp_path, check=False)
+    assert json.loads(checked.stdout) == {"ok": True, "differences": []}, checked.stdout
     # the server went on after the copy: the live store has moved past it
     live_gone, _ = _charged(tmp_path / "data", tmp_path / "data" / "cdr", initial, n)
     assert live_gone > gone
