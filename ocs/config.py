@@ -779,7 +779,13 @@ def load_config(path: str | Path | None = None, *, data_dir: str | None = None,
 
 
 RELOADABLE = frozenset({
-    "node.log_level",
+    "node.log_level", "node.home_networks",
+    "charging.default_data_grant_bytes", "charging.default_voice_grant_s",
+    "charging.max_usage_bytes", "charging.max_usage_seconds", "charging.max_usage_events",
+    *(f"fraud.{f.name}" for f in dataclasses.fields(FraudConfig)),
+    "noc.health_interval_s", "noc.min_free_disk_mb", "noc.max_commit_ms",
+    "noc.max_error_rate", "noc.storm_rate", "noc.storm_hold_s", "noc.traps",
+    "noc.max_alarms_per_element", "noc.max_active_alarms", "snmp.v3_users",
     "radius.clients", "radius.require_message_authenticator", "radius.interim_interval_s",
     "radius.session_timeout_s", "radius.dae_queue_limit",
     "smpp.accounts", "smpp.routes", "smpp.throttle_per_s",

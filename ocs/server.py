@@ -32,7 +32,7 @@ import structlog
 from ocs import build_version, logs, metrics, sanity
 from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
-from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.engine import ChargingEngine, EngineSettings, settings_data
 from ocs.charging.model import ExpireRequest, TrimRequest
 from ocs.charging.service import EngineChargingService
 from ocs.config import (
@@ -431,6 +431,18 @@ class Server:
                         keys=restart)
         self.cfg = with_reloaded(self.cfg, new, applied)
         logs.set_level(self.cfg.node.log_level)
+        if any(k.startswith(("charging.", "fraud.")) or k == "node.home_networks"
+               for k in applied):
+            settings = engine_settings(self.cfg)
+            self.engine.reconfigure(settings)  # this process's reads (plausibility limits)
+            if self.primary:  # the writer's copy, which charges (one writer for all)
+                self._background(self.engine.submit("reconfigure", settings_data(settings)),
+                                 "engine settings")
+        if self.primary and any(k in ("noc.max_alarms_per_element", "noc.max_active_alarms")
+                                for k in applied):
+            self._background(self.alarms.set_limits(Limits(
+                per_element=self.cfg.noc.max_alarms_per_element,
+                total=self.cfg.noc.max_active_alarms)), "alarm limits")
         for listener in self._listeners:
             reconfigure = getattr(listener, "reconfigure", None)
             if reconfigure is not None:
@@ -441,6 +453,15 @@ class Server:
         log.info("config_reloaded", config=self.cfg.source, applied=applied,
                  worker=self.worker)
         return applied
+
+    def _background(self, work: Awaitable[Any], what: str) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:  # the writer busy or gone: say so; a SIGHUP retries
+                log.error("config_reload_incomplete", what=what, error=str(exc))
+
+        self._tasks.append(asyncio.create_task(run(), name=f"reload-{what}"))
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -7,13 +7,18 @@ starts for ``ocs serve``; :func:`process_writer` builds that writer.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
 import msgspec
 
-from ocs.charging.engine import OPERATIONS, ChargingEngine, EngineSettings
+from ocs.charging.engine import (
+    OPERATIONS,
+    ChargingEngine,
+    EngineSettings,
+    settings_data,
+    settings_from_data,
+)
 from ocs.noc import service as noc
 from ocs.noc.alarms import Limits
 from ocs.store.env import Store
@@ -25,9 +30,7 @@ NO_LIMITS = Limits()
 
 def operations(store: Store, conf: dict[str, Any]) -> OpTable:
     """The write operations by name, for the writer process."""
-    eng = conf["engine"]
-    settings = EngineSettings(**{**eng, "home_networks": frozenset(eng["home_networks"])})
-    engine = ChargingEngine(store, None, settings)
+    engine = ChargingEngine(store, None, settings_from_data(conf["engine"]))
     table: OpTable = {name: (req_t, res_t, getattr(engine, "op_" + name))
                       for name, (req_t, res_t) in OPERATIONS.items()}
     table.update(noc.AlarmOps(Limits(**conf["alarms"])).table())
@@ -41,8 +44,7 @@ def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS
                    attach: str = "") -> ProcessWriter:
     """A :class:`ProcessWriter` running the engine's operations with ``settings`` and
     the alarm operations with ``alarm_limits``."""
-    eng = dataclasses.asdict(settings)
-    eng["home_networks"] = sorted(settings.home_networks)
+    eng = settings_data(settings)
     results = {name: res_t for name, (_q, res_t) in OPERATIONS.items()}
     results.update({name: res_t for name, (_q, res_t) in noc.OPERATIONS.items()})
     return ProcessWriter(program=PROGRAM, results=results,

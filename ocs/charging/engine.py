@@ -136,6 +136,17 @@ class EngineSettings:
 
 
 
+def settings_data(settings: EngineSettings) -> dict[str, Any]:
+    """``settings`` as plain data (what crosses to the writer process)."""
+    data = dataclasses.asdict(settings)
+    data["home_networks"] = sorted(settings.home_networks)
+    return data
+
+
+def settings_from_data(data: dict[str, Any]) -> EngineSettings:
+    return EngineSettings(**{**data, "home_networks": frozenset(data["home_networks"])})
+
+
 def reservation_key(session_id: str, service: Service, rating_group: int | None) -> bytes:
     unit = str(rating_group) if rating_group is not None else service.value
     return f"{session_id}\x00{unit}".encode()
@@ -204,6 +215,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "fraud_rules": (bool, bool),
     "smpp_bind": (SmppBindRequest, bool),
     "smpp_binds_reset": (int, int),
+    "reconfigure": (dict, bool),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
 runs one inside a transaction. Names and types are what crosses to a writer process."""
@@ -242,9 +254,7 @@ class ChargingEngine:
         self.writer = writer
         self.settings = settings
         self.plans = PlanCache()
-        self.fraud = FraudSettings.of(settings.fraud)
-        self._max_usage = {s.value: settings.max_usage(s) for s in Service}
-        """Plausibility limit by the service value a reservation stores."""
+        self.reconfigure(settings)
         self.paused = ""
         """Why new charging is refused ("" = it is not): set by the server's health
         checks, e.g. while the CDR directory is full."""
@@ -1028,6 +1038,19 @@ class ChargingEngine:
             original_text=messaging.message_text(msg)[:20]))
 
     # -- fraud rules ---------------------------------------------------------------------
+
+    def reconfigure(self, settings: EngineSettings) -> None:
+        """Take ``settings`` (start-up, or a config reload): grants, plausibility limits,
+        home networks, the fraud rules. Open reservations keep what they were given."""
+        self.settings = settings
+        self.fraud = FraudSettings.of(settings.fraud)
+        self._max_usage = {s.value: settings.max_usage(s) for s in Service}
+        """Plausibility limit by the service value a reservation stores."""
+
+    def op_reconfigure(self, tx: Tx, conf: dict[str, Any]) -> bool:
+        """The writer's copy of :meth:`reconfigure` (settings as :func:`settings_data`)."""
+        self.reconfigure(settings_from_data(conf))
+        return True
 
     def op_fraud_rules(self, tx: Tx, enabled: bool) -> bool:
         """Switch the real-time fraud rules on or off in this process (maintenance; the

@@ -17,6 +17,7 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "alarm_notify": (Notification, str),
     "alarm_trim": (TrimAlarms, int),
     "alarm_expire": (ExpireAlarms, Expired),
+    "alarm_limits": (Limits, bool),
 }
 """The writer's alarm operations by name -> (request type, result type)."""
 
@@ -46,6 +47,11 @@ class AlarmOps:
     def alarm_expire(self, tx: Tx, req: ExpireAlarms) -> Expired:
         return alarms.expire(tx, msgspec.structs.replace(req, limits=self.limits))
 
+    def alarm_limits(self, tx: Tx, limits: Limits) -> bool:
+        """New caps (a config reload)."""
+        self.limits = limits
+        return True
+
     def table(self) -> dict[str, tuple[type[Any], Any, Any]]:
         """(request type, result type, function) by operation name, for the writer."""
         return {name: (req_t, res_t, getattr(self, name))
@@ -69,4 +75,8 @@ class AlarmService:
 
     def expire(self, req: ExpireAlarms) -> Awaitable[Expired]:
         result: Awaitable[Expired] = self._writer.submit("alarm_expire", req)
+        return result
+
+    def set_limits(self, limits: Limits) -> Awaitable[bool]:
+        result: Awaitable[bool] = self._writer.submit("alarm_limits", limits)
         return result

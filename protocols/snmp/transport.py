@@ -158,13 +158,37 @@ class TrapReceiver(asyncio.DatagramProtocol):
 
 
 class SnmpListener:
-    def reconfigure(self, cfg: Config) -> None:
-        """A config reload: the v1/v2c communities (v3 users need a restart)."""
-        if cfg.snmp is not None:
-            self.receiver.communities = tuple(c.encode() for c in cfg.snmp.communities)
+    v3_users: tuple[Any, ...]
 
-    def __init__(self, receiver: TrapReceiver):
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: the v1/v2c communities, the v3 users (the engine ID and its
+        boot counter stay), the trap mapping and storm control."""
+        snmp, noc = cfg.snmp, cfg.noc
+        if snmp is None:
+            return
+        r = self.receiver
+        r.communities = tuple(c.encode() for c in snmp.communities)
+        r.table = TrapTable.of(noc.traps)
+        if noc.storm_rate <= 0:
+            r.storm = None
+        elif r.storm is None or (r.storm.rate, r.storm.hold_s) != (noc.storm_rate,
+                                                                   noc.storm_hold_s):
+            r.storm = StormControl(noc.storm_rate, noc.storm_hold_s)
+        if snmp.v3_users == self.v3_users:
+            return
+        self.v3_users = snmp.v3_users
+        if snmp.v3_users:
+            from protocols.snmp.usm import load_receiver
+
+            r.v3 = load_receiver(list(snmp.v3_users), cfg.node.name, snmp.engine_id,
+                                 cfg.data_dir / "snmp_engine_boots")
+        else:
+            r.v3 = None
+
+    def __init__(self, receiver: TrapReceiver, v3_users: tuple[Any, ...] = ()):
         self.receiver = receiver
+        self.v3_users = v3_users
+        """The SNMPv3 users the receiver was built with (a reload rebuilds it on change)."""
         self.transport: asyncio.DatagramTransport | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -209,7 +233,8 @@ async def start_snmp(server: Any) -> SnmpListener:
     noc = server.cfg.noc
     storm = StormControl(noc.storm_rate, noc.storm_hold_s) if noc.storm_rate > 0 else None
     listener = SnmpListener(TrapReceiver(server.alarms, cfg.communities, v3,
-                                         table=TrapTable.of(noc.traps), storm=storm))
+                                         table=TrapTable.of(noc.traps), storm=storm),
+                            cfg.v3_users)
     await listener.start(*parse_listen(cfg.trap_listen))
     server.snmp = listener
     return listener

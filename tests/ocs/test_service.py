@@ -539,3 +539,50 @@ listen = "127.0.0.1:{admin}"
         assert "from-the-env" not in (tmp_path / "serve.log").read_text()
     finally:
         os.environ.pop("OCS_TEST_RADIUS_SECRET", None)
+
+
+def test_sighup_reaches_the_writer_settings(tmp_path: Path) -> None:
+    """Charging settings live in the writer process (default grants) and in every worker
+    (plausibility limits): a reload changes both, sessions go on."""
+    import httpx
+    from nchf_support import BASE, request, usage
+
+    chf, admin = free_tcp_port(), free_tcp_port()
+    cfg = init_server(tmp_path, f"""
+[chf]
+listen = "127.0.0.1:{chf}"
+[admin]
+listen = "127.0.0.1:{admin}"
+""")
+    ocs("subscriber", "add", "--msisdn", "41790000001", "--imsi", "228010000000001", "--plan",
+        "prepaid-basic", "--balance", "10.00", "--config", str(cfg), cwd=tmp_path)
+    text = cfg.read_text()
+
+    def granted(ans: httpx.Response) -> int:
+        return int(ans.json()["multipleUnitInformation"][0]["grantedUnit"]["totalVolume"])
+
+    with serving(cfg, tmp_path, lambda: admin_healthy(admin), args=("--workers", "2")) as proc, \
+            httpx.Client(http1=False, http2=True, timeout=10,
+                         base_url=f"http://127.0.0.1:{chf}") as c:
+        h = {"content-type": "application/json"}
+        first = c.post(BASE, content=request(0, usage(10, 0), stamp="a"), headers=h)
+        assert first.status_code == 201 and granted(first) == 10_000_000  # the default
+        ref = first.headers["location"].rsplit("/", 1)[-1]
+        cfg.write_text(text + "[charging]\ndefault_data_grant_bytes = 2000000\n"
+                              "max_usage_bytes = 5000000\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while (tmp_path / "serve.log").read_text().count('"config_reloaded"') < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.3)  # the writer's copy is a queued operation
+        second = c.post(BASE, content=request(0, usage(10, 0), sub="msisdn-41790000001"),
+                        headers=h)
+        assert second.status_code == 201 and granted(second) == 2_000_000
+        too_much = c.post(f"{BASE}/{ref}/update", content=request(1, usage(10, 0, 6_000_000)),
+                          headers=h)
+        assert too_much.status_code == 400  # the new plausibility limit, in this worker
+        fine = c.post(f"{BASE}/{ref}/update", content=request(2, usage(10, 0, 1_000_000)),
+                      headers=h)
+        assert fine.status_code == 200 and granted(fine) == 2_000_000
+    assert "config_reload_needs_restart" not in (tmp_path / "serve.log").read_text()
