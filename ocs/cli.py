@@ -160,6 +160,19 @@ def build_parser() -> _Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_verify)
 
+    nm = sub.add_parser("nms", parents=[common], help="network elements polled over SNMP")
+    nmsub = nm.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = nmsub.add_parser("elements", parents=[common], help="the configured elements")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nms_elements)
+    p = nmsub.add_parser("poll", parents=[common],
+                         help="poll an element now (twice, for rates): figures and health")
+    p.add_argument("id")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S",
+                   help="seconds between the two polls (default 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nms_poll)
+
     c = sub.add_parser("cdr", parents=[common], help="CDR files")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = csub.add_parser("flush", parents=[common], help="close the open CDR file now")
@@ -682,6 +695,76 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         if not diffs:
             print("store consistent" + (" with the CDR files" if args.with_cdrs else ""))
     return EXIT_FAILURE if diffs else 0
+
+
+def cmd_nms_elements(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    els = cfg.nms.elements if cfg.nms is not None else ()
+    items = [{"id": e.id, "type": e.type, "address": e.address,
+              "auth": f"v3:{e.v3_user}" if e.v3_user else "v2c",
+              "capacity_mbps": e.capacity_mbps} for e in els]
+    if args.json:
+        _print_json(items)
+    else:
+        _table(f"Elements ({len(items)})", ["id", "type", "address", "auth", "capacity Mbit/s"],
+               [[i["id"], i["type"], i["address"], i["auth"], i["capacity_mbps"] or "ifHighSpeed"]
+                for i in items])
+    return 0
+
+
+def cmd_nms_poll(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+
+    from ocs.nms.derive import derive, health, thresholds
+    from ocs.nms.poller import Poller, Unreachable
+    from ocs.nms.service import limits_of
+
+    cfg = _config(args)
+    nms = cfg.nms
+    el = next((e for e in nms.elements if e.id == args.id), None) if nms else None
+    if nms is None or el is None:
+        raise CliError(f"no element {args.id!r} in [[nms.elements]]", EXIT_FAILURE)
+    users = {u.name: u for u in cfg.snmp.v3_users} if cfg.snmp else {}
+
+    async def run() -> Any:
+        poller = Poller(timeout_s=nms.timeout_s, retries=nms.retries, v3_users=users)
+        try:
+            first = await poller.poll(el.address, community=el.community, v3_user=el.v3_user)
+            await asyncio.sleep(max(0.1, args.interval))
+            second = await poller.poll(el.address, community=el.community,
+                                       v3_user=el.v3_user)
+        finally:
+            poller.close()
+        return derive(first, second, el.capacity_mbps)
+
+    try:
+        fig = asyncio.run(run())
+    except Unreachable as exc:
+        raise CliError(f"{el.id}: {exc}", EXIT_FAILURE) from None
+    limits = limits_of(nms)
+    score, parts = health(fig, limits)
+    above = [c.resource for c in thresholds(fig, limits, frozenset())]
+    out = {"id": el.id, "cpu_pct": fig.cpu_pct, "memory_pct": fig.memory_pct,
+           "capacity_pct": fig.capacity_pct, "packet_loss_pct": fig.packet_loss_pct,
+           "health": score, "components": parts, "above_thresholds": above,
+           "interfaces": [dataclasses.asdict(i) for i in fig.interfaces]}
+    if args.json:
+        _print_json(out)
+        return 0
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    print(f"{el.id}: health {score}/100, CPU {pct(fig.cpu_pct)} %, memory "
+          f"{pct(fig.memory_pct)} %" + (f"; above thresholds: {', '.join(above)}"
+                                         if above else ""))
+    _table("Interfaces", ["interface", "admin", "oper", "in Mbit/s", "out Mbit/s", "util %",
+                          "loss %"],
+           [[i.descr, "up" if i.admin_up else "down", "up" if i.oper_up else "down",
+             pct(i.in_mbps), pct(i.out_mbps), pct(i.utilization_pct), pct(i.packet_loss_pct)]
+            for i in fig.interfaces])
+    return 0
 
 
 def cmd_cdr_flush(args: argparse.Namespace) -> int:

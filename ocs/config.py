@@ -353,6 +353,52 @@ class ChfConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NmsElement:
+    id: str
+    address: str
+    """HOST:PORT of its SNMP agent."""
+    type: str = "router"
+    community: str = "public"
+    v3_user: str = ""
+    """Instead of the community: a ``[[snmp.v3_users]]`` name."""
+    capacity_mbps: int = 0
+    """Capacity for utilisation %; 0 = each interface's ifHighSpeed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NmsThresholds:
+    cpu_pct: float = 90.0
+    memory_pct: float = 90.0
+    capacity_pct: float = 85.0
+    packet_loss_pct: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NmsRemediation:
+    alarm_type: str
+    action: str
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NmsConfig:
+    poll_interval_s: float = 60.0
+    history_days: int = 7
+    timeout_s: float = 2.0
+    """Per SNMP request (then ``retries`` more tries)."""
+    retries: int = 1
+    max_concurrent: int = 32
+    """Elements polled at once at most."""
+    elements: tuple[NmsElement, ...] = ()
+    thresholds: NmsThresholds = field(default_factory=NmsThresholds)
+    remediations: tuple[NmsRemediation, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.elements)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:9100"
@@ -369,6 +415,7 @@ class Config:
     smpp: SmppConfig | None = None
     snmp: SnmpConfig | None = None
     chf: ChfConfig | None = None
+    nms: NmsConfig | None = None
     cdr: CdrConfig = field(default_factory=CdrConfig)
     noc: NocConfig = field(default_factory=NocConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
@@ -397,6 +444,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "smpp": SmppConfig,
     "snmp": SnmpConfig,
     "chf": ChfConfig,
+    "nms": NmsConfig,
     "cdr": CdrConfig,
     "noc": NocConfig,
     "billing": BillingConfig,
@@ -444,7 +492,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 SECRETS = {"RadiusClient": ("secret",), "SmppAccount": ("password",),
-           "SnmpV3User": ("auth_key", "priv_key"), "NocHook": ("url",)}
+           "SnmpV3User": ("auth_key", "priv_key"), "NocHook": ("url",),
+           "NmsElement": ("community",)}
 """Keys that may name where their value is instead of holding it: ``env:NAME`` (an
 environment variable) or ``file:PATH`` (a file's content, trailing newline dropped)."""
 
@@ -626,6 +675,8 @@ def _validate(cfg: Config) -> None:
                     "idle_timeout_s"):
             if getattr(ch, key) <= 0:
                 raise ConfigError(f"{src}: chf.{key}: must be positive")
+    if cfg.nms is not None:
+        _check_nms(cfg, src)
     if cfg.snmp is not None:
         _check_listen(cfg.snmp.trap_listen, f"{src}: snmp.trap_listen")
         _check_usm(cfg.snmp, src)
@@ -693,6 +744,38 @@ def _check_noc(noc: NocConfig, src: str) -> None:
                               "cleared")
         if h.retries < 0 or h.timeout_s <= 0:
             raise ConfigError(f"{where}: retries >= 0 and timeout_s > 0")
+
+
+def _check_nms(cfg: Config, src: str) -> None:
+    nms = cfg.nms
+    assert nms is not None
+    if nms.poll_interval_s <= 0 or nms.timeout_s <= 0 or nms.max_concurrent <= 0:
+        raise ConfigError(f"{src}: nms: poll_interval_s, timeout_s and max_concurrent must "
+                          "be positive")
+    if nms.retries < 0 or nms.history_days < 0:
+        raise ConfigError(f"{src}: nms: retries and history_days must be >= 0")
+    users = {u.name for u in cfg.snmp.v3_users} if cfg.snmp is not None else set()
+    seen: set[str] = set()
+    for i, e in enumerate(nms.elements):
+        where = f"{src}: nms.elements[{i}]"
+        if not e.id or e.id in seen:
+            raise ConfigError(f"{where}.id: empty or used twice")
+        seen.add(e.id)
+        _check_listen(e.address, f"{where}.address")
+        if e.v3_user and e.v3_user not in users:
+            raise ConfigError(f"{where}.v3_user: {e.v3_user!r} is no snmp.v3_users entry")
+        if e.capacity_mbps < 0:
+            raise ConfigError(f"{where}.capacity_mbps: must be >= 0")
+    t = nms.thresholds
+    for key in ("cpu_pct", "memory_pct", "capacity_pct", "packet_loss_pct"):
+        if not 0 < getattr(t, key) <= 100:
+            raise ConfigError(f"{src}: nms.thresholds.{key}: a percentage above 0, at most 100")
+    for i, r in enumerate(nms.remediations):
+        if r.action not in ("set_admin_up", "exec"):
+            raise ConfigError(f"{src}: nms.remediations[{i}].action: set_admin_up or exec")
+        if (r.action == "exec") != bool(r.command):
+            raise ConfigError(f"{src}: nms.remediations[{i}].command: needed by exec "
+                              "(only)")
 
 
 def _check_usm(snmp: SnmpConfig, src: str) -> None:
@@ -789,7 +872,8 @@ RELOADABLE = frozenset({
     "radius.clients", "radius.require_message_authenticator", "radius.interim_interval_s",
     "radius.session_timeout_s", "radius.dae_queue_limit",
     "smpp.accounts", "smpp.routes", "smpp.throttle_per_s",
-    "snmp.communities",
+    "snmp.communities", "nms.poll_interval_s", "nms.elements", "nms.thresholds",
+    "nms.timeout_s", "nms.retries",
     "diameter.allowed_peers", "diameter.relay_peers",
     "billing.taxes", "billing.discounts", "billing.due_days", "billing.invoice_dir",
 })

@@ -129,6 +129,25 @@ CHF_DROPPED = Counter("ocs_chf_dropped", "Nchf connections or streams dropped, b
 CHF_NOTIFICATIONS = Counter("ocs_chf_notifications", "ChargingNotifyRequests to consumers, "
                             "by type and outcome (delivered, retried, failed)",
                             ["type", "outcome"], registry=REGISTRY)
+NMS_POLLS = Counter("ocs_nms_polls", "Polls of network elements by outcome (ok, unreachable)",
+                    ["outcome"], registry=REGISTRY)
+NMS_REACHABLE = Gauge("ocs_nms_reachable", "1 when the element answered its last poll",
+                      ["element"], registry=REGISTRY, multiprocess_mode="max")
+NMS_HEALTH = Gauge("ocs_nms_health", "Health score 0-100 of the element's last poll",
+                   ["element"], registry=REGISTRY, multiprocess_mode="max")
+NMS_CPU = Gauge("ocs_nms_cpu_pct", "Element CPU load, % (hrProcessorLoad averaged)",
+                ["element"], registry=REGISTRY, multiprocess_mode="max")
+NMS_MEMORY = Gauge("ocs_nms_memory_pct", "Element memory in use, % (hrStorageRam)",
+                   ["element"], registry=REGISTRY, multiprocess_mode="max")
+NMS_MBPS = Gauge("ocs_nms_interface_mbps", "Interface throughput, Mbit/s",
+                 ["element", "interface", "direction"], registry=REGISTRY,
+                 multiprocess_mode="max")
+NMS_UTILIZATION = Gauge("ocs_nms_interface_utilization_pct", "Interface utilisation, % of "
+                        "capacity", ["element", "interface"], registry=REGISTRY,
+                        multiprocess_mode="max")
+NMS_LOSS = Gauge("ocs_nms_interface_packet_loss_pct", "Interface packet loss, % (errors + "
+                 "discards over packets in)", ["element", "interface"], registry=REGISTRY,
+                 multiprocess_mode="max")
 LIVE_SESSIONS = Gauge("ocs_live_sessions", "Sessions in the protocols' live tables",
                       ["protocol"], registry=REGISTRY, multiprocess_mode="livesum")
 SESSION_EVENTS = Counter("ocs_session_events",

@@ -187,6 +187,8 @@ class Server:
         self.smpp: Any = None
         self.snmp: Any = None
         self.chf: Any = None
+        self.nms: Any = None
+        """The NMS poller (worker 0, when ``[[nms.elements]]`` are configured)."""
 
     @property
     def primary(self) -> bool:
@@ -370,6 +372,17 @@ class Server:
         gc.set_threshold(50_000, 20, 100)
         if self.primary:
             self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
+        if self.primary and self.cfg.nms is not None and self.cfg.nms.enabled:
+            from ocs.nms.poller import Poller
+            from ocs.nms.service import NmsMonitor
+
+            users = {u.name: u for u in self.cfg.snmp.v3_users} if self.cfg.snmp else {}
+            self.nms = NmsMonitor(self.cfg.nms, self.alarms, Poller(
+                timeout_s=self.cfg.nms.timeout_s, retries=self.cfg.nms.retries,
+                v3_users=users))
+            self.nms.start()
+            log.info("nms_polling", elements=len(self.cfg.nms.elements),
+                     interval_s=self.cfg.nms.poll_interval_s)
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         if self.primary and self.workers > 1:
             self.pool = WorkerPool(bound_config(self), self.workers,
@@ -443,6 +456,8 @@ class Server:
             self._background(self.alarms.set_limits(Limits(
                 per_element=self.cfg.noc.max_alarms_per_element,
                 total=self.cfg.noc.max_active_alarms)), "alarm limits")
+        if self.nms is not None and self.cfg.nms is not None:
+            self.nms.reconfigure(self.cfg.nms)
         for listener in self._listeners:
             reconfigure = getattr(listener, "reconfigure", None)
             if reconfigure is not None:
@@ -473,6 +488,8 @@ class Server:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.nms is not None:
+            await self.nms.stop()
         for lst in self._listeners:
             with contextlib.suppress(Exception):
                 await lst.close()

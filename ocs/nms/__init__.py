@@ -1,0 +1,1 @@
+"""The network management system: polling elements over SNMP, figures, thresholds."""
