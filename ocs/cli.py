@@ -172,6 +172,16 @@ def build_parser() -> _Parser:
                    help="seconds between the two polls (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nms_poll)
+    p = nmsub.add_parser("health", parents=[common],
+                         help="an element's health score from its last poll, explained")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nms_health)
+    p = nmsub.add_parser("forecast", parents=[common],
+                         help="capacity forecast per interface from the stored history")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nms_forecast)
 
     c = sub.add_parser("cdr", parents=[common], help="CDR files")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -764,6 +774,61 @@ def cmd_nms_poll(args: argparse.Namespace) -> int:
            [[i.descr, "up" if i.admin_up else "down", "up" if i.oper_up else "down",
              pct(i.in_mbps), pct(i.out_mbps), pct(i.utilization_pct), pct(i.packet_loss_pct)]
             for i in fig.interfaces])
+    return 0
+
+
+def _nms_element(cfg: Config, element: str) -> Any:
+    el = next((e for e in cfg.nms.elements if e.id == element), None) if cfg.nms else None
+    if cfg.nms is None or el is None:
+        raise CliError(f"no element {element!r} in [[nms.elements]]", EXIT_FAILURE)
+    return el
+
+
+def cmd_nms_health(args: argparse.Namespace) -> int:
+    from ocs.nms.derive import Figures, IfFigures, health
+    from ocs.nms.history import latest
+    from ocs.nms.service import limits_of
+
+    cfg = _config(args)
+    _nms_element(cfg, args.id)
+    assert cfg.nms is not None
+    with _open(cfg) as store:
+        s = latest(store, args.id)
+    if s is None:
+        raise CliError(f"{args.id}: not polled yet (is ocs serve running?)", EXIT_FAILURE)
+    fig = Figures(s.cpu_pct, s.memory_pct, tuple(
+        IfFigures(0, i.descr, True, i.oper_up, i.in_mbps, i.out_mbps, i.utilization_pct,
+                  i.packet_loss_pct) for i in s.interfaces))
+    score, parts = health(fig, limits_of(cfg.nms))
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.at))
+    if args.json:
+        _print_json({"id": args.id, "polled_at": at, "health": score, "components": parts})
+        return 0
+    print(f"{args.id}: health {score}/100 (polled {at})")
+    _table("Components", ["component", "value", "limit", "score", "weight", "points"],
+           [[p["component"], "-" if p["value"] is None else p["value"], p["limit"],
+             p["score"], p["weight"], p["points"]] for p in parts])
+    return 0
+
+
+def cmd_nms_forecast(args: argparse.Namespace) -> int:
+    from ocs.nms.history import forecast, samples
+
+    cfg = _config(args)
+    _nms_element(cfg, args.id)
+    assert cfg.nms is not None
+    with _open(cfg) as store:
+        history = samples(store, args.id)
+    items = forecast(history, cfg.nms.thresholds.capacity_pct)
+    if args.json:
+        _print_json({"id": args.id, "method": "least squares over the stored history",
+                     "samples": len(history), "interfaces": items})
+        return 0
+    _table(f"{args.id}: capacity forecast ({len(history)} samples)",
+           ["interface", "now %", "growth %/day", f"> {cfg.nms.thresholds.capacity_pct:g} % on",
+            "100 % on"],
+           [[i["interface"], i["current_pct"], i["growth_pct_per_day"] or "-",
+             i["crosses_threshold_at"] or "-", i["full_at"] or "-"] for i in items])
     return 0
 
 

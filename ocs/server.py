@@ -379,7 +379,7 @@ class Server:
             users = {u.name: u for u in self.cfg.snmp.v3_users} if self.cfg.snmp else {}
             self.nms = NmsMonitor(self.cfg.nms, self.alarms, Poller(
                 timeout_s=self.cfg.nms.timeout_s, retries=self.cfg.nms.retries,
-                v3_users=users))
+                v3_users=users), record=lambda s: self.writer.submit("nms_record", s))
             self.nms.start()
             log.info("nms_polling", elements=len(self.cfg.nms.elements),
                      interval_s=self.cfg.nms.poll_interval_s)

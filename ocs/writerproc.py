@@ -19,6 +19,8 @@ from ocs.charging.engine import (
     settings_data,
     settings_from_data,
 )
+from ocs.nms.history import NmsSample
+from ocs.nms.history import record as nms_record
 from ocs.noc import service as noc
 from ocs.noc.alarms import Limits
 from ocs.store.env import Store
@@ -34,6 +36,7 @@ def operations(store: Store, conf: dict[str, Any]) -> OpTable:
     table: OpTable = {name: (req_t, res_t, getattr(engine, "op_" + name))
                       for name, (req_t, res_t) in OPERATIONS.items()}
     table.update(noc.AlarmOps(Limits(**conf["alarms"])).table())
+    table["nms_record"] = (NmsSample, bool, nms_record)
     return table
 
 
@@ -47,6 +50,7 @@ def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS
     eng = settings_data(settings)
     results = {name: res_t for name, (_q, res_t) in OPERATIONS.items()}
     results.update({name: res_t for name, (_q, res_t) in noc.OPERATIONS.items()})
+    results["nms_record"] = bool
     return ProcessWriter(program=PROGRAM, results=results,
                          program_settings={"engine": eng,
                                            "alarms": msgspec.structs.asdict(alarm_limits)},

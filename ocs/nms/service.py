@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import structlog
 from ocs import metrics
 from ocs.config import NmsConfig, NmsElement
 from ocs.nms.derive import Figures, Limits, Poll, derive, health, thresholds
+from ocs.nms.history import IfSample, NmsSample
 from ocs.nms.poller import Poller, Unreachable
 from ocs.noc.alarms import Notification, Severity
 from ocs.noc.service import AlarmService
@@ -55,8 +56,11 @@ class ElementState:
 
 class NmsMonitor:
     def __init__(self, cfg: NmsConfig, alarms: AlarmService, poller: Poller, *,
+                 record: Callable[[NmsSample], Awaitable[bool]] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
+        self.record = record
+        """Where samples go for the history (the writer's ``nms_record``)."""
         self.cfg = cfg
         self.alarms = alarms
         self.poller = poller
@@ -121,6 +125,14 @@ class NmsMonitor:
                 st.active.add(c.resource)
         st.score, st.explained = health(f, limits)
         self._publish(el, f, st.score)
+        if self.record is not None:
+            await self.record(NmsSample(
+                element=el.id, at=int(self.wall()), cpu_pct=f.cpu_pct,
+                memory_pct=f.memory_pct, health=st.score,
+                interfaces=tuple(IfSample(i.descr, i.in_mbps, i.out_mbps, i.utilization_pct,
+                                          i.packet_loss_pct, i.oper_up)
+                                 for i in f.interfaces),
+                history_s=self.cfg.history_days * 86400))
         return st
 
     @staticmethod

@@ -46,6 +46,7 @@ ALARMS = b"alarms"  # u64 alarm id -> Alarm (active and history)
 ALARM_KEYS = b"alarm_keys"  # element \0 resource \0 alarm type -> u64 id of the latest alarm
 ALARM_JOURNAL = b"alarm_journal"  # u64 seq -> one JSON line of the alarm stream
 FRAUD_CASES = b"fraud_cases"  # u64 case id -> Case
+NMS = b"nms"  # element \0 u64 time -> NmsSample (polled figures, ocs.nms.history)
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -69,6 +70,7 @@ ALL_DBS = (
     ALARM_KEYS,
     ALARM_JOURNAL,
     FRAUD_CASES,
+    NMS,
 )
 
 META_SCHEMA = b"schema_version"

@@ -129,6 +129,20 @@ listen = "127.0.0.1:{admin}"
             el.start()
             _wait(lambda: "snmp-agent" not in active(), "reachable again")
             assert metric(admin, "ocs_nms_polls_total", outcome="unreachable") >= 1
+        # what the server stored: the last poll's health, explained; the forecast
+        healthy = json.loads(subprocess.run(
+            [OCS, "nms", "health", "bts-001", "--json", "--config", str(cfg)], cwd=tmp_path,
+            capture_output=True, text=True, check=True).stdout)
+        parts = {c["component"]: c for c in healthy["components"]}
+        assert parts["cpu"]["value"] == 30.0 and parts["cpu"]["score"] == 100.0
+        assert parts["links"]["score"] == 100.0  # both up again
+        assert healthy["health"] == round(sum(c["points"] for c in parts.values()))
+        fc = json.loads(subprocess.run(
+            [OCS, "nms", "forecast", "bts-001", "--json", "--config", str(cfg)],
+            cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
+        assert fc["samples"] >= 3 and {i["interface"] for i in fc["interfaces"]} == {
+            "eth0", "eth1"}
+        assert all(i["full_at"] is None for i in fc["interfaces"])  # idle links: no growth
         # the CLI polls it directly
         listed = json.loads(subprocess.run(
             [OCS, "nms", "elements", "--json", "--config", str(cfg)], cwd=tmp_path,
