@@ -4,6 +4,7 @@ sample per element, and the least-squares capacity forecast."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 from ocs.nms.history import DAY, HOUR, IfSample, NmsSample, forecast, latest, record, samples
@@ -29,7 +30,7 @@ def test_retention_thinning_and_latest(tmp_path: Path) -> None:
     assert got[0].at >= now - 3 * DAY  # older than history_s: gone
     recent = [s for s in got if s.at >= now - DAY + HOUR]
     older = [s for s in got if s.at < now - DAY - HOUR]
-    assert all(b.at - a.at == 600 for a, b in zip(recent, recent[1:], strict=False))
+    assert all(b.at - a.at == 600 for a, b in itertools.pairwise(recent))
     hours = [s.at // HOUR for s in older]
     assert len(hours) == len(set(hours))  # one per hour once a day old
     assert len(got) < 3 * 24 + 6 * 24 + 10  # bounded
