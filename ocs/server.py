@@ -152,7 +152,7 @@ class Server:
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.charging = EngineChargingService(self.engine)
         """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
-        self.alarms = AlarmService(self.writer)
+        self.alarms = AlarmService(self.writer, committed=self._alarm_committed)
         """Where the health checks and the SNMP trap receiver raise and clear alarms."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
@@ -423,6 +423,10 @@ class Server:
         while await self.engine.submit("trim_answers", trim) >= trim.limit:
             pass
         return expired
+
+    def _alarm_committed(self) -> None:
+        if self.exporter is not None:
+            self.exporter.wake()
 
     def reload(self) -> list[str]:
         """SIGHUP: read the config file again and apply what a running server can take

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -55,6 +56,9 @@ def child_main(settings_json: str) -> None:
                                         conf["alarm_rotate_s"], conf["alarm_rotate_records"],
                                         on_line=hooks.offer if hooks.hooks else None))
     interval = conf["interval_s"]
+    wake = int(conf.get("wake_fd", -1))
+    """Readable when the server committed an alarm: the stream gets its line now, not at
+    the next interval (trap -> line in milliseconds)."""
     parent = int(conf.get("parent_pid", os.getppid()))  # passed in: the parent may die
     while not stop.is_set():                             # before we get this far
         if os.getppid() != parent:  # ocs serve is gone (killed): drain, close, leave
@@ -70,7 +74,12 @@ def child_main(settings_json: str) -> None:
                 pass  # `ocs cdr flush` holds the lock right now; the next round catches up
             except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
                 log.error("journal_export_failed", prefix=exporter.prefix, error=str(exc))
-        stop.wait(interval)
+        if wake < 0:
+            stop.wait(interval)
+            continue
+        ready, _w, _x = select.select([wake], [], [], interval)
+        if ready and not os.read(wake, 4096):
+            wake = -1  # the server closed its end (it is going): plain intervals
     failed = False
     for exporter in exporters:
         try:
@@ -95,6 +104,7 @@ class ExporterProcess:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        self._wake_w = -1
 
     @property
     def alive(self) -> bool:
@@ -107,11 +117,24 @@ class ExporterProcess:
     def _spawn(self) -> None:
         # The settings (hook URLs and commands among them) go through a pipe, not the
         # command line that every local user can read in /proc.
+        r, w = os.pipe()
+        os.set_blocking(w, False)
         self._proc = subprocess.Popen([sys.executable, "-m", "ocs.cdr.exportproc"],
-                                      stdin=subprocess.PIPE)
+                                      stdin=subprocess.PIPE, pass_fds=(r,))
+        os.close(r)
+        if self._wake_w >= 0:
+            os.close(self._wake_w)
+        self._wake_w = w
         assert self._proc.stdin is not None
         with contextlib.suppress(BrokenPipeError), self._proc.stdin:  # it died at once:
-            self._proc.stdin.write(json.dumps(self._conf).encode())  # the watchdog sees
+            self._proc.stdin.write(json.dumps({**self._conf, "wake_fd": r}).encode())
+
+    def wake(self) -> None:
+        """Something was committed to a journal (an alarm): export it now. Never blocks
+        (a full pipe already says "wake up")."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+                os.write(self._wake_w, b"!")
 
     async def start(self) -> None:
         self._spawn()
@@ -141,6 +164,9 @@ class ExporterProcess:
             return None
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
+        if self._wake_w >= 0:
+            os.close(self._wake_w)
+            self._wake_w = -1
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(None, self._proc.wait), timeout)

@@ -4,7 +4,8 @@ that runs them — the charging engine has no part in either."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -61,12 +62,18 @@ class AlarmOps:
 class AlarmService:
     """Raise and clear alarms; each call resolves after the durable commit."""
 
-    def __init__(self, writer: Submitter):
+    def __init__(self, writer: Submitter, *, committed: Callable[[], None] | None = None):
         self._writer = writer
+        self._committed = committed
+        """Called once an alarm change is durable (the server wakes the stream writer)."""
 
     def notify(self, n: Notification) -> Awaitable[str]:
         """The outcome: raised, repeated, cleared, clear_unmatched, capped ..."""
         result: Awaitable[str] = self._writer.submit("alarm_notify", n)
+        if self._committed is not None and isinstance(result, asyncio.Future):
+            done = self._committed
+            result.add_done_callback(lambda f: done() if not f.cancelled()
+                                     and f.exception() is None else None)
         return result
 
     def trim(self, req: TrimAlarms) -> Awaitable[int]:

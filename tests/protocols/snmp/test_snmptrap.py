@@ -105,3 +105,30 @@ def test_inform_is_answered_and_wrong_community_dropped(nms: Nms) -> None:
     nms.trap("", "1.3.6.1.6.3.1.1.5.1", community="private")
     time.sleep(0.5)
     assert len(nms.alarms()) == before
+
+
+def test_a_trap_is_in_the_alarm_stream_at_once(tmp_path: Path) -> None:
+    """The stream writer is woken by each committed alarm: a trap's line is in
+    DATA_DIR/alarms in milliseconds, not at the next export interval (5 s here)."""
+    require_tool("snmptrap")
+    port = free_udp_port()
+    cfg = tmp_path / "nm.toml"
+    cfg.write_text(CONFIG.format(data=tmp_path / "data", port=port)
+                   + "[cdr]\nexport_interval_s = 5.0\n")
+    plans = Path(__file__).resolve().parents[3] / "config" / "plans.toml"
+    subprocess.run([OCS, "init", "--config", str(cfg), "--plans", str(plans)], check=True,
+                   capture_output=True)
+    with serving(cfg, tmp_path, "snmp_listening"):
+        n = Nms(tmp_path, cfg, port)
+        time.sleep(1.0)  # past the exporter's first round
+        waits = []
+        for idx in range(21, 26):
+            sent = time.monotonic()
+            n.trap("", LINK_DOWN, f"{IF_INDEX}.{idx}", "i", str(idx))
+            needle = f"ifIndex={idx}".encode()
+            while not any(needle in p.read_bytes()
+                          for p in (tmp_path / "data" / "alarms").glob("*")):
+                assert time.monotonic() - sent < 4.0, "not in the stream before the interval"
+                time.sleep(0.005)
+            waits.append(time.monotonic() - sent)
+    assert max(waits) < 1.0, waits  # snmptrap's own start-up is most of it
