@@ -93,6 +93,9 @@ class OpenSession(msgspec.Struct, frozen=True, kw_only=True):
     name slices; recorded on the CDRs. "" = none."""
     dnn: str = ""
     """5G data network name, recorded on the CDRs."""
+    callback: str = ""
+    """Where the peer takes notifications for the session (Nchf notifyUri), kept with it
+    so any worker that picks the session up can notify."""
 
 
 class UpdateSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,6 +230,7 @@ class SessionHold:
     expires_at: int
     destination: str
     visited_network: str
+    callback: str = ""
 
 
 class ChargingService(Protocol):

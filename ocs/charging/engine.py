@@ -507,6 +507,7 @@ class ChargingEngine:
                 owner=req.owner,
                 slice=req.slice,
                 dnn=req.dnn,
+                callback=req.callback,
             )
         requested = req.units if req.units is not None and req.units > 0 else (
             self.settings.default_units(req.service))

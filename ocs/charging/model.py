@@ -170,6 +170,8 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True):
     """5G S-NSSAI ("SST" or "SST-SD"), rated and recorded on the CDRs; "" = none."""
     dnn: str = ""
     """5G data network name (APN), recorded on the CDRs."""
+    callback: str = ""
+    """The peer's notification address for the session (Nchf notifyUri)."""
 
 
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):

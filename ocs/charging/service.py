@@ -78,7 +78,8 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
 def _hold(r: Reservation) -> SessionHold:
     return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=SERVICE_OF[r.service],
                        rating_group=r.rating_group, owner=r.owner, expires_at=r.expires_at,
-                       destination=r.destination, visited_network=r.visited_network)
+                       destination=r.destination, visited_network=r.visited_network,
+                       callback=r.callback)
 
 
 _COUNTERS: dict[tuple[str, str], Any] = {}
@@ -125,7 +126,7 @@ class EngineChargingService:
             units=cmd.units, rating_group=cmd.rating_group, destination=cmd.destination,
             visited_network=cmd.visited_network, protocol=cmd.protocol,
             validity_s=cmd.validity_s, now=cmd.now, owner=cmd.owner, slice=cmd.slice,
-            dnn=cmd.dnn))
+            dnn=cmd.dnn, callback=cmd.callback))
 
     def update_session(self, cmd: UpdateSession) -> asyncio.Future[Settlement]:
         return self._op("commit", CommitRequest(

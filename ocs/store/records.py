@@ -134,6 +134,8 @@ class Reservation(msgspec.Struct, array_like=True, kw_only=True):
     slice: str = ""
     """5G S-NSSAI the session was rated under ("" = none)."""
     dnn: str = ""
+    callback: str = ""
+    """Where the peer takes notifications for the session (Nchf notifyUri)."""
 
 
 class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

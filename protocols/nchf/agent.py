@@ -299,7 +299,8 @@ class ChfAgent:
             request=RequestRef("nchf", sess.session_id, req.invocationSequenceNumber),
             session_id=sess.session_id, subscriber=sess.identity, service=Service.DATA,
             units=asked or None, rating_group=u.ratingGroup, protocol="nchf",
-            validity_s=self.tcc_s, now=self._now(), slice=sess.slice, dnn=sess.dnn))
+            validity_s=self.tcc_s, now=self._now(), slice=sess.slice, dnn=sess.dnn,
+            callback=sess.notify_uri))
 
     def _refused_answer(self, req: ChargingDataRequest, refusal: Refusal) -> HttpAnswer:
         """403: the subscriber may not be served (suspended, blocked, terminated)."""
@@ -353,7 +354,8 @@ class ChfAgent:
         sess = ChfSession(session_id=ref, identity=((IdKind.MSISDN, first.msisdn),),
                           msisdn=first.msisdn, service=Service.DATA,
                           groups={h.rating_group for h in live if h.rating_group is not None},
-                          notify_uri=req.notifyUri or "", slice=req.slice, dnn=req.dnn,
+                          notify_uri=req.notifyUri or first.callback, slice=req.slice,
+                          dnn=req.dnn,
                           deadline=now + self.tcc_s)
         sess.rating_group = min(sess.groups) if sess.groups else None
         self.sessions[ref] = sess

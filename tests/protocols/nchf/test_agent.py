@@ -328,3 +328,17 @@ def test_refused_creates_do_not_fill_the_session_table(env: Any) -> None:
     assert len(agent.sessions) == 0
     create(agent, request(0, usage(10, MB), sub="msisdn-41790000002"))  # waits for credit
     assert len(agent.sessions) == 1
+
+
+def test_another_worker_knows_where_to_notify(env: Any) -> None:
+    """The notifyUri is kept with the reservations: a worker (or a restarted server) that
+    picks the resource up from the store can notify without the SMF repeating it."""
+    agent, clock, store = env
+    ref, _ = create(agent, request(0, usage(10, MB), sub="imsi-228010000000003",
+                                   notify="http://smf.example:8080/cb/7"))
+    other = ChfAgent(agent.charging, ChfSettings(), clock=clock)
+    assert post(other, f"{BASE}/{ref}/update", request(1, usage(10, MB, 1))).status == 200
+    assert other.sessions[ref].notify_uri == "http://smf.example:8080/cb/7"
+    store.run_write(op_topup("41790000003", "5.00"))
+    assert [(k, s.notify_uri) for k, s in other.sweep()] == [
+        ("REAUTHORIZATION", "http://smf.example:8080/cb/7")]
