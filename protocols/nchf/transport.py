@@ -273,6 +273,7 @@ class ChfProtocol(asyncio.Protocol):
         st.started = float("inf")  # complete: no request timeout while it is answered
         body = bytes(st.body)
         self._release_stream(sid)
+        st.body = bytearray()  # the agent has its copy
         self.streams[sid] = st  # kept (without its body) until answered or reset
         self._run(st, body, lambda ans: self._answer_h2(sid, ans))
 
