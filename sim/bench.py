@@ -65,8 +65,11 @@ communities = ["public"]
 [noc]
 min_free_disk_mb = 0
 # the snmp part measures the alarm pipeline at 5,000-10,000 traps/s from one source:
-# storm control (on by default) would summarise them instead
+# storm control (on by default) would summarise them instead; each trap of the stream
+# latency run raises an alarm of its own: no caps
 storm_rate = 0
+max_alarms_per_element = 0
+max_active_alarms = 0
 """
 
 

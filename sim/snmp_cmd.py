@@ -26,13 +26,16 @@ IF_INDEX = "1.3.6.1.2.1.2.2.1.1."
 
 
 def send_traps(host: str, port: int, count: int, rate: float | None, *,
-               community: str = "public", interfaces: int = 1000) -> float:
-    """Link flaps over ``interfaces`` ifIndexes (down, then up, ...); returns seconds."""
+               community: str = "public", interfaces: int = 1000,
+               sent: list[float] | None = None) -> float:
+    """Link flaps over ``interfaces`` ifIndexes (down, then up, ...); returns seconds.
+    ``sent``: gets the perf_counter time each trap left (trap n has ifIndex n + 1 while
+    ``interfaces`` >= ``count``)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with_buf = 4 << 20
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, with_buf)
     packets = []
-    for n in range(min(count, 20_000)):
+    for n in range(min(count, max(20_000, interfaces))):
         idx = n % interfaces + 1
         trap = LINK_DOWN if (n // interfaces) % 2 == 0 else LINK_UP
         packets.append(encode_trap_v2c(community.encode(), n + 1, n, trap,
@@ -44,6 +47,8 @@ def send_traps(host: str, port: int, count: int, rate: float | None, *,
             if delay > 0:
                 time.sleep(delay)
         s.sendto(packets[n % len(packets)], (host, port))
+        if sent is not None:
+            sent.append(time.perf_counter())
     s.close()
     return time.perf_counter() - start
 
@@ -186,6 +191,111 @@ def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | N
                   secs, extra={"result": f"{got:,} logged"})
 
 
+class LineTail:
+    """Watches the files of a directory (or one file) grow, every millisecond, and notes
+    when each ifIndex first appears in a new line (``pattern``'s group 1): how long a trap
+    takes to be a line in a file a NOC tool tails."""
+
+    def __init__(self, where: Path, pattern: str):
+        import re
+        import threading
+
+        self.where = where
+        self.pattern = re.compile(pattern.encode())
+        self.seen: dict[int, float] = {}
+        self._offsets: dict[Path, int] = {}
+        self._partial: dict[Path, bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LineTail:
+        for f in self._files():  # what is there already is not ours
+            self._offsets[f] = f.stat().st_size
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _files(self) -> list[Path]:
+        if self.where.is_dir():
+            return sorted(self.where.iterdir())
+        return [self.where] if self.where.exists() else []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for f in self._files():
+                try:
+                    with f.open("rb") as fh:
+                        fh.seek(self._offsets.get(f, 0))
+                        data = fh.read()
+                except OSError:
+                    continue  # renamed (.part -> .jsonl) between listing and reading
+                if not data:
+                    continue
+                now = time.perf_counter()
+                self._offsets[f] = self._offsets.get(f, 0) + len(data)
+                data = self._partial.pop(f, b"") + data
+                lines = data.split(b"\n")
+                self._partial[f] = lines.pop()
+                for line in lines:
+                    m = self.pattern.search(line)
+                    if m is not None:
+                        self.seen.setdefault(int(m.group(1)), now)
+            time.sleep(0.001)
+
+    def latencies(self, sent: list[float]) -> list[float]:
+        """Per trap (ifIndex n + 1 = trap n): seen - sent, for the traps seen."""
+        return sorted(self.seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in self.seen)
+
+
+def _stream_latency(host: str, port: int, stream_dir: Path, count: int,
+                    rate: float) -> tuple[list[float], int, float]:
+    sent: list[float] = []
+    time.sleep(2.0)  # the earlier runs' lines are out (the exporter's interval is 1 s)
+    with LineTail(stream_dir, r'"resource":"ifIndex=(\d+)"') as tail:
+        secs = send_traps(host, port, count, rate, interfaces=count, sent=sent)
+        deadline = time.perf_counter() + 30
+        while len(tail.seen) < count and time.perf_counter() < deadline:
+            time.sleep(0.05)
+    return tail.latencies(sent), len(tail.seen), secs
+
+
+def _snmptrapd_latency(count: int, rate: float, workdir: Path) -> Report | None:
+    """snmptrapd logging to a file (flushed per trap), tailed the same way."""
+    binary = shutil.which("snmptrapd")
+    if binary is None:
+        return None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    conf = workdir / "snmptrapd.conf"
+    conf.write_text("disableAuthorization yes\n[snmp] serverRecvBuf 8388608\n")
+    log = workdir / "snmptrapd.log"
+    proc = subprocess.Popen([binary, "-f", "-n", "-C", "-c", str(conf), "-Lf", str(log),
+                             f"udp:127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={"MIBS": "", "PATH": "/usr/bin", "SNMPCONFPATH": str(workdir)})
+    try:
+        time.sleep(1.0)
+        sent: list[float] = []
+        with LineTail(log, r"\.1\.3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ") as tail:
+            secs = send_traps("127.0.0.1", port, count, rate, interfaces=count, sent=sent)
+            deadline = time.perf_counter() + 30
+            while len(tail.seen) < count and time.perf_counter() < deadline:
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lat = tail.latencies(sent)
+    return Report("snmp", f"snmptrapd: trap -> line in its log @ {rate:,.0f}/s", len(lat),
+                  count - len(lat), secs,
+                  latencies_ms={f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99,
+                                                                              99.9)})
+
+
 @bench_part("snmp")
 async def bench_snmp(ctx: BenchContext) -> list[Report]:
     import asyncio
@@ -218,6 +328,23 @@ async def bench_snmp(ctx: BenchContext) -> list[Report]:
         rep.passed = got == count and rep.latencies_ms["p99"] <= limit
         reports.append(rep)
         receiver.latencies = None
+    # trap -> line in the alarm stream (DATA_DIR/alarms), each trap a new alarm, beside
+    # snmptrapd's trap -> line in its log, the same offered load
+    count = int(5000 * ctx.scale_s(10.0))
+    stream_dir = server.cfg.under_data(server.cfg.noc.stream_dir)
+    lat, seen, secs = await loop.run_in_executor(None, _stream_latency, host, port, stream_dir,
+                                                 count, 5000.0)
+    line = Report("snmp", "trap -> line in the alarm stream @ 5,000/s", len(lat),
+                  count - len(lat), secs, target="p99 <= 50 ms",
+                  latencies_ms={f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99,
+                                                                              99.9)},
+                  extra={"result": f"{seen:,}/{count:,} lines"})
+    line.passed = len(lat) == count and line.latencies_ms["p99"] <= 50.0
+    reports.append(line)
+    with tempfile.TemporaryDirectory() as d:
+        trapd = await loop.run_in_executor(None, _snmptrapd_latency, count, 5000.0, Path(d))
+    if trapd is not None:
+        reports.append(trapd)
     with tempfile.TemporaryDirectory() as d:
         peer = await loop.run_in_executor(None, _snmptrapd_rate, int(5000 * ctx.scale_s(10.0)),
                                           5000.0, Path(d))
