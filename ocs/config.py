@@ -873,6 +873,7 @@ RELOADABLE = frozenset({
     "radius.session_timeout_s", "radius.dae_queue_limit",
     "smpp.accounts", "smpp.routes", "smpp.throttle_per_s",
     "snmp.communities", "nms.poll_interval_s", "nms.elements", "nms.thresholds",
+    "nms.remediations",
     "nms.timeout_s", "nms.retries",
     "diameter.allowed_peers", "diameter.relay_peers",
     "billing.taxes", "billing.discounts", "billing.due_days", "billing.invoice_dir",

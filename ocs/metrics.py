@@ -148,6 +148,9 @@ NMS_UTILIZATION = Gauge("ocs_nms_interface_utilization_pct", "Interface utilisat
 NMS_LOSS = Gauge("ocs_nms_interface_packet_loss_pct", "Interface packet loss, % (errors + "
                  "discards over packets in)", ["element", "interface"], registry=REGISTRY,
                  multiprocess_mode="max")
+NMS_REMEDIATIONS = Counter("ocs_nms_remediations", "Auto-remediation attempts by action and "
+                           "outcome (done, failed, skipped, cooldown, busy)",
+                           ["action", "outcome"], registry=REGISTRY)
 LIVE_SESSIONS = Gauge("ocs_live_sessions", "Sessions in the protocols' live tables",
                       ["protocol"], registry=REGISTRY, multiprocess_mode="livesum")
 SESSION_EVENTS = Counter("ocs_session_events",

@@ -152,7 +152,10 @@ class Server:
         self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.charging = EngineChargingService(self.engine)
         """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
-        self.alarms = AlarmService(self.writer, committed=self._alarm_committed)
+        self.alarms = AlarmService(self.writer, committed=self._alarm_committed,
+                                   raised=self._alarm_raised)
+        self.remediator: Any = None
+        """Auto-remediation of raised alarms on NMS elements (worker 0)."""
         """Where the health checks and the SNMP trap receiver raise and clear alarms."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
@@ -381,6 +384,9 @@ class Server:
                 timeout_s=self.cfg.nms.timeout_s, retries=self.cfg.nms.retries,
                 v3_users=users), record=lambda s: self.writer.submit("nms_record", s))
             self.nms.start()
+            from ocs.nms.remediate import Remediator, descr_index
+
+            self.remediator = Remediator(self.cfg.nms, if_index=descr_index(self.nms))
             log.info("nms_polling", elements=len(self.cfg.nms.elements),
                      interval_s=self.cfg.nms.poll_interval_s)
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
@@ -424,6 +430,10 @@ class Server:
             pass
         return expired
 
+    def _alarm_raised(self, n: Any) -> None:
+        if self.remediator is not None:
+            self.remediator.offer(n)
+
     def _alarm_committed(self) -> None:
         if self.exporter is not None:
             self.exporter.wake()
@@ -462,6 +472,8 @@ class Server:
                 total=self.cfg.noc.max_active_alarms)), "alarm limits")
         if self.nms is not None and self.cfg.nms is not None:
             self.nms.reconfigure(self.cfg.nms)
+            if self.remediator is not None:
+                self.remediator.cfg = self.cfg.nms
         for listener in self._listeners:
             reconfigure = getattr(listener, "reconfigure", None)
             if reconfigure is not None:

@@ -58,8 +58,23 @@ for line in sys.stdin:
         continue
     oid = parse(sys.stdin.readline())
     if cmd == "set":
-        sys.stdin.readline()
-        print("not-writable", flush=True)
+        value = sys.stdin.readline().split()
+        if oid[:-1] == IF + (7,) and value[0] == "integer":
+            with open(STATE) as f:
+                s = json.load(f)
+            iface = s["ifaces"].get(str(oid[-1]))
+            if iface is None:
+                print("no-such-name", flush=True)
+                continue
+            iface["admin"] = int(value[1])
+            s.setdefault("sets", []).append([".".join(map(str, oid)), int(value[1])])
+            with open(STATE + ".tmp", "w") as f:
+                json.dump(s, f)
+            import os
+            os.replace(STATE + ".tmp", STATE)
+            print("DONE", flush=True)
+        else:
+            print("not-writable", flush=True)
         continue
     found = None
     for o, t, v in rows():
@@ -93,12 +108,17 @@ class Element:
         runner.chmod(0o755)
         conf = tmp / "snmpd.conf"
         conf.write_text(f"agentAddress udp:{self.address}\nrocommunity public 127.0.0.1\n"
+                        "rwcommunity private 127.0.0.1\n"
                         f"pass_persist .1.3.6.1.2.1.2.2.1 {runner}\n"
                         f"pass_persist .1.3.6.1.2.1.31.1.1.1 {runner}\n"
                         f"pass_persist .1.3.6.1.2.1.25.3.3.1.2 {runner}\n")
         self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def read(self) -> dict[str, Any]:
+        """The state as the agent has it now (SETs included)."""
+        return dict(json.loads(self.state_file.read_text()))
 
     def write(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")

@@ -62,19 +62,28 @@ class AlarmOps:
 class AlarmService:
     """Raise and clear alarms; each call resolves after the durable commit."""
 
-    def __init__(self, writer: Submitter, *, committed: Callable[[], None] | None = None):
+    def __init__(self, writer: Submitter, *, committed: Callable[[], None] | None = None,
+                 raised: Callable[[Notification], None] | None = None):
         self._writer = writer
         self._committed = committed
         """Called once an alarm change is durable (the server wakes the stream writer)."""
+        self._raised = raised
+        """Called with the notification once it raised a new alarm (auto-remediation)."""
 
     def notify(self, n: Notification) -> Awaitable[str]:
         """The outcome: raised, repeated, cleared, clear_unmatched, capped ..."""
         result: Awaitable[str] = self._writer.submit("alarm_notify", n)
-        if self._committed is not None and isinstance(result, asyncio.Future):
-            done = self._committed
-            result.add_done_callback(lambda f: done() if not f.cancelled()
-                                     and f.exception() is None else None)
+        if isinstance(result, asyncio.Future) and (self._committed or self._raised):
+            result.add_done_callback(lambda f: self._after(n, f))
         return result
+
+    def _after(self, n: Notification, f: asyncio.Future[str]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return
+        if self._committed is not None:
+            self._committed()
+        if self._raised is not None and f.result() == "raise":
+            self._raised(n)
 
     def trim(self, req: TrimAlarms) -> Awaitable[int]:
         result: Awaitable[int] = self._writer.submit("alarm_trim", req)
