@@ -81,7 +81,8 @@ class Poller:
             raise Unreachable(f"{address}: {exc}") from None
         auth = self._auth(community, v3_user)
         err, status, _idx, vbs = await get_cmd(self.engine, auth, target, ContextData(),
-                                               ObjectType(ObjectIdentity(SYS_UPTIME)))
+                                               ObjectType(ObjectIdentity(SYS_UPTIME)),
+                                               lookupMib=False)
         if err or status:
             raise Unreachable(f"{address}: {err or status.prettyPrint()}")
         at = clock()
@@ -122,7 +123,8 @@ class Poller:
         out: list[tuple[str, Any]] = []
         async for err, status, _idx, vbs in bulk_walk_cmd(
                 self.engine, auth, target, ContextData(), 0, 32,
-                ObjectType(ObjectIdentity(base)), lexicographicMode=False):
+                ObjectType(ObjectIdentity(base)), lexicographicMode=False, lookupMib=False):
+            # (no MIB lookups: numeric OIDs in and out — most of pysnmp's CPU otherwise)
             if err or status:
                 raise Unreachable(str(err or status.prettyPrint()))
             for oid, value in vbs:
