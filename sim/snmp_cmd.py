@@ -281,7 +281,8 @@ def _snmptrapd_latency(count: int, rate: float, workdir: Path) -> Report | None:
     try:
         time.sleep(1.0)
         sent: list[float] = []
-        with LineTail(log, r"\.1\.3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ") as tail:
+        # (with MIBS="" it logs iso.3.6.1.2.1.2.2.1.1.N = INTEGER: N)
+        with LineTail(log, r"3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ") as tail:
             secs = send_traps("127.0.0.1", port, count, rate, interfaces=count, sent=sent)
             deadline = time.perf_counter() + 30
             while len(tail.seen) < count and time.perf_counter() < deadline:
