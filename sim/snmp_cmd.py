@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocols.snmp.codec import encode_trap_v2c
 from sim.registry import bench_part, command
@@ -250,16 +250,48 @@ class LineTail:
         return sorted(self.seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in self.seen)
 
 
+def tail_main() -> None:
+    """``python -c 'from sim.snmp_cmd import tail_main; tail_main()' WHERE PATTERN``: a
+    :class:`LineTail` in a process of its own (not sharing the GIL with the server it
+    measures); prints ``ready``, runs until a line on stdin, then prints what it saw as
+    JSON {ifIndex: perf_counter time} (CLOCK_MONOTONIC: comparable across processes)."""
+    import json
+
+    with LineTail(Path(sys.argv[1]), sys.argv[2]) as tail:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    print(json.dumps(tail.seen), flush=True)
+
+
+def _tailed(where: Path, pattern: str, send: Any, count: int) -> tuple[list[float], int, float]:
+    """Run ``send(sent)`` while a tailer process watches ``where``: (latencies, lines seen,
+    seconds sending)."""
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", "from sim.snmp_cmd import tail_main; "
+                             "tail_main()", str(where), pattern], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sent: list[float] = []
+        secs = send(sent)
+        time.sleep(3.0)  # the last lines
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        seen = {int(k): v for k, v in json.loads(proc.stdout.readline()).items()}
+    finally:
+        proc.kill()
+        proc.wait()
+    lat = sorted(seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in seen)
+    return lat, len(seen), secs
+
+
 def _stream_latency(host: str, port: int, stream_dir: Path, count: int,
                     rate: float) -> tuple[list[float], int, float]:
-    sent: list[float] = []
     time.sleep(2.0)  # the earlier runs' lines are out (the exporter's interval is 1 s)
-    with LineTail(stream_dir, r'"resource":"ifIndex=(\d+)"') as tail:
-        secs = send_traps(host, port, count, rate, interfaces=count, sent=sent)
-        deadline = time.perf_counter() + 30
-        while len(tail.seen) < count and time.perf_counter() < deadline:
-            time.sleep(0.05)
-    return tail.latencies(sent), len(tail.seen), secs
+    return _tailed(stream_dir, r'"resource":"ifIndex=(\d+)"', lambda sent: send_traps(
+        host, port, count, rate, interfaces=count, sent=sent), count)
 
 
 def _snmptrapd_latency(count: int, rate: float, workdir: Path) -> Report | None:
@@ -280,17 +312,15 @@ def _snmptrapd_latency(count: int, rate: float, workdir: Path) -> Report | None:
                             env={"MIBS": "", "PATH": "/usr/bin", "SNMPCONFPATH": str(workdir)})
     try:
         time.sleep(1.0)
-        sent: list[float] = []
+        log.touch()
         # (with MIBS="" it logs iso.3.6.1.2.1.2.2.1.1.N = INTEGER: N)
-        with LineTail(log, r"3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ") as tail:
-            secs = send_traps("127.0.0.1", port, count, rate, interfaces=count, sent=sent)
-            deadline = time.perf_counter() + 30
-            while len(tail.seen) < count and time.perf_counter() < deadline:
-                time.sleep(0.05)
+        lat, _seen, secs = _tailed(log, r"3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ",
+                                   lambda sent: send_traps("127.0.0.1", port, count, rate,
+                                                           interfaces=count, sent=sent),
+                                   count)
     finally:
         proc.terminate()
         proc.wait(10)
-    lat = tail.latencies(sent)
     return Report("snmp", f"snmptrapd: trap -> line in its log @ {rate:,.0f}/s", len(lat),
                   count - len(lat), secs,
                   latencies_ms={f"p{p:g}": percentile(lat, p) * 1000 for p in (50, 90, 99,
