@@ -154,9 +154,10 @@ class Server:
         """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
         self.alarms = AlarmService(self.writer, committed=self._alarm_committed,
                                    raised=self._alarm_raised)
+        """Where the health checks, the SNMP trap receiver and the NMS raise and clear
+        alarms."""
         self.remediator: Any = None
         """Auto-remediation of raised alarms on NMS elements (worker 0)."""
-        """Where the health checks and the SNMP trap receiver raise and clear alarms."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
             "map_size_mb": cfg.store.map_size_mb,
@@ -440,9 +441,10 @@ class Server:
 
     def reload(self) -> list[str]:
         """SIGHUP: read the config file again and apply what a running server can take
-        (:data:`ocs.config.RELOADABLE`: RADIUS clients, SMPP accounts and routes, SNMP
-        communities, Diameter allowed and relay peers, the log level) without dropping a
-        session, bind or connection; the rest is logged as needing a restart. A file
+        (:data:`ocs.config.RELOADABLE`: the listeners' peers and accounts, charging and
+        fraud settings — in the writer process too —, NOC and NMS settings, the log
+        level) without dropping a session, bind or connection; the rest is logged as
+        needing a restart. A file
         that does not load changes nothing (one line naming the problem). Worker 0
         passes the signal on to the other workers, which read the same file. Returns the
         keys applied."""
