@@ -15,6 +15,7 @@ HR_STORAGE = "1.3.6.1.2.1.25.2.3.1"
 HR_STORAGE_RAM = "1.3.6.1.2.1.25.2.1.2"
 IF_TABLE = "1.3.6.1.2.1.2.2.1"
 IF_X_TABLE = "1.3.6.1.2.1.31.1.1.1"
+_END = frozenset({"EndOfMibView", "NoSuchObject", "NoSuchInstance"})
 MAX_ROWS = 4096
 """Rows of one table walked at most (an agent answering without end is cut off)."""
 
@@ -88,9 +89,9 @@ class Poller:
         at = clock()
         uptime = int(vbs[0][1])
         cpu = await self._column(auth, target, HR_PROCESSOR_LOAD)
-        storage = await self._table(auth, target, HR_STORAGE)
-        iftable = await self._table(auth, target, IF_TABLE)
-        ifx = await self._table(auth, target, IF_X_TABLE)
+        storage = await self._table(auth, target, HR_STORAGE, (2, 4, 5, 6))
+        iftable = await self._table(auth, target, IF_TABLE, (2, 7, 8, 10, 11, 13, 14, 16))
+        ifx = await self._table(auth, target, IF_X_TABLE, (6, 7, 10, 15))
         mem_used = mem_size = 0
         for row in storage.values():
             if row.get(2) == HR_STORAGE_RAM:
@@ -112,23 +113,36 @@ class Poller:
         return Poll(at=at, uptime_cs=uptime, cpu_loads=tuple(int(v) for v in cpu.values()),
                     mem_used=mem_used, mem_size=mem_size, interfaces=tuple(interfaces))
 
-    async def _walk(self, auth: Any, target: Any, base: str) -> list[tuple[str, Any]]:
-        from pysnmp.hlapi.v3arch.asyncio import (
-            ContextData,
-            ObjectIdentity,
-            ObjectType,
-            bulk_walk_cmd,
-        )
+    async def _walk(self, auth: Any, target: Any, *bases: str) -> list[tuple[str, Any]]:
+        """The columns ``bases`` side by side: each GETBULK carries rows of every column
+        still going (a column ends when the agent leaves its subtree). Numeric OIDs in and
+        out (no MIB lookups: most of pysnmp's CPU otherwise)."""
+        from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, bulk_cmd
 
         out: list[tuple[str, Any]] = []
-        async for err, status, _idx, vbs in bulk_walk_cmd(
-                self.engine, auth, target, ContextData(), 0, 32,
-                ObjectType(ObjectIdentity(base)), lexicographicMode=False, lookupMib=False):
-            # (no MIB lookups: numeric OIDs in and out — most of pysnmp's CPU otherwise)
+        current = list(bases)
+        active = list(range(len(bases)))
+        while active:
+            err, status, _idx, vbs = await bulk_cmd(
+                self.engine, auth, target, ContextData(), 0, max(4, 48 // len(active)),
+                *(ObjectType(ObjectIdentity(current[c])) for c in active), lookupMib=False)
             if err or status:
                 raise Unreachable(str(err or status.prettyPrint()))
-            for oid, value in vbs:
-                out.append((str(oid), value))
+            ended: set[int] = set()
+            before = {c: current[c] for c in active}
+            for k, (oid, value) in enumerate(vbs):
+                col = active[k % len(active)]
+                if col in ended:
+                    continue
+                text = str(oid)
+                if (not text.startswith(bases[col] + ".")
+                        or type(value).__name__ in _END):
+                    ended.add(col)
+                    continue
+                out.append((text, value))
+                current[col] = text
+            ended |= {c for c in active if current[c] == before[c]}  # no progress: done
+            active = [c for c in active if c not in ended]
             if len(out) > MAX_ROWS * 24:
                 break
         return out
@@ -137,10 +151,11 @@ class Poller:
         return {int(oid.rsplit(".", 1)[1]): v for oid, v in await self._walk(auth, target, base)
                 if oid.startswith(base + ".")}
 
-    async def _table(self, auth: Any, target: Any, base: str) -> dict[int, dict[int, Any]]:
-        """{row index: {column: value}} of a table indexed by one integer."""
+    async def _table(self, auth: Any, target: Any, base: str,
+                     columns: tuple[int, ...]) -> dict[int, dict[int, Any]]:
+        """{row index: {column: value}} of ``columns`` of a table indexed by one integer."""
         rows: dict[int, dict[int, Any]] = {}
-        for oid, value in await self._walk(auth, target, base):
+        for oid, value in await self._walk(auth, target, *(f"{base}.{c}" for c in columns)):
             rest = oid[len(base) + 1:].split(".")
             if len(rest) != 2 or not rest[0].isdigit() or not rest[1].isdigit():
                 continue
