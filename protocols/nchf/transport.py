@@ -89,6 +89,7 @@ class ChfProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._h1_request: _Stream | None = None
         self._h1_busy = False
+        self._write_paused = False
         self.closed = False
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -134,11 +135,21 @@ class ChfProtocol(asyncio.Protocol):
                 self._start_h2(self._sniff)
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client does not read: stop taking work
+        self._write_paused = True  # the client does not read: stop taking work
+        self._reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
+        self._write_paused = False
+        self._reading()
+
+    def _reading(self) -> None:
+        """Read while the client reads our answers and no HTTP/1.1 request is waiting
+        for its answer (h11 would buffer whatever came meanwhile)."""
+        if self.transport is None or self.closed:
+            return
+        if self._write_paused or self._h1_busy:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
 
     # -- timers -----------------------------------------------------------------------
@@ -375,8 +386,7 @@ class ChfProtocol(asyncio.Protocol):
                 if st is None:
                     continue
                 self._h1_busy = True
-                if self.transport is not None:
-                    self.transport.pause_reading()
+                self._reading()
                 self._run(st, bytes(st.body), self._answer_h1)
                 return
             elif isinstance(ev, h11.ConnectionClosed):
@@ -426,9 +436,10 @@ class ChfProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         self._h1_busy = False
-        if self.transport is not None:
-            self.transport.resume_reading()
-        self._h1_events()
+        self._reading()
+        # the next pipelined request on the next loop turn: answered at once (a 415),
+        # going on from here would recurse once per request
+        asyncio.get_running_loop().call_soon(self._h1_events)
 
     # -- the agent --------------------------------------------------------------------
 

@@ -274,3 +274,22 @@ def test_fuzzed_bodies_over_the_wire(target: Target, wire: httpx.Client, body: b
     r = wire.post(f"http://127.0.0.1:{target.port}{BASE}/{'0' * 32}/update",
                   content=body, headers={"content-type": "application/json"})
     assert r.status_code in (400, 404), (r.status_code, body, r.text)
+
+
+def test_thousands_of_pipelined_http11_requests_are_answered(target: Target) -> None:
+    """Requests answered at once (415 here) must not recurse into the next one: 3,000
+    pipelined in one write are all answered, in order, and the CHF keeps serving."""
+    one = (b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: a\r\n"
+           b"Content-Type: text/plain\r\nContent-Length: 1\r\n\r\nx")
+    s = _connect(target.port)
+    s.sendall(one * 3000)
+    got = b""
+    deadline = time.monotonic() + 20
+    while got.count(b"HTTP/1.1 415") < 3000 and time.monotonic() < deadline:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got.count(b"HTTP/1.1 415") == 3000
+    target.alive()
