@@ -17,12 +17,11 @@ present (consumers are not authenticated on plain h2c; TLS is the way to do that
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import structlog
@@ -48,7 +47,7 @@ from ocs.charging.api import (
     UpdateSession,
     status_refusal,
 )
-from ocs.sessions import AbortRequired, Session, SessionTable
+from ocs.sessions import AbortRequired, Session, SessionTable, Turns, all_answers, answered
 from protocols.nchf.messages import (
     JSON,
     PROBLEM_JSON,
@@ -70,7 +69,6 @@ from protocols.nchf.messages import (
 )
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 API = "/nchf-convergedcharging/v3"
 BASE = API + "/chargingdata"
@@ -173,7 +171,7 @@ class ChfAgent:
         self.s = settings
         self.clock = clock
         self.sessions: SessionTable[ChfSession] = SessionTable()
-        self._tails: dict[str, asyncio.Future[None]] = {}
+        self.turns = Turns()
         self.counters: dict[str, int] = {}
 
     @property
@@ -226,22 +224,12 @@ class ChfAgent:
 
     async def _serialised(self, ref: str, op: str, req: ChargingDataRequest) -> HttpAnswer:
         """One request of a resource at a time (a consumer's parallel updates)."""
-        loop = asyncio.get_running_loop()
-        prev = self._tails.get(ref)
-        mine: asyncio.Future[None] = loop.create_future()
-        self._tails[ref] = mine
-        try:
-            if prev is not None:
-                await prev
+        async with self.turns.of(ref):
             if op == "create":
                 return await self._create(ref, req)
             if op == "update":
                 return await self._update(ref, req)
             return await self._release(ref, req)
-        finally:
-            mine.set_result(None)
-            if self._tails.get(ref) is mine:
-                del self._tails[ref]
 
     # -- create -----------------------------------------------------------------------
 
@@ -265,7 +253,7 @@ class ChfAgent:
                           slice=req.slice, dnn=req.dnn, deadline=now + self.tcc_s,
                           rating_group=None)
         usages = req.usages or []
-        grants = await _all(self._open(req, sess, u) for u in usages)
+        grants = await all_answers(self._open(req, sess, u) for u in usages)
         if any(g.refusal == Refusal.REQUEST_MISMATCH for g in grants):
             return _problem(400, "INVALID_MSG_FORMAT", "invocationSequenceNumber reused",
                             param="invocationSequenceNumber", reason="reused with other content")
@@ -391,8 +379,8 @@ class ChfAgent:
             elif used_volume(u)[0] > 0:  # usage in a group without quota: charged as is
                 futs.append(self._charge(req, sess, u))
             else:
-                futs.append(_done(None))
-        answers = await _all(futs)
+                futs.append(answered(None))
+        answers = await all_answers(futs)
         if any(getattr(a, "refusal", "") == Refusal.REQUEST_MISMATCH for a in answers):
             return self._mismatch()
         infos: list[MultipleUnitInformation] = []
@@ -492,7 +480,7 @@ class ChfAgent:
                 futs.append(self._charge(req, sess, u))  # usage in a group without quota
             else:
                 futs.append(self._commit(req, sess, u, final=True))
-        answers = await _all(futs)
+        answers = await all_answers(futs)
         if any(a.refusal == Refusal.REQUEST_MISMATCH for a in answers):
             return self._mismatch()
         found = any(a.ok for a in answers)
@@ -502,7 +490,7 @@ class ChfAgent:
             # subscriber, an event never charged is refused (nobody pays), and one that
             # was is there under other content (its subscriber): found, nothing charged.
             again = [u for u in reported.values() if used_volume(u)[0] > 0]
-            found = any(d.ok or d.refusal == Refusal.REQUEST_MISMATCH for d in await _all(
+            found = any(d.ok or d.refusal == Refusal.REQUEST_MISMATCH for d in await all_answers(
                 self._charge(req, sess, u) for u in again))
         self.sessions.pop(ref, None)
         if not known and not found:
@@ -557,16 +545,3 @@ def _problem(status: int, cause: str, detail: str, *, param: str = "",
              reason: str = "") -> HttpAnswer:
     return HttpAnswer(status, problem(status, cause, detail, param=param, reason=reason),
                       PROBLEM_JSON)
-
-
-async def _all(answers: Iterable[Awaitable[T]]) -> list[T]:
-    pending = list(answers)
-    if len(pending) == 1:
-        return [await pending[0]]
-    return list(await asyncio.gather(*pending))
-
-
-def _done(value: Any) -> asyncio.Future[Any]:
-    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    fut.set_result(value)
-    return fut

@@ -100,3 +100,34 @@ def test_review_goes_round_robin_and_drops_what_ended_elsewhere(
     assert t.review(charging, 3, keep=keep) == []
     assert seen == ["s0", "s1", "s2", "s3", "s4", "s5"]
     assert "s1" not in t and len(t) == 5
+
+
+def test_turns_take_one_request_of_a_session_at_a_time() -> None:
+    import asyncio
+
+    from ocs.sessions import Turns, all_answers, answered
+
+    async def run() -> list[str]:
+        turns = Turns()
+        order: list[str] = []
+
+        async def request(sid: str, name: str, fail: bool = False) -> None:
+            async with turns.of(sid):
+                order.append(f"{name}+")
+                await asyncio.sleep(0.01)
+                order.append(f"{name}-")
+                if fail:
+                    raise ValueError(name)
+
+        results = await asyncio.gather(request("s", "a", fail=True), request("s", "b"),
+                                       request("t", "c"), return_exceptions=True)
+        assert isinstance(results[0], ValueError) and results[1:] == [None, None]
+        assert len(turns) == 0  # nothing left behind, a failed turn included
+        assert await all_answers([answered(1)]) == [1]
+        assert await all_answers([answered(1), answered(2)]) == [1, 2]
+        return order
+
+    order = asyncio.run(run())
+    # a and b (one session) one after the other; c (another session) alongside
+    assert order.index("a-") < order.index("b+")
+    assert order.index("c+") < order.index("a-")
