@@ -7,6 +7,7 @@ communicationsAlarm until it does), and publishes the figures on /metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -184,10 +185,8 @@ class NmsMonitor:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self.poller.close()
 
     def snapshot(self) -> dict[str, Any]:

@@ -152,13 +152,13 @@ def _digest(req: ChargingDataRequest) -> bytes:
                            digest_size=16).digest()
 
 
-def _ref(req: ChargingDataRequest) -> str:
-    """The ChargingDataRef of a create: its content, with the time stamp unless the
-    PDU session's chargingId tells sessions apart (then a create sent again with a new
-    stamp still finds its resource)."""
+def _ref(req: ChargingDataRequest, digest: bytes) -> str:
+    """The ChargingDataRef of a create: its content (``digest``), with the time stamp
+    unless the PDU session's chargingId tells sessions apart (then a create sent again
+    with a new stamp still finds its resource)."""
     info = req.pDUSessionChargingInformation
     if info is not None and info.chargingId is not None:
-        return _digest(req).hex()
+        return digest.hex()
     return hashlib.blake2b(encode(req), digest_size=16).hexdigest()
 
 
@@ -210,8 +210,13 @@ class ChfAgent:
                                 param=f"multipleUnitUsage[{i}]", reason="implausible usage")
         try:
             if op == "create":  # the ref is the body's: a create sent again finds it
-                ref = _ref(req)
-            return await self._serialised(ref, op, req)
+                digest = _digest(req)
+                async with self.turns.of(ref := _ref(req, digest)):
+                    return await self._create(ref, req, digest)
+            async with self.turns.of(ref):  # one request of a resource at a time
+                if op == "update":
+                    return await self._update(ref, req)
+                return await self._release(ref, req)
         except ChargingBusy:
             self._count("busy")
             return HttpAnswer(503, problem(503, "NF_CONGESTION", "busy, retry"), PROBLEM_JSON,
@@ -222,18 +227,9 @@ class ChfAgent:
             return HttpAnswer(503, problem(503, "SYSTEM_FAILURE", "charging unavailable"),
                               PROBLEM_JSON, retry_after=1)
 
-    async def _serialised(self, ref: str, op: str, req: ChargingDataRequest) -> HttpAnswer:
-        """One request of a resource at a time (a consumer's parallel updates)."""
-        async with self.turns.of(ref):
-            if op == "create":
-                return await self._create(ref, req)
-            if op == "update":
-                return await self._update(ref, req)
-            return await self._release(ref, req)
-
     # -- create -----------------------------------------------------------------------
 
-    async def _create(self, ref: str, req: ChargingDataRequest) -> HttpAnswer:
+    async def _create(self, ref: str, req: ChargingDataRequest, digest: bytes) -> HttpAnswer:
         self._count("create")
         identity = _identity(req)
         if not identity:
@@ -267,7 +263,7 @@ class ChfAgent:
             infos.append(self._from_grant(u.ratingGroup, g))
         if sess.groups:
             sess.rating_group = min(sess.groups)
-        sess.seen[req.invocationSequenceNumber] = _digest(req)
+        sess.seen[req.invocationSequenceNumber] = digest
         # kept while it holds quota or waits for credit (a top-up -> REAUTHORIZATION), as
         # Gy keeps a session: refused creates cannot fill the table; a create sent again
         # replays, and the resource goes on as it was
