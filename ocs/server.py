@@ -34,7 +34,7 @@ from ocs.admin import AdminServer
 from ocs.cdr.exportproc import ExporterProcess
 from ocs.charging.engine import ChargingEngine, EngineSettings, settings_data
 from ocs.charging.model import ExpireRequest, TrimRequest
-from ocs.charging.service import EngineChargingService
+from ocs.charging.service import EngineChargingService, count_operation
 from ocs.config import (
     Config,
     ConfigError,
@@ -146,6 +146,7 @@ class Server:
             queue_size=cfg.store.queue_size,
             log_format=log_format,
             on_batch=self._on_batch,
+            on_result=count_operation,
             listen=writer_path if self.primary else "",
             attach="" if self.primary else writer_path,
         )

@@ -24,7 +24,7 @@ from ocs.nms.history import record as nms_record
 from ocs.noc import service as noc
 from ocs.noc.alarms import Limits
 from ocs.store.env import Store
-from ocs.store.procwriter import BatchHook, OpTable, ProcessWriter, child_main
+from ocs.store.procwriter import BatchHook, OpTable, ProcessWriter, ResultHook, child_main
 
 PROGRAM = "ocs.writerproc"
 NO_LIMITS = Limits()
@@ -44,7 +44,7 @@ def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS
                    data_dir: str, map_size_mb: int, max_ops: int, max_delay_ms: float,
                    queue_size: int, log_format: str = "json",
                    on_batch: BatchHook | None = None, listen: str = "",
-                   attach: str = "") -> ProcessWriter:
+                   attach: str = "", on_result: ResultHook | None = None) -> ProcessWriter:
     """A :class:`ProcessWriter` running the engine's operations with ``settings`` and
     the alarm operations with ``alarm_limits``."""
     eng = settings_data(settings)
@@ -57,7 +57,7 @@ def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS
                          data_dir=data_dir, map_size_mb=map_size_mb, max_ops=max_ops,
                          max_delay_ms=max_delay_ms, queue_size=queue_size,
                          log_format=log_format, on_batch=on_batch, listen=listen,
-                         attach=attach)
+                         attach=attach, on_result=on_result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ says which operation it is (``r`` reserve, ``c`` commit, ``d`` debit, ``refund``
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from typing import Any
 
@@ -35,7 +34,7 @@ from ocs.charging.api import (
     Subscriber,
     UpdateSession,
 )
-from ocs.charging.engine import ChargingEngine
+from ocs.charging.engine import OPERATIONS, ChargingEngine
 from ocs.charging.model import (
     CommitRequest,
     Debit,
@@ -68,13 +67,6 @@ def request_key(ref: RequestRef, rating_group: int | None, kind: str) -> bytes:
     return b"\x00long\x00" + hashlib.blake2b(key, digest_size=32).digest()
 
 
-def _failed(exc: BaseException) -> asyncio.Future[Any]:
-    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    fut.set_exception(exc)
-    fut.exception()  # retrieved: counted, not "never retrieved"
-    return fut
-
-
 def _hold(r: Reservation) -> SessionHold:
     return SessionHold(session_id=r.session_id, msisdn=r.msisdn, service=SERVICE_OF[r.service],
                        rating_group=r.rating_group, owner=r.owner, expires_at=r.expires_at,
@@ -83,18 +75,21 @@ def _hold(r: Reservation) -> SessionHold:
 
 
 _COUNTERS: dict[tuple[str, str], Any] = {}
+COUNTED = frozenset(OPERATIONS)
+"""The charging engine's operations (the writer also runs the NOC's)."""
 
 
-def _count(op: str, fut: asyncio.Future[Any]) -> None:
-    """``ocs_charging_operations_total{op, outcome}``: ok, the refusal, or the error."""
-    if fut.cancelled():
-        outcome = "cancelled"
-    elif (exc := fut.exception()) is not None:
-        outcome = type(exc).__name__
+def count_operation(op: str, result: Any) -> None:
+    """``ocs_charging_operations_total{op, outcome}``: ok, the refusal, or the error's
+    type. Called as each answer resolves (the writer client's result hook), so counting
+    costs no callback of its own per operation."""
+    if op not in COUNTED:
+        return
+    if isinstance(result, BaseException):
+        outcome = type(result).__name__
     else:
-        r = fut.result()
-        ok = r if isinstance(r, bool | int) else getattr(r, "ok", True)
-        outcome = "ok" if ok else (getattr(r, "refusal", "") or "refused")
+        ok = result if isinstance(result, bool | int) else getattr(result, "ok", True)
+        outcome = "ok" if ok else (getattr(result, "refusal", "") or "refused")
     counter = _COUNTERS.get((op, outcome))
     if counter is None:
         counter = _COUNTERS[op, outcome] = metrics.CHARGING_OPS.labels(op, outcome)
@@ -110,11 +105,10 @@ class EngineChargingService:
 
     def _op(self, op: str, request: Any) -> asyncio.Future[Any]:
         try:
-            fut = self.engine.submit(op, request)
+            fut: asyncio.Future[Any] = self.engine.submit(op, request)
         except ChargingError as exc:  # busy, unavailable: refused before it was queued
-            _count(op, _failed(exc))
+            count_operation(op, exc)
             raise
-        fut.add_done_callback(functools.partial(_count, op))
         return fut
 
     # -- writes -----------------------------------------------------------------------

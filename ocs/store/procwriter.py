@@ -275,6 +275,7 @@ class _Protocol(asyncio.Protocol):
 
 
 BatchHook = Callable[[int, float, float], None]
+ResultHook = Callable[[str, Any], None]
 
 
 class ProcessWriter:
@@ -288,9 +289,12 @@ class ProcessWriter:
     def __init__(self, *, program: str, results: Mapping[str, type[Any]],
                  program_settings: dict[str, Any], data_dir: str, map_size_mb: int,
                  max_ops: int, max_delay_ms: float, queue_size: int, log_format: str = "json",
-                 on_batch: BatchHook | None = None, listen: str = "", attach: str = ""):
+                 on_batch: BatchHook | None = None, listen: str = "", attach: str = "",
+                 on_result: ResultHook | None = None):
         """``program``: the module the writer process runs (``python -m program FD JSON``,
-        calling :func:`child_main`); ``results``: each operation's result type."""
+        calling :func:`child_main`); ``results``: each operation's result type;
+        ``on_result(name, result or exception)``: told of each answer as it resolves
+        (the server counts operations by outcome)."""
         self._program = program
         self._results = dict(results)
         self._conf = {
@@ -305,9 +309,10 @@ class ProcessWriter:
         self._attach = attach
         self._queue_size = queue_size
         self._on_batch = on_batch
+        self._on_result = on_result
         self._proc: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
-        self._pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], Any, str]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._next_id = 1
@@ -409,7 +414,7 @@ class ProcessWriter:
         fut: asyncio.Future[Any] = loop.create_future()
         rid = self._next_id
         self._next_id += 1
-        self._pending[rid] = (fut, dec)
+        self._pending[rid] = (fut, dec, name)
         self._out.append(_frame(_enc.encode((rid, name, req))))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -437,25 +442,28 @@ class ProcessWriter:
             entry = self._pending.pop(rid, None)
             if entry is None:
                 continue
-            fut, dec = entry
+            fut, dec, name = entry
             if fut.done():
                 continue
             if ok:
-                fut.set_result(dec.decode(raw))
+                result = dec.decode(raw)
+                fut.set_result(result)
             else:
                 kind, message = msgspec.msgpack.decode(raw)
                 known = BY_NAME.get(kind)
-                err: Exception = known(message) if known is not None else (
+                result = known(message) if known is not None else (
                     OperationFailed(f"{kind}: {message}"))
                 self.failed += 1
-                fut.set_exception(err)
+                fut.set_exception(result)
+            if self._on_result is not None:
+                self._on_result(name, result)
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None
         if self._pending:
             err = StoreError("writer process ended before answering")
             self.failed += len(self._pending)
-            for fut, _dec in self._pending.values():
+            for fut, _dec, _name in self._pending.values():
                 if not fut.done():
                     fut.set_exception(err)
             self._pending.clear()

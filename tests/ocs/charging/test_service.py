@@ -26,3 +26,26 @@ def test_a_long_session_id_gives_a_bounded_stable_key() -> None:
     assert len(a) <= MAX_KEY and a == request_key(RequestRef("radius:c", long_sid, "1:aa"),
                                                   10, "c")
     assert a != request_key(RequestRef("radius:c", long_sid, "2:aa"), 10, "c")
+
+
+def test_operations_are_counted_by_outcome() -> None:
+    from ocs import metrics
+    from ocs.charging.api import ChargingBusy, Grant, Refusal, Settlement
+    from ocs.charging.service import count_operation
+
+    def value(op: str, outcome: str) -> float:
+        got = metrics.REGISTRY.get_sample_value("ocs_charging_operations_total",
+                                                {"op": op, "outcome": outcome})
+        return got or 0.0
+
+    before = (value("reserve", "ok"), value("commit", "out_of_credit"),
+              value("debit", "ChargingBusy"), value("smpp_bind", "ok"))
+    count_operation("reserve", Grant(ok=True))
+    count_operation("commit", Settlement(ok=False, refusal=Refusal.OUT_OF_CREDIT))
+    count_operation("debit", ChargingBusy("queue full"))
+    count_operation("smpp_bind", True)
+    count_operation("alarm_notify", "raise")  # the NOC's, not charging: not counted
+    after = (value("reserve", "ok"), value("commit", "out_of_credit"),
+             value("debit", "ChargingBusy"), value("smpp_bind", "ok"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
+    assert value("alarm_notify", "ok") == 0 and value("alarm_notify", "raise") == 0
