@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from protocols.diameter import codec as c
 from protocols.diameter.codec import A, Cmd
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, finish, run_sim
+from sim.report import Report, Timeline, finish, paced, run_sim
 
 if TYPE_CHECKING:
     from sim.context import BenchContext
@@ -192,32 +192,13 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
     sessions = len(msisdns)
     timeline = Timeline()
 
-    async def one(body: bytes, i: int, lat: list[float]) -> None:
-        try:
-            r = await load.request(body, i)
-            if r is not None:
-                lat.append(r)
-                timeline.mark()
-        finally:
-            sem.release()
-
     async def phase(count: int, make: Any, phase_rate: float | None) -> tuple[list[float],
                                                                             float, int]:
         nonlocal timeline
-        lat: list[float] = []
         err0 = load.errors
-        tasks = []
-        timeline = Timeline()
-        start = time.perf_counter()
-        for n in range(count):
-            if phase_rate:
-                delay = start + n / phase_rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await sem.acquire()
-            tasks.append(asyncio.ensure_future(one(make(n), n, lat)))
-        await asyncio.gather(*tasks)
-        return lat, time.perf_counter() - start, load.errors - err0
+        lat, secs, timeline = await paced(count, sem, phase_rate,
+                                          lambda n: load.request(make(n), n))
+        return lat, secs, load.errors - err0
 
     def sid(i: int) -> str:
         return f"{ORIGIN.decode()};{run_id};{i}"

@@ -21,7 +21,7 @@ import h2.events
 
 from sim.context import BenchContext
 from sim.registry import bench_part, command
-from sim.report import Report, Timeline, finish, run_sim
+from sim.report import Report, Timeline, finish, paced, run_sim
 
 BASE = "/nchf-convergedcharging/v3/chargingdata"
 
@@ -177,33 +177,17 @@ async def run_load(host: str, port: int, msisdns: list[str], *, updates: int, wi
     async def phase(count: int, make: Any, expect: int,
                     phase_rate: float | None) -> tuple[list[float], float, int]:
         nonlocal timeline
-        lat: list[float] = []
         err0 = load.errors
-        timeline = Timeline()
-        tasks = []
 
-        async def one(n: int) -> None:
-            try:
-                i, path, payload = make(n)
-                elapsed, location = await load.request(i, path, payload, expect)
-                if elapsed is not None:
-                    lat.append(elapsed)
-                    timeline.mark()
-                if location:
-                    refs[i] = location.rsplit(b"/", 1)[-1]
-            finally:
-                sem.release()
+        async def one(n: int) -> float | None:
+            i, path, payload = make(n)
+            elapsed, location = await load.request(i, path, payload, expect)
+            if location:
+                refs[i] = location.rsplit(b"/", 1)[-1]
+            return elapsed
 
-        start = time.perf_counter()
-        for n in range(count):
-            if phase_rate:
-                delay = start + n / phase_rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await sem.acquire()
-            tasks.append(asyncio.ensure_future(one(n)))
-        await asyncio.gather(*tasks)
-        return lat, time.perf_counter() - start, load.errors - err0
+        lat, secs, timeline = await paced(count, sem, phase_rate, one)
+        return lat, secs, load.errors - err0
 
     reports = []
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,6 +43,37 @@ class Timeline:
         for t in self.done:
             counts[min(len(counts) - 1, int((t - self.start) / bucket))] += 1
         return {"bucket_s": round(bucket, 4), "per_s": [round(c / bucket, 1) for c in counts]}
+
+
+async def paced(count: int, window: asyncio.Semaphore, rate: float | None,
+                one: Callable[[int], Awaitable[float | None]]) -> tuple[list[float], float,
+                                                                         Timeline]:
+    """Run ``one(n)`` for n in 0..count-1 (its latency, or None for an error), at most
+    ``window`` in flight, as fast as answered or open loop at ``rate`` a second.
+    Returns (latencies, seconds, timeline)."""
+    lat: list[float] = []
+    timeline = Timeline()
+
+    async def run(n: int) -> None:
+        try:
+            r = await one(n)
+            if r is not None:
+                lat.append(r)
+                timeline.mark()
+        finally:
+            window.release()
+
+    tasks = []
+    start = time.perf_counter()
+    for n in range(count):
+        if rate:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await window.acquire()
+        tasks.append(asyncio.ensure_future(run(n)))
+    await asyncio.gather(*tasks)
+    return lat, time.perf_counter() - start, timeline
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

@@ -151,7 +151,9 @@ class SnmpCommand:
         return 0
 
 
-def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | None:
+def _start_snmptrapd(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path] | None:
+    """net-snmp's snmptrapd logging every trap to ``workdir/snmptrapd.log``, on a free
+    loopback port, ready (None when it is not installed)."""
     binary = shutil.which("snmptrapd")
     if binary is None:
         return None
@@ -170,8 +172,16 @@ def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | N
                              f"udp:127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                             env={"MIBS": "", "PATH": "/usr/bin", "SNMPCONFPATH": str(workdir)})
+    time.sleep(1.0)
+    return proc, port, log
+
+
+def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | None:
+    started = _start_snmptrapd(workdir)
+    if started is None:
+        return None
+    proc, port, log = started
     try:
-        time.sleep(1.0)
         secs = send_traps("127.0.0.1", port, count, rate)
         # let it finish what it buffered: wait until the log stops growing (max 60 s)
         last, deadline = -1, time.monotonic() + 60
@@ -246,8 +256,12 @@ class LineTail:
             time.sleep(0.001)
 
     def latencies(self, sent: list[float]) -> list[float]:
-        """Per trap (ifIndex n + 1 = trap n): seen - sent, for the traps seen."""
-        return sorted(self.seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in self.seen)
+        return latencies(self.seen, sent)
+
+
+def latencies(seen: dict[int, float], sent: list[float]) -> list[float]:
+    """Per trap (ifIndex n + 1 = trap n): seen - sent, for the traps seen, sorted."""
+    return sorted(seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in seen)
 
 
 def tail_main() -> None:
@@ -263,7 +277,7 @@ def tail_main() -> None:
     print(json.dumps(tail.seen), flush=True)
 
 
-def _tailed(where: Path, pattern: str, send: Any, count: int) -> tuple[list[float], int, float]:
+def _tailed(where: Path, pattern: str, send: Any) -> tuple[list[float], int, float]:
     """Run ``send(sent)`` while a tailer process watches ``where``: (latencies, lines seen,
     seconds sending)."""
     import json
@@ -283,41 +297,28 @@ def _tailed(where: Path, pattern: str, send: Any, count: int) -> tuple[list[floa
     finally:
         proc.kill()
         proc.wait()
-    lat = sorted(seen[n + 1] - t for n, t in enumerate(sent) if n + 1 in seen)
-    return lat, len(seen), secs
+    return latencies(seen, sent), len(seen), secs
 
 
 def _stream_latency(host: str, port: int, stream_dir: Path, count: int,
                     rate: float) -> tuple[list[float], int, float]:
     time.sleep(2.0)  # the earlier runs' lines are out (the exporter's interval is 1 s)
     return _tailed(stream_dir, r'"resource":"ifIndex=(\d+)"', lambda sent: send_traps(
-        host, port, count, rate, interfaces=count, sent=sent), count)
+        host, port, count, rate, interfaces=count, sent=sent))
 
 
 def _snmptrapd_latency(count: int, rate: float, workdir: Path) -> Report | None:
-    """snmptrapd logging to a file (flushed per trap), tailed the same way."""
-    binary = shutil.which("snmptrapd")
-    if binary is None:
+    """snmptrapd logging to a file, tailed the same way as our stream."""
+    started = _start_snmptrapd(workdir)
+    if started is None:
         return None
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    conf = workdir / "snmptrapd.conf"
-    conf.write_text("disableAuthorization yes\n[snmp] serverRecvBuf 8388608\n")
-    log = workdir / "snmptrapd.log"
-    proc = subprocess.Popen([binary, "-f", "-n", "-C", "-c", str(conf), "-Lf", str(log),
-                             f"udp:127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            env={"MIBS": "", "PATH": "/usr/bin", "SNMPCONFPATH": str(workdir)})
+    proc, port, log = started
     try:
-        time.sleep(1.0)
         log.touch()
         # (with MIBS="" it logs iso.3.6.1.2.1.2.2.1.1.N = INTEGER: N)
         lat, _seen, secs = _tailed(log, r"3\.6\.1\.2\.1\.2\.2\.1\.1\.(\d+) = ",
                                    lambda sent: send_traps("127.0.0.1", port, count, rate,
-                                                           interfaces=count, sent=sent),
-                                   count)
+                                                           interfaces=count, sent=sent))
     finally:
         proc.terminate()
         proc.wait(10)
