@@ -797,7 +797,7 @@ def cmd_nms_health(args: argparse.Namespace) -> int:
     if s is None:
         raise CliError(f"{args.id}: not polled yet (is ocs serve running?)", EXIT_FAILURE)
     fig = Figures(s.cpu_pct, s.memory_pct, tuple(
-        IfFigures(0, i.descr, True, i.oper_up, i.in_mbps, i.out_mbps, i.utilization_pct,
+        IfFigures(0, i.descr, i.admin_up, i.oper_up, i.in_mbps, i.out_mbps, i.utilization_pct,
                   i.packet_loss_pct) for i in s.interfaces))
     score, parts = health(fig, limits_of(cfg.nms))
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.at))

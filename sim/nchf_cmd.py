@@ -35,7 +35,6 @@ class _H2(asyncio.Protocol):
         self.authority = authority.encode()
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, tuple[asyncio.Future[tuple[int, bytes, bytes]], list[Any]]] = {}
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.slots = asyncio.Semaphore(100)
         """Streams in flight (below the CHF's SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
@@ -49,8 +48,6 @@ class _H2(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(ConnectionError("closed"))
         self.waiting.clear()
-        if not self.lost.done():
-            self.lost.set_result(None)
 
     def _flush(self) -> None:
         if self.transport is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ocs.store.env import NMS, Store, pack_u64, unpack_u64
+from ocs.store.env import NMS, Store, pack_u64
 from ocs.store.tx import Tx
 
 DAY = 86400
@@ -33,6 +33,7 @@ class IfSample(msgspec.Struct, array_like=True, frozen=True):
     utilization_pct: float | None
     packet_loss_pct: float | None
     oper_up: bool
+    admin_up: bool = True
 
 
 class NmsSample(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
@@ -127,7 +128,3 @@ def forecast(history: list[NmsSample], threshold_pct: float,
                         "%Y-%m-%d")
         out.append(item)
     return out
-
-
-def unpack_at(key: bytes) -> int:
-    return unpack_u64(key[-8:])

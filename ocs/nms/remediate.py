@@ -154,11 +154,6 @@ class Remediator:
             return "failed", f"exit {proc.returncode}: {text}"
         return "done", text
 
-    async def wait(self) -> None:
-        """Until the running actions end (tests, shutdown)."""
-        while self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
-
 
 def descr_index(monitor: Any) -> Callable[[str, str], int | None]:
     """``if_index`` over an NmsMonitor's last polls."""

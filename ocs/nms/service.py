@@ -12,7 +12,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -131,7 +130,7 @@ class NmsMonitor:
                 element=el.id, at=int(self.wall()), cpu_pct=f.cpu_pct,
                 memory_pct=f.memory_pct, health=st.score,
                 interfaces=tuple(IfSample(i.descr, i.in_mbps, i.out_mbps, i.utilization_pct,
-                                          i.packet_loss_pct, i.oper_up)
+                                          i.packet_loss_pct, i.oper_up, i.admin_up)
                                  for i in f.interfaces),
                 history_s=self.cfg.history_days * 86400))
         return st
@@ -188,8 +187,3 @@ class NmsMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.poller.close()
-
-    def snapshot(self) -> dict[str, Any]:
-        """The elements' last state (for /healthz-like reads and tests)."""
-        return {eid: {"reachable": st.reachable, "health": st.score, "active": sorted(st.active),
-                      "error": st.error} for eid, st in self.state.items()}

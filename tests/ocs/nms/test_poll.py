@@ -17,7 +17,9 @@ from nms_support import Element, iface
 from tests_support import OCS, admin_healthy, free_tcp_port, init_server, metric, serving
 
 from ocs.nms.derive import derive
+from ocs.nms.history import latest
 from ocs.nms.poller import Poller, Unreachable
+from ocs.store import Store
 
 
 def test_the_poller_reads_a_real_agent_exactly(tmp_path: Path) -> None:
@@ -137,6 +139,9 @@ listen = "127.0.0.1:{admin}"
         assert parts["cpu"]["value"] == 30.0 and parts["cpu"]["score"] == 100.0
         assert parts["links"]["score"] == 100.0  # both up again
         assert healthy["health"] == round(sum(c["points"] for c in parts.values()))
+        with Store(tmp_path / "data", create=False) as store:
+            stored = latest(store, "bts-001")
+        assert stored is not None and healthy["health"] == stored.health  # as the server saw
         fc = json.loads(subprocess.run(
             [OCS, "nms", "forecast", "bts-001", "--json", "--config", str(cfg)],
             cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
