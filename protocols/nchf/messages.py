@@ -189,6 +189,8 @@ def decode_request(body: bytes) -> ChargingDataRequest:
         raise BadRequest(param, reason) from None
     except msgspec.DecodeError as exc:
         raise BadRequest("", f"malformed JSON: {exc}") from None
+    except RecursionError:  # arrays in arrays ... tens of thousands deep (in 64 KiB)
+        raise BadRequest("", "JSON nested too deeply") from None
     if req.nfConsumerIdentification is None and req.nfIdentification is None:
         raise BadRequest("nfConsumerIdentification", "required")
     fn = req.consumer.nodeFunctionality

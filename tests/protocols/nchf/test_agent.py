@@ -211,6 +211,7 @@ def test_routes(env: Any, method: str, path: str, status: int) -> None:
 @pytest.mark.parametrize(("body", "param"), [
     (b"{", ""),
     (b"", ""),
+    (b'{"invocationSequenceNumber":1,"x":' + b"[" * 30000 + b"]" * 30000 + b"}", ""),
     (b"[]", ""),
     (request(0, usage(10, MB), sub="bob"), "subscriberIdentifier"),
     (request(-1, usage(10, MB)), "invocationSequenceNumber"),
