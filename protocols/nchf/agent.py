@@ -246,8 +246,7 @@ class ChfAgent:
         now = self.clock()
         sess = ChfSession(session_id=ref, identity=identity, msisdn=sub.msisdn,
                           service=Service.DATA, notify_uri=req.notifyUri or "",
-                          slice=req.slice, dnn=req.dnn, deadline=now + self.tcc_s,
-                          rating_group=None)
+                          slice=req.slice, dnn=req.dnn, deadline=now + self.tcc_s)
         usages = req.usages or []
         grants = await all_answers(self._open(req, sess, u) for u in usages)
         if any(g.refusal == Refusal.REQUEST_MISMATCH for g in grants):
@@ -261,8 +260,6 @@ class ChfAgent:
             if g.final or not g.ok:
                 sess.limited = True
             infos.append(self._from_grant(u.ratingGroup, g))
-        if sess.groups:
-            sess.rating_group = min(sess.groups)
         sess.seen[req.invocationSequenceNumber] = digest
         # kept while it holds quota or waits for credit (a top-up -> REAUTHORIZATION), as
         # Gy keeps a session: refused creates cannot fill the table; a create sent again
@@ -341,7 +338,6 @@ class ChfAgent:
                           notify_uri=req.notifyUri or first.callback, slice=req.slice,
                           dnn=req.dnn,
                           deadline=now + self.tcc_s)
-        sess.rating_group = min(sess.groups) if sess.groups else None
         self.sessions[ref] = sess
         return sess
 
@@ -387,8 +383,6 @@ class ChfAgent:
             info = self._update_info(sess, u, ans)
             if info is not None:
                 infos.append(info)
-        if sess.groups:
-            sess.rating_group = min(sess.groups)
         answer = ChargingDataResponse(
             invocationTimeStamp=timestamp(self.clock()),
             invocationSequenceNumber=req.invocationSequenceNumber,
