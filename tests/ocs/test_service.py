@@ -94,7 +94,10 @@ def test_json_everywhere_and_whole_values_in_pipes(tmp_path: Path) -> None:
     assert flush == {"closed": [], "rows": 0}
     bill = json.loads(ocs("bill", "run", "--period", "2026-10", "--dry-run", "--json", *c,
                           cwd=tmp_path).stdout)
-    assert bill["dry_run"] is True and bill["invoices"] >= 0 and "total" in bill
+    del bill["seconds"]
+    assert bill == {"period": "2026-10", "dry_run": True, "rerun": False, "out": None,
+                    "invoices": 0, "rows": 0, "files": 0, "subtotal": "0.0000",
+                    "tax": "0.0000", "total": "0.0000"}  # a month before anyone was added
     # into a pipe: tab-separated, nothing cut
     listed = ocs("subscriber", "list", *c, cwd=tmp_path).stdout.splitlines()
     assert listed[0].split("\t")[:2] == ["msisdn", "plan"]
@@ -342,9 +345,9 @@ def _acct(port: int, secret: bytes, sid: str) -> bool:
 
 def test_sighup_reloads_without_dropping_a_session(tmp_path: Path) -> None:
     """A real SIGHUP against ``ocs serve --workers 2`` with a Gy session open across it:
-    the RADIUS secret, the log level and the Diameter peers change in both workers; the
-    session ends exactly charged; a broken file changes nothing; a listener address
-    change is logged as needing a restart."""
+    the RADIUS secret and the log level change in both workers; the session ends exactly
+    charged; a broken file changes nothing; a listener address change is logged as
+    needing a restart and not applied."""
     port, acct, auth, admin = free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port()
     base = f"""
 [diameter]
