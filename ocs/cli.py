@@ -731,10 +731,9 @@ def cmd_nms_poll(args: argparse.Namespace) -> int:
     from ocs.nms.service import limits_of
 
     cfg = _config(args)
+    el = _nms_element(cfg, args.id)
     nms = cfg.nms
-    el = next((e for e in nms.elements if e.id == args.id), None) if nms else None
-    if nms is None or el is None:
-        raise CliError(f"no element {args.id!r} in [[nms.elements]]", EXIT_FAILURE)
+    assert nms is not None
     users = {u.name: u for u in cfg.snmp.v3_users} if cfg.snmp else {}
 
     async def run() -> Any:
