@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -204,7 +205,8 @@ def _snmptrapd_rate(count: int, rate: float | None, workdir: Path) -> Report | N
 class LineTail:
     """Watches the files of a directory (or one file) grow, every millisecond, and notes
     when each ifIndex first appears in a new line (``pattern``'s group 1): how long a trap
-    takes to be a line in a file a NOC tool tails."""
+    takes to be a line in a file a NOC tool tails. Files are followed by inode, so one
+    renamed when it closes (``.part`` -> ``.jsonl``) is not read again from the start."""
 
     def __init__(self, where: Path, pattern: str):
         import re
@@ -213,14 +215,17 @@ class LineTail:
         self.where = where
         self.pattern = re.compile(pattern.encode())
         self.seen: dict[int, float] = {}
-        self._offsets: dict[Path, int] = {}
-        self._partial: dict[Path, bytes] = {}
+        self.lines = 0
+        """Lines read (each once, renamed or not)."""
+        self._offsets: dict[int, int] = {}  # by inode
+        self._partial: dict[int, bytes] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> LineTail:
         for f in self._files():  # what is there already is not ours
-            self._offsets[f] = f.stat().st_size
+            st = f.stat()
+            self._offsets[st.st_ino] = st.st_size
         self._thread.start()
         return self
 
@@ -238,17 +243,19 @@ class LineTail:
             for f in self._files():
                 try:
                     with f.open("rb") as fh:
-                        fh.seek(self._offsets.get(f, 0))
+                        ino = os.fstat(fh.fileno()).st_ino
+                        fh.seek(self._offsets.get(ino, 0))
                         data = fh.read()
                 except OSError:
                     continue  # renamed (.part -> .jsonl) between listing and reading
                 if not data:
                     continue
                 now = time.perf_counter()
-                self._offsets[f] = self._offsets.get(f, 0) + len(data)
-                data = self._partial.pop(f, b"") + data
+                self._offsets[ino] = self._offsets.get(ino, 0) + len(data)
+                data = self._partial.pop(ino, b"") + data
                 lines = data.split(b"\n")
-                self._partial[f] = lines.pop()
+                self._partial[ino] = lines.pop()
+                self.lines += len(lines)
                 for line in lines:
                     m = self.pattern.search(line)
                     if m is not None:
