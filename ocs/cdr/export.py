@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from ocs.cdr.fileformat import HEADER, format_row
@@ -55,13 +57,23 @@ TRIM_CHUNK = 2_000
 """Journal entries deleted per transaction once their file is closed."""
 
 class JournalExporter:
-    """Drains one journal sub-database into rotated files (``<prefix>_<node>_<UTC>_<seq>``)."""
+    """Drains one journal sub-database into rotated files (``<prefix>_<node>_<UTC>_<seq>``).
+
+    With ``confirm_every_s`` > 0 (the server's exporter) new rows are written to the
+    ``.part`` at once — a NOC tool tailing it sees them — and confirmed (fsync, position
+    saved) at most that often, and the rows of a closed file leave the journal by
+    :meth:`trim_step`, between rounds: neither an fsync, a store write nor a trim of a
+    whole file stands between a journal record and its line. Unconfirmed rows are what
+    a crash may cut from the ``.part``; the restart writes them again, byte-identical.
+    With 0 (``ocs cdr flush``, tests), every append is confirmed and a close trims.
+    """
 
     def __init__(self, store: Store, out_dir: Path, node: str, *, rotate_s: int,
                  rotate_records: int, batch: int = 20_000, journal: bytes = CDR_JOURNAL,
                  state_key: bytes = META_CDR_EXPORT, prefix: str = "cdr", suffix: str = ".csv",
                  header: bytes = _HEADER_BYTES,
-                 format_record: Callable[[bytes], bytes] | None = None):
+                 format_record: Callable[[bytes], bytes] | None = None,
+                 confirm_every_s: float = 0.0):
         self.store = store
         self.dir = out_dir
         self.node = node
@@ -74,8 +86,17 @@ class JournalExporter:
         self.suffix = suffix
         self.header = header
         self.format_record = format_record or (lambda v: format_row(dec_cdr.decode(v)).encode())
+        self.confirm_every_s = confirm_every_s
         self.dir.mkdir(parents=True, exist_ok=True)
         self._leftovers_trimmed = False
+        self._trim_below = 0
+        """Journal records below this are in closed files: :meth:`trim_step` drops them."""
+        self._mine: CdrExportState | None = None
+        """Our position, ahead of the stored one by the unconfirmed rows..."""
+        self._saved: CdrExportState | None = None
+        """...valid while the stored one is still what we saved (``ocs cdr flush`` may
+        have exported in between: then the stored one is the truth)."""
+        self._unconfirmed_since: float | None = None
 
     # -- state ------------------------------------------------------------------------
 
@@ -83,8 +104,53 @@ class JournalExporter:
         raw = self.store.get(META, self.state_key)
         return dec_export_state.decode(raw) if raw is not None else CdrExportState()
 
+    def _current(self) -> CdrExportState:
+        stored = self.state()
+        if self._mine is not None and stored == self._saved:
+            return self._mine
+        self._unconfirmed_since = None  # another process moved on: its rows count
+        self._saved = msgspec.structs.replace(stored)
+        return stored
+
     def _save(self, st: CdrExportState) -> None:
         self.store.run_write(lambda tx: tx.put(META, self.state_key, encode(st)))
+        self._saved = msgspec.structs.replace(st)
+
+    def _confirm(self, st: CdrExportState) -> None:
+        """fsync the rows written since the last confirmation, then record them."""
+        if self._unconfirmed_since is None:
+            return
+        with self._part(st).open("rb") as f:
+            os.fsync(f.fileno())
+        self._save(st)
+        self._unconfirmed_since = None
+
+    def confirm_due_in(self, now: float) -> float | None:
+        """Seconds (monotonic ``now``) until unconfirmed rows are due; None if none."""
+        if self._unconfirmed_since is None:
+            return None
+        return max(0.0, self._unconfirmed_since + self.confirm_every_s - now)
+
+    @property
+    def trim_pending(self) -> bool:
+        return self._trim_below > 0
+
+    def trim_step(self, chunk: int = TRIM_CHUNK) -> bool:
+        """Drop up to ``chunk`` journal records of closed files; True if more remain."""
+        if not self._trim_below:
+            return False
+        stop, journal = pack_u64(self._trim_below), self.journal
+
+        def op(tx: Tx) -> int:
+            n = 0
+            for k, _ in tx.scan(journal, b"", stop, limit=chunk):
+                tx.delete(journal, k)
+                n += 1
+            return n
+
+        if self.store.run_write(op) < chunk:
+            self._trim_below = 0
+        return self.trim_pending
 
     def _trim(self, below: int) -> int:
         """Drop the journal entries below ``below`` (all in closed files), ``TRIM_CHUNK``
@@ -183,6 +249,10 @@ class JournalExporter:
     def _close(self, st: CdrExportState, end_seq: int) -> str:
         """Close the open file at ``end_seq`` (exclusive): rename and trim the journal."""
         if st.closing_end_seq != end_seq:
+            if self._unconfirmed_since is not None:  # the rows so far must be on disk
+                with self._part(st).open("rb") as f:  # before the name says "closed"
+                    os.fsync(f.fileno())
+                self._unconfirmed_since = None
             st.closing_end_seq = end_seq
             self._save(st)
         name = st.open_name
@@ -203,12 +273,13 @@ class JournalExporter:
         st.part_bytes = 0
         st.closing_end_seq = 0
         self._save(st)
-        self._trim(end_seq)  # after the state: a crash between them leaves only leftovers
+        self._drop_closed(end_seq)  # after the state: a crash between leaves only leftovers
         log.info("journal_file_closed", file=final.name, records=end_seq - closed_first)
         return final.name
 
-    def _append(self, st: CdrExportState, stop: int | None) -> int:
-        """Append confirmed rows after ``written_seq`` (up to ``stop``), fsync, record."""
+    def _append(self, st: CdrExportState, stop: int | None, *, lazy: bool = False) -> int:
+        """Append the rows after ``written_seq`` (up to ``stop``); fsync and record them
+        now, or (``lazy``) leave that to :meth:`_confirm`."""
         recs = self._records(st.written_seq + 1, stop, self.batch)
         if not recs:
             return 0
@@ -218,18 +289,30 @@ class JournalExporter:
                 f.write(self.header)
             f.write(b"".join(r for _, r in recs))
             f.flush()
-            os.fsync(f.fileno())
+            if not lazy:
+                os.fsync(f.fileno())
             st.part_bytes = f.tell()
         st.written_seq = recs[-1][0]
-        self._save(st)
+        if lazy:
+            if self._unconfirmed_since is None:
+                self._unconfirmed_since = time.monotonic()
+        else:
+            self._save(st)
+            self._unconfirmed_since = None
         return len(recs)
 
-    def _run(self, now: int, force_close: bool) -> ExportResult:
-        st = self.state()
+    def _drop_closed(self, below: int) -> None:
+        if self.confirm_every_s > 0:
+            self._trim_below = max(self._trim_below, below)
+        else:
+            self._trim(below)
+
+    def _run(self, now: int, force_close: bool, confirm: bool = False) -> ExportResult:
+        st = self._current()
         closed: list[str] = []
         rows = 0
         if not self._leftovers_trimmed:  # rows of closed files a crash left behind
-            self._trim(st.first_seq)
+            self._drop_closed(st.first_seq)
             self._leftovers_trimmed = True
         if st.closing_end_seq:
             closed.append(self._close(st, st.closing_end_seq))
@@ -245,7 +328,7 @@ class JournalExporter:
                 st.part_bytes = 0
                 self._save(st)
             limit = st.first_seq + self.rotate_records
-            n = self._append(st, limit)
+            n = self._append(st, limit, lazy=self.confirm_every_s > 0)
             rows += n
             in_file = st.written_seq - st.first_seq + 1
             if in_file >= self.rotate_records:
@@ -258,6 +341,10 @@ class JournalExporter:
             force_close or now - st.open_started_at >= self.rotate_s
         ):
             closed.append(self._close(st, st.written_seq + 1))
+        if self._unconfirmed_since is not None and (
+                confirm or time.monotonic() - self._unconfirmed_since >= self.confirm_every_s):
+            self._confirm(st)
+        self._mine = st
         return ExportResult(rows=rows, closed=tuple(closed))
 
     def flush(self, now: int) -> ExportResult:
@@ -266,12 +353,14 @@ class JournalExporter:
             total = 0
             closed: list[str] = []
             while True:
-                r = self._run(now, force_close=False)
+                r = self._run(now, force_close=False, confirm=True)
                 total += r.rows
                 closed.extend(r.closed)
                 if r.rows == 0:
                     break
-            r = self._run(now, force_close=True)
+            r = self._run(now, force_close=True, confirm=True)
+            while self.trim_step():
+                pass
             return ExportResult(rows=total + r.rows, closed=tuple(closed + list(r.closed)))
 
     def closed_files(self) -> list[Path]:

@@ -23,6 +23,13 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+CONFIRM_EVERY_S = 0.2
+"""Rows are in the files at once; fsynced and their position saved at most this often."""
+TRIM_IDLE_S = 0.005
+"""With closed rows to drop from a journal: how long nothing to export counts as idle."""
+TRIM_EVERY_S = 0.1
+"""...and a chunk is dropped at least this often even when something always is."""
+
 
 def child_main(settings_json: str) -> None:
     from ocs import logs
@@ -46,7 +53,8 @@ def child_main(settings_json: str) -> None:
 
     store = Store(conf["data_dir"], map_size_mb=conf["map_size_mb"], create=False)
     cdrs = CdrExporter(store, Path(conf["cdr_dir"]), conf["node"],
-                       rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"])
+                       rotate_s=conf["rotate_s"], rotate_records=conf["rotate_records"],
+                       confirm_every_s=CONFIRM_EVERY_S)
     exporters: list[JournalExporter] = [cdrs]
     from ocs.noc.hooks import Hook, HookDispatcher
 
@@ -54,13 +62,15 @@ def child_main(settings_json: str) -> None:
     if conf.get("alarm_dir"):
         exporters.append(alarm_exporter(store, Path(conf["alarm_dir"]), conf["node"],
                                         conf["alarm_rotate_s"], conf["alarm_rotate_records"],
-                                        on_line=hooks.offer if hooks.hooks else None))
+                                        on_line=hooks.offer if hooks.hooks else None,
+                                        confirm_every_s=CONFIRM_EVERY_S))
     interval = conf["interval_s"]
     wake = int(conf.get("wake_fd", -1))
     """Readable when the server committed an alarm: the stream gets its line now, not at
     the next interval (trap -> line in milliseconds)."""
     parent = int(conf.get("parent_pid", os.getppid()))  # passed in: the parent may die
-    while not stop.is_set():                             # before we get this far
+    last_trim = time.monotonic()                         # before we get this far
+    while not stop.is_set():
         if os.getppid() != parent:  # ocs serve is gone (killed): drain, close, leave
             log.warning("cdr_exporter_orphaned", parent=parent)
             break
@@ -74,12 +84,30 @@ def child_main(settings_json: str) -> None:
                 pass  # `ocs cdr flush` holds the lock right now; the next round catches up
             except OSError as exc:  # e.g. disk full: the journal keeps every record; retry
                 log.error("journal_export_failed", prefix=exporter.prefix, error=str(exc))
+        # Rows of closed files leave the journal when nothing is waiting to be exported,
+        # and at least every TRIM_EVERY_S under a steady stream (so it cannot grow).
+        trimming = [e for e in exporters if e.trim_pending]
+        now = time.monotonic()
+        timeout = min([interval] + [d for e in exporters
+                                    if (d := e.confirm_due_in(now)) is not None])
+        if trimming and now - last_trim >= TRIM_EVERY_S:
+            timeout = 0.0
+        elif trimming:
+            timeout = min(timeout, TRIM_IDLE_S)
+        ready: list[int] = []
         if wake < 0:
-            stop.wait(interval)
-            continue
-        ready, _w, _x = select.select([wake], [], [], interval)
-        if ready and not os.read(wake, 4096):
-            wake = -1  # the server closed its end (it is going): plain intervals
+            stop.wait(timeout)
+        else:
+            ready, _w, _x = select.select([wake], [], [], timeout)
+            if ready and not os.read(wake, 4096):
+                wake = -1  # the server closed its end (it is going): plain intervals
+        if trimming and (not ready or time.monotonic() - last_trim >= TRIM_EVERY_S):
+            for exporter in trimming:
+                try:
+                    exporter.trim_step()
+                except OSError as exc:
+                    log.error("journal_trim_failed", prefix=exporter.prefix, error=str(exc))
+            last_trim = time.monotonic()
     failed = False
     for exporter in exporters:
         try:

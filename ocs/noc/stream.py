@@ -13,8 +13,8 @@ from ocs.store.env import ALARM_JOURNAL, META_ALARM_EXPORT, Store
 
 
 def alarm_exporter(store: Store, out_dir: Path, node: str, rotate_s: int,
-                   rotate_records: int, on_line: Callable[[bytes], None] | None = None
-                   ) -> JournalExporter:
+                   rotate_records: int, on_line: Callable[[bytes], None] | None = None,
+                   confirm_every_s: float = 0.0) -> JournalExporter:
     """``on_line`` sees every stream line as it is exported (notification hooks)."""
     fmt = stream_line
     if on_line is not None:
@@ -26,4 +26,4 @@ def alarm_exporter(store: Store, out_dir: Path, node: str, rotate_s: int,
     return JournalExporter(store, out_dir, node, rotate_s=rotate_s,
                            rotate_records=rotate_records, journal=ALARM_JOURNAL,
                            state_key=META_ALARM_EXPORT, prefix="alarms", suffix=".jsonl",
-                           header=b"", format_record=fmt)
+                           header=b"", format_record=fmt, confirm_every_s=confirm_every_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,19 @@ def make_store(path: Path, n: int) -> None:
     s = Store(path, map_size_mb=32)
     s.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
     add(s, "41790000001", balance="1000.00", imsi="228010000000001")
+    charge(s, range(n))
+    s.close()
+
+
+def charge(s: Store, numbers: range) -> None:
+    """One SMS charge (one CDR) per number."""
     eng = ChargingEngine(s, None, EngineSettings(node="n1"))
-    for i in range(n):
+    for i in numbers:
         d = eng.debit_sync(DebitRequest(request_key=b"e%d" % i,
                                         subscriber=((IdKind.MSISDN, "41790000001"),),
                                         service=Service.SMS, destination="4179",
                                         session_id=f"sess,{i}", now=NOW + i))
         assert d.ok
-    s.close()
 
 
 def exporter(store: Store, d: Path, rotate_records: int = 40) -> CdrExporter:
@@ -159,6 +165,99 @@ def test_closed_rows_leave_the_journal_a_chunk_per_transaction(
         rows = [row.record for p in closed_cdr_files(tmp_path / "cdr") for row in
                 read_cdr_file(p)]
         assert [r.record_id for r in rows] == [f"n1-{i}" for i in range(1, 41)]
+
+
+def lazy(store: Store, d: Path, rotate_records: int = 40) -> CdrExporter:
+    """As the server's exporter runs: rows confirmed at most every 50 ms."""
+    return CdrExporter(store, d, "n1", rotate_s=300, rotate_records=rotate_records, batch=7,
+                       confirm_every_s=0.05)
+
+
+def reference_files(tmp_path: Path, n: int) -> dict[str, bytes]:
+    make_store(tmp_path / "ref", n)
+    with Store(tmp_path / "ref") as s:
+        exporter(s, tmp_path / "ref_cdr").flush(NOW)
+    return files(tmp_path / "ref_cdr")
+
+
+def test_lazy_rows_are_in_the_file_at_once_and_confirmed_later(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", 30)
+    with Store(tmp_path / "s") as s:
+        ex = lazy(s, tmp_path / "cdr", rotate_records=1000)
+        assert ex.run_once(NOW).rows == 30
+        (part,) = (tmp_path / "cdr").glob("*.part")
+        assert part.read_bytes().count(b"\n") == 31  # header + 30 rows, readable now
+        assert ex.state().written_seq == 0  # not yet confirmed
+        due = ex.confirm_due_in(time.monotonic())
+        assert due is not None and 0 < due <= 0.05
+        assert ex.run_once(NOW).rows == 0 and ex.state().written_seq == 0
+        time.sleep(0.06)
+        ex.run_once(NOW)
+        st = ex.state()
+        assert (st.written_seq, st.part_bytes) == (30, part.stat().st_size)
+        assert ex.confirm_due_in(time.monotonic()) is None
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_lazy_crash_before_confirming_gives_identical_files(tmp_path: Path,
+                                                            torn: bool) -> None:
+    reference = reference_files(tmp_path, 95)
+    make_store(tmp_path / "s", 95)
+    with Store(tmp_path / "s") as s:
+        ex = lazy(s, tmp_path / "cdr")
+        ex.run_once(NOW)  # two files closed (confirmed), 15 rows written, unconfirmed
+        assert ex.state().written_seq == 80 and ex.pending() == 15
+        if torn:  # a crash mid-write
+            for part in (tmp_path / "cdr").glob("*.part"):
+                with part.open("ab") as f:
+                    f.write(b"n1-999,torn")
+    with Store(tmp_path / "s") as s:  # the restart
+        exporter(s, tmp_path / "cdr").flush(NOW)
+    assert files(tmp_path / "cdr") == reference
+
+
+def test_a_flush_between_lazy_rounds_takes_over_and_the_exporter_follows(
+        tmp_path: Path) -> None:
+    """``ocs cdr flush`` (another process) exports while the server's exporter has rows
+    unconfirmed: the exporter sees the stored position moved and goes on from there."""
+    reference = reference_files(tmp_path, 95)
+    make_store(tmp_path / "s", 60)
+    with Store(tmp_path / "s") as s:
+        server = lazy(s, tmp_path / "cdr")
+        server.run_once(NOW)  # 40 closed, 20 unconfirmed in the .part
+        other = exporter(s, tmp_path / "cdr")
+        assert other.flush(NOW).closed  # truncates to confirmed, writes the 20, closes
+        charge(s, range(60, 95))
+        server.run_once(NOW)
+        time.sleep(0.06)
+        server.run_once(NOW)
+        server.flush(NOW)
+        with s.read() as txn:
+            assert txn.stat(s.dbs[CDR_JOURNAL])["entries"] == 0
+    got = files(tmp_path / "cdr")
+    rows = [row.record.record_id for p in closed_cdr_files(tmp_path / "cdr")
+            for row in read_cdr_file(p)]
+    assert rows == [f"n1-{i}" for i in range(1, 96)]  # each once, in order
+    assert list(got.values())[:1] == list(reference.values())[:1]
+
+
+def test_lazy_close_leaves_trimming_to_trim_step(tmp_path: Path) -> None:
+    """Dropping a closed file's rows from the journal does not hold up the next rows:
+    the server's exporter does it a chunk at a time between rounds."""
+    make_store(tmp_path / "s", 50)
+    with Store(tmp_path / "s") as s:
+        ex = lazy(s, tmp_path / "cdr")
+        assert len(ex.run_once(NOW).closed) == 1
+        def entries() -> int:
+            return s.stat(CDR_JOURNAL)["entries"]
+
+        assert entries() == 50 and ex.trim_pending
+        assert ex.trim_step(chunk=15) and entries() == 35
+        assert ex.trim_step(chunk=15) and entries() == 20
+        assert not ex.trim_step(chunk=15) and entries() == 10  # only closed rows go
+        assert not ex.trim_pending
+        ex.flush(NOW)
+        assert entries() == 0 and not ex.trim_pending
 
 
 def test_lost_part_is_rebuilt_from_journal(tmp_path: Path) -> None:
