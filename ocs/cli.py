@@ -191,6 +191,31 @@ def build_parser() -> _Parser:
     p = csub.add_parser("list", parents=[common], help="list closed CDR files")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cdr_list)
+    p = csub.add_parser("explain", parents=[common],
+                        help="how a CDR's charge came about, rated again to check it")
+    p.add_argument("record_id", metavar="RECORD_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cdr_explain)
+
+    r = sub.add_parser("rate", parents=[common], help="rating, explained")
+    rsub = r.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = rsub.add_parser("explain", parents=[common],
+                        help="rate an event the way live charging would, and say why")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--msisdn", help="a subscriber: their plan, status and allowance")
+    who.add_argument("--imsi")
+    who.add_argument("--plan", help="a plan alone (no allowance)")
+    p.add_argument("--service", choices=[s.value for s in Service], required=True)
+    p.add_argument("--units", type=int, default=1,
+                   help="bytes (data), seconds (voice, time) or messages (sms, mms)")
+    p.add_argument("--destination", default="", help="called number (E.164 digits)")
+    p.add_argument("--at", metavar="TIME",
+                   help="event time, ISO 8601 with a zone (2026-11-26T18:30Z); default now")
+    p.add_argument("--visited-network", default="", metavar="MCCMNC")
+    p.add_argument("--rating-group", type=int)
+    p.add_argument("--slice", default="", help="5G S-NSSAI: SST or SST-SD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rate_explain)
 
     a = sub.add_parser("alarms", parents=[common], help="NOC alarms")
     asub = a.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -856,6 +881,108 @@ def cmd_cdr_list(args: argparse.Namespace) -> int:
         _table("Closed CDR files", ["file", "records", "bytes"],
                [[i["file"], i["records"], i["bytes"]] for i in items])
     return 0
+
+
+def _print_explanation(e: dict[str, Any]) -> None:
+    where = e["destination"] or "-"
+    print(f"plan {e['plan']}, {e['service']} to {where}, {e['units']} units at {e['at']} "
+          f"(local {e['local_time']}), " + (f"roaming in zone {e['zone'] or '-'}"
+                                             if e["roaming"] else "at home")
+          + (f", rating group {e['rating_group']}" if e["rating_group"] is not None else "")
+          + (f", slice {e['slice']}" if e["slice"] else ""))
+    _table("Candidate rates", ["rate", "prefix", "price", "matched", "why"],
+           [[c["rate"], c["prefix"] or "*", f"{c['price']}/{c['unit']}",
+             "yes" if c["matched"] else "no", c["why"]] for c in e["candidates"]])
+    print(f"winner: {e['winner'] or 'none'}")
+    for line in e["arithmetic"]:
+        print(f"  {line}")
+
+
+def _event_time(text: str | None) -> int:
+    import datetime as dt
+
+    if not text:
+        return int(time.time())
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--at: {text!r} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise CliError(f"--at: {text!r} has no time zone (add Z or +01:00)")
+    return int(t.timestamp())
+
+
+def cmd_rate_explain(args: argparse.Namespace) -> int:
+    from ocs.charging.explain import ExplainError, explain_event
+    from ocs.rating.plans import normalise_slice
+
+    cfg = _config(args)
+    if args.units < 0:
+        raise CliError("--units must not be negative")
+    try:
+        slice_ = normalise_slice(args.slice) if args.slice else ""
+    except PlanError as exc:
+        raise CliError(f"--{exc}") from None
+    ids = None
+    if args.msisdn:
+        ids = ((IdKind.MSISDN, validate_msisdn(args.msisdn)),)
+    elif args.imsi:
+        ids = ((IdKind.IMSI, args.imsi),)
+    with _open(cfg) as store:
+        try:
+            res = explain_event(_engine(cfg, store), service=Service(args.service),
+                                units=args.units, at=_event_time(args.at), subscriber=ids,
+                                plan_id=args.plan or "", rating_group=args.rating_group,
+                                destination=args.destination,
+                                visited_network=args.visited_network, slice_=slice_)
+        except ExplainError as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
+    out = res.to_json()
+    if args.json:
+        _print_json(out)
+    else:
+        if res.msisdn:
+            free = ("" if res.allowance_free is None else
+                    f", allowance left this cycle: {res.allowance_free}")
+            print(f"subscriber {res.msisdn}{free}")
+        if res.refusal:
+            print(f"refused before rating: {res.refusal}")
+        _print_explanation(out)
+    return 0 if out["winner"] or out["zero_rated"] else EXIT_FAILURE
+
+
+def cmd_cdr_explain(args: argparse.Namespace) -> int:
+    from ocs.cdr.reader import every_record
+    from ocs.charging.explain import explain_cdr
+
+    cfg = _config(args)
+    cdr_dir = cfg.under_data(cfg.cdr.dir)
+    with _open(cfg) as store:
+        target = next((r for r in every_record(cdr_dir, store)
+                       if r.record_id == args.record_id), None)
+        if target is None:
+            raise CliError(f"no CDR {args.record_id!r} in {cdr_dir} or the journal",
+                           EXIT_FAILURE)
+        earlier = []  # the subscriber's records before it: its session, a refund's charge
+        for r in every_record(cdr_dir, store):
+            if r.record_id == target.record_id:
+                break
+            if r.msisdn == target.msisdn:
+                earlier.append(r)
+        res = explain_cdr(_engine(cfg, store), target, earlier)
+    out = res.to_json()
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"CDR {target.record_id}: {target.msisdn}, {target.service} "
+              f"{target.units} units, {target.result}, rate {target.rate_id}, charged "
+              f"{out['charge']} {target.currency}")
+        if res.explanation is not None:
+            _print_explanation(out["explanation"])
+        for note in res.notes:
+            print(note)
+        print("reproduced exactly" if res.reproduced else "NOT reproduced")
+    return 0 if res.reproduced else EXIT_FAILURE
 
 
 def cmd_alarms_list(args: argparse.Namespace) -> int:

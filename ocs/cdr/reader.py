@@ -1,4 +1,4 @@
-"""Streaming reader of closed CDR files for batch jobs (billing, fraud scan).
+"""Streaming reader of closed CDR files for batch jobs (billing, fraud scan, explain).
 
 Constant memory whatever the file size; every row is checked and a bad one raises
 :class:`CdrFormatError` naming the file and line.
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ocs.cdr.fileformat import FIRST_COLUMNS, header_ok, parse_iso_utc
 from ocs.money import MoneyError, parse_amount
-from ocs.store.records import CdrRecord
+from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, Store, pack_u64
+from ocs.store.records import CdrRecord, dec_cdr, dec_export_state
 
 
 class CdrFormatError(ValueError):
@@ -110,3 +111,16 @@ def read_cdr_files(paths: Iterable[str | Path]) -> Iterator[CdrRow]:
 def closed_cdr_files(cdr_dir: str | Path) -> list[Path]:
     """Closed files in name order (the name carries the UTC start and the sequence)."""
     return sorted(Path(cdr_dir).glob("cdr_*.csv"))
+
+
+def every_record(cdr_dir: str | Path, store: Store) -> Iterator[CdrRecord]:
+    """Every CDR in journal order: the closed files', then the journal's from the open
+    file's first on (the rows of closed files may still be there, not yet trimmed)."""
+    for row in read_cdr_files(closed_cdr_files(cdr_dir)):
+        yield row.record
+    raw = store.get(META, META_CDR_EXPORT)
+    first = dec_export_state.decode(raw).first_seq if raw is not None else 1
+    with store.read() as txn, txn.cursor(db=store.dbs[CDR_JOURNAL]) as cur:
+        if cur.set_range(pack_u64(first)):
+            for _k, v in cur:
+                yield dec_cdr.decode(v)

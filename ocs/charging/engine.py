@@ -182,7 +182,7 @@ _ALW_FIELDS = {
 }
 
 
-def _alw_free(alw: Allowance, plan: Plan, service: Service) -> int:
+def allowance_free(alw: Allowance, plan: Plan, service: Service) -> int:
     names = _ALW_FIELDS.get(service)
     if names is None:
         return 0
@@ -190,6 +190,12 @@ def _alw_free(alw: Allowance, plan: Plan, service: Service) -> int:
     used: int = getattr(alw, names[0])
     reserved: int = getattr(alw, names[1])
     return max(0, total - used - reserved)
+
+
+def event_uses_allowance(plan: Plan, ctx: UsageContext) -> bool:
+    """Whether a one-off event (not zero-rated) takes from the plan's allowance: at home,
+    for a service the plan has an allowance of."""
+    return not ctx.roaming and plan.allowances.for_service(ctx.service) > 0
 
 
 def _alw_add(alw: Allowance, service: Service, used: int = 0, reserved: int = 0) -> None:
@@ -345,7 +351,7 @@ class ChargingEngine:
         return dec_balance.decode(raw) if raw is not None else Balance()
 
     @staticmethod
-    def _allowance(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
+    def allowance_in(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
         raw = tx.get(ALLOWANCES, msisdn)
         alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
         if alw.cycle != cycle:
@@ -358,7 +364,7 @@ class ChargingEngine:
         raw = tx.get(ALLOWANCES, msisdn)
         return dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
 
-    def _context(self, book: PlanBook, service: Service, at: int, rating_group: int | None,
+    def rating_context(self, book: PlanBook, service: Service, at: int, rating_group: int | None,
                  destination: str, visited_network: str, slice_: str = "") -> UsageContext:
         roaming = bool(visited_network) and visited_network not in self.settings.home_networks
         return UsageContext(
@@ -382,7 +388,7 @@ class ChargingEngine:
     def _no_money(sub: Subscriber) -> Refusal:
         return Refusal.CREDIT_LIMIT_REACHED if sub.mode == Mode.POSTPAID else Refusal.OUT_OF_CREDIT
 
-    def _check_subscriber(self, sub: Subscriber | None, roaming: bool) -> Refusal | None:
+    def check_subscriber(self, sub: Subscriber | None, roaming: bool) -> Refusal | None:
         refusal = status_refusal(sub)
         if refusal is not None or sub is None:
             return refusal
@@ -396,10 +402,10 @@ class ChargingEngine:
                    UsageContext, Subscriber | None, Plan | None, Refusal | None]:
         """Who pays, on which plan, in which rating context; or why nobody can."""
         book = self.plans.in_tx(tx)
-        ctx = self._context(book, service, now, rating_group, destination, visited_network,
+        ctx = self.rating_context(book, service, now, rating_group, destination, visited_network,
                             slice_)
         sub = self.find_subscriber(tx, ids)
-        refusal = self._check_subscriber(sub, ctx.roaming)
+        refusal = self.check_subscriber(sub, ctx.roaming)
         plan = None
         if refusal is None and sub is not None:
             plan = book.plans.get(sub.plan_id)
@@ -465,7 +471,7 @@ class ChargingEngine:
             return Grant(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         cycle = cycle_of(plan, now)
         uses_allowance = plan.allowances.for_service(req.service) > 0
-        alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
+        alw = self.allowance_in(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         raw = tx.get(RESERVATIONS, key)
         if raw is not None:
             res = dec_reservation.decode(raw)
@@ -537,7 +543,7 @@ class ChargingEngine:
         service = SERVICE_OF[res.service]
         from_allowance = 0
         if res.allowance_ok and res.cycle == alw.cycle:
-            from_allowance = min(requested, _alw_free(alw, plan, service))
+            from_allowance = min(requested, allowance_free(alw, plan, service))
         rest = requested - from_allowance
         avail = self._available(sub, bal)
         terms = res.rate
@@ -624,7 +630,7 @@ class ChargingEngine:
             plan is not None and not res.roaming
             and plan.allowances.for_service(SERVICE_OF[res.service]) > 0)
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
-        alw = self._allowance(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
+        alw = self.allowance_in(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
         tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
         settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
                                req.bytes_out, "final" if req.final else "interim",
@@ -648,7 +654,7 @@ class ChargingEngine:
             if uses_allowance:
                 tx.put(ALLOWANCES, msisdn, encode(alw))
         else:
-            refusal = self._check_subscriber(sub, res.roaming)
+            refusal = self.check_subscriber(sub, res.roaming)
             validity = req.validity_s or self.settings.default_validity_s
             if refusal is not None:
                 next_grant = Grant(ok=False, refusal=refusal, msisdn=sub.msisdn)
@@ -675,7 +681,7 @@ class ChargingEngine:
             _alw_add(alw, service, used=from_held)
         extra = 0
         if used > from_held and res.allowance_ok and plan is not None:
-            extra = min(used - from_held, _alw_free(alw, plan, service))
+            extra = min(used - from_held, allowance_free(alw, plan, service))
             _alw_add(alw, service, used=extra)
         from_allowance = from_held + extra
         chargeable = used - from_allowance
@@ -828,9 +834,9 @@ class ChargingEngine:
         bal = self._balance(tx, msisdn)
         from_allowance = 0
         alw: Allowance | None = None
-        if not zero and not ctx.roaming and plan.allowances.for_service(req.service) > 0:
-            alw = self._allowance(tx, msisdn, cycle)
-            from_allowance = min(units, _alw_free(alw, plan, req.service))
+        if not zero and event_uses_allowance(plan, ctx):
+            alw = self.allowance_in(tx, msisdn, cycle)
+            from_allowance = min(units, allowance_free(alw, plan, req.service))
         need = cost(rate, units - from_allowance) if rate is not None else 0
         if need > self._available(sub, bal):
             return Debit(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn,
@@ -1066,11 +1072,11 @@ class ChargingEngine:
     def find_subscriber_now(self, ids: Identity) -> Subscriber | None:
         """Read-only lookup outside any write (never blocks)."""
         with self.store.read() as txn:
-            return self.find_subscriber(_ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+            return self.find_subscriber(ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
 
     def check_balance(self, ids: Identity, now: int | None = None) -> BalanceView | None:
         with self.store.read() as txn:
-            view = _ReadTx(txn, self.store)
+            view = ReadTx(txn, self.store)
             sub = self.find_subscriber(view, ids)  # type: ignore[arg-type]
             if sub is None:
                 return None
@@ -1113,14 +1119,14 @@ class ChargingEngine:
                       visited_network: str = "", now: int | None = None,
                       slice_: str = "") -> PriceQuote:
         with self.store.read() as txn:
-            sub = self.find_subscriber(_ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+            sub = self.find_subscriber(ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
         if sub is None:
             return PriceQuote(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
         book = self.plans.in_store(self.store)
         plan = book.plans.get(sub.plan_id)
         if plan is None:
             return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
-        ctx = self._context(book, service, _now(now), rating_group, destination,
+        ctx = self.rating_context(book, service, _now(now), rating_group, destination,
                             visited_network, slice_)
         if is_zero_rated(plan, ctx):
             return PriceQuote(ok=True, units=units, zero_rated=True, explanation="zero-rated")
@@ -1161,7 +1167,7 @@ class ChargingEngine:
         plan = book.plans.get(sub.plan_id)
         if plan is None:
             return None
-        ctx = self._context(book, service, _now(now), rating_group, "", visited_network,
+        ctx = self.rating_context(book, service, _now(now), rating_group, "", visited_network,
                             slice_)
         rate = select_rate(plan, ctx)
         if rate is None:
@@ -1170,7 +1176,7 @@ class ChargingEngine:
         return max_units(rate, view.available if view else 0, cap)
 
 
-class _ReadTx:
+class ReadTx:
     """The read half of :class:`Tx` over a read-only LMDB transaction."""
 
     __slots__ = ("_dbs", "_txn")

@@ -140,12 +140,18 @@ def is_zero_rated(plan: Plan, ctx: UsageContext) -> bool:
     return ctx.rating_group is not None and ctx.rating_group in plan.zero_rated_groups
 
 
-def select_rate(plan: Plan, ctx: UsageContext) -> Rate | None:
+Trace = list[tuple[Rate, str, tuple[int, ...] | None]]
+"""What :func:`select_rate` saw of each rate whose prefix matched: (rate, why it was
+left out or "", its specificity key when it matched)."""
+
+
+def select_rate(plan: Plan, ctx: UsageContext, trace: Trace | None = None) -> Rate | None:
     """The most specific rate of the service matching the event, or None.
 
     Specificity: a named zone over ``*``, then the longest prefix, then a named rating
     group, then a named slice (its SST-SD over its SST alone), then a named band;
-    remaining ties go to the rate listed first.
+    remaining ties go to the rate listed first. ``trace`` (``ocs rate explain``) gets
+    every rate looked at, and why it matched or not.
     """
     trie = plan.tries.get(ctx.service)
     if trie is None or not len(trie):
@@ -161,30 +167,47 @@ def select_rate(plan: Plan, ctx: UsageContext) -> Rate | None:
                 elif "*" in rate.zones:
                     zrank = 1
                 else:
+                    if trace is not None:
+                        trace.append((rate, "home only" if not rate.zones else
+                                      f"zones {','.join(sorted(rate.zones))} do not hold "
+                                      f"{ctx.zone or 'the visited network'}", None))
                     continue
             else:
                 if rate.zones:
+                    if trace is not None:
+                        trace.append((rate, "roaming only (the event is at home)", None))
                     continue
                 zrank = 0
             if rate.rating_groups is not None:
                 if ctx.rating_group is None or ctx.rating_group not in rate.rating_groups:
+                    if trace is not None:
+                        trace.append((rate, f"rating groups {sorted(rate.rating_groups)} do "
+                                      f"not hold {ctx.rating_group}", None))
                     continue
                 rg_named = 1
             else:
                 rg_named = 0
             sl = slice_rank(rate.slices, ctx.slice) if rate.slices else 0
             if sl < 0:
+                if trace is not None:
+                    trace.append((rate, f"slices {','.join(sorted(rate.slices))} do not "
+                                  f"hold {ctx.slice or 'no slice'}", None))
                 continue
             if rate.bands:
                 if local is None:
                     local = local_time(plan, ctx.at)
                 weekday, minute = local.weekday(), local.hour * 60 + local.minute
                 if not any(plan.bands[b].contains(weekday, minute) for b in rate.bands):
+                    if trace is not None:
+                        trace.append((rate, f"bands {','.join(rate.bands)} do not hold "
+                                      f"{local:%a %H:%M} ({plan.timezone})", None))
                     continue
                 band_named = 1
             else:
                 band_named = 0
             key = (zrank, plen, rg_named, sl, band_named, -rate.order)
+            if trace is not None:
+                trace.append((rate, "", key))
             if best_key is None or key > best_key:
                 best, best_key = rate, key
     return best

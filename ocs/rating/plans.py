@@ -202,6 +202,11 @@ def _slice(text: str, where: str) -> str:
     return f"{sst}-{m.group(2).lower()}" if m.group(2) else sst
 
 
+def normalise_slice(text: str) -> str:
+    """An S-NSSAI as rating compares it ("SST" or "SST-SD"); PlanError if it is not one."""
+    return _slice(text, "slice")
+
+
 def slice_rank(rate_slices: frozenset[str], event_slice: str) -> int:
     """How a rate's slices match an event's: 2 = its exact SST-SD, 1 = its SST, 0 = the
     rate names none; -1 = no match."""

@@ -176,3 +176,37 @@ def test_import(repo_cwd: Path) -> None:
     dup.write_text("msisdn,plan\n41780000001,prepaid-basic\n41780000001,prepaid-basic\n")
     p = ocs("subscriber", "import", str(dup), cwd=repo_cwd, ok=False)
     assert "dup.csv:3: subscriber 41780000001 already exists" in p.stderr
+
+
+def test_rate_and_cdr_explain(inited: Path) -> None:
+    cwd = inited
+    ch = json.loads(ocs("charge", "41790000001", "--service", "voice", "--units", "61",
+                        "--destination", "41900123456", "--json", cwd=cwd).stdout)
+    assert ch["charged"] == "4.5000"
+    x = json.loads(ocs("rate", "explain", "--msisdn", "41790000001", "--service", "voice",
+                       "--units", "61", "--destination", "41900123456", "--at",
+                       "2026-11-21T12:00Z", "--json", cwd=cwd).stdout)
+    assert x["winner"] == "voice-premium" and x["charge"] == "4.5000"
+    assert x["charge_micro"] == 4_500_000 and x["billed_units"] == 120
+    assert x["local_time"] == "2026-11-21T13:00:00+01:00" and x["msisdn"] == "41790000001"
+    weekend = next(c for c in x["candidates"] if c["rate"] == "voice-national-weekend")
+    assert weekend["matched"] and weekend["specificity"]["band_named"] == 1
+    text = ocs("rate", "explain", "--plan", "prepaid-basic", "--service", "sms",
+               cwd=cwd).stdout
+    assert "winner: sms" in text and "charge = " in text
+    none = ocs("rate", "explain", "--plan", "prepaid-basic", "--service", "time", cwd=cwd,
+               ok=False)
+    assert none.returncode == 1 and "no time rate" in none.stdout
+    bad = ocs("rate", "explain", "--plan", "prepaid-basic", "--service", "sms", "--at",
+              "2026-11-21T12:00", cwd=cwd, ok=False)
+    assert bad.returncode == 2 and "no time zone" in bad.stderr
+    assert ocs("rate", "explain", "--plan", "nope", "--service", "sms", cwd=cwd,
+               ok=False).returncode == 1
+    cdr = json.loads(ocs("cdr", "explain", ch["record_id"], "--json", cwd=cwd).stdout)
+    assert cdr["reproduced"] is True and cdr["charge_micro"] == 4_500_000
+    assert cdr["explanation"]["winner"] == "voice-premium"
+    ocs("cdr", "flush", cwd=cwd)  # from a closed file as well
+    text = ocs("cdr", "explain", ch["record_id"], cwd=cwd).stdout
+    assert "reproduced exactly" in text and "4500000 micro" in text
+    missing = ocs("cdr", "explain", "nope-1", cwd=cwd, ok=False)
+    assert missing.returncode == 1 and "no CDR" in missing.stderr

@@ -1,0 +1,172 @@
+"""Charges explained with the engine's own inputs: an event as it would be rated now
+(``ocs rate explain``) and a stored CDR as it was rated (``ocs cdr explain``), checking
+that the explanation reproduces the CDR's charge exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ocs.charging.engine import ChargingEngine, ReadTx, allowance_free, event_uses_allowance
+from ocs.charging.model import Identity
+from ocs.money import format_amount
+from ocs.rating.engine import UsageContext, cycle_of, is_zero_rated
+from ocs.rating.explain import Explanation, explain
+from ocs.rating.plans import SERVICE_OF, Service
+from ocs.store.records import CdrRecord
+
+
+class ExplainError(LookupError):
+    """Nothing to explain: no such subscriber, plan or record."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventExplanation:
+    explanation: Explanation
+    msisdn: str = ""
+    refusal: str = ""
+    """Why the subscriber would be refused before rating (suspended, roaming not
+    allowed...); "" when they would be rated."""
+    allowance_free: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"msisdn": self.msisdn or None, "refusal": self.refusal or None,
+                "allowance_free": self.allowance_free, **self.explanation.to_json()}
+
+
+def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: int,
+                  subscriber: Identity | None = None, plan_id: str = "",
+                  rating_group: int | None = None, destination: str = "",
+                  visited_network: str = "", slice_: str = "") -> EventExplanation:
+    """A one-off event of ``units`` at ``at``, for a subscriber (their plan, status and
+    allowance left in that cycle) or for a plan alone (no allowance)."""
+    book = engine.plans.in_store(engine.store)
+    ctx = engine.rating_context(book, service, at, rating_group, destination,
+                                visited_network, slice_)
+    if subscriber is None:
+        plan = book.plans.get(plan_id)
+        if plan is None:
+            raise ExplainError(f"no plan {plan_id!r}")
+        return EventExplanation(explanation=explain(plan, ctx, units))
+    with engine.store.read() as txn:
+        view = ReadTx(txn, engine.store)
+        sub = engine.find_subscriber(view, subscriber)  # type: ignore[arg-type]
+        if sub is None:
+            raise ExplainError(f"no subscriber {subscriber[0][1]!r}")
+        plan = book.plans.get(sub.plan_id)
+        if plan is None:
+            raise ExplainError(f"subscriber {sub.msisdn}'s plan {sub.plan_id!r} is not loaded")
+        free: int | None = None
+        if not is_zero_rated(plan, ctx) and event_uses_allowance(plan, ctx):
+            alw = engine.allowance_in(view, sub.msisdn.encode(),  # type: ignore[arg-type]
+                                      cycle_of(plan, at))
+            free = allowance_free(alw, plan, service)
+    refusal = engine.check_subscriber(sub, ctx.roaming)
+    return EventExplanation(
+        explanation=explain(plan, ctx, units, allowance_units=min(units, free or 0)),
+        msisdn=sub.msisdn, refusal=refusal.value if refusal is not None else "",
+        allowance_free=free)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdrExplanation:
+    record: CdrRecord
+    explanation: Explanation | None
+    reproduced: bool
+    notes: tuple[str, ...]
+    session_records: tuple[str, ...] = field(default=())
+    """The session's earlier records its price builds on."""
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "record_id": r.record_id, "msisdn": r.msisdn, "session_id": r.session_id,
+            "result": r.result, "rate_id": r.rate_id, "units": r.units,
+            "allowance_units": r.allowance_units, "charge": format_amount(r.charge),
+            "charge_micro": r.charge, "currency": r.currency,
+            "reproduced": self.reproduced, "notes": list(self.notes),
+            "session_records": list(self.session_records),
+            "explanation": self.explanation.to_json() if self.explanation else None,
+        }
+
+
+SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
+"""Results of a session's reports: priced on the session's running total."""
+
+
+def session_of(rec: CdrRecord, earlier: Sequence[CdrRecord]) -> list[CdrRecord]:
+    """The records before ``rec`` (journal order) of its reservation: the same session,
+    service and rating group."""
+    return [e for e in earlier if e.result in SESSION_RESULTS
+            and e.session_id == rec.session_id and e.service == rec.service
+            and e.rating_group == rec.rating_group]
+
+
+def explain_cdr(engine: ChargingEngine, rec: CdrRecord,
+                earlier: Sequence[CdrRecord]) -> CdrExplanation:
+    """Rate ``rec`` again as the engine did, from the plans in the store now and the
+    records ``earlier`` than it (the whole journal order before it, or at least its
+    session's): the explanation, and whether it reproduces the charge exactly."""
+    if rec.result == "refund":
+        return _refund(engine, rec, earlier)
+    book = engine.plans.in_store(engine.store)
+    plan = book.plans.get(rec.plan_id)
+    if plan is None:
+        return CdrExplanation(record=rec, explanation=None, reproduced=False,
+                              notes=(f"plan {rec.plan_id!r} is no longer loaded",))
+    service = SERVICE_OF.get(rec.service)
+    if service is None:
+        return CdrExplanation(record=rec, explanation=None, reproduced=False,
+                              notes=(f"unknown service {rec.service!r}",))
+    before: list[CdrRecord] = []
+    at = rec.start_time
+    notes: list[str] = []
+    if rec.result in SESSION_RESULTS:
+        before = session_of(rec, earlier)
+        if before:  # the rate was chosen when the session opened
+            at = before[0].start_time
+        notes.append("a session report: its rate was chosen when the session opened "
+                     f"({at}) and is priced on the session's running total")
+    ctx = UsageContext(service=service, at=at, rating_group=rec.rating_group,
+                       destination=rec.destination,
+                       zone=book.zone_of_network.get(rec.visited_network)
+                       if rec.roaming else None,
+                       roaming=rec.roaming, slice=rec.slice)
+    e = explain(plan, ctx, rec.units, allowance_units=rec.allowance_units,
+                session_units_before=sum(b.units - b.allowance_units for b in before))
+    picked = "zero-rated" if e.zero_rated else (e.winner.id if e.winner else "")
+    reproduced = picked == rec.rate_id
+    if not reproduced:
+        notes.append(f"rating now picks {picked or 'no rate'}, the record says "
+                     f"{rec.rate_id}: the plan changed since")
+    elif rec.result == "capped":
+        reproduced = 0 <= rec.charge <= e.charge
+        notes.append(f"capped: the report cost {format_amount(e.charge)}, the balance "
+                     f"held {format_amount(rec.charge)}")
+    elif rec.charge != e.charge:
+        reproduced = False
+        notes.append(f"the record charged {format_amount(rec.charge)}, the plan now gives "
+                     f"{format_amount(e.charge)}: the rate's terms changed since")
+    else:
+        notes.append(f"reproduces the charge exactly: {rec.charge} micro")
+    return CdrExplanation(record=rec, explanation=e, reproduced=reproduced,
+                          notes=tuple(notes),
+                          session_records=tuple(b.record_id for b in before))
+
+
+def _refund(engine: ChargingEngine, rec: CdrRecord,
+            earlier: Sequence[CdrRecord]) -> CdrExplanation:
+    """A refund gives back one event's charge: find it and explain that."""
+    for orig in reversed(earlier):
+        if (orig.result == "event" and orig.session_id == rec.session_id
+                and orig.rate_id == rec.rate_id and orig.units == -rec.units
+                and orig.charge == -rec.charge):
+            inner = explain_cdr(engine, orig, earlier)
+            return CdrExplanation(
+                record=rec, explanation=inner.explanation, reproduced=inner.reproduced,
+                notes=(f"a refund of {orig.record_id} (charged {format_amount(orig.charge)}),"
+                       " given back in full", *inner.notes),
+                session_records=(orig.record_id,))
+    return CdrExplanation(record=rec, explanation=None, reproduced=False,
+                          notes=("a refund whose original charge is not among the records",))
