@@ -93,8 +93,15 @@ def build_parser() -> _Parser:
     psub = plan.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = psub.add_parser("load", parents=[common], help="load plans and zones from a TOML file")
     p.add_argument("file")
+    p.add_argument("--effective", metavar="TIME",
+                   help="when the plans' new versions take effect (ISO 8601 with a zone); "
+                   "default: a changed plan now, a new plan from the start")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_load)
+    p = psub.add_parser("history", parents=[common], help="a plan's versions")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_history)
     p = psub.add_parser("list", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_list)
@@ -411,9 +418,10 @@ def _default_plans_file(args: argparse.Namespace, cfg: Config) -> Path:
     return Path(cfg.source).parent / "plans.toml"
 
 
-def _load_plans(store: Store, path: Path) -> tuple[int, int, int]:
+def _load_plans(store: Store, path: Path, effective_at: int | None = None,
+                report: dict[str, int] | None = None) -> tuple[int, int, int]:
     doc = load_plans_file(path, stored_zone_ids(store))
-    version = store.run_write(op_load_plans(doc))
+    version = store.run_write(op_load_plans(doc, effective_at=effective_at, report=report))
     return len(doc.plans), len(doc.zones), version
 
 
@@ -468,10 +476,42 @@ def _import_missing(store: Store, path: Path) -> int:
 
 def cmd_plan_load(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    effective = _event_time(args.effective, "--effective") if args.effective else None
+    changed: dict[str, int] = {}
     with _open(cfg) as store:
-        n_plans, n_zones, version = _load_plans(store, Path(args.file))
-    _say(args, f"loaded {n_plans} plans and {n_zones} zones (plans version {version})",
-         {"plans": n_plans, "zones": n_zones, "version": version})
+        n_plans, n_zones, version = _load_plans(store, Path(args.file), effective, changed)
+    news = ", ".join(f"{pid} v{n}" for pid, n in sorted(changed.items())) or "none"
+    when = f" effective {_iso(effective)}" if effective is not None else ""
+    _say(args, f"loaded {n_plans} plans and {n_zones} zones (plans version {version}); "
+         f"new versions{when}: {news}",
+         {"plans": n_plans, "zones": n_zones, "version": version,
+          "new_versions": changed,
+          "effective_at": _iso(effective) if effective is not None else None})
+    return 0
+
+
+def cmd_plan_history(args: argparse.Namespace) -> int:
+    from ocs.charging.plans import PlanCache
+    from ocs.provisioning import stored_plan_versions
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        versions = stored_plan_versions(store, args.id)
+        current = PlanCache().in_store(store).plan_at(args.id, int(time.time()))
+    if not versions:
+        raise CliError(f"no plan {args.id!r}", EXIT_FAILURE)
+    items = [{"version": v.version,
+              "effective_at": _iso(v.effective_at) if v.effective_at else "from the start",
+              "loaded_at": _iso(v.loaded_at) if v.loaded_at else None,
+              "rates": len(v.table.get("rates", [])),
+              "in_effect_now": current is not None and current.version == v.version}
+             for v in versions]
+    if args.json:
+        _print_json(items)
+    else:
+        _table(f"Plan {args.id}: versions", ["version", "effective", "loaded", "rates", "now"],
+               [[i["version"], i["effective_at"], i["loaded_at"] or "-", i["rates"],
+                 "in effect" if i["in_effect_now"] else ""] for i in items])
     return 0
 
 
@@ -885,7 +925,8 @@ def cmd_cdr_list(args: argparse.Namespace) -> int:
 
 def _print_explanation(e: dict[str, Any]) -> None:
     where = e["destination"] or "-"
-    print(f"plan {e['plan']}, {e['service']} to {where}, {e['units']} units at {e['at']} "
+    print(f"plan {e['plan']} v{e['plan_version']}, {e['service']} to {where}, "
+          f"{e['units']} units at {e['at']} "
           f"(local {e['local_time']}), " + (f"roaming in zone {e['zone'] or '-'}"
                                              if e["roaming"] else "at home")
           + (f", rating group {e['rating_group']}" if e["rating_group"] is not None else "")
@@ -898,7 +939,7 @@ def _print_explanation(e: dict[str, Any]) -> None:
         print(f"  {line}")
 
 
-def _event_time(text: str | None) -> int:
+def _event_time(text: str | None, option: str = "--at") -> int:
     import datetime as dt
 
     if not text:
@@ -906,9 +947,9 @@ def _event_time(text: str | None) -> int:
     try:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise CliError(f"--at: {text!r} is not an ISO 8601 time") from None
+        raise CliError(f"{option}: {text!r} is not an ISO 8601 time") from None
     if t.tzinfo is None:
-        raise CliError(f"--at: {text!r} has no time zone (add Z or +01:00)")
+        raise CliError(f"{option}: {text!r} has no time zone (add Z or +01:00)")
     return int(t.timestamp())
 
 

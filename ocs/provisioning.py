@@ -27,6 +27,7 @@ from ocs.store.env import (
     IDX_USERNAME,
     META,
     META_PLANS_VERSION,
+    PLAN_VERSIONS,
     PLANS,
     SUBSCRIBERS,
     ZONES,
@@ -34,7 +35,16 @@ from ocs.store.env import (
     pack_u64,
     unpack_u64,
 )
-from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber, encode
+from ocs.store.records import (
+    Balance,
+    PlanVersion,
+    Subscriber,
+    dec_balance,
+    dec_plan_version,
+    dec_subscriber,
+    encode,
+    plan_version_key,
+)
 from ocs.store.tx import Tx
 
 _MSISDN_RE = re.compile(r"^[1-9][0-9]{5,14}$")
@@ -256,14 +266,54 @@ def op_change_plan(msisdn: str, plan_id: str, now: int | None = None) -> Callabl
     return op
 
 
-def op_load_plans(doc: PlansDocument) -> Callable[[Tx], int]:
-    """Store every plan and zone of a validated document; bumps the plans version."""
+def plan_versions(tx: Tx, plan_id: str) -> list[PlanVersion]:
+    """Every stored version of a plan, oldest first. A plan stored before versions
+    existed is its version 1, effective from the start."""
+    pid = plan_id.encode()
+    out = [dec_plan_version.decode(v)
+           for _k, v in tx.scan(PLAN_VERSIONS, pid + b"\x00", pid + b"\x01")]
+    if not out:
+        raw = tx.get(PLANS, plan_id.encode())
+        if raw is not None:
+            out = [PlanVersion(version=1, effective_at=0, loaded_at=0,
+                               table=_dec_table.decode(raw))]
+    return out
+
+
+def stored_plan_versions(store: Store, plan_id: str) -> list[PlanVersion]:
+    with store.read() as txn:
+        return plan_versions(Tx(txn, store.dbs), plan_id)
+
+
+def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
+                  now: int | None = None, report: dict[str, int] | None = None
+                  ) -> Callable[[Tx], int]:
+    """Store every plan and zone of a validated document; bumps the plans version.
+
+    A plan whose table differs from its latest version (or that is new) gets a new
+    version, effective at ``effective_at``; by default a new plan from the start and a
+    changed one from ``now`` (the load). A table the same as the plan's latest version
+    adds nothing.
+    ``report`` gets the new version number of each plan that has one."""
 
     def op(tx: Tx) -> int:
+        at = int(time.time()) if now is None else now
         for zone in doc.zones:
             tx.put(ZONES, zone.id.encode(), _enc.encode(list(zone.networks)))
         for table in doc.plans:
-            tx.put(PLANS, str(table["id"]).encode(), _enc.encode(table))
+            pid = str(table["id"])
+            versions = plan_versions(tx, pid)
+            if versions and _enc.encode(versions[-1].table) == _enc.encode(table):
+                continue  # nothing new
+            if versions and versions[0].loaded_at == 0:  # stored before versions: keep
+                tx.put(PLAN_VERSIONS, plan_version_key(pid, 1), encode(versions[0]))
+            number = versions[-1].version + 1 if versions else 1
+            eff = effective_at if effective_at is not None else (at if versions else 0)
+            tx.put(PLAN_VERSIONS, plan_version_key(pid, number), encode(PlanVersion(
+                version=number, effective_at=eff, loaded_at=at, table=table)))
+            tx.put(PLANS, pid.encode(), _enc.encode(table))
+            if report is not None:
+                report[pid] = number
         raw = tx.get(META, META_PLANS_VERSION)
         version = (unpack_u64(raw) if raw else 0) + 1
         tx.put(META, META_PLANS_VERSION, pack_u64(version))

@@ -35,13 +35,14 @@ COLUMNS = (
     "characters",
     "slice",
     "dnn",
+    "plan_version",
 )
 
 HEADER = ",".join(COLUMNS) + "\n"
 
 FIRST_COLUMNS = 23
-"""Columns of the files written before the 5G ones (slice, dnn) were added at the end:
-readers take both."""
+"""Columns of the files written before the 5G ones (slice, dnn) and then plan_version
+were added at the end: readers take all three widths."""
 
 
 def header_ok(header: list[str] | None) -> bool:
@@ -106,4 +107,5 @@ def format_row(r: CdrRecord) -> str:
         str(r.characters),
         _field(r.slice),
         _field(r.dnn),
+        str(r.plan_version),
     )) + "\n"

@@ -58,6 +58,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
             raise CdrFormatError(f"{p}:1: not a CDR file (unexpected header)")
         width = len(header)
         fiveg = width >= FIRST_COLUMNS + 2  # files written before slice, dnn lack them
+        versioned = width >= FIRST_COLUMNS + 3  # ...and before plan_version
         for row in reader:
             line = reader.line_num
             if len(row) != width:
@@ -89,6 +90,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
                     characters=_int(row[22], "characters"),
                     slice=row[23] if fiveg else "",
                     dnn=row[24] if fiveg else "",
+                    plan_version=_int(row[25], "plan_version") if versioned else 0,
                 )
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None

@@ -62,7 +62,7 @@ from ocs.rating.engine import (
     rate_usage,
     select_rate,
 )
-from ocs.rating.plans import SERVICE_OF, TIMED, Mode, Plan, Service
+from ocs.rating.plans import SERVICE_OF, TIMED, Mode, Plan, Rate, Service
 from ocs.store.env import (
     ALLOWANCES,
     ANSWER_EXPIRY,
@@ -145,6 +145,15 @@ def settings_data(settings: EngineSettings) -> dict[str, Any]:
 
 def settings_from_data(data: dict[str, Any]) -> EngineSettings:
     return EngineSettings(**{**data, "home_networks": frozenset(data["home_networks"])})
+
+
+def rate_snapshot(plan: Plan, rate: Rate) -> RateSnapshot:
+    """The terms a reservation keeps (its price does not move under it)."""
+    return RateSnapshot(plan_id=plan.id, rate_id=rate.id, service=rate.service.value,
+                        price=rate.price, unit_size=rate.unit_size,
+                        first_increment_s=rate.first_increment_s,
+                        increment_s=rate.increment_s, connect_fee=rate.connect_fee,
+                        plan_version=plan.version)
 
 
 def reservation_key(session_id: str, service: Service, rating_group: int | None) -> bytes:
@@ -408,11 +417,11 @@ class ChargingEngine:
         refusal = self.check_subscriber(sub, ctx.roaming)
         plan = None
         if refusal is None and sub is not None:
-            plan = book.plans.get(sub.plan_id)
+            plan = book.plan_at(sub.plan_id, now)
             if plan is None:
                 refusal = Refusal.RATING_FAILED
         if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:  # a fraud indicator
-            self._fraud(tx, sub, book.plans.get(sub.plan_id), "refused_roaming", now,
+            self._fraud(tx, sub, book.plan_at(sub.plan_id, now), "refused_roaming", now,
                         service=service, visited_network=visited_network, roaming=True)
         return ctx, sub, plan, refusal
 
@@ -493,16 +502,7 @@ class ChargingEngine:
                 visited_network=req.visited_network,
                 roaming=ctx.roaming,
                 protocol=req.protocol,
-                rate=RateSnapshot(
-                    plan_id=plan.id,
-                    rate_id=rate.id,
-                    service=rate.service.value,
-                    price=rate.price,
-                    unit_size=rate.unit_size,
-                    first_increment_s=rate.first_increment_s,
-                    increment_s=rate.increment_s,
-                    connect_fee=rate.connect_fee,
-                ),
+                rate=rate_snapshot(plan, rate),
                 mode=sub.mode,
                 currency=sub.currency,
                 cycle=cycle,
@@ -624,7 +624,7 @@ class ChargingEngine:
         sraw = tx.get(SUBSCRIBERS, msisdn)
         sub = dec_subscriber.decode(sraw) if sraw is not None else None
         book = self.plans.in_tx(tx)
-        plan = book.plans.get(res.rate.plan_id)
+        plan = book.plan_at(res.rate.plan_id, now)
         bal = self._balance(tx, msisdn)
         uses_allowance = res.allowance_ok or (
             plan is not None and not res.roaming
@@ -661,11 +661,27 @@ class ChargingEngine:
             elif req.next_units is not None:
                 requested = req.next_units or self.settings.default_units(service)
                 res.cycle = alw.cycle
+                if plan.version != res.rate.plan_version:
+                    self._adopt_version(book, plan, res, now)
                 next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
             if next_grant is None or not next_grant.ok:
                 res.expires_at = now + validity  # keep the session open until told otherwise
             self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
         return msgspec.structs.replace(settled, next_grant=next_grant)
+
+    @staticmethod
+    def _adopt_version(book: PlanBook, plan: Plan, res: Reservation, now: int) -> None:
+        """A session's next quota is rated with the plan version in effect now: the
+        rate that version picks for the session's event at this time. Usage so far
+        stays priced as it was, and the running total carries on (one connect fee, no
+        block paid twice). If the new version prices it no more, the old terms stay."""
+        ctx = UsageContext(service=SERVICE_OF[res.service], at=now,
+                           rating_group=res.rating_group, destination=res.destination,
+                           zone=book.zone_of_network.get(res.visited_network)
+                           if res.roaming else None, roaming=res.roaming, slice=res.slice)
+        rate = select_rate(plan, ctx)
+        if rate is not None:
+            res.rate = rate_snapshot(plan, rate)
 
     def _settle(self, tx: Tx, res: Reservation, sub: Subscriber | None, plan: Plan | None,
                 bal: Balance, alw: Allowance, used: int, now: int, bytes_in: int,
@@ -725,6 +741,7 @@ class ChargingEngine:
                 allowance_units=from_allowance,
                 slice=res.slice,
                 dnn=res.dnn,
+                plan_version=terms.plan_version,
             )
         res.last_at = now
         return Settlement(
@@ -880,6 +897,7 @@ class ChargingEngine:
             characters=req.characters,
             slice=req.slice,
             dnn=req.dnn,
+            plan_version=plan.version,
         )
         tx.put(BALANCES, msisdn, encode(bal))
         return Debit(
@@ -1084,7 +1102,7 @@ class ChargingEngine:
             bal = self._balance(view, msisdn)  # type: ignore[arg-type]
             araw = txn.get(msisdn, db=self.store.dbs[ALLOWANCES])
         book = self.plans.in_store(self.store)
-        plan = book.plans.get(sub.plan_id)
+        plan = book.plan_at(sub.plan_id, _now(now))
         allowances: dict[str, dict[str, int]] = {}
         if plan is not None:
             cycle = cycle_of(plan, _now(now))
@@ -1123,7 +1141,7 @@ class ChargingEngine:
         if sub is None:
             return PriceQuote(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
         book = self.plans.in_store(self.store)
-        plan = book.plans.get(sub.plan_id)
+        plan = book.plan_at(sub.plan_id, _now(now))
         if plan is None:
             return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
         ctx = self.rating_context(book, service, _now(now), rating_group, destination,
@@ -1156,7 +1174,7 @@ class ChargingEngine:
         return self.reservations_with_prefix(f"{session_id}\x00")
 
     def plan_of(self, sub: Subscriber) -> Plan | None:
-        return self.plans.in_store(self.store).plans.get(sub.plan_id)
+        return self.plans.in_store(self.store).plan_at(sub.plan_id, _now(None))
 
     def affordable_units(self, sub: Subscriber, service: Service, cap: int, *,
                          rating_group: int | None = None, visited_network: str = "",
@@ -1164,7 +1182,7 @@ class ChargingEngine:
         """How many units (<= cap) the subscriber's available money buys now, at the
         rate that would apply; None when no rate prices it. Allowances not counted."""
         book = self.plans.in_store(self.store)
-        plan = book.plans.get(sub.plan_id)
+        plan = book.plan_at(sub.plan_id, _now(now))
         if plan is None:
             return None
         ctx = self.rating_context(book, service, _now(now), rating_group, "", visited_network,

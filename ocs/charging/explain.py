@@ -45,18 +45,20 @@ def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: i
     ctx = engine.rating_context(book, service, at, rating_group, destination,
                                 visited_network, slice_)
     if subscriber is None:
-        plan = book.plans.get(plan_id)
+        plan = book.plan_at(plan_id, at)
         if plan is None:
-            raise ExplainError(f"no plan {plan_id!r}")
+            raise ExplainError(f"no plan {plan_id!r}" if plan_id not in book.plans else
+                               f"plan {plan_id!r} has no version in effect at {at}")
         return EventExplanation(explanation=explain(plan, ctx, units))
     with engine.store.read() as txn:
         view = ReadTx(txn, engine.store)
         sub = engine.find_subscriber(view, subscriber)  # type: ignore[arg-type]
         if sub is None:
             raise ExplainError(f"no subscriber {subscriber[0][1]!r}")
-        plan = book.plans.get(sub.plan_id)
+        plan = book.plan_at(sub.plan_id, at)
         if plan is None:
-            raise ExplainError(f"subscriber {sub.msisdn}'s plan {sub.plan_id!r} is not loaded")
+            raise ExplainError(f"subscriber {sub.msisdn}'s plan {sub.plan_id!r} has no "
+                               f"version in effect at {at}")
         free: int | None = None
         if not is_zero_rated(plan, ctx) and event_uses_allowance(plan, ctx):
             alw = engine.allowance_in(view, sub.msisdn.encode(),  # type: ignore[arg-type]
@@ -82,7 +84,8 @@ class CdrExplanation:
         r = self.record
         return {
             "record_id": r.record_id, "msisdn": r.msisdn, "session_id": r.session_id,
-            "result": r.result, "rate_id": r.rate_id, "units": r.units,
+            "result": r.result, "plan_id": r.plan_id, "plan_version": r.plan_version,
+            "rate_id": r.rate_id, "units": r.units,
             "allowance_units": r.allowance_units, "charge": format_amount(r.charge),
             "charge_micro": r.charge, "currency": r.currency,
             "reproduced": self.reproduced, "notes": list(self.notes),
@@ -111,10 +114,6 @@ def explain_cdr(engine: ChargingEngine, rec: CdrRecord,
     if rec.result == "refund":
         return _refund(engine, rec, earlier)
     book = engine.plans.in_store(engine.store)
-    plan = book.plans.get(rec.plan_id)
-    if plan is None:
-        return CdrExplanation(record=rec, explanation=None, reproduced=False,
-                              notes=(f"plan {rec.plan_id!r} is no longer loaded",))
     service = SERVICE_OF.get(rec.service)
     if service is None:
         return CdrExplanation(record=rec, explanation=None, reproduced=False,
@@ -124,10 +123,21 @@ def explain_cdr(engine: ChargingEngine, rec: CdrRecord,
     notes: list[str] = []
     if rec.result in SESSION_RESULTS:
         before = session_of(rec, earlier)
-        if before:  # the rate was chosen when the session opened
-            at = before[0].start_time
-        notes.append("a session report: its rate was chosen when the session opened "
-                     f"({at}) and is priced on the session's running total")
+        # the rate was chosen when the session opened, or when a quota moved it to the
+        # plan version it reports under
+        for b in reversed(before):
+            if b.plan_version != rec.plan_version:
+                break
+            at = b.start_time
+        notes.append(f"a session report: its rate was chosen at {at} (the session's start "
+                     "or the quota that took this plan version) and it is priced on the "
+                     "session's running total")
+    plan = (book.plan_version(rec.plan_id, rec.plan_version) if rec.plan_version
+            else book.plan_at(rec.plan_id, at))
+    if plan is None:
+        return CdrExplanation(record=rec, explanation=None, reproduced=False,
+                              notes=(f"plan {rec.plan_id!r} version {rec.plan_version} is "
+                                     "not in the store", *notes))
     ctx = UsageContext(service=service, at=at, rating_group=rec.rating_group,
                        destination=rec.destination,
                        zone=book.zone_of_network.get(rec.visited_network)
@@ -138,16 +148,19 @@ def explain_cdr(engine: ChargingEngine, rec: CdrRecord,
     picked = "zero-rated" if e.zero_rated else (e.winner.id if e.winner else "")
     reproduced = picked == rec.rate_id
     if not reproduced:
-        notes.append(f"rating now picks {picked or 'no rate'}, the record says "
-                     f"{rec.rate_id}: the plan changed since")
+        notes.append(f"rating picks {picked or 'no rate'}, the record says {rec.rate_id}"
+                     + ("" if rec.plan_version else
+                        " (a record from before plan versions: the plan may have changed)"))
     elif rec.result == "capped":
         reproduced = 0 <= rec.charge <= e.charge
         notes.append(f"capped: the report cost {format_amount(e.charge)}, the balance "
                      f"held {format_amount(rec.charge)}")
     elif rec.charge != e.charge:
         reproduced = False
-        notes.append(f"the record charged {format_amount(rec.charge)}, the plan now gives "
-                     f"{format_amount(e.charge)}: the rate's terms changed since")
+        notes.append(f"the record charged {format_amount(rec.charge)}, rating gives "
+                     f"{format_amount(e.charge)}"
+                     + ("" if rec.plan_version else
+                        " (a record from before plan versions: the plan may have changed)"))
     else:
         notes.append(f"reproduces the charge exactly: {rec.charge} micro")
     return CdrExplanation(record=rec, explanation=e, reproduced=reproduced,

@@ -3,40 +3,107 @@ plans version changes (``ocs plan load`` bumps it)."""
 
 from __future__ import annotations
 
+import bisect
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from ocs.rating.plans import Plan, compile_plan
-from ocs.store.env import META, META_PLANS_VERSION, PLANS, ZONES, Store
+from ocs.store.env import META, META_PLANS_VERSION, PLAN_VERSIONS, PLANS, ZONES, Store
+from ocs.store.records import PlanVersion, dec_plan_version
 from ocs.store.tx import Tx
 
 _dec_table = msgspec.msgpack.Decoder(dict[str, Any])
 _dec_networks = msgspec.msgpack.Decoder(list[str])
 
 
-@dataclass(frozen=True, slots=True)
 class PlanBook:
-    version: bytes | None = None
-    plans: dict[str, Plan] = field(default_factory=dict)
-    zone_of_network: dict[str, str] = field(default_factory=dict)
+    """The plans a process rates with: every version of every plan, and which version
+    applies when (the highest version whose effective time has come)."""
+
+    __slots__ = ("_compiled", "_known_zones", "_tables", "_timelines", "plans", "version",
+                 "zone_of_network")
+
+    def __init__(self, version: bytes | None = None,
+                 versions: dict[str, list[PlanVersion]] | None = None,
+                 zone_of_network: dict[str, str] | None = None,
+                 known_zones: set[str] | None = None):
+        self.version = version
+        self.zone_of_network = zone_of_network or {}
+        self._known_zones = known_zones or set()
+        self._tables: dict[tuple[str, int], dict[str, Any]] = {}
+        self._compiled: dict[tuple[str, int], Plan] = {}
+        self._timelines: dict[str, tuple[list[int], list[int]]] = {}
+        self.plans: dict[str, Plan] = {}
+        """Each plan's latest loaded version (``ocs plan show``; a plan alone)."""
+        for pid, vs in (versions or {}).items():
+            for v in vs:
+                self._tables[(pid, v.version)] = v.table
+            self._timelines[pid] = _timeline(vs)
+            self.plans[pid] = self.plan_version(pid, vs[-1].version)  # type: ignore[assignment]
+
+    def plan_version(self, plan_id: str, version: int) -> Plan | None:
+        """One version of a plan (compiled once, when first asked for)."""
+        key = (plan_id, version)
+        plan = self._compiled.get(key)
+        if plan is None:
+            table = self._tables.get(key)
+            if table is None:
+                return None
+            plan = compile_plan(table, where=f"plan {plan_id} version {version}",
+                                known_zones=self._known_zones, version=version)
+            self._compiled[key] = plan
+        return plan
+
+    def plan_at(self, plan_id: str, at: int) -> Plan | None:
+        """The version of a plan that rates an event at ``at``; None if the plan is not
+        loaded or none of its versions is effective yet."""
+        timeline = self._timelines.get(plan_id)
+        if timeline is None:
+            return None
+        starts, numbers = timeline
+        if at >= starts[-1]:
+            i = len(starts) - 1
+        else:
+            i = bisect.bisect_right(starts, at) - 1
+            if i < 0:
+                return None
+        plan = self._compiled.get((plan_id, numbers[i]))
+        return plan if plan is not None else self.plan_version(plan_id, numbers[i])
+
+
+def _timeline(versions: list[PlanVersion]) -> tuple[list[int], list[int]]:
+    """(times, version numbers): from each time on, that version applies — the highest
+    version whose effective time has come."""
+    starts: list[int] = []
+    numbers: list[int] = []
+    for t in sorted({v.effective_at for v in versions}):
+        best = max(v.version for v in versions if v.effective_at <= t)
+        if not numbers or best != numbers[-1]:
+            starts.append(t)
+            numbers.append(best)
+    return starts, numbers
 
 
 def _build(version: bytes | None, plan_rows: list[tuple[bytes, bytes]],
+           version_rows: list[tuple[bytes, bytes]],
            zone_rows: list[tuple[bytes, bytes]]) -> PlanBook:
     zone_of: dict[str, str] = {}
     for zid, raw in zone_rows:
         for net in _dec_networks.decode(raw):
             zone_of[net] = zid.decode()
-    known = {z.decode() for z, _ in zone_rows}
-    plans = {
-        pid.decode(): compile_plan(_dec_table.decode(raw), where=f"plan {pid.decode()}",
-                                   known_zones=known)
-        for pid, raw in plan_rows
-    }
-    return PlanBook(version=version, plans=plans, zone_of_network=zone_of)
+    versions: dict[str, list[PlanVersion]] = {}
+    for k, raw in version_rows:
+        versions.setdefault(k.split(b"\x00", 1)[0].decode(), []).append(
+            dec_plan_version.decode(raw))
+    for pid, raw in plan_rows:  # a plan stored before versions: its version 1
+        if pid.decode() not in versions:
+            versions[pid.decode()] = [PlanVersion(version=1, effective_at=0, loaded_at=0,
+                                                  table=_dec_table.decode(raw))]
+    return PlanBook(version, {pid: sorted(vs, key=lambda v: v.version)
+                              for pid, vs in versions.items()}, zone_of,
+                    {z.decode() for z, _ in zone_rows})
 
 
 class PlanCache:
@@ -56,7 +123,8 @@ class PlanCache:
         if version == book.version and book.version is not None:
             return book
         with self._lock:
-            book = _build(version, list(tx.scan(PLANS)), list(tx.scan(ZONES)))
+            book = _build(version, list(tx.scan(PLANS)), list(tx.scan(PLAN_VERSIONS)),
+                          list(tx.scan(ZONES)))
             self._book = book
         return book
 
@@ -67,8 +135,10 @@ class PlanCache:
             if version == book.version and book.version is not None:
                 return book
             plan_rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.dbs[PLANS])]
+            version_rows = [(bytes(k), bytes(v))
+                            for k, v in txn.cursor(db=store.dbs[PLAN_VERSIONS])]
             zone_rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.dbs[ZONES])]
         with self._lock:
-            book = _build(version, plan_rows, zone_rows)
+            book = _build(version, plan_rows, version_rows, zone_rows)
             self._book = book
         return book

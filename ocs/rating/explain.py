@@ -73,6 +73,7 @@ class Explanation:
         w = self.winner
         return {
             "plan": self.plan.id,
+            "plan_version": self.plan.version,
             "service": c.service.value,
             "destination": c.destination,
             "at": dt.datetime.fromtimestamp(c.at, tz=dt.UTC).isoformat().replace("+00:00", "Z"),

@@ -130,6 +130,8 @@ class Plan:
     bands: dict[str, Band]
     tz: zoneinfo.ZoneInfo
     tries: dict[Service, PrefixTrie[tuple[Rate, ...]]]
+    version: int = 0
+    """Which load of the plan this is (``ocs plan history``); 0 = not from the store."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -342,7 +344,8 @@ def load_plans_file(path: str | Path, known_zones: set[str] | None = None) -> Pl
 
 
 def compile_plan(
-    table: dict[str, Any], *, where: str = "plan", known_zones: set[str] | None = None
+    table: dict[str, Any], *, where: str = "plan", known_zones: set[str] | None = None,
+    version: int = 0,
 ) -> Plan:
     """Validate one plan table and build its rating structures (tries per service)."""
     _check_keys(table, _PLAN_KEYS, where)
@@ -478,4 +481,5 @@ def compile_plan(
         bands=bands,
         tz=tz,
         tries=tries,
+        version=version,
     )

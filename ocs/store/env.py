@@ -29,6 +29,7 @@ SUBSCRIBERS = b"subscribers"  # msisdn -> Subscriber
 IDX_IMSI = b"idx_imsi"  # imsi -> msisdn
 IDX_USERNAME = b"idx_username"  # username -> msisdn
 PLANS = b"plans"  # plan id -> plan document (msgpack of the validated TOML table)
+PLAN_VERSIONS = b"plan_versions"  # plan id \0 u32 version -> PlanVersion (every load)
 ZONES = b"zones"  # zone id -> zone document
 BALANCES = b"balances"  # msisdn -> Balance (with the fraud rules' state)
 ALLOWANCES = b"allowances"  # msisdn -> Allowance
@@ -53,6 +54,7 @@ ALL_DBS = (
     IDX_IMSI,
     IDX_USERNAME,
     PLANS,
+    PLAN_VERSIONS,
     ZONES,
     BALANCES,
     ALLOWANCES,

@@ -101,6 +101,8 @@ class RateSnapshot(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     first_increment_s: int
     increment_s: int
     connect_fee: int
+    plan_version: int = 0
+    """The plan version the rate was taken from (0: a reservation made before versions)."""
 
 
 class Reservation(msgspec.Struct, array_like=True, kw_only=True):
@@ -168,6 +170,9 @@ class CdrRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     """5G S-NSSAI ("SST" or "SST-SD") of a PDU session charged over Nchf; "" otherwise."""
     dnn: str = ""
     """5G data network name of that PDU session."""
+    plan_version: int = 0
+    """The version of ``plan_id`` it was rated with (0: not rated, e.g. a refund, or
+    written before plan versions)."""
 
 
 class CdrExportState(msgspec.Struct, array_like=True, kw_only=True):
@@ -201,3 +206,21 @@ dec_allowance = msgspec.msgpack.Decoder(Allowance)
 dec_reservation = msgspec.msgpack.Decoder(Reservation)
 dec_cdr = msgspec.msgpack.Decoder(CdrRecord)
 dec_export_state = msgspec.msgpack.Decoder(CdrExportState)
+
+
+class PlanVersion(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """One load of a plan: it rates events from ``effective_at`` on, until a later
+    version's effective time (the highest version effective at an event's time wins)."""
+
+    version: int
+    effective_at: int
+    loaded_at: int
+    table: dict[str, Any]
+    """The validated TOML table, as loaded."""
+
+
+dec_plan_version = msgspec.msgpack.Decoder(PlanVersion)
+
+
+def plan_version_key(plan_id: str, version: int) -> bytes:
+    return plan_id.encode() + b"\x00" + version.to_bytes(4, "big")

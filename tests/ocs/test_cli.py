@@ -210,3 +210,42 @@ def test_rate_and_cdr_explain(inited: Path) -> None:
     assert "reproduced exactly" in text and "4500000 micro" in text
     missing = ocs("cdr", "explain", "nope-1", cwd=cwd, ok=False)
     assert missing.returncode == 1 and "no CDR" in missing.stderr
+
+
+def test_plan_versions_history_and_effective(inited: Path) -> None:
+    cwd = inited
+    plans = cwd / "config" / "plans.toml"
+    hist = json.loads(ocs("plan", "history", "prepaid-basic", "--json", cwd=cwd).stdout)
+    assert [(h["version"], h["effective_at"], h["in_effect_now"]) for h in hist] == [
+        (1, "from the start", True)]
+    same = json.loads(ocs("plan", "load", str(plans), "--json", cwd=cwd).stdout)
+    assert same["new_versions"] == {}
+    changed = cwd / "changed.toml"
+    changed.write_text(plans.read_text().replace(
+        'id = "voice-premium"\nservice = "voice"\nprice = "2.0000"',
+        'id = "voice-premium"\nservice = "voice"\nprice = "3.0000"'))
+    out = json.loads(ocs("plan", "load", str(changed), "--effective", "2099-01-01T00:00Z",
+                         "--json", cwd=cwd).stdout)
+    assert out["new_versions"] == {"prepaid-basic": 2}
+    assert out["effective_at"] == "2099-01-01T00:00:00Z"
+    hist = json.loads(ocs("plan", "history", "prepaid-basic", "--json", cwd=cwd).stdout)
+    assert [(h["version"], h["in_effect_now"]) for h in hist] == [(1, True), (2, False)]
+    assert hist[1]["effective_at"] == "2099-01-01T00:00:00Z"
+
+    def premium(at: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(ocs("rate", "explain", "--plan", "prepaid-basic", "--service",
+                              "voice", "--units", "60", "--destination", "41900123456",
+                              "--at", at, "--json", cwd=cwd).stdout)
+
+    assert (premium("2098-12-31T23:59Z")["plan_version"],
+            premium("2098-12-31T23:59Z")["charge"]) == (1, "2.5000")
+    assert (premium("2099-01-01T00:00Z")["plan_version"],
+            premium("2099-01-01T00:00Z")["charge"]) == (2, "3.5000")
+    ch = json.loads(ocs("charge", "41790000001", "--service", "voice", "--units", "60",
+                        "--destination", "41900123456", "--json", cwd=cwd).stdout)
+    assert ch["charged"] == "2.5000"  # today: version 1
+    cdr = json.loads(ocs("cdr", "explain", ch["record_id"], "--json", cwd=cwd).stdout)
+    assert cdr["plan_version"] == 1 and cdr["reproduced"] is True
+    bad = ocs("plan", "load", str(changed), "--effective", "tomorrow", cwd=cwd, ok=False)
+    assert bad.returncode == 2 and "--effective" in bad.stderr
+    assert ocs("plan", "history", "nope", cwd=cwd, ok=False).returncode == 1

@@ -154,10 +154,10 @@ def test_edited_cdr_file_is_caught(world: World) -> None:
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda t: t[:-1], "truncated"),
-    (lambda t: t[:-30], "expected 25 fields"),
+    (lambda t: t[:-30], "expected 26 fields"),
     (lambda t: t.replace(",0.200000,", ",zero,"), "charge"),
     (lambda t: t.replace("2026-11-20T12:00:00Z", "20/11/2026"), "end_time"),
-    (lambda t: t + "a,b,c\n", "expected 25 fields"),
+    (lambda t: t + "a,b,c\n", "expected 26 fields"),
 ])
 def test_malformed_file_fails_with_file_and_line(world: World, damage, message) -> None:  # type: ignore[no-untyped-def]
     world.charge(BIZ, Service.SMS, 1, "4179", NOV_20, "26201")

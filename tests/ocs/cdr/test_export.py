@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -285,7 +286,7 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
         list(read_cdr_file(bad))
     short = tmp_path / "short.csv"
     short.write_text(lines[0] + lines[1][:40] + "\n")
-    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 25 fields"):
+    with pytest.raises(CdrFormatError, match=r"short.csv:2: expected 26 fields"):
         list(read_cdr_file(short))
     truncated = tmp_path / "trunc.csv"
     truncated.write_text(lines[0] + lines[1].rstrip("\n"))
@@ -298,23 +299,30 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
 
 
 def test_reader_takes_files_written_before_the_5g_columns(tmp_path: Path) -> None:
-    """Files of the release before slice and dnn (23 columns) still read, as no slice."""
+    """Files of the releases before slice and dnn (23 columns) and before plan_version
+    (25) still read, as no slice and version 0."""
     make_store(tmp_path / "s", 2)
     with Store(tmp_path / "s") as s:
         exporter(s, tmp_path / "cdr").flush(NOW)
     (good,) = closed_cdr_files(tmp_path / "cdr")
     rows = list(csv.reader(io.StringIO(good.read_text())))
-    assert rows[0][-2:] == ["slice", "dnn"]
+    assert rows[0][-3:] == ["slice", "dnn", "plan_version"]
 
     def write(p: Path, rows: list[list[str]]) -> None:
         with p.open("w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows(rows)
 
+    new = [r.record for r in read_cdr_file(good)]
+    assert all(r.plan_version == 1 for r in new)
     old = tmp_path / "old.csv"
     write(old, [r[:23] for r in rows])
-    new = [r.record for r in read_cdr_file(good)]
     back = [r.record for r in read_cdr_file(old)]
-    assert back == new and all(r.slice == "" and r.dnn == "" for r in back)
+    assert back == [msgspec.structs.replace(r, plan_version=0) for r in new]
+    assert all(r.slice == "" and r.dnn == "" for r in back)
+    fiveg = tmp_path / "fiveg.csv"
+    write(fiveg, [r[:25] for r in rows])
+    assert [r.record for r in read_cdr_file(fiveg)] == [
+        msgspec.structs.replace(r, plan_version=0) for r in new]
     mixed = tmp_path / "bad.csv"  # an old header with new rows: a width error, not a guess
     write(mixed, [rows[0][:23], rows[1]])
     with pytest.raises(CdrFormatError, match=r"bad.csv:2: expected 23 fields"):
@@ -340,7 +348,8 @@ text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
     visited_network=st.from_regex(r"([0-9]{5,6})?", fullmatch=True), protocol=text,
     result=text, allowance_units=st.integers(-(2**40), 2**40),
     characters=st.integers(0, 10**6),
-    slice=st.sampled_from(["", "1", "2-00ab01", "255-ffffff"]), dnn=text))
+    slice=st.sampled_from(["", "1", "2-00ab01", "255-ffffff"]), dnn=text,
+    plan_version=st.integers(0, 2**32)))
 def test_record_round_trips_through_the_file_format(tmp_path_factory: pytest.TempPathFactory,
                                                     rec: CdrRecord) -> None:
     p = tmp_path_factory.mktemp("rt") / "cdr_x.csv"

@@ -175,20 +175,28 @@ def test_explained_before_it_is_charged_is_what_it_costs(engine: ChargingEngine)
     assert agreed > 150
 
 
-def test_a_changed_plan_no_longer_reproduces_and_says_so(engine: ChargingEngine,
-                                                         tmp_path: Path) -> None:
+def test_a_record_keeps_explaining_after_its_plan_changed(engine: ChargingEngine,
+                                                           tmp_path: Path) -> None:
+    """The CDR names the plan version it was rated with: a later price change does not
+    stop it from being reproduced exactly (nor does a version effective later)."""
     provision(engine)
     d = engine.debit_sync(DebitRequest(request_key=b"a", subscriber=ids("41790000001"),
                                        service=Service.VOICE, units=61,
                                        destination="41900123456", now=T0))
     assert d.ok and d.charged == 4_500_000
-    text = (CONFIG_DIR / "plans.toml").read_text().replace(
-        'id = "voice-premium"\nservice = "voice"\nprice = "2.0000"',
-        'id = "voice-premium"\nservice = "voice"\nprice = "3.0000"')
-    assert "3.0000" in text
-    engine.store.run_write(op_load_plans(parse_plans_document(text, "new.toml")))
+    engine.store.run_write(op_load_plans(parse_plans_document(PREMIUM_3, "new.toml"),
+                                         effective_at=T0 - 3600))
     (rec,) = records(engine, tmp_path / "cdr")
+    assert rec.plan_version == 1
     x = explain_cdr(engine, rec, [])
-    assert not x.reproduced and x.explanation is not None
-    assert x.explanation.charge == 6_500_000
-    assert "terms changed" in x.notes[-1]
+    assert x.reproduced and x.explanation is not None
+    assert x.explanation.charge == 4_500_000 and x.explanation.plan.version == 1
+    now = explain_event(engine, service=Service.VOICE, units=61, at=T0,
+                        subscriber=ids("41790000001"), destination="41900123456")
+    assert now.explanation.plan.version == 2 and now.explanation.charge == 6_500_000
+
+
+PREMIUM_3 = (CONFIG_DIR / "plans.toml").read_text().replace(
+    'id = "voice-premium"\nservice = "voice"\nprice = "2.0000"',
+    'id = "voice-premium"\nservice = "voice"\nprice = "3.0000"')
+assert "3.0000" in PREMIUM_3
