@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,6 +98,16 @@ def build_parser() -> _Parser:
                    "default: a changed plan now, a new plan from the start")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_load)
+    p = psub.add_parser("import-rates", parents=[common],
+                        help="a rate deck (CSV) as the plan's rates for one service")
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--plan", required=True, metavar="ID")
+    p.add_argument("--service", required=True, choices=["voice", "sms", "data"])
+    p.add_argument("--effective", metavar="TIME",
+                   help="when the new version takes effect (ISO 8601 with a zone); "
+                   "default now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_import_rates)
     p = psub.add_parser("history", parents=[common], help="a plan's versions")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
@@ -488,6 +498,58 @@ def cmd_plan_load(args: argparse.Namespace) -> int:
           "new_versions": changed,
           "effective_at": _iso(effective) if effective is not None else None})
     return 0
+
+
+def cmd_plan_import_rates(args: argparse.Namespace) -> int:
+    from ocs.provisioning import stored_plan_versions
+    from ocs.rating.deck import read_deck, with_deck
+    from ocs.rating.plans import PlansDocument
+
+    cfg = _config(args)
+    effective = _event_time(args.effective, "--effective") if args.effective else None
+    service = Service(args.service)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    started = time.monotonic()
+    with _open(cfg) as store:
+        versions = stored_plan_versions(store, args.plan)
+        if not versions:
+            raise CliError(f"no plan {args.plan!r}", EXIT_FAILURE)
+        zones = stored_zone_ids(store)
+        with _progress(f"reading {path.name}") as tick:
+            rates = read_deck(path, service, versions[-1].table, known_zones=zones,
+                              progress=tick)
+        table = with_deck(versions[-1].table, service, rates)
+        changed: dict[str, int] = {}
+        store.run_write(op_load_plans(PlansDocument(plans=(table,), zones=()),
+                                      effective_at=effective, report=changed,
+                                      based_on={args.plan: versions[-1].version}))
+    secs = time.monotonic() - started
+    version = changed.get(args.plan)
+    when = _iso(effective) if effective is not None else "now"
+    _say(args, f"{len(rates):,} {service.value} rates from {path.name} in {secs:.1f} s: "
+         + (f"plan {args.plan} version {version}, effective {when}" if version else
+            f"plan {args.plan} already has exactly these rates (no new version)"),
+         {"plan": args.plan, "service": service.value, "rates": len(rates),
+          "version": version, "effective_at": _iso(effective) if effective is not None
+          else None, "seconds": round(secs, 3)})
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int], None]]:
+    """A progress line on a terminal (stderr); nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:,} rows"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.update(task, completed=n)
 
 
 def cmd_plan_history(args: argparse.Namespace) -> int:
@@ -934,6 +996,9 @@ def _print_explanation(e: dict[str, Any]) -> None:
     _table("Candidate rates", ["rate", "prefix", "price", "matched", "why"],
            [[c["rate"], c["prefix"] or "*", f"{c['price']}/{c['unit']}",
              "yes" if c["matched"] else "no", c["why"]] for c in e["candidates"]])
+    if e["unlisted_other_prefixes"]:
+        print(f"(and {e['unlisted_other_prefixes']:,} more {e['service']} rates whose prefix "
+              "does not start the destination)")
     print(f"winner: {e['winner'] or 'none'}")
     for line in e["arithmetic"]:
         print(f"  {line}")

@@ -286,15 +286,17 @@ def stored_plan_versions(store: Store, plan_id: str) -> list[PlanVersion]:
 
 
 def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
-                  now: int | None = None, report: dict[str, int] | None = None
-                  ) -> Callable[[Tx], int]:
+                  now: int | None = None, report: dict[str, int] | None = None,
+                  based_on: dict[str, int] | None = None) -> Callable[[Tx], int]:
     """Store every plan and zone of a validated document; bumps the plans version.
 
     A plan whose table differs from its latest version (or that is new) gets a new
     version, effective at ``effective_at``; by default a new plan from the start and a
     changed one from ``now`` (the load). A table the same as the plan's latest version
     adds nothing.
-    ``report`` gets the new version number of each plan that has one."""
+    ``report`` gets the new version number of each plan that has one. ``based_on``
+    (plan id -> version): refuse if a plan's latest version is no longer that one (the
+    table was derived from it, and someone loaded another meanwhile)."""
 
     def op(tx: Tx) -> int:
         at = int(time.time()) if now is None else now
@@ -303,6 +305,11 @@ def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
         for table in doc.plans:
             pid = str(table["id"])
             versions = plan_versions(tx, pid)
+            if based_on is not None and pid in based_on and (
+                    not versions or versions[-1].version != based_on[pid]):
+                raise ProvisioningError(f"plan {pid} changed meanwhile (now version "
+                                        f"{versions[-1].version if versions else 0}); "
+                                        "run it again")
             if versions and _enc.encode(versions[-1].table) == _enc.encode(table):
                 continue  # nothing new
             if versions and versions[0].loaded_at == 0:  # stored before versions: keep

@@ -9,13 +9,15 @@ import sim.fuzz_cmd
 import sim.nchf_cmd
 import sim.nms_cmd
 import sim.radius_cmd
+import sim.rating_cmd
 import sim.scaling
 import sim.scenario
 import sim.smpp_cmd
 import sim.snmp_cmd
 
 MODULES = (sim.billing_cmd, sim.core_cmd, sim.diameter_cmd, sim.fuzz_cmd, sim.nchf_cmd,
-           sim.nms_cmd, sim.radius_cmd, sim.scaling, sim.scenario, sim.smpp_cmd, sim.snmp_cmd)
+           sim.nms_cmd, sim.radius_cmd, sim.rating_cmd, sim.scaling, sim.scenario,
+           sim.smpp_cmd, sim.snmp_cmd)
 
 
 def load_all() -> None:

@@ -47,7 +47,7 @@ def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: i
     if subscriber is None:
         plan = book.plan_at(plan_id, at)
         if plan is None:
-            raise ExplainError(f"no plan {plan_id!r}" if plan_id not in book.plans else
+            raise ExplainError(f"no plan {plan_id!r}" if not book.has_plan(plan_id) else
                                f"plan {plan_id!r} has no version in effect at {at}")
         return EventExplanation(explanation=explain(plan, ctx, units))
     with engine.store.read() as txn:

@@ -11,46 +11,68 @@ import msgspec
 
 from ocs.rating.plans import Plan, compile_plan
 from ocs.store.env import META, META_PLANS_VERSION, PLAN_VERSIONS, PLANS, ZONES, Store
-from ocs.store.records import PlanVersion, dec_plan_version
+from ocs.store.records import PlanVersionHead, dec_plan_version, dec_plan_version_head
 from ocs.store.tx import Tx
 
 _dec_table = msgspec.msgpack.Decoder(dict[str, Any])
 _dec_networks = msgspec.msgpack.Decoder(list[str])
+_FIRST = PlanVersionHead(version=1, effective_at=0, loaded_at=0)
 
 
 class PlanBook:
     """The plans a process rates with: every version of every plan, and which version
     applies when (the highest version whose effective time has come)."""
 
-    __slots__ = ("_compiled", "_known_zones", "_tables", "_timelines", "plans", "version",
+    __slots__ = ("_compiled", "_known_zones", "_latest", "_sources", "_timelines", "version",
                  "zone_of_network")
 
     def __init__(self, version: bytes | None = None,
-                 versions: dict[str, list[PlanVersion]] | None = None,
+                 versions: dict[str, list[tuple[PlanVersionHead, bytes, bool]]] | None = None,
                  zone_of_network: dict[str, str] | None = None,
-                 known_zones: set[str] | None = None):
+                 known_zones: set[str] | None = None,
+                 compiled: dict[tuple[str, int], Plan] | None = None):
         self.version = version
         self.zone_of_network = zone_of_network or {}
         self._known_zones = known_zones or set()
-        self._tables: dict[tuple[str, int], dict[str, Any]] = {}
-        self._compiled: dict[tuple[str, int], Plan] = {}
+        self._sources: dict[tuple[str, int], tuple[bytes, bool]] = {}
+        """The stored bytes of each version (a PlanVersion, or for a plan stored before
+        versions its bare table), decoded when the version is first compiled."""
+        self._compiled: dict[tuple[str, int], Plan] = {} if compiled is None else compiled
+        """Versions never change once stored: the book before this one hands over what
+        it compiled, so a load compiles only its new versions (a 100,000-rate deck
+        once, not at every load of any plan)."""
         self._timelines: dict[str, tuple[list[int], list[int]]] = {}
-        self.plans: dict[str, Plan] = {}
-        """Each plan's latest loaded version (``ocs plan show``; a plan alone)."""
+        self._latest: dict[str, int] = {}
         for pid, vs in (versions or {}).items():
-            for v in vs:
-                self._tables[(pid, v.version)] = v.table
-            self._timelines[pid] = _timeline(vs)
-            self.plans[pid] = self.plan_version(pid, vs[-1].version)  # type: ignore[assignment]
+            for head, raw, full in vs:
+                self._sources[(pid, head.version)] = (raw, full)
+            self._timelines[pid] = _timeline([head for head, _, _ in vs])
+            self._latest[pid] = vs[-1][0].version
+
+    def has_plan(self, plan_id: str) -> bool:
+        return plan_id in self._latest
+
+    @property
+    def plans(self) -> dict[str, Plan]:
+        """Each plan's latest loaded version (compiled now if not yet: a plan with a
+        rate deck takes a while, so rating compiles only the versions it uses)."""
+        out: dict[str, Plan] = {}
+        for pid, number in self._latest.items():
+            plan = self.plan_version(pid, number)
+            assert plan is not None
+            out[pid] = plan
+        return out
 
     def plan_version(self, plan_id: str, version: int) -> Plan | None:
         """One version of a plan (compiled once, when first asked for)."""
         key = (plan_id, version)
         plan = self._compiled.get(key)
         if plan is None:
-            table = self._tables.get(key)
-            if table is None:
+            source = self._sources.get(key)
+            if source is None:
                 return None
+            raw, full = source
+            table = dec_plan_version.decode(raw).table if full else _dec_table.decode(raw)
             plan = compile_plan(table, where=f"plan {plan_id} version {version}",
                                 known_zones=self._known_zones, version=version)
             self._compiled[key] = plan
@@ -73,7 +95,7 @@ class PlanBook:
         return plan if plan is not None else self.plan_version(plan_id, numbers[i])
 
 
-def _timeline(versions: list[PlanVersion]) -> tuple[list[int], list[int]]:
+def _timeline(versions: list[PlanVersionHead]) -> tuple[list[int], list[int]]:
     """(times, version numbers): from each time on, that version applies — the highest
     version whose effective time has come."""
     starts: list[int] = []
@@ -88,22 +110,23 @@ def _timeline(versions: list[PlanVersion]) -> tuple[list[int], list[int]]:
 
 def _build(version: bytes | None, plan_rows: list[tuple[bytes, bytes]],
            version_rows: list[tuple[bytes, bytes]],
-           zone_rows: list[tuple[bytes, bytes]]) -> PlanBook:
+           zone_rows: list[tuple[bytes, bytes]], before: PlanBook) -> PlanBook:
     zone_of: dict[str, str] = {}
     for zid, raw in zone_rows:
         for net in _dec_networks.decode(raw):
             zone_of[net] = zid.decode()
-    versions: dict[str, list[PlanVersion]] = {}
+    versions: dict[str, list[tuple[PlanVersionHead, bytes, bool]]] = {}
     for k, raw in version_rows:
         versions.setdefault(k.split(b"\x00", 1)[0].decode(), []).append(
-            dec_plan_version.decode(raw))
+            (dec_plan_version_head.decode(raw), raw, True))
     for pid, raw in plan_rows:  # a plan stored before versions: its version 1
         if pid.decode() not in versions:
-            versions[pid.decode()] = [PlanVersion(version=1, effective_at=0, loaded_at=0,
-                                                  table=_dec_table.decode(raw))]
-    return PlanBook(version, {pid: sorted(vs, key=lambda v: v.version)
-                              for pid, vs in versions.items()}, zone_of,
-                    {z.decode() for z, _ in zone_rows})
+            versions[pid.decode()] = [(_FIRST, raw, False)]
+    known = {z.decode() for z, _ in zone_rows}
+    same_zones = known == before._known_zones and zone_of == before.zone_of_network
+    return PlanBook(version, {pid: sorted(vs, key=lambda v: v[0].version)
+                              for pid, vs in versions.items()}, zone_of, known,
+                    before._compiled if same_zones else None)
 
 
 class PlanCache:
@@ -124,7 +147,7 @@ class PlanCache:
             return book
         with self._lock:
             book = _build(version, list(tx.scan(PLANS)), list(tx.scan(PLAN_VERSIONS)),
-                          list(tx.scan(ZONES)))
+                          list(tx.scan(ZONES)), self._book)
             self._book = book
         return book
 
@@ -139,6 +162,6 @@ class PlanCache:
                             for k, v in txn.cursor(db=store.dbs[PLAN_VERSIONS])]
             zone_rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.dbs[ZONES])]
         with self._lock:
-            book = _build(version, plan_rows, version_rows, zone_rows)
+            book = _build(version, plan_rows, version_rows, zone_rows, self._book)
             self._book = book
         return book

@@ -160,6 +160,8 @@ def select_rate(plan: Plan, ctx: UsageContext, trace: Trace | None = None) -> Ra
     best: Rate | None = None
     best_key: tuple[int, int, int, int, int, int] | None = None
     for plen, rates in trie.matches(ctx.destination):
+        if best is not None and trace is None and not ctx.roaming:
+            break  # at home every key starts (0, plen): a shorter prefix cannot win
         for rate in rates:
             if ctx.roaming:
                 if ctx.zone is not None and ctx.zone in rate.zones:

@@ -53,6 +53,8 @@ class Explanation:
     units: int
     zero_rated: bool
     candidates: tuple[Candidate, ...]
+    unlisted: int
+    """Rates of the service whose prefix does not start the destination, not listed."""
     winner: Rate | None
     allowance_units: int
     session_units_before: int
@@ -85,6 +87,7 @@ class Explanation:
             "units": self.units,
             "zero_rated": self.zero_rated,
             "candidates": [x.to_json() for x in self.candidates],
+            "unlisted_other_prefixes": self.unlisted,
             "winner": w.id if w is not None else None,
             "allowance_units": self.allowance_units,
             "chargeable_units": self.chargeable_units,
@@ -108,21 +111,31 @@ def _less_specific(key: tuple[int, ...], best: tuple[int, ...], winner: Rate) ->
     return f"matches, but {winner.id} wins"  # (keys are unique: order is in them)
 
 
-def candidates(plan: Plan, ctx: UsageContext) -> tuple[Rate | None, tuple[Candidate, ...]]:
-    """The rate live rating picks, and every rate of the service with why it did or did
-    not match, in plan order."""
+LIST_OTHER_PREFIXES = 20
+"""Rates whose prefix does not start the destination are listed up to this many (a
+plan with a rate deck has thousands); past it they are only counted."""
+
+
+def candidates(plan: Plan, ctx: UsageContext) -> tuple[Rate | None, tuple[Candidate, ...],
+                                                        int]:
+    """The rate live rating picks; every rate of the service whose prefix starts the
+    destination with why it did or did not match, in plan order (the others too, when
+    few); and how many others were left out."""
     trace: Trace = []
     winner = select_rate(plan, ctx, trace)
     seen = {id(rate): (why, key) for rate, why, key in trace}
     best = seen[id(winner)][1] if winner is not None else None
+    others = sum(1 for r in plan.rates if r.service is ctx.service) - len(seen)
+    listed = others <= LIST_OTHER_PREFIXES
     out: list[Candidate] = []
     for rate in plan.rates:
         if rate.service is not ctx.service:
             continue
         if id(rate) not in seen:
-            out.append(Candidate(rate=rate, matched=False,
-                                 why=f"prefix {rate.prefix} does not start "
-                                     f"{ctx.destination or 'the (empty) destination'}"))
+            if listed:
+                out.append(Candidate(rate=rate, matched=False,
+                                     why=f"prefix {rate.prefix} does not start "
+                                         f"{ctx.destination or 'the (empty) destination'}"))
             continue
         why, key = seen[id(rate)]
         if key is None:
@@ -134,7 +147,7 @@ def candidates(plan: Plan, ctx: UsageContext) -> tuple[Rate | None, tuple[Candid
             assert best is not None and winner is not None
             out.append(Candidate(rate=rate, matched=True,
                                  why=_less_specific(key, best, winner), key=key))
-    return winner, tuple(out)
+    return winner, tuple(out), 0 if listed else others
 
 
 def _units(rate: Rate, n: int) -> str:
@@ -147,21 +160,22 @@ def explain(plan: Plan, ctx: UsageContext, units: int, *, allowance_units: int =
             session_units_before: int = 0) -> Explanation:
     """Explain rating ``units`` of which ``allowance_units`` come from the plan's
     allowance, after ``session_units_before`` chargeable units of the same session."""
-    winner, cands = candidates(plan, ctx)
+    winner, cands, unlisted = candidates(plan, ctx)
     zero = is_zero_rated(plan, ctx)
     lines: list[str] = []
     if zero:
         lines.append(f"rating group {ctx.rating_group} is zero-rated on plan {plan.id}: "
                      "nothing is charged, no rate applies")
         return Explanation(plan=plan, ctx=ctx, units=units, zero_rated=True,
-                           candidates=cands, winner=None, allowance_units=0,
+                           candidates=cands, unlisted=unlisted, winner=None, allowance_units=0,
                            session_units_before=session_units_before, billed_units=0,
                            cost_before=0, cost_after=0, charge=0, arithmetic=tuple(lines))
     if winner is None:
         lines.append(f"no {ctx.service.value} rate of plan {plan.id} matches: the event is "
                      "refused (RATING_FAILED)")
         return Explanation(plan=plan, ctx=ctx, units=units, zero_rated=False,
-                           candidates=cands, winner=None, allowance_units=allowance_units,
+                           candidates=cands, unlisted=unlisted, winner=None,
+                           allowance_units=allowance_units,
                            session_units_before=session_units_before, billed_units=0,
                            cost_before=0, cost_after=0, charge=0, arithmetic=tuple(lines))
     r = winner
@@ -194,6 +208,6 @@ def explain(plan: Plan, ctx: UsageContext, units: int, *, allowance_units: int =
                  f"{plan.currency}" if before else
                  f"charge = {charge} micro = {format_amount(charge)} {plan.currency}")
     return Explanation(plan=plan, ctx=ctx, units=units, zero_rated=False, candidates=cands,
-                       winner=r, allowance_units=allowance_units,
+                       unlisted=unlisted, winner=r, allowance_units=allowance_units,
                        session_units_before=before, billed_units=billed, cost_before=prior,
                        cost_after=after, charge=charge, arithmetic=tuple(lines))

@@ -403,61 +403,11 @@ def compile_plan(
     seen_rate: set[str] = set()
     for i, r in enumerate(rl):
         rw = f"{where}.rates[{i}]"
-        if not isinstance(r, dict):
-            raise _err(rw, "expected a table")
-        _check_keys(r, _RATE_KEYS, rw)
-        rid = _id(r, rw)
-        if rid in seen_rate:
-            raise _err(f"{rw}.id", f"duplicate rate {rid!r}")
-        seen_rate.add(rid)
-        svc_s = _str(r, "service", rw)
-        try:
-            svc = Service(svc_s)
-        except ValueError as exc:
-            raise _err(f"{rw}.service",
-                       f"expected data, voice, sms, mms or time, got {svc_s!r}") from exc
-        default_unit = {"data": "MB", "voice": "minute", "sms": "message", "mms": "message",
-                        "time": "minute"}
-        unit = _str(r, "unit", rw, default_unit[svc.value])
-        sizes = UNIT_SIZES[svc]
-        if unit not in sizes:
-            raise _err(f"{rw}.unit", f"for {svc.value} expected one of {', '.join(sizes)}")
-        rgs = _list(r, "rating_groups", rw, int)
-        prefix = _str(r, "prefix", rw, "")
-        if prefix and not (prefix.isascii() and prefix.isdigit()):
-            raise _err(f"{rw}.prefix", f"expected E.164 digits, got {prefix!r}")
-        first = _int(r, "first_increment_s", rw, 1 if svc in TIMED else 0)
-        inc = _int(r, "increment_s", rw, 1, minimum=1)
-        zones = _list(r, "zones", rw, str) or []
-        for j, z in enumerate(zones):
-            if z != "*" and known_zones is not None and z not in known_zones:
-                raise _err(f"{rw}.zones[{j}]", f"unknown zone {z!r}")
-        rbands = _list(r, "bands", rw, str) or []
-        for j, bname in enumerate(rbands):
-            if bname not in bands:
-                raise _err(f"{rw}.bands[{j}]", f"unknown band {bname!r}")
-        slices = [_slice(x, f"{rw}.slices[{j}]")
-                  for j, x in enumerate(_list(r, "slices", rw, str) or [])]
-        if slices and svc is not Service.DATA:
-            raise _err(f"{rw}.slices", "only data rates price 5G slices")
-        rates.append(
-            Rate(
-                id=rid,
-                service=svc,
-                price=_money(r, "price", rw),
-                unit=unit,
-                unit_size=sizes[unit],
-                rating_groups=frozenset(rgs) if rgs is not None else None,
-                prefix=prefix,
-                first_increment_s=first,
-                increment_s=inc,
-                connect_fee=_money(r, "connect_fee", rw),
-                zones=frozenset(zones),
-                bands=tuple(rbands),
-                order=i,
-                slices=frozenset(slices),
-            )
-        )
+        rate = compile_rate(r, rw, order=i, bands=bands, known_zones=known_zones)
+        if rate.id in seen_rate:
+            raise _err(f"{rw}.id", f"duplicate rate {rate.id!r}")
+        seen_rate.add(rate.id)
+        rates.append(rate)
     tries: dict[Service, PrefixTrie[tuple[Rate, ...]]] = {}
     for svc in Service:
         by_prefix: dict[str, list[Rate]] = {}
@@ -482,4 +432,61 @@ def compile_plan(
         tz=tz,
         tries=tries,
         version=version,
+    )
+
+
+_DEFAULT_UNIT = {"data": "MB", "voice": "minute", "sms": "message", "mms": "message",
+                 "time": "minute"}
+
+
+def compile_rate(r: Any, rw: str, *, order: int, bands: dict[str, Band] | set[str],
+                 known_zones: set[str] | None) -> Rate:
+    """Validate one rate table (``rw`` names it in errors) into a :class:`Rate`."""
+    if not isinstance(r, dict):
+        raise _err(rw, "expected a table")
+    _check_keys(r, _RATE_KEYS, rw)
+    rid = _id(r, rw)
+    svc_s = _str(r, "service", rw)
+    try:
+        svc = Service(svc_s)
+    except ValueError as exc:
+        raise _err(f"{rw}.service",
+                   f"expected data, voice, sms, mms or time, got {svc_s!r}") from exc
+    unit = _str(r, "unit", rw, _DEFAULT_UNIT[svc.value])
+    sizes = UNIT_SIZES[svc]
+    if unit not in sizes:
+        raise _err(f"{rw}.unit", f"for {svc.value} expected one of {', '.join(sizes)}")
+    rgs = _list(r, "rating_groups", rw, int)
+    prefix = _str(r, "prefix", rw, "")
+    if prefix and not (prefix.isascii() and prefix.isdigit()):
+        raise _err(f"{rw}.prefix", f"expected E.164 digits, got {prefix!r}")
+    first = _int(r, "first_increment_s", rw, 1 if svc in TIMED else 0)
+    inc = _int(r, "increment_s", rw, 1, minimum=1)
+    zones = _list(r, "zones", rw, str) or []
+    for j, z in enumerate(zones):
+        if z != "*" and known_zones is not None and z not in known_zones:
+            raise _err(f"{rw}.zones[{j}]", f"unknown zone {z!r}")
+    rbands = _list(r, "bands", rw, str) or []
+    for j, bname in enumerate(rbands):
+        if bname not in bands:
+            raise _err(f"{rw}.bands[{j}]", f"unknown band {bname!r}")
+    slices = [_slice(x, f"{rw}.slices[{j}]")
+              for j, x in enumerate(_list(r, "slices", rw, str) or [])]
+    if slices and svc is not Service.DATA:
+        raise _err(f"{rw}.slices", "only data rates price 5G slices")
+    return Rate(
+        id=rid,
+        service=svc,
+        price=_money(r, "price", rw),
+        unit=unit,
+        unit_size=sizes[unit],
+        rating_groups=frozenset(rgs) if rgs is not None else None,
+        prefix=prefix,
+        first_increment_s=first,
+        increment_s=inc,
+        connect_fee=_money(r, "connect_fee", rw),
+        zones=frozenset(zones),
+        bands=tuple(rbands),
+        order=order,
+        slices=frozenset(slices),
     )

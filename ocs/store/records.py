@@ -224,3 +224,14 @@ dec_plan_version = msgspec.msgpack.Decoder(PlanVersion)
 
 def plan_version_key(plan_id: str, version: int) -> bytes:
     return plan_id.encode() + b"\x00" + version.to_bytes(4, "big")
+
+
+class PlanVersionHead(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """The first fields of a :class:`PlanVersion` (decoding skips the table)."""
+
+    version: int
+    effective_at: int
+    loaded_at: int
+
+
+dec_plan_version_head = msgspec.msgpack.Decoder(PlanVersionHead)

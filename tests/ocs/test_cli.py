@@ -249,3 +249,28 @@ def test_plan_versions_history_and_effective(inited: Path) -> None:
     bad = ocs("plan", "load", str(changed), "--effective", "tomorrow", cwd=cwd, ok=False)
     assert bad.returncode == 2 and "--effective" in bad.stderr
     assert ocs("plan", "history", "nope", cwd=cwd, ok=False).returncode == 1
+
+
+def test_plan_import_rates(inited: Path) -> None:
+    cwd = inited
+    good = cwd / "deck.csv"
+    good.write_text("prefix,price,first_increment_s,increment_s\n4930,0.2,30,6\n44,0.25,1,1\n")
+    out = json.loads(ocs("plan", "import-rates", str(good), "--plan", "prepaid-basic",
+                         "--service", "voice", "--json", cwd=cwd).stdout)
+    assert (out["rates"], out["version"]) == (2, 2)
+    x = json.loads(ocs("rate", "explain", "--plan", "prepaid-basic", "--service", "voice",
+                       "--destination", "4930123456", "--units", "61", "--json",
+                       cwd=cwd).stdout)
+    assert (x["winner"], x["charge"], x["plan_version"]) == ("deck-voice-4930", "0.2200", 2)
+    again = json.loads(ocs("plan", "import-rates", str(good), "--plan", "prepaid-basic",
+                           "--service", "voice", "--json", cwd=cwd).stdout)
+    assert again["version"] is None  # the same deck: no new version
+    bad = cwd / "bad.csv"
+    bad.write_text("prefix,price\n33,0.1\n34,zero\n")
+    fail = ocs("plan", "import-rates", str(bad), "--plan", "prepaid-basic", "--service",
+               "voice", cwd=cwd, ok=False)
+    assert fail.returncode == 2 and "bad.csv:3: price" in fail.stderr
+    hist = json.loads(ocs("plan", "history", "prepaid-basic", "--json", cwd=cwd).stdout)
+    assert len(hist) == 2  # nothing of the bad file applied
+    assert ocs("plan", "import-rates", str(good), "--plan", "nope", "--service", "voice",
+               cwd=cwd, ok=False).returncode == 1
