@@ -158,6 +158,7 @@ class Server:
         """Where the health checks, the SNMP trap receiver and the NMS raise and clear
         alarms."""
         self.remediator: Any = None
+        self._stop_warming: Callable[[], None] | None = None
         """Auto-remediation of raised alarms on NMS elements (worker 0)."""
         self.exporter = None if not self.primary else ExporterProcess({
             "data_dir": str(cfg.data_dir),
@@ -351,6 +352,7 @@ class Server:
 
     async def start(self) -> None:
         metrics.BUILD_INFO.labels(build_version(), platform.python_version()).set(1)
+        self._stop_warming = self.engine.plans.start_warming(self.store)
         await self.writer.start()
         if self.exporter is not None:
             await self.exporter.start()
@@ -521,6 +523,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.writer.stop()
+        if self._stop_warming is not None:
+            self._stop_warming()
         code = await self.exporter.stop() if self.exporter is not None else None
         if self._run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)

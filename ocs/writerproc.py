@@ -33,6 +33,7 @@ NO_LIMITS = Limits()
 def operations(store: Store, conf: dict[str, Any]) -> OpTable:
     """The write operations by name, for the writer process."""
     engine = ChargingEngine(store, None, settings_from_data(conf["engine"]))
+    engine.plans.start_warming(store)
     table: OpTable = {name: (req_t, res_t, getattr(engine, "op_" + name))
                       for name, (req_t, res_t) in OPERATIONS.items()}
     table.update(noc.AlarmOps(Limits(**conf["alarms"])).table())

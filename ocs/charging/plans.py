@@ -4,7 +4,10 @@ plans version changes (``ocs plan load`` bumps it)."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -48,6 +51,18 @@ class PlanBook:
                 self._sources[(pid, head.version)] = (raw, full)
             self._timelines[pid] = _timeline([head for head, _, _ in vs])
             self._latest[pid] = vs[-1][0].version
+
+    def warm(self, now: int) -> int:
+        """Compile every version that applies from ``now`` on (the current one and any
+        scheduled); returns how many were compiled."""
+        done = 0
+        for pid, (starts, numbers) in self._timelines.items():
+            first = max(0, bisect.bisect_right(starts, now) - 1)
+            for number in numbers[first:]:
+                if (pid, number) not in self._compiled:
+                    self.plan_version(pid, number)
+                    done += 1
+        return done
 
     def has_plan(self, plan_id: str) -> bool:
         return plan_id in self._latest
@@ -131,6 +146,29 @@ def _build(version: bytes | None, plan_rows: list[tuple[bytes, bytes]],
 
 class PlanCache:
     """Thread-safe holder of the current :class:`PlanBook`."""
+
+    def start_warming(self, store: Store, interval_s: float = 1.0) -> Callable[[], None]:
+        """A daemon thread that, after every plans change, compiles the versions in
+        effect and scheduled: a 100,000-rate deck is compiled here in the background
+        (a couple of seconds, sharing the GIL), not by the first charge that needs it
+        (which would hold every answer behind it). Call the returned function to stop
+        it (before the store closes)."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):  # (a store closing under us)
+                    self.in_store(store).warm(int(time.time()))
+                stop.wait(interval_s)
+
+        thread = threading.Thread(target=run, name="plan-warmer", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(30)
+
+        return halt
 
     def __init__(self) -> None:
         self._book = PlanBook()

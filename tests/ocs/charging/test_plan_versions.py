@@ -116,3 +116,27 @@ def test_a_store_from_before_versions_keeps_its_plans_as_version_one(
     vs = stored_plan_versions(engine.store, "prepaid-basic")
     assert [(v.version, v.effective_at) for v in vs] == [(1, 0), (2, T0 + 10)]
     assert call(engine, "new", T0 + 10) == 200_000
+
+
+def test_the_warmer_compiles_current_and_scheduled_versions_ahead_of_use(
+        engine: ChargingEngine) -> None:
+    import time
+
+    from ocs.charging.plans import PlanCache
+
+    now = int(time.time())
+    load(engine, NATIONAL_020, effective_at=now - 10)  # v2: in effect now
+    load(engine, NATIONAL_030, effective_at=now + 3600)  # v3: scheduled
+    cache = PlanCache()
+    stop = cache.start_warming(engine.store, interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        book = cache.in_store(engine.store)
+        while time.monotonic() < deadline and ("prepaid-basic", 3) not in book._compiled:
+            time.sleep(0.02)
+        compiled = {k for k in book._compiled if k[0] == "prepaid-basic"}
+        assert compiled == {("prepaid-basic", 2), ("prepaid-basic", 3)}  # not v1
+    finally:
+        stop()
+    plan = book.plan_at("prepaid-basic", now)
+    assert plan is not None and plan.version == 2
