@@ -35,6 +35,7 @@ from ocs.provisioning import (
     op_set_status,
     op_topup,
     stored_zone_ids,
+    stored_zones,
     validate_msisdn,
 )
 from ocs.rating.plans import PlanError, Service, compile_plan, load_plans_file
@@ -108,6 +109,15 @@ def build_parser() -> _Parser:
                    "default now")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_import_rates)
+    p = psub.add_parser("export", parents=[common],
+                        help="a plan as a plans file (TOML) that 'ocs plan load' takes back, "
+                        "or one service's rate deck as CSV")
+    p.add_argument("id")
+    p.add_argument("--version", type=int, help="this version (default: the latest loaded)")
+    p.add_argument("--deck", choices=["voice", "sms", "data"],
+                   help="only the service's imported deck, as CSV for import-rates")
+    p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
+    p.set_defaults(func=cmd_plan_export)
     p = psub.add_parser("history", parents=[common], help="a plan's versions")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
@@ -550,6 +560,40 @@ def _progress(label: str) -> Iterator[Callable[[int], None]]:
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda n: bar.update(task, completed=n)
+
+
+def cmd_plan_export(args: argparse.Namespace) -> int:
+    from ocs.provisioning import stored_plan_versions
+    from ocs.rating.deck import export_deck
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        versions = stored_plan_versions(store, args.id)
+        zones = stored_zones(store)
+    if not versions:
+        raise CliError(f"no plan {args.id!r}", EXIT_FAILURE)
+    chosen = versions[-1] if args.version is None else next(
+        (v for v in versions if v.version == args.version), None)
+    if chosen is None:
+        raise CliError(f"plan {args.id!r} has no version {args.version}", EXIT_FAILURE)
+    if args.deck:
+        text = export_deck(chosen.table, Service(args.deck))
+    else:
+        import tomli_w
+
+        used = {z for r in chosen.table.get("rates", []) for z in r.get("zones", [])}
+        doc: dict[str, Any] = {}
+        if used - {"*"}:
+            doc["zones"] = [{"id": z, "networks": zones[z]} for z in sorted(used - {"*"})
+                            if z in zones]
+        doc["plans"] = [chosen.table]
+        text = (f"# plan {args.id} version {chosen.version} (ocs plan export)\n"
+                + tomli_w.dumps(doc))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_plan_history(args: argparse.Namespace) -> int:

@@ -329,6 +329,13 @@ def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
     return op
 
 
+def stored_zones(store: Store) -> dict[str, list[str]]:
+    """Zone id -> its visited networks (MCC-MNC)."""
+    with store.read() as txn:
+        return {bytes(k).decode(): msgspec.msgpack.decode(v, type=list[str])
+                for k, v in txn.cursor(db=store.dbs[ZONES])}
+
+
 def stored_zone_ids(store: Store) -> set[str]:
     with store.read() as txn:
         return {bytes(k).decode() for k, _ in txn.cursor(db=store.dbs[ZONES])}

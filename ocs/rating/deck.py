@@ -13,6 +13,7 @@ result is a new version of the plan like any other load.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,23 @@ def with_deck(plan: dict[str, Any], service: Service,
         if r["id"] in ids:
             raise PlanError(f"rate id {r['id']!r} is already a hand-written rate of the plan")
     return {**plan, "rates": kept + rates}
+
+
+def export_deck(plan: dict[str, Any], service: Service) -> str:
+    """A plan's imported deck for ``service`` as the CSV :func:`read_deck` takes."""
+    mark = deck_prefix(service)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in plan.get("rates", []):
+        rid = str(r.get("id", ""))
+        if not rid.startswith(mark):
+            continue
+        zone = (r.get("zones") or [""])[0]
+        band = (r.get("bands") or [""])[0]
+        auto = "-".join(x for x in (r.get("prefix") or "any", zone, band) if x)
+        own = rid[len(mark):]
+        w.writerow([r.get("prefix", ""), r.get("price", ""), r.get("first_increment_s", ""),
+                    r.get("increment_s", ""), r.get("connect_fee", ""), zone, band,
+                    r.get("unit", ""), "" if own == auto else own])
+    return out.getvalue()

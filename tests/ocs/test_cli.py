@@ -274,3 +274,27 @@ def test_plan_import_rates(inited: Path) -> None:
     assert len(hist) == 2  # nothing of the bad file applied
     assert ocs("plan", "import-rates", str(good), "--plan", "nope", "--service", "voice",
                cwd=cwd, ok=False).returncode == 1
+
+
+def test_plan_export_round_trips(inited: Path) -> None:
+    cwd = inited
+    deck = cwd / "deck.csv"
+    deck.write_text("prefix,price,first_increment_s,increment_s,zone,id\n4930,0.2,30,6,,\n"
+                    "44,0.25,1,1,EU,uk-from-eu\n")
+    ocs("plan", "import-rates", str(deck), "--plan", "prepaid-basic", "--service", "voice",
+        cwd=cwd)
+    toml = ocs("plan", "export", "prepaid-basic", cwd=cwd).stdout
+    assert toml.startswith("# plan prepaid-basic version 2") and 'id = "EU"' in toml
+    (cwd / "out.toml").write_text(toml)
+    back = json.loads(ocs("plan", "load", str(cwd / "out.toml"), "--json", cwd=cwd).stdout)
+    assert back["new_versions"] == {}  # the same plan: nothing new
+    csv_text = ocs("plan", "export", "prepaid-basic", "--deck", "voice", cwd=cwd).stdout
+    assert csv_text.splitlines()[1:] == ["4930,0.2,30,6,,,,,", "44,0.25,1,1,,EU,,,uk-from-eu"]
+    (cwd / "again.csv").write_text(csv_text)
+    again = json.loads(ocs("plan", "import-rates", str(cwd / "again.csv"), "--plan",
+                           "prepaid-basic", "--service", "voice", "--json", cwd=cwd).stdout)
+    assert again["version"] is None
+    v1 = ocs("plan", "export", "prepaid-basic", "--version", "1", cwd=cwd).stdout
+    assert "deck-voice" not in v1 and "version 1" in v1
+    assert ocs("plan", "export", "prepaid-basic", "--version", "9", cwd=cwd,
+               ok=False).returncode == 1
