@@ -373,8 +373,9 @@ class ChargingEngine:
         raw = tx.get(ALLOWANCES, msisdn)
         return dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
 
-    def rating_context(self, book: PlanBook, service: Service, at: int, rating_group: int | None,
-                 destination: str, visited_network: str, slice_: str = "") -> UsageContext:
+    def rating_context(self, book: PlanBook, service: Service, at: int,
+                       rating_group: int | None, destination: str, visited_network: str,
+                       slice_: str = "") -> UsageContext:
         roaming = bool(visited_network) and visited_network not in self.settings.home_networks
         return UsageContext(
             service=service,
@@ -411,8 +412,8 @@ class ChargingEngine:
                    UsageContext, Subscriber | None, Plan | None, Refusal | None]:
         """Who pays, on which plan, in which rating context; or why nobody can."""
         book = self.plans.in_tx(tx)
-        ctx = self.rating_context(book, service, now, rating_group, destination, visited_network,
-                            slice_)
+        ctx = self.rating_context(book, service, now, rating_group, destination,
+                                  visited_network, slice_)
         sub = self.find_subscriber(tx, ids)
         refusal = self.check_subscriber(sub, ctx.roaming)
         plan = None
@@ -661,7 +662,7 @@ class ChargingEngine:
             elif req.next_units is not None:
                 requested = req.next_units or self.settings.default_units(service)
                 res.cycle = alw.cycle
-                if plan.version != res.rate.plan_version:
+                if plan.version != (res.rate.plan_version or 1):  # (0: from before versions)
                     self._adopt_version(book, plan, res, now)
                 next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
             if next_grant is None or not next_grant.ok:
@@ -1145,7 +1146,7 @@ class ChargingEngine:
         if plan is None:
             return PriceQuote(ok=False, refusal=Refusal.RATING_FAILED)
         ctx = self.rating_context(book, service, _now(now), rating_group, destination,
-                            visited_network, slice_)
+                                  visited_network, slice_)
         if is_zero_rated(plan, ctx):
             return PriceQuote(ok=True, units=units, zero_rated=True, explanation="zero-rated")
         rated = rate_usage(plan, ctx, units)
@@ -1185,8 +1186,8 @@ class ChargingEngine:
         plan = book.plan_at(sub.plan_id, _now(now))
         if plan is None:
             return None
-        ctx = self.rating_context(book, service, _now(now), rating_group, "", visited_network,
-                            slice_)
+        ctx = self.rating_context(book, service, _now(now), rating_group, "",
+                                  visited_network, slice_)
         rate = select_rate(plan, ctx)
         if rate is None:
             return None
