@@ -295,6 +295,8 @@ class Biller:
                 kind = "usage" if p == period else "adjustment"
                 if row[_RESULT] == "refund":
                     kind = "credit"
+                elif row[_RESULT] == "rerate":  # its period: when the run moved it
+                    kind = "rerate"
                 key = (msisdn, kind, row[_SERVICE], p)
                 b = acc.get(key)
                 if b is None:
@@ -348,6 +350,9 @@ class Biller:
                                           "plan's allowance", allowance, 0))
                     lines.append(Line("usage", f"{name} ({unit})", units - allowance,
                                       round_cents(charge)))
+                elif kind == "rerate":
+                    lines.append(Line("adjustment", "Re-rating adjustment (a tariff "
+                                      "correction of earlier usage)", 0, round_cents(charge)))
                 elif kind == "adjustment":
                     lines.append(Line("adjustment", f"{name} ({unit}) from {p}, reported "
                                       "after that period was billed", units,

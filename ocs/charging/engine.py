@@ -24,6 +24,8 @@ import msgspec
 from ocs import messaging
 from ocs.cdr import journal
 from ocs.charging.model import (
+    Adjusted,
+    AdjustRequest,
     BalanceView,
     CommitRequest,
     Debit,
@@ -162,6 +164,9 @@ def reservation_key(session_id: str, service: Service, rating_group: int | None)
 
 
 _ENDED = b"\x00ended\x00"
+_RERATE = b"rerate\x00"
+"""meta: + run id NUL msisdn -> the Adjusted a re-rating run made (never trimmed)."""
+_dec_adjusted = msgspec.msgpack.Decoder(Adjusted)
 """Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
 (kept as long as answers are): a later report for it is answered and charges nothing."""
 
@@ -971,6 +976,44 @@ class ChargingEngine:
         tx.put(REFUNDS, req.original_key, req.request_key)
         return Refund(ok=True, msisdn=orig.msisdn, refunded=orig.charged,
                       allowance_restored=restored, record_id=record_id)
+
+    # -- re-rating adjustments ------------------------------------------------------------
+
+    def adjust_sync(self, req: AdjustRequest) -> Adjusted:
+        return self._run_sync(lambda tx: self.op_adjust(tx, req))
+
+    def op_adjust(self, tx: Tx, req: AdjustRequest) -> Adjusted:
+        """Move a re-rating run's difference for one subscriber, as a CDR (result
+        ``rerate``, the run id as session, the period as destination) in the same
+        transaction: balances, billing and reconciliation see it like any charge. Once
+        per (run, subscriber), for ever; a prepaid debit stops at the money available."""
+        key = _RERATE + req.run_id.encode() + b"\x00" + req.msisdn.encode()
+        done = tx.get(META, key)
+        if done is not None:
+            return msgspec.structs.replace(_dec_adjusted.decode(done), replayed=True)
+        msisdn = req.msisdn.encode()
+        sraw = tx.get(SUBSCRIBERS, msisdn)
+        if sraw is None:
+            return Adjusted(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
+        sub = dec_subscriber.decode(sraw)
+        bal = self._balance(tx, msisdn)
+        amount = req.amount
+        if amount > 0 and sub.mode == Mode.PREPAID:
+            amount = min(amount, self._available(sub, bal))
+        now = _now(req.now)
+        bal.balance -= amount
+        bal.charged_total += amount
+        record_id = journal.append(
+            tx, self.settings.node, session_id=req.run_id, msisdn=sub.msisdn, imsi=sub.imsi,
+            service="rerate", rating_group=None, destination=req.period, start_time=now,
+            end_time=now, duration_s=0, bytes_in=0, bytes_out=0, units=0, charge=amount,
+            currency=sub.currency, plan_id=sub.plan_id, rate_id="", roaming=False,
+            visited_network="", protocol="rerate", result="rerate")
+        tx.put(BALANCES, msisdn, encode(bal))
+        out = Adjusted(ok=True, amount=amount, capped=amount != req.amount,
+                       record_id=record_id)
+        tx.put(META, key, encode(out))
+        return out
 
     # -- SMS store-and-forward ---------------------------------------------------------
 

@@ -75,7 +75,8 @@ def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: i
 class CdrExplanation:
     record: CdrRecord
     explanation: Explanation | None
-    reproduced: bool
+    reproduced: bool | None
+    """None: not a rated record (a re-rating adjustment)."""
     notes: tuple[str, ...]
     session_records: tuple[str, ...] = field(default=())
     """The session's earlier records its price builds on."""
@@ -113,6 +114,10 @@ def explain_cdr(engine: ChargingEngine, rec: CdrRecord,
     session's): the explanation, and whether it reproduces the charge exactly."""
     if rec.result == "refund":
         return _refund(engine, rec, earlier)
+    if rec.result == "rerate":
+        return CdrExplanation(record=rec, explanation=None, reproduced=None, notes=(
+            f"a re-rating adjustment, not a rated event: run {rec.session_id} moved this "
+            f"difference for period {rec.destination} (its report lists the records)",))
     book = engine.plans.in_store(engine.store)
     service = SERVICE_OF.get(rec.service)
     if service is None:

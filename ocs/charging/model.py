@@ -228,6 +228,27 @@ class DebitRequest(msgspec.Struct, frozen=True, kw_only=True):
     dnn: str = ""
 
 
+class AdjustRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A re-rating run's difference for one subscriber and period: debit (positive) or
+    credit (negative), once per run."""
+
+    msisdn: str
+    amount: int
+    run_id: str
+    period: str
+    now: int | None = None
+
+
+class Adjusted(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    refusal: str = ""
+    amount: int = 0
+    """What moved (a prepaid debit is capped at the money available)."""
+    capped: bool = False
+    record_id: str = ""
+    replayed: bool = False
+
+
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_key: bytes
     original_key: bytes

@@ -298,3 +298,50 @@ def test_plan_export_round_trips(inited: Path) -> None:
     assert "deck-voice" not in v1 and "version 1" in v1
     assert ocs("plan", "export", "prepaid-basic", "--version", "9", cwd=cwd,
                ok=False).returncode == 1
+
+
+def test_rerate_then_bill_then_reconcile(inited: Path) -> None:
+    """A postpaid subscriber's premium calls re-rated at a corrected price: the exact
+    difference moved once (a second run with the same id moves nothing, a dry run
+    nothing), the invoice shows it as a line, and reconciliation stays exact."""
+    import datetime as dt
+
+    cwd = inited
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    for units in (61, 125):  # roaming (no allowance): 2 and 3 minutes at 0.90
+        ch = json.loads(ocs("charge", "41790000004", "--service", "voice", "--units",
+                            str(units), "--destination", "41441234567", "--visited-network",
+                            "310260", "--json", cwd=cwd).stdout)
+        assert ch["ok"] and ch["charged"] in ("1.8000", "2.7000"), ch
+    plans = cwd / "config" / "plans.toml"
+    fixed = cwd / "fixed.toml"
+    fixed.write_text(plans.read_text().replace('price = "0.9000"', 'price = "0.6000"'))
+    dry = json.loads(ocs("rerate", "--period", period, "--plans", str(fixed), "--run-id",
+                         "fix-1", "--dry-run", "--json", cwd=cwd).stdout)
+    assert dry["adjustments"] == {} and dry["report"] is None
+    show = json.loads(ocs("subscriber", "show", "41790000004", "--json", cwd=cwd).stdout)
+    before = show["balance"]
+    rows = {r["msisdn"]: r for r in dry["by_subscriber"]}
+    delta = rows["41790000004"]["delta"]
+    assert delta == "-1.5000"  # 5 minutes at 0.30 less: a credit
+    run = json.loads(ocs("rerate", "--period", period, "--plans", str(fixed), "--run-id",
+                         "fix-1", "--json", cwd=cwd).stdout)
+    assert run["adjustments"]["41790000004"]["moved"] == delta
+    assert Path(run["report"]).read_text().startswith("msisdn,cdrs,old_total")
+    again = json.loads(ocs("rerate", "--period", period, "--plans", str(fixed), "--run-id",
+                           "fix-1", "--json", cwd=cwd).stdout)
+    assert again["adjustments"] == {} and again["delta"] == "0.0000"
+    show = json.loads(ocs("subscriber", "show", "41790000004", "--json", cwd=cwd).stdout)
+    from decimal import Decimal
+
+    assert Decimal(show["balance"]) == Decimal(before) - Decimal(delta)
+    ocs("cdr", "flush", cwd=cwd)
+    bill = json.loads(ocs("bill", "run", "--period", period, "--out", str(cwd / "inv"),
+                          "--json", cwd=cwd).stdout)
+    assert bill["invoices"] >= 1
+    html = next((cwd / "inv").glob("*41790000004*.html"), None) or next(
+        p for p in (cwd / "inv").rglob("*") if p.is_file() and "41790000004" in p.read_text(
+            errors="replace"))
+    assert "Re-rating adjustment" in html.read_text()
+    rec = json.loads(ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd).stdout)
+    assert rec["differences"] == [], rec
