@@ -1373,8 +1373,7 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
 def cmd_rerate(args: argparse.Namespace) -> int:
     import re
 
-    from ocs.billing.rerate import Rerater
-    from ocs.cdr.reader import every_record
+    from ocs.billing.rerate import Rerater, rerate_store
     from ocs.charging.model import AdjustRequest
     from ocs.charging.plans import PlanCache
     from ocs.fraud.scan import period_bounds
@@ -1398,9 +1397,7 @@ def cmd_rerate(args: argparse.Namespace) -> int:
                      for t in doc.plans}
         rr = Rerater(args.period, book, plans, home_zone_of=book.zone_of_network,
                      subscriber=msisdn)
-        rr.refunded(every_record(cdr_dir, store))
-        for rec in every_record(cdr_dir, store):
-            rr.feed(rec)
+        rerate_store(rr, store, cdr_dir)
         res = rr.result
         moved: dict[str, Any] = {}
         if not args.dry_run:

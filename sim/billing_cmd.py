@@ -49,7 +49,7 @@ def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,
                          f"{i % 60:02d}Z")
                     parts.append(f"bench-{n + i},s{n + i},{msisdn},,{svc},,4144,{t},{t},"
                                  f"{units},0,0,{units},{charge},EUR,postpaid-business,{rate},"
-                                 "0,,bench,event,0,0\n")
+                                 "0,,bench,event,0,0,,,1\n")
                 f.write("".join(parts))
             written += f.tell()
         n += count

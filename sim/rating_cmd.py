@@ -1,6 +1,7 @@
 """``make bench`` part ``rating``: a 100,000-prefix voice deck imported with the real
-``ocs plan import-rates`` (target <= 5 s), then the live rate selection over it
-(longest-prefix match among the deck and the plan's own rates; target < 20 us)."""
+``ocs plan import-rates`` (target <= 5 s), the live rate selection over it
+(longest-prefix match among the deck and the plan's own rates; target < 20 us), and
+re-rating a month of CDRs with ``ocs rerate`` (target >= 200,000 rows/s)."""
 
 from __future__ import annotations
 
@@ -88,4 +89,35 @@ async def bench_rating(ctx: BenchContext) -> list[Report]:
                                   "destinations)", lat, 0, sum(lat), target="p99 < 0.020 ms",
                                   extra={"result": f"{found:,} rated"})
     match.passed = match.latencies_ms["p99"] < 0.020
-    return [imported, compiled, match]
+    return [imported, compiled, match, await _bench_rerate(ctx, work, cfg)]
+
+
+async def _bench_rerate(ctx: BenchContext, work: Path, cfg: Path) -> Report:
+    """``ocs rerate --dry-run`` over a month of CDR files (the billing bench's generator):
+    rows per second and the peak memory of the whole command."""
+    import asyncio
+    import os
+
+    from sim.billing_cmd import generate_period
+
+    rows = ctx.scale(10_000_000)
+    cdr = work / "data" / "cdr"
+    await asyncio.get_running_loop().run_in_executor(
+        None, generate_period, cdr, rows, [f"4178{i:07d}" for i in range(5_000)])
+    err = work / "rerate.err"
+    t0 = time.perf_counter()
+    with err.open("wb") as e:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "ocs"), "rerate",
+                                 "--period", "2026-11", "--dry-run", "--report",
+                                 str(work / "rerate.csv"), "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=e)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"ocs rerate failed: {err.read_text().strip()}")
+    rate = rows / secs
+    rep = Report("rating", f"ocs rerate --dry-run, {rows:,} CDR rows", rows, 0, secs,
+                 target=">= 200,000 rows/s, constant memory", passed=rate >= 200_000,
+                 extra={"result": f"{rate:,.0f} rows/s, peak RSS "
+                                  f"{usage.ru_maxrss // 1024} MiB"})
+    return rep

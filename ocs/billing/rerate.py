@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ocs.billing.run import BillingError, _rows
+from ocs.cdr.fileformat import parse_iso_utc
+from ocs.cdr.reader import closed_cdr_files, journal_records
 from ocs.charging.plans import PlanBook
+from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.rating.engine import UsageContext, cost, cycle_of, is_zero_rated, select_rate
-from ocs.rating.plans import SERVICE_OF, Plan
+from ocs.rating.plans import SERVICE_OF, Plan, Rate, Service
+from ocs.store.env import Store
 from ocs.store.records import CdrRecord
+
+_MISS = object()
 
 SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
 
@@ -58,7 +65,6 @@ class Result:
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["msisdn", "cdrs", "old_total", "new_total", "earlier_runs", "delta"])
-        from ocs.money import format_amount
 
         for s in sorted(self.subscribers.values(), key=lambda s: s.msisdn):
             w.writerow([s.msisdn, s.cdrs, format_amount(s.old, 6), format_amount(s.new, 6),
@@ -85,71 +91,162 @@ class Rerater:
         self._only = subscriber
         self._sessions: dict[tuple[str, str, int | None], _Session] = {}
         self._refunded: set[tuple[str, str]] = set()
+        self._amounts: dict[str, int] = {}
+        self._periods: dict[tuple[str, int], str | None | object] = {}
+        self._hours: dict[str, int] = {}
+        self._rates: dict[tuple[object, ...], Rate | object | None] = {}
+        self._has_bands: dict[tuple[int, Service], bool] = {}
 
-    def refunded(self, records: Iterable[CdrRecord]) -> None:
-        """First pass: the events refunds gave back (they keep their price)."""
-        for r in records:
-            if r.result == "refund":
-                self._refunded.add((r.msisdn, r.session_id))
+    def refunded(self, msisdn: str, session_id: str) -> None:
+        """Before feeding: an event a refund gave back (it keeps its price)."""
+        self._refunded.add((msisdn, session_id))
 
-    def _period(self, r: CdrRecord) -> str | None:
-        plan = self._book.plan_at(r.plan_id, r.end_time)
-        return cycle_of(plan, r.end_time) if plan is not None else None
+    def _period(self, plan_id: str, end: int) -> str | None:
+        """The billing cycle of a record (the plan's time zone), cached per quarter hour
+        (no time zone moves a month's start off a quarter hour)."""
+        key = (plan_id, end // 900)
+        p = self._periods.get(key, _MISS)
+        if p is _MISS:
+            plan = self._book.plan_at(plan_id, end)
+            p = cycle_of(plan, end) if plan is not None else None
+            if len(self._periods) > 100_000:
+                self._periods.clear()
+            self._periods[key] = p
+        return p  # type: ignore[return-value]
 
-    def _new_plan(self, r: CdrRecord, at: int) -> Plan | None:
+    def _new_plan(self, plan_id: str, at: int) -> Plan | None:
         if self._plans is not None:
-            return self._plans.get(r.plan_id)
-        return self._book.plan_at(r.plan_id, at)
+            return self._plans.get(plan_id)
+        return self._book.plan_at(plan_id, at)
 
     def feed(self, r: CdrRecord) -> None:
+        """One record (from the journal: not in a closed file yet)."""
+        self._take(r.msisdn, r.session_id, r.service, r.rating_group, r.destination,
+                   r.start_time, r.end_time, r.units, r.allowance_units, r.charge, r.plan_id,
+                   r.roaming, r.visited_network, r.result, r.slice)
+
+    def feed_row(self, row: list[str]) -> None:
+        """One row of a closed CDR file as the csv module reads it (23, 25 or 26 columns):
+        the hot path, with the parsing cached the way billing caches it. Raises
+        ValueError (or MoneyError) for a field that does not parse."""
+        charge_s = row[13]
+        charge = self._amounts.get(charge_s)
+        if charge is None:
+            charge = parse_amount(charge_s, allow_negative=True, field="charge")
+            if len(self._amounts) < 65536:
+                self._amounts[charge_s] = charge
+        rg = row[5]
+        self._take(row[2], row[1], row[4], int(rg) if rg else None, row[6],
+                   self._epoch(row[7]), self._epoch(row[8]), int(row[12]), int(row[21]),
+                   charge, row[15], row[17] == "1", row[18], row[20],
+                   row[23] if len(row) > 23 else "")
+
+    def _epoch(self, text: str) -> int:
+        """``2026-11-18T12:34:56Z`` -> seconds (the hour's start cached)."""
+        hour = self._hours.get(text[:13])
+        if hour is None:
+            hour = parse_iso_utc(text[:13] + ":00:00Z")
+            if len(self._hours) > 100_000:
+                self._hours.clear()
+            self._hours[text[:13]] = hour
+        if len(text) != 20 or text[13] != ":" or text[16] != ":" or text[19] != "Z":
+            raise ValueError(f"time {text!r}: expected YYYY-MM-DDTHH:MM:SSZ")
+        return hour + int(text[14:16]) * 60 + int(text[17:19])
+
+    def _rate(self, plan: Plan, ctx: UsageContext) -> Rate | None:
+        bands = self._has_bands.get((id(plan), ctx.service))
+        if bands is None:
+            bands = self._has_bands[(id(plan), ctx.service)] = any(
+                r.bands for r in plan.rates if r.service is ctx.service)
+        key = (id(plan), ctx.service, ctx.destination, ctx.rating_group, ctx.roaming,
+               ctx.zone, ctx.slice, ctx.at // 60 if bands else 0)
+        hit = self._rates.get(key, _MISS)
+        if hit is _MISS:
+            hit = select_rate(plan, ctx)
+            if len(self._rates) > 200_000:
+                self._rates.clear()
+            self._rates[key] = hit
+        return hit  # type: ignore[return-value]
+
+    def _take(self, msisdn: str, session_id: str, service_s: str, rg: int | None,
+              destination: str, start: int, end: int, units: int, allowance: int,
+              charge: int, plan_id: str, roaming: bool, visited: str, result: str,
+              slice_: str) -> None:
         res = self.result
-        key = (r.session_id, r.service, r.rating_group)
+        key = (session_id, service_s, rg)
         session: _Session | None = None
-        if r.result in SESSION_RESULTS:
+        if result in SESSION_RESULTS:
             session = self._sessions.get(key)
             if session is None:
-                session = self._sessions[key] = _Session(opened_at=r.start_time)
+                session = self._sessions[key] = _Session(opened_at=start)
         before = session.chargeable if session is not None else 0
         if session is not None:
-            session.chargeable += r.units - r.allowance_units
-            if r.result in ("final", "expired"):
+            session.chargeable += units - allowance
+            if result in ("final", "expired"):
                 del self._sessions[key]
-        if self._only and r.msisdn != self._only:
+        if self._only and msisdn != self._only:
             return
-        if r.result == "rerate":  # an earlier run's adjustment (its period as destination)
-            if r.destination == res.period:
-                sub = res.subscribers.setdefault(r.msisdn, Subscriber(r.msisdn))
-                sub.earlier_runs += r.charge
+        if result == "rerate":  # an earlier run's adjustment (its period as destination)
+            if destination == res.period:
+                sub = res.subscribers.get(msisdn)
+                if sub is None:
+                    sub = res.subscribers[msisdn] = Subscriber(msisdn)
+                sub.earlier_runs += charge
             return
-        if self._period(r) != res.period:
+        if self._period(plan_id, end) != res.period:
             return
-        if r.result == "refund" or (r.result == "event"
-                                    and (r.msisdn, r.session_id) in self._refunded):
+        if result == "refund" or (result == "event" and (msisdn, session_id) in self._refunded):
             res.skip("refunded")
             return
-        if r.result == "capped":
+        if result == "capped":
             res.skip("capped")
             return
-        service = SERVICE_OF.get(r.service)
-        at = session.opened_at if session is not None else r.start_time
-        plan = self._new_plan(r, at)
+        service = SERVICE_OF.get(service_s)
+        at = session.opened_at if session is not None else start
+        plan = self._new_plan(plan_id, at)
         if plan is None or service is None:
             res.skip("plan not in the given plans")
             return
-        ctx = UsageContext(service=service, at=at, rating_group=r.rating_group,
-                           destination=r.destination,
-                           zone=self._zone_of.get(r.visited_network) if r.roaming else None,
-                           roaming=r.roaming, slice=r.slice)
-        chargeable = r.units - r.allowance_units
+        ctx = UsageContext(service, at, rg, destination,
+                           self._zone_of.get(visited) if roaming else None, roaming, slice_)
+        chargeable = units - allowance
         if is_zero_rated(plan, ctx):
             new = 0
         else:
-            rate = select_rate(plan, ctx)
+            rate = self._rate(plan, ctx)
             if rate is None:
                 res.skip("no rate of the new plan prices it")
                 return
-            new = cost(rate, before + chargeable) - cost(rate, before)
-        sub = res.subscribers.setdefault(r.msisdn, Subscriber(r.msisdn))
+            new = cost(rate, before + chargeable) - (cost(rate, before) if before else 0)
+        sub = res.subscribers.get(msisdn)
+        if sub is None:
+            sub = res.subscribers[msisdn] = Subscriber(msisdn)
         sub.cdrs += 1
-        sub.old += r.charge
+        sub.old += charge
         sub.new += new
+
+
+def rerate_store(rr: Rerater, store: Store, cdr_dir: Path) -> None:
+    """Feed ``rr`` every CDR in journal order: the closed files' rows, then the journal's
+    records (the current period's not yet in a closed file). First a quick look for
+    refunds (rare: a byte search, each hit parsed)."""
+    files = closed_cdr_files(cdr_dir)
+    pending = list(journal_records(store))
+    for path in files:
+        with path.open("rb") as f:
+            for line in f:
+                if b",refund," in line:
+                    row = next(csv.reader([line.decode("utf-8", "replace")]), [])
+                    if len(row) > 20 and row[20] == "refund":
+                        rr.refunded(row[2], row[1])
+    for rec in pending:
+        if rec.result == "refund":
+            rr.refunded(rec.msisdn, rec.session_id)
+    for path in files:
+        for line_no, row in _rows(path):
+            try:
+                rr.feed_row(row)
+            except (ValueError, MoneyError) as exc:
+                raise BillingError(f"{path}:{line_no}: {exc}") from None
+    for rec in pending:
+        rr.feed(rec)

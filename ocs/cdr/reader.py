@@ -120,6 +120,11 @@ def every_record(cdr_dir: str | Path, store: Store) -> Iterator[CdrRecord]:
     file's first on (the rows of closed files may still be there, not yet trimmed)."""
     for row in read_cdr_files(closed_cdr_files(cdr_dir)):
         yield row.record
+    yield from journal_records(store)
+
+
+def journal_records(store: Store) -> Iterator[CdrRecord]:
+    """The CDRs not in a closed file yet (the open file's, and any not exported)."""
     raw = store.get(META, META_CDR_EXPORT)
     first = dec_export_state.decode(raw).first_seq if raw is not None else 1
     with store.read() as txn, txn.cursor(db=store.dbs[CDR_JOURNAL]) as cur:

@@ -9,7 +9,8 @@ from pathlib import Path
 from charging_support import PREMIUM_3, mixed_run, provision
 from tests_support import CONFIG_DIR, WEDNESDAY_NOON
 
-from ocs.billing.rerate import Rerater
+from ocs.billing.rerate import Rerater, rerate_store
+from ocs.cdr.export import CdrExporter
 from ocs.cdr.reader import every_record
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import AdjustRequest
@@ -19,8 +20,8 @@ from ocs.rating.plans import compile_plan, parse_plans_document
 PERIOD = "2026-11"
 
 
-def rerate(engine: ChargingEngine, plans_text: str | None = None, subscriber: str = ""
-           ) -> Rerater:
+def rerate(engine: ChargingEngine, plans_text: str | None = None, subscriber: str = "",
+           cdr_dir: Path = Path("/nonexistent")) -> Rerater:
     book = engine.plans.in_store(engine.store)
     plans = None
     if plans_text is not None:
@@ -28,18 +29,23 @@ def rerate(engine: ChargingEngine, plans_text: str | None = None, subscriber: st
         plans = {str(t["id"]): compile_plan(t, known_zones={"EU", "NA"}) for t in doc.plans}
     rr = Rerater(PERIOD, book, plans, home_zone_of=book.zone_of_network,
                  subscriber=subscriber)
-    recs = list(every_record(Path("/nonexistent"), engine.store))
-    rr.refunded(recs)
-    for r in recs:
-        rr.feed(r)
+    rerate_store(rr, engine.store, cdr_dir)
     return rr
 
 
-def test_the_same_plans_reproduce_every_charge(engine: ChargingEngine) -> None:
+def test_the_same_plans_reproduce_every_charge(engine: ChargingEngine,
+                                                tmp_path: Path) -> None:
+    """From closed files (the raw-row path) and the journal alike."""
     provision(engine)
     mixed_run(engine, random.Random(7))
-    res = rerate(engine).result
+    cdr_dir = tmp_path / "cdr"
+    CdrExporter(engine.store, cdr_dir, "t1", rotate_s=10**6, rotate_records=60).run_once(
+        WEDNESDAY_NOON)
+    assert len(list(cdr_dir.glob("*.csv"))) >= 2
+    res = rerate(engine, cdr_dir=cdr_dir).result
     assert res.cdrs > 100
+    every = list(every_record(cdr_dir, engine.store))  # each record counted once
+    assert res.cdrs + sum(res.skipped.values()) == len(every)
     assert all(s.delta == 0 and s.old == s.new for s in res.subscribers.values())
     assert res.skipped.get("capped") and res.skipped.get("refunded")
 
