@@ -25,11 +25,14 @@ from ocs.cdr.reader import closed_cdr_files, journal_records
 from ocs.charging.plans import PlanBook
 from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.rating.engine import UsageContext, cost, cycle_of, is_zero_rated, select_rate
-from ocs.rating.plans import SERVICE_OF, Plan, Rate, Service
+from ocs.rating.plans import SERVICE_OF, Plan, Rate
 from ocs.store.env import Store
 from ocs.store.records import CdrRecord
 
 _MISS = object()
+_TIMED = object()
+_CACHE = 20_000
+"""Entries per cache before it starts over (memory stays flat whatever the rows)."""
 
 SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
 
@@ -75,7 +78,8 @@ class Result:
 @dataclass(slots=True)
 class _Session:
     chargeable: int = 0
-    opened_at: int = 0
+    opened_at: int | str = 0
+    """Seconds, or the file's text of the time (turned into seconds when needed)."""
 
 
 class Rerater:
@@ -92,10 +96,13 @@ class Rerater:
         self._sessions: dict[tuple[str, str, int | None], _Session] = {}
         self._refunded: set[tuple[str, str]] = set()
         self._amounts: dict[str, int] = {}
-        self._periods: dict[tuple[str, int], str | None | object] = {}
+        self._periods: dict[tuple[str, int], str | object | None] = {}
+        self._periods_s: dict[tuple[str, str], str | object | None] = {}
         self._hours: dict[str, int] = {}
-        self._rates: dict[tuple[object, ...], Rate | object | None] = {}
-        self._has_bands: dict[tuple[int, Service], bool] = {}
+        self._rates: dict[tuple[object, ...], tuple[bool, Rate | None]] = {}
+        self._has_bands: dict[tuple[int, str], bool] = {}
+        self._fixed_plans: dict[str, Plan | object | None] = {}
+        self._costs: dict[tuple[int, int], int] = {}
 
     def refunded(self, msisdn: str, session_id: str) -> None:
         """Before feeding: an event a refund gave back (it keeps its price)."""
@@ -109,21 +116,28 @@ class Rerater:
         if p is _MISS:
             plan = self._book.plan_at(plan_id, end)
             p = cycle_of(plan, end) if plan is not None else None
-            if len(self._periods) > 100_000:
+            if len(self._periods) > _CACHE:
                 self._periods.clear()
             self._periods[key] = p
         return p  # type: ignore[return-value]
 
-    def _new_plan(self, plan_id: str, at: int) -> Plan | None:
-        if self._plans is not None:
-            return self._plans.get(plan_id)
-        return self._book.plan_at(plan_id, at)
+    def _period_s(self, plan_id: str, end: str) -> str | None:
+        """:meth:`_period` of an end time as the file has it, cached per minute."""
+        key = (plan_id, end[:16])
+        p = self._periods_s.get(key, _MISS)
+        if p is _MISS:
+            p = self._period(plan_id, self._epoch(end))
+            if len(self._periods_s) > _CACHE:
+                self._periods_s.clear()
+            self._periods_s[key] = p
+        return p  # type: ignore[return-value]
 
     def feed(self, r: CdrRecord) -> None:
         """One record (from the journal: not in a closed file yet)."""
         self._take(r.msisdn, r.session_id, r.service, r.rating_group, r.destination,
-                   r.start_time, r.end_time, r.units, r.allowance_units, r.charge, r.plan_id,
-                   r.roaming, r.visited_network, r.result, r.slice)
+                   r.start_time, self._period(r.plan_id, r.end_time), r.units,
+                   r.allowance_units, r.charge, r.plan_id, r.roaming, r.visited_network,
+                   r.result, r.slice)
 
     def feed_row(self, row: list[str]) -> None:
         """One row of a closed CDR file as the csv module reads it (23, 25 or 26 columns):
@@ -136,9 +150,12 @@ class Rerater:
             if len(self._amounts) < 65536:
                 self._amounts[charge_s] = charge
         rg = row[5]
-        self._take(row[2], row[1], row[4], int(rg) if rg else None, row[6],
-                   self._epoch(row[7]), self._epoch(row[8]), int(row[12]), int(row[21]),
-                   charge, row[15], row[17] == "1", row[18], row[20],
+        period = self._periods_s.get((row[15], row[8][:16]), _MISS)
+        if period is _MISS:
+            period = self._period_s(row[15], row[8])
+        self._take(row[2], row[1], row[4], int(rg) if rg else None, row[6], row[7],
+                   period, int(row[12]), int(row[21]), charge,  # type: ignore[arg-type]
+                   row[15], row[17] == "1", row[18], row[20],
                    row[23] if len(row) > 23 else "")
 
     def _epoch(self, text: str) -> int:
@@ -146,32 +163,40 @@ class Rerater:
         hour = self._hours.get(text[:13])
         if hour is None:
             hour = parse_iso_utc(text[:13] + ":00:00Z")
-            if len(self._hours) > 100_000:
+            if len(self._hours) > _CACHE:
                 self._hours.clear()
             self._hours[text[:13]] = hour
         if len(text) != 20 or text[13] != ":" or text[16] != ":" or text[19] != "Z":
             raise ValueError(f"time {text!r}: expected YYYY-MM-DDTHH:MM:SSZ")
         return hour + int(text[14:16]) * 60 + int(text[17:19])
 
-    def _rate(self, plan: Plan, ctx: UsageContext) -> Rate | None:
-        bands = self._has_bands.get((id(plan), ctx.service))
+    def _fixed(self, plan_id: str) -> Plan | object | None:
+        """The plan that rates every record of ``plan_id`` whatever its time (the given
+        plans', or a plan with one version); None: not in the given plans; _TIMED: the
+        version depends on the time."""
+        plan = self._fixed_plans.get(plan_id, _MISS)
+        if plan is _MISS:
+            if self._plans is not None:
+                plan = self._plans.get(plan_id)
+            else:
+                plan = self._book.only_version(plan_id) or _TIMED
+            self._fixed_plans[plan_id] = plan
+        return plan
+
+    def _banded(self, plan: Plan, service: str) -> bool:
+        key = (id(plan), service)
+        bands = self._has_bands.get(key)
         if bands is None:
-            bands = self._has_bands[(id(plan), ctx.service)] = any(
-                r.bands for r in plan.rates if r.service is ctx.service)
-        key = (id(plan), ctx.service, ctx.destination, ctx.rating_group, ctx.roaming,
-               ctx.zone, ctx.slice, ctx.at // 60 if bands else 0)
-        hit = self._rates.get(key, _MISS)
-        if hit is _MISS:
-            hit = select_rate(plan, ctx)
-            if len(self._rates) > 200_000:
-                self._rates.clear()
-            self._rates[key] = hit
-        return hit  # type: ignore[return-value]
+            bands = self._has_bands[key] = any(r.bands for r in plan.rates
+                                               if r.service.value == service)
+        return bands
 
     def _take(self, msisdn: str, session_id: str, service_s: str, rg: int | None,
-              destination: str, start: int, end: int, units: int, allowance: int,
-              charge: int, plan_id: str, roaming: bool, visited: str, result: str,
-              slice_: str) -> None:
+              destination: str, start: int | str, period: str | None, units: int,
+              allowance: int, charge: int, plan_id: str, roaming: bool, visited: str,
+              result: str, slice_: str) -> None:
+        """One record: ``start`` as seconds or as the file's text (turned into seconds
+        only when the price depends on the time)."""
         res = self.result
         key = (session_id, service_s, rg)
         session: _Session | None = None
@@ -193,7 +218,7 @@ class Rerater:
                     sub = res.subscribers[msisdn] = Subscriber(msisdn)
                 sub.earlier_runs += charge
             return
-        if self._period(plan_id, end) != res.period:
+        if period != res.period:
             return
         if result == "refund" or (result == "event" and (msisdn, session_id) in self._refunded):
             res.skip("refunded")
@@ -201,23 +226,55 @@ class Rerater:
         if result == "capped":
             res.skip("capped")
             return
-        service = SERVICE_OF.get(service_s)
-        at = session.opened_at if session is not None else start
-        plan = self._new_plan(plan_id, at)
-        if plan is None or service is None:
+        opened = session.opened_at if session is not None else start
+        at = -1
+        plan = self._fixed_plans.get(plan_id, _MISS)
+        if plan is _MISS:
+            plan = self._fixed(plan_id)
+        if plan is _TIMED:
+            at = opened if isinstance(opened, int) else self._epoch(opened)
+            plan = self._book.plan_at(plan_id, at)
+        if plan is None or service_s not in SERVICE_OF:
             res.skip("plan not in the given plans")
             return
-        ctx = UsageContext(service, at, rg, destination,
-                           self._zone_of.get(visited) if roaming else None, roaming, slice_)
+        assert isinstance(plan, Plan)
+        minute = 0
+        banded = self._has_bands.get((id(plan), service_s))
+        if banded is None:
+            banded = self._banded(plan, service_s)
+        if banded:
+            if at < 0:
+                at = opened if isinstance(opened, int) else self._epoch(opened)
+            minute = at // 60
+        rkey = (id(plan), service_s, destination, rg, roaming, visited, slice_, minute)
+        hit = self._rates.get(rkey)
+        if hit is None:
+            if at < 0:
+                at = opened if isinstance(opened, int) else self._epoch(opened)
+            ctx = UsageContext(SERVICE_OF[service_s], at, rg, destination,
+                               self._zone_of.get(visited) if roaming else None, roaming,
+                               slice_)
+            hit = (is_zero_rated(plan, ctx), select_rate(plan, ctx))
+            if len(self._rates) > _CACHE:
+                self._rates.clear()
+            self._rates[rkey] = hit
+        zero, rate = hit
         chargeable = units - allowance
-        if is_zero_rated(plan, ctx):
+        if zero:
             new = 0
-        else:
-            rate = self._rate(plan, ctx)
-            if rate is None:
-                res.skip("no rate of the new plan prices it")
-                return
-            new = cost(rate, before + chargeable) - (cost(rate, before) if before else 0)
+        elif rate is None:
+            res.skip("no rate of the new plan prices it")
+            return
+        elif before:
+            new = cost(rate, before + chargeable) - cost(rate, before)
+        else:  # an event, or a session's first report: cached per rate and units
+            ckey = (id(rate), chargeable)
+            new = self._costs.get(ckey, -1)
+            if new < 0:
+                new = cost(rate, chargeable)
+                if len(self._costs) > _CACHE:
+                    self._costs.clear()
+                self._costs[ckey] = new
         sub = res.subscribers.get(msisdn)
         if sub is None:
             sub = res.subscribers[msisdn] = Subscriber(msisdn)

@@ -64,6 +64,14 @@ class PlanBook:
                     done += 1
         return done
 
+    def only_version(self, plan_id: str) -> Plan | None:
+        """The plan's one version when one version rates every time (none other was
+        ever effective); None otherwise (ask :meth:`plan_at`)."""
+        timeline = self._timelines.get(plan_id)
+        if timeline is None or timeline[0] != [0]:
+            return None
+        return self.plan_version(plan_id, timeline[1][0])
+
     def has_plan(self, plan_id: str) -> bool:
         return plan_id in self._latest
 
