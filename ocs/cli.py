@@ -1356,7 +1356,8 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
     with _open(cfg) as store:
         rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing)
     if args.json:
-        _print_json({"period": rec.period, "ok": rec.ok, "differences": rec.differences,
+        _print_json({"period": rec.period, "ok": rec.ok, "billed": rec.billed,
+                     "differences": rec.differences,
                      "cdr_total": format_amount(rec.cdr_total),
                      "engine_total": format_amount(rec.engine_total),
                      "invoiced_usage": format_amount(rec.invoiced_usage)})
@@ -1365,8 +1366,9 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
             print(line)
         print(f"{rec.period}: {'reconciled' if rec.ok else f'{len(rec.differences)} differences'}"
               f"; CDR charges {format_amount(rec.cdr_total)}, engine "
-              f"{format_amount(rec.engine_total)}, invoiced postpaid usage "
-              f"{format_amount(rec.invoiced_usage)}")
+              f"{format_amount(rec.engine_total)}, "
+              + (f"invoiced postpaid usage {format_amount(rec.invoiced_usage)}" if rec.billed
+                 else "not billed yet (CDRs against the balances only)"))
     return 0 if rec.ok else EXIT_FAILURE
 
 

@@ -335,6 +335,9 @@ def test_rerate_then_bill_then_reconcile(inited: Path) -> None:
     from decimal import Decimal
 
     assert Decimal(show["balance"]) == Decimal(before) - Decimal(delta)
+    early = json.loads(ocs("bill", "reconcile", "--period", period, "--json",
+                           cwd=cwd).stdout)  # the current period, not billed yet
+    assert (early["ok"], early["billed"], early["differences"]) == (True, False, [])
     ocs("cdr", "flush", cwd=cwd)
     bill = json.loads(ocs("bill", "run", "--period", period, "--out", str(cwd / "inv"),
                           "--json", cwd=cwd).stdout)
@@ -344,4 +347,4 @@ def test_rerate_then_bill_then_reconcile(inited: Path) -> None:
             errors="replace"))
     assert "Re-rating adjustment" in html.read_text()
     rec = json.loads(ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd).stdout)
-    assert rec["differences"] == [], rec
+    assert rec["differences"] == [] and rec["billed"] is True, rec
