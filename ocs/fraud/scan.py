@@ -54,7 +54,8 @@ def daily_features(files: Iterable[Path], start: int, end: int
     days: dict[tuple[str, int], _Day] = {}
     for row in read_cdr_files(files):
         r = row.record
-        if not start <= r.start_time < end or (r.result == "expired" and not r.units):
+        if not start <= r.start_time < end or (r.result == "expired" and not r.units) or (
+                r.result == "rerate"):  # a re-rating adjustment is money, not usage
             continue
         key = (r.msisdn, r.start_time // 86400)
         d = days.get(key)
