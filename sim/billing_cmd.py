@@ -8,10 +8,9 @@ and its peak RSS (memory must stay flat whatever the number of rows).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,17 +58,17 @@ def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,
 
 def run_bill(cfg: Path, period: str) -> tuple[float, int, str]:
     """Run ``ocs bill run`` as a process: (seconds, peak RSS bytes, its summary line)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ocs"), "bill", "run",
-                             "--config", str(cfg), "--period", period, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"ocs bill run failed: {err.strip()}")
-    return elapsed, usage.ru_maxrss * 1024, out.strip()
+    from sim.cpumeter import run_peak_rss
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        elapsed, peak, code = run_peak_rss(
+            [str(Path(sys.executable).parent / "ocs"), "bill", "run", "--config", str(cfg),
+             "--period", period, "--no-progress"], stdout=out.fileno(), stderr=err.fileno())
+        out.seek(0)
+        err.seek(0)
+        if code != 0:
+            raise RuntimeError(f"ocs bill run failed: {err.read().decode().strip()}")
+        return elapsed, peak, out.read().decode().strip()
 
 
 @bench_part("billing")

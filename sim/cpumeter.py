@@ -95,3 +95,27 @@ def attach(reports: Iterable[Report], sampler: CpuSampler, *, peers: bool = Fals
             continue
         r.extra["cpu_us_per_op"] = round(used / r.operations * 1e6, 1)
         r.extra["cpu_cores"] = round(used / max(1e-9, window[1] - window[0]), 2)
+
+
+def run_peak_rss(argv: list[str], *, stdout: int | None = None,
+                 stderr: int | None = None) -> tuple[float, int, int]:
+    """Run a command to its end: (seconds, peak RSS bytes, exit code). The peak is the
+    command's own (``VmHWM`` of its process, sampled until it ends): ``wait4``'s
+    ``ru_maxrss`` would also count the memory of the process it was forked from."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL if stdout is None else stdout,
+                            stderr=stderr)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+                        break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return time.perf_counter() - t0, peak, proc.returncode

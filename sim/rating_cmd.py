@@ -96,28 +96,25 @@ async def _bench_rerate(ctx: BenchContext, work: Path, cfg: Path) -> Report:
     """``ocs rerate --dry-run`` over a month of CDR files (the billing bench's generator):
     rows per second and the peak memory of the whole command."""
     import asyncio
-    import os
 
     from sim.billing_cmd import generate_period
+    from sim.cpumeter import run_peak_rss
 
     rows = ctx.scale(10_000_000)
     cdr = work / "data" / "cdr"
     await asyncio.get_running_loop().run_in_executor(
         None, generate_period, cdr, rows, [f"4178{i:07d}" for i in range(5_000)])
     err = work / "rerate.err"
-    t0 = time.perf_counter()
     with err.open("wb") as e:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "ocs"), "rerate",
-                                 "--period", "2026-11", "--dry-run", "--report",
-                                 str(work / "rerate.csv"), "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=e)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+        secs, peak, code = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run_peak_rss(
+                [str(Path(sys.executable).parent / "ocs"), "rerate", "--period", "2026-11",
+                 "--dry-run", "--report", str(work / "rerate.csv"), "--config", str(cfg)],
+                stderr=e.fileno()))
+    if code != 0:
         raise RuntimeError(f"ocs rerate failed: {err.read_text().strip()}")
     rate = rows / secs
     rep = Report("rating", f"ocs rerate --dry-run, {rows:,} CDR rows", rows, 0, secs,
                  target=">= 200,000 rows/s, constant memory", passed=rate >= 200_000,
-                 extra={"result": f"{rate:,.0f} rows/s, peak RSS "
-                                  f"{usage.ru_maxrss // 1024} MiB"})
+                 extra={"result": f"{rate:,.0f} rows/s, peak RSS {peak >> 20} MiB"})
     return rep

@@ -53,3 +53,20 @@ def test_a_window_the_samples_do_not_cover_reads_nothing() -> None:
     assert sampler.between(sampler.times[0] - 1, sampler.times[-1]) is None
     assert sampler.between(sampler.times[0], sampler.times[-1]) == 0.0
     assert proc_cpu_s(0) == 0.0  # no such process: nothing, no error
+
+
+def test_peak_rss_is_the_commands_own_not_its_parents() -> None:
+    """A parent holding 300 MB runs a command that touches 60 MB: the peak is about 60
+    MB (wait4's ru_maxrss reports the parent's 300 MB too, from before the exec)."""
+    import sys
+
+    from sim.cpumeter import run_peak_rss
+
+    ballast = bytearray(300 << 20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touched: resident
+    secs, peak, code = run_peak_rss([sys.executable, "-c", "b = bytearray(60 << 20); "
+                                     "b[::4096] = b'x' * len(b[::4096]); "
+                                     "import time; time.sleep(0.5)"])
+    assert code == 0 and secs >= 0.5
+    assert 60 << 20 <= peak < 200 << 20
+    del ballast
