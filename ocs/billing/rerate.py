@@ -4,7 +4,9 @@ adjustment each (a CDR with result ``rerate``), idempotent by run id.
 
 Each record is priced the way live rating and ``ocs cdr explain`` price it: an event on
 its own, a session report on the session's running total with the rate chosen when the
-session opened; the allowance it used stays as it was. Records that are not re-rated,
+session opened (without ``--plans``: the plan version in effect then — a session that
+live rating moved to a new version at a later quota is re-rated whole with the one it
+opened under); the allowance it used stays as it was. Records that are not re-rated,
 and why (counted in the result): refunds and the events they refunded, capped session
 reports (what the balance held, not the price, set them), records whose plan the given
 plans do not have, and records no rate of the new plan prices. An earlier run's
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocs.billing.run import BillingError, _rows
-from ocs.cdr.fileformat import parse_iso_utc
+from ocs.cdr.fileformat import SESSION_RESULTS, parse_iso_utc
 from ocs.cdr.reader import closed_cdr_files, journal_records
 from ocs.charging.plans import PlanBook
 from ocs.money import MoneyError, format_amount, parse_amount
@@ -34,7 +36,6 @@ _TIMED = object()
 _CACHE = 20_000
 """Entries per cache before it starts over (memory stays flat whatever the rows)."""
 
-SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
 
 
 @dataclass(slots=True)

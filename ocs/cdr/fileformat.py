@@ -40,6 +40,10 @@ COLUMNS = (
 
 HEADER = ",".join(COLUMNS) + "\n"
 
+SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
+"""``result`` of a session's reports (priced on the session's running total); the others:
+``event``, ``refund``, ``rerate`` (a re-rating adjustment)."""
+
 FIRST_COLUMNS = 23
 """Columns of the files written before the 5G ones (slice, dnn) and then plan_version
 were added at the end: readers take all three widths."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ocs.cdr.fileformat import SESSION_RESULTS
 from ocs.charging.engine import ChargingEngine, ReadTx, allowance_free, event_uses_allowance
 from ocs.charging.model import Identity
 from ocs.money import format_amount
@@ -93,10 +94,6 @@ class CdrExplanation:
             "session_records": list(self.session_records),
             "explanation": self.explanation.to_json() if self.explanation else None,
         }
-
-
-SESSION_RESULTS = frozenset({"interim", "final", "capped", "expired"})
-"""Results of a session's reports: priced on the session's running total."""
 
 
 def session_of(rec: CdrRecord, earlier: Sequence[CdrRecord]) -> list[CdrRecord]:
