@@ -1397,7 +1397,7 @@ def cmd_rerate(args: argparse.Namespace) -> int:
             doc = load_plans_file(args.plans, stored_zone_ids(store))
             plans = {str(t["id"]): compile_plan(t, known_zones=stored_zone_ids(store))
                      for t in doc.plans}
-        rr = Rerater(args.period, book, plans, home_zone_of=book.zone_of_network,
+        rr = Rerater(args.period, book, plans, zone_of_network=book.zone_of_network,
                      subscriber=msisdn)
         rerate_store(rr, store, cdr_dir)
         res = rr.result

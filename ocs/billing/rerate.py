@@ -37,7 +37,6 @@ _CACHE = 20_000
 """Entries per cache before it starts over (memory stays flat whatever the rows)."""
 
 
-
 @dataclass(slots=True)
 class Subscriber:
     msisdn: str
@@ -69,7 +68,6 @@ class Result:
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["msisdn", "cdrs", "old_total", "new_total", "earlier_runs", "delta"])
-
         for s in sorted(self.subscribers.values(), key=lambda s: s.msisdn):
             w.writerow([s.msisdn, s.cdrs, format_amount(s.old, 6), format_amount(s.new, 6),
                         format_amount(s.earlier_runs, 6), format_amount(s.delta, 6)])
@@ -88,11 +86,11 @@ class Rerater:
     sessions' running totals, so memory does not grow with the number of records."""
 
     def __init__(self, period: str, book: PlanBook, plans: dict[str, Plan] | None, *,
-                 home_zone_of: dict[str, str], subscriber: str = ""):
+                 zone_of_network: dict[str, str], subscriber: str = ""):
         self.result = Result(period)
         self._book = book
         self._plans = plans
-        self._zone_of = home_zone_of
+        self._zone_of = zone_of_network
         self._only = subscriber
         self._sessions: dict[tuple[str, str, int | None], _Session] = {}
         self._refunded: set[tuple[str, str]] = set()

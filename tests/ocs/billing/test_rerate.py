@@ -27,7 +27,7 @@ def rerate(engine: ChargingEngine, plans_text: str | None = None, subscriber: st
     if plans_text is not None:
         doc = parse_plans_document(plans_text, "p.toml")
         plans = {str(t["id"]): compile_plan(t, known_zones={"EU", "NA"}) for t in doc.plans}
-    rr = Rerater(PERIOD, book, plans, home_zone_of=book.zone_of_network,
+    rr = Rerater(PERIOD, book, plans, zone_of_network=book.zone_of_network,
                  subscriber=subscriber)
     rerate_store(rr, engine.store, cdr_dir)
     return rr
@@ -99,7 +99,7 @@ def test_only_the_period_and_the_subscriber_asked_for(engine: ChargingEngine) ->
     book = engine.plans.in_store(engine.store)
     plan = book.plan_at("prepaid-basic", WEDNESDAY_NOON)
     assert plan is not None and cycle_of(plan, WEDNESDAY_NOON) == PERIOD
-    rr = Rerater("2026-10", book, None, home_zone_of=book.zone_of_network)
+    rr = Rerater("2026-10", book, None, zone_of_network=book.zone_of_network)
     for r in every_record(Path("/nonexistent"), engine.store):
         rr.feed(r)
     assert rr.result.cdrs == 0
