@@ -59,8 +59,9 @@ def read_deck(path: Path, service: Service, plan: dict[str, Any], *,
             elif col != "id":
                 table[col] = value
         prefix = row.get("prefix", "")
-        if prefix and not (prefix.isascii() and prefix.isdigit()):
-            raise PlanError(f"{path}:{line}: prefix: expected E.164 digits, got {prefix!r}")
+        if prefix and not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 15):
+            raise PlanError(f"{path}:{line}: prefix: expected E.164 digits (at most 15), "
+                            f"got {prefix!r}")
         own = row.get("id") or "-".join(
             x for x in (table.get("prefix") or "any", row.get("zone"), row.get("band")) if x)
         table["id"] = deck_prefix(service) + own

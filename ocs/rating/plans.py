@@ -458,8 +458,8 @@ def compile_rate(r: Any, rw: str, *, order: int, bands: dict[str, Band] | set[st
         raise _err(f"{rw}.unit", f"for {svc.value} expected one of {', '.join(sizes)}")
     rgs = _list(r, "rating_groups", rw, int)
     prefix = _str(r, "prefix", rw, "")
-    if prefix and not (prefix.isascii() and prefix.isdigit()):
-        raise _err(f"{rw}.prefix", f"expected E.164 digits, got {prefix!r}")
+    if prefix and not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 15):
+        raise _err(f"{rw}.prefix", f"expected E.164 digits (at most 15), got {prefix!r}")
     first = _int(r, "first_increment_s", rw, 1 if svc in TIMED else 0)
     inc = _int(r, "increment_s", rw, 1, minimum=1)
     zones = _list(r, "zones", rw, str) or []

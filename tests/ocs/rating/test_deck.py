@@ -66,6 +66,7 @@ def test_a_new_import_replaces_the_services_deck_only(tmp_path: Path) -> None:
     ("prefix,price,prefix\n1,2,3\n", r"deck.csv:1: a column is named twice"),
     ("prefix,price\n49,0.3\n44\n", r"deck.csv:3: expected 2 fields, got 1"),
     ("prefix,price\n49,0.3\n+44,0.2\n", r"deck.csv:3: prefix: expected E.164 digits"),
+    ("prefix,price\n4" + "1" * 15 + ",0.3\n", r"deck.csv:2: prefix: .*at most 15"),
     ("prefix,price\n49,0.3\n44,0.1234567\n", r"deck.csv:3: price: "),
     ("prefix,price\n49,-1\n", r"deck.csv:2: price: "),
     ("prefix,price,first_increment_s\n49,0.3,x\n",
