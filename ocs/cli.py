@@ -22,7 +22,7 @@ from ocs.cdr.reader import CdrFormatError
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import DebitRequest, IdKind
 from ocs.config import LOG_LEVELS, Config, ConfigError, load_config
-from ocs.money import MoneyError, format_amount, parse_amount
+from ocs.money import MoneyError, format_amount
 from ocs.provisioning import (
     NewSubscriber,
     ProvisioningError,
@@ -33,7 +33,6 @@ from ocs.provisioning import (
     op_change_plan,
     op_load_plans,
     op_set_status,
-    op_topup,
     stored_zone_ids,
     stored_zones,
     validate_msisdn,
@@ -154,8 +153,17 @@ def build_parser() -> _Parser:
     p = ssub.add_parser("topup", parents=[common])
     p.add_argument("msisdn")
     p.add_argument("amount")
+    p.add_argument("--reference", default="", metavar="REF",
+                   help="the payment's id: the same reference again credits nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_topup)
+    p = ssub.add_parser("history", parents=[common],
+                        help="top-ups, charges, refunds and adjustments in time order")
+    p.add_argument("msisdn")
+    p.add_argument("--from", dest="since", metavar="TIME", help="ISO 8601 with a zone")
+    p.add_argument("--to", dest="until", metavar="TIME", help="ISO 8601 with a zone")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sub_history)
     for action in ("suspend", "resume", "block", "delete"):
         p = ssub.add_parser(action, parents=[common])
         p.add_argument("msisdn")
@@ -801,14 +809,76 @@ def cmd_sub_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sub_topup(args: argparse.Namespace) -> int:
+    from ocs.provisioning import op_credit
+
     cfg = _config(args)
-    validate_msisdn(args.msisdn)
-    op = op_topup(args.msisdn, args.amount)
+    msisdn = validate_msisdn(args.msisdn)
+    op = op_credit(msisdn, args.amount, reference=args.reference,
+                   actor=f"cli:{_user()}")
     with _open(cfg) as store:
-        bal = store.run_write(op)
-    _say(args, f"{validate_msisdn(args.msisdn)}: balance {format_amount(bal.balance)}",
-         {"msisdn": args.msisdn, "amount": format_amount(parse_amount(args.amount)),
-          "balance": format_amount(bal.balance)})
+        top = store.run_write(op)
+    e = top.entry
+    out: dict[str, Any] = {"msisdn": msisdn, "amount": format_amount(e.amount),
+                           "balance": format_amount(top.balance.balance)}
+    if args.reference:
+        out.update(reference=args.reference, replayed=top.replayed, entry=e.seq)
+    _say(args, f"{msisdn}: balance {format_amount(top.balance.balance)}"
+         + (f" (reference {args.reference!r} was already credited: nothing more)"
+            if top.replayed else ""), out)
+    return 0
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def cmd_sub_history(args: argparse.Namespace) -> int:
+    from ocs.cdr.reader import every_record
+    from ocs.provisioning import stored_ledger
+
+    cfg = _config(args)
+    msisdn = validate_msisdn(args.msisdn)
+    since = _event_time(args.since, "--from") if args.since else None
+    until = _event_time(args.until, "--to") if args.until else None
+    items: list[dict[str, Any]] = []
+    with _open(cfg) as store:
+        entries = stored_ledger(store, msisdn)
+        if entries is None:
+            raise CliError(f"no subscriber {msisdn}", EXIT_FAILURE)
+        for e in entries:
+            items.append({"time": e.at, "kind": e.kind, "amount": e.amount,
+                          "reference": e.reference, "actor": e.actor, "service": "",
+                          "units": None, "record_id": "",
+                          "balance_after": format_amount(e.balance_after)})
+        for r in every_record(cfg.under_data(cfg.cdr.dir), store):
+            if r.msisdn != msisdn:
+                continue
+            kind = {"refund": "refund", "rerate": "adjustment"}.get(r.result, "charge")
+            items.append({"time": r.end_time, "kind": kind, "amount": -r.charge,
+                          "reference": r.session_id if kind == "adjustment" else "",
+                          "actor": r.protocol, "service": r.service if kind != "adjustment"
+                          else "", "units": r.units, "record_id": r.record_id,
+                          "balance_after": None})
+    items = [i for i in items if (since is None or i["time"] >= since)
+             and (until is None or i["time"] < until)]
+    items.sort(key=lambda i: i["time"])  # stable: each source is in its own order
+    for i in items:
+        i["time"] = _iso(i["time"])
+        i["amount"] = format_amount(i["amount"])
+    if args.json:
+        _print_json(items)
+    else:
+        _table(f"History of {msisdn}", ["time", "kind", "amount", "service", "units",
+                                        "reference / record", "by", "balance after"],
+               [[i["time"], i["kind"], i["amount"], i["service"],
+                 "" if i["units"] is None else i["units"],
+                 i["reference"] or i["record_id"], i["actor"], i["balance_after"] or ""]
+                for i in items])
     return 0
 
 

@@ -18,14 +18,17 @@ from typing import Any
 
 import msgspec
 
-from ocs.money import MoneyError, parse_amount
+from ocs.money import MoneyError, format_amount, parse_amount
 from ocs.passwords import hash_password
 from ocs.rating.plans import Mode, PlansDocument
 from ocs.store.env import (
     BALANCES,
     IDX_IMSI,
     IDX_USERNAME,
+    LEDGER,
+    LEDGER_REFS,
     META,
+    META_LEDGER_SEQ,
     META_PLANS_VERSION,
     PLAN_VERSIONS,
     PLANS,
@@ -37,9 +40,11 @@ from ocs.store.env import (
 )
 from ocs.store.records import (
     Balance,
+    LedgerEntry,
     PlanVersion,
     Subscriber,
     dec_balance,
+    dec_ledger_entry,
     dec_plan_version,
     dec_subscriber,
     encode,
@@ -153,6 +158,10 @@ def _insert(tx: Tx, sub: Subscriber, bal: Balance) -> None:
         raise ProvisioningError(f"username {sub.username!r} already belongs to another subscriber")
     tx.put(SUBSCRIBERS, key, encode(sub))
     tx.put(BALANCES, key, encode(bal))
+    if bal.topped_up_total:  # the opening balance is in the ledger
+        _ledger_put(tx, sub.msisdn, lambda seq: LedgerEntry(
+            seq=seq, at=sub.created_at, kind="opening", amount=bal.topped_up_total,
+            actor="provisioning", balance_after=bal.balance))
     if sub.imsi:
         tx.put(IDX_IMSI, sub.imsi.encode(), key)
     if sub.username:
@@ -181,24 +190,95 @@ def get_subscriber(tx: Tx, msisdn: str) -> Subscriber:
     return dec_subscriber.decode(raw)
 
 
-def op_topup(msisdn: str, amount: str) -> Callable[[Tx], Balance]:
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    entry: LedgerEntry
+    balance: Balance
+    replayed: bool = False
+    """The reference was used before: this is that top-up, nothing credited now."""
+
+
+MAX_REFERENCE = 128
+
+
+def _ledger_put(tx: Tx, msisdn: str, entry_for: Callable[[int], LedgerEntry]) -> LedgerEntry:
+    raw = tx.get(META, META_LEDGER_SEQ)
+    seq = (unpack_u64(raw) if raw else 0) + 1
+    tx.put(META, META_LEDGER_SEQ, pack_u64(seq))
+    entry = entry_for(seq)
+    tx.put(LEDGER, msisdn.encode() + b"\x00" + pack_u64(seq), encode(entry))
+    return entry
+
+
+def ledger_entries(tx: Tx, msisdn: str) -> list[LedgerEntry]:
+    key = msisdn.encode()
+    return [dec_ledger_entry.decode(v)
+            for _k, v in tx.scan(LEDGER, key + b"\x00", key + b"\x01")]
+
+
+def stored_ledger(store: Store, msisdn: str) -> list[LedgerEntry] | None:
+    """A subscriber's ledger entries, oldest first; None if there is no such subscriber."""
+    with store.read() as txn:
+        tx = Tx(txn, store.dbs)
+        if tx.get(SUBSCRIBERS, msisdn.encode()) is None:
+            return None
+        return ledger_entries(tx, msisdn)
+
+
+def op_credit(msisdn: str, amount: str, *, reference: str = "", actor: str = "",
+              now: int | None = None) -> Callable[[Tx], TopUp]:
+    """A top-up: the balance and its ledger entry in one transaction. With a
+    ``reference`` (a payment id) the same one again credits nothing and answers the first
+    top-up; with another amount it is an error."""
     value = _amount(amount, "amount")
     if value <= 0:
         raise ProvisioningError("top-up amount must be positive")
+    if len(reference) > MAX_REFERENCE or any(c in reference for c in "\x00\r\n"):
+        raise ProvisioningError(f"reference: at most {MAX_REFERENCE} characters, one line")
 
-    def op(tx: Tx) -> Balance:
+    def op(tx: Tx) -> TopUp:
         sub = get_subscriber(tx, msisdn)
-        if sub.status == "terminated":
-            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
         key = sub.msisdn.encode()
         raw = tx.get(BALANCES, key)
         bal = dec_balance.decode(raw) if raw is not None else Balance()
+        ref_key = key + b"\x00" + reference.encode()
+        if reference:
+            seen = tx.get(LEDGER_REFS, ref_key)
+            if seen is not None:
+                first = tx.get(LEDGER, key + b"\x00" + seen)
+                assert first is not None
+                entry = dec_ledger_entry.decode(first)
+                if entry.amount != value:
+                    raise ProvisioningError(
+                        f"reference {reference!r} was a top-up of "
+                        f"{format_amount(entry.amount)}, not {format_amount(value)}")
+                return TopUp(entry=entry, balance=bal, replayed=True)
+        if sub.status == "terminated":
+            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+        at = int(time.time()) if now is None else now
+        if bal.topped_up_total and not any(tx.scan(LEDGER, key + b"\x00", key + b"\x01",
+                                                   limit=1)):
+            # top-ups from before the ledger: one opening entry, so the entries add up
+            _ledger_put(tx, sub.msisdn, lambda seq: LedgerEntry(
+                seq=seq, at=at, kind="opening", amount=bal.topped_up_total,
+                actor="ledger", balance_after=bal.balance))
         bal.balance += value
         bal.topped_up_total += value
+        entry = _ledger_put(tx, sub.msisdn, lambda seq: LedgerEntry(
+            seq=seq, at=at, kind="topup", amount=value, reference=reference, actor=actor,
+            balance_after=bal.balance))
+        if reference:
+            tx.put(LEDGER_REFS, ref_key, pack_u64(entry.seq))
         tx.put(BALANCES, key, encode(bal))
-        return bal
+        return TopUp(entry=entry, balance=bal)
 
     return op
+
+
+def op_topup(msisdn: str, amount: str) -> Callable[[Tx], Balance]:
+    """A top-up without a reference (tests, tools): the new balance."""
+    credit = op_credit(msisdn, amount, actor="internal")
+    return lambda tx: credit(tx).balance
 
 
 _TRANSITIONS = {

@@ -8,7 +8,11 @@ the invoices agree? Every difference is listed, one line each.
 3. Per postpaid subscriber, the usage billed on the period's invoice equals the charges
    of the CDR rows the run billed, within the per-line rounding to the cent.
 
-A period not billed yet (the current one) gets check 2 only.
+4. Per subscriber, the balance is its top-ups minus its charges, and its ledger's
+   top-ups add up to the balance's (subscribers whose top-ups all predate the ledger
+   have no entries until their next top-up).
+
+A period not billed yet (the current one) gets checks 2 and 4.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from ocs.cdr.fileformat import COLUMNS
 from ocs.cdr.reader import closed_cdr_files
 from ocs.config import BillingConfig
 from ocs.money import MoneyError, format_amount, parse_amount
-from ocs.store.env import BALANCES, CDR_JOURNAL, Store
-from ocs.store.records import dec_balance, dec_cdr
+from ocs.store.env import BALANCES, CDR_JOURNAL, LEDGER, Store
+from ocs.store.records import dec_balance, dec_cdr, dec_ledger_entry
 
 _MSISDN, _CHARGE = COLUMNS.index("msisdn"), COLUMNS.index("charge")
 
@@ -68,8 +72,23 @@ def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> R
         for _k, v in txn.cursor(db=store.dbs[CDR_JOURNAL]):
             rec = dec_cdr.decode(v)
             cdr_by_sub[rec.msisdn] += rec.charge
-        engine_by_sub = {bytes(k).decode(): dec_balance.decode(v).charged_total
-                         for k, v in txn.cursor(db=store.dbs[BALANCES])}
+        balances = {bytes(k).decode(): dec_balance.decode(v)
+                    for k, v in txn.cursor(db=store.dbs[BALANCES])}
+        ledger: dict[str, int] = defaultdict(int)  # top-ups (and opening balances)
+        for k, v in txn.cursor(db=store.dbs[LEDGER]):
+            ledger[bytes(k).split(b"\x00", 1)[0].decode()] += dec_ledger_entry.decode(v).amount
+    engine_by_sub = {m: b.charged_total for m, b in balances.items()}
+    # 4. the money put on each balance, the ledger, and what is left
+    for msisdn, bal in sorted(balances.items()):
+        if bal.balance != bal.topped_up_total - bal.charged_total:
+            diffs.append(f"{msisdn}: balance {format_amount(bal.balance)} but top-ups "
+                         f"{format_amount(bal.topped_up_total)} minus charges "
+                         f"{format_amount(bal.charged_total)} make "
+                         f"{format_amount(bal.topped_up_total - bal.charged_total)}")
+        if msisdn in ledger and ledger[msisdn] != bal.topped_up_total:
+            diffs.append(f"{msisdn}: the ledger's top-ups add up to "
+                         f"{format_amount(ledger[msisdn])}, the balance's to "
+                         f"{format_amount(bal.topped_up_total)}")
     for msisdn in sorted(set(cdr_by_sub) | set(engine_by_sub)):
         a, b = cdr_by_sub.get(msisdn, 0), engine_by_sub.get(msisdn, 0)
         if a != b:

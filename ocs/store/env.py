@@ -48,6 +48,8 @@ ALARM_KEYS = b"alarm_keys"  # element \0 resource \0 alarm type -> u64 id of the
 ALARM_JOURNAL = b"alarm_journal"  # u64 seq -> one JSON line of the alarm stream
 FRAUD_CASES = b"fraud_cases"  # u64 case id -> Case
 NMS = b"nms"  # element \0 u64 time -> NmsSample (polled figures, ocs.nms.history)
+LEDGER = b"ledger"  # msisdn \0 u64 seq -> LedgerEntry (top-ups, opening balances)
+LEDGER_REFS = b"ledger_refs"  # msisdn \0 reference -> u64 seq of its entry
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -73,6 +75,8 @@ ALL_DBS = (
     ALARM_JOURNAL,
     FRAUD_CASES,
     NMS,
+    LEDGER,
+    LEDGER_REFS,
 )
 
 META_SCHEMA = b"schema_version"
@@ -80,6 +84,7 @@ META_CDR_SEQ = b"cdr_seq"
 META_PLANS_VERSION = b"plans_version"
 META_CDR_EXPORT = b"cdr_export"
 META_NODE = b"node_name"
+META_LEDGER_SEQ = b"ledger_seq"
 META_ALARM_SEQ = b"alarm_seq"
 META_ALARM_STREAM_SEQ = b"alarm_stream_seq"
 META_ALARM_EXPORT = b"alarm_export"

@@ -235,3 +235,23 @@ class PlanVersionHead(msgspec.Struct, array_like=True, frozen=True, kw_only=True
 
 
 dec_plan_version_head = msgspec.msgpack.Decoder(PlanVersionHead)
+
+
+class LedgerEntry(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """Money put on a balance (a top-up, the opening balance): what charges are not.
+    Charges, refunds and re-rating adjustments are CDRs; together the two are the
+    account's history, and ``balance = top-ups − charges`` (``ocs bill reconcile``)."""
+
+    seq: int
+    at: int
+    kind: str
+    """``topup``, or ``opening``: a new subscriber's starting balance, or the top-ups a
+    balance had before the ledger existed (written at its first top-up since)."""
+    amount: int
+    reference: str = ""
+    """The caller's reference (a payment id): the same one again credits nothing."""
+    actor: str = ""
+    balance_after: int = 0
+
+
+dec_ledger_entry = msgspec.msgpack.Decoder(LedgerEntry)

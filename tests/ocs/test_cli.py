@@ -348,3 +348,49 @@ def test_rerate_then_bill_then_reconcile(inited: Path) -> None:
     assert "Re-rating adjustment" in html.read_text()
     rec = json.loads(ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd).stdout)
     assert rec["differences"] == [] and rec["billed"] is True, rec
+
+
+def test_topup_reference_history_and_the_ledger_in_reconcile(inited: Path) -> None:
+    import datetime as dt
+
+    cwd = inited
+    top = json.loads(ocs("subscriber", "topup", "41790000002", "3", "--reference", "pay-1",
+                         "--json", cwd=cwd).stdout)
+    assert (top["balance"], top["replayed"]) == ("3.5000", False)
+    again = json.loads(ocs("subscriber", "topup", "41790000002", "3", "--reference",
+                           "pay-1", "--json", cwd=cwd).stdout)
+    assert (again["balance"], again["replayed"]) == ("3.5000", True)  # not 6.50
+    clash = ocs("subscriber", "topup", "41790000002", "4", "--reference", "pay-1", cwd=cwd,
+                ok=False)
+    assert clash.returncode == 2 and "was a top-up of 3.0000" in clash.stderr
+    ch = json.loads(ocs("charge", "41790000002", "--service", "sms", "--json",
+                        cwd=cwd).stdout)
+    assert ch["charged"] == "0.1500"  # no destination: the rate without a prefix
+    hist = json.loads(ocs("subscriber", "history", "41790000002", "--json", cwd=cwd).stdout)
+    assert [(h["kind"], h["amount"]) for h in hist] == [
+        ("opening", "0.5000"), ("topup", "3.0000"), ("charge", "-0.1500")]
+    assert hist[1]["reference"] == "pay-1" and hist[1]["actor"].startswith("cli:")
+    assert hist[2]["record_id"] == ch["record_id"]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    assert json.loads(ocs("subscriber", "history", "41790000002", "--from",
+                          later.isoformat(), "--json", cwd=cwd).stdout) == []
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    rec = json.loads(ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd).stdout)
+    assert rec["ok"], rec
+    # money put on a balance around the ledger is found
+    from ocs.store import Store
+    from ocs.store.env import BALANCES
+    from ocs.store.records import dec_balance, encode
+
+    with Store(cwd / "data", create=False) as store:
+        def bump(tx):  # type: ignore[no-untyped-def]
+            bal = dec_balance.decode(tx.get(BALANCES, b"41790000002"))
+            bal.balance += 1_000_000
+            bal.topped_up_total += 1_000_000
+            tx.put(BALANCES, b"41790000002", encode(bal))
+
+        store.run_write(bump)
+    bad = ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd, ok=False)
+    assert bad.returncode == 1
+    assert any("the ledger's top-ups add up to 3.5000, the balance's to 4.5000" in d
+               for d in json.loads(bad.stdout)["differences"])
