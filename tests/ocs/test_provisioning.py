@@ -32,7 +32,7 @@ def test_the_same_reference_credits_once(demo_store: Store) -> None:
                                            actor="crm", now=WEDNESDAY_NOON + 60))
     assert not first.replayed and again.replayed and again.entry == first.entry
     assert balance(demo_store, "41790000001").balance == 3_500_000
-    with pytest.raises(ProvisioningError, match="was a top-up of 2.5000, not 9.0000"):
+    with pytest.raises(ProvisioningError, match=r"was a top-up of 2\.5000, not 9\.0000"):
         demo_store.run_write(op_credit("41790000001", "9", reference="pay-77"))
     other = demo_store.run_write(op_credit("41790000001", "2.50", reference="pay-78"))
     assert other.balance.balance == 6_000_000
