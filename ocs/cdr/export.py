@@ -216,6 +216,13 @@ class JournalExporter:
         with self.locked(wait):
             return self._run(now, force_close)
 
+    def _forget_on_error(self) -> None:
+        """After a failed round our position may be half moved: the next round starts
+        from the stored (confirmed) one again and repairs the ``.part`` to it."""
+        self._mine = None
+        self._saved = None
+        self._unconfirmed_since = None
+
     def _part(self, st: CdrExportState) -> Path:
         return self.dir / (st.open_name + ".part")
 
@@ -308,6 +315,13 @@ class JournalExporter:
             self._trim(below)
 
     def _run(self, now: int, force_close: bool, confirm: bool = False) -> ExportResult:
+        try:
+            return self._round(now, force_close, confirm)
+        except BaseException:
+            self._forget_on_error()
+            raise
+
+    def _round(self, now: int, force_close: bool, confirm: bool) -> ExportResult:
         st = self._current()
         closed: list[str] = []
         rows = 0

@@ -356,3 +356,27 @@ def test_record_round_trips_through_the_file_format(tmp_path_factory: pytest.Tem
     p.write_text(HEADER + format_row(rec), encoding="utf-8", newline="")
     (row,) = list(read_cdr_file(p))
     assert row.record == rec
+
+
+def test_a_failed_lazy_round_starts_again_from_the_confirmed_position(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that fails part way (here: the rename of a file being closed, as on a
+    full or read-only disk) leaves the exporter's own position behind: the next round
+    takes the stored one and the files come out the same."""
+    reference = reference_files(tmp_path, 95)
+    make_store(tmp_path / "s", 60)
+    with Store(tmp_path / "s") as s:
+        ex = lazy(s, tmp_path / "cdr")
+        ex.run_once(NOW)  # 40 closed, 20 written, not confirmed
+        charge(s, range(60, 95))
+
+        def no_room(*_a: object, **_k: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(export_mod.os, "replace", no_room)
+        with pytest.raises(OSError):
+            ex.run_once(NOW)  # rows 61-80 written, the close of the 2nd file fails
+        monkeypatch.undo()
+        ex.run_once(NOW)
+        ex.flush(NOW)
+    assert files(tmp_path / "cdr") == reference
