@@ -854,7 +854,8 @@ def cmd_sub_history(args: argparse.Namespace) -> int:
             items.append({"time": e.at, "kind": e.kind, "amount": e.amount,
                           "reference": e.reference, "actor": e.actor, "service": "",
                           "units": None, "record_id": "",
-                          "balance_after": format_amount(e.balance_after)})
+                          "balance_after": None if e.actor == "ledger"  # (not known)
+                          else format_amount(e.balance_after)})
         for r in every_record(cfg.under_data(cfg.cdr.dir), store):
             if r.msisdn != msisdn:
                 continue

@@ -258,10 +258,11 @@ def op_credit(msisdn: str, amount: str, *, reference: str = "", actor: str = "",
         at = int(time.time()) if now is None else now
         if bal.topped_up_total and not any(tx.scan(LEDGER, key + b"\x00", key + b"\x01",
                                                    limit=1)):
-            # top-ups from before the ledger: one opening entry, so the entries add up
+            # top-ups from before the ledger: one opening entry (dated when the
+            # subscriber was created; the balance after it is not known), so they add up
             _ledger_put(tx, sub.msisdn, lambda seq: LedgerEntry(
-                seq=seq, at=at, kind="opening", amount=bal.topped_up_total,
-                actor="ledger", balance_after=bal.balance))
+                seq=seq, at=sub.created_at, kind="opening", amount=bal.topped_up_total,
+                actor="ledger"))
         bal.balance += value
         bal.topped_up_total += value
         entry = _ledger_put(tx, sub.msisdn, lambda seq: LedgerEntry(
