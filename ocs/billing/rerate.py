@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocs.billing.run import BillingError, _rows
-from ocs.cdr.fileformat import SESSION_RESULTS, parse_iso_utc
+from ocs.cdr.fileformat import SESSION_RESULTS, format_row, parse_iso_utc
 from ocs.cdr.reader import closed_cdr_files, journal_records
 from ocs.charging.plans import PlanBook
 from ocs.money import MoneyError, format_amount, parse_amount
@@ -77,8 +77,8 @@ class Result:
 @dataclass(slots=True)
 class _Session:
     chargeable: int = 0
-    opened_at: int | str = 0
-    """Seconds, or the file's text of the time (turned into seconds when needed)."""
+    opened_at: str = ""
+    """The start time of its first report as the file has it (parsed when needed)."""
 
 
 class Rerater:
@@ -92,7 +92,7 @@ class Rerater:
         self._plans = plans
         self._zone_of = zone_of_network
         self._only = subscriber
-        self._sessions: dict[tuple[str, str, int | None], _Session] = {}
+        self._sessions: dict[tuple[str, str, str], _Session] = {}
         self._refunded: set[tuple[str, str]] = set()
         self._amounts: dict[str, int] = {}
         self._periods: dict[tuple[str, int], str | object | None] = {}
@@ -132,30 +132,114 @@ class Rerater:
         return p  # type: ignore[return-value]
 
     def feed(self, r: CdrRecord) -> None:
-        """One record (from the journal: not in a closed file yet)."""
-        self._take(r.msisdn, r.session_id, r.service, r.rating_group, r.destination,
-                   r.start_time, self._period(r.plan_id, r.end_time), r.units,
-                   r.allowance_units, r.charge, r.plan_id, r.roaming, r.visited_network,
-                   r.result, r.slice)
+        """One record (from the journal: not in a closed file yet), as its file row."""
+        self.feed_row(next(csv.reader([format_row(r)])))
 
     def feed_row(self, row: list[str]) -> None:
-        """One row of a closed CDR file as the csv module reads it (23, 25 or 26 columns):
-        the hot path, with the parsing cached the way billing caches it. Raises
-        ValueError (or MoneyError) for a field that does not parse."""
+        """One row of a CDR file as the csv module reads it (23, 25 or 26 columns): the
+        hot path (rows/s is a benchmark target), with the parsing cached the way billing
+        caches it. A record's start time is parsed only when its price depends on the
+        time. Raises ValueError (or MoneyError) for a field that does not parse."""
+        res = self.result
+        session_id, service_s, rg_s, result = row[1], row[4], row[5], row[20]
+        units, allowance = int(row[12]), int(row[21])
+        key = (session_id, service_s, rg_s)
+        session: _Session | None = None
+        before = 0
+        if result in SESSION_RESULTS:
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = _Session(opened_at=row[7])
+            before = session.chargeable
+            session.chargeable += units - allowance
+            if result == "final" or result == "expired":
+                del self._sessions[key]
+        msisdn = row[2]
+        if self._only and msisdn != self._only:
+            return
         charge_s = row[13]
         charge = self._amounts.get(charge_s)
         if charge is None:
             charge = parse_amount(charge_s, allow_negative=True, field="charge")
             if len(self._amounts) < 65536:
                 self._amounts[charge_s] = charge
-        rg = row[5]
-        period = self._periods_s.get((row[15], row[8][:16]), _MISS)
+        destination = row[6]
+        if result == "rerate":  # an earlier run's adjustment (its period as destination)
+            if destination == res.period:
+                sub = res.subscribers.get(msisdn)
+                if sub is None:
+                    sub = res.subscribers[msisdn] = Subscriber(msisdn)
+                sub.earlier_runs += charge
+            return
+        plan_id = row[15]
+        period = self._periods_s.get((plan_id, row[8][:16]), _MISS)
         if period is _MISS:
-            period = self._period_s(row[15], row[8])
-        self._take(row[2], row[1], row[4], int(rg) if rg else None, row[6], row[7],
-                   period, int(row[12]), int(row[21]), charge,  # type: ignore[arg-type]
-                   row[15], row[17] == "1", row[18], row[20],
-                   row[23] if len(row) > 23 else "")
+            period = self._period_s(plan_id, row[8])
+        if period != res.period:
+            return
+        if result == "refund" or (result == "event" and (msisdn, session_id) in self._refunded):
+            res.skip("refunded")
+            return
+        if result == "capped":
+            res.skip("capped")
+            return
+        opened = session.opened_at if session is not None else row[7]
+        at = -1
+        plan = self._fixed_plans.get(plan_id, _MISS)
+        if plan is _MISS:
+            plan = self._fixed(plan_id)
+        if plan is _TIMED:
+            at = self._epoch(opened)
+            plan = self._book.plan_at(plan_id, at)
+        if plan is None or service_s not in SERVICE_OF:
+            res.skip("plan not in the given plans")
+            return
+        assert isinstance(plan, Plan)
+        minute = 0
+        banded = self._has_bands.get((id(plan), service_s))
+        if banded is None:
+            banded = self._banded(plan, service_s)
+        if banded:
+            if at < 0:
+                at = self._epoch(opened)
+            minute = at // 60
+        roaming, visited = row[17] == "1", row[18]
+        slice_ = row[23] if len(row) > 23 else ""
+        rkey = (id(plan), service_s, destination, rg_s, roaming, visited, slice_, minute)
+        hit = self._rates.get(rkey)
+        if hit is None:
+            if at < 0:
+                at = self._epoch(opened)
+            ctx = UsageContext(SERVICE_OF[service_s], at, int(rg_s) if rg_s else None,
+                               destination, self._zone_of.get(visited) if roaming else None,
+                               roaming, slice_)
+            hit = (is_zero_rated(plan, ctx), select_rate(plan, ctx))
+            if len(self._rates) > _CACHE:
+                self._rates.clear()
+            self._rates[rkey] = hit
+        zero, rate = hit
+        chargeable = units - allowance
+        if zero:
+            new = 0
+        elif rate is None:
+            res.skip("no rate of the new plan prices it")
+            return
+        elif before:
+            new = cost(rate, before + chargeable) - cost(rate, before)
+        else:  # an event, or a session's first report: cached per rate and units
+            ckey = (id(rate), chargeable)
+            new = self._costs.get(ckey, -1)
+            if new < 0:
+                new = cost(rate, chargeable)
+                if len(self._costs) > _CACHE:
+                    self._costs.clear()
+                self._costs[ckey] = new
+        sub = res.subscribers.get(msisdn)
+        if sub is None:
+            sub = res.subscribers[msisdn] = Subscriber(msisdn)
+        sub.cdrs += 1
+        sub.old += charge
+        sub.new += new
 
     def _epoch(self, text: str) -> int:
         """``2026-11-18T12:34:56Z`` -> seconds (the hour's start cached)."""
@@ -189,98 +273,6 @@ class Rerater:
             bands = self._has_bands[key] = any(r.bands for r in plan.rates
                                                if r.service.value == service)
         return bands
-
-    def _take(self, msisdn: str, session_id: str, service_s: str, rg: int | None,
-              destination: str, start: int | str, period: str | None, units: int,
-              allowance: int, charge: int, plan_id: str, roaming: bool, visited: str,
-              result: str, slice_: str) -> None:
-        """One record: ``start`` as seconds or as the file's text (turned into seconds
-        only when the price depends on the time)."""
-        res = self.result
-        key = (session_id, service_s, rg)
-        session: _Session | None = None
-        if result in SESSION_RESULTS:
-            session = self._sessions.get(key)
-            if session is None:
-                session = self._sessions[key] = _Session(opened_at=start)
-        before = session.chargeable if session is not None else 0
-        if session is not None:
-            session.chargeable += units - allowance
-            if result in ("final", "expired"):
-                del self._sessions[key]
-        if self._only and msisdn != self._only:
-            return
-        if result == "rerate":  # an earlier run's adjustment (its period as destination)
-            if destination == res.period:
-                sub = res.subscribers.get(msisdn)
-                if sub is None:
-                    sub = res.subscribers[msisdn] = Subscriber(msisdn)
-                sub.earlier_runs += charge
-            return
-        if period != res.period:
-            return
-        if result == "refund" or (result == "event" and (msisdn, session_id) in self._refunded):
-            res.skip("refunded")
-            return
-        if result == "capped":
-            res.skip("capped")
-            return
-        opened = session.opened_at if session is not None else start
-        at = -1
-        plan = self._fixed_plans.get(plan_id, _MISS)
-        if plan is _MISS:
-            plan = self._fixed(plan_id)
-        if plan is _TIMED:
-            at = opened if isinstance(opened, int) else self._epoch(opened)
-            plan = self._book.plan_at(plan_id, at)
-        if plan is None or service_s not in SERVICE_OF:
-            res.skip("plan not in the given plans")
-            return
-        assert isinstance(plan, Plan)
-        minute = 0
-        banded = self._has_bands.get((id(plan), service_s))
-        if banded is None:
-            banded = self._banded(plan, service_s)
-        if banded:
-            if at < 0:
-                at = opened if isinstance(opened, int) else self._epoch(opened)
-            minute = at // 60
-        rkey = (id(plan), service_s, destination, rg, roaming, visited, slice_, minute)
-        hit = self._rates.get(rkey)
-        if hit is None:
-            if at < 0:
-                at = opened if isinstance(opened, int) else self._epoch(opened)
-            ctx = UsageContext(SERVICE_OF[service_s], at, rg, destination,
-                               self._zone_of.get(visited) if roaming else None, roaming,
-                               slice_)
-            hit = (is_zero_rated(plan, ctx), select_rate(plan, ctx))
-            if len(self._rates) > _CACHE:
-                self._rates.clear()
-            self._rates[rkey] = hit
-        zero, rate = hit
-        chargeable = units - allowance
-        if zero:
-            new = 0
-        elif rate is None:
-            res.skip("no rate of the new plan prices it")
-            return
-        elif before:
-            new = cost(rate, before + chargeable) - cost(rate, before)
-        else:  # an event, or a session's first report: cached per rate and units
-            ckey = (id(rate), chargeable)
-            new = self._costs.get(ckey, -1)
-            if new < 0:
-                new = cost(rate, chargeable)
-                if len(self._costs) > _CACHE:
-                    self._costs.clear()
-                self._costs[ckey] = new
-        sub = res.subscribers.get(msisdn)
-        if sub is None:
-            sub = res.subscribers[msisdn] = Subscriber(msisdn)
-        sub.cdrs += 1
-        sub.old += charge
-        sub.new += new
-
 
 def rerate_store(rr: Rerater, store: Store, cdr_dir: Path) -> None:
     """Feed ``rr`` every CDR in journal order: the closed files' rows, then the journal's
