@@ -82,8 +82,10 @@ class _Session:
 
 
 class Rerater:
-    """Feed it every record in journal order (:meth:`feed`); it keeps only the open
-    sessions' running totals, so memory does not grow with the number of records."""
+    """Feed it every record in journal order (:meth:`feed_row` for a file's rows,
+    :meth:`feed` for the journal's records) after every refund (:meth:`refunded`); it
+    keeps only the open sessions' running totals and bounded caches, so memory does not
+    grow with the number of records."""
 
     def __init__(self, period: str, book: PlanBook, plans: dict[str, Plan] | None, *,
                  zone_of_network: dict[str, str], subscriber: str = ""):
