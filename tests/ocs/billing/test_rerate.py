@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from charging_support import PREMIUM_3, mixed_run, provision
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON
+from tests_support import WEDNESDAY_NOON
 
 from ocs.billing.rerate import Rerater, rerate_store
 from ocs.cdr.export import CdrExporter
@@ -103,4 +103,3 @@ def test_only_the_period_and_the_subscriber_asked_for(engine: ChargingEngine) ->
     for r in every_record(Path("/nonexistent"), engine.store):
         rr.feed(r)
     assert rr.result.cdrs == 0
-    assert CONFIG_DIR.exists()
