@@ -169,6 +169,17 @@ def build_parser() -> _Parser:
         p.add_argument("msisdn")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_sub_status, status_action=action)
+    p = ssub.add_parser("set", parents=[common],
+                        help="change identities and terms: SIM swap, password, plan...")
+    p.add_argument("msisdn")
+    p.add_argument("--imsi", help="a new SIM's IMSI (\"\" removes it)")
+    p.add_argument("--username", help="RADIUS user name (\"\" removes it)")
+    p.add_argument("--password", help="RADIUS password (\"\" removes it)")
+    p.add_argument("--plan", metavar="ID", help="another plan of the same mode and currency")
+    p.add_argument("--credit-limit", metavar="AMOUNT", help="postpaid only")
+    p.add_argument("--roaming", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sub_set)
     p = ssub.add_parser("plan", parents=[common], help="move a subscriber to another plan")
     p.add_argument("msisdn")
     p.add_argument("plan")
@@ -889,6 +900,26 @@ def cmd_sub_status(args: argparse.Namespace) -> int:
     with _open(cfg) as store:
         _old, new = store.run_write(op_set_status(args.msisdn, args.status_action))
     _say(args, f"{new.msisdn}: {new.status}", {"msisdn": new.msisdn, "status": new.status})
+    return 0
+
+
+def cmd_sub_set(args: argparse.Namespace) -> int:
+    from ocs.provisioning import SubscriberChange, op_set_subscriber
+
+    cfg = _config(args)
+    msisdn = validate_msisdn(args.msisdn)
+    change = SubscriberChange(imsi=args.imsi, username=args.username,
+                              password=args.password, plan_id=args.plan,
+                              credit_limit=args.credit_limit, roaming=args.roaming)
+    if change == SubscriberChange():
+        raise CliError("nothing to change (see ocs subscriber set --help)")
+    with _open(cfg) as store:
+        new, changed = store.run_write(op_set_subscriber(msisdn, change))
+    _say(args, f"{msisdn}: " + (f"changed {', '.join(changed)}" if changed else
+                                "nothing changed (the values were already so)"),
+         {"msisdn": msisdn, "changed": changed, "imsi": new.imsi, "username": new.username,
+          "plan": new.plan_id, "credit_limit": format_amount(new.credit_limit),
+          "roaming": new.roaming})
     return 0
 
 

@@ -313,6 +313,96 @@ def op_set_status(msisdn: str, action: str, now: int | None = None) -> Callable[
     return op
 
 
+def _on_plan(tx: Tx, sub: Subscriber, plan_id: str, ts: int) -> Subscriber:
+    """``sub`` moved to another plan of its mode and currency from ``ts`` (its history
+    keeps the one it leaves, for the pro rata monthly fees)."""
+    plan = plan_table(tx, plan_id)
+    if plan is None:
+        raise ProvisioningError(f"unknown plan {plan_id!r}")
+    mode = str(plan.get("mode", "prepaid"))
+    if mode != sub.mode:
+        raise ProvisioningError(f"plan {plan_id!r} is {mode}; subscriber {sub.msisdn} "
+                                f"is {sub.mode}")
+    if str(plan.get("currency", "EUR")) != sub.currency:
+        raise ProvisioningError(f"plan {plan_id!r} is in {plan.get('currency')}, "
+                                f"not {sub.currency}")
+    since = sub.plan_since or sub.created_at
+    return msgspec.structs.replace(sub, plan_id=plan_id, plan_since=ts, updated_at=ts,
+                                   plan_history=(*sub.plan_history, (since, sub.plan_id)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberChange:
+    """``ocs subscriber set``: None leaves a field as it is; "" clears IMSI, username or
+    password."""
+
+    imsi: str | None = None
+    username: str | None = None
+    password: str | None = None
+    plan_id: str | None = None
+    credit_limit: str | None = None
+    roaming: bool | None = None
+
+
+def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = None,
+                      *, hash_fn: Callable[[str], str] = hash_password) -> Callable[
+                          [Tx], tuple[Subscriber, list[str]]]:
+    """Change a subscriber's identities and terms in one transaction with their indexes
+    (a SIM swap moves the IMSI index entry, refused if the IMSI is someone else's).
+    Returns the new record and the fields that changed."""
+    ts = int(time.time()) if now is None else now
+    imsi = (validate_imsi(change.imsi) if change.imsi else "") if change.imsi is not None \
+        else None
+    username = (validate_username(change.username) if change.username else "") \
+        if change.username is not None else None
+    limit = _amount(change.credit_limit, "credit limit") if change.credit_limit else (
+        0 if change.credit_limit == "" else None)
+    password_hash = (hash_fn(change.password) if change.password else "") \
+        if change.password is not None else None
+
+    def op(tx: Tx) -> tuple[Subscriber, list[str]]:
+        sub = get_subscriber(tx, msisdn)
+        if sub.status == "terminated":
+            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+        key = sub.msisdn.encode()
+        new, changed = sub, []
+        for field_name, value, index in (("imsi", imsi, IDX_IMSI),
+                                         ("username", username, IDX_USERNAME)):
+            old = getattr(sub, field_name)
+            if value is None or value == old:
+                continue
+            if value:
+                owner = tx.get(index, value.encode())
+                if owner is not None and owner != key:
+                    raise ProvisioningError(f"{field_name} {value} already belongs to "
+                                            f"subscriber {owner.decode()}")
+                tx.put(index, value.encode(), key)
+            if old:
+                tx.delete(index, old.encode())
+            new = msgspec.structs.replace(new, **{field_name: value})
+            changed.append(field_name)
+        if password_hash is not None:
+            new = msgspec.structs.replace(new, password_hash=password_hash)
+            changed.append("password")
+        if change.plan_id is not None and change.plan_id != sub.plan_id:
+            new = _on_plan(tx, new, change.plan_id, ts)
+            changed.append("plan")
+        if limit is not None and limit != sub.credit_limit:
+            if sub.mode != Mode.POSTPAID:
+                raise ProvisioningError("--credit-limit is for postpaid subscribers")
+            new = msgspec.structs.replace(new, credit_limit=limit)
+            changed.append("credit_limit")
+        if change.roaming is not None and change.roaming != sub.roaming:
+            new = msgspec.structs.replace(new, roaming=change.roaming)
+            changed.append("roaming")
+        if changed:
+            new = msgspec.structs.replace(new, updated_at=ts)
+            tx.put(SUBSCRIBERS, key, encode(new))
+        return new, changed
+
+    return op
+
+
 def op_change_plan(msisdn: str, plan_id: str, now: int | None = None) -> Callable[
         [Tx], tuple[Subscriber, Subscriber]]:
     """Move a subscriber to another plan of the same mode and currency, from ``now``.
@@ -325,22 +415,9 @@ def op_change_plan(msisdn: str, plan_id: str, now: int | None = None) -> Callabl
         sub = get_subscriber(tx, msisdn)
         if sub.status == "terminated":
             raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
-        plan = plan_table(tx, plan_id)
-        if plan is None:
-            raise ProvisioningError(f"unknown plan {plan_id!r}")
         if plan_id == sub.plan_id:
             raise ProvisioningError(f"subscriber {sub.msisdn} is already on {plan_id!r}")
-        mode = str(plan.get("mode", "prepaid"))
-        if mode != sub.mode:
-            raise ProvisioningError(f"plan {plan_id!r} is {mode}; subscriber {sub.msisdn} "
-                                    f"is {sub.mode}")
-        if str(plan.get("currency", "EUR")) != sub.currency:
-            raise ProvisioningError(f"plan {plan_id!r} is in {plan.get('currency')}, "
-                                    f"not {sub.currency}")
-        since = sub.plan_since or sub.created_at
-        new = msgspec.structs.replace(
-            sub, plan_id=plan_id, plan_since=ts, updated_at=ts,
-            plan_history=(*sub.plan_history, (since, sub.plan_id)))
+        new = _on_plan(tx, sub, plan_id, ts)
         tx.put(SUBSCRIBERS, sub.msisdn.encode(), encode(new))
         return sub, new
 

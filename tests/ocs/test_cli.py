@@ -394,3 +394,20 @@ def test_topup_reference_history_and_the_ledger_in_reconcile(inited: Path) -> No
     assert bad.returncode == 1
     assert any("the ledger's top-ups add up to 3.5000, the balance's to 4.5000" in d
                for d in json.loads(bad.stdout)["differences"])
+
+
+def test_subscriber_set(inited: Path) -> None:
+    cwd = inited
+    out = json.loads(ocs("subscriber", "set", "41790000004", "--credit-limit", "150",
+                         "--no-roaming", "--imsi", "228019999999991", "--json",
+                         cwd=cwd).stdout)
+    assert out["changed"] == ["imsi", "credit_limit", "roaming"]
+    show = json.loads(ocs("subscriber", "show", "41790000004", "--json", cwd=cwd).stdout)
+    assert (show["imsi"], show["roaming"]) == ("228019999999991", False)
+    assert "150" in json.dumps(show)
+    clash = ocs("subscriber", "set", "41790000004", "--imsi", "228010000000001", cwd=cwd,
+                ok=False)
+    assert clash.returncode == 2 and "already belongs" in clash.stderr
+    assert ocs("subscriber", "set", "41790000004", cwd=cwd, ok=False).returncode == 2
+    assert "s3cret" not in ocs("subscriber", "set", "41790000004", "--password", "s3cret",
+                               "--json", cwd=cwd).stdout

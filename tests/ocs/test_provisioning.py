@@ -73,3 +73,45 @@ def test_top_ups_from_before_the_ledger_open_it(demo_store: Store) -> None:
         assert sum(e.amount for e in entries) == dec_balance.decode(raw).topped_up_total
 
     demo_store.run_write(check)
+
+
+def test_a_sim_swap_moves_the_imsi_index_with_the_record(demo_store: Store) -> None:
+    from ocs.charging.engine import ChargingEngine, EngineSettings
+    from ocs.charging.model import IdKind
+    from ocs.passwords import verify_password
+    from ocs.provisioning import SubscriberChange, op_set_subscriber
+
+    add(demo_store, "41790000001", imsi="228010000000001", username="ann@example.net")
+    add(demo_store, "41790000002", imsi="228010000000002")
+    eng = ChargingEngine(demo_store, None, EngineSettings(node="t"))
+
+    def owner(kind: IdKind, value: str) -> str | None:
+        sub = eng.find_subscriber_now(((kind, value),))
+        return sub.msisdn if sub is not None else None
+
+    new, changed = demo_store.run_write(op_set_subscriber("41790000001", SubscriberChange(
+        imsi="228010000000009", password="s3cret", roaming=False)))
+    assert changed == ["imsi", "password", "roaming"]
+    assert owner(IdKind.IMSI, "228010000000009") == "41790000001"
+    assert owner(IdKind.IMSI, "228010000000001") is None  # the old SIM is gone
+    assert verify_password("s3cret", new.password_hash) and new.roaming is False
+    # someone else's IMSI: refused, nothing changed (the whole operation is one write)
+    with pytest.raises(ProvisioningError, match="already belongs to subscriber 41790000002"):
+        demo_store.run_write(op_set_subscriber("41790000001", SubscriberChange(
+            imsi="228010000000002", username="new@example.net")))
+    assert owner(IdKind.USERNAME, "ann@example.net") == "41790000001"
+    assert owner(IdKind.USERNAME, "new@example.net") is None
+    new, changed = demo_store.run_write(op_set_subscriber("41790000001", SubscriberChange(
+        username="", plan_id="prepaid-data")))
+    assert changed == ["username", "plan"] and new.username == "" and (
+        new.plan_id, new.plan_history[-1][1]) == ("prepaid-data", "prepaid-basic")
+    assert owner(IdKind.USERNAME, "ann@example.net") is None
+    with pytest.raises(ProvisioningError, match="postpaid"):
+        demo_store.run_write(op_set_subscriber("41790000001",
+                                               SubscriberChange(credit_limit="50")))
+    with pytest.raises(ProvisioningError, match="postpaid"):  # a mode the plan is not
+        demo_store.run_write(op_set_subscriber("41790000001", SubscriberChange(
+            plan_id="postpaid-business")))
+    _new, nothing = demo_store.run_write(op_set_subscriber("41790000001", SubscriberChange(
+        roaming=False)))
+    assert nothing == []
