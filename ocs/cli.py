@@ -1496,9 +1496,9 @@ def cmd_rerate(args: argparse.Namespace) -> int:
         book = PlanCache().in_store(store)
         plans = None
         if args.plans:
-            doc = load_plans_file(args.plans, stored_zone_ids(store))
-            plans = {str(t["id"]): compile_plan(t, known_zones=stored_zone_ids(store))
-                     for t in doc.plans}
+            zones = stored_zone_ids(store)
+            doc = load_plans_file(args.plans, zones)
+            plans = {str(t["id"]): compile_plan(t, known_zones=zones) for t in doc.plans}
         rr = Rerater(args.period, book, plans, zone_of_network=book.zone_of_network,
                      subscriber=msisdn)
         rerate_store(rr, store, cdr_dir)

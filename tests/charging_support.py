@@ -1,13 +1,15 @@
-"""A mixed charging run on the engine (events, sessions with interim reports, allowances,
-roaming, a capped session, a refund) for the tests that explain and re-rate its CDRs."""
+"""Charging runs on the engine for the tests of what reads its CDRs: a mixed run (events,
+sessions with interim reports, allowances, roaming, a capped session, a refund) for
+explain and re-rating; a store of plain SMS charges for the exporters."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from tests_support import CONFIG_DIR, SATURDAY_NOON, WEDNESDAY_NOON, add, plans_by_id
 
-from ocs.charging.engine import ChargingEngine
+from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
     CommitRequest,
     DebitRequest,
@@ -15,8 +17,10 @@ from ocs.charging.model import (
     RefundRequest,
     ReserveRequest,
 )
+from ocs.provisioning import op_load_plans
 from ocs.rating.engine import local_time
-from ocs.rating.plans import Service
+from ocs.rating.plans import Service, load_plans_file
+from ocs.store import Store
 
 T0 = WEDNESDAY_NOON
 PLAN_BASIC = plans_by_id()["prepaid-basic"]
@@ -106,3 +110,22 @@ PREMIUM_3 = (CONFIG_DIR / "plans.toml").read_text().replace(
     'id = "voice-premium"\nservice = "voice"\nprice = "2.0000"',
     'id = "voice-premium"\nservice = "voice"\nprice = "3.0000"')
 assert "3.0000" in PREMIUM_3
+
+
+def sms_store(path: Path, n: int) -> None:
+    """A store with the demo plans, one subscriber and ``n`` SMS charges (CDRs n1-1...)."""
+    s = Store(path, map_size_mb=32)
+    s.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    add(s, "41790000001", balance="1000.00", imsi="228010000000001")
+    charge_sms(s, range(n))
+    s.close()
+
+
+def charge_sms(s: Store, numbers: range) -> None:
+    """One SMS charge (one CDR of 0.05 EUR, session "sess,<i>") per number."""
+    eng = ChargingEngine(s, None, EngineSettings(node="n1"))
+    for i in numbers:
+        d = eng.debit_sync(DebitRequest(request_key=b"e%d" % i, subscriber=ids("41790000001"),
+                                        service=Service.SMS, destination="4179",
+                                        session_id=f"sess,{i}", now=WEDNESDAY_NOON + i))
+        assert d.ok and d.charged == 50_000

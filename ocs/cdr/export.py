@@ -139,7 +139,24 @@ class JournalExporter:
         """Drop up to ``chunk`` journal records of closed files; True if more remain."""
         if not self._trim_below:
             return False
-        stop, journal = pack_u64(self._trim_below), self.journal
+        if self._delete_below(self._trim_below, chunk) < chunk:
+            self._trim_below = 0
+        return self.trim_pending
+
+    def _trim(self, below: int) -> int:
+        """Drop the journal entries below ``below`` (all in closed files), ``TRIM_CHUNK``
+        a transaction: one transaction deleting a whole file's rows would hold the store's
+        write lock, and so every charging answer, for a noticeable time."""
+        total = 0
+        while (n := self._delete_below(below, TRIM_CHUNK)) > 0:
+            total += n
+            if n < TRIM_CHUNK:
+                break
+        return total
+
+    def _delete_below(self, below: int, chunk: int) -> int:
+        """One transaction: delete up to ``chunk`` journal entries below ``below``."""
+        journal, stop = self.journal, pack_u64(below)
 
         def op(tx: Tx) -> int:
             n = 0
@@ -148,29 +165,7 @@ class JournalExporter:
                 n += 1
             return n
 
-        if self.store.run_write(op) < chunk:
-            self._trim_below = 0
-        return self.trim_pending
-
-    def _trim(self, below: int) -> int:
-        """Drop the journal entries below ``below`` (all in closed files), ``TRIM_CHUNK``
-        a transaction: one transaction deleting a whole file's rows would hold the store's
-        write lock, and so every charging answer, for a noticeable time."""
-        journal, total = self.journal, 0
-        stop = pack_u64(below)
-
-        def op(tx: Tx) -> int:
-            n = 0
-            for k, _ in tx.scan(journal, b"", stop, limit=TRIM_CHUNK):
-                tx.delete(journal, k)
-                n += 1
-            return n
-
-        while (n := self.store.run_write(op)) > 0:
-            total += n
-            if n < TRIM_CHUNK:
-                break
-        return total
+        return self.store.run_write(op)
 
     def _records(self, first: int, stop: int | None, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from charging_support import PREMIUM_3, mixed_run, provision
 from tests_support import WEDNESDAY_NOON
 
@@ -103,3 +104,24 @@ def test_only_the_period_and_the_subscriber_asked_for(engine: ChargingEngine) ->
     for r in every_record(Path("/nonexistent"), engine.store):
         rr.feed(r)
     assert rr.result.cdrs == 0
+
+
+def test_a_malformed_row_stops_the_run_naming_file_and_line(tmp_path: Path) -> None:
+    from charging_support import sms_store
+
+    from ocs.billing.run import BillingError
+    from ocs.charging.plans import PlanCache
+    from ocs.store import Store
+
+    sms_store(tmp_path / "s", 5)
+    with Store(tmp_path / "s") as store:
+        CdrExporter(store, tmp_path / "cdr", "n1", rotate_s=300, rotate_records=40).flush(
+            WEDNESDAY_NOON)
+        (f,) = (tmp_path / "cdr").glob("*.csv")
+        lines = f.read_text().splitlines(keepends=True)
+        lines[3] = lines[3].replace(",1,0.050000,", ",x,0.050000,")
+        f.write_text("".join(lines))
+        book = PlanCache().in_store(store)
+        rr = Rerater(PERIOD, book, None, zone_of_network=book.zone_of_network)
+        with pytest.raises(BillingError, match=rf"{f.name}:4: "):
+            rerate_store(rr, store, tmp_path / "cdr")

@@ -10,42 +10,20 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from charging_support import charge_sms, sms_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from tests_support import WEDNESDAY_NOON
 
 from ocs.cdr import export as export_mod
 from ocs.cdr.export import CdrExporter
 from ocs.cdr.fileformat import COLUMNS, HEADER, format_row
 from ocs.cdr.reader import CdrFormatError, closed_cdr_files, read_cdr_file
-from ocs.charging.engine import ChargingEngine, EngineSettings
-from ocs.charging.model import DebitRequest, IdKind
-from ocs.provisioning import op_load_plans
-from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
 from ocs.store.env import CDR_JOURNAL
 from ocs.store.records import CdrRecord
 
 NOW = WEDNESDAY_NOON
-
-
-def make_store(path: Path, n: int) -> None:
-    s = Store(path, map_size_mb=32)
-    s.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
-    add(s, "41790000001", balance="1000.00", imsi="228010000000001")
-    charge(s, range(n))
-    s.close()
-
-
-def charge(s: Store, numbers: range) -> None:
-    """One SMS charge (one CDR) per number."""
-    eng = ChargingEngine(s, None, EngineSettings(node="n1"))
-    for i in numbers:
-        d = eng.debit_sync(DebitRequest(request_key=b"e%d" % i,
-                                        subscriber=((IdKind.MSISDN, "41790000001"),),
-                                        service=Service.SMS, destination="4179",
-                                        session_id=f"sess,{i}", now=NOW + i))
-        assert d.ok
 
 
 def exporter(store: Store, d: Path, rotate_records: int = 40) -> CdrExporter:
@@ -57,7 +35,7 @@ def files(d: Path) -> dict[str, bytes]:
 
 
 def test_export_rotates_by_records_and_flush(tmp_path: Path) -> None:
-    make_store(tmp_path / "s", 100)
+    sms_store(tmp_path / "s", 100)
     with Store(tmp_path / "s") as s:
         ex = exporter(s, tmp_path / "cdr")
         r = ex.run_once(NOW)
@@ -82,7 +60,7 @@ def test_export_rotates_by_records_and_flush(tmp_path: Path) -> None:
 
 
 def test_rotate_by_time(tmp_path: Path) -> None:
-    make_store(tmp_path / "s", 5)
+    sms_store(tmp_path / "s", 5)
     with Store(tmp_path / "s") as s:
         ex = exporter(s, tmp_path / "cdr", rotate_records=1000)
         assert ex.run_once(NOW).closed == ()
@@ -98,7 +76,7 @@ STEPS = ["_save", "replace", "fsync_dir", "append", "_trim"]
 @pytest.mark.parametrize("hit", [1, 2, 3, 5])
 def test_crash_at_any_step_gives_identical_files(tmp_path: Path, step: str, hit: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    make_store(tmp_path / "ref", 95)
+    sms_store(tmp_path / "ref", 95)
     shutil.copytree(tmp_path / "ref", tmp_path / "crash")
     with Store(tmp_path / "ref") as s:
         exporter(s, tmp_path / "ref_cdr").flush(NOW)
@@ -147,7 +125,7 @@ def test_crash_at_any_step_gives_identical_files(tmp_path: Path, step: str, hit:
 
 def test_closed_rows_leave_the_journal_a_chunk_per_transaction(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_store(tmp_path / "s", 50)
+    sms_store(tmp_path / "s", 50)
     monkeypatch.setattr(export_mod, "TRIM_CHUNK", 4)
     with Store(tmp_path / "s") as s:
         commits = {"n": 0}
@@ -175,14 +153,14 @@ def lazy(store: Store, d: Path, rotate_records: int = 40) -> CdrExporter:
 
 
 def reference_files(tmp_path: Path, n: int) -> dict[str, bytes]:
-    make_store(tmp_path / "ref", n)
+    sms_store(tmp_path / "ref", n)
     with Store(tmp_path / "ref") as s:
         exporter(s, tmp_path / "ref_cdr").flush(NOW)
     return files(tmp_path / "ref_cdr")
 
 
 def test_lazy_rows_are_in_the_file_at_once_and_confirmed_later(tmp_path: Path) -> None:
-    make_store(tmp_path / "s", 30)
+    sms_store(tmp_path / "s", 30)
     with Store(tmp_path / "s") as s:
         ex = lazy(s, tmp_path / "cdr", rotate_records=1000)
         assert ex.run_once(NOW).rows == 30
@@ -203,7 +181,7 @@ def test_lazy_rows_are_in_the_file_at_once_and_confirmed_later(tmp_path: Path) -
 def test_lazy_crash_before_confirming_gives_identical_files(tmp_path: Path,
                                                             torn: bool) -> None:
     reference = reference_files(tmp_path, 95)
-    make_store(tmp_path / "s", 95)
+    sms_store(tmp_path / "s", 95)
     with Store(tmp_path / "s") as s:
         ex = lazy(s, tmp_path / "cdr")
         ex.run_once(NOW)  # two files closed (confirmed), 15 rows written, unconfirmed
@@ -222,13 +200,13 @@ def test_a_flush_between_lazy_rounds_takes_over_and_the_exporter_follows(
     """``ocs cdr flush`` (another process) exports while the server's exporter has rows
     unconfirmed: the exporter sees the stored position moved and goes on from there."""
     reference = reference_files(tmp_path, 95)
-    make_store(tmp_path / "s", 60)
+    sms_store(tmp_path / "s", 60)
     with Store(tmp_path / "s") as s:
         server = lazy(s, tmp_path / "cdr")
         server.run_once(NOW)  # 40 closed, 20 unconfirmed in the .part
         other = exporter(s, tmp_path / "cdr")
         assert other.flush(NOW).closed  # truncates to confirmed, writes the 20, closes
-        charge(s, range(60, 95))
+        charge_sms(s, range(60, 95))
         server.run_once(NOW)
         time.sleep(0.06)
         server.run_once(NOW)
@@ -245,7 +223,7 @@ def test_a_flush_between_lazy_rounds_takes_over_and_the_exporter_follows(
 def test_lazy_close_leaves_trimming_to_trim_step(tmp_path: Path) -> None:
     """Dropping a closed file's rows from the journal does not hold up the next rows:
     the server's exporter does it a chunk at a time between rounds."""
-    make_store(tmp_path / "s", 50)
+    sms_store(tmp_path / "s", 50)
     with Store(tmp_path / "s") as s:
         ex = lazy(s, tmp_path / "cdr")
         assert len(ex.run_once(NOW).closed) == 1
@@ -262,7 +240,7 @@ def test_lazy_close_leaves_trimming_to_trim_step(tmp_path: Path) -> None:
 
 
 def test_lost_part_is_rebuilt_from_journal(tmp_path: Path) -> None:
-    make_store(tmp_path / "s", 30)
+    sms_store(tmp_path / "s", 30)
     with Store(tmp_path / "s") as s:
         ex = exporter(s, tmp_path / "cdr", rotate_records=1000)
         ex.run_once(NOW)
@@ -274,7 +252,7 @@ def test_lost_part_is_rebuilt_from_journal(tmp_path: Path) -> None:
 
 
 def test_reader_reports_file_and_line(tmp_path: Path) -> None:
-    make_store(tmp_path / "s", 3)
+    sms_store(tmp_path / "s", 3)
     with Store(tmp_path / "s") as s:
         exporter(s, tmp_path / "cdr").flush(NOW)
     (good,) = closed_cdr_files(tmp_path / "cdr")
@@ -301,7 +279,7 @@ def test_reader_reports_file_and_line(tmp_path: Path) -> None:
 def test_reader_takes_files_written_before_the_5g_columns(tmp_path: Path) -> None:
     """Files of the releases before slice and dnn (23 columns) and before plan_version
     (25) still read, as no slice and version 0."""
-    make_store(tmp_path / "s", 2)
+    sms_store(tmp_path / "s", 2)
     with Store(tmp_path / "s") as s:
         exporter(s, tmp_path / "cdr").flush(NOW)
     (good,) = closed_cdr_files(tmp_path / "cdr")
@@ -364,11 +342,11 @@ def test_a_failed_lazy_round_starts_again_from_the_confirmed_position(
     full or read-only disk) leaves the exporter's own position behind: the next round
     takes the stored one and the files come out the same."""
     reference = reference_files(tmp_path, 95)
-    make_store(tmp_path / "s", 60)
+    sms_store(tmp_path / "s", 60)
     with Store(tmp_path / "s") as s:
         ex = lazy(s, tmp_path / "cdr")
         ex.run_once(NOW)  # 40 closed, 20 written, not confirmed
-        charge(s, range(60, 95))
+        charge_sms(s, range(60, 95))
 
         def no_room(*_a: object, **_k: object) -> None:
             raise OSError(28, "No space left on device")

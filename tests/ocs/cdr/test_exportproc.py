@@ -11,33 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from charging_support import charge_sms, sms_store
 
 from ocs.cdr.reader import closed_cdr_files, read_cdr_file
-from ocs.charging.engine import ChargingEngine, EngineSettings
-from ocs.charging.model import DebitRequest, IdKind
-from ocs.provisioning import op_load_plans
-from ocs.rating.plans import Service, load_plans_file
 from ocs.store import Store
 from ocs.store.env import CDR_JOURNAL
 
 
-def charge(s: Store, numbers: range) -> None:
-    """One SMS charge (one CDR, 0.05 EUR) per number."""
-    eng = ChargingEngine(s, None, EngineSettings(node="n1"))
-    for i in numbers:
-        d = eng.debit_sync(DebitRequest(request_key=b"e%d" % i,
-                                        subscriber=((IdKind.MSISDN, "41790000001"),),
-                                        service=Service.SMS, destination="4179",
-                                        session_id=f"s{i}", now=WEDNESDAY_NOON + i))
-        assert d.ok and d.charged == 50_000
-
-
 def test_exporter_process_trims_closed_rows_while_running(tmp_path: Path) -> None:
-    with Store(tmp_path / "s", map_size_mb=32) as s:
-        s.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
-        add(s, "41790000001", balance="1000.00")
-        charge(s, range(250))
+    sms_store(tmp_path / "s", 250)
     conf = {"data_dir": str(tmp_path / "s"), "map_size_mb": 32,
             "cdr_dir": str(tmp_path / "cdr"), "node": "n1", "rotate_s": 3600,
             "rotate_records": 100, "interval_s": 0.2, "log_format": "json",
@@ -55,7 +37,7 @@ def test_exporter_process_trims_closed_rows_while_running(tmp_path: Path) -> Non
             # two files of 100 closed and their rows gone from the journal; 50 in the .part
             assert s.stat(CDR_JOURNAL)["entries"] == 50
             assert len(closed_cdr_files(tmp_path / "cdr")) == 2
-            charge(s, range(250, 260))
+            charge_sms(s, range(250, 260))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
