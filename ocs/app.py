@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from ocs import logs, sdnotify
+from ocs.api.server import start_api
 from ocs.config import Config
 from ocs.server import Server, Starter
 from ocs.workers import READY, stop_with_parent
@@ -36,6 +37,7 @@ LISTENERS: dict[str, Starter] = {
     "smpp": start_smpp,
     "snmp": start_snmp,
     "chf": start_chf,
+    "api": start_api,
 }
 """Config section -> the starter of its listener (run when the section is enabled)."""
 

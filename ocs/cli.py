@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ocs import build_version
+from ocs import build_version, views
 from ocs.billing.run import BillingError
 from ocs.cdr.export import CdrExporter
 from ocs.cdr.reader import CdrFormatError
@@ -28,7 +28,6 @@ from ocs.provisioning import (
     ProvisioningError,
     all_plans,
     import_subscribers,
-    iter_subscribers,
     op_add_subscriber,
     op_change_plan,
     op_load_plans,
@@ -336,6 +335,25 @@ def build_parser() -> _Parser:
                    help="the report (default: DATA_DIR/rerate/RUN_ID.csv; none on a dry run)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rerate)
+
+    ap = sub.add_parser("api", parents=[common], help="the REST API: bearer tokens")
+    apsub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    at = apsub.add_parser("token", parents=[common], help="bearer tokens of the REST API")
+    atsub = at.add_subparsers(dest="token_action", required=True, parser_class=_Parser)
+    p = atsub.add_parser("create", parents=[common],
+                         help="a new token (printed once; the store keeps its hash)")
+    p.add_argument("--role", required=True, choices=["admin", "care", "noc", "readonly"])
+    p.add_argument("--name", default="", help="who or what uses it (shown in lists, logs "
+                   "and the ledger)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_api_token_create)
+    p = atsub.add_parser("list", parents=[common], help="the tokens (never the secrets)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_api_token_list)
+    p = atsub.add_parser("revoke", parents=[common], help="a token stops working at once")
+    p.add_argument("token_id", help="the id shown by 'ocs api token list'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_api_token_revoke)
 
     p = sub.add_parser("charge", parents=[common],
                        help="charge an event now (operator test charge, manual debit)")
@@ -655,51 +673,11 @@ def cmd_plan_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_json(table: dict[str, Any]) -> dict[str, Any]:
-    plan = compile_plan(table)
-    return {
-        "id": plan.id,
-        "name": plan.name,
-        "mode": plan.mode.value,
-        "currency": plan.currency,
-        "monthly_fee": format_amount(plan.monthly_fee),
-        "timezone": plan.timezone,
-        "zero_rated_groups": sorted(plan.zero_rated_groups),
-        "allowances": {
-            "data_bytes": plan.allowances.data_bytes,
-            "voice_seconds": plan.allowances.voice_seconds,
-            "sms": plan.allowances.sms,
-        },
-        "rates": [
-            {
-                "id": r.id,
-                "service": r.service.value,
-                "price": format_amount(r.price),
-                "unit": r.unit,
-                "rating_groups": sorted(r.rating_groups) if r.rating_groups is not None
-                else None,
-                "prefix": r.prefix,
-                "first_increment_s": r.first_increment_s,
-                "increment_s": r.increment_s,
-                "connect_fee": format_amount(r.connect_fee),
-                "zones": sorted(r.zones),
-                "bands": list(r.bands),
-                "slices": sorted(r.slices),
-            }
-            for r in plan.rates
-        ],
-        "bands": [
-            {"id": b.id, "days": sorted(b.days), "from_min": b.from_min, "to_min": b.to_min}
-            for b in plan.bands.values()
-        ],
-    }
-
-
 def cmd_plan_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _open(cfg) as store:
         plans = all_plans(store)
-    items = [_plan_json(t) for _, t in sorted(plans.items())]
+    items = [views.plan(t) for _, t in sorted(plans.items())]
     if args.json:
         _print_json(items)
     else:
@@ -715,7 +693,7 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
         table = all_plans(store).get(args.id)
     if table is None:
         raise CliError(f"no plan {args.id!r}")
-    item = _plan_json(table)
+    item = views.plan(table)
     if args.json:
         _print_json(item)
     else:
@@ -752,38 +730,13 @@ def cmd_sub_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sub_json(engine: ChargingEngine, msisdn: str) -> dict[str, Any]:
-    with engine.store.read() as txn:
-        raw = txn.get(msisdn.encode(), db=engine.store.dbs[b"subscribers"])
-    if raw is None:
-        raise CliError(f"no subscriber {msisdn}")
-    view = engine.check_balance(((IdKind.MSISDN, msisdn),))
-    assert view is not None
-    from ocs.store.records import dec_subscriber
-
-    sub = dec_subscriber.decode(raw)
-    return {
-        "msisdn": sub.msisdn,
-        "imsi": sub.imsi,
-        "username": sub.username,
-        "plan": sub.plan_id,
-        "mode": sub.mode,
-        "status": sub.status,
-        "currency": sub.currency,
-        "balance": format_amount(view.balance),
-        "reserved": format_amount(view.reserved),
-        "available": format_amount(view.available),
-        "credit_limit": format_amount(sub.credit_limit),
-        "roaming": sub.roaming,
-        "allowances": view.allowances,
-    }
-
-
 def cmd_sub_show(args: argparse.Namespace) -> int:
     cfg = _config(args)
     msisdn = validate_msisdn(args.msisdn)
     with _open(cfg) as store:
-        item = _sub_json(_engine(cfg, store), msisdn)
+        item = views.subscriber(_engine(cfg, store), msisdn)
+    if item is None:
+        raise CliError(f"no subscriber {msisdn}")
     if args.json:
         _print_json(item)
     else:
@@ -795,20 +748,7 @@ def cmd_sub_show(args: argparse.Namespace) -> int:
 def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _open(cfg) as store:
-        items = [
-            {
-                "msisdn": s.msisdn,
-                "imsi": s.imsi,
-                "username": s.username,
-                "plan": s.plan_id,
-                "mode": s.mode,
-                "status": s.status,
-                "currency": s.currency,
-                "balance": format_amount(b.balance),
-                "reserved": format_amount(b.reserved),
-            }
-            for s, b in iter_subscribers(store)
-        ]
+        items, _ = views.subscriber_items(store)
     if args.json:
         _print_json(items)
     else:
@@ -828,11 +768,7 @@ def cmd_sub_topup(args: argparse.Namespace) -> int:
                    actor=f"cli:{_user()}")
     with _open(cfg) as store:
         top = store.run_write(op)
-    e = top.entry
-    out: dict[str, Any] = {"msisdn": msisdn, "amount": format_amount(e.amount),
-                           "balance": format_amount(top.balance.balance)}
-    if args.reference:
-        out.update(reference=args.reference, replayed=top.replayed, entry=e.seq)
+    out = views.topup(msisdn, top, args.reference)
     _say(args, f"{msisdn}: balance {format_amount(top.balance.balance)}"
          + (f" (reference {args.reference!r} was already credited: nothing more)"
             if top.replayed else ""), out)
@@ -850,38 +786,16 @@ def _user() -> str:
 
 def cmd_sub_history(args: argparse.Namespace) -> int:
     from ocs.cdr.reader import every_record
-    from ocs.provisioning import stored_ledger
 
     cfg = _config(args)
     msisdn = validate_msisdn(args.msisdn)
     since = _event_time(args.since, "--from") if args.since else None
     until = _event_time(args.until, "--to") if args.until else None
-    items: list[dict[str, Any]] = []
     with _open(cfg) as store:
-        entries = stored_ledger(store, msisdn)
-        if entries is None:
-            raise CliError(f"no subscriber {msisdn}", EXIT_FAILURE)
-        for e in entries:
-            items.append({"time": e.at, "kind": e.kind, "amount": e.amount,
-                          "reference": e.reference, "actor": e.actor, "service": "",
-                          "units": None, "record_id": "",
-                          "balance_after": None if e.actor == "ledger"  # (not known)
-                          else format_amount(e.balance_after)})
-        for r in every_record(cfg.under_data(cfg.cdr.dir), store):
-            if r.msisdn != msisdn:
-                continue
-            kind = {"refund": "refund", "rerate": "adjustment"}.get(r.result, "charge")
-            items.append({"time": r.end_time, "kind": kind, "amount": -r.charge,
-                          "reference": r.session_id if kind == "adjustment" else "",
-                          "actor": r.protocol, "service": r.service if kind != "adjustment"
-                          else "", "units": r.units, "record_id": r.record_id,
-                          "balance_after": None})
-    items = [i for i in items if (since is None or i["time"] >= since)
-             and (until is None or i["time"] < until)]
-    items.sort(key=lambda i: i["time"])  # stable: each source is in its own order
-    for i in items:
-        i["time"] = _iso(i["time"])
-        i["amount"] = format_amount(i["amount"])
+        items = views.history(store, every_record(cfg.under_data(cfg.cdr.dir), store),
+                              msisdn, since=since, until=until)
+    if items is None:
+        raise CliError(f"no subscriber {msisdn}", EXIT_FAILURE)
     if args.json:
         _print_json(items)
     else:
@@ -1541,6 +1455,51 @@ def cmd_rerate(args: argparse.Namespace) -> int:
               f"{out['new_total']}, difference {out['delta']}"
               + (f"; not re-rated: {res.skipped}" if res.skipped else "")
               + (f"; report {report}" if report else ""))
+    return 0
+
+
+def cmd_api_token_create(args: argparse.Namespace) -> int:
+    from ocs.api.tokens import new_token, op_create
+
+    cfg = _config(args)
+    token = new_token()
+    with _open(cfg) as store:
+        rec = store.run_write(op_create(token, args.role, name=args.name,
+                                        actor=f"cli:{_user()}"))
+    _say(args, f"{token}\n(role {rec.role}, id {rec.token_id}; shown once: the store keeps "
+         "only its hash)", {"token": token, "token_id": rec.token_id, "role": rec.role,
+                            "name": rec.name})
+    return 0
+
+
+def cmd_api_token_list(args: argparse.Namespace) -> int:
+    from ocs.api.tokens import tokens
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        items = [{"token_id": t.token_id, "role": t.role, "name": t.name,
+                  "created_at": _iso(t.created_at), "created_by": t.created_by}
+                 for t in tokens(store)]
+    if args.json:
+        _print_json(items)
+    else:
+        _table(f"API tokens ({len(items)})", ["id", "role", "name", "created", "by"],
+               [[i["token_id"], i["role"], i["name"], i["created_at"], i["created_by"]]
+                for i in items])
+    return 0
+
+
+def cmd_api_token_revoke(args: argparse.Namespace) -> int:
+    from ocs.api.tokens import TokenError, op_revoke
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        try:
+            rec = store.run_write(op_revoke(args.token_id))
+        except TokenError as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
+    _say(args, f"token {rec.token_id} ({rec.role}) revoked",
+         {"token_id": rec.token_id, "role": rec.role, "revoked": True})
     return 0
 
 

@@ -405,6 +405,21 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig:
+    listen: str = ""
+    """The REST API under /api/v1 (and the portal at /), e.g. "127.0.0.1:8088"; "" = off."""
+    max_page: int = 500
+    """At most this many subscribers per page of GET /api/v1/subscribers."""
+    max_body_kb: int = 64
+    request_timeout_s: float = 10.0
+    """A request must arrive whole within this (slow senders are closed)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: str = "<defaults>"
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -415,6 +430,7 @@ class Config:
     smpp: SmppConfig | None = None
     snmp: SnmpConfig | None = None
     chf: ChfConfig | None = None
+    api: ApiConfig | None = None
     nms: NmsConfig | None = None
     cdr: CdrConfig = field(default_factory=CdrConfig)
     noc: NocConfig = field(default_factory=NocConfig)
@@ -444,6 +460,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "smpp": SmppConfig,
     "snmp": SnmpConfig,
     "chf": ChfConfig,
+    "api": ApiConfig,
     "nms": NmsConfig,
     "cdr": CdrConfig,
     "noc": NocConfig,
@@ -675,6 +692,11 @@ def _validate(cfg: Config) -> None:
                     "idle_timeout_s"):
             if getattr(ch, key) <= 0:
                 raise ConfigError(f"{src}: chf.{key}: must be positive")
+    if cfg.api is not None and cfg.api.listen:
+        _check_listen(cfg.api.listen, f"{src}: api.listen")
+        for key in ("max_page", "max_body_kb", "request_timeout_s"):
+            if getattr(cfg.api, key) <= 0:
+                raise ConfigError(f"{src}: api.{key}: must be positive")
     if cfg.nms is not None:
         _check_nms(cfg, src)
     if cfg.snmp is not None:

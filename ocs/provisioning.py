@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from ocs.money import MoneyError, format_amount, parse_amount
-from ocs.passwords import hash_password
+from ocs.passwords import hash_password, verify_password
 from ocs.rating.plans import Mode, PlansDocument
 from ocs.store.env import (
     BALANCES,
@@ -63,25 +63,42 @@ _dec_table = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 class ProvisioningError(ValueError):
-    """Bad provisioning input; the message is the one line the CLI prints."""
+    """Bad provisioning input; the message is the one line the CLI prints, ``field`` the
+    input it is about when there is one (the API names it)."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(ProvisioningError):
+    """No such subscriber."""
+
+
+class Conflict(ProvisioningError):
+    """The change is well-formed but collides with what is stored (an IMSI or user name
+    that is someone else's, a subscriber that exists with other terms, a reference used
+    for another amount)."""
 
 
 def validate_msisdn(value: str) -> str:
     v = value.strip().lstrip("+")
     if not _MSISDN_RE.match(v):
-        raise ProvisioningError(f"invalid MSISDN {value!r}: expected E.164, 6-15 digits")
+        raise ProvisioningError(f"invalid MSISDN {value!r}: expected E.164, 6-15 digits",
+                                field="msisdn")
     return v
 
 
 def validate_imsi(value: str) -> str:
     if not _IMSI_RE.match(value):
-        raise ProvisioningError(f"invalid IMSI {value!r}: expected 14-15 digits")
+        raise ProvisioningError(f"invalid IMSI {value!r}: expected 14-15 digits",
+                                field="imsi")
     return value
 
 
 def validate_username(value: str) -> str:
     if not _USERNAME_RE.match(value):
-        raise ProvisioningError(f"invalid username {value!r}")
+        raise ProvisioningError(f"invalid username {value!r}", field="username")
     return value
 
 
@@ -91,7 +108,7 @@ def _amount(text: str | None, what: str) -> int:
     try:
         return parse_amount(text, field=what)
     except MoneyError as exc:
-        raise ProvisioningError(str(exc)) from exc
+        raise ProvisioningError(str(exc), field=what.replace(" ", "_")) from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,17 +138,20 @@ def prepare_subscriber(new: NewSubscriber, plans: dict[str, dict[str, Any]],
     username = validate_username(new.username) if new.username else ""
     plan = plans.get(new.plan_id)
     if plan is None:
-        raise ProvisioningError(f"unknown plan {new.plan_id!r}")
+        raise ProvisioningError(f"unknown plan {new.plan_id!r}", field="plan")
     plan_mode = plan.get("mode", "prepaid")
     if new.postpaid and plan_mode != Mode.POSTPAID:
-        raise ProvisioningError(f"plan {new.plan_id!r} is {plan_mode}, not postpaid")
+        raise ProvisioningError(f"plan {new.plan_id!r} is {plan_mode}, not postpaid",
+                                field="postpaid")
     mode = Mode.POSTPAID if new.postpaid or plan_mode == Mode.POSTPAID else Mode.PREPAID
     balance = _amount(new.balance, "balance")
     credit_limit = _amount(new.credit_limit, "credit limit")
     if credit_limit and mode != Mode.POSTPAID:
-        raise ProvisioningError("--credit-limit is for postpaid subscribers")
+        raise ProvisioningError("--credit-limit is for postpaid subscribers",
+                                field="credit_limit")
     if balance and mode == Mode.POSTPAID:
-        raise ProvisioningError("postpaid subscribers start without a balance; use topup")
+        raise ProvisioningError("postpaid subscribers start without a balance; use topup",
+                                field="balance")
     sub = Subscriber(
         msisdn=msisdn,
         imsi=imsi,
@@ -151,11 +171,13 @@ def prepare_subscriber(new: NewSubscriber, plans: dict[str, dict[str, Any]],
 def _insert(tx: Tx, sub: Subscriber, bal: Balance) -> None:
     key = sub.msisdn.encode()
     if tx.get(SUBSCRIBERS, key) is not None:
-        raise ProvisioningError(f"subscriber {sub.msisdn} already exists")
+        raise Conflict(f"subscriber {sub.msisdn} already exists", field="msisdn")
     if sub.imsi and tx.get(IDX_IMSI, sub.imsi.encode()) is not None:
-        raise ProvisioningError(f"IMSI {sub.imsi} already belongs to another subscriber")
+        raise Conflict(f"IMSI {sub.imsi} already belongs to another subscriber",
+                       field="imsi")
     if sub.username and tx.get(IDX_USERNAME, sub.username.encode()) is not None:
-        raise ProvisioningError(f"username {sub.username!r} already belongs to another subscriber")
+        raise Conflict(f"username {sub.username!r} already belongs to another subscriber",
+                       field="username")
     tx.put(SUBSCRIBERS, key, encode(sub))
     tx.put(BALANCES, key, encode(bal))
     if bal.topped_up_total:  # the opening balance is in the ledger
@@ -183,10 +205,46 @@ def op_add_subscriber(new: NewSubscriber, now: int | None = None) -> Callable[[T
     return op
 
 
+def op_ensure_subscriber(new: NewSubscriber, now: int | None = None) -> Callable[
+        [Tx], tuple[Subscriber, bool]]:
+    """Create by MSISDN, idempotently (the API's POST): a subscriber that exists with
+    exactly these terms — plan, mode, identities, password, credit limit, roaming, opening
+    balance — is the answer again (created False); with other terms it is a
+    :class:`Conflict` and nothing changes."""
+    add = op_add_subscriber(new, now)
+    msisdn = validate_msisdn(new.msisdn)
+
+    def op(tx: Tx) -> tuple[Subscriber, bool]:
+        raw = tx.get(SUBSCRIBERS, msisdn.encode())
+        if raw is None:
+            return add(tx), True
+        old = dec_subscriber.decode(raw)
+        opening = next((e.amount for e in ledger_entries(tx, msisdn)
+                        if e.kind == "opening" and e.actor == "provisioning"), 0)
+        differ = [name for name, same in (
+            ("plan", old.plan_id == new.plan_id),
+            ("postpaid", not new.postpaid or old.mode == Mode.POSTPAID),
+            ("imsi", old.imsi == new.imsi),
+            ("username", old.username == new.username),
+            ("credit_limit", old.credit_limit == _amount(new.credit_limit, "credit limit")),
+            ("roaming", old.roaming == new.roaming),
+            ("balance", opening == _amount(new.balance, "balance")),
+            ("status", old.status != "terminated"),
+            ("password", verify_password(new.password, old.password_hash) if new.password
+             else not old.password_hash),
+        ) if not same]
+        if differ:
+            raise Conflict(f"subscriber {msisdn} already exists with other terms "
+                           f"({', '.join(differ)})", field=differ[0])
+        return old, False
+
+    return op
+
+
 def get_subscriber(tx: Tx, msisdn: str) -> Subscriber:
     raw = tx.get(SUBSCRIBERS, validate_msisdn(msisdn).encode())
     if raw is None:
-        raise ProvisioningError(f"no subscriber {msisdn}")
+        raise NotFound(f"no subscriber {msisdn}", field="msisdn")
     return dec_subscriber.decode(raw)
 
 
@@ -232,9 +290,10 @@ def op_credit(msisdn: str, amount: str, *, reference: str = "", actor: str = "",
     top-up; with another amount it is an error."""
     value = _amount(amount, "amount")
     if value <= 0:
-        raise ProvisioningError("top-up amount must be positive")
+        raise ProvisioningError("top-up amount must be positive", field="amount")
     if len(reference) > MAX_REFERENCE or any(c in reference for c in "\x00\r\n"):
-        raise ProvisioningError(f"reference: at most {MAX_REFERENCE} characters, one line")
+        raise ProvisioningError(f"reference: at most {MAX_REFERENCE} characters, one line",
+                                field="reference")
 
     def op(tx: Tx) -> TopUp:
         sub = get_subscriber(tx, msisdn)
@@ -249,12 +308,13 @@ def op_credit(msisdn: str, amount: str, *, reference: str = "", actor: str = "",
                 assert first is not None
                 entry = dec_ledger_entry.decode(first)
                 if entry.amount != value:
-                    raise ProvisioningError(
+                    raise Conflict(
                         f"reference {reference!r} was a top-up of "
-                        f"{format_amount(entry.amount)}, not {format_amount(value)}")
+                        f"{format_amount(entry.amount)}, not {format_amount(value)}",
+                        field="reference")
                 return TopUp(entry=entry, balance=bal, replayed=True)
         if sub.status == "terminated":
-            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+            raise Conflict(f"subscriber {sub.msisdn} is terminated", field="status")
         at = int(time.time()) if now is None else now
         if bal.topped_up_total and not any(tx.scan(LEDGER, key + b"\x00", key + b"\x01",
                                                    limit=1)):
@@ -300,7 +360,8 @@ def op_set_status(msisdn: str, action: str, now: int | None = None) -> Callable[
     def op(tx: Tx) -> tuple[Subscriber, Subscriber]:
         sub = get_subscriber(tx, msisdn)
         if sub.status not in allowed:
-            raise ProvisioningError(f"subscriber {sub.msisdn} is {sub.status}; cannot {action}")
+            raise Conflict(f"subscriber {sub.msisdn} is {sub.status}; cannot {action}",
+                           field="status")
         new = msgspec.structs.replace(sub, status=target, updated_at=ts)
         if action == "delete":
             if sub.imsi:
@@ -363,7 +424,7 @@ def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = N
     def op(tx: Tx) -> tuple[Subscriber, list[str]]:
         sub = get_subscriber(tx, msisdn)
         if sub.status == "terminated":
-            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+            raise Conflict(f"subscriber {sub.msisdn} is terminated", field="status")
         key = sub.msisdn.encode()
         new, changed = sub, []
         for field_name, value, index in (("imsi", imsi, IDX_IMSI),
@@ -374,8 +435,8 @@ def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = N
             if value:
                 owner = tx.get(index, value.encode())
                 if owner is not None and owner != key:
-                    raise ProvisioningError(f"{field_name} {value} already belongs to "
-                                            f"subscriber {owner.decode()}")
+                    raise Conflict(f"{field_name} {value} already belongs to "
+                                            f"subscriber {owner.decode()}", field=field_name)
                 tx.put(index, value.encode(), key)
             if old:
                 tx.delete(index, old.encode())
@@ -414,7 +475,7 @@ def op_change_plan(msisdn: str, plan_id: str, now: int | None = None) -> Callabl
     def op(tx: Tx) -> tuple[Subscriber, Subscriber]:
         sub = get_subscriber(tx, msisdn)
         if sub.status == "terminated":
-            raise ProvisioningError(f"subscriber {sub.msisdn} is terminated")
+            raise Conflict(f"subscriber {sub.msisdn} is terminated", field="status")
         if plan_id == sub.plan_id:
             raise ProvisioningError(f"subscriber {sub.msisdn} is already on {plan_id!r}")
         new = _on_plan(tx, sub, plan_id, ts)
@@ -504,14 +565,6 @@ def all_plans(store: Store) -> dict[str, dict[str, Any]]:
         return {
             bytes(k).decode(): _dec_table.decode(v) for k, v in txn.cursor(db=store.dbs[PLANS])
         }
-
-
-def iter_subscribers(store: Store) -> Iterator[tuple[Subscriber, Balance]]:
-    with store.read() as txn:
-        bdb = store.dbs[BALANCES]
-        for k, v in txn.cursor(db=store.dbs[SUBSCRIBERS]):
-            raw = txn.get(k, db=bdb)
-            yield dec_subscriber.decode(v), dec_balance.decode(raw) if raw else Balance()
 
 
 # -- bulk import ----------------------------------------------------------------------------

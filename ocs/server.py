@@ -193,6 +193,7 @@ class Server:
         self.smpp: Any = None
         self.snmp: Any = None
         self.chf: Any = None
+        self.api: Any = None
         self.nms: Any = None
         """The NMS poller (worker 0, when ``[[nms.elements]]`` are configured)."""
 
@@ -362,9 +363,10 @@ class Server:
             for problem in sanity.findings(self.cfg,
                                            self.engine.plans.in_store(self.store).plans):
                 log.warning("config_sanity", problem=problem, config=self.cfg.source)
-        for section in ("diameter", "radius", "smpp", "snmp", "chf"):
+        for section in ("diameter", "radius", "smpp", "snmp", "chf", "api"):
             sec = getattr(self.cfg, section)
-            if sec is None or not sec.enabled or (section == "snmp" and not self.primary):
+            if sec is None or not sec.enabled or (section in ("snmp", "api")
+                                                  and not self.primary):
                 continue
             starter = self.listeners.get(section)
             if starter is None:

@@ -50,6 +50,7 @@ FRAUD_CASES = b"fraud_cases"  # u64 case id -> Case
 NMS = b"nms"  # element \0 u64 time -> NmsSample (polled figures, ocs.nms.history)
 LEDGER = b"ledger"  # msisdn \0 u64 seq -> LedgerEntry (top-ups, opening balances)
 LEDGER_REFS = b"ledger_refs"  # msisdn \0 reference -> u64 seq of its entry
+API_TOKENS = b"api_tokens"  # SHA-256 of a bearer token -> ApiToken (ocs.api.tokens)
 
 ALL_DBS = (
     SUBSCRIBERS,
@@ -77,6 +78,7 @@ ALL_DBS = (
     NMS,
     LEDGER,
     LEDGER_REFS,
+    API_TOKENS,
 )
 
 META_SCHEMA = b"schema_version"

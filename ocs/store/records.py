@@ -237,6 +237,21 @@ class PlanVersionHead(msgspec.Struct, array_like=True, frozen=True, kw_only=True
 dec_plan_version_head = msgspec.msgpack.Decoder(PlanVersionHead)
 
 
+class ApiToken(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """A REST API bearer token as kept: its role and who made it, never the token (the
+    key is its SHA-256)."""
+
+    token_id: str
+    """The token's first characters: names it in ``ocs api token list`` and the logs."""
+    role: str
+    name: str = ""
+    created_at: int = 0
+    created_by: str = ""
+
+
+dec_api_token = msgspec.msgpack.Decoder(ApiToken)
+
+
 class LedgerEntry(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     """Money put on a balance (a top-up, the opening balance): what charges are not.
     Charges, refunds and re-rating adjustments are CDRs; together the two are the

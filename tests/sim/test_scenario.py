@@ -27,6 +27,8 @@ def server_cfg(tmp_path: Path) -> Path:
                      ("127.0.0.1:1813", f"127.0.0.1:{free_udp_port()}"),
                      ("127.0.0.1:2775", f"127.0.0.1:{free_tcp_port()}"),
                      ("127.0.0.1:1162", f"127.0.0.1:{free_udp_port()}"),
+                     ("127.0.0.1:8086", f"127.0.0.1:{free_tcp_port()}"),
+                     ("127.0.0.1:8088", f"127.0.0.1:{free_tcp_port()}"),
                      ('log_format = "auto"', 'log_format = "json"')):
         text = text.replace(old, new)
     text = text.replace('listen = "127.0.0.1:9100"', "enabled = false")

@@ -1,0 +1,605 @@
+"""The REST API under ``/api/v1``: Litestar routes over the same core as the CLI.
+
+Litestar because it speaks msgspec natively (our records and the request bodies are
+msgspec structs: validation and OpenAPI from one declaration) and generates the OpenAPI
+document itself. Every handler is a plain function run on a thread (:func:`threaded`):
+store reads, CDR file reads and provisioning writes (the same operations as ``ocs
+subscriber ...``, each one LMDB transaction) never run on the event loop that answers
+charging requests. Answers are the CLI's ``--json`` shapes (:mod:`ocs.views`); errors are
+RFC 9457 problem details naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime as dt
+import functools
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+import anyio.to_thread
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, delete, get, patch, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+
+from ocs import build_version, views
+from ocs.api.tokens import lookup
+from ocs.billing.run import BillingError, check_period
+from ocs.cdr.reader import every_record
+from ocs.charging.engine import ChargingEngine
+from ocs.config import Config
+from ocs.fraud.cases import decode_case, load_case
+from ocs.fraud.cases import resolve as resolve_case
+from ocs.fraud.cases import to_json as case_json
+from ocs.noc import alarms as noc
+from ocs.provisioning import (
+    Conflict,
+    NewSubscriber,
+    NotFound,
+    ProvisioningError,
+    SubscriberChange,
+    all_plans,
+    op_credit,
+    op_ensure_subscriber,
+    op_set_status,
+    op_set_subscriber,
+    validate_msisdn,
+)
+from ocs.store.env import ALARMS, FRAUD_CASES, SUBSCRIBERS, Store
+from ocs.store.records import ApiToken, Subscriber
+from ocs.store.tx import Tx
+
+PROBLEM = "application/problem+json"
+BASE = "/api/v1"
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+# -- roles ----------------------------------------------------------------------------------
+# admin passes every route; a route names the other roles it admits.
+EVERYONE = frozenset({"care", "noc", "readonly"})
+CARE_READ = frozenset({"care", "readonly"})
+CARE = frozenset({"care"})
+NOC = frozenset({"noc"})
+ADMIN: frozenset[str] = frozenset()
+
+
+def threaded(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """A handler's work on a worker thread (Litestar's own ``sync_to_thread`` breaks a GET
+    that shares its path with a DELETE: litestar 2.x answers it with an unawaited
+    coroutine). The signature stays, for Litestar's parameters and the OpenAPI document."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """What the routes work on: the node's config, store and charging engine (reads)."""
+
+    cfg: Config
+    store: Store
+    engine: ChargingEngine
+    max_page: int = 500
+
+    def write(self, op: Callable[[Tx], T]) -> T:
+        """One provisioning operation, in its own transaction, as the CLI runs it."""
+        return self.store.run_write(op)
+
+
+# -- request bodies (msgspec: validated, and described in the OpenAPI document) -------------
+
+Msisdn = Annotated[str, msgspec.Meta(pattern=r"^\+?[1-9][0-9]{5,14}$",
+                                     description="E.164 digits")]
+Amount = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
+                                     description="a decimal amount, e.g. \"10.00\"")]
+Line = Annotated[str, msgspec.Meta(max_length=253, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class NewSubscriberBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    msisdn: Msisdn
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    imsi: Annotated[str, msgspec.Meta(pattern=r"^([0-9]{14,15})?$")] = ""
+    username: Line = ""
+    password: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    balance: Amount | Literal[""] = ""
+    postpaid: bool = False
+    credit_limit: Amount | Literal[""] = ""
+    roaming: bool = True
+
+
+class SubscriberPatchBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Only the members given change; "" clears IMSI, user name or password."""
+
+    imsi: Annotated[str, msgspec.Meta(pattern=r"^([0-9]{14,15})?$")] | None = None
+    username: Line | None = None
+    password: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    credit_limit: Amount | Literal[""] | None = None
+    roaming: bool | None = None
+    status: Literal["active", "suspended", "blocked"] | None = None
+
+
+class TopUpBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    amount: Amount
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                           pattern=r"^[^\x00-\x1f\x7f]+$",
+                                           description="the payment's id: the same one "
+                                           "again credits nothing")]
+
+
+class ResolveBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reinstate: bool = False
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+# -- errors as RFC 9457 problem details ------------------------------------------------------
+
+
+def problem(status: int, title: str, detail: str = "", *, field: str = "",
+            headers: dict[str, str] | None = None) -> Response[Any]:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if field:
+        body["errors"] = [{"field": field, "detail": detail or title}]
+    return Response(content=body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _provisioning_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, ProvisioningError)
+    status, title = ((404, "Not Found") if isinstance(exc, NotFound) else
+                     (409, "Conflict") if isinstance(exc, Conflict) else
+                     (422, "Unprocessable Content"))
+    return problem(status, title, str(exc), field=exc.field)
+
+
+_FIELD_RE = re.compile(r"at `\$\.([A-Za-z0-9_.\[\]]+)`|field `([A-Za-z0-9_]+)`")
+
+
+def _field(error: dict[str, Any]) -> str:
+    """The member a validation error is about: a query or path parameter's name, or the
+    body member msgspec names in its message (``at `$.amount```)."""
+    key = str(error.get("key") or "")
+    if key and key != "data":
+        return key
+    m = _FIELD_RE.search(str(error.get("message", "")))
+    return (m.group(1) or m.group(2)) if m else key
+
+
+def _validation_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, ValidationException)
+    errors = []
+    for e in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(e, dict):
+            errors.append({"field": _field(e), "detail": str(e.get("message", ""))})
+    body: dict[str, Any] = {"type": "about:blank", "title": "Bad Request", "status": 400,
+                            "detail": errors[0]["detail"] if errors else str(exc.detail),
+                            "errors": errors}
+    return Response(content=body, status_code=400, media_type=PROBLEM)
+
+
+def _http_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, HTTPException)
+    field = exc.extra.get("field", "") if isinstance(exc.extra, dict) else ""
+    title = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+             405: "Method Not Allowed", 409: "Conflict"}.get(exc.status_code, "Error")
+    return problem(exc.status_code, title, str(exc.detail), field=field,
+                   headers=exc.headers)
+
+
+def _internal_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    structlog.get_logger(__name__).error("api_error", error=type(exc).__name__,
+                                         message=str(exc))
+    return problem(500, "Internal Server Error", "the error is in the server's log")
+
+
+def not_found(detail: str, field: str = "") -> HTTPException:
+    return HTTPException(status_code=404, detail=detail, extra={"field": field})
+
+
+def bad_request(detail: str, field: str) -> HTTPException:
+    return HTTPException(status_code=400, detail=detail, extra={"field": field})
+
+
+# -- authentication and roles --------------------------------------------------------------
+
+
+def _authorize(conn: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    roles: frozenset[str] | None = handler.opt.get("roles")
+    if roles is None:  # public (the OpenAPI document)
+        return
+    ctx: ApiContext = conn.app.state["ctx"]
+    scheme, _, token = conn.headers.get("authorization", "").partition(" ")
+    rec = lookup(ctx.store, token.strip()) if scheme.lower() == "bearer" else None
+    if rec is None:
+        raise NotAuthorizedException(detail="a valid bearer token is needed "
+                                     "(ocs api token create)",
+                                     headers={"WWW-Authenticate": "Bearer"})
+    if rec.role != "admin" and rec.role not in roles:
+        raise PermissionDeniedException(detail=f"role {rec.role} may not do this")
+    conn.scope["state"]["token"] = rec
+
+
+def _actor(request: Request[Any, Any, Any]) -> str:
+    rec: ApiToken = request.scope["state"]["token"]
+    return f"api:{rec.token_id}" + (f":{rec.name}" if rec.name else "")
+
+
+def _ctx(request: Request[Any, Any, Any]) -> ApiContext:
+    ctx: ApiContext = request.app.state["ctx"]
+    return ctx
+
+
+def _msisdn(text: str) -> str:
+    try:
+        return validate_msisdn(text)
+    except ProvisioningError as exc:
+        raise not_found(str(exc), "msisdn") from None
+
+
+def _time(text: str | None, name: str) -> int | None:
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise bad_request(f"{text!r} is not an ISO 8601 time", name) from None
+    if t.tzinfo is None:
+        raise bad_request(f"{text!r} has no time zone (add Z or +01:00)", name)
+    return int(t.timestamp())
+
+
+# -- subscribers ------------------------------------------------------------------------------
+
+_CURSOR_RE = re.compile(r"^[1-9][0-9]{5,14}$")
+
+
+def _cursor(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        after = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        after = ""
+    if not _CURSOR_RE.match(after):
+        raise bad_request("not a cursor this API gave", "cursor")
+    return after
+
+
+def _next_cursor(after: str) -> str | None:
+    return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=") if after else None
+
+
+@get(f"{BASE}/subscribers", opt={"roles": CARE_READ})
+@threaded
+def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
+                     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+                     status: Literal["active", "suspended", "blocked", "terminated"]
+                     | None = None,
+                     q: Annotated[str, Parameter(max_length=253)] = "") -> dict[str, Any]:
+    """Subscribers in MSISDN order, a page at a time (``next_cursor`` is the next page's
+    ``cursor``); ``q`` finds one by MSISDN, IMSI or user name."""
+    ctx = _ctx(request)
+    if q:
+        found = [views.subscriber(ctx.engine, m) for m in views.find_msisdns(ctx.store, q)]
+        return {"items": [f for f in found if f is not None], "next_cursor": None}
+    items, last = views.subscriber_items(ctx.store, after=_cursor(cursor),
+                                         limit=min(limit, ctx.max_page), status=status or "")
+    return {"items": items, "next_cursor": _next_cursor(last)}
+
+
+@post(f"{BASE}/subscribers", opt={"roles": CARE}, status_code=201)
+@threaded
+def create_subscriber(request: Request[Any, Any, Any],
+                      data: NewSubscriberBody) -> Response[dict[str, Any]]:
+    """Create by MSISDN: the same request again answers 200 with the subscriber; the same
+    MSISDN with other terms is a 409."""
+    ctx = _ctx(request)
+    new = NewSubscriber(msisdn=data.msisdn, plan_id=data.plan, imsi=data.imsi,
+                        username=data.username, password=data.password,
+                        balance=data.balance, postpaid=data.postpaid,
+                        credit_limit=data.credit_limit, roaming=data.roaming)
+    sub, created = ctx.write(op_ensure_subscriber(new))
+    item = views.subscriber(ctx.engine, sub.msisdn)
+    assert item is not None
+    return Response(item, status_code=201 if created else 200,
+                    headers={"Location": f"{BASE}/subscribers/{sub.msisdn}"})
+
+
+@get(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE_READ})
+@threaded
+def get_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
+    ctx = _ctx(request)
+    item = views.subscriber(ctx.engine, _msisdn(msisdn))
+    if item is None:
+        raise not_found(f"no subscriber {msisdn}", "msisdn")
+    return item
+
+
+_STATUS_ACTION = {"active": "resume", "suspended": "suspend", "blocked": "block"}
+
+
+@patch(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE})
+@threaded
+def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
+                     data: SubscriberPatchBody) -> dict[str, Any]:
+    """Identities (a SIM swap), password, plan, credit limit, roaming and status in one
+    transaction; ``changed`` lists what changed."""
+    ctx = _ctx(request)
+    key = _msisdn(msisdn)
+    change = SubscriberChange(imsi=data.imsi, username=data.username,
+                              password=data.password, plan_id=data.plan,
+                              credit_limit=data.credit_limit, roaming=data.roaming)
+    set_terms = op_set_subscriber(key, change)
+
+    def op(tx: Tx) -> list[str]:
+        _new, changed = set_terms(tx)
+        if data.status is not None:
+            raw = tx.get(SUBSCRIBERS, key.encode())
+            assert raw is not None  # set_terms found it
+            current: Subscriber = msgspec.msgpack.decode(raw, type=Subscriber)
+            if current.status != data.status:
+                op_set_status(key, _STATUS_ACTION[data.status])(tx)
+                changed.append("status")
+        return changed
+
+    changed = ctx.write(op)
+    item = views.subscriber(ctx.engine, key)
+    assert item is not None
+    return {**item, "changed": changed}
+
+
+@delete(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": ADMIN},
+        status_code=200)
+@threaded
+def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
+    """The subscriber is terminated (``ocs subscriber delete``): kept for billing, its
+    IMSI and user name free again. Deleting a terminated subscriber again is the same
+    answer."""
+    ctx = _ctx(request)
+    key = _msisdn(msisdn)
+    delete_op = op_set_status(key, "delete")
+
+    def op(tx: Tx) -> str:
+        raw = tx.get(SUBSCRIBERS, key.encode())
+        if raw is None:
+            raise NotFound(f"no subscriber {key}", field="msisdn")
+        if msgspec.msgpack.decode(raw, type=Subscriber).status != "terminated":
+            delete_op(tx)
+        return "terminated"
+
+    return {"msisdn": key, "status": ctx.write(op)}
+
+
+@post(f"{BASE}/subscribers/{{msisdn:str}}/topups", opt={"roles": CARE},
+      status_code=201)
+@threaded
+def topup(request: Request[Any, Any, Any], msisdn: str,
+          data: TopUpBody) -> Response[dict[str, Any]]:
+    """Credit the balance. The same ``reference`` again credits nothing and answers the
+    first top-up (200, ``replayed``); with another amount it is a 409."""
+    ctx = _ctx(request)
+    key = _msisdn(msisdn)
+    top = ctx.write(op_credit(key, data.amount, reference=data.reference,
+                              actor=_actor(request)))
+    return Response(views.topup(key, top, data.reference),
+                    status_code=200 if top.replayed else 201)
+
+
+@get(f"{BASE}/subscribers/{{msisdn:str}}/usage", opt={"roles": CARE_READ},)
+@threaded
+def usage(request: Request[Any, Any, Any], msisdn: str,
+          since: Annotated[str | None, Parameter(query="from")] = None,
+          until: Annotated[str | None, Parameter(query="to")] = None) -> list[dict[str, Any]]:
+    """Top-ups and charges (from the CDRs) in time order within [from, to)."""
+    ctx = _ctx(request)
+    key = _msisdn(msisdn)
+    start, end = _time(since, "from"), _time(until, "to")
+    items = views.history(ctx.store, every_record(ctx.cfg.under_data(ctx.cfg.cdr.dir),
+                                                  ctx.store), key, since=start, until=end)
+    if items is None:
+        raise not_found(f"no subscriber {key}", "msisdn")
+    return items
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+@get(f"{BASE}/plans", opt={"roles": EVERYONE})
+@threaded
+def list_plans(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [views.plan(t) for _, t in sorted(all_plans(_ctx(request).store).items())]
+
+
+@get(f"{BASE}/plans/{{plan_id:str}}", opt={"roles": EVERYONE})
+@threaded
+def get_plan(request: Request[Any, Any, Any], plan_id: str) -> dict[str, Any]:
+    table = all_plans(_ctx(request).store).get(plan_id)
+    if table is None:
+        raise not_found(f"no plan {plan_id!r}", "plan_id")
+    return views.plan(table)
+
+
+# -- alarms -----------------------------------------------------------------------------------
+
+
+@get(f"{BASE}/alarms", opt={"roles": EVERYONE})
+@threaded
+def list_alarms(request: Request[Any, Any, Any], active: bool = False) -> list[dict[str, Any]]:
+    """Newest first; ``active=true`` for the ones not cleared."""
+    store = _ctx(request).store
+    with store.read() as txn:
+        items = [noc.decode(v) for _k, v in txn.cursor(db=store.dbs[ALARMS])]
+    items = [a for a in items if a.active or not active]
+    items.sort(key=lambda a: (-a.last_seen, -a.alarm_id))
+    return [noc.to_json(a) for a in items]
+
+
+def _alarm_action(request: Request[Any, Any, Any], alarm_id: int,
+                  action: str) -> dict[str, Any]:
+    ctx = _ctx(request)
+    act = noc.OperatorAction(alarm_id=alarm_id, action=action, at=int(time.time()),
+                             user=_actor(request))
+    try:
+        alarm = ctx.write(lambda tx: noc.operator(tx, act))
+    except ValueError as exc:  # the only one an ack or clear raises: no such alarm
+        raise not_found(str(exc), "alarm_id") from None
+    return noc.to_json(alarm)
+
+
+@post(f"{BASE}/alarms/{{alarm_id:int}}/ack", opt={"roles": NOC},
+      status_code=200)
+@threaded
+def ack_alarm(request: Request[Any, Any, Any], alarm_id: int) -> dict[str, Any]:
+    return _alarm_action(request, alarm_id, "ack")
+
+
+@post(f"{BASE}/alarms/{{alarm_id:int}}/clear", opt={"roles": NOC},
+      status_code=200)
+@threaded
+def clear_alarm(request: Request[Any, Any, Any], alarm_id: int) -> dict[str, Any]:
+    return _alarm_action(request, alarm_id, "clear")
+
+
+# -- fraud cases ------------------------------------------------------------------------------
+
+
+@get(f"{BASE}/fraud/cases", opt={"roles": CARE_READ})
+@threaded
+def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
+        bool, Parameter(query="open")] = False) -> list[dict[str, Any]]:
+    store = _ctx(request).store
+    with store.read() as txn:
+        items = [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
+    items = [c for c in items if c.status == "open" or not open_only]
+    items.sort(key=lambda c: (-c.updated_at, -c.case_id))
+    return [case_json(c) for c in items]
+
+
+@get(f"{BASE}/fraud/cases/{{case_id:int}}", opt={"roles": CARE_READ})
+@threaded
+def get_case(request: Request[Any, Any, Any], case_id: int) -> dict[str, Any]:
+    store = _ctx(request).store
+    with store.read() as txn:
+        case = load_case(Tx(txn, store.dbs), case_id)
+    if case is None:
+        raise not_found(f"no fraud case {case_id}", "case_id")
+    return case_json(case)
+
+
+@post(f"{BASE}/fraud/cases/{{case_id:int}}/resolve", opt={"roles": CARE},
+      status_code=200)
+@threaded
+def resolve(request: Request[Any, Any, Any], case_id: int,
+            data: ResolveBody) -> dict[str, Any]:
+    """Close a case; ``reinstate`` lifts the measure it took (suspension, block)."""
+    ctx = _ctx(request)
+    note = data.note or f"by {_actor(request)}"
+    try:
+        case = ctx.write(lambda tx: resolve_case(tx, case_id, reinstate=data.reinstate,
+                                                 note=note, at=int(time.time())))
+    except KeyError:
+        raise not_found(f"no fraud case {case_id}", "case_id") from None
+    except ValueError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    return case_json(case)
+
+
+# -- invoices ---------------------------------------------------------------------------------
+
+_INVOICE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def _period_dir(ctx: ApiContext, period: str) -> Path:
+    try:
+        check_period(period)
+    except BillingError as exc:
+        raise bad_request(str(exc), "period") from None
+    return ctx.cfg.under_data(ctx.cfg.billing.invoice_dir) / period
+
+
+@get(f"{BASE}/invoices", opt={"roles": CARE_READ})
+@threaded
+def list_invoices(request: Request[Any, Any, Any],
+                  period: Annotated[str, Parameter(pattern=r"^[0-9]{4}-[0-9]{2}$")],
+                  msisdn: str = "") -> list[dict[str, Any]]:
+    """A billed period's invoices (``ocs bill run``), one line each."""
+    path = _period_dir(_ctx(request), period) / "summary.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise not_found(f"no invoices for {period} (ocs bill run)", "period") from None
+    return [r for r in rows if not msisdn or r["msisdn"] == msisdn]
+
+
+@get(f"{BASE}/invoices/{{period:str}}/{{invoice_id:str}}", opt={"roles": CARE_READ},)
+@threaded
+def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
+                fmt: Annotated[Literal["json", "html"], Parameter(query="format")] = "json",
+                ) -> Response[Any]:
+    """One invoice as JSON, or as the HTML page sent to the customer (``format=html``)."""
+    if not _INVOICE_RE.match(invoice_id) or invoice_id.startswith("."):
+        raise not_found(f"no invoice {invoice_id!r}", "invoice_id")
+    path = _period_dir(_ctx(request), period) / f"{invoice_id}.{fmt}"
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise not_found(f"no invoice {invoice_id} in {period}", "invoice_id") from None
+    if fmt == "html":
+        return Response(body, media_type="text/html; charset=utf-8")
+    return Response(json.loads(body))
+
+
+ROUTES = [list_subscribers, create_subscriber, get_subscriber, patch_subscriber,
+          delete_subscriber, topup, usage, list_plans, get_plan, list_alarms, ack_alarm,
+          clear_alarm, list_cases, get_case, resolve, list_invoices, get_invoice]
+
+
+def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:
+    return Litestar(
+        route_handlers=ROUTES,
+        guards=[_authorize],
+        state=State({"ctx": ctx}),
+        exception_handlers={
+            ProvisioningError: _provisioning_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="OCS REST API", version=build_version(), path=BASE,
+            render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer",
+                                         description="ocs api token create --role ROLE")}),
+            security=[{"bearer": []}],
+            operation_id_creator=lambda handler, _method, _path: handler.handler_name,
+        ),
+        request_max_body_size=max_body,
+        debug=False,
+    )

@@ -1,0 +1,187 @@
+"""What the CLI's ``--json`` prints and the REST API answers: one builder per shape.
+
+Read models over the store and the CDR files, shared by :mod:`ocs.cli` and
+:mod:`ocs.api` so both say the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ocs.cdr.fileformat import iso_utc
+from ocs.charging.engine import ChargingEngine
+from ocs.charging.model import IdKind
+from ocs.money import format_amount
+from ocs.provisioning import TopUp, ledger_entries
+from ocs.rating.plans import compile_plan
+from ocs.store.env import BALANCES, IDX_IMSI, IDX_USERNAME, SUBSCRIBERS, Store
+from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber
+from ocs.store.tx import Tx
+
+
+def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
+    """``ocs subscriber show --json``: the record, balance and this cycle's allowances;
+    None if there is no such subscriber."""
+    store = engine.store
+    with store.read() as txn:
+        raw = txn.get(msisdn.encode(), db=store.dbs[SUBSCRIBERS])
+    if raw is None:
+        return None
+    view = engine.check_balance(((IdKind.MSISDN, msisdn),))
+    if view is None:  # deleted in between
+        return None
+    sub = dec_subscriber.decode(raw)
+    return {
+        "msisdn": sub.msisdn,
+        "imsi": sub.imsi,
+        "username": sub.username,
+        "plan": sub.plan_id,
+        "mode": sub.mode,
+        "status": sub.status,
+        "currency": sub.currency,
+        "balance": format_amount(view.balance),
+        "reserved": format_amount(view.reserved),
+        "available": format_amount(view.available),
+        "credit_limit": format_amount(sub.credit_limit),
+        "roaming": sub.roaming,
+        "allowances": view.allowances,
+    }
+
+
+def subscriber_item(sub: Subscriber, bal: Balance) -> dict[str, Any]:
+    """One row of ``ocs subscriber list --json``."""
+    return {
+        "msisdn": sub.msisdn,
+        "imsi": sub.imsi,
+        "username": sub.username,
+        "plan": sub.plan_id,
+        "mode": sub.mode,
+        "status": sub.status,
+        "currency": sub.currency,
+        "balance": format_amount(bal.balance),
+        "reserved": format_amount(bal.reserved),
+    }
+
+
+def subscriber_items(store: Store, *, after: str = "", limit: int | None = None,
+                     status: str = "") -> tuple[list[dict[str, Any]], str]:
+    """Subscribers in MSISDN order after ``after`` (exclusive), at most ``limit``; with the
+    last MSISDN of the page when more follow (the next page's ``after``), else ""."""
+    items: list[dict[str, Any]] = []
+    with store.read() as txn:
+        bals = store.dbs[BALANCES]
+        cur = txn.cursor(db=store.dbs[SUBSCRIBERS])
+        start = after.encode() + b"\x00" if after else b""
+        more = cur.set_range(start) if start else cur.first()
+        while more:
+            sub = dec_subscriber.decode(cur.value())
+            if not status or sub.status == status:
+                if limit is not None and len(items) == limit:
+                    return items, items[-1]["msisdn"]
+                raw = txn.get(cur.key(), db=bals)
+                items.append(subscriber_item(sub, dec_balance.decode(raw) if raw is not None
+                                             else Balance()))
+            more = cur.next()
+    return items, ""
+
+
+def find_msisdns(store: Store, text: str) -> list[str]:
+    """The subscribers an operator means by ``text``: an MSISDN, IMSI or user name
+    (exact; a care agent reads it off a screen or a SIM)."""
+    found: list[str] = []
+    key = text.encode()
+    with store.read() as txn:
+        if text and txn.get(key, db=store.dbs[SUBSCRIBERS]) is not None:
+            found.append(text)
+        for idx in (IDX_IMSI, IDX_USERNAME):
+            owner = txn.get(key, db=store.dbs[idx]) if text else None
+            if owner is not None and owner.decode() not in found:
+                found.append(owner.decode())
+    return found
+
+
+def topup(msisdn: str, top: TopUp, reference: str) -> dict[str, Any]:
+    """``ocs subscriber topup --json``."""
+    out: dict[str, Any] = {"msisdn": msisdn, "amount": format_amount(top.entry.amount),
+                           "balance": format_amount(top.balance.balance)}
+    if reference:
+        out.update(reference=reference, replayed=top.replayed, entry=top.entry.seq)
+    return out
+
+
+def history(store: Store, records: Iterator[Any], msisdn: str, *,
+            since: int | None = None, until: int | None = None) -> list[dict[str, Any]] | None:
+    """``ocs subscriber history --json``: ledger entries (top-ups, opening balances) and
+    charges from ``records`` (CDRs) in time order, within [since, until); None if there
+    is no such subscriber."""
+    items: list[dict[str, Any]] = []
+    key = msisdn.encode()
+    with store.read() as txn:
+        tx = Tx(txn, store.dbs)
+        if tx.get(SUBSCRIBERS, key) is None:
+            return None
+        entries = ledger_entries(tx, msisdn)
+    for e in entries:
+        items.append({"time": e.at, "kind": e.kind, "amount": e.amount,
+                      "reference": e.reference, "actor": e.actor, "service": "",
+                      "units": None, "record_id": "",
+                      "balance_after": None if e.actor == "ledger"  # (not known)
+                      else format_amount(e.balance_after)})
+    for r in records:
+        if r.msisdn != msisdn:
+            continue
+        kind = {"refund": "refund", "rerate": "adjustment"}.get(r.result, "charge")
+        items.append({"time": r.end_time, "kind": kind, "amount": -r.charge,
+                      "reference": r.session_id if kind == "adjustment" else "",
+                      "actor": r.protocol, "service": r.service if kind != "adjustment"
+                      else "", "units": r.units, "record_id": r.record_id,
+                      "balance_after": None})
+    items = [i for i in items if (since is None or i["time"] >= since)
+             and (until is None or i["time"] < until)]
+    items.sort(key=lambda i: i["time"])  # stable: each source is in its own order
+    for i in items:
+        i["time"] = iso_utc(i["time"])
+        i["amount"] = format_amount(i["amount"])
+    return items
+
+
+def plan(table: dict[str, Any]) -> dict[str, Any]:
+    """``ocs plan show --json`` (and one item of ``plan list --json``)."""
+    p = compile_plan(table)
+    return {
+        "id": p.id,
+        "name": p.name,
+        "mode": p.mode.value,
+        "currency": p.currency,
+        "monthly_fee": format_amount(p.monthly_fee),
+        "timezone": p.timezone,
+        "zero_rated_groups": sorted(p.zero_rated_groups),
+        "allowances": {
+            "data_bytes": p.allowances.data_bytes,
+            "voice_seconds": p.allowances.voice_seconds,
+            "sms": p.allowances.sms,
+        },
+        "rates": [
+            {
+                "id": r.id,
+                "service": r.service.value,
+                "price": format_amount(r.price),
+                "unit": r.unit,
+                "rating_groups": sorted(r.rating_groups) if r.rating_groups is not None
+                else None,
+                "prefix": r.prefix,
+                "first_increment_s": r.first_increment_s,
+                "increment_s": r.increment_s,
+                "connect_fee": format_amount(r.connect_fee),
+                "zones": sorted(r.zones),
+                "bands": list(r.bands),
+                "slices": sorted(r.slices),
+            }
+            for r in p.rates
+        ],
+        "bands": [
+            {"id": b.id, "days": sorted(b.days), "from_min": b.from_min, "to_min": b.to_min}
+            for b in p.bands.values()
+        ],
+    }
