@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
@@ -37,7 +38,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
@@ -119,6 +120,10 @@ Amount = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
 Line = Annotated[str, msgspec.Meta(max_length=253, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
+AlarmId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+CaseId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+
+
 class NewSubscriberBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     msisdn: Msisdn
     plan: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -157,6 +162,30 @@ class ResolveBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # -- errors as RFC 9457 problem details ------------------------------------------------------
+
+
+class ProblemField(msgspec.Struct):
+    field: str
+    detail: str
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """RFC 9457 problem details; ``errors`` names the fields at fault."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = ""
+    errors: list[ProblemField] = []
+
+
+def _problems(*codes: int) -> dict[int, ResponseSpec]:
+    return {code: ResponseSpec(Problem, generate_examples=False, media_type=PROBLEM,
+                               description=HTTPStatus(code).phrase) for code in codes}
+
+
+READ_ERRORS = _problems(400, 401, 403, 404, 500)
+WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 500)
 
 
 def problem(status: int, title: str, detail: str = "", *, field: str = "",
@@ -294,7 +323,7 @@ def _next_cursor(after: str) -> str | None:
     return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=") if after else None
 
 
-@get(f"{BASE}/subscribers", opt={"roles": CARE_READ})
+@get(f"{BASE}/subscribers", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
                      limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
@@ -312,7 +341,7 @@ def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
     return {"items": items, "next_cursor": _next_cursor(last)}
 
 
-@post(f"{BASE}/subscribers", opt={"roles": CARE}, status_code=201)
+@post(f"{BASE}/subscribers", opt={"roles": CARE}, status_code=201, responses=WRITE_ERRORS)
 @threaded
 def create_subscriber(request: Request[Any, Any, Any],
                       data: NewSubscriberBody) -> Response[dict[str, Any]]:
@@ -330,7 +359,7 @@ def create_subscriber(request: Request[Any, Any, Any],
                     headers={"Location": f"{BASE}/subscribers/{sub.msisdn}"})
 
 
-@get(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE_READ})
+@get(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def get_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
     ctx = _ctx(request)
@@ -343,7 +372,7 @@ def get_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, An
 _STATUS_ACTION = {"active": "resume", "suspended": "suspend", "blocked": "block"}
 
 
-@patch(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE})
+@patch(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE}, responses=WRITE_ERRORS)
 @threaded
 def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
                      data: SubscriberPatchBody) -> dict[str, Any]:
@@ -374,7 +403,7 @@ def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
 
 
 @delete(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": ADMIN},
-        status_code=200)
+        status_code=200, responses=WRITE_ERRORS)
 @threaded
 def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
     """The subscriber is terminated (``ocs subscriber delete``): kept for billing, its
@@ -396,7 +425,7 @@ def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str,
 
 
 @post(f"{BASE}/subscribers/{{msisdn:str}}/topups", opt={"roles": CARE},
-      status_code=201)
+      status_code=201, responses=WRITE_ERRORS)
 @threaded
 def topup(request: Request[Any, Any, Any], msisdn: str,
           data: TopUpBody) -> Response[dict[str, Any]]:
@@ -410,7 +439,8 @@ def topup(request: Request[Any, Any, Any], msisdn: str,
                     status_code=200 if top.replayed else 201)
 
 
-@get(f"{BASE}/subscribers/{{msisdn:str}}/usage", opt={"roles": CARE_READ},)
+@get(f"{BASE}/subscribers/{{msisdn:str}}/usage", opt={"roles": CARE_READ},
+     responses=READ_ERRORS)
 @threaded
 def usage(request: Request[Any, Any, Any], msisdn: str,
           since: Annotated[str | None, Parameter(query="from")] = None,
@@ -429,13 +459,13 @@ def usage(request: Request[Any, Any, Any], msisdn: str,
 # -- plans ------------------------------------------------------------------------------------
 
 
-@get(f"{BASE}/plans", opt={"roles": EVERYONE})
+@get(f"{BASE}/plans", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
 def list_plans(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return [views.plan(t) for _, t in sorted(all_plans(_ctx(request).store).items())]
 
 
-@get(f"{BASE}/plans/{{plan_id:str}}", opt={"roles": EVERYONE})
+@get(f"{BASE}/plans/{{plan_id:str}}", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
 def get_plan(request: Request[Any, Any, Any], plan_id: str) -> dict[str, Any]:
     table = all_plans(_ctx(request).store).get(plan_id)
@@ -447,7 +477,7 @@ def get_plan(request: Request[Any, Any, Any], plan_id: str) -> dict[str, Any]:
 # -- alarms -----------------------------------------------------------------------------------
 
 
-@get(f"{BASE}/alarms", opt={"roles": EVERYONE})
+@get(f"{BASE}/alarms", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
 def list_alarms(request: Request[Any, Any, Any], active: bool = False) -> list[dict[str, Any]]:
     """Newest first; ``active=true`` for the ones not cleared."""
@@ -459,7 +489,7 @@ def list_alarms(request: Request[Any, Any, Any], active: bool = False) -> list[d
     return [noc.to_json(a) for a in items]
 
 
-def _alarm_action(request: Request[Any, Any, Any], alarm_id: int,
+def _alarm_action(request: Request[Any, Any, Any], alarm_id: AlarmId,
                   action: str) -> dict[str, Any]:
     ctx = _ctx(request)
     act = noc.OperatorAction(alarm_id=alarm_id, action=action, at=int(time.time()),
@@ -472,23 +502,23 @@ def _alarm_action(request: Request[Any, Any, Any], alarm_id: int,
 
 
 @post(f"{BASE}/alarms/{{alarm_id:int}}/ack", opt={"roles": NOC},
-      status_code=200)
+      status_code=200, responses=WRITE_ERRORS)
 @threaded
-def ack_alarm(request: Request[Any, Any, Any], alarm_id: int) -> dict[str, Any]:
+def ack_alarm(request: Request[Any, Any, Any], alarm_id: AlarmId) -> dict[str, Any]:
     return _alarm_action(request, alarm_id, "ack")
 
 
 @post(f"{BASE}/alarms/{{alarm_id:int}}/clear", opt={"roles": NOC},
-      status_code=200)
+      status_code=200, responses=WRITE_ERRORS)
 @threaded
-def clear_alarm(request: Request[Any, Any, Any], alarm_id: int) -> dict[str, Any]:
+def clear_alarm(request: Request[Any, Any, Any], alarm_id: AlarmId) -> dict[str, Any]:
     return _alarm_action(request, alarm_id, "clear")
 
 
 # -- fraud cases ------------------------------------------------------------------------------
 
 
-@get(f"{BASE}/fraud/cases", opt={"roles": CARE_READ})
+@get(f"{BASE}/fraud/cases", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
         bool, Parameter(query="open")] = False) -> list[dict[str, Any]]:
@@ -500,9 +530,9 @@ def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
     return [case_json(c) for c in items]
 
 
-@get(f"{BASE}/fraud/cases/{{case_id:int}}", opt={"roles": CARE_READ})
+@get(f"{BASE}/fraud/cases/{{case_id:int}}", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
-def get_case(request: Request[Any, Any, Any], case_id: int) -> dict[str, Any]:
+def get_case(request: Request[Any, Any, Any], case_id: CaseId) -> dict[str, Any]:
     store = _ctx(request).store
     with store.read() as txn:
         case = load_case(Tx(txn, store.dbs), case_id)
@@ -512,12 +542,13 @@ def get_case(request: Request[Any, Any, Any], case_id: int) -> dict[str, Any]:
 
 
 @post(f"{BASE}/fraud/cases/{{case_id:int}}/resolve", opt={"roles": CARE},
-      status_code=200)
+      status_code=200, responses=WRITE_ERRORS)
 @threaded
-def resolve(request: Request[Any, Any, Any], case_id: int,
-            data: ResolveBody) -> dict[str, Any]:
+def resolve(request: Request[Any, Any, Any], case_id: CaseId,
+            data: ResolveBody | None = None) -> dict[str, Any]:
     """Close a case; ``reinstate`` lifts the measure it took (suspension, block)."""
     ctx = _ctx(request)
+    data = data or ResolveBody()
     note = data.note or f"by {_actor(request)}"
     try:
         case = ctx.write(lambda tx: resolve_case(tx, case_id, reinstate=data.reinstate,
@@ -542,7 +573,7 @@ def _period_dir(ctx: ApiContext, period: str) -> Path:
     return ctx.cfg.under_data(ctx.cfg.billing.invoice_dir) / period
 
 
-@get(f"{BASE}/invoices", opt={"roles": CARE_READ})
+@get(f"{BASE}/invoices", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def list_invoices(request: Request[Any, Any, Any],
                   period: Annotated[str, Parameter(pattern=r"^[0-9]{4}-[0-9]{2}$")],
@@ -557,7 +588,8 @@ def list_invoices(request: Request[Any, Any, Any],
     return [r for r in rows if not msisdn or r["msisdn"] == msisdn]
 
 
-@get(f"{BASE}/invoices/{{period:str}}/{{invoice_id:str}}", opt={"roles": CARE_READ},)
+@get(f"{BASE}/invoices/{{period:str}}/{{invoice_id:str}}", opt={"roles": CARE_READ},
+     responses=READ_ERRORS)
 @threaded
 def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
                 fmt: Annotated[Literal["json", "html"], Parameter(query="format")] = "json",
