@@ -236,6 +236,13 @@ def build_parser() -> _Parser:
     p = csub.add_parser("list", parents=[common], help="list closed CDR files")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cdr_list)
+    p = csub.add_parser("export", parents=[common],
+                        help="a period's CDRs (closed files) as one typed Parquet file")
+    p.add_argument("--period", required=True, metavar="YYYY-MM")
+    p.add_argument("--format", choices=["parquet"], default="parquet")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cdr_export)
     p = csub.add_parser("explain", parents=[common],
                         help="how a CDR's charge came about, rated again to check it")
     p.add_argument("record_id", metavar="RECORD_ID")
@@ -304,6 +311,14 @@ def build_parser() -> _Parser:
     p.add_argument("--top", type=int, default=20, help="rows in the terminal table")
     p.add_argument("--json", action="store_true", help="print the top rows as JSON")
     p.set_defaults(func=cmd_fraud_scan)
+
+    rp = sub.add_parser("report", parents=[common], help="reports over CDR files")
+    rpsub = rp.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = rpsub.add_parser("kpis", parents=[common],
+                         help="a month's KPIs: revenue, usage, ARPU, roaming, fraud, MTTR")
+    p.add_argument("--period", required=True, metavar="YYYY-MM")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report_kpis)
 
     b = sub.add_parser("bill", parents=[common], help="billing: invoices from CDR files")
     bsub = b.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -1040,6 +1055,53 @@ def cmd_cdr_flush(args: argparse.Namespace) -> int:
     _say(args, f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
          else "no open CDR file; nothing to flush", {"closed": list(res.closed),
                                                      "rows": res.rows})
+    return 0
+
+
+def cmd_cdr_export(args: argparse.Namespace) -> int:
+    from ocs.billing.kpis import KpiError, export_parquet
+
+    cfg = _config(args)
+    out = Path(args.out)
+    started = time.perf_counter()
+    try:
+        rows = export_parquet(cfg.under_data(cfg.cdr.dir), args.period, out)
+    except KpiError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    _say(args, f"{args.period}: {rows} CDRs to {out} ({time.perf_counter() - started:.1f} s)",
+         {"period": args.period, "rows": rows, "out": str(out), "format": args.format})
+    return 0
+
+
+def cmd_report_kpis(args: argparse.Namespace) -> int:
+    from ocs.billing.kpis import KpiError, compute
+
+    cfg = _config(args)
+    with _open(cfg) as store:
+        try:
+            k = compute(cfg.under_data(cfg.cdr.dir), store, args.period)
+        except KpiError as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
+    if args.json:
+        _print_json(k)
+        return 0
+    print(f"{k['period']} ({k['from']} to {k['to']}, UTC): {k['rows']:,} CDR rows in "
+          f"{k['files']} closed files, read in {k['seconds']} s")
+    print("revenue: " + (", ".join(f"{v} {c}" for c, v in k["revenue"].items()) or "none")
+          + f"; active subscribers {k['active_subscribers']:,}; ARPU "
+          + (", ".join(f"{v} {c}" for c, v in k["arpu"].items()) or "-"))
+    r = k["roaming"]
+    print(f"roaming: {r['records']:,} records ({r['share_records'] or '-'}), charge "
+          f"{r['charge']} ({r['share_charge'] or '-'} of usage charges)")
+    f, a = k["fraud_cases"], k["alarms"]
+    print(f"fraud cases: {f['opened']} opened, {f['resolved']} resolved; alarms: "
+          f"{a['raised']} raised, {a['cleared']} cleared, MTTR "
+          + (f"{a['mttr_s']:.0f} s" if a["mttr_s"] is not None else "-"))
+    _table("Usage by service", ["service", "records", "units", "charge"],
+           [[i["service"], i["records"], i["units"], i["charge"]] for i in k["by_service"]])
+    _table("Top destinations (by charge)", ["rate", "service", "records", "units", "charge"],
+           [[i["rate_id"], i["service"], i["records"], i["units"], i["charge"]]
+            for i in k["top_destinations"]])
     return 0
 
 

@@ -1,8 +1,10 @@
-"""The ``billing`` part of ``make bench``: ``ocs bill run`` over a generated period.
+"""The ``billing`` part of ``make bench``: ``ocs bill run`` and ``ocs report kpis`` over a
+generated period.
 
 Generates closed CDR files for one month (postpaid and prepaid subscribers, voice, SMS and
 data rows), then runs the real ``ocs bill run`` as a process and reports rows per second
-and its peak RSS (memory must stay flat whatever the number of rows).
+and its peak RSS (memory must stay flat whatever the number of rows), and the KPI report
+over the same files (DuckDB; target: 10M rows in 10 s).
 """
 
 from __future__ import annotations
@@ -71,6 +73,27 @@ def run_bill(cfg: Path, period: str) -> tuple[float, int, str]:
         return elapsed, peak, out.read().decode().strip()
 
 
+def run_kpis(cfg: Path, period: str) -> tuple[float, int, str]:
+    """Run ``ocs report kpis`` as a process (DuckDB over the CSV files): (seconds, peak
+    RSS bytes, its revenue line)."""
+    import json
+
+    from sim.cpumeter import run_peak_rss
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        elapsed, peak, code = run_peak_rss(
+            [str(Path(sys.executable).parent / "ocs"), "report", "kpis", "--config",
+             str(cfg), "--period", period, "--json"], stdout=out.fileno(),
+            stderr=err.fileno())
+        out.seek(0)
+        err.seek(0)
+        if code != 0:
+            raise RuntimeError(f"ocs report kpis failed: {err.read().decode().strip()}")
+        k = json.loads(out.read())
+        return elapsed, peak, (f"{k['rows']:,} rows, revenue {k['revenue']}, "
+                               f"{k['active_subscribers']:,} active")
+
+
 @bench_part("billing")
 async def bench_billing(ctx: BenchContext) -> list[Report]:
     from ocs.provisioning import NewSubscriber, op_add_subscriber
@@ -117,4 +140,9 @@ async def bench_billing(ctx: BenchContext) -> list[Report]:
                             "file_mb": round(size / 2**20), "generate_s": round(gen_s, 1),
                             "summary": line})
         reports.append(rep)
+        secs, rss, line = await loop.run_in_executor(None, run_kpis, cfg, "2026-11")
+        reports.append(Report(
+            "billing", f"ocs report kpis, {rows:,} CDR rows", rows, 0, secs,
+            target="<= 10 s at 10M rows", passed=secs <= 10 * rows / 10_000_000,
+            extra={"result": f"peak RSS {rss / 2**20:.0f} MiB", "summary": line}))
     return reports

@@ -45,6 +45,7 @@ from litestar.params import Parameter
 
 from ocs import build_version, views
 from ocs.api.tokens import lookup
+from ocs.billing.kpis import compute
 from ocs.billing.run import BillingError, check_period
 from ocs.cdr.reader import every_record
 from ocs.charging.engine import ChargingEngine
@@ -225,6 +226,9 @@ def _validation_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[
     for e in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(e, dict):
             errors.append({"field": _field(e), "detail": str(e.get("message", ""))})
+    if not errors:  # a missing parameter: named in the detail only
+        m = re.search(r"parameter '([A-Za-z0-9_]+)'", str(exc.detail))
+        errors.append({"field": m.group(1) if m else "", "detail": str(exc.detail)})
     body: dict[str, Any] = {"type": "about:blank", "title": "Bad Request", "status": 400,
                             "detail": errors[0]["detail"] if errors else str(exc.detail),
                             "errors": errors}
@@ -607,9 +611,25 @@ def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
     return Response(json.loads(body))
 
 
+# -- KPIs -------------------------------------------------------------------------------------
+
+
+@get(f"{BASE}/kpis", opt={"roles": EVERYONE}, responses=READ_ERRORS)
+@threaded
+def kpis(request: Request[Any, Any, Any],
+         period: Annotated[str, Parameter(pattern=r"^[0-9]{4}-[0-9]{2}$")]) -> dict[str, Any]:
+    """``ocs report kpis --json``: a month's revenue and usage by service and day, active
+    subscribers, ARPU, top destinations, roaming share, fraud cases, alarm MTTR."""
+    ctx = _ctx(request)
+    try:
+        return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period)
+    except BillingError as exc:
+        raise bad_request(str(exc), "period") from None
+
+
 ROUTES = [list_subscribers, create_subscriber, get_subscriber, patch_subscriber,
           delete_subscriber, topup, usage, list_plans, get_plan, list_alarms, ack_alarm,
-          clear_alarm, list_cases, get_case, resolve, list_invoices, get_invoice]
+          clear_alarm, list_cases, get_case, resolve, list_invoices, get_invoice, kpis]
 
 
 def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:

@@ -241,6 +241,17 @@ def test_plans_alarms_fraud_and_invoices_routes(api: Api) -> None:
         problem(c.get("/invoices/2026-01/..%2f..%2fserve.lock"), 404)
 
 
+def test_kpis_route_is_the_cli_report(api: Api) -> None:
+    with api.client(api.token("noc")) as c:
+        got = c.get("/kpis", params={"period": "2026-11"}).json()
+        problem(c.get("/kpis", params={"period": "2026-13"}), 400, "period")
+        problem(c.get("/kpis"), 400, "period")
+    cli = api.cli("report", "kpis", "--period", "2026-11")
+    for k in (got, cli):
+        assert k.pop("seconds") >= 0
+    assert got == cli and got["period"] == "2026-11"
+
+
 def test_hostile_clients_get_errors_and_the_server_keeps_answering(api: Api) -> None:
     token = api.token("care")
     with api.client(token) as c:

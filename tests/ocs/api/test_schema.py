@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -51,5 +52,5 @@ def test_schemathesis_finds_no_server_error_on_any_route(tmp_path: Path) -> None
     # whatever was created and topped up, the ledger and the balances agree
     for s in listed:
         hist = json.loads(_cli(cfg, "subscriber", "history", s["msisdn"], "--json"))
-        credited = sum(int(round(float(h["amount"]) * 10_000)) for h in hist)
-        assert credited == int(round(float(s["balance"]) * 10_000)), (s, hist)
+        credited = sum(Decimal(h["amount"]) for h in hist)
+        assert credited == Decimal(s["balance"]), (s, hist)

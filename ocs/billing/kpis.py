@@ -1,0 +1,230 @@
+"""KPIs of a period over the closed CDR files (DuckDB reading the CSVs) and the store
+(fraud cases, alarms): ``ocs report kpis``, ``GET /api/v1/kpis``; and the CDRs of a
+period as Parquet for a warehouse (``ocs cdr export``).
+
+DuckDB because it reads many CSV files in parallel and aggregates them in C++ with exact
+decimals: money is read as ``DECIMAL(18,6)`` (the files carry six places), never as a
+float. Periods are calendar months in UTC by the CDR's ``end_time`` (the billing run uses
+each plan's time zone; these are network-wide figures). Only closed files are read
+(``ocs cdr flush`` closes the open one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ocs.billing.run import check_period
+from ocs.cdr.fileformat import COLUMNS, FIRST_COLUMNS, header_ok
+from ocs.cdr.reader import closed_cdr_files
+from ocs.fraud.cases import decode_case
+from ocs.money import MICRO, format_amount
+from ocs.noc import alarms as noc
+from ocs.store.env import ALARMS, FRAUD_CASES, Store
+
+USAGE_RESULTS = ("interim", "final", "capped", "expired", "event")
+"""Rows that are usage (the others: ``refund``, ``rerate`` move money only)."""
+TOP = 10
+
+
+class KpiError(ValueError):
+    pass
+
+
+def period_bounds(period: str) -> tuple[int, int]:
+    """[start, end) of a ``YYYY-MM`` month in UTC, as Unix seconds."""
+    check_period(period)
+    y, m = int(period[:4]), int(period[5:])
+    start = dt.datetime(y, m, 1, tzinfo=dt.UTC)
+    end = dt.datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=dt.UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def _iso(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _micro(value: Decimal | None) -> int:
+    return int((value or Decimal(0)) * MICRO)
+
+
+def _connect(files: list[Path]) -> duckdb.DuckDBPyConnection:
+    """A connection with the view ``cdr`` over ``files`` (every column as text, as
+    written; older files without the last columns read them as NULL)."""
+    con = duckdb.connect(":memory:", config={"threads": 2})
+    names = ", ".join(f"'{_sql_path(f)}'" for f in files)
+    con.execute(f"CREATE VIEW cdr AS SELECT * FROM read_csv([{names}], header = true, "
+                "union_by_name = true, all_varchar = true, quote = '\"', escape = '\"', "
+                "strict_mode = true)")
+    return con
+
+
+def _check_headers(files: list[Path]) -> None:
+    for f in files:
+        with f.open(encoding="utf-8", newline="") as fh:
+            first = fh.readline().rstrip("\r\n").split(",")
+        if not header_ok(first) or len(first) < FIRST_COLUMNS:
+            raise KpiError(f"{f}: not a CDR file (header)")
+
+
+def compute(cdr_dir: Path, store: Store, period: str) -> dict[str, Any]:
+    """The KPIs of ``period`` (``YYYY-MM``): revenue and usage by service and day, active
+    subscribers, ARPU, top destinations, roaming share, fraud cases opened and resolved,
+    alarms raised and cleared with their mean time to repair."""
+    started = time.perf_counter()
+    start, end = period_bounds(period)
+    lo, hi = _iso(start), _iso(end)
+    files = closed_cdr_files(cdr_dir)
+    out: dict[str, Any] = {"period": period, "from": lo, "to": hi, "files": len(files)}
+    revenue: dict[str, int] = {}
+    active: dict[str, int] = {}
+    by_service: list[dict[str, Any]] = []
+    daily: list[dict[str, Any]] = []
+    top: list[dict[str, Any]] = []
+    roaming = {"records": 0, "charge": 0, "all_records": 0, "all_charge": 0}
+    rows = 0
+    if files:
+        _check_headers(files)
+        con = _connect(files)
+        try:
+            con.execute(
+                "CREATE TEMP TABLE p AS SELECT msisdn, service, destination, rate_id, "
+                "currency, result, substr(end_time, 1, 10) AS day, "
+                "CAST(duration_s AS BIGINT) AS seconds, "
+                "CAST(bytes_in AS BIGINT) + CAST(bytes_out AS BIGINT) AS bytes, "
+                "CAST(units AS BIGINT) AS units, CAST(charge AS DECIMAL(18, 6)) AS charge, "
+                "roaming = '1' AS roaming, result IN $usage AS usage "
+                "FROM cdr WHERE end_time >= $lo AND end_time < $hi",
+                {"lo": lo, "hi": hi, "usage": list(USAGE_RESULTS)})
+        except duckdb.Error as exc:
+            raise KpiError(f"{cdr_dir}: {exc}") from None
+        q = con.execute
+        rows = int(q("SELECT count(*) FROM p").fetchone()[0])  # type: ignore[index]
+        for cur, total in q("SELECT currency, sum(charge) FROM p GROUP BY currency "
+                            "ORDER BY currency").fetchall():
+            revenue[cur] = _micro(total)
+        for cur, n in q("SELECT currency, count(DISTINCT msisdn) FROM p WHERE usage "
+                        "GROUP BY currency ORDER BY currency").fetchall():
+            active[cur] = int(n)
+        for svc, n, units, charge in q(
+                "SELECT service, count(*), sum(units), sum(charge) FROM p WHERE usage "
+                "GROUP BY service ORDER BY service").fetchall():
+            by_service.append({"service": svc, "records": int(n), "units": int(units),
+                               "charge": format_amount(_micro(charge), 6)})
+        for day, svc, n, units, nbytes, secs, charge in q(
+                "SELECT day, service, count(*), sum(units), sum(bytes), sum(seconds), "
+                "sum(charge) FROM p WHERE usage GROUP BY day, service "
+                "ORDER BY day, service").fetchall():
+            daily.append({"day": day, "service": svc, "records": int(n), "units": int(units),
+                          "bytes": int(nbytes), "seconds": int(secs),
+                          "charge": format_amount(_micro(charge), 6)})
+        for rate, svc, n, units, charge in q(
+                "SELECT rate_id, service, count(*), sum(units), sum(charge) FROM p "
+                "WHERE usage AND service <> 'data' AND destination <> '' "
+                "GROUP BY rate_id, service ORDER BY sum(charge) DESC, count(*) DESC, "
+                "rate_id LIMIT $top", {"top": TOP}).fetchall():
+            top.append({"rate_id": rate, "service": svc, "records": int(n),
+                        "units": int(units), "charge": format_amount(_micro(charge), 6)})
+        r_n, r_c, a_n, a_c = q(
+            "SELECT count(*) FILTER (WHERE roaming), "
+            "coalesce(sum(charge) FILTER (WHERE roaming), 0), count(*), "
+            "coalesce(sum(charge), 0) FROM p WHERE usage").fetchone()  # type: ignore[misc]
+        roaming = {"records": int(r_n), "charge": _micro(r_c), "all_records": int(a_n),
+                   "all_charge": _micro(a_c)}
+        con.close()
+    out["rows"] = rows
+    out["revenue"] = {c: format_amount(v, 6) for c, v in revenue.items()}
+    out["active_subscribers"] = sum(active.values())
+    out["arpu"] = {c: format_amount(_div(revenue.get(c, 0), n), 6)
+                   for c, n in active.items() if n}
+    out["by_service"] = by_service
+    out["daily"] = daily
+    out["top_destinations"] = top
+    out["roaming"] = {
+        "records": roaming["records"], "charge": format_amount(roaming["charge"], 6),
+        "share_records": _share(roaming["records"], roaming["all_records"]),
+        "share_charge": _share(roaming["charge"], roaming["all_charge"])}
+    out.update(_store_kpis(store, start, end))
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _div(micro: int, n: int) -> int:
+    """``micro / n`` rounded half to even, in micro-units."""
+    q = (Decimal(micro) / Decimal(n)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    return int(q)
+
+
+def _share(part: int, whole: int) -> str | None:
+    if not whole:
+        return None
+    return str((Decimal(part) / Decimal(whole)).quantize(Decimal("0.0001"),
+                                                         rounding=ROUND_HALF_EVEN))
+
+
+def _store_kpis(store: Store, start: int, end: int) -> dict[str, Any]:
+    opened = resolved = raised = cleared = 0
+    repair: list[int] = []
+    with store.read() as txn:
+        for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES]):
+            case = decode_case(v)
+            opened += start <= case.opened_at < end
+            resolved += bool(case.resolved_at) and start <= case.resolved_at < end
+        for _k, v in txn.cursor(db=store.dbs[ALARMS]):
+            a = noc.decode(v)
+            raised += start <= a.first_seen < end
+            if a.cleared_at and start <= a.cleared_at < end:
+                cleared += 1
+                repair.append(a.cleared_at - a.first_seen)
+    return {"fraud_cases": {"opened": opened, "resolved": resolved},
+            "alarms": {"raised": raised, "cleared": cleared,
+                       "mttr_s": round(sum(repair) / len(repair), 1) if repair else None}}
+
+
+def export_parquet(cdr_dir: Path, period: str, out: Path) -> int:
+    """The period's CDR rows as one Parquet file with typed columns (times as UTC
+    timestamps, money as DECIMAL(18,6)); returns the rows written."""
+    start, end = period_bounds(period)
+    files = closed_cdr_files(cdr_dir)
+    if not files:
+        raise KpiError(f"{cdr_dir}: no closed CDR files")
+    _check_headers(files)
+    con = _connect(files)
+    ints = ("rating_group", "duration_s", "bytes_in", "bytes_out", "units",
+            "allowance_units", "characters", "plan_version")
+    cols = []
+    for c in COLUMNS:
+        if c in ints:
+            cols.append(f"CAST(NULLIF({c}, '') AS BIGINT) AS {c}")
+        elif c in ("start_time", "end_time"):
+            cols.append(f"CAST(strptime({c}, '%Y-%m-%dT%H:%M:%SZ') AS TIMESTAMP) AS {c}")
+        elif c == "charge":
+            cols.append("CAST(charge AS DECIMAL(18, 6)) AS charge")
+        elif c == "roaming":
+            cols.append("roaming = '1' AS roaming")
+        else:
+            cols.append(c)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        con.execute(
+            f"COPY (SELECT {', '.join(cols)} FROM cdr WHERE end_time >= $lo AND "
+            f"end_time < $hi) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)",
+            {"lo": _iso(start), "hi": _iso(end)})
+        n = int(con.execute(f"SELECT count(*) FROM read_parquet('{_sql_path(tmp)}')")
+                .fetchone()[0])  # type: ignore[index]
+    except duckdb.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise KpiError(f"{cdr_dir}: {exc}") from None
+    finally:
+        con.close()
+    tmp.replace(out)
+    return n
+
+
+def _sql_path(p: Path) -> str:
+    return str(p).replace("'", "''")
