@@ -30,7 +30,7 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, delete, get, patch, post
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -42,6 +42,8 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
+from litestar.response import File
+from litestar.static_files import create_static_files_router
 
 from ocs import build_version, views
 from ocs.api.tokens import lookup
@@ -611,6 +613,37 @@ def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
     return Response(json.loads(body))
 
 
+# -- who am I, and the portal ------------------------------------------------------------
+
+
+@get(f"{BASE}/whoami", opt={"roles": EVERYONE}, responses=READ_ERRORS)
+async def whoami(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The presented token's id, role and name (the portal shows what it may do)."""
+    rec: ApiToken = request.scope["state"]["token"]
+    return {"token_id": rec.token_id, "role": rec.role, "name": rec.name}
+
+
+PORTAL = Path(__file__).parent / "portal"
+
+
+@get("/", include_in_schema=False)
+async def portal_page() -> File:
+    """The portal: a page of its own assets (no CDN) over this API."""
+    return File(PORTAL / "index.html", media_type="text/html; charset=utf-8",
+                content_disposition_type="inline")
+
+
+SECURITY_HEADERS = [
+    ResponseHeader(name="Content-Security-Policy", value="default-src 'self'; img-src 'self' "
+                   "data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+    ResponseHeader(name="Referrer-Policy", value="no-referrer"),
+    ResponseHeader(name="Cache-Control", value="no-store"),
+]
+"""On every answer: the portal runs only its own scripts and is never framed; API
+answers (balances, identities) are not cached by anything in between."""
+
+
 # -- KPIs -------------------------------------------------------------------------------------
 
 
@@ -627,9 +660,10 @@ def kpis(request: Request[Any, Any, Any],
         raise bad_request(str(exc), "period") from None
 
 
-ROUTES = [list_subscribers, create_subscriber, get_subscriber, patch_subscriber,
+ROUTES: list[Any] = [list_subscribers, create_subscriber, get_subscriber, patch_subscriber,
           delete_subscriber, topup, usage, list_plans, get_plan, list_alarms, ack_alarm,
-          clear_alarm, list_cases, get_case, resolve, list_invoices, get_invoice, kpis]
+          clear_alarm, list_cases, get_case, resolve, list_invoices, get_invoice, kpis, whoami,
+          portal_page, create_static_files_router(path="/portal", directories=[PORTAL])]
 
 
 def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:
@@ -653,5 +687,6 @@ def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:
             operation_id_creator=lambda handler, _method, _path: handler.handler_name,
         ),
         request_max_body_size=max_body,
+        response_headers=SECURITY_HEADERS,
         debug=False,
     )
