@@ -327,6 +327,9 @@ def build_parser() -> _Parser:
     p.add_argument("--out", metavar="DIR", help="default: DATA_DIR/<billing.invoice_dir>/"
                    "<period>")
     p.add_argument("--dry-run", action="store_true", help="show totals, write nothing")
+    p.add_argument("--preview", action="store_true",
+                   help="a period not ended yet: write its invoices as of now (default "
+                   "DIR: ...<period>-preview) without billing the period")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bill_run)
@@ -1394,12 +1397,14 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_period(args.period)
-    out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / args.period
+    out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / (
+        args.period + ("-preview" if args.preview else ""))
     started = time.perf_counter()
     with _open(cfg) as store:
         biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
         if args.no_progress or not sys.stderr.isatty():
-            summary, _inv = biller.run(args.period, out, dry_run=args.dry_run)
+            summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
+                                       preview=args.preview)
         else:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -1407,17 +1412,19 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
                           transient=True) as prog:
                 task = prog.add_task("cdr", total=None)
                 summary, _inv = biller.run(
-                    args.period, out, dry_run=args.dry_run,
+                    args.period, out, dry_run=args.dry_run, preview=args.preview,
                     progress=lambda done, total: prog.update(task, completed=done,
                                                              total=total))
     elapsed = time.perf_counter() - started
-    what = "dry run: would write" if args.dry_run else ("re-ran" if summary.rerun else "wrote")
+    what = ("dry run: would write" if args.dry_run else "preview (not billed): wrote"
+            if args.preview else "re-ran" if summary.rerun else "wrote")
     where = "" if args.dry_run else f" to {out}"
     _say(args, f"{args.period}: {what} {summary.invoices} invoices{where} from {summary.rows} "
          f"CDR rows in {summary.files} files; subtotal {format_amount(summary.subtotal)}, tax "
          f"{format_amount(summary.tax)}, total {format_amount(summary.total)} "
          f"({elapsed:.1f} s)",
-         {"period": args.period, "dry_run": args.dry_run, "rerun": summary.rerun,
+         {"period": args.period, "dry_run": args.dry_run, "preview": args.preview,
+          "rerun": summary.rerun,
           "out": None if args.dry_run else str(out), "invoices": summary.invoices,
           "rows": summary.rows, "files": summary.files,
           "subtotal": format_amount(summary.subtotal), "tax": format_amount(summary.tax),

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,
                     rows_per_file: int = 1_000_000, seed: int = 5) -> int:
-    """Write ``rows`` CDR rows dated 2026-11 into closed files; returns bytes written."""
+    """Write ``rows`` CDR rows dated 2026-10 (a month that has ended: ``bill run``
+    refuses one that has not) into closed files; returns bytes written."""
     cdr_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     kinds = [("voice", "voice-national", 60, "0.050000"), ("sms", "sms-any", 1, "0.050000"),
@@ -38,7 +39,7 @@ def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,
     while n < rows:
         count = min(rows_per_file, rows - n)
         day = 1 + (seq % 28)
-        path = cdr_dir / f"cdr_bench_202611{day:02d}T000000Z_{seq:06d}.csv"
+        path = cdr_dir / f"cdr_bench_202610{day:02d}T000000Z_{seq:06d}.csv"
         with path.open("w") as f:  # written in chunks: the generator stays small
             f.write(HEADER)
             for start in range(0, count, 50_000):
@@ -46,7 +47,7 @@ def generate_period(cdr_dir: Path, rows: int, subscribers: list[str], *,
                 for i in range(start, min(count, start + 50_000)):
                     msisdn = subscribers[rng.randrange(len(subscribers))]
                     svc, rate, units, charge = kinds[(n + i) % 3]
-                    t = (f"2026-11-{day:02d}T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:"
+                    t = (f"2026-10-{day:02d}T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:"
                          f"{i % 60:02d}Z")
                     parts.append(f"bench-{n + i},s{n + i},{msisdn},,{svc},,4144,{t},{t},"
                                  f"{units},0,0,{units},{charge},EUR,postpaid-business,{rate},"
@@ -124,7 +125,7 @@ async def bench_billing(ctx: BenchContext) -> list[Report]:
         t0 = time.perf_counter()
         size = await loop.run_in_executor(None, generate_period, cdr, rows, subs)
         gen_s = time.perf_counter() - t0
-        # a fresh period each time: forget the previous run of 2026-11
+        # a fresh period each time: forget the previous run of 2026-10
         from ocs.store.env import BILLING
 
         def forget(tx: Tx) -> None:
@@ -133,16 +134,17 @@ async def bench_billing(ctx: BenchContext) -> list[Report]:
 
         with Store(data) as store:
             store.run_write(forget)
-        secs, rss, line = await loop.run_in_executor(None, run_bill, cfg, "2026-11")
+        secs, rss, line = await loop.run_in_executor(None, run_bill, cfg, "2026-10")
         rep = Report("billing", f"ocs bill run, {rows:,} CDR rows", rows, 0, secs,
                      target=">= 200000 rows/s", passed=rows / secs >= 200_000,
                      extra={"result": f"peak RSS {rss / 2**20:.0f} MiB",
                             "file_mb": round(size / 2**20), "generate_s": round(gen_s, 1),
                             "summary": line})
         reports.append(rep)
-        secs, rss, line = await loop.run_in_executor(None, run_kpis, cfg, "2026-11")
+        secs, rss, line = await loop.run_in_executor(None, run_kpis, cfg, "2026-10")
         reports.append(Report(
             "billing", f"ocs report kpis, {rows:,} CDR rows", rows, 0, secs,
-            target="<= 10 s at 10M rows", passed=secs <= 10 * rows / 10_000_000,
+            target="<= 10 s at 10M rows",  # judged at full scale only (start-up is fixed)
+            passed=secs <= 10 if rows >= 10_000_000 else None,
             extra={"result": f"peak RSS {rss / 2**20:.0f} MiB", "summary": line}))
     return reports

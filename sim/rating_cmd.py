@@ -108,7 +108,7 @@ async def _bench_rerate(ctx: BenchContext, work: Path, cfg: Path) -> Report:
     with err.open("wb") as e:
         secs, peak, code = await asyncio.get_running_loop().run_in_executor(
             None, lambda: run_peak_rss(
-                [str(Path(sys.executable).parent / "ocs"), "rerate", "--period", "2026-11",
+                [str(Path(sys.executable).parent / "ocs"), "rerate", "--period", "2026-10",
                  "--dry-run", "--report", str(work / "rerate.csv"), "--config", str(cfg)],
                 stderr=e.fileno()))
     if code != 0:

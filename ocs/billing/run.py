@@ -29,6 +29,7 @@ import hashlib
 import io
 import os
 import re
+import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import msgspec
 
 from ocs.billing.invoice import SERVICE_TEXT, Invoice, Line
 from ocs.billing.render import write_invoices
-from ocs.cdr.fileformat import COLUMNS, header_ok
+from ocs.cdr.fileformat import COLUMNS, header_ok, iso_utc
 from ocs.cdr.reader import closed_cdr_files
 from ocs.config import BillingConfig
 from ocs.money import MICRO, MoneyError, parse_amount
@@ -146,10 +147,13 @@ ProgressFn = Callable[[int, int], None]
 
 
 class Biller:
-    def __init__(self, store: Store, cdr_dir: Path, cfg: BillingConfig):
+    def __init__(self, store: Store, cdr_dir: Path, cfg: BillingConfig, *,
+                 clock: Callable[[], float] = time.time):
         self.store = store
         self.cdr_dir = cdr_dir
         self.cfg = cfg
+        self.clock = clock
+        """Now, for "has the period ended" (tests bill months of their own calendar)."""
         self._period_cache: dict[tuple[str, str], str] = {}
 
     # -- state --------------------------------------------------------------------------
@@ -388,11 +392,31 @@ class Biller:
 
     # -- the run ------------------------------------------------------------------------
 
+    def period_end(self, period: str) -> tuple[int, str]:
+        """When ``period`` has ended everywhere it is billed: the latest end of the month
+        over the time zones of the stored plans (and UTC), with that time zone."""
+        year, month = check_period(period)
+        zones = {"UTC"} | {str(p.get("timezone", "UTC")) for p in all_plans(self.store).values()}
+        return max((period_bounds(year, month, tz)[1], tz) for tz in sorted(zones))
+
     def run(self, period: str, out_dir: Path | None, *, dry_run: bool = False,
-            progress: ProgressFn | None = None) -> tuple[RunSummary, list[Invoice]]:
+            preview: bool = False, progress: ProgressFn | None = None,
+            ) -> tuple[RunSummary, list[Invoice]]:
+        """Bill ``period`` into ``out_dir``. A first run of a period that has not ended
+        yet (:meth:`period_end`, by :attr:`clock`) is refused unless ``preview``:
+        invoices as they would be today, written without recording the run (nothing is
+        locked; the real run after the month's end bills every row). ``dry_run`` writes
+        nothing at all."""
         check_period(period)
         record = self.stored_run(period)
         rerun = record is not None
+        if record is None and not preview and not dry_run:
+            end, tz = self.period_end(period)
+            if self.clock() < end:
+                raise BillingError(
+                    f"period {period} has not ended yet (it ends {iso_utc(end)}, midnight in "
+                    f"{tz}): billing it now would lock it; --preview shows its invoices "
+                    "without billing it")
         if record is None:
             later = self.later_runs(period)
             if later:
@@ -416,7 +440,7 @@ class Biller:
         if dry_run or out_dir is None:
             return summary, invoices
         write_invoices(invoices, out_dir)
-        if not rerun:
+        if not rerun and not preview:
             self._save(record)
         return summary, invoices
 

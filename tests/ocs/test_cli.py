@@ -339,15 +339,19 @@ def test_rerate_then_bill_then_reconcile(inited: Path) -> None:
                            cwd=cwd).stdout)  # the current period, not billed yet
     assert (early["ok"], early["billed"], early["differences"]) == (True, False, [])
     ocs("cdr", "flush", cwd=cwd)
+    refused = ocs("bill", "run", "--period", period, "--out", str(cwd / "inv"), cwd=cwd,
+                  ok=False)  # the current month has not ended
+    assert refused.returncode == 2 and "has not ended yet" in refused.stderr
+    assert not (cwd / "inv").exists()
     bill = json.loads(ocs("bill", "run", "--period", period, "--out", str(cwd / "inv"),
-                          "--json", cwd=cwd).stdout)
-    assert bill["invoices"] >= 1
+                          "--preview", "--json", cwd=cwd).stdout)
+    assert bill["invoices"] >= 1 and bill["preview"] is True
     html = next((cwd / "inv").glob("*41790000004*.html"), None) or next(
         p for p in (cwd / "inv").rglob("*") if p.is_file() and "41790000004" in p.read_text(
             errors="replace"))
     assert "Re-rating adjustment" in html.read_text()
     rec = json.loads(ocs("bill", "reconcile", "--period", period, "--json", cwd=cwd).stdout)
-    assert rec["differences"] == [] and rec["billed"] is True, rec
+    assert rec["differences"] == [] and rec["billed"] is False, rec  # a preview bills nothing
 
 
 def test_topup_reference_history_and_the_ledger_in_reconcile(inited: Path) -> None:

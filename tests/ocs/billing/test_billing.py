@@ -24,6 +24,8 @@ from ocs.store import Store
 
 NOV_10 = calendar.timegm((2026, 11, 10, 12, 0, 0))
 NOV_20 = calendar.timegm((2026, 11, 20, 12, 0, 0))
+AFTER = calendar.timegm((2030, 1, 1, 0, 0, 0))
+"""The tests' clock for billing: every month they bill has ended."""
 DEC_05 = calendar.timegm((2026, 12, 5, 12, 0, 0))
 CFG = BillingConfig(due_days=14, taxes=(TaxRule(name="VAT", rate="0.081", prefix="41"),
                                         TaxRule(name="VAT", rate="0.19", prefix="")))
@@ -60,7 +62,7 @@ class World:
         self.exporter.flush(at)
 
     def biller(self) -> Biller:
-        return Biller(self.store, self.cdr_dir, CFG)
+        return Biller(self.store, self.cdr_dir, CFG, clock=lambda: AFTER)
 
 
 @pytest.fixture
@@ -221,7 +223,8 @@ def test_plan_change_prorates_and_discount_applies(world: World) -> None:
     cfg = BillingConfig(taxes=CFG.taxes, due_days=14, discounts=(
         Discount(description="Bundle discount", percent="10", plan="postpaid-max",
                  applies_to="fee"),))
-    _s, invoices = Biller(world.store, world.cdr_dir, cfg).run("2026-11", None, dry_run=True)
+    _s, invoices = Biller(world.store, world.cdr_dir, cfg, clock=lambda: AFTER).run(
+        "2026-11", None, dry_run=True)
     (inv,) = [i for i in invoices if i.msisdn == BIZ]
     assert inv.plan == "postpaid-max"
     got = [(ln.kind, ln.quantity, ln.amount) for ln in inv.lines]
@@ -249,3 +252,26 @@ def test_allowance_boundary_then_overage(world: World) -> None:
     (inv,) = [i for i in invoices if i.msisdn == BIZ]
     got = [(ln.kind, ln.quantity, ln.amount) for ln in inv.lines]
     assert got[1:3] == [("allowance", 500, 0), ("usage", 3, 150_000)]
+
+
+def test_a_period_not_ended_is_refused_and_a_preview_locks_nothing(world: World) -> None:
+    world.charge(BIZ, Service.VOICE, 60, "41791234567", NOV_20)
+    world.flush(NOV_20 + 60)
+    # 30 Nov 23:30 UTC is 1 Dec 00:30 in Zurich, but the UTC month has not ended yet
+    almost = calendar.timegm((2026, 11, 30, 23, 30, 0))
+    early = Biller(world.store, world.cdr_dir, CFG, clock=lambda: almost)
+    assert early.period_end("2026-11") == (calendar.timegm((2026, 12, 1, 0, 0, 0)), "UTC")
+    with pytest.raises(BillingError, match="has not ended yet"):
+        early.run("2026-11", world.root / "early")
+    assert not (world.root / "early").exists()
+    summary, invoices = early.run("2026-11", world.root / "preview", preview=True)
+    assert summary.invoices == len(invoices) >= 1
+    assert (world.root / "preview" / "summary.csv").exists()
+    assert early.stored_run("2026-11") is None  # nothing recorded, nothing locked
+    # a charge after the preview is on the real run's invoice
+    world.charge(BIZ, Service.VOICE, 60, "41791234567", NOV_20 + 3600)
+    world.flush(NOV_20 + 3700)
+    done = Biller(world.store, world.cdr_dir, CFG, clock=lambda: almost + 3600)
+    real, _invoices = done.run("2026-11", world.root / "real")
+    assert real.rows == summary.rows + 1
+    assert done.stored_run("2026-11") is not None
