@@ -140,6 +140,9 @@ def build_parser() -> _Parser:
     p.add_argument("--postpaid", action="store_true")
     p.add_argument("--credit-limit", default="")
     p.add_argument("--roaming", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--name", default="", help="the customer's name, for invoices")
+    p.add_argument("--address", default="", help="billing address (lines separated by "
+                   "newlines), for invoices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_add)
     p = ssub.add_parser("show", parents=[common])
@@ -177,6 +180,8 @@ def build_parser() -> _Parser:
     p.add_argument("--plan", metavar="ID", help="another plan of the same mode and currency")
     p.add_argument("--credit-limit", metavar="AMOUNT", help="postpaid only")
     p.add_argument("--roaming", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--name", help="the customer's name, for invoices")
+    p.add_argument("--address", help="billing address (lines separated by newlines)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_set)
     p = ssub.add_parser("plan", parents=[common], help="move a subscriber to another plan")
@@ -330,6 +335,7 @@ def build_parser() -> _Parser:
     p.add_argument("--preview", action="store_true",
                    help="a period not ended yet: write its invoices as of now (default "
                    "DIR: ...<period>-preview) without billing the period")
+    p.add_argument("--pdf", action="store_true", help="a PDF of each invoice as well")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bill_run)
@@ -738,6 +744,8 @@ def cmd_sub_add(args: argparse.Namespace) -> int:
         postpaid=args.postpaid,
         credit_limit=args.credit_limit,
         roaming=args.roaming,
+        name=args.name,
+        address=args.address,
     )
     # Validate the format before touching the store.
     validate_msisdn(new.msisdn)
@@ -842,7 +850,8 @@ def cmd_sub_set(args: argparse.Namespace) -> int:
     msisdn = validate_msisdn(args.msisdn)
     change = SubscriberChange(imsi=args.imsi, username=args.username,
                               password=args.password, plan_id=args.plan,
-                              credit_limit=args.credit_limit, roaming=args.roaming)
+                              credit_limit=args.credit_limit, roaming=args.roaming,
+                              name=args.name, address=args.address)
     if change == SubscriberChange():
         raise CliError("nothing to change (see ocs subscriber set --help)")
     with _open(cfg) as store:
@@ -851,7 +860,8 @@ def cmd_sub_set(args: argparse.Namespace) -> int:
                                 "nothing changed (the values were already so)"),
          {"msisdn": msisdn, "changed": changed, "imsi": new.imsi, "username": new.username,
           "plan": new.plan_id, "credit_limit": format_amount(new.credit_limit),
-          "roaming": new.roaming})
+          "roaming": new.roaming, "name": new.customer_name,
+          "address": new.billing_address})
     return 0
 
 
@@ -1404,7 +1414,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
         biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
         if args.no_progress or not sys.stderr.isatty():
             summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
-                                       preview=args.preview)
+                                       preview=args.preview, pdf=args.pdf)
         else:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -1413,7 +1423,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
                 task = prog.add_task("cdr", total=None)
                 summary, _inv = biller.run(
                     args.period, out, dry_run=args.dry_run, preview=args.preview,
-                    progress=lambda done, total: prog.update(task, completed=done,
+                    pdf=args.pdf, progress=lambda done, total: prog.update(task, completed=done,
                                                              total=total))
     elapsed = time.perf_counter() - started
     what = ("dry run: would write" if args.dry_run else "preview (not billed): wrote"

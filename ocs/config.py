@@ -294,6 +294,11 @@ class Discount:
 class BillingConfig:
     invoice_dir: str = "invoices"
     due_days: int = 30
+    issuer_name: str = ""
+    """Who issues the invoices (the operator), its address (lines separated by
+    newlines) and tax id, printed on every invoice."""
+    issuer_address: str = ""
+    issuer_tax_id: str = ""
     taxes: tuple[TaxRule, ...] = ()
     discounts: tuple[Discount, ...] = ()
 

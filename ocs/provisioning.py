@@ -122,6 +122,28 @@ class NewSubscriber:
     postpaid: bool = False
     credit_limit: str = ""
     roaming: bool = True
+    name: str = ""
+    """The customer's name and billing address (newlines between lines), for invoices."""
+    address: str = ""
+
+
+MAX_NAME = 200
+MAX_ADDRESS = 500
+
+
+def validate_name(value: str) -> str:
+    if len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ProvisioningError(f"name: at most {MAX_NAME} characters, one line",
+                                field="name")
+    return value.strip()
+
+
+def validate_address(value: str) -> str:
+    if len(value) > MAX_ADDRESS or any((ord(c) < 32 and c != "\n") or ord(c) == 127
+                                       for c in value):
+        raise ProvisioningError(f"address: at most {MAX_ADDRESS} characters (lines "
+                                "separated by newlines)", field="address")
+    return "\n".join(line.strip() for line in value.strip().splitlines())
 
 
 def plan_table(tx: Tx, plan_id: str) -> dict[str, Any] | None:
@@ -164,6 +186,8 @@ def prepare_subscriber(new: NewSubscriber, plans: dict[str, dict[str, Any]],
         roaming=new.roaming,
         created_at=now,
         updated_at=now,
+        customer_name=validate_name(new.name),
+        billing_address=validate_address(new.address),
     )
     return sub, Balance(balance=balance, topped_up_total=balance)
 
@@ -228,6 +252,8 @@ def op_ensure_subscriber(new: NewSubscriber, now: int | None = None) -> Callable
             ("username", old.username == new.username),
             ("credit_limit", old.credit_limit == _amount(new.credit_limit, "credit limit")),
             ("roaming", old.roaming == new.roaming),
+            ("name", old.customer_name == validate_name(new.name)),
+            ("address", old.billing_address == validate_address(new.address)),
             ("balance", opening == _amount(new.balance, "balance")),
             ("status", old.status != "terminated"),
             ("password", verify_password(new.password, old.password_hash) if new.password
@@ -403,6 +429,8 @@ class SubscriberChange:
     plan_id: str | None = None
     credit_limit: str | None = None
     roaming: bool | None = None
+    name: str | None = None
+    address: str | None = None
 
 
 def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = None,
@@ -420,6 +448,8 @@ def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = N
         0 if change.credit_limit == "" else None)
     password_hash = (hash_fn(change.password) if change.password else "") \
         if change.password is not None else None
+    name = validate_name(change.name) if change.name is not None else None
+    address = validate_address(change.address) if change.address is not None else None
 
     def op(tx: Tx) -> tuple[Subscriber, list[str]]:
         sub = get_subscriber(tx, msisdn)
@@ -456,6 +486,11 @@ def op_set_subscriber(msisdn: str, change: SubscriberChange, now: int | None = N
         if change.roaming is not None and change.roaming != sub.roaming:
             new = msgspec.structs.replace(new, roaming=change.roaming)
             changed.append("roaming")
+        for field_name, attr, value in (("name", "customer_name", name),
+                                        ("address", "billing_address", address)):
+            if value is not None and value != getattr(sub, attr):
+                new = msgspec.structs.replace(new, **{attr: value})
+                changed.append(field_name)
         if changed:
             new = msgspec.structs.replace(new, updated_at=ts)
             tx.put(SUBSCRIBERS, key, encode(new))

@@ -45,6 +45,8 @@ def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
         "available": format_amount(view.available),
         "credit_limit": format_amount(sub.credit_limit),
         "roaming": sub.roaming,
+        "name": sub.customer_name,
+        "address": sub.billing_address,
         "allowances": view.allowances,
     }
 

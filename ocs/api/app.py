@@ -48,6 +48,7 @@ from litestar.static_files import create_static_files_router
 from ocs import build_version, views
 from ocs.api.tokens import lookup
 from ocs.billing.kpis import compute
+from ocs.billing.pdf import invoice_pdf
 from ocs.billing.run import BillingError, check_period
 from ocs.cdr.reader import every_record
 from ocs.charging.engine import ChargingEngine
@@ -137,6 +138,8 @@ class NewSubscriberBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     postpaid: bool = False
     credit_limit: Amount | Literal[""] = ""
     roaming: bool = True
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    address: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
 class SubscriberPatchBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +152,8 @@ class SubscriberPatchBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     credit_limit: Amount | Literal[""] | None = None
     roaming: bool | None = None
     status: Literal["active", "suspended", "blocked"] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    address: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class TopUpBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -357,7 +362,8 @@ def create_subscriber(request: Request[Any, Any, Any],
     new = NewSubscriber(msisdn=data.msisdn, plan_id=data.plan, imsi=data.imsi,
                         username=data.username, password=data.password,
                         balance=data.balance, postpaid=data.postpaid,
-                        credit_limit=data.credit_limit, roaming=data.roaming)
+                        credit_limit=data.credit_limit, roaming=data.roaming,
+                        name=data.name, address=data.address)
     sub, created = ctx.write(op_ensure_subscriber(new))
     item = views.subscriber(ctx.engine, sub.msisdn)
     assert item is not None
@@ -388,7 +394,8 @@ def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
     key = _msisdn(msisdn)
     change = SubscriberChange(imsi=data.imsi, username=data.username,
                               password=data.password, plan_id=data.plan,
-                              credit_limit=data.credit_limit, roaming=data.roaming)
+                              credit_limit=data.credit_limit, roaming=data.roaming,
+                              name=data.name, address=data.address)
     set_terms = op_set_subscriber(key, change)
 
     def op(tx: Tx) -> list[str]:
@@ -598,14 +605,21 @@ def list_invoices(request: Request[Any, Any, Any],
      responses=READ_ERRORS)
 @threaded
 def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
-                fmt: Annotated[Literal["json", "html"], Parameter(query="format")] = "json",
-                ) -> Response[Any]:
-    """One invoice as JSON, or as the HTML page sent to the customer (``format=html``)."""
+                fmt: Annotated[Literal["json", "html", "pdf"], Parameter(query="format")]
+                = "json") -> Response[Any]:
+    """One invoice as JSON, or as the customer's HTML page (``format=html``) or PDF
+    (``format=pdf``: the run's file, else drawn now from the JSON, the same)."""
     if not _INVOICE_RE.match(invoice_id) or invoice_id.startswith("."):
         raise not_found(f"no invoice {invoice_id!r}", "invoice_id")
-    path = _period_dir(_ctx(request), period) / f"{invoice_id}.{fmt}"
+    base = _period_dir(_ctx(request), period) / invoice_id
     try:
-        body = path.read_bytes()
+        if fmt == "pdf":
+            pdf = base.with_name(base.name + ".pdf")
+            body = pdf.read_bytes() if pdf.exists() else invoice_pdf(json.loads(
+                base.with_name(base.name + ".json").read_bytes()))
+            return Response(body, media_type="application/pdf", headers={
+                "Content-Disposition": f'inline; filename="{invoice_id}.pdf"'})
+        body = base.with_name(f"{base.name}.{fmt}").read_bytes()
     except FileNotFoundError:
         raise not_found(f"no invoice {invoice_id} in {period}", "invoice_id") from None
     if fmt == "html":

@@ -37,3 +37,8 @@ class Invoice:
     tax_rate: int
     prepaid_usage: list[tuple[str, int, int]] = field(default_factory=list)
     """(service, units, charged) already paid from the prepaid balance."""
+    customer_name: str = ""
+    billing_address: str = ""
+    issuer_name: str = ""
+    issuer_address: str = ""
+    issuer_tax_id: str = ""

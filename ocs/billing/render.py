@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ocs.billing.invoice import SERVICE_TEXT, Invoice
+from ocs.billing.pdf import invoice_pdf
 from ocs.money import format_amount
 
 
@@ -37,6 +38,9 @@ def invoice_json(inv: Invoice) -> dict[str, Any]:
         "due_date": inv.due_date,
         "prepaid_usage": [{"service": s, "units": u, "charged": format_amount(c)}
                           for s, u, c in inv.prepaid_usage],
+        "customer": {"name": inv.customer_name, "address": inv.billing_address},
+        "issuer": {"name": inv.issuer_name, "address": inv.issuer_address,
+                   "tax_id": inv.issuer_tax_id},
     }
 
 
@@ -55,6 +59,9 @@ h1{margin:0;font-size:28px;color:#0b5cad;letter-spacing:.5px}
 .meta{text-align:right;font-size:14px;line-height:1.6}
 .meta b{display:inline-block;min-width:90px;text-align:left;color:#5a6b7d;font-weight:600}
 table{width:100%;border-collapse:collapse;font-size:14px}
+.parties{display:flex;justify-content:space-between;gap:32px;margin-bottom:24px;
+font-size:14px;line-height:1.5}
+.parties h2{font-size:12px;text-transform:uppercase;color:#5a6b7d;margin:0 0 4px}
 th{text-align:left;color:#5a6b7d;font-weight:600;border-bottom:1px solid #d5dce4;
 padding:8px 6px}
 td{padding:8px 6px;border-bottom:1px solid #eef1f4}
@@ -66,6 +73,22 @@ h2{font-size:15px;color:#5a6b7d;text-transform:uppercase;letter-spacing:1px;marg
 .note{font-size:12px;color:#5a6b7d;margin-top:28px;line-height:1.5}
 .nw{white-space:nowrap}
 """
+
+
+def _lines_html(*parts: str) -> str:
+    return "<br>".join(html.escape(line) for part in parts for line in part.splitlines()
+                       if line)
+
+
+def _parties_html(inv: Invoice) -> str:
+    """The issuer (with its tax id) and the customer's name and billing address."""
+    issuer = _lines_html(inv.issuer_name, inv.issuer_address) + (
+        f"<br>Tax id {html.escape(inv.issuer_tax_id)}" if inv.issuer_tax_id else "")
+    customer = _lines_html(inv.customer_name, inv.billing_address)
+    if not issuer and not customer:
+        return ""
+    return (f'<div class="parties"><div><h2>From</h2>{issuer or "&nbsp;"}</div>'
+            f'<div><h2>Bill to</h2>{customer or "+" + html.escape(inv.msisdn)}</div></div>')
 
 
 def invoice_html(inv: Invoice) -> str:
@@ -100,6 +123,7 @@ def invoice_html(inv: Invoice) -> str:
         prepaid = ('<div class="section"><h2>Prepaid usage (already paid, for information)'
                    '</h2><table><tr><th>Service</th><th class="num">Quantity</th>'
                    f'<th class="num">Charged</th></tr>{items}</table></div>')
+    parties = _parties_html(inv)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Invoice {e(inv.invoice_id)}</title>
 <style>{_CSS}</style></head>
@@ -109,6 +133,7 @@ def invoice_html(inv: Invoice) -> str:
 <div><b>Number</b>+{e(inv.msisdn)}</div><div><b>Period</b>{e(inv.period)}</div>
 <div><b>Issued</b>{e(inv.issue_date)}</div><div><b>Due</b>{e(inv.due_date)}</div></div>
 </header>
+{parties}
 <table><tr><th>Description</th><th class="num">Quantity</th><th class="num">Amount</th></tr>
 {"".join(rows)}
 </table>
@@ -132,7 +157,9 @@ def summary_csv(invoices: list[Invoice]) -> str:
     return buf.getvalue()
 
 
-def write_invoices(invoices: list[Invoice], out_dir: Path) -> None:
+def write_invoices(invoices: list[Invoice], out_dir: Path, *, pdf: bool = False) -> None:
+    """The invoices of a run as ``<id>.json`` and ``<id>.html`` (and ``<id>.pdf``) plus
+    ``summary.csv``, replacing ``out_dir`` whole once everything is written."""
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -141,6 +168,9 @@ def write_invoices(invoices: list[Invoice], out_dir: Path) -> None:
     tmp.mkdir()
     def write(path: Path, text: str) -> None:
         path.write_bytes(text.encode("utf-8"))
+
+    def write_pdf(path: Path, doc: dict[str, Any]) -> None:
+        path.write_bytes(invoice_pdf(doc))
 
     try:
         # Creating a file is slow I/O that releases the GIL: overlap it in a few threads.
@@ -151,6 +181,9 @@ def write_invoices(invoices: list[Invoice], out_dir: Path) -> None:
                                            json.dumps(invoice_json(inv), indent=2) + "\n"))
                 futures.append(pool.submit(write, tmp / f"{inv.invoice_id}.html",
                                            invoice_html(inv)))
+                if pdf:
+                    futures.append(pool.submit(write_pdf, tmp / f"{inv.invoice_id}.pdf",
+                                               invoice_json(inv)))
             futures.append(pool.submit(write, tmp / "summary.csv", summary_csv(invoices)))
             for f in futures:
                 f.result()

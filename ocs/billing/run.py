@@ -107,12 +107,23 @@ class SubscriberTerms(msgspec.Struct, array_like=True, frozen=True):
     terminated_at: int
     segments: list[tuple[int, str, str, int]] = []
     """Plan segments in force: (from, plan id, plan name, monthly fee), oldest first."""
+    customer_name: str = ""
+    billing_address: str = ""
+
+
+class Issuer(msgspec.Struct, array_like=True, frozen=True):
+    """Who issued a run's invoices (``[billing] issuer_*`` at its first run)."""
+
+    name: str = ""
+    address: str = ""
+    tax_id: str = ""
 
 
 class RunRecord(msgspec.Struct, frozen=True):
     period: str
     files: list[FileUse]
     subscribers: list[SubscriberTerms]
+    issuer: Issuer = Issuer()
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -208,14 +219,17 @@ class Biller:
                     plan_name=str(plan.get("name", sub.plan_id)), mode=sub.mode,
                     currency=sub.currency, timezone=tz,
                     monthly_fee=parse_amount(str(plan.get("monthly_fee", "0"))),
-                    created_at=sub.created_at, terminated_at=terminated, segments=segments))
+                    created_at=sub.created_at, terminated_at=terminated, segments=segments,
+                    customer_name=sub.customer_name, billing_address=sub.billing_address))
         files = []
         for path in closed_cdr_files(self.cdr_dir):
             after = self._billed_through(path.name)
             if after >= period:
                 continue
             files.append(FileUse(path.name, _sha256(path), after))
-        return RunRecord(period=period, files=files, subscribers=subs)
+        return RunRecord(period=period, files=files, subscribers=subs, issuer=Issuer(
+            name=self.cfg.issuer_name, address=self.cfg.issuer_address,
+            tax_id=self.cfg.issuer_tax_id))
 
     def _row_period(self, tz: str, end_time: str) -> str:
         key = (tz, end_time[:16])
@@ -322,7 +336,7 @@ class Biller:
         return (best[1], best[2]) if best else ("", 0)
 
     def _invoice(self, terms: SubscriberTerms, usage: Usage | None, period: str,
-                 invoice_id: str) -> Invoice | None:
+                 invoice_id: str, issuer: Issuer) -> Invoice | None:
         year, month = check_period(period)
         _start, end, days = period_bounds(year, month, terms.timezone)
         lines: list[Line] = []
@@ -388,7 +402,10 @@ class Biller:
                        plan=terms.plan_id, plan_name=terms.plan_name, currency=terms.currency,
                        lines=lines, subtotal=subtotal, tax=tax, total=subtotal + tax,
                        due_date=due.isoformat(), issue_date=issue.isoformat(),
-                       tax_name=tax_name, tax_rate=rate, prepaid_usage=prepaid)
+                       tax_name=tax_name, tax_rate=rate, prepaid_usage=prepaid,
+                       customer_name=terms.customer_name,
+                       billing_address=terms.billing_address, issuer_name=issuer.name,
+                       issuer_address=issuer.address, issuer_tax_id=issuer.tax_id)
 
     # -- the run ------------------------------------------------------------------------
 
@@ -400,7 +417,7 @@ class Biller:
         return max((period_bounds(year, month, tz)[1], tz) for tz in sorted(zones))
 
     def run(self, period: str, out_dir: Path | None, *, dry_run: bool = False,
-            preview: bool = False, progress: ProgressFn | None = None,
+            preview: bool = False, pdf: bool = False, progress: ProgressFn | None = None,
             ) -> tuple[RunSummary, list[Invoice]]:
         """Bill ``period`` into ``out_dir``. A first run of a period that has not ended
         yet (:meth:`period_end`, by :attr:`clock`) is refused unless ``preview``:
@@ -428,7 +445,7 @@ class Biller:
         seq = 0
         for terms in sorted(record.subscribers, key=lambda s: s.msisdn):
             inv = self._invoice(terms, usage.get(terms.msisdn), period,
-                                f"INV-{period.replace('-', '')}-{seq + 1:06d}")
+                                f"INV-{period.replace('-', '')}-{seq + 1:06d}", record.issuer)
             if inv is not None:
                 seq += 1
                 invoices.append(inv)
@@ -439,7 +456,7 @@ class Biller:
             rerun=rerun)
         if dry_run or out_dir is None:
             return summary, invoices
-        write_invoices(invoices, out_dir)
+        write_invoices(invoices, out_dir, pdf=pdf)
         if not rerun and not preview:
             self._save(record)
         return summary, invoices

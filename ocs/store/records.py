@@ -63,6 +63,10 @@ class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     """Earlier plans as (effective from, plan id); the current plan took over at
     ``plan_since``. Billing prorates monthly fees over these segments."""
     plan_since: int = 0
+    customer_name: str = ""
+    """Who is billed (a person or company), as on the invoice."""
+    billing_address: str = ""
+    """Lines separated by newlines, as on the invoice."""
 
 
 class Balance(msgspec.Struct, array_like=True, kw_only=True):

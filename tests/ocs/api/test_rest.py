@@ -241,6 +241,38 @@ def test_plans_alarms_fraud_and_invoices_routes(api: Api) -> None:
         problem(c.get("/invoices/2026-01/..%2f..%2fserve.lock"), 404)
 
 
+def test_invoices_by_the_api_as_json_html_and_pdf(api: Api) -> None:
+    import datetime as dt
+    import io
+
+    from pypdf import PdfReader
+
+    with api.client(api.token("care")) as c:
+        r = c.post("/subscribers", json={"msisdn": "41790000777", "plan": "postpaid-business",
+                                         "postpaid": True, "name": "Ada Lovelace"})
+        assert r.status_code == 201 and r.json()["name"] == "Ada Lovelace", r.text
+        r = c.patch("/subscribers/41790000777", json={"address": "1 Main St\nLondon"})
+        assert r.json()["changed"] == ["address"]
+        problem(c.patch("/subscribers/41790000777", json={"name": "a\tb"}), 422, "name")
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    out = api.cfg.parent / "data" / "invoices" / period
+    bill = api.cli("bill", "run", "--period", period, "--preview", "--out", str(out))
+    assert bill["invoices"] >= 1
+    with api.client(api.token("readonly")) as c:
+        (item,) = [i for i in c.get("/invoices", params={"period": period}).json()
+                   if i["msisdn"] == "41790000777"]
+        doc = c.get(f"/invoices/{period}/{item['invoice_id']}").json()
+        assert doc["customer"] == {"name": "Ada Lovelace", "address": "1 Main St\nLondon"}
+        page = c.get(f"/invoices/{period}/{item['invoice_id']}", params={"format": "html"})
+        assert "Ada Lovelace<br>1 Main St<br>London" in page.text
+        pdf = c.get(f"/invoices/{period}/{item['invoice_id']}", params={"format": "pdf"})
+        assert pdf.headers["content-type"] == "application/pdf"
+        text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+        assert "Ada Lovelace" in text and "London" in text and item["invoice_id"] in text
+        problem(c.get(f"/invoices/{period}/INV-0", params={"format": "pdf"}), 404,
+                "invoice_id")
+
+
 def test_kpis_route_is_the_cli_report(api: Api) -> None:
     with api.client(api.token("noc")) as c:
         got = c.get("/kpis", params={"period": "2026-11"}).json()

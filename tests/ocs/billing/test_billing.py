@@ -275,3 +275,47 @@ def test_a_period_not_ended_is_refused_and_a_preview_locks_nothing(world: World)
     real, _invoices = done.run("2026-11", world.root / "real")
     assert real.rows == summary.rows + 1
     assert done.stored_run("2026-11") is not None
+
+
+def test_invoices_carry_the_customer_and_the_issuer_in_json_html_and_pdf(
+        world: World) -> None:
+    import io
+
+    from pypdf import PdfReader
+
+    from ocs.billing.pdf import invoice_pdf
+    from ocs.provisioning import SubscriberChange, op_set_subscriber
+
+    world.store.run_write(op_set_subscriber(BIZ, SubscriberChange(
+        name="Łukasz <Zoë> Müller", address="Bahnhofstrasse 1\n8001 Zürich")))
+    assert world.charge(BIZ, Service.SMS, 1, "4179", NOV_20, "26201") == 200_000
+    world.flush(NOV_20)
+    cfg = BillingConfig(taxes=CFG.taxes, due_days=14, issuer_name="Helvetia Mobile AG",
+                        issuer_address="Seestrasse 5\n8002 Zürich",
+                        issuer_tax_id="CHE-123.456.789 MWST")
+    out = world.root / "inv"
+    Biller(world.store, world.cdr_dir, cfg, clock=lambda: AFTER).run("2026-11", out,
+                                                                      pdf=True)
+    (name,) = [p.stem for p in out.glob("*.json")
+               if json.loads(p.read_text())["msisdn"] == BIZ]
+    doc = json.loads((out / f"{name}.json").read_text())
+    assert doc["customer"] == {"name": "Łukasz <Zoë> Müller",
+                               "address": "Bahnhofstrasse 1\n8001 Zürich"}
+    assert doc["issuer"] == {"name": "Helvetia Mobile AG",
+                             "address": "Seestrasse 5\n8002 Zürich",
+                             "tax_id": "CHE-123.456.789 MWST"}
+    html = (out / f"{name}.html").read_text()
+    assert "Łukasz &lt;Zoë&gt; Müller<br>Bahnhofstrasse 1<br>8001 Zürich" in html
+    assert "Tax id CHE-123.456.789 MWST" in html
+    pdf = (out / f"{name}.pdf").read_bytes()
+    assert pdf == invoice_pdf(doc)  # the run's PDF is the one drawn from the JSON later
+    text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    for expected in ("Helvetia Mobile AG", "CHE-123.456.789 MWST", "8001 Zürich",
+                     "Müller", name, f"Total due {doc['total'][:-2]} EUR"):
+        assert expected in text, (expected, text)
+    # a later change of the issuer does not change a billed period's invoices
+    moved = BillingConfig(taxes=CFG.taxes, due_days=14, issuer_name="Other AG")
+    Biller(world.store, world.cdr_dir, moved, clock=lambda: AFTER).run("2026-11",
+                                                                        world.root / "re")
+    again = json.loads((world.root / "re" / f"{name}.json").read_text())
+    assert again == doc
