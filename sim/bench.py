@@ -59,6 +59,8 @@ prefix = "41"
 system_id = "esme"
 [chf]
 listen = "127.0.0.1:0"
+[api]
+listen = "127.0.0.1:0"
 [snmp]
 trap_listen = "127.0.0.1:0"
 communities = ["public"]

@@ -95,7 +95,8 @@ def test_json_everywhere_and_whole_values_in_pipes(tmp_path: Path) -> None:
     bill = json.loads(ocs("bill", "run", "--period", "2026-10", "--dry-run", "--json", *c,
                           cwd=tmp_path).stdout)
     del bill["seconds"]
-    assert bill == {"period": "2026-10", "dry_run": True, "rerun": False, "out": None,
+    assert bill == {"period": "2026-10", "dry_run": True, "preview": False, "rerun": False,
+                    "out": None,
                     "invoices": 0, "rows": 0, "files": 0, "subtotal": "0.0000",
                     "tax": "0.0000", "total": "0.0000"}  # a month before anyone was added
     # into a pipe: tab-separated, nothing cut
