@@ -362,6 +362,54 @@ def op_credit(msisdn: str, amount: str, *, reference: str = "", actor: str = "",
     return op
 
 
+class CreditRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A top-up as the writer process runs it (the REST API's: group-committed with the
+    charging operations instead of a transaction of its own)."""
+
+    msisdn: str
+    amount: str
+    reference: str = ""
+    actor: str = ""
+
+
+class Credited(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a :class:`CreditRequest`: the top-up, or why not (``refusal`` names
+    the :class:`ProvisioningError` class, ``field`` its field) — a refusal is an answer,
+    not a failed operation of the writer."""
+
+    entry: LedgerEntry | None = None
+    balance: Balance | None = None
+    replayed: bool = False
+    refusal: str = ""
+    message: str = ""
+    field: str = ""
+
+    def top_up(self) -> TopUp:
+        """The :class:`TopUp`, or the refusal raised as its error class."""
+        if self.refusal:
+            cls = {"NotFound": NotFound, "Conflict": Conflict}.get(self.refusal,
+                                                                   ProvisioningError)
+            raise cls(self.message, field=self.field)
+        assert self.entry is not None and self.balance is not None
+        return TopUp(entry=self.entry, balance=self.balance, replayed=self.replayed)
+
+
+def run_credit(tx: Tx, req: CreditRequest) -> Credited:
+    """:func:`op_credit` as a writer operation (``credit``)."""
+    try:
+        top = op_credit(req.msisdn, req.amount, reference=req.reference,
+                        actor=req.actor)(tx)
+    except ProvisioningError as exc:  # raised before anything is written
+        return Credited(refusal=type(exc).__name__, message=str(exc), field=exc.field)
+    return Credited(entry=top.entry, balance=top.balance, replayed=top.replayed)
+
+
+OPERATIONS: dict[str, tuple[type[Any], type[Any], Callable[[Tx, Any], Any]]] = {
+    "credit": (CreditRequest, Credited, run_credit),
+}
+"""Provisioning operations the writer process runs, by name: (request, result, function)."""
+
+
 def op_topup(msisdn: str, amount: str) -> Callable[[Tx], Balance]:
     """A top-up without a reference (tests, tools): the new balance."""
     credit = op_credit(msisdn, amount, actor="internal")

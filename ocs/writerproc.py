@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ocs import provisioning
 from ocs.charging.engine import (
     OPERATIONS,
     ChargingEngine,
@@ -38,6 +39,7 @@ def operations(store: Store, conf: dict[str, Any]) -> OpTable:
                       for name, (req_t, res_t) in OPERATIONS.items()}
     table.update(noc.AlarmOps(Limits(**conf["alarms"])).table())
     table["nms_record"] = (NmsSample, bool, nms_record)
+    table.update(provisioning.OPERATIONS)
     return table
 
 
@@ -52,6 +54,7 @@ def process_writer(settings: EngineSettings, *, alarm_limits: Limits = NO_LIMITS
     results = {name: res_t for name, (_q, res_t) in OPERATIONS.items()}
     results.update({name: res_t for name, (_q, res_t) in noc.OPERATIONS.items()})
     results["nms_record"] = bool
+    results.update({name: res_t for name, (_q, res_t, _f) in provisioning.OPERATIONS.items()})
     return ProcessWriter(program=PROGRAM, results=results,
                          program_settings={"engine": eng,
                                            "alarms": msgspec.structs.asdict(alarm_limits)},

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, Protocol, TypeVar
 
 import anyio.to_thread
 import msgspec
@@ -53,18 +53,20 @@ from ocs.billing.run import BillingError, check_period
 from ocs.cdr.reader import every_record
 from ocs.charging.engine import ChargingEngine
 from ocs.config import Config
+from ocs.errors import ChargingError
 from ocs.fraud.cases import decode_case, load_case
 from ocs.fraud.cases import resolve as resolve_case
 from ocs.fraud.cases import to_json as case_json
 from ocs.noc import alarms as noc
 from ocs.provisioning import (
     Conflict,
+    Credited,
+    CreditRequest,
     NewSubscriber,
     NotFound,
     ProvisioningError,
     SubscriberChange,
     all_plans,
-    op_credit,
     op_ensure_subscriber,
     op_set_status,
     op_set_subscriber,
@@ -101,17 +103,26 @@ def threaded(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return run
 
 
+class Submitter(Protocol):
+    """Where write operations go by name (the server's writer process)."""
+
+    def submit(self, name: str, req: Any) -> Awaitable[Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ApiContext:
-    """What the routes work on: the node's config, store and charging engine (reads)."""
+    """What the routes work on: the node's config, store and charging engine (reads), and
+    its writer (top-ups, group-committed with charging)."""
 
     cfg: Config
     store: Store
     engine: ChargingEngine
+    writer: Submitter
     max_page: int = 500
 
     def write(self, op: Callable[[Tx], T]) -> T:
-        """One provisioning operation, in its own transaction, as the CLI runs it."""
+        """One provisioning operation in its own transaction, as the CLI runs it (the
+        rare writes: subscribers, alarms, cases)."""
         return self.store.run_write(op)
 
 
@@ -193,7 +204,7 @@ def _problems(*codes: int) -> dict[int, ResponseSpec]:
 
 
 READ_ERRORS = _problems(400, 401, 403, 404, 500)
-WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 500)
+WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 500, 503)
 
 
 def problem(status: int, title: str, detail: str = "", *, field: str = "",
@@ -245,10 +256,52 @@ def _validation_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[
 def _http_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, HTTPException)
     field = exc.extra.get("field", "") if isinstance(exc.extra, dict) else ""
-    title = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
              405: "Method Not Allowed", 409: "Conflict"}.get(exc.status_code, "Error")
     return problem(exc.status_code, title, str(exc.detail), field=field,
                    headers=exc.headers)
+
+
+MAX_DEPTH = 8
+"""Our bodies are flat objects; a body nested deeper is refused before it is decoded (a
+decoder recursing 30,000 levels down was a 500, or a dropped connection)."""
+
+
+def nesting(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text go (brackets inside strings do not
+    count)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return MAX_DEPTH  # cannot be deeper (the usual case: no scan)
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:  # backslash
+                escaped = True
+            elif ch == 0x22:  # quote
+                in_string = False
+        elif ch == 0x22:
+            in_string = True
+        elif ch in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+async def _check_body(request: Request[Any, Any, Any]) -> None:
+    """Before a body is decoded: refuse one nested too deep."""
+    if request.method in ("POST", "PATCH", "PUT") and nesting(await request.body()) > MAX_DEPTH:
+        raise bad_request(f"the body nests deeper than {MAX_DEPTH} levels", "body")
+
+
+def _unavailable(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return problem(503, "Service Unavailable", f"the store cannot take this now ({exc}); "
+                   "send it again (the same reference credits once)",
+                   headers={"Retry-After": "1"})
 
 
 def _internal_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -268,7 +321,10 @@ def bad_request(detail: str, field: str) -> HTTPException:
 # -- authentication and roles --------------------------------------------------------------
 
 
-def _authorize(conn: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def _authorize(conn: ASGIConnection[Any, Any, Any, Any],
+                     handler: BaseRouteHandler) -> None:
+    """The bearer token's role against the route's (one LMDB read, on the event loop: a
+    sync guard would cost a thread hop per request)."""
     roles: frozenset[str] | None = handler.opt.get("roles")
     if roles is None:  # public (the OpenAPI document)
         return
@@ -372,8 +428,8 @@ def create_subscriber(request: Request[Any, Any, Any],
 
 
 @get(f"{BASE}/subscribers/{{msisdn:str}}", opt={"roles": CARE_READ}, responses=READ_ERRORS)
-@threaded
-def get_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
+async def get_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str, Any]:
+    """(On the event loop: three LMDB reads, cheaper than a hop to a thread and back.)"""
     ctx = _ctx(request)
     item = views.subscriber(ctx.engine, _msisdn(msisdn))
     if item is None:
@@ -439,15 +495,17 @@ def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str,
 
 @post(f"{BASE}/subscribers/{{msisdn:str}}/topups", opt={"roles": CARE},
       status_code=201, responses=WRITE_ERRORS)
-@threaded
-def topup(request: Request[Any, Any, Any], msisdn: str,
-          data: TopUpBody) -> Response[dict[str, Any]]:
+async def topup(request: Request[Any, Any, Any], msisdn: str,
+                data: TopUpBody) -> Response[dict[str, Any]]:
     """Credit the balance. The same ``reference`` again credits nothing and answers the
-    first top-up (200, ``replayed``); with another amount it is a 409."""
+    first top-up (200, ``replayed``); with another amount it is a 409. (Through the
+    writer process, in the group commit of the charging operations: a transaction of its
+    own would hold the store's write lock, and charging, for an fsync per top-up.)"""
     ctx = _ctx(request)
     key = _msisdn(msisdn)
-    top = ctx.write(op_credit(key, data.amount, reference=data.reference,
-                              actor=_actor(request)))
+    res: Credited = await ctx.writer.submit("credit", CreditRequest(
+        msisdn=key, amount=data.amount, reference=data.reference, actor=_actor(request)))
+    top = res.top_up()
     return Response(views.topup(key, top, data.reference),
                     status_code=200 if top.replayed else 201)
 
@@ -689,6 +747,7 @@ def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:
             ProvisioningError: _provisioning_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            ChargingError: _unavailable,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(
@@ -701,6 +760,7 @@ def create_app(ctx: ApiContext, *, max_body: int = 64 * 1024) -> Litestar:
             operation_id_creator=lambda handler, _method, _path: handler.handler_name,
         ),
         request_max_body_size=max_body,
+        before_request=_check_body,
         response_headers=SECURITY_HEADERS,
         debug=False,
     )
