@@ -811,14 +811,13 @@ def _user() -> str:
 
 
 def cmd_sub_history(args: argparse.Namespace) -> int:
-    from ocs.cdr.reader import every_record
-
     cfg = _config(args)
     msisdn = validate_msisdn(args.msisdn)
     since = _event_time(args.since, "--from") if args.since else None
     until = _event_time(args.until, "--to") if args.until else None
     with _open(cfg) as store:
-        items = views.history(store, every_record(cfg.under_data(cfg.cdr.dir), store),
+        items = views.history(store, views.subscriber_cdrs(cfg.under_data(cfg.cdr.dir),
+                                                           store, msisdn),
                               msisdn, since=since, until=until)
     if items is None:
         raise CliError(f"no subscriber {msisdn}", EXIT_FAILURE)

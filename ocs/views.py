@@ -7,16 +7,19 @@ Read models over the store and the CDR files, shared by :mod:`ocs.cli` and
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ocs.cdr.fileformat import iso_utc
+from ocs.cdr.query import subscriber_records
+from ocs.cdr.reader import journal_records
 from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import IdKind
 from ocs.money import format_amount
 from ocs.provisioning import TopUp, ledger_entries
 from ocs.rating.plans import compile_plan
 from ocs.store.env import BALANCES, IDX_IMSI, IDX_USERNAME, SUBSCRIBERS, Store
-from ocs.store.records import Balance, Subscriber, dec_balance, dec_subscriber
+from ocs.store.records import Balance, CdrRecord, Subscriber, dec_balance, dec_subscriber
 from ocs.store.tx import Tx
 
 
@@ -88,18 +91,23 @@ def subscriber_items(store: Store, *, after: str = "", limit: int | None = None,
     return items, ""
 
 
-def find_msisdns(store: Store, text: str) -> list[str]:
-    """The subscribers an operator means by ``text``: an MSISDN, IMSI or user name
-    (exact; a care agent reads it off a screen or a SIM)."""
-    found: list[str] = []
+def find_subscribers(store: Store, text: str) -> list[dict[str, Any]]:
+    """The subscribers an operator means by ``text`` — an MSISDN, IMSI or user name
+    (exact; a care agent reads it off a screen or a SIM) — as list rows."""
+    found: list[dict[str, Any]] = []
     key = text.encode()
+    if not text:
+        return found
     with store.read() as txn:
-        if text and txn.get(key, db=store.dbs[SUBSCRIBERS]) is not None:
-            found.append(text)
-        for idx in (IDX_IMSI, IDX_USERNAME):
-            owner = txn.get(key, db=store.dbs[idx]) if text else None
-            if owner is not None and owner.decode() not in found:
-                found.append(owner.decode())
+        subs, bals = store.dbs[SUBSCRIBERS], store.dbs[BALANCES]
+        msisdns = [key] + [txn.get(key, db=store.dbs[idx]) for idx in (IDX_IMSI, IDX_USERNAME)]
+        for m in dict.fromkeys(x for x in msisdns if x is not None):
+            raw = txn.get(m, db=subs)
+            if raw is not None:
+                bal = txn.get(m, db=bals)
+                found.append(subscriber_item(dec_subscriber.decode(raw),
+                                             dec_balance.decode(bal) if bal is not None
+                                             else Balance()))
     return found
 
 
@@ -146,6 +154,13 @@ def history(store: Store, records: Iterator[Any], msisdn: str, *,
         i["time"] = iso_utc(i["time"])
         i["amount"] = format_amount(i["amount"])
     return items
+
+
+def subscriber_cdrs(cdr_dir: Path, store: Store, msisdn: str) -> Iterator[CdrRecord]:
+    """One subscriber's CDRs: the closed files' (DuckDB picks them out of every file),
+    then the journal's not in a closed file yet."""
+    yield from subscriber_records(cdr_dir, msisdn)
+    yield from (r for r in journal_records(store) if r.msisdn == msisdn)
 
 
 def plan(table: dict[str, Any]) -> dict[str, Any]:

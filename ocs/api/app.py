@@ -50,7 +50,6 @@ from ocs.api.tokens import lookup
 from ocs.billing.kpis import compute
 from ocs.billing.pdf import invoice_pdf
 from ocs.billing.run import BillingError, check_period
-from ocs.cdr.reader import every_record
 from ocs.charging.engine import ChargingEngine
 from ocs.config import Config
 from ocs.errors import ChargingError
@@ -207,22 +206,26 @@ READ_ERRORS = _problems(400, 401, 403, 404, 500)
 WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 500, 503)
 
 
-def problem(status: int, title: str, detail: str = "", *, field: str = "",
+def problem(status: int, detail: str = "", *, field: str = "",
+            errors: list[dict[str, str]] | None = None,
             headers: dict[str, str] | None = None) -> Response[Any]:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    """A problem document: the status's phrase as title; ``errors`` (or the one
+    ``field``) name the members at fault."""
+    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase,
+                            "status": status}
     if detail:
         body["detail"] = detail
-    if field:
-        body["errors"] = [{"field": field, "detail": detail or title}]
+    if field and errors is None:
+        errors = [{"field": field, "detail": detail}]
+    if errors:
+        body["errors"] = errors
     return Response(content=body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _provisioning_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, ProvisioningError)
-    status, title = ((404, "Not Found") if isinstance(exc, NotFound) else
-                     (409, "Conflict") if isinstance(exc, Conflict) else
-                     (422, "Unprocessable Content"))
-    return problem(status, title, str(exc), field=exc.field)
+    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
+    return problem(status, str(exc), field=exc.field)
 
 
 _FIELD_RE = re.compile(r"at `\$\.([A-Za-z0-9_.\[\]]+)`|field `([A-Za-z0-9_]+)`")
@@ -247,19 +250,13 @@ def _validation_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[
     if not errors:  # a missing parameter: named in the detail only
         m = re.search(r"parameter '([A-Za-z0-9_]+)'", str(exc.detail))
         errors.append({"field": m.group(1) if m else "", "detail": str(exc.detail)})
-    body: dict[str, Any] = {"type": "about:blank", "title": "Bad Request", "status": 400,
-                            "detail": errors[0]["detail"] if errors else str(exc.detail),
-                            "errors": errors}
-    return Response(content=body, status_code=400, media_type=PROBLEM)
+    return problem(400, errors[0]["detail"], errors=errors)
 
 
 def _http_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, HTTPException)
     field = exc.extra.get("field", "") if isinstance(exc.extra, dict) else ""
-    title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-             405: "Method Not Allowed", 409: "Conflict"}.get(exc.status_code, "Error")
-    return problem(exc.status_code, title, str(exc.detail), field=field,
-                   headers=exc.headers)
+    return problem(exc.status_code, str(exc.detail), field=field, headers=exc.headers)
 
 
 MAX_DEPTH = 8
@@ -299,7 +296,7 @@ async def _check_body(request: Request[Any, Any, Any]) -> None:
 
 
 def _unavailable(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    return problem(503, "Service Unavailable", f"the store cannot take this now ({exc}); "
+    return problem(503, f"the store cannot take this now ({exc}); "
                    "send it again (the same reference credits once)",
                    headers={"Retry-After": "1"})
 
@@ -307,7 +304,7 @@ def _unavailable(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 def _internal_error(_req: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     structlog.get_logger(__name__).error("api_error", error=type(exc).__name__,
                                          message=str(exc))
-    return problem(500, "Internal Server Error", "the error is in the server's log")
+    return problem(500, "the error is in the server's log")
 
 
 def not_found(detail: str, field: str = "") -> HTTPException:
@@ -401,8 +398,7 @@ def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
     ``cursor``); ``q`` finds one by MSISDN, IMSI or user name."""
     ctx = _ctx(request)
     if q:
-        found = [views.subscriber(ctx.engine, m) for m in views.find_msisdns(ctx.store, q)]
-        return {"items": [f for f in found if f is not None], "next_cursor": None}
+        return {"items": views.find_subscribers(ctx.store, q), "next_cursor": None}
     items, last = views.subscriber_items(ctx.store, after=_cursor(cursor),
                                          limit=min(limit, ctx.max_page), status=status or "")
     return {"items": items, "next_cursor": _next_cursor(last)}
@@ -520,8 +516,8 @@ def usage(request: Request[Any, Any, Any], msisdn: str,
     ctx = _ctx(request)
     key = _msisdn(msisdn)
     start, end = _time(since, "from"), _time(until, "to")
-    items = views.history(ctx.store, every_record(ctx.cfg.under_data(ctx.cfg.cdr.dir),
-                                                  ctx.store), key, since=start, until=end)
+    items = views.history(ctx.store, views.subscriber_cdrs(
+        ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, key), key, since=start, until=end)
     if items is None:
         raise not_found(f"no subscriber {key}", "msisdn")
     return items
@@ -701,7 +697,7 @@ PORTAL = Path(__file__).parent / "portal"
 @get("/", include_in_schema=False)
 async def portal_page() -> File:
     """The portal: a page of its own assets (no CDN) over this API."""
-    return File(PORTAL / "index.html", media_type="text/html; charset=utf-8",
+    return File(PORTAL / "index.html", filename="index.html", media_type="text/html",
                 content_disposition_type="inline")
 
 

@@ -11,9 +11,6 @@ each plan's time zone; these are network-wide figures). Only closed files are re
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import tempfile
 import time
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -22,7 +19,9 @@ from typing import Any
 import duckdb
 
 from ocs.billing.run import check_period
-from ocs.cdr.fileformat import COLUMNS, FIRST_COLUMNS, header_ok
+from ocs.billing.run import period_bounds as month_bounds
+from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.query import connect, sql_path
 from ocs.cdr.reader import closed_cdr_files
 from ocs.fraud.cases import decode_case
 from ocs.money import MICRO, format_amount
@@ -32,9 +31,6 @@ from ocs.store.env import ALARMS, FRAUD_CASES, Store
 USAGE_RESULTS = ("interim", "final", "capped", "expired", "event")
 """Rows that are usage (the others: ``refund``, ``rerate`` move money only)."""
 TOP = 10
-MEMORY_LIMIT = "512MB"
-"""DuckDB's buffers and hash tables at most (it spills beyond): 10M rows read in ~7 s
-with a peak RSS of ~620 MB here, where an unlimited DuckDB took 1.5 GB."""
 
 
 class KpiError(ValueError):
@@ -72,11 +68,8 @@ def _mask(grouped: tuple[str, ...]) -> int:
 
 def period_bounds(period: str) -> tuple[int, int]:
     """[start, end) of a ``YYYY-MM`` month in UTC, as Unix seconds."""
-    check_period(period)
-    y, m = int(period[:4]), int(period[5:])
-    start = dt.datetime(y, m, 1, tzinfo=dt.UTC)
-    end = dt.datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=dt.UTC)
-    return int(start.timestamp()), int(end.timestamp())
+    start, end, _days = month_bounds(*check_period(period), "UTC")
+    return start, end
 
 
 def _iso(ts: int) -> str:
@@ -85,27 +78,6 @@ def _iso(ts: int) -> str:
 
 def _micro(value: Decimal | None) -> int:
     return int((value or Decimal(0)) * MICRO)
-
-
-def _connect(files: list[Path]) -> duckdb.DuckDBPyConnection:
-    """A connection with the view ``cdr`` over ``files`` (every column as text, as
-    written; older files without the last columns read them as NULL)."""
-    con = duckdb.connect(":memory:", config={
-        "threads": os.cpu_count() or 2, "memory_limit": MEMORY_LIMIT,
-        "temp_directory": tempfile.gettempdir()})  # (not ".tmp" under the server's cwd)
-    names = ", ".join(f"'{_sql_path(f)}'" for f in files)
-    con.execute(f"CREATE VIEW cdr AS SELECT * FROM read_csv([{names}], header = true, "
-                "union_by_name = true, all_varchar = true, quote = '\"', escape = '\"', "
-                "strict_mode = true)")
-    return con
-
-
-def _check_headers(files: list[Path]) -> None:
-    for f in files:
-        with f.open(encoding="utf-8", newline="") as fh:
-            first = fh.readline().rstrip("\r\n").split(",")
-        if not header_ok(first) or len(first) < FIRST_COLUMNS:
-            raise KpiError(f"{f}: not a CDR file (header)")
 
 
 def compute(cdr_dir: Path, store: Store, period: str) -> dict[str, Any]:
@@ -125,8 +97,7 @@ def compute(cdr_dir: Path, store: Store, period: str) -> dict[str, Any]:
     roaming = {"records": 0, "charge": 0, "all_records": 0, "all_charge": 0}
     rows = 0
     if files:
-        _check_headers(files)
-        con = _connect(files)
+        con = connect(files)
         try:
             con.execute(_AGGREGATE, {"lo": lo, "hi": hi, "usage": list(USAGE_RESULTS)})
         except duckdb.Error as exc:
@@ -222,8 +193,7 @@ def export_parquet(cdr_dir: Path, period: str, out: Path) -> int:
     files = closed_cdr_files(cdr_dir)
     if not files:
         raise KpiError(f"{cdr_dir}: no closed CDR files")
-    _check_headers(files)
-    con = _connect(files)
+    con = connect(files)
     ints = ("rating_group", "duration_s", "bytes_in", "bytes_out", "units",
             "allowance_units", "characters", "plan_version")
     cols = []
@@ -242,9 +212,9 @@ def export_parquet(cdr_dir: Path, period: str, out: Path) -> int:
     try:
         con.execute(
             f"COPY (SELECT {', '.join(cols)} FROM cdr WHERE end_time >= $lo AND "
-            f"end_time < $hi) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)",
+            f"end_time < $hi) TO '{sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)",
             {"lo": _iso(start), "hi": _iso(end)})
-        n = int(con.execute(f"SELECT count(*) FROM read_parquet('{_sql_path(tmp)}')")
+        n = int(con.execute(f"SELECT count(*) FROM read_parquet('{sql_path(tmp)}')")
                 .fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         tmp.unlink(missing_ok=True)
@@ -253,7 +223,3 @@ def export_parquet(cdr_dir: Path, period: str, out: Path) -> int:
         con.close()
     tmp.replace(out)
     return n
-
-
-def _sql_path(p: Path) -> str:
-    return str(p).replace("'", "''")

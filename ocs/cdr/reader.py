@@ -7,7 +7,7 @@ Constant memory whatever the file size; every row is checked and a bad one raise
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,40 @@ def _int(v: str, name: str) -> int:
         raise ValueError(f"{name}: {v!r} is not an integer") from None
 
 
+def record_of(row: Sequence[str], *, fiveg: bool = True, versioned: bool = True,
+              ) -> CdrRecord:
+    """A CDR from the cells of its row (a file of a release before the 5G columns, or
+    before ``plan_version``, has fewer)."""
+    return CdrRecord(
+        record_id=row[0],
+        session_id=row[1],
+        msisdn=row[2],
+        imsi=row[3],
+        service=row[4],
+        rating_group=_int(row[5], "rating_group") if row[5] else None,
+        destination=row[6],
+        start_time=parse_iso_utc(row[7]),
+        end_time=parse_iso_utc(row[8]),
+        duration_s=_int(row[9], "duration_s"),
+        bytes_in=_int(row[10], "bytes_in"),
+        bytes_out=_int(row[11], "bytes_out"),
+        units=_int(row[12], "units"),
+        charge=parse_amount(row[13], allow_negative=True, field="charge"),
+        currency=row[14],
+        plan_id=row[15],
+        rate_id=row[16],
+        roaming=row[17] == "1",
+        visited_network=row[18],
+        protocol=row[19],
+        result=row[20],
+        allowance_units=_int(row[21], "allowance_units"),
+        characters=_int(row[22], "characters"),
+        slice=row[23] if fiveg else "",
+        dnn=row[24] if fiveg else "",
+        plan_version=_int(row[25], "plan_version") if versioned else 0,
+    )
+
+
 def read_cdr_file(path: str | Path) -> Iterator[CdrRow]:
     p = Path(path)
     line = 1
@@ -64,34 +98,7 @@ def _read(p: Path) -> Iterator[CdrRow]:
             if len(row) != width:
                 raise CdrFormatError(f"{p}:{line}: expected {width} fields, got {len(row)}")
             try:
-                rec = CdrRecord(
-                    record_id=row[0],
-                    session_id=row[1],
-                    msisdn=row[2],
-                    imsi=row[3],
-                    service=row[4],
-                    rating_group=_int(row[5], "rating_group") if row[5] else None,
-                    destination=row[6],
-                    start_time=parse_iso_utc(row[7]),
-                    end_time=parse_iso_utc(row[8]),
-                    duration_s=_int(row[9], "duration_s"),
-                    bytes_in=_int(row[10], "bytes_in"),
-                    bytes_out=_int(row[11], "bytes_out"),
-                    units=_int(row[12], "units"),
-                    charge=parse_amount(row[13], allow_negative=True, field="charge"),
-                    currency=row[14],
-                    plan_id=row[15],
-                    rate_id=row[16],
-                    roaming=row[17] == "1",
-                    visited_network=row[18],
-                    protocol=row[19],
-                    result=row[20],
-                    allowance_units=_int(row[21], "allowance_units"),
-                    characters=_int(row[22], "characters"),
-                    slice=row[23] if fiveg else "",
-                    dnn=row[24] if fiveg else "",
-                    plan_version=_int(row[25], "plan_version") if versioned else 0,
-                )
+                rec = record_of(row, fiveg=fiveg, versioned=versioned)
             except (ValueError, MoneyError) as exc:
                 raise CdrFormatError(f"{p}:{line}: {exc}") from None
             yield CdrRow(p.name, line, rec)

@@ -9,8 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ocs.billing.kpis import KpiError, compute, export_parquet, period_bounds
+from ocs.billing.kpis import compute, export_parquet, period_bounds
 from ocs.cdr.fileformat import COLUMNS, FIRST_COLUMNS, HEADER, format_row
+from ocs.cdr.reader import CdrFormatError
 from ocs.fraud.cases import Case
 from ocs.noc import alarms as noc
 from ocs.store import Store
@@ -150,7 +151,7 @@ def test_an_empty_period_and_bad_input(cdr: Path, store: Store, tmp_path: Path) 
     with pytest.raises(Exception, match="period"):
         period_bounds("2026-13")
     (cdr / "cdr_ocs-1_20261103T000000Z_000009.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(KpiError, match="header"):
+    with pytest.raises(CdrFormatError, match="header"):
         compute(cdr, store, "2026-11")
 
 
