@@ -72,7 +72,7 @@ from ocs.provisioning import (
     validate_msisdn,
 )
 from ocs.store.env import ALARMS, FRAUD_CASES, SUBSCRIBERS, Store
-from ocs.store.records import ApiToken, Subscriber
+from ocs.store.records import ApiToken, dec_subscriber
 from ocs.store.tx import Tx
 
 PROBLEM = "application/problem+json"
@@ -455,7 +455,7 @@ def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
         if data.status is not None:
             raw = tx.get(SUBSCRIBERS, key.encode())
             assert raw is not None  # set_terms found it
-            current: Subscriber = msgspec.msgpack.decode(raw, type=Subscriber)
+            current = dec_subscriber.decode(raw)
             if current.status != data.status:
                 op_set_status(key, _STATUS_ACTION[data.status])(tx)
                 changed.append("status")
@@ -482,7 +482,7 @@ def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str,
         raw = tx.get(SUBSCRIBERS, key.encode())
         if raw is None:
             raise NotFound(f"no subscriber {key}", field="msisdn")
-        if msgspec.msgpack.decode(raw, type=Subscriber).status != "terminated":
+        if dec_subscriber.decode(raw).status != "terminated":
             delete_op(tx)
         return "terminated"
 

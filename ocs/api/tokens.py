@@ -25,12 +25,11 @@ PREFIX = "ocs_"
 ID_CHARS = 12
 """A token's id is its first characters (prefix + 8 random ones), enough to tell tokens
 apart in a list, far too few to guess the rest."""
-MAX_TOKEN = 200
 _TOKEN_RE = re.compile(r"^ocs_[A-Za-z0-9_-]{43}$")
 
 
 class TokenError(ValueError):
-    pass
+    """A token that cannot be made or revoked (bad role or name, unknown id)."""
 
 
 def new_token() -> str:

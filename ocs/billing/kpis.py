@@ -20,7 +20,7 @@ import duckdb
 
 from ocs.billing.run import check_period
 from ocs.billing.run import period_bounds as month_bounds
-from ocs.cdr.fileformat import COLUMNS
+from ocs.cdr.fileformat import COLUMNS, SESSION_RESULTS
 from ocs.cdr.query import connect, sql_path
 from ocs.cdr.reader import closed_cdr_files
 from ocs.fraud.cases import decode_case
@@ -28,13 +28,13 @@ from ocs.money import MICRO, format_amount
 from ocs.noc import alarms as noc
 from ocs.store.env import ALARMS, FRAUD_CASES, Store
 
-USAGE_RESULTS = ("interim", "final", "capped", "expired", "event")
+USAGE_RESULTS = sorted(SESSION_RESULTS | {"event"})
 """Rows that are usage (the others: ``refund``, ``rerate`` move money only)."""
 TOP = 10
 
 
 class KpiError(ValueError):
-    pass
+    """The KPIs or the export cannot be made from these files (none, or DuckDB's error)."""
 
 
 _GROUPED = ("currency", "usage", "service", "day", "rate_id", "roaming", "dest", "msisdn")
@@ -99,7 +99,7 @@ def compute(cdr_dir: Path, store: Store, period: str) -> dict[str, Any]:
     if files:
         con = connect(files)
         try:
-            con.execute(_AGGREGATE, {"lo": lo, "hi": hi, "usage": list(USAGE_RESULTS)})
+            con.execute(_AGGREGATE, {"lo": lo, "hi": hi, "usage": USAGE_RESULTS})
         except duckdb.Error as exc:
             raise KpiError(f"{cdr_dir}: {exc}") from None
 
