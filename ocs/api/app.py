@@ -135,6 +135,9 @@ Line = Annotated[str, msgspec.Meta(max_length=253, pattern=r"^[^\x00-\x1f\x7f]*$
 
 
 AlarmId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+Limit = Annotated[int, Parameter(ge=1, le=5000)]
+"""How many items a list answers at most (the answer stays bounded however long the
+history grows)."""
 CaseId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 
 
@@ -546,14 +549,15 @@ def get_plan(request: Request[Any, Any, Any], plan_id: str) -> dict[str, Any]:
 
 @get(f"{BASE}/alarms", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
-def list_alarms(request: Request[Any, Any, Any], active: bool = False) -> list[dict[str, Any]]:
-    """Newest first; ``active=true`` for the ones not cleared."""
+def list_alarms(request: Request[Any, Any, Any], active: bool = False,
+                limit: Limit = 500) -> list[dict[str, Any]]:
+    """Newest first, at most ``limit``; ``active=true`` for the ones not cleared."""
     store = _ctx(request).store
     with store.read() as txn:
         items = [noc.decode(v) for _k, v in txn.cursor(db=store.dbs[ALARMS])]
     items = [a for a in items if a.active or not active]
     items.sort(key=lambda a: (-a.last_seen, -a.alarm_id))
-    return [noc.to_json(a) for a in items]
+    return [noc.to_json(a) for a in items[:limit]]
 
 
 def _alarm_action(request: Request[Any, Any, Any], alarm_id: AlarmId,
@@ -588,13 +592,14 @@ def clear_alarm(request: Request[Any, Any, Any], alarm_id: AlarmId) -> dict[str,
 @get(f"{BASE}/fraud/cases", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
-        bool, Parameter(query="open")] = False) -> list[dict[str, Any]]:
+        bool, Parameter(query="open")] = False, limit: Limit = 500) -> list[dict[str, Any]]:
+    """Most recently updated first, at most ``limit``; ``open=true`` for the open ones."""
     store = _ctx(request).store
     with store.read() as txn:
         items = [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
     items = [c for c in items if c.status == "open" or not open_only]
     items.sort(key=lambda c: (-c.updated_at, -c.case_id))
-    return [case_json(c) for c in items]
+    return [case_json(c) for c in items[:limit]]
 
 
 @get(f"{BASE}/fraud/cases/{{case_id:int}}", opt={"roles": CARE_READ}, responses=READ_ERRORS)

@@ -232,6 +232,8 @@ def test_plans_alarms_fraud_and_invoices_routes(api: Api) -> None:
         assert c.get("/alarms").json() == api.cli("alarms", "list")
         problem(c.post("/alarms/999999/ack"), 404, "alarm_id")
         problem(c.post("/alarms/abc/ack"), 404)  # no such route
+        problem(c.get("/alarms", params={"limit": 0}), 400, "limit")
+        problem(c.get("/alarms", params={"limit": 5001}), 400, "limit")
     with api.client(api.token("care")) as c:
         assert c.get("/fraud/cases").json() == []
         problem(c.get("/fraud/cases/5"), 404, "case_id")
