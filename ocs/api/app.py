@@ -47,8 +47,6 @@ from litestar.static_files import create_static_files_router
 
 from ocs import build_version, views
 from ocs.api.tokens import lookup
-from ocs.billing.kpis import compute
-from ocs.billing.pdf import invoice_pdf
 from ocs.billing.run import BillingError, check_period
 from ocs.charging.engine import ChargingEngine
 from ocs.config import Config
@@ -673,6 +671,8 @@ def get_invoice(request: Request[Any, Any, Any], period: str, invoice_id: str,
     base = _period_dir(_ctx(request), period) / invoice_id
     try:
         if fmt == "pdf":
+            from ocs.billing.pdf import invoice_pdf  # fpdf2: imported when first asked for
+
             pdf = base.with_name(base.name + ".pdf")
             body = pdf.read_bytes() if pdf.exists() else invoice_pdf(json.loads(
                 base.with_name(base.name + ".json").read_bytes()))
@@ -726,6 +726,8 @@ def kpis(request: Request[Any, Any, Any],
          period: Annotated[str, Parameter(pattern=r"^[0-9]{4}-[0-9]{2}$")]) -> dict[str, Any]:
     """``ocs report kpis --json``: a month's revenue and usage by service and day, active
     subscribers, ARPU, top destinations, roaming share, fraud cases, alarm MTTR."""
+    from ocs.billing.kpis import compute  # DuckDB: imported when first asked for
+
     ctx = _ctx(request)
     try:
         return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period)

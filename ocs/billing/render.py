@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ocs.billing.invoice import SERVICE_TEXT, Invoice
-from ocs.billing.pdf import invoice_pdf
 from ocs.money import format_amount
 
 
@@ -170,6 +169,8 @@ def write_invoices(invoices: list[Invoice], out_dir: Path, *, pdf: bool = False)
         path.write_bytes(text.encode("utf-8"))
 
     def write_pdf(path: Path, doc: dict[str, Any]) -> None:
+        from ocs.billing.pdf import invoice_pdf  # fpdf2 (and Pillow): 0.28 s to import,
+        # paid by every `ocs` command that imports billing unless asked for
         path.write_bytes(invoice_pdf(doc))
 
     try:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from ocs.cdr.fileformat import COLUMNS, header_ok
 from ocs.cdr.reader import CdrFormatError, closed_cdr_files, record_of
 from ocs.store.records import CdrRecord
+
+if TYPE_CHECKING:
+    import duckdb
 
 MEMORY_LIMIT = "512MB"
 """DuckDB's buffers and hash tables at most (it spills beyond): 10M rows read in ~7 s
@@ -38,6 +40,8 @@ def check_headers(files: list[Path]) -> None:
 
 def connect(files: list[Path]) -> duckdb.DuckDBPyConnection:
     """A connection with the view ``cdr`` over ``files`` (their headers checked)."""
+    import duckdb  # imported when used: every `ocs` command imports this module
+
     check_headers(files)
     con = duckdb.connect(":memory:", config={
         "threads": os.cpu_count() or 2, "memory_limit": MEMORY_LIMIT,
@@ -56,6 +60,8 @@ def subscriber_records(cdr_dir: Path, msisdn: str) -> list[CdrRecord]:
     if not files:
         return []
     con = connect(files)
+    import duckdb
+
     try:
         rows = con.execute(f"SELECT {', '.join(COLUMNS)} FROM cdr WHERE msisdn = $m "
                            "ORDER BY end_time, record_id", {"m": msisdn}).fetchall()
