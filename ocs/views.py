@@ -36,13 +36,7 @@ def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
         return None
     sub = dec_subscriber.decode(raw)
     return {
-        "msisdn": sub.msisdn,
-        "imsi": sub.imsi,
-        "username": sub.username,
-        "plan": sub.plan_id,
-        "mode": sub.mode,
-        "status": sub.status,
-        "currency": sub.currency,
+        **_identity(sub),
         "balance": format_amount(view.balance),
         "reserved": format_amount(view.reserved),
         "available": format_amount(view.available),
@@ -54,8 +48,8 @@ def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
     }
 
 
-def subscriber_item(sub: Subscriber, bal: Balance) -> dict[str, Any]:
-    """One row of ``ocs subscriber list --json``."""
+def _identity(sub: Subscriber) -> dict[str, Any]:
+    """What a subscriber's record says of it, first in every shape."""
     return {
         "msisdn": sub.msisdn,
         "imsi": sub.imsi,
@@ -64,6 +58,13 @@ def subscriber_item(sub: Subscriber, bal: Balance) -> dict[str, Any]:
         "mode": sub.mode,
         "status": sub.status,
         "currency": sub.currency,
+    }
+
+
+def subscriber_item(sub: Subscriber, bal: Balance) -> dict[str, Any]:
+    """One row of ``ocs subscriber list --json``."""
+    return {
+        **_identity(sub),
         "balance": format_amount(bal.balance),
         "reserved": format_amount(bal.reserved),
     }

@@ -11,6 +11,7 @@ to within a percent.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import threading
 import time
@@ -109,13 +110,11 @@ def run_peak_rss(argv: list[str], *, stdout: int | None = None,
                             stderr=stderr)
     peak = 0
     while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-                        break
-        except OSError:
-            pass
+        # (OSError: it ended between poll() and open())
+        with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+                    break
         time.sleep(0.05)
     return time.perf_counter() - t0, peak, proc.returncode
