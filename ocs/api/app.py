@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import csv
 import datetime as dt
 import functools
 import json
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -203,7 +205,7 @@ def _problems(*codes: int) -> dict[int, ResponseSpec]:
                                description=HTTPStatus(code).phrase) for code in codes}
 
 
-READ_ERRORS = _problems(400, 401, 403, 404, 500)
+READ_ERRORS = _problems(400, 401, 403, 404, 500, 503)
 WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 500, 503)
 
 
@@ -346,6 +348,23 @@ def _actor(request: Request[Any, Any, Any]) -> str:
 def _ctx(request: Request[Any, Any, Any]) -> ApiContext:
     ctx: ApiContext = request.app.state["ctx"]
     return ctx
+
+
+_SCAN = threading.Lock()
+"""One scan of every CDR file at a time (a usage history, a KPI report: seconds of DuckDB
+over months of files); a second one meanwhile is told to come back rather than queued,
+so API callers cannot stack scans against the cores charging needs."""
+
+
+@contextlib.contextmanager
+def _one_scan() -> Iterator[None]:
+    if not _SCAN.acquire(blocking=False):
+        raise HTTPException(status_code=503, detail="another scan of the CDR files is "
+                            "running; try again shortly", headers={"Retry-After": "2"})
+    try:
+        yield
+    finally:
+        _SCAN.release()
 
 
 def _msisdn(text: str) -> str:
@@ -517,8 +536,10 @@ def usage(request: Request[Any, Any, Any], msisdn: str,
     ctx = _ctx(request)
     key = _msisdn(msisdn)
     start, end = _time(since, "from"), _time(until, "to")
-    items = views.history(ctx.store, views.subscriber_cdrs(
-        ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, key), key, since=start, until=end)
+    with _one_scan():
+        items = views.history(ctx.store, views.subscriber_cdrs(
+            ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, key), key, since=start,
+            until=end)
     if items is None:
         raise not_found(f"no subscriber {key}", "msisdn")
     return items
@@ -730,7 +751,8 @@ def kpis(request: Request[Any, Any, Any],
 
     ctx = _ctx(request)
     try:
-        return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period)
+        with _one_scan():
+            return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period)
     except BillingError as exc:
         raise bad_request(str(exc), "period") from None
 
