@@ -133,6 +133,8 @@ class Server:
             writer_path = os.path.join(self._run_dir, "writer.sock")
         self.writer_path = writer_path
         self.store = Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=False)
+        if self.store.migrated:
+            log.info("store_migrated", change=self.store.migrated)
         settings = engine_settings(cfg)
         log_format = "json" if cfg.node.log_format == "auto" else cfg.node.log_format
         self.writer = process_writer(

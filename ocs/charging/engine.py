@@ -55,6 +55,7 @@ from ocs.fraud import cases as fraud_cases
 from ocs.fraud.cases import local_hour
 from ocs.fraud.rules import HOME, FraudSettings
 from ocs.fraud.rules import Event as FraudEvent
+from ocs.ledger.account import Account, drop_expiry, session_owner, stored_answer
 from ocs.rating.engine import (
     UsageContext,
     cost,
@@ -74,9 +75,9 @@ from ocs.store.env import (
     IDX_USERNAME,
     META,
     META_SMPP_BINDS,
-    REFUNDS,
     RES_EXPIRY,
     RESERVATIONS,
+    SESSION_OWNERS,
     SUBSCRIBERS,
     Store,
     pack_u64,
@@ -315,14 +316,13 @@ class ChargingEngine:
 
     # -- shared pieces inside a transaction -----------------------------------------
 
-    def _idempotent(self, tx: Tx, key: bytes, now: int | None,
+    def _idempotent(self, acct: Account, key: bytes, now: int | None,
                     compute: Callable[[int], A], content: bytes = b"") -> A:
-        """Replay the stored answer for ``key``, or compute, store and return a new one.
-        A key stored with another ``content`` digest is a different request reusing the
-        key: refused (REQUEST_MISMATCH), nothing changes."""
-        raw = tx.get(ANSWERS, key)
-        if raw is not None:
-            stored = _dec_stored.decode(raw)
+        """Replay the stored answer for ``key``, or compute it, save the account, store
+        the answer and return it. A key stored with another ``content`` digest is a
+        different request reusing the key: refused (REQUEST_MISMATCH), nothing changes."""
+        stored = acct.answer(key)
+        if stored is not None:
             if content and stored.digest and stored.digest != content:
                 return type(stored.answer)(  # type: ignore[return-value]
                     ok=False, refusal=Refusal.REQUEST_MISMATCH)
@@ -330,16 +330,14 @@ class ChargingEngine:
                 stored.answer, replayed=True)
         ts = _now(now)
         answer = compute(ts)
-        tx.put(ANSWERS, key, _enc.encode(StoredAnswer(ts, answer, content)))
-        tx.put(ANSWER_EXPIRY, pack_u64(ts) + key, b"")
+        acct.save()
+        acct.keep_answer(key, StoredAnswer(ts, answer, content))
         return answer
 
     @staticmethod
-    def _mark_ended(tx: Tx, key: bytes, msisdn: str, now: int) -> None:
-        mark = _ENDED + key
-        tx.put(ANSWERS, mark, _enc.encode(StoredAnswer(now, Settlement(
-            ok=False, refusal=Refusal.SESSION_ENDED, msisdn=msisdn))))
-        tx.put(ANSWER_EXPIRY, pack_u64(now) + mark, b"")
+    def _mark_ended(acct: Account, key: bytes, now: int) -> None:
+        acct.keep_answer(_ENDED + key, StoredAnswer(now, Settlement(
+            ok=False, refusal=Refusal.SESSION_ENDED, msisdn=acct.msisdn)))
 
     @staticmethod
     def find_subscriber(tx: Tx, ids: Identity) -> Subscriber | None:
@@ -359,6 +357,11 @@ class ChargingEngine:
                 return dec_subscriber.decode(raw)
         return None
 
+    def _account(self, tx: Tx, ids: Identity) -> Account:
+        """The account of the subscriber ``ids`` name (an empty one when nobody)."""
+        sub = self.find_subscriber(tx, ids)
+        return Account(tx, sub.msisdn if sub is not None else "", sub)
+
     @staticmethod
     def _balance(tx: Tx, msisdn: bytes) -> Balance:
         raw = tx.get(BALANCES, msisdn)
@@ -366,17 +369,12 @@ class ChargingEngine:
 
     @staticmethod
     def allowance_in(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
+        """The buckets as they count in ``cycle`` (read-only callers: enquiries)."""
         raw = tx.get(ALLOWANCES, msisdn)
         alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
         if alw.cycle != cycle:
             alw = Allowance(cycle=cycle)  # a new cycle: buckets start full again
         return alw
-
-    @staticmethod
-    def _stored_allowance(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
-        """The bucket as stored (no cycle roll-over), for releasing holds."""
-        raw = tx.get(ALLOWANCES, msisdn)
-        return dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
 
     def rating_context(self, book: PlanBook, service: Service, at: int,
                        rating_group: int | None, destination: str, visited_network: str,
@@ -411,15 +409,14 @@ class ChargingEngine:
             return Refusal.ROAMING_NOT_ALLOWED
         return None
 
-    def _payer(self, tx: Tx, ids: Identity, service: Service, now: int,
-               rating_group: int | None, destination: str, visited_network: str,
-               slice_: str = "") -> tuple[
+    def _payer(self, acct: Account, service: Service, now: int, rating_group: int | None,
+               destination: str, visited_network: str, slice_: str = "") -> tuple[
                    UsageContext, Subscriber | None, Plan | None, Refusal | None]:
         """Who pays, on which plan, in which rating context; or why nobody can."""
-        book = self.plans.in_tx(tx)
+        book = self.plans.in_tx(acct.tx)
         ctx = self.rating_context(book, service, now, rating_group, destination,
                                   visited_network, slice_)
-        sub = self.find_subscriber(tx, ids)
+        sub = acct.subscriber()
         refusal = self.check_subscriber(sub, ctx.roaming)
         plan = None
         if refusal is None and sub is not None:
@@ -427,46 +424,40 @@ class ChargingEngine:
             if plan is None:
                 refusal = Refusal.RATING_FAILED
         if refusal is Refusal.ROAMING_NOT_ALLOWED and sub is not None:  # a fraud indicator
-            self._fraud(tx, sub, book.plan_at(sub.plan_id, now), "refused_roaming", now,
+            self._fraud(acct, sub, book.plan_at(sub.plan_id, now), "refused_roaming", now,
                         service=service, visited_network=visited_network, roaming=True)
         return ctx, sub, plan, refusal
 
     # -- fraud rules (in the same transaction as the charge) ----------------------------
 
-    def _fraud(self, tx: Tx, sub: Subscriber, plan: Plan | None, kind: str, at: int, *,
-               service: Service, bal: Balance | None = None, session_id: str = "",
-               units: int = 0, charge: int = 0, session_total: int = 0,
-               destination: str = "", visited_network: str = "",
+    def _fraud(self, acct: Account, sub: Subscriber, plan: Plan | None, kind: str, at: int,
+               *, service: Service, session_id: str = "", units: int = 0, charge: int = 0,
+               session_total: int = 0, destination: str = "", visited_network: str = "",
                roaming: bool = False) -> str:
         """allow | review | block for this rated event (block: ``sub`` is now suspended).
-        The rules' state is in the balance record: with ``bal`` the caller writes it back;
-        without, it is read and written here."""
+        The rules' state is in the account's balance, saved with it."""
         if not self.fraud.enabled:
             return "allow"
         ev = FraudEvent(kind, at, local_hour(plan.timezone if plan else "UTC", at),
                         service.value, session_id, units, charge, session_total,
                         destination, visited_network if roaming else HOME, roaming)
-        if bal is not None:
-            return fraud_cases.check(tx, self.fraud, sub, ev, bal)
-        key = sub.msisdn.encode()
-        own = self._balance(tx, key)
-        verdict = fraud_cases.check(tx, self.fraud, sub, ev, own)
-        tx.put(BALANCES, key, encode(own))
-        return verdict
+        acct.touch(balance=True)
+        return fraud_cases.check(acct.tx, self.fraud, sub, ev, acct.balance())
 
     # -- reserve ----------------------------------------------------------------------
 
     def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
-        return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._reserve(tx, req, now),
+        acct = self._account(tx, req.subscriber)
+        return self._idempotent(acct, req.request_key, req.now,
+                                lambda now: self._reserve(acct, req, now),
                                 digest(req.subscriber, req.units, req.rating_group,
                                        req.destination, req.visited_network, req.owner,
                                        req.slice))
 
-    def _reserve(self, tx: Tx, req: ReserveRequest, now: int) -> Grant:
-        ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
-                                              req.rating_group, req.destination,
-                                              req.visited_network, req.slice)
+    def _reserve(self, acct: Account, req: ReserveRequest, now: int) -> Grant:
+        ctx, sub, plan, refusal = self._payer(acct, req.service, now, req.rating_group,
+                                              req.destination, req.visited_network,
+                                              req.slice)
         if refusal is not None or sub is None or plan is None:
             return Grant(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -477,25 +468,24 @@ class ChargingEngine:
         if rate is None:
             return Grant(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
         key = reservation_key(req.session_id, req.service, req.rating_group)
-        msisdn = sub.msisdn.encode()
-        bal = self._balance(tx, msisdn)
-        if self._fraud(tx, sub, plan, "start", now, service=req.service, bal=bal,
+        bal = acct.balance()
+        if self._fraud(acct, sub, plan, "start", now, service=req.service,
                        session_id=req.session_id, destination=req.destination,
                        visited_network=req.visited_network, roaming=ctx.roaming) == "block":
-            tx.put(BALANCES, msisdn, encode(bal))  # the rules' state; nothing reserved
             return Grant(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         cycle = cycle_of(plan, now)
         uses_allowance = plan.allowances.for_service(req.service) > 0
-        alw = self.allowance_in(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
-        raw = tx.get(RESERVATIONS, key)
-        if raw is not None:
-            res = dec_reservation.decode(raw)
-            if res.msisdn != sub.msisdn:
-                return Grant(ok=False, refusal=Refusal.SESSION_CONFLICT, msisdn=sub.msisdn)
+        alw = acct.allowance(cycle) if uses_allowance else Allowance(cycle=cycle)
+        owner = session_owner(acct.tx, key)
+        if owner is not None and owner != sub.msisdn:
+            return Grant(ok=False, refusal=Refusal.SESSION_CONFLICT, msisdn=sub.msisdn)
+        res = acct.reservation(key) if owner is not None else None
+        expired_at = None
+        if res is not None:
             if req.owner and res.owner and req.owner != res.owner:
                 return Grant(ok=False, refusal=Refusal.NOT_OWNER)
+            expired_at = res.expires_at
             self._drop_holds(res, bal, alw)
-            tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
         else:
             res = Reservation(
                 key=key,
@@ -528,11 +518,10 @@ class ChargingEngine:
             # nothing written (an earlier grant on this key stays as it was) but the
             # rules' state, on the stored balance
             if self.fraud.enabled:
-                stored = self._balance(tx, msisdn)
-                stored.fraud = bal.fraud
-                tx.put(BALANCES, msisdn, encode(stored))
+                acct.revert_balance().fraud = bal.fraud
             return grant
-        self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
+        acct.keep_reservation(res, expired_at=expired_at)
+        acct.touch(balance=True, allowance=uses_allowance)
         return grant
 
     @staticmethod
@@ -543,6 +532,7 @@ class ChargingEngine:
         res.money_reserved = 0
         res.allowance_reserved = 0
         res.granted_units = 0
+
 
     def _grant(self, sub: Subscriber, plan: Plan, bal: Balance, alw: Allowance,
                res: Reservation, requested: int, validity: int, now: int) -> Grant:
@@ -587,32 +577,23 @@ class ChargingEngine:
             allowance_reserved=from_allowance,
         )
 
-    @staticmethod
-    def _save(tx: Tx, key: bytes, res: Reservation, bal: Balance, alw: Allowance | None,
-              msisdn: bytes) -> None:
-        tx.put(RESERVATIONS, key, encode(res))
-        tx.put(RES_EXPIRY, pack_u64(res.expires_at) + key, b"")
-        tx.put(BALANCES, msisdn, encode(bal))
-        if alw is not None:
-            tx.put(ALLOWANCES, msisdn, encode(alw))
-
     # -- commit -----------------------------------------------------------------------
 
     def op_commit(self, tx: Tx, req: CommitRequest) -> Settlement:
-        return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._commit(tx, req, now),
+        key = reservation_key(req.session_id, req.service, req.rating_group)
+        acct = Account(tx, session_owner(tx, key) or "")
+        return self._idempotent(acct, req.request_key, req.now,
+                                lambda now: self._commit(acct, key, req, now),
                                 digest(req.rating_group, req.used_units, req.cumulative_units,
                                        req.final, req.next_units, req.owner))
 
-    def _commit(self, tx: Tx, req: CommitRequest, now: int) -> Settlement:
-        key = reservation_key(req.session_id, req.service, req.rating_group)
-        raw = tx.get(RESERVATIONS, key)
-        if raw is None:
-            ended = tx.get(ANSWERS, _ENDED + key)
-            if ended is not None:
-                return _dec_stored.decode(ended).answer  # type: ignore[return-value]
+    def _commit(self, acct: Account, key: bytes, req: CommitRequest, now: int) -> Settlement:
+        res = acct.reservation(key) if acct.msisdn else None
+        if res is None:
+            ended = acct.answer(_ENDED + key)
+            if ended is not None and isinstance(ended.answer, Settlement):
+                return ended.answer
             return Settlement(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
-        res = dec_reservation.decode(raw)
         if req.owner and res.owner and req.owner != res.owner:
             return Settlement(ok=False, refusal=Refusal.NOT_OWNER)
         if req.cumulative_units is not None:
@@ -626,19 +607,18 @@ class ChargingEngine:
                 return Settlement(ok=False, refusal=Refusal.IMPLAUSIBLE_USAGE,
                                   msisdn=res.msisdn)
             used, excess = limit, used - limit
-        msisdn = res.msisdn.encode()
-        sraw = tx.get(SUBSCRIBERS, msisdn)
-        sub = dec_subscriber.decode(sraw) if sraw is not None else None
-        book = self.plans.in_tx(tx)
+        expired_at = res.expires_at
+        sub = acct.subscriber()
+        book = self.plans.in_tx(acct.tx)
         plan = book.plan_at(res.rate.plan_id, now)
-        bal = self._balance(tx, msisdn)
+        bal = acct.balance()
         uses_allowance = res.allowance_ok or (
             plan is not None and not res.roaming
             and plan.allowances.for_service(SERVICE_OF[res.service]) > 0)
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
-        alw = self.allowance_in(tx, msisdn, cycle) if uses_allowance else Allowance(cycle=cycle)
-        tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
-        settled = self._settle(tx, res, sub, plan, bal, alw, used, now, req.bytes_in,
+        alw = acct.allowance(cycle) if uses_allowance else Allowance(cycle=cycle)
+        acct.touch(balance=True, allowance=uses_allowance)
+        settled = self._settle(acct, res, plan, bal, alw, used, now, req.bytes_in,
                                req.bytes_out, "final" if req.final else "interim",
                                write_cdr=used > 0 or req.final)
         if excess:  # acknowledged, never charged (a later report must not charge it)
@@ -647,18 +627,15 @@ class ChargingEngine:
         next_grant: Grant | None = None
         service = SERVICE_OF[res.service]
         if sub is not None and self._fraud(
-                tx, sub, plan, "end" if req.final else "usage", now, service=service,
-                bal=bal, session_id=res.session_id, units=used, charge=settled.charged,
+                acct, sub, plan, "end" if req.final else "usage", now, service=service,
+                session_id=res.session_id, units=used, charge=settled.charged,
                 session_total=res.used_total, destination=res.destination,
                 visited_network=res.visited_network, roaming=res.roaming) == "block":
             sub = msgspec.structs.replace(sub, status="suspended")
         if req.final or sub is None or plan is None:
-            tx.delete(RESERVATIONS, key)
+            acct.end_reservation(res, expired_at=expired_at)
             if req.final and req.remember_end:
-                self._mark_ended(tx, key, res.msisdn, now)
-            tx.put(BALANCES, msisdn, encode(bal))
-            if uses_allowance:
-                tx.put(ALLOWANCES, msisdn, encode(alw))
+                self._mark_ended(acct, key, now)
         else:
             refusal = self.check_subscriber(sub, res.roaming)
             validity = req.validity_s or self.settings.default_validity_s
@@ -672,7 +649,7 @@ class ChargingEngine:
                 next_grant = self._grant(sub, plan, bal, alw, res, requested, validity, now)
             if next_grant is None or not next_grant.ok:
                 res.expires_at = now + validity  # keep the session open until told otherwise
-            self._save(tx, key, res, bal, alw if uses_allowance else None, msisdn)
+            acct.keep_reservation(res, expired_at=expired_at)
         return msgspec.structs.replace(settled, next_grant=next_grant)
 
     @staticmethod
@@ -689,9 +666,9 @@ class ChargingEngine:
         if rate is not None:
             res.rate = rate_snapshot(plan, rate)
 
-    def _settle(self, tx: Tx, res: Reservation, sub: Subscriber | None, plan: Plan | None,
-                bal: Balance, alw: Allowance, used: int, now: int, bytes_in: int,
-                bytes_out: int, result: str, *, write_cdr: bool) -> Settlement:
+    def _settle(self, acct: Account, res: Reservation, plan: Plan | None, bal: Balance,
+                alw: Allowance, used: int, now: int, bytes_in: int, bytes_out: int,
+                result: str, *, write_cdr: bool) -> Settlement:
         """Charge ``used`` units against a reservation; its holds are dropped."""
         service = SERVICE_OF[res.service]
         same_cycle = res.cycle == alw.cycle
@@ -722,7 +699,7 @@ class ChargingEngine:
         record_id = ""
         if write_cdr:
             record_id = journal.append(
-                tx,
+                acct.tx,
                 self.settings.node,
                 session_id=res.session_id,
                 msisdn=res.msisdn,
@@ -762,45 +739,43 @@ class ChargingEngine:
 
     # -- release and expiry -----------------------------------------------------------
 
-    def op_release(self, tx: Tx, req: ReleaseRequest) -> Released:
-        return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._release(tx, req))
+    # -- release and expiry -----------------------------------------------------------
 
-    def _release(self, tx: Tx, req: ReleaseRequest) -> Released:
+    def op_release(self, tx: Tx, req: ReleaseRequest) -> Released:
         key = reservation_key(req.session_id, req.service, req.rating_group)
-        raw = tx.get(RESERVATIONS, key)
-        if raw is None:
+        acct = Account(tx, session_owner(tx, key) or "")
+        return self._idempotent(acct, req.request_key, req.now,
+                                lambda now: self._release(acct, key))
+
+    def _release(self, acct: Account, key: bytes) -> Released:
+        res = acct.reservation(key) if acct.msisdn else None
+        if res is None:
             return Released(ok=False, refusal=Refusal.UNKNOWN_RESERVATION)
-        res = dec_reservation.decode(raw)
-        msisdn = res.msisdn.encode()
-        bal = self._balance(tx, msisdn)
-        alw = self._stored_allowance(tx, msisdn, res.cycle)
+        alw = acct.allowance(res.cycle, roll=False)
         money, units = res.money_reserved, res.allowance_reserved
-        self._drop_holds(res, bal, alw)
-        tx.delete(RESERVATIONS, key)
-        tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + key)
-        tx.put(BALANCES, msisdn, encode(bal))
-        tx.put(ALLOWANCES, msisdn, encode(alw))
+        acct.end_reservation(res, expired_at=res.expires_at)
+        self._drop_holds(res, acct.balance(), alw)
+        acct.touch(balance=True, allowance=True)
         return Released(ok=True, msisdn=res.msisdn, money_released=money,
                         allowance_released=units)
 
     def op_expire(self, tx: Tx, req: ExpireRequest) -> bool:
         """Reaper: settle a reservation whose validity ran out (nothing more is charged)."""
         key, expires_at, now = req.key, req.expires_at, req.now
-        raw = tx.get(RESERVATIONS, key)
-        tx.delete(RES_EXPIRY, pack_u64(expires_at) + key)
-        if raw is None:
+        drop_expiry(tx, key, expires_at)
+        owner = session_owner(tx, key)
+        if owner is None:
             return False
-        res = dec_reservation.decode(raw)
-        if res.expires_at != expires_at or res.expires_at > now:
+        acct = Account(tx, owner)
+        res = acct.reservation(key)
+        if res is None or res.expires_at != expires_at or res.expires_at > now:
             return False  # refreshed since the scan
-        msisdn = res.msisdn.encode()
-        bal = self._balance(tx, msisdn)
-        alw = self._stored_allowance(tx, msisdn, res.cycle)
-        self._settle(tx, res, None, None, bal, alw, 0, now, 0, 0, "expired", write_cdr=True)
-        tx.delete(RESERVATIONS, key)
-        tx.put(BALANCES, msisdn, encode(bal))
-        tx.put(ALLOWANCES, msisdn, encode(alw))
+        alw = acct.allowance(res.cycle, roll=False)
+        self._settle(acct, res, None, acct.balance(), alw, 0, now, 0, 0, "expired",
+                     write_cdr=True)
+        acct.end_reservation(res, expired_at=expires_at)
+        acct.touch(balance=True, allowance=True)
+        acct.save()
         return True
 
     def expired_reservations(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
@@ -835,13 +810,15 @@ class ChargingEngine:
                       *more)
 
     def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
-        return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._debit(tx, req, now), self._debit_digest(req))
+        acct = self._account(tx, req.subscriber)
+        return self._idempotent(acct, req.request_key, req.now,
+                                lambda now: self._debit(acct, req, now),
+                                self._debit_digest(req))
 
-    def _debit(self, tx: Tx, req: DebitRequest, now: int) -> Debit:
-        ctx, sub, plan, refusal = self._payer(tx, req.subscriber, req.service, now,
-                                              req.rating_group, req.destination,
-                                              req.visited_network, req.slice)
+    def _debit(self, acct: Account, req: DebitRequest, now: int) -> Debit:
+        ctx, sub, plan, refusal = self._payer(acct, req.service, now, req.rating_group,
+                                              req.destination, req.visited_network,
+                                              req.slice)
         if refusal is not None or sub is None or plan is None:
             return Debit(ok=False, refusal=refusal or Refusal.UNKNOWN_SUBSCRIBER,
                          msisdn=sub.msisdn if sub else "")
@@ -852,32 +829,31 @@ class ChargingEngine:
         rate = None if zero else select_rate(plan, ctx)
         if rate is None and not zero:
             return Debit(ok=False, refusal=Refusal.RATING_FAILED, msisdn=sub.msisdn)
-        msisdn = sub.msisdn.encode()
         cycle = cycle_of(plan, now)
-        bal = self._balance(tx, msisdn)
+        bal = acct.balance()
         from_allowance = 0
         alw: Allowance | None = None
         if not zero and event_uses_allowance(plan, ctx):
-            alw = self.allowance_in(tx, msisdn, cycle)
+            alw = acct.allowance(cycle)
             from_allowance = min(units, allowance_free(alw, plan, req.service))
         need = cost(rate, units - from_allowance) if rate is not None else 0
         if need > self._available(sub, bal):
             return Debit(ok=False, refusal=self._no_money(sub), msisdn=sub.msisdn,
                          rate_id=rate.id if rate else "")
-        if self._fraud(tx, sub, plan, "event", now, service=req.service, bal=bal,
+        if self._fraud(acct, sub, plan, "event", now, service=req.service,
                        session_id=req.session_id, units=units, charge=need,
                        session_total=units, destination=req.destination,
                        visited_network=req.visited_network, roaming=ctx.roaming) == "block":
-            tx.put(BALANCES, msisdn, encode(bal))  # the rules' state; nothing charged
             return Debit(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         bal.balance -= need
         bal.charged_total += need
+        acct.touch(balance=True)
         if alw is not None:
             _alw_add(alw, req.service, used=from_allowance)
-            tx.put(ALLOWANCES, msisdn, encode(alw))
+            acct.touch(allowance=True)
         rate_id = rate.id if rate is not None else "zero-rated"
         record_id = journal.append(
-            tx,
+            acct.tx,
             self.settings.node,
             session_id=req.session_id or _key_text(req.request_key),
             msisdn=sub.msisdn,
@@ -905,7 +881,6 @@ class ChargingEngine:
             dnn=req.dnn,
             plan_version=plan.version,
         )
-        tx.put(BALANCES, msisdn, encode(bal))
         return Debit(
             ok=True,
             msisdn=sub.msisdn,
@@ -921,34 +896,41 @@ class ChargingEngine:
         )
 
     def op_refund(self, tx: Tx, req: RefundRequest) -> Refund:
-        return self._idempotent(tx, req.request_key, req.now,
-                                lambda now: self._refund(tx, req, now), digest(req.original_key))
+        acct = self._debit_account(tx, req.original_key)
+        return self._idempotent(acct, req.request_key, req.now,
+                                lambda now: self._refund(acct, req, now),
+                                digest(req.original_key))
 
-    def _refund(self, tx: Tx, req: RefundRequest, now: int) -> Refund:
-        raw = tx.get(ANSWERS, req.original_key)
-        orig = _dec_stored.decode(raw).answer if raw is not None else None
-        if not isinstance(orig, Debit) or not orig.ok:
+    @staticmethod
+    def _debit_account(tx: Tx, debit_key: bytes) -> Account:
+        """The account a debit's answer names (the one its refund goes to)."""
+        orig = stored_answer(tx, debit_key)
+        msisdn = getattr(orig.answer, "msisdn", "") if orig is not None else ""
+        return Account(tx, msisdn)
+
+    def _refund(self, acct: Account, req: RefundRequest, now: int) -> Refund:
+        stored = acct.answer(req.original_key)
+        orig = stored.answer if stored is not None else None
+        if not isinstance(orig, Debit) or not orig.ok or orig.msisdn != acct.msisdn:
             return Refund(ok=False, refusal=Refusal.NOT_REFUNDABLE)
-        if tx.get(REFUNDS, req.original_key) is not None:
+        if acct.refunded(req.original_key):
             return Refund(ok=False, refusal=Refusal.ALREADY_REFUNDED, msisdn=orig.msisdn)
-        msisdn = orig.msisdn.encode()
-        sraw = tx.get(SUBSCRIBERS, msisdn)
-        if sraw is None:
+        sub = acct.subscriber()
+        if sub is None:
             return Refund(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER, msisdn=orig.msisdn)
-        sub = dec_subscriber.decode(sraw)
-        bal = self._balance(tx, msisdn)
+        bal = acct.balance()
         bal.balance += orig.charged
         bal.charged_total -= orig.charged
+        acct.touch(balance=True)
         restored = 0
-        araw = tx.get(ALLOWANCES, msisdn)
-        if araw is not None and orig.allowance_used:
-            alw = dec_allowance.decode(araw)
+        if orig.allowance_used:
+            alw = acct.allowance(orig.cycle, roll=False)
             if alw.cycle == orig.cycle:
                 restored = orig.allowance_used
                 _alw_add(alw, SERVICE_OF[orig.service], used=-restored)
-                tx.put(ALLOWANCES, msisdn, encode(alw))
+                acct.touch(allowance=True)
         record_id = journal.append(
-            tx,
+            acct.tx,
             self.settings.node,
             session_id=orig.session_id,
             msisdn=orig.msisdn,
@@ -972,8 +954,7 @@ class ChargingEngine:
             result="refund",
             allowance_units=-restored,
         )
-        tx.put(BALANCES, msisdn, encode(bal))
-        tx.put(REFUNDS, req.original_key, req.request_key)
+        acct.mark_refunded(req.original_key, req.request_key)
         return Refund(ok=True, msisdn=orig.msisdn, refunded=orig.charged,
                       allowance_restored=restored, record_id=record_id)
 
@@ -991,12 +972,11 @@ class ChargingEngine:
         done = tx.get(META, key)
         if done is not None:
             return msgspec.structs.replace(_dec_adjusted.decode(done), replayed=True)
-        msisdn = req.msisdn.encode()
-        sraw = tx.get(SUBSCRIBERS, msisdn)
-        if sraw is None:
+        acct = Account(tx, req.msisdn)
+        sub = acct.subscriber()
+        if sub is None:
             return Adjusted(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
-        sub = dec_subscriber.decode(sraw)
-        bal = self._balance(tx, msisdn)
+        bal = acct.balance()
         amount = req.amount
         if amount > 0 and sub.mode == Mode.PREPAID:
             amount = min(amount, self._available(sub, bal))
@@ -1009,7 +989,8 @@ class ChargingEngine:
             end_time=now, duration_s=0, bytes_in=0, bytes_out=0, units=0, charge=amount,
             currency=sub.currency, plan_id=sub.plan_id, rate_id="", roaming=False,
             visited_network="", protocol="rerate", result="rerate")
-        tx.put(BALANCES, msisdn, encode(bal))
+        acct.touch(balance=True)
+        acct.save()
         out = Adjusted(ok=True, amount=amount, capped=amount != req.amount,
                        record_id=record_id)
         tx.put(META, key, encode(out))
@@ -1020,8 +1001,10 @@ class ChargingEngine:
     def op_submit_sms(self, tx: Tx, req: SubmitSmsRequest) -> Debit:
         """Debit the SMS and, when charged, queue it for delivery (same transaction)."""
 
+        acct = self._account(tx, req.debit.subscriber)
+
         def compute(now: int) -> Debit:
-            d = self._debit(tx, req.debit, now)
+            d = self._debit(acct, req.debit, now)
             if d.ok:
                 messaging.enqueue(tx, messaging.SmsMessage(
                     message_id=d.record_id, kind="message", submitter=req.submitter,
@@ -1032,7 +1015,7 @@ class ChargingEngine:
                     debit_key=req.debit.request_key))
             return d
 
-        return self._idempotent(tx, req.debit.request_key, req.debit.now, compute,
+        return self._idempotent(acct, req.debit.request_key, req.debit.now, compute,
                                 self._debit_digest(req.debit, req.destination, req.payload,
                                                    req.data_coding, req.esm_class,
                                                    req.registered_delivery))
@@ -1058,8 +1041,10 @@ class ChargingEngine:
             messaging.settle(tx, msg, "expired", now)
             if msg.kind == "message":
                 if req.refund_expired and msg.debit_key:
-                    self._refund(tx, RefundRequest(request_key=b"expired:" + msg.debit_key,
-                                                   original_key=msg.debit_key), now)
+                    acct = self._debit_account(tx, msg.debit_key)
+                    self._refund(acct, RefundRequest(request_key=b"expired:" + msg.debit_key,
+                                                     original_key=msg.debit_key), now)
+                    acct.save()
                 if msg.registered_delivery & 0x03:  # receipt on success or failure / failure
                     self._queue_receipt(tx, msg, "EXPIRED", 3, now)
         else:
@@ -1201,16 +1186,21 @@ class ChargingEngine:
 
     def reservations_with_prefix(self, prefix: str) -> list[Reservation]:
         """Open reservations whose key starts with ``prefix`` (keys are session id, NUL,
-        rating group or service)."""
-        out: list[Reservation] = []
+        rating group or service), found through the session owner index."""
         start = prefix.encode()
-        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RESERVATIONS]) as cur:
-            if not cur.set_range(start):
-                return out
-            for k, v in cur:
-                if not bytes(k).startswith(start):
-                    break
-                out.append(dec_reservation.decode(v))
+        with self.store.read() as txn:
+            owners: list[tuple[bytes, bytes]] = []
+            with txn.cursor(db=self.store.dbs[SESSION_OWNERS]) as cur:
+                if cur.set_range(start):
+                    for k, v in cur:
+                        if not bytes(k).startswith(start):
+                            break
+                        owners.append((bytes(k), bytes(v)))
+            out: list[Reservation] = []
+            for unit, msisdn in owners:
+                raw = txn.get(msisdn + b"\x00" + unit, db=self.store.dbs[RESERVATIONS])
+                if raw is not None:
+                    out.append(dec_reservation.decode(raw))
         return out
 
     def session_reservations(self, session_id: str) -> list[Reservation]:

@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 import lmdb
 
 from ocs.errors import ChargingUnavailable, register
+from ocs.store.records import dec_reservation
 from ocs.store.tx import Tx
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: reservations under their subscriber, and the session owner index (1 is migrated
+when the store is opened for writing)."""
 STORE_FILE = "ocs.lmdb"
 
 T = TypeVar("T")
@@ -33,8 +36,9 @@ PLAN_VERSIONS = b"plan_versions"  # plan id \0 u32 version -> PlanVersion (every
 ZONES = b"zones"  # zone id -> zone document
 BALANCES = b"balances"  # msisdn -> Balance (with the fraud rules' state)
 ALLOWANCES = b"allowances"  # msisdn -> Allowance
-RESERVATIONS = b"reservations"  # reservation key -> Reservation
-RES_EXPIRY = b"res_expiry"  # u64 expires_at + reservation key -> b""
+RESERVATIONS = b"reservations"  # msisdn \0 session \0 unit -> Reservation
+SESSION_OWNERS = b"session_owners"  # session \0 unit -> msisdn of its open reservation
+RES_EXPIRY = b"res_expiry"  # u64 expires_at + session \0 unit -> b""
 ANSWERS = b"answers"  # request key -> stored answer (idempotent replay)
 ANSWER_EXPIRY = b"answer_expiry"  # u64 stored_at + request key -> b""
 REFUNDS = b"refunds"  # original request key -> refund request key
@@ -62,6 +66,7 @@ ALL_DBS = (
     BALANCES,
     ALLOWANCES,
     RESERVATIONS,
+    SESSION_OWNERS,
     RES_EXPIRY,
     ANSWERS,
     ANSWER_EXPIRY,
@@ -106,6 +111,18 @@ class StoreError(ChargingUnavailable):
     """The store cannot be opened or used (wrong schema, missing, unwritable)."""
 
 
+def _reservations_under_subscribers(txn: Any, dbs: dict[bytes, Any]) -> int:
+    """Schema 1 -> 2: reservations were keyed by session NUL unit; now by msisdn NUL
+    session NUL unit, with the session owner index beside them."""
+    old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[RESERVATIONS])]
+    for key, raw in old:
+        msisdn = dec_reservation.decode(raw).msisdn.encode()
+        txn.delete(key, db=dbs[RESERVATIONS])
+        txn.put(msisdn + b"\x00" + key, raw, db=dbs[RESERVATIONS])
+        txn.put(key, msisdn, db=dbs[SESSION_OWNERS])
+    return len(old)
+
+
 class Store:
     """An open LMDB environment with its named sub-databases."""
 
@@ -132,6 +149,8 @@ class Store:
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open store: {exc}") from exc
         self.dbs: dict[bytes, Any] = {}
+        self.migrated = ""
+        """What opening it migrated ("" = nothing), for the caller to log."""
         with self.env.begin(write=True) as txn:
             for name in ALL_DBS:
                 self.dbs[name] = self.env.open_db(name, txn=txn, create=True)
@@ -139,6 +158,10 @@ class Store:
             raw = txn.get(META_SCHEMA, db=meta)
             if raw is None:
                 txn.put(META_SCHEMA, pack_u64(SCHEMA_VERSION), db=meta)
+            elif unpack_u64(raw) == 1:
+                migrated = _reservations_under_subscribers(txn, self.dbs)
+                txn.put(META_SCHEMA, pack_u64(SCHEMA_VERSION), db=meta)
+                self.migrated = f"schema 1 -> 2: {migrated} open reservations moved"
             elif unpack_u64(raw) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: store schema version {unpack_u64(raw)}, "

@@ -6,7 +6,9 @@
 - balances, allowances and reservations belong to a subscriber; every subscriber has a
   balance;
 - the IMSI and username indexes and the subscribers agree both ways;
-- every reservation has its expiry entry and every expiry entry its reservation;
+- every reservation has its expiry entry and every expiry entry its reservation; every
+  reservation is under its own subscriber and in the session owner index, and every
+  index entry has its reservation;
 - the CDR journal holds a contiguous run of sequence numbers ending at the last one
   given out;
 - with ``cdr_dir`` (every CDR file since the store began): per subscriber, the charges of
@@ -29,6 +31,7 @@ from ocs.store.env import (
     META_CDR_SEQ,
     RES_EXPIRY,
     RESERVATIONS,
+    SESSION_OWNERS,
     SUBSCRIBERS,
     Store,
     unpack_u64,
@@ -57,19 +60,29 @@ def verify(store: Store, cdr_dir: Path | None = None) -> list[str]:
         subs = {k.decode(): dec_subscriber.decode(v) for k, v in each(SUBSCRIBERS)}
         balances = {k.decode(): dec_balance.decode(v) for k, v in each(BALANCES)}
         expiry = {k[8:]: unpack_u64(k[:8]) for k, _ in each(RES_EXPIRY)}
+        owners = {k: v.decode() for k, v in each(SESSION_OWNERS)}
         for key, raw in each(RESERVATIONS):
             res = dec_reservation.decode(raw)
             held[res.msisdn] += res.money_reserved
             name = key.decode("utf-8", "replace").replace("\x00", "/")
             if res.msisdn not in subs:
                 out.append(f"reservation {name}: subscriber {res.msisdn} does not exist")
-            at = expiry.pop(key, None)
+            if key != res.msisdn.encode() + b"\x00" + res.key:
+                out.append(f"reservation {name}: stored under another subscriber than "
+                           f"its own ({res.msisdn})")
+            owner = owners.pop(res.key, None)
+            if owner != res.msisdn:
+                out.append(f"reservation {name}: the session owner index names {owner}")
+            at = expiry.pop(res.key, None)
             if at != res.expires_at:
                 out.append(f"reservation {name}: expiry entry {at} but it expires at "
                            f"{res.expires_at}")
         for key, at in sorted(expiry.items()):
             out.append(f"expiry entry {at} for reservation "
                        f"{key.decode('utf-8', 'replace')!r} that does not exist")
+        for key, owner in sorted(owners.items()):
+            out.append(f"session owner index: {key.decode('utf-8', 'replace')!r} -> "
+                       f"{owner} without its reservation")
         for msisdn in sorted(balances.keys() | held.keys()):
             bal = balances.get(msisdn)
             reserved = bal.reserved if bal is not None else 0

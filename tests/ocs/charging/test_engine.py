@@ -20,6 +20,7 @@ from ocs.provisioning import op_set_status, op_topup
 from ocs.rating.plans import Service
 from ocs.store.env import CDR_JOURNAL, RES_EXPIRY, RESERVATIONS
 from ocs.store.records import dec_cdr
+from ocs.store.verify import verify
 
 T0 = WEDNESDAY_NOON
 ALICE = ((IdKind.MSISDN, "41790000001"),)
@@ -372,3 +373,19 @@ def test_implausible_usage(engine: ChargingEngine) -> None:
                                        service=Service.SMS, units=10_001, destination="4179",
                                        now=T0))
     assert d.refusal == Refusal.IMPLAUSIBLE_USAGE
+
+
+def test_a_refused_grant_on_an_open_session_keeps_it_reapable(engine: ChargingEngine) -> None:
+    """Its usage took all the money; a new CCR-I on the same session is refused and the
+    session stays with its reaper entry (it was lost before: reaped never)."""
+    add(engine.store, "41790000001", balance="1.00")
+    reserve(engine, "r1")
+    s = commit(engine, "c1", 200 * MB, next_units=MB)
+    assert s.capped and s.charged == 1_000_000 and not s.next_grant.ok  # type: ignore[union-attr]
+    g = reserve(engine, "r2", now=T0 + 70)
+    assert not g.ok and g.refusal == Refusal.OUT_OF_CREDIT
+    assert verify(engine.store) == []
+    (key, exp), = engine.expired_reservations(T0 + 60 + 901)
+    assert engine.store.run_write(lambda tx: engine.op_expire(
+        tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 60 + 901)))
+    assert bal(engine).balance == 0 and verify(engine.store) == []

@@ -1,0 +1,167 @@
+"""One subscriber's account inside one write transaction (the LMDB adapter).
+
+Records are loaded on first use and kept: the balance and the allowance buckets are
+changed in memory and written once, by :meth:`Account.save` at the end of the operation.
+Reservations and answers are written when the operation decides them (each once).
+Reservations live under the subscriber (``msisdn NUL session NUL unit``); the session
+owner index (``session NUL unit -> msisdn``) finds the subscriber of a session report.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ocs.charging.model import StoredAnswer
+from ocs.store.env import (
+    ALLOWANCES,
+    ANSWER_EXPIRY,
+    ANSWERS,
+    BALANCES,
+    REFUNDS,
+    RES_EXPIRY,
+    RESERVATIONS,
+    SESSION_OWNERS,
+    SUBSCRIBERS,
+    pack_u64,
+)
+from ocs.store.records import (
+    Allowance,
+    Balance,
+    Reservation,
+    Subscriber,
+    dec_allowance,
+    dec_balance,
+    dec_reservation,
+    dec_subscriber,
+    encode,
+)
+from ocs.store.tx import Tx
+
+_enc = msgspec.msgpack.Encoder()
+_dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
+
+
+def session_owner(tx: Tx, unit: bytes) -> str | None:
+    """The subscriber whose open reservation ``unit`` (session NUL rating group or
+    service) is, from the index; None when no reservation is open under it."""
+    raw = tx.get(SESSION_OWNERS, unit)
+    return raw.decode() if raw is not None else None
+
+
+def stored_answer(tx: Tx, key: bytes) -> StoredAnswer | None:
+    """The answer kept for request ``key`` (whoever's): a refund finds its debit's."""
+    raw = tx.get(ANSWERS, key)
+    return _dec_stored.decode(raw) if raw is not None else None
+
+
+def drop_expiry(tx: Tx, unit: bytes, expires_at: int) -> None:
+    """Forget one reaper entry (the reaper's own, possibly stale)."""
+    tx.delete(RES_EXPIRY, pack_u64(expires_at) + unit)
+
+
+class Account:
+    """The records of subscriber ``msisdn`` ("" = nobody's: answers to requests of an
+    unknown subscriber) in ``tx``."""
+
+    __slots__ = ("_alw", "_bal", "_bal_raw", "_key", "_save_alw", "_save_bal", "_sub",
+                 "_sub_loaded", "msisdn", "tx")
+
+    def __init__(self, tx: Tx, msisdn: str, sub: Subscriber | None = None):
+        self.tx = tx
+        self.msisdn = msisdn
+        self._key = msisdn.encode()
+        self._sub = sub
+        self._sub_loaded = sub is not None
+        self._bal: Balance | None = None
+        self._bal_raw: bytes | None = None
+        self._alw: Allowance | None = None
+        self._save_bal = False
+        self._save_alw = False
+
+    # -- the subscriber, balance and allowances (loaded once, saved once) --------------
+
+    def subscriber(self) -> Subscriber | None:
+        if not self._sub_loaded:
+            raw = self.tx.get(SUBSCRIBERS, self._key) if self._key else None
+            self._sub = dec_subscriber.decode(raw) if raw is not None else None
+            self._sub_loaded = True
+        return self._sub
+
+    def balance(self) -> Balance:
+        """The balance to change; :meth:`save` writes it when :meth:`touch` said so."""
+        if self._bal is None:
+            self._bal_raw = self.tx.get(BALANCES, self._key)
+            self._bal = dec_balance.decode(self._bal_raw) if self._bal_raw else Balance()
+        return self._bal
+
+    def revert_balance(self) -> Balance:
+        """Forget the changes made to the balance (it is as stored again) and return it."""
+        if self._bal is None:
+            return self.balance()
+        self._bal = dec_balance.decode(self._bal_raw) if self._bal_raw else Balance()
+        return self._bal
+
+    def allowance(self, cycle: str, *, roll: bool = True) -> Allowance:
+        """The allowance buckets; with ``roll``, a bucket of an earlier cycle comes back
+        full for ``cycle`` (without: as stored, to release what it holds)."""
+        if self._alw is None:
+            raw = self.tx.get(ALLOWANCES, self._key)
+            alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
+            if roll and alw.cycle != cycle:
+                alw = Allowance(cycle=cycle)  # a new cycle: buckets start full again
+            self._alw = alw
+        return self._alw
+
+    def touch(self, *, balance: bool = False, allowance: bool = False) -> None:
+        """Mark the balance and/or the allowance for :meth:`save`."""
+        self._save_bal = self._save_bal or balance
+        self._save_alw = self._save_alw or allowance
+
+    def save(self) -> None:
+        """Write what was touched, once (the end of the operation)."""
+        if self._save_bal and self._bal is not None:
+            self.tx.put(BALANCES, self._key, encode(self._bal))
+        if self._save_alw and self._alw is not None:
+            self.tx.put(ALLOWANCES, self._key, encode(self._alw))
+        self._save_bal = self._save_alw = False
+
+    # -- reservations -----------------------------------------------------------------
+
+    def reservation(self, unit: bytes) -> Reservation | None:
+        raw = self.tx.get(RESERVATIONS, self._key + b"\x00" + unit)
+        return dec_reservation.decode(raw) if raw is not None else None
+
+    def keep_reservation(self, res: Reservation, *, expired_at: int | None) -> None:
+        """Write ``res`` (loaded with expiry ``expired_at``; None: a new one) and its
+        reaper entry; a new one is entered in the session owner index."""
+        unit = res.key
+        if expired_at is None:
+            self.tx.put(SESSION_OWNERS, unit, self._key)
+        elif expired_at != res.expires_at:
+            drop_expiry(self.tx, unit, expired_at)
+        self.tx.put(RESERVATIONS, self._key + b"\x00" + unit, encode(res))
+        if expired_at != res.expires_at:
+            self.tx.put(RES_EXPIRY, pack_u64(res.expires_at) + unit, b"")
+
+    def end_reservation(self, res: Reservation, *, expired_at: int) -> None:
+        """Delete ``res`` (loaded with expiry ``expired_at``), its reaper entry and its
+        owner index entry."""
+        unit = res.key
+        self.tx.delete(RESERVATIONS, self._key + b"\x00" + unit)
+        drop_expiry(self.tx, unit, expired_at)
+        self.tx.delete(SESSION_OWNERS, unit)
+
+    # -- stored answers (idempotent replay) -------------------------------------------
+
+    def answer(self, key: bytes) -> StoredAnswer | None:
+        return stored_answer(self.tx, key)
+
+    def keep_answer(self, key: bytes, stored: StoredAnswer) -> None:
+        self.tx.put(ANSWERS, key, _enc.encode(stored))
+        self.tx.put(ANSWER_EXPIRY, pack_u64(stored.stored_at) + key, b"")
+
+    def refunded(self, debit_key: bytes) -> bool:
+        return self.tx.get(REFUNDS, debit_key) is not None
+
+    def mark_refunded(self, debit_key: bytes, refund_key: bytes) -> None:
+        self.tx.put(REFUNDS, debit_key, refund_key)
