@@ -67,7 +67,6 @@ from ocs.rating.engine import (
 )
 from ocs.rating.plans import SERVICE_OF, TIMED, Mode, Plan, Rate, Service
 from ocs.store.env import (
-    ALLOWANCES,
     ANSWER_EXPIRY,
     ANSWERS,
     BALANCES,
@@ -89,7 +88,6 @@ from ocs.store.records import (
     RateSnapshot,
     Reservation,
     Subscriber,
-    dec_allowance,
     dec_balance,
     dec_reservation,
     dec_subscriber,
@@ -370,9 +368,9 @@ class ChargingEngine:
     @staticmethod
     def allowance_in(tx: Tx, msisdn: bytes, cycle: str) -> Allowance:
         """The buckets as they count in ``cycle`` (read-only callers: enquiries)."""
-        raw = tx.get(ALLOWANCES, msisdn)
-        alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
-        if alw.cycle != cycle:
+        raw = tx.get(BALANCES, msisdn)
+        alw = dec_balance.decode(raw).allowance if raw is not None else None
+        if alw is None or alw.cycle != cycle:
             alw = Allowance(cycle=cycle)  # a new cycle: buckets start full again
         return alw
 
@@ -1129,14 +1127,13 @@ class ChargingEngine:
                 return None
             msisdn = sub.msisdn.encode()
             bal = self._balance(view, msisdn)  # type: ignore[arg-type]
-            araw = txn.get(msisdn, db=self.store.dbs[ALLOWANCES])
         book = self.plans.in_store(self.store)
         plan = book.plan_at(sub.plan_id, _now(now))
         allowances: dict[str, dict[str, int]] = {}
         if plan is not None:
             cycle = cycle_of(plan, _now(now))
-            alw = dec_allowance.decode(araw) if araw is not None else Allowance(cycle=cycle)
-            if alw.cycle != cycle:
+            alw = bal.allowance
+            if alw is None or alw.cycle != cycle:
                 alw = Allowance(cycle=cycle)
             for svc, (used_f, res_f) in _ALW_FIELDS.items():
                 total = plan.allowances.for_service(svc)

@@ -3,8 +3,9 @@
 Every charging operation first finds its subscriber through an index (identities, the
 session owner index, the answer it refunds), then works on that subscriber's records
 only, through one :class:`~ocs.ledger.account.Account`: the subscriber, the balance
-(with the fraud rules' state), the allowance buckets, the open reservations and the
-stored answers. Each record is loaded once and written once. That is what a Redis
+record (money, the allowance buckets and the fraud rules' state: one record, one read and
+one write per operation), the open reservations and the stored answers. Each record is
+loaded once and written once. That is what a Redis
 Cluster backend needs: every key of one operation in one hash slot (``{msisdn}``).
 
 Writes outside the account, each with where it goes on a cluster:

@@ -1,7 +1,8 @@
 """One subscriber's account inside one write transaction (the LMDB adapter).
 
-Records are loaded on first use and kept: the balance and the allowance buckets are
-changed in memory and written once, by :meth:`Account.save` at the end of the operation.
+Records are loaded on first use and kept: the balance record (money, the allowance
+buckets and the fraud rules' state) is changed in memory and written once, by
+:meth:`Account.save` at the end of the operation.
 Reservations and answers are written when the operation decides them (each once).
 Reservations live under the subscriber (``msisdn NUL session NUL unit``); the session
 owner index (``session NUL unit -> msisdn``) finds the subscriber of a session report.
@@ -13,7 +14,6 @@ import msgspec
 
 from ocs.charging.model import StoredAnswer
 from ocs.store.env import (
-    ALLOWANCES,
     ANSWER_EXPIRY,
     ANSWERS,
     BALANCES,
@@ -29,7 +29,6 @@ from ocs.store.records import (
     Balance,
     Reservation,
     Subscriber,
-    dec_allowance,
     dec_balance,
     dec_reservation,
     dec_subscriber,
@@ -63,8 +62,8 @@ class Account:
     """The records of subscriber ``msisdn`` ("" = nobody's: answers to requests of an
     unknown subscriber) in ``tx``."""
 
-    __slots__ = ("_alw", "_bal", "_bal_raw", "_key", "_save_alw", "_save_bal", "_sub",
-                 "_sub_loaded", "msisdn", "tx")
+    __slots__ = ("_alw", "_bal", "_bal_raw", "_key", "_save", "_sub", "_sub_loaded",
+                 "msisdn", "tx")
 
     def __init__(self, tx: Tx, msisdn: str, sub: Subscriber | None = None):
         self.tx = tx
@@ -75,8 +74,7 @@ class Account:
         self._bal: Balance | None = None
         self._bal_raw: bytes | None = None
         self._alw: Allowance | None = None
-        self._save_bal = False
-        self._save_alw = False
+        self._save = False
 
     # -- the subscriber, balance and allowances (loaded once, saved once) --------------
 
@@ -95,35 +93,35 @@ class Account:
         return self._bal
 
     def revert_balance(self) -> Balance:
-        """Forget the changes made to the balance (it is as stored again) and return it."""
+        """Forget the changes made to the balance and its allowance buckets (they are as
+        stored again) and return it."""
         if self._bal is None:
             return self.balance()
         self._bal = dec_balance.decode(self._bal_raw) if self._bal_raw else Balance()
+        self._alw = None
         return self._bal
 
     def allowance(self, cycle: str, *, roll: bool = True) -> Allowance:
-        """The allowance buckets; with ``roll``, a bucket of an earlier cycle comes back
-        full for ``cycle`` (without: as stored, to release what it holds)."""
+        """The allowance buckets (kept in the balance record); with ``roll``, a bucket of
+        an earlier cycle comes back full for ``cycle`` (without: as stored, to release
+        what it holds)."""
         if self._alw is None:
-            raw = self.tx.get(ALLOWANCES, self._key)
-            alw = dec_allowance.decode(raw) if raw is not None else Allowance(cycle=cycle)
+            bal = self.balance()
+            alw = bal.allowance if bal.allowance is not None else Allowance(cycle=cycle)
             if roll and alw.cycle != cycle:
                 alw = Allowance(cycle=cycle)  # a new cycle: buckets start full again
-            self._alw = alw
+            bal.allowance = self._alw = alw
         return self._alw
 
     def touch(self, *, balance: bool = False, allowance: bool = False) -> None:
-        """Mark the balance and/or the allowance for :meth:`save`."""
-        self._save_bal = self._save_bal or balance
-        self._save_alw = self._save_alw or allowance
+        """Mark the balance and/or the allowance (one record) for :meth:`save`."""
+        self._save = self._save or balance or allowance
 
     def save(self) -> None:
         """Write what was touched, once (the end of the operation)."""
-        if self._save_bal and self._bal is not None:
+        if self._save and self._bal is not None:
             self.tx.put(BALANCES, self._key, encode(self._bal))
-        if self._save_alw and self._alw is not None:
-            self.tx.put(ALLOWANCES, self._key, encode(self._alw))
-        self._save_bal = self._save_alw = False
+        self._save = False
 
     # -- reservations -----------------------------------------------------------------
 

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 import lmdb
 
 from ocs.errors import ChargingUnavailable, register
-from ocs.store.records import dec_reservation
+from ocs.store.records import Balance, dec_allowance, dec_balance, dec_reservation, encode
 from ocs.store.tx import Tx
 
 SCHEMA_VERSION = 2
-"""2: reservations under their subscriber, and the session owner index (1 is migrated
-when the store is opened for writing)."""
+"""2: reservations under their subscriber with the session owner index; the allowance
+buckets in the balance record (a store of schema 1 is migrated when it is opened)."""
 STORE_FILE = "ocs.lmdb"
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ PLANS = b"plans"  # plan id -> plan document (msgpack of the validated TOML tabl
 PLAN_VERSIONS = b"plan_versions"  # plan id \0 u32 version -> PlanVersion (every load)
 ZONES = b"zones"  # zone id -> zone document
 BALANCES = b"balances"  # msisdn -> Balance (with the fraud rules' state)
-ALLOWANCES = b"allowances"  # msisdn -> Allowance
+ALLOWANCES = b"allowances"  # schema 1 only: msisdn -> Allowance (now in the balance)
 RESERVATIONS = b"reservations"  # msisdn \0 session \0 unit -> Reservation
 SESSION_OWNERS = b"session_owners"  # session \0 unit -> msisdn of its open reservation
 RES_EXPIRY = b"res_expiry"  # u64 expires_at + session \0 unit -> b""
@@ -111,16 +111,25 @@ class StoreError(ChargingUnavailable):
     """The store cannot be opened or used (wrong schema, missing, unwritable)."""
 
 
-def _reservations_under_subscribers(txn: Any, dbs: dict[bytes, Any]) -> int:
-    """Schema 1 -> 2: reservations were keyed by session NUL unit; now by msisdn NUL
-    session NUL unit, with the session owner index beside them."""
+def _migrate_1_to_2(txn: Any, dbs: dict[bytes, Any]) -> str:
+    """Schema 1 -> 2: reservations were keyed by session NUL unit, now by msisdn NUL
+    session NUL unit with the session owner index beside them; the allowance buckets had
+    a record of their own, now they are in the balance record."""
     old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[RESERVATIONS])]
     for key, raw in old:
         msisdn = dec_reservation.decode(raw).msisdn.encode()
         txn.delete(key, db=dbs[RESERVATIONS])
         txn.put(msisdn + b"\x00" + key, raw, db=dbs[RESERVATIONS])
         txn.put(key, msisdn, db=dbs[SESSION_OWNERS])
-    return len(old)
+    buckets = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[ALLOWANCES])]
+    for key, raw in buckets:
+        braw = txn.get(key, db=dbs[BALANCES])
+        bal = dec_balance.decode(braw) if braw is not None else Balance()
+        bal.allowance = dec_allowance.decode(raw)
+        txn.put(key, encode(bal), db=dbs[BALANCES])
+        txn.delete(key, db=dbs[ALLOWANCES])
+    return (f"schema 1 -> 2: {len(old)} open reservations moved, {len(buckets)} "
+            "allowance records merged into balances")
 
 
 class Store:
@@ -159,9 +168,8 @@ class Store:
             if raw is None:
                 txn.put(META_SCHEMA, pack_u64(SCHEMA_VERSION), db=meta)
             elif unpack_u64(raw) == 1:
-                migrated = _reservations_under_subscribers(txn, self.dbs)
+                self.migrated = _migrate_1_to_2(txn, self.dbs)
                 txn.put(META_SCHEMA, pack_u64(SCHEMA_VERSION), db=meta)
-                self.migrated = f"schema 1 -> 2: {migrated} open reservations moved"
             elif unpack_u64(raw) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: store schema version {unpack_u64(raw)}, "

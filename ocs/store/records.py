@@ -69,6 +69,18 @@ class Subscriber(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     """Lines separated by newlines, as on the invoice."""
 
 
+class Allowance(msgspec.Struct, array_like=True, kw_only=True):
+    """Per-cycle allowance buckets: what was used and what open reservations hold."""
+
+    cycle: str = ""
+    data_used: int = 0
+    data_reserved: int = 0
+    voice_used: int = 0
+    voice_reserved: int = 0
+    sms_used: int = 0
+    sms_reserved: int = 0
+
+
 class Balance(msgspec.Struct, array_like=True, kw_only=True):
     balance: int = 0
     """Committed money. Prepaid: credit (never < 0). Postpaid: minus the unbilled usage."""
@@ -80,18 +92,9 @@ class Balance(msgspec.Struct, array_like=True, kw_only=True):
     fraud: FraudState | None = None
     """The fraud rules' state of this subscriber: in the balance record because every
     charge reads and writes that record anyway (no extra lookup, write or page)."""
-
-
-class Allowance(msgspec.Struct, array_like=True, kw_only=True):
-    """Per-cycle allowance buckets: what was used and what open reservations hold."""
-
-    cycle: str = ""
-    data_used: int = 0
-    data_reserved: int = 0
-    voice_used: int = 0
-    voice_reserved: int = 0
-    sms_used: int = 0
-    sms_reserved: int = 0
+    allowance: Allowance | None = None
+    """The allowance buckets of the current (or last charged) cycle: in the same record
+    for the same reason (schema 1 kept them in a record of their own)."""
 
 
 class RateSnapshot(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

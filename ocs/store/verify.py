@@ -3,8 +3,8 @@
 
 - every balance's ``reserved`` is what its subscriber's open reservations hold, never
   negative; a prepaid balance is never below zero;
-- balances, allowances and reservations belong to a subscriber; every subscriber has a
-  balance;
+- balances (with their allowance buckets) and reservations belong to a subscriber;
+  every subscriber has a balance;
 - the IMSI and username indexes and the subscribers agree both ways;
 - every reservation has its expiry entry and every expiry entry its reservation; every
   reservation is under its own subscriber and in the session owner index, and every
@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from ocs.store.env import (
-    ALLOWANCES,
     BALANCES,
     CDR_JOURNAL,
     IDX_IMSI,
@@ -99,9 +98,6 @@ def verify(store: Store, cdr_dir: Path | None = None) -> list[str]:
                 out.append(f"{msisdn}: prepaid balance below zero ({bal.balance})")
         for msisdn in sorted(subs.keys() - balances.keys()):
             out.append(f"{msisdn}: a subscriber without a balance record")
-        for key, _raw in each(ALLOWANCES):
-            if key.decode() not in subs:
-                out.append(f"{key.decode()}: allowances without a subscriber")
         for db, field in ((IDX_IMSI, "imsi"), (IDX_USERNAME, "username")):
             indexed = {k.decode(): v.decode() for k, v in each(db)}
             for value, msisdn in sorted(indexed.items()):

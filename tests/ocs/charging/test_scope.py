@@ -42,8 +42,8 @@ T0 = WEDNESDAY_NOON
 ALICE, BOB, CAROL = "41790000001", "41790000002", "41790000003"
 MB = 1_000_000
 
-SCOPED_BY_KEY = {db.SUBSCRIBERS, db.BALANCES, db.ALLOWANCES}
-"""Records keyed by the subscriber's MSISDN."""
+SCOPED_BY_KEY = {db.SUBSCRIBERS, db.BALANCES}
+"""Records keyed by the subscriber's MSISDN (the balance holds the allowance buckets)."""
 READ_ONLY_SHARED = {db.IDX_IMSI, db.IDX_USERNAME, db.PLANS, db.PLAN_VERSIONS, db.ZONES}
 """Indexes and the tariff: read, never written by a charging operation."""
 DECLARED_SHARED_WRITES = {db.CDR_JOURNAL, db.RES_EXPIRY, db.ANSWER_EXPIRY, db.FRAUD_CASES,

@@ -6,7 +6,7 @@ from tests_support import add
 
 from ocs.ledger.account import Account, session_owner
 from ocs.store import Store
-from ocs.store.env import ALLOWANCES, BALANCES, RES_EXPIRY, RESERVATIONS, pack_u64
+from ocs.store.env import BALANCES, RES_EXPIRY, RESERVATIONS, pack_u64
 from ocs.store.records import RateSnapshot, Reservation, dec_balance
 from ocs.store.tx import Tx
 
@@ -46,8 +46,8 @@ def test_records_are_loaded_once_and_saved_once_when_touched(demo_store: Store) 
         acct = Account(tx, ALICE)
         acct.balance().balance -= 5
         acct.balance().balance -= 5
-        acct.allowance("2026-11")
-        acct.allowance("2026-11")
+        acct.allowance("2026-11").data_used += 1
+        acct.allowance("2026-11").data_used += 1
         acct.subscriber()
         acct.subscriber()
         acct.save()  # nothing touched: nothing written
@@ -58,10 +58,12 @@ def test_records_are_loaded_once_and_saved_once_when_touched(demo_store: Store) 
         return tx
 
     tx = demo_store.run_write(op)
-    assert sorted(tx.gets) == [ALLOWANCES, BALANCES, b"subscribers"]
+    assert sorted(tx.gets) == [BALANCES, b"subscribers"]  # the buckets are in the balance
     assert tx.puts == [BALANCES]
     raw = demo_store.get(BALANCES, ALICE.encode())
     assert raw is not None and dec_balance.decode(raw).balance == 999_990
+    alw = dec_balance.decode(raw).allowance
+    assert alw is not None and (alw.cycle, alw.data_used) == ("2026-11", 2)
 
 
 def test_revert_balance_forgets_the_changes(demo_store: Store) -> None:
