@@ -22,7 +22,6 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ocs import messaging
-from ocs.cdr import journal
 from ocs.charging.model import (
     Adjusted,
     AdjustRequest,
@@ -51,7 +50,6 @@ from ocs.charging.model import (
 )
 from ocs.charging.plans import PlanBook, PlanCache
 from ocs.errors import ChargingPaused
-from ocs.fraud import cases as fraud_cases
 from ocs.fraud.cases import local_hour
 from ocs.fraud.rules import HOME, FraudSettings
 from ocs.fraud.rules import Event as FraudEvent
@@ -163,8 +161,6 @@ def reservation_key(session_id: str, service: Service, rating_group: int | None)
 
 
 _ENDED = b"\x00ended\x00"
-_RERATE = b"rerate\x00"
-"""meta: + run id NUL msisdn -> the Adjusted a re-rating run made (never trimmed)."""
 _dec_adjusted = msgspec.msgpack.Decoder(Adjusted)
 """Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
 (kept as long as answers are): a later report for it is answered and charges nothing."""
@@ -439,8 +435,7 @@ class ChargingEngine:
         ev = FraudEvent(kind, at, local_hour(plan.timezone if plan else "UTC", at),
                         service.value, session_id, units, charge, session_total,
                         destination, visited_network if roaming else HOME, roaming)
-        acct.touch(balance=True)
-        return fraud_cases.check(acct.tx, self.fraud, sub, ev, acct.balance())
+        return acct.fraud_check(self.fraud, sub, ev)
 
     # -- reserve ----------------------------------------------------------------------
 
@@ -696,8 +691,7 @@ class ChargingEngine:
         capped = charged < need
         record_id = ""
         if write_cdr:
-            record_id = journal.append(
-                acct.tx,
+            record_id = acct.append_cdr(
                 self.settings.node,
                 session_id=res.session_id,
                 msisdn=res.msisdn,
@@ -850,8 +844,7 @@ class ChargingEngine:
             _alw_add(alw, req.service, used=from_allowance)
             acct.touch(allowance=True)
         rate_id = rate.id if rate is not None else "zero-rated"
-        record_id = journal.append(
-            acct.tx,
+        record_id = acct.append_cdr(
             self.settings.node,
             session_id=req.session_id or _key_text(req.request_key),
             msisdn=sub.msisdn,
@@ -927,8 +920,7 @@ class ChargingEngine:
                 restored = orig.allowance_used
                 _alw_add(alw, SERVICE_OF[orig.service], used=-restored)
                 acct.touch(allowance=True)
-        record_id = journal.append(
-            acct.tx,
+        record_id = acct.append_cdr(
             self.settings.node,
             session_id=orig.session_id,
             msisdn=orig.msisdn,
@@ -966,11 +958,10 @@ class ChargingEngine:
         ``rerate``, the run id as session, the period as destination) in the same
         transaction: balances, billing and reconciliation see it like any charge. Once
         per (run, subscriber), for ever; a prepaid debit stops at the money available."""
-        key = _RERATE + req.run_id.encode() + b"\x00" + req.msisdn.encode()
-        done = tx.get(META, key)
+        acct = Account(tx, req.msisdn)
+        done = acct.adjustment(req.run_id)
         if done is not None:
             return msgspec.structs.replace(_dec_adjusted.decode(done), replayed=True)
-        acct = Account(tx, req.msisdn)
         sub = acct.subscriber()
         if sub is None:
             return Adjusted(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
@@ -981,8 +972,8 @@ class ChargingEngine:
         now = _now(req.now)
         bal.balance -= amount
         bal.charged_total += amount
-        record_id = journal.append(
-            tx, self.settings.node, session_id=req.run_id, msisdn=sub.msisdn, imsi=sub.imsi,
+        record_id = acct.append_cdr(
+            self.settings.node, session_id=req.run_id, msisdn=sub.msisdn, imsi=sub.imsi,
             service="rerate", rating_group=None, destination=req.period, start_time=now,
             end_time=now, duration_s=0, bytes_in=0, bytes_out=0, units=0, charge=amount,
             currency=sub.currency, plan_id=sub.plan_id, rate_id="", roaming=False,
@@ -991,7 +982,7 @@ class ChargingEngine:
         acct.save()
         out = Adjusted(ok=True, amount=amount, capped=amount != req.amount,
                        record_id=record_id)
-        tx.put(META, key, encode(out))
+        acct.keep_adjustment(req.run_id, encode(out))
         return out
 
     # -- SMS store-and-forward ---------------------------------------------------------

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import msgspec
 
+from ocs.cdr import journal
 from ocs.charging.model import StoredAnswer
+from ocs.fraud import cases as fraud_cases
+from ocs.fraud.rules import Event as FraudEvent
+from ocs.fraud.rules import FraudSettings
 from ocs.store.env import (
     ANSWER_EXPIRY,
     ANSWERS,
     BALANCES,
+    META,
     REFUNDS,
     RES_EXPIRY,
     RESERVATIONS,
@@ -35,6 +40,9 @@ from ocs.store.records import (
     encode,
 )
 from ocs.store.tx import Tx
+
+_RERATE = b"rerate\x00"
+"""meta: + run id NUL msisdn -> the Adjusted a re-rating run made (never trimmed)."""
 
 _enc = msgspec.msgpack.Encoder()
 _dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
@@ -163,3 +171,22 @@ class Account:
 
     def mark_refunded(self, debit_key: bytes, refund_key: bytes) -> None:
         self.tx.put(REFUNDS, debit_key, refund_key)
+
+    # -- what the operation leaves for others: CDRs, fraud cases, re-rating marks -------
+
+    def append_cdr(self, node: str, **fields: object) -> str:
+        """Journal one CDR of this subscriber (in the operation's write); its record id."""
+        return journal.append(self.tx, node, **fields)
+
+    def fraud_check(self, cfg: FraudSettings, sub: Subscriber, ev: FraudEvent) -> str:
+        """Run the fraud rules on ``ev``: their state is in the balance record (saved with
+        it); a case they open is recorded, a block suspends ``sub``."""
+        self.touch(balance=True)
+        return fraud_cases.check(self.tx, cfg, sub, ev, self.balance())
+
+    def adjustment(self, run_id: str) -> bytes | None:
+        """What re-rating run ``run_id`` moved on this account (None: nothing yet)."""
+        return self.tx.get(META, _RERATE + run_id.encode() + b"\x00" + self._key)
+
+    def keep_adjustment(self, run_id: str, done: bytes) -> None:
+        self.tx.put(META, _RERATE + run_id.encode() + b"\x00" + self._key, done)
