@@ -388,6 +388,8 @@ def decode(data: bytes) -> Message:
 
 
 def decode_avps(data: bytes, pos: int, end: int, *, message: bool = False) -> list[Avp]:
+    if type(data) is not bytes:  # a bytearray or memoryview: payloads must be bytes
+        data = bytes(data)
     out: list[Avp] = []
     append = out.append
     unpack = _AVP.unpack_from
@@ -410,7 +412,7 @@ def decode_avps(data: bytes, pos: int, end: int, *, message: bool = False) -> li
             raise MessageError(Rc.INVALID_AVP_LENGTH,
                                f"AVP {code}: length {length} does not fit",
                                encode_avp(code, b"", flags, vendor))
-        append(Avp(code, bytes(data[pos + hdr:pos + length]), flags, vendor))
+        append(Avp(code, data[pos + hdr:pos + length], flags, vendor))
         pos += (length + 3) & ~3
     if pos > end and message:
         raise MessageError(Rc.INVALID_MESSAGE_LENGTH, "last AVP padding runs past the end")
@@ -421,22 +423,20 @@ def check(avps: list[Avp], dictionary: Dictionary = DEFAULT, depth: int = 1) -> 
     """RFC 6733 §7.5 checks the codec can do without the command grammar: an unknown AVP
     with the M bit is 5001; a known fixed-size AVP with another length is 5014; a
     Grouped AVP is walked to :data:`MAX_DEPTH`."""
-    by_key = dictionary.by_key
+    shape = dictionary.shape
     for a in avps:
-        d = by_key.get((a.code, a.vendor))
-        if d is None:
+        n = shape.get((a.code, a.vendor))
+        if n is None:
             if a.flags & AVP_M:
                 raise MessageError(Rc.AVP_UNSUPPORTED,
                                    f"unknown AVP {a.code} (vendor {a.vendor}) with the M bit",
                                    a.encode())
-            continue
-        if d.type == "Grouped":
+        elif n < 0:
             check(a.group(depth), dictionary, depth + 1)
-            continue
-        n = d.fixed_length
-        if n is not None and len(a.data) != n:
+        elif n and len(a.data) != n:
+            name = dictionary.by_key[(a.code, a.vendor)].name
             raise MessageError(Rc.INVALID_AVP_LENGTH,
-                               f"{d.name}: payload of {len(a.data)} bytes, expected {n}",
+                               f"{name}: payload of {len(a.data)} bytes, expected {n}",
                                a.encode())
 
 

@@ -56,6 +56,11 @@ class Dictionary:
             self.by_key[(d.code, d.vendor)] = d
             self.by_name[d.name] = d
         self.grouped = frozenset(k for k, d in self.by_key.items() if d.type == "Grouped")
+        self.shape: dict[tuple[int, int], int] = {
+            k: -1 if d.type == "Grouped" else FIXED_LENGTH.get(d.type, 0)
+            for k, d in self.by_key.items()}
+        """(code, vendor) -> -1 Grouped, else the fixed payload length (0: any length):
+        what the codec's check needs per AVP, in one lookup."""
 
     def get(self, code: int, vendor: int = 0) -> AvpDef | None:
         return self.by_key.get((code, vendor))

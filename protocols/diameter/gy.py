@@ -190,9 +190,9 @@ def _service_of(context_id: str) -> Service | None:
     return CONTEXT_SERVICE.get(head.rsplit(".", 1)[-1])
 
 
-def _identity(msg: Message) -> Identity:
+def _identity(subscriptions: list[Avp], user: Avp | None) -> Identity:
     ids: list[tuple[IdKind, str]] = []
-    for sub in msg.find_all(A.SUBSCRIPTION_ID):
+    for sub in subscriptions:
         kind, data = None, ""
         for a in sub.group():
             if a.vendor:
@@ -215,14 +215,13 @@ def _identity(msg: Message) -> Identity:
                 ids.append((IdKind.MSISDN, digits))
         elif kind in (SUB_NAI, SUB_PRIVATE):
             ids.append((IdKind.USERNAME, data))
-    user = msg.find(A.USER_NAME)
     if user is not None and user.data:
         ids.append((IdKind.USERNAME, user.text))
     return tuple(ids)
 
 
-def _required(msg: Message, code: int) -> Avp:
-    a = msg.find(code)
+def _required(first: dict[int, Avp], code: int) -> Avp:
+    a = first.get(code)
     if a is None:
         raise MessageError(Rc.MISSING_AVP, f"missing AVP {code}", c.zero_filled(code))
     return a
@@ -232,17 +231,6 @@ _SINGLE = frozenset({A.SESSION_ID, A.CC_REQUEST_TYPE, A.CC_REQUEST_NUMBER, A.ORI
                      A.ORIGIN_REALM, A.SERVICE_CONTEXT_ID, A.REQUESTED_ACTION,
                      A.DESTINATION_REALM, A.AUTH_APPLICATION_ID})
 """AVPs the CCR grammar allows once (RFC 4006 §3.1): a second copy is 5009."""
-
-
-def _only_once(msg: Message) -> None:
-    seen: set[int] = set()
-    for a in msg.avps:
-        code = a.code
-        if code in _SINGLE and not a.vendor:
-            if code in seen:
-                raise MessageError(Rc.AVP_OCCURS_TOO_MANY_TIMES, f"AVP {code} more than once",
-                                   a.encode())
-            seen.add(code)
 
 
 def _nested(avps: list[Avp], *path: tuple[int, int]) -> Avp | None:
@@ -259,34 +247,59 @@ def _nested(avps: list[Avp], *path: tuple[int, int]) -> Avp | None:
 
 
 def parse_ccr(msg: Message) -> Ccr:
-    """The credit-control view of a checked CCR; MessageError for a bad or missing AVP."""
-    _only_once(msg)
-    sid = _required(msg, A.SESSION_ID).text
+    """The credit-control view of a checked CCR; MessageError for a bad or missing AVP.
+    One pass over the top-level AVPs sorts out what the rest reads (the first of each
+    base AVP; every MSCC, Subscription-Id and Used-Service-Unit; the 3GPP ones)."""
+    first: dict[int, Avp] = {}
+    mscc_avps: list[Avp] = []
+    subscriptions: list[Avp] = []
+    usu: list[Avp] = []
+    svc_info = top_mccmnc = None
+    for a in msg.avps:
+        code = a.code
+        if a.vendor:
+            if a.vendor == VENDOR_3GPP:
+                if code == A.SERVICE_INFORMATION and svc_info is None:
+                    svc_info = a
+                elif code == A.TGPP_SGSN_MCC_MNC and top_mccmnc is None:
+                    top_mccmnc = a
+        elif code == A.MULTIPLE_SERVICES_CREDIT_CONTROL:
+            mscc_avps.append(a)
+        elif code == A.SUBSCRIPTION_ID:
+            subscriptions.append(a)
+        elif code == A.USED_SERVICE_UNIT:
+            usu.append(a)
+        elif code not in first:
+            first[code] = a
+        elif code in _SINGLE:
+            raise MessageError(Rc.AVP_OCCURS_TOO_MANY_TIMES, f"AVP {code} more than once",
+                               a.encode())
+    sid_avp = _required(first, A.SESSION_ID)
+    sid = sid_avp.text
     if not sid:
-        raise MessageError(Rc.INVALID_AVP_VALUE, "empty Session-Id",
-                           _required(msg, A.SESSION_ID).encode())
-    origin_host = _required(msg, A.ORIGIN_HOST).text
-    origin_realm = _required(msg, A.ORIGIN_REALM).text
-    dest_realm = _required(msg, A.DESTINATION_REALM).text
-    app = _required(msg, A.AUTH_APPLICATION_ID)
+        raise MessageError(Rc.INVALID_AVP_VALUE, "empty Session-Id", sid_avp.encode())
+    origin_host = _required(first, A.ORIGIN_HOST).text
+    origin_realm = _required(first, A.ORIGIN_REALM).text
+    dest_realm = _required(first, A.DESTINATION_REALM).text
+    app = _required(first, A.AUTH_APPLICATION_ID)
     if app.u32 != c.App.CREDIT_CONTROL:
         raise MessageError(Rc.INVALID_AVP_VALUE, f"Auth-Application-Id {app.u32}", app.encode())
-    context_avp = _required(msg, A.SERVICE_CONTEXT_ID)
+    context_avp = _required(first, A.SERVICE_CONTEXT_ID)
     context_id = context_avp.text
-    rt_avp = _required(msg, A.CC_REQUEST_TYPE)
+    rt_avp = _required(first, A.CC_REQUEST_TYPE)
     request_type = rt_avp.u32
     if request_type not in (INITIAL, UPDATE, TERMINATION, EVENT):
         raise MessageError(Rc.INVALID_AVP_VALUE, f"CC-Request-Type {request_type}",
                            rt_avp.encode())
-    request_number = _required(msg, A.CC_REQUEST_NUMBER).u32
+    request_number = _required(first, A.CC_REQUEST_NUMBER).u32
     action = DIRECT_DEBITING
-    ra = msg.find(A.REQUESTED_ACTION)
+    ra = first.get(A.REQUESTED_ACTION)
     if ra is not None:
         action = ra.u32
         if action not in (DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY):
             raise MessageError(Rc.INVALID_AVP_VALUE, f"Requested-Action {action}", ra.encode())
     msccs: list[Mscc] = []
-    for m in msg.find_all(A.MULTIPLE_SERVICES_CREDIT_CONTROL):
+    for m in mscc_avps:
         item = Mscc()
         for a in m.group():
             if a.vendor == VENDOR_3GPP:
@@ -312,7 +325,7 @@ def parse_ccr(msg: Message) -> Ccr:
                         item.reporting_reason = inner.u32
         msccs.append(item)
     single = None
-    rsu, usu = msg.find(A.REQUESTED_SERVICE_UNIT), msg.find_all(A.USED_SERVICE_UNIT)
+    rsu = first.get(A.REQUESTED_SERVICE_UNIT)
     if rsu is not None or usu:
         single = Mscc(requested=_units(rsu) if rsu is not None else None)
         for u in usu:
@@ -324,7 +337,6 @@ def parse_ccr(msg: Message) -> Ccr:
     if service is None:
         raise MessageError(Rc.RATING_FAILED, f"no service for Service-Context-Id {context_id}",
                            context_avp.encode())
-    svc_info = msg.find(A.SERVICE_INFORMATION, VENDOR_3GPP)
     destination = visited = ""
     if svc_info is not None:
         info = svc_info.group()
@@ -343,15 +355,15 @@ def parse_ccr(msg: Message) -> Ccr:
                             (A.ADDRESS_DATA, VENDOR_3GPP))
         if recipient is not None:
             destination = _digits_of_address(recipient.text)
-    top_mccmnc = msg.find(A.TGPP_SGSN_MCC_MNC, VENDOR_3GPP)
     if not visited and top_mccmnc is not None:
         visited = top_mccmnc.text
-    tc = msg.find(A.TERMINATION_CAUSE)
+    tc = first.get(A.TERMINATION_CAUSE)
+    identity = _identity(subscriptions, first.get(A.USER_NAME))
     return Ccr(
         session_id=sid, origin_host=origin_host, origin_realm=origin_realm,
         destination_realm=dest_realm, request_type=request_type,
         request_number=request_number, context_id=context_id, service=service,
-        identity=_identity(msg), requested_action=action, msccs=msccs, single=single,
+        identity=identity, requested_action=action, msccs=msccs, single=single,
         destination=destination, visited_network=visited,
         termination_cause=tc.u32 if tc is not None else None,
     )
