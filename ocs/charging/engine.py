@@ -98,7 +98,6 @@ T = TypeVar("T")
 A = TypeVar("A", Grant, Settlement, Released, Debit, Refund)
 
 _enc = msgspec.msgpack.Encoder()
-_dec_stored = msgspec.msgpack.Decoder(StoredAnswer)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,9 +160,9 @@ def reservation_key(session_id: str, service: Service, rating_group: int | None)
 
 
 _ENDED = b"\x00ended\x00"
-_dec_adjusted = msgspec.msgpack.Decoder(Adjusted)
 """Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
 (kept as long as answers are): a later report for it is answered and charges nothing."""
+_dec_adjusted = msgspec.msgpack.Decoder(Adjusted)
 
 
 def digest(*parts: object) -> bytes:
