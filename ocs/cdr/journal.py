@@ -12,11 +12,7 @@ def next_seq(tx: Tx) -> int:
     return (unpack_u64(raw) if raw is not None else 0) + 1
 
 
-def append(tx: Tx, node: str, **fields: object) -> str:
-    """Append one CDR to the journal inside ``tx``; returns its record_id."""
-    seq = next_seq(tx)
-    record_id = f"{node}-{seq}"
-    rec = CdrRecord(record_id=record_id, **fields)  # type: ignore[arg-type]
+def put(tx: Tx, seq: int, rec: CdrRecord) -> None:
+    """Journal ``rec`` under ``seq`` (from :func:`next_seq`) inside ``tx``."""
     tx.put(CDR_JOURNAL, pack_u64(seq), encode(rec))
     tx.put(META, META_CDR_SEQ, pack_u64(seq))
-    return record_id

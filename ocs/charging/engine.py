@@ -83,6 +83,7 @@ from ocs.store.env import (
 from ocs.store.records import (
     Allowance,
     Balance,
+    CdrRecord,
     RateSnapshot,
     Reservation,
     Subscriber,
@@ -690,8 +691,9 @@ class ChargingEngine:
         capped = charged < need
         record_id = ""
         if write_cdr:
-            record_id = acct.append_cdr(
-                self.settings.node,
+            seq, record_id = acct.next_cdr(self.settings.node)
+            acct.keep_cdr(seq, CdrRecord(
+                record_id=record_id,
                 session_id=res.session_id,
                 msisdn=res.msisdn,
                 imsi=res.imsi,
@@ -716,7 +718,7 @@ class ChargingEngine:
                 slice=res.slice,
                 dnn=res.dnn,
                 plan_version=terms.plan_version,
-            )
+            ))
         res.last_at = now
         return Settlement(
             ok=True,
@@ -843,8 +845,9 @@ class ChargingEngine:
             _alw_add(alw, req.service, used=from_allowance)
             acct.touch(allowance=True)
         rate_id = rate.id if rate is not None else "zero-rated"
-        record_id = acct.append_cdr(
-            self.settings.node,
+        seq, record_id = acct.next_cdr(self.settings.node)
+        acct.keep_cdr(seq, CdrRecord(
+            record_id=record_id,
             session_id=req.session_id or _key_text(req.request_key),
             msisdn=sub.msisdn,
             imsi=sub.imsi,
@@ -870,7 +873,7 @@ class ChargingEngine:
             slice=req.slice,
             dnn=req.dnn,
             plan_version=plan.version,
-        )
+        ))
         return Debit(
             ok=True,
             msisdn=sub.msisdn,
@@ -919,8 +922,9 @@ class ChargingEngine:
                 restored = orig.allowance_used
                 _alw_add(alw, SERVICE_OF[orig.service], used=-restored)
                 acct.touch(allowance=True)
-        record_id = acct.append_cdr(
-            self.settings.node,
+        seq, record_id = acct.next_cdr(self.settings.node)
+        acct.keep_cdr(seq, CdrRecord(
+            record_id=record_id,
             session_id=orig.session_id,
             msisdn=orig.msisdn,
             imsi=sub.imsi,
@@ -942,7 +946,7 @@ class ChargingEngine:
             protocol="refund",
             result="refund",
             allowance_units=-restored,
-        )
+        ))
         acct.mark_refunded(req.original_key, req.request_key)
         return Refund(ok=True, msisdn=orig.msisdn, refunded=orig.charged,
                       allowance_restored=restored, record_id=record_id)
@@ -971,12 +975,13 @@ class ChargingEngine:
         now = _now(req.now)
         bal.balance -= amount
         bal.charged_total += amount
-        record_id = acct.append_cdr(
-            self.settings.node, session_id=req.run_id, msisdn=sub.msisdn, imsi=sub.imsi,
+        seq, record_id = acct.next_cdr(self.settings.node)
+        acct.keep_cdr(seq, CdrRecord(
+            record_id=record_id, session_id=req.run_id, msisdn=sub.msisdn, imsi=sub.imsi,
             service="rerate", rating_group=None, destination=req.period, start_time=now,
             end_time=now, duration_s=0, bytes_in=0, bytes_out=0, units=0, charge=amount,
             currency=sub.currency, plan_id=sub.plan_id, rate_id="", roaming=False,
-            visited_network="", protocol="rerate", result="rerate")
+            visited_network="", protocol="rerate", result="rerate"))
         acct.touch(balance=True)
         acct.save()
         out = Adjusted(ok=True, amount=amount, capped=amount != req.amount,

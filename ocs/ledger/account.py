@@ -32,6 +32,7 @@ from ocs.store.env import (
 from ocs.store.records import (
     Allowance,
     Balance,
+    CdrRecord,
     Reservation,
     Subscriber,
     dec_balance,
@@ -160,7 +161,8 @@ class Account:
     # -- stored answers (idempotent replay) -------------------------------------------
 
     def answer(self, key: bytes) -> StoredAnswer | None:
-        return stored_answer(self.tx, key)
+        raw = self.tx.get(ANSWERS, key)
+        return _dec_stored.decode(raw) if raw is not None else None
 
     def keep_answer(self, key: bytes, stored: StoredAnswer) -> None:
         self.tx.put(ANSWERS, key, _enc.encode(stored))
@@ -174,9 +176,14 @@ class Account:
 
     # -- what the operation leaves for others: CDRs, fraud cases, re-rating marks -------
 
-    def append_cdr(self, node: str, **fields: object) -> str:
-        """Journal one CDR of this subscriber (in the operation's write); its record id."""
-        return journal.append(self.tx, node, **fields)
+    def next_cdr(self, node: str) -> tuple[int, str]:
+        """The journal sequence and record id of this operation's next CDR."""
+        seq = journal.next_seq(self.tx)
+        return seq, f"{node}-{seq}"
+
+    def keep_cdr(self, seq: int, rec: CdrRecord) -> None:
+        """Journal one CDR of this subscriber (in the operation's write)."""
+        journal.put(self.tx, seq, rec)
 
     def fraud_check(self, cfg: FraudSettings, sub: Subscriber, ev: FraudEvent) -> str:
         """Run the fraud rules on ``ev``: their state is in the balance record (saved with
