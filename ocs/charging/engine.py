@@ -916,7 +916,7 @@ class ChargingEngine:
         bal.charged_total -= orig.charged
         acct.touch(balance=True)
         restored = 0
-        if orig.allowance_used:
+        if orig.allowance_used and bal.allowance is not None:  # (no buckets: none used)
             alw = acct.allowance(orig.cycle, roll=False)
             if alw.cycle == orig.cycle:
                 restored = orig.allowance_used

@@ -389,3 +389,21 @@ def test_a_refused_grant_on_an_open_session_keeps_it_reapable(engine: ChargingEn
     assert engine.store.run_write(lambda tx: engine.op_expire(
         tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 60 + 901)))
     assert bal(engine).balance == 0 and verify(engine.store) == []
+
+
+def test_a_refund_gives_back_the_allowance_the_debit_used(engine: ChargingEngine) -> None:
+    add(engine.store, "41790000009", plan="postpaid-business")
+    biz = ((IdKind.MSISDN, "41790000009"),)
+    d = engine.debit_sync(DebitRequest(request_key=b"sms-a", subscriber=biz,
+                                       service=Service.SMS, destination="41791234567",
+                                       now=T0))
+    assert d.ok and (d.allowance_used, d.charged) == (1, 0)
+    assert bal(engine, biz).allowances["sms"]["used"] == 1
+    r = engine.refund_sync(RefundRequest(request_key=b"ref-a", original_key=b"sms-a",
+                                         now=T0))
+    assert r.ok and (r.refunded, r.allowance_restored) == (0, 1)
+    assert bal(engine, biz).allowances["sms"] == {"total": 500, "used": 0, "reserved": 0,
+                                                  "remaining": 500}
+    assert [(c.result, c.units, c.allowance_units) for c in cdrs(engine)] == [
+        ("event", 1, 1), ("refund", -1, -1)]
+    assert verify(engine.store) == []
