@@ -68,6 +68,7 @@ from ocs.store.env import (
     ANSWER_EXPIRY,
     ANSWERS,
     BALANCES,
+    ENDED_PREFIX,
     IDX_IMSI,
     IDX_USERNAME,
     META,
@@ -78,6 +79,7 @@ from ocs.store.env import (
     SUBSCRIBERS,
     Store,
     pack_u64,
+    session_part,
     unpack_u64,
 )
 from ocs.store.records import (
@@ -157,12 +159,10 @@ def rate_snapshot(plan: Plan, rate: Rate) -> RateSnapshot:
 
 def reservation_key(session_id: str, service: Service, rating_group: int | None) -> bytes:
     unit = str(rating_group) if rating_group is not None else service.value
-    return f"{session_id}\x00{unit}".encode()
+    return session_part(session_id) + b"\x00" + unit.encode()
 
 
-_ENDED = b"\x00ended\x00"
-"""Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
-(kept as long as answers are): a later report for it is answered and charges nothing."""
+_ENDED = ENDED_PREFIX
 _dec_adjusted = msgspec.msgpack.Decoder(Adjusted)
 
 
@@ -1177,9 +1177,11 @@ class ChargingEngine:
                           explanation=rated.explain())
 
     def reservations_with_prefix(self, prefix: str) -> list[Reservation]:
-        """Open reservations whose key starts with ``prefix`` (keys are session id, NUL,
-        rating group or service), found through the session owner index."""
-        start = prefix.encode()
+        """Open reservations whose session id starts with ``prefix`` (of at most
+        MAX_SESSION_KEY bytes), found through the session owner index."""
+        return self._reservations_from(prefix.encode())
+
+    def _reservations_from(self, start: bytes) -> list[Reservation]:
         with self.store.read() as txn:
             owners: list[tuple[bytes, bytes]] = []
             with txn.cursor(db=self.store.dbs[SESSION_OWNERS]) as cur:
@@ -1197,7 +1199,7 @@ class ChargingEngine:
 
     def session_reservations(self, session_id: str) -> list[Reservation]:
         """Open reservations of one session (every rating group / service)."""
-        return self.reservations_with_prefix(f"{session_id}\x00")
+        return self._reservations_from(session_part(session_id) + b"\x00")
 
     def plan_of(self, sub: Subscriber) -> Plan | None:
         return self.plans.in_store(self.store).plan_at(sub.plan_id, _now(None))

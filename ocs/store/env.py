@@ -8,6 +8,7 @@ with its lock file, and readers never block.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import msgspec
 
 from ocs.errors import ChargingUnavailable, register
 from ocs.store.records import Balance, dec_allowance, dec_balance, dec_reservation, encode
@@ -98,6 +100,14 @@ META_ALARM_EXPORT = b"alarm_export"
 META_SMPP_BINDS = b"smpp_binds\x00"
 """+ system_id + NUL + worker (2 bytes) -> binds that worker holds (several workers)."""
 
+ENDED_PREFIX = b"\x00ended\x00"
+"""Prefix, in ANSWERS, of the marker a session's final commit leaves per reservation key
+(kept as long as answers are): a later report for it is answered and charges nothing."""
+MAX_SESSION_KEY = 400
+"""Session ids longer than this (bytes) are kept in keys as their first 400 bytes and a
+digest of the whole: peers choose them, LMDB takes keys of at most 511 bytes, and the
+subscriber, the ended-session marker and the expiry index put up to 23 more in front."""
+
 _U64 = struct.Struct(">Q")
 pack_u64 = _U64.pack
 
@@ -111,16 +121,46 @@ class StoreError(ChargingUnavailable):
     """The store cannot be opened or used (wrong schema, missing, unwritable)."""
 
 
+def session_part(session_id: str) -> bytes:
+    """A session id as store keys hold it (reservations, their expiry and owner index
+    entries, ended-session markers): itself, or when long its first bytes (prefix scans
+    by RADIUS client and NAS still find it) and a digest of the whole."""
+    sid = session_id.encode()
+    if len(sid) <= MAX_SESSION_KEY:
+        return sid
+    return (sid[:MAX_SESSION_KEY] + b"\x00#"
+            + hashlib.blake2b(sid, digest_size=16).hexdigest().encode())
+
+
 def _migrate_1_to_2(txn: Any, dbs: dict[bytes, Any]) -> str:
     """Schema 1 -> 2: reservations were keyed by session NUL unit, now by msisdn NUL
     session NUL unit with the session owner index beside them; the allowance buckets had
     a record of their own, now they are in the balance record."""
     old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[RESERVATIONS])]
     for key, raw in old:
-        msisdn = dec_reservation.decode(raw).msisdn.encode()
+        res = dec_reservation.decode(raw)
+        msisdn = res.msisdn.encode()
         txn.delete(key, db=dbs[RESERVATIONS])
-        txn.put(msisdn + b"\x00" + key, raw, db=dbs[RESERVATIONS])
-        txn.put(key, msisdn, db=dbs[SESSION_OWNERS])
+        unit = _short_unit(key, res.session_id)
+        if unit != key:  # a session id longer than keys now hold it
+            res.key = unit
+            raw = encode(res)
+            if txn.delete(pack_u64(res.expires_at) + key, db=dbs[RES_EXPIRY]):
+                txn.put(pack_u64(res.expires_at) + unit, b"", db=dbs[RES_EXPIRY])
+        txn.put(msisdn + b"\x00" + unit, raw, db=dbs[RESERVATIONS])
+        txn.put(unit, msisdn, db=dbs[SESSION_OWNERS])
+    ended = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[ANSWERS])
+             if bytes(k).startswith(ENDED_PREFIX)]
+    for key, raw in ended:
+        rest = key[len(ENDED_PREFIX):]
+        sid = rest.rpartition(b"\x00")[0]
+        unit = _short_unit(rest, sid.decode("utf-8", "replace"))
+        if unit != rest:
+            stored_at = int(msgspec.msgpack.decode(raw)[0])
+            txn.delete(key, db=dbs[ANSWERS])
+            txn.put(ENDED_PREFIX + unit, raw, db=dbs[ANSWERS])
+            txn.delete(pack_u64(stored_at) + key, db=dbs[ANSWER_EXPIRY])
+            txn.put(pack_u64(stored_at) + ENDED_PREFIX + unit, b"", db=dbs[ANSWER_EXPIRY])
     buckets = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[ALLOWANCES])]
     for key, raw in buckets:
         braw = txn.get(key, db=dbs[BALANCES])
@@ -130,6 +170,14 @@ def _migrate_1_to_2(txn: Any, dbs: dict[bytes, Any]) -> str:
         txn.delete(key, db=dbs[ALLOWANCES])
     return (f"schema 1 -> 2: {len(old)} open reservations moved, {len(buckets)} "
             "allowance records merged into balances")
+
+
+def _short_unit(key: bytes, session_id: str) -> bytes:
+    """A schema-1 reservation key (session id NUL unit) as schema 2 keeps it."""
+    sid = session_id.encode()
+    if len(sid) <= MAX_SESSION_KEY or not key.startswith(sid + b"\x00"):
+        return key
+    return session_part(session_id) + key[len(sid):]
 
 
 class Store:

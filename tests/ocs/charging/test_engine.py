@@ -407,3 +407,23 @@ def test_a_refund_gives_back_the_allowance_the_debit_used(engine: ChargingEngine
     assert [(c.result, c.units, c.allowance_units) for c in cdrs(engine)] == [
         ("event", 1, 1), ("refund", -1, -1)]
     assert verify(engine.store) == []
+
+
+def test_a_session_id_longer_than_a_store_key_still_charges(engine: ChargingEngine) -> None:
+    """Peers choose session ids (a RADIUS one is the client, a 253-byte NAS-Identifier and
+    a 253-byte Acct-Session-Id): reservations of any length are kept (LMDB takes keys of
+    511 bytes), found again by session and by its RADIUS prefix, and charged exactly."""
+    add(engine.store, "41790000001", balance="1.00")
+    prefix = "radius:c:" + "n" * 253 + ":"
+    long_sid = prefix + "s" * 253
+    other = prefix + "s" * 252 + "t"  # the same first 400 bytes
+    assert reserve(engine, "r1", session=long_sid).money_reserved == 50_000
+    assert reserve(engine, "r2", session=other).money_reserved == 50_000
+    assert [r.session_id for r in engine.session_reservations(long_sid)] == [long_sid]
+    assert {r.session_id for r in engine.reservations_with_prefix(prefix)} == {long_sid,
+                                                                              other}
+    s = commit(engine, "c1", MB, session=long_sid, final=True)
+    assert s.ok and s.charged == 10_000
+    assert [r.session_id for r in engine.session_reservations(other)] == [other]
+    assert bal(engine).balance == 990_000 and bal(engine).reserved == 50_000
+    assert verify(engine.store) == []

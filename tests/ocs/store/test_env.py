@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
@@ -12,17 +13,22 @@ from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store.env import (
     ALLOWANCES,
+    ANSWER_EXPIRY,
+    ANSWERS,
     BALANCES,
+    ENDED_PREFIX,
     META,
     META_SCHEMA,
+    RES_EXPIRY,
     RESERVATIONS,
     SCHEMA_VERSION,
     SESSION_OWNERS,
     Store,
     pack_u64,
+    session_part,
     unpack_u64,
 )
-from ocs.store.records import dec_balance, encode
+from ocs.store.records import dec_balance, dec_reservation, encode
 from ocs.store.tx import Tx
 from ocs.store.verify import verify
 
@@ -34,12 +40,29 @@ def _engine(store: Store) -> ChargingEngine:
     return ChargingEngine(store, None, EngineSettings(node="t1"))
 
 
-def _as_schema_1(tx: Tx) -> None:
-    """Lay the store out as schema 1 wrote it: reservations under session NUL unit, no
-    owner index, the allowance buckets in a record of their own."""
+def _as_schema_1(tx: Tx, sessions: tuple[str, ...] = ()) -> None:
+    """Lay the store out as schema 1 wrote it: reservations under session NUL unit (the
+    whole session id, however long), no owner index, the allowance buckets in a record of
+    their own, the ended-session markers of ``sessions`` under their whole ids too."""
     for key, raw in tx.scan(RESERVATIONS):
+        res = dec_reservation.decode(raw)
+        v1 = res.session_id.encode() + b"\x00" + res.key.rpartition(b"\x00")[2]
         tx.delete(RESERVATIONS, key)
-        tx.put(RESERVATIONS, key.split(b"\x00", 1)[1], raw)
+        if tx.get(RES_EXPIRY, pack_u64(res.expires_at) + res.key) is not None:
+            tx.delete(RES_EXPIRY, pack_u64(res.expires_at) + res.key)
+            tx.put(RES_EXPIRY, pack_u64(res.expires_at) + v1, b"")
+        res.key = v1
+        tx.put(RESERVATIONS, v1, encode(res))
+    for key, raw in tx.scan(ANSWERS, ENDED_PREFIX, ENDED_PREFIX + b"\xff"):
+        for sid in sessions:
+            short = ENDED_PREFIX + session_part(sid) + b"\x00"
+            if key.startswith(short):
+                v1 = ENDED_PREFIX + sid.encode() + b"\x00" + key[len(short):]
+                at = pack_u64(int(msgspec.msgpack.decode(raw)[0]))
+                tx.delete(ANSWERS, key)
+                tx.put(ANSWERS, v1, raw)
+                tx.delete(ANSWER_EXPIRY, at + key)
+                tx.put(ANSWER_EXPIRY, at + v1, b"")
     for key, _v in tx.scan(SESSION_OWNERS):
         tx.delete(SESSION_OWNERS, key)
     for key, raw in tx.scan(BALANCES):
@@ -107,3 +130,50 @@ def test_schema_1_reservations_move_under_their_subscriber(tmp_path: Path) -> No
     again = Store(data, map_size_mb=64)  # once only
     assert again.migrated == ""
     again.close()
+
+
+def test_schema_1_long_session_ids_are_found_again(tmp_path: Path) -> None:
+    """Schema 1 kept session ids of up to ~500 bytes whole in its keys; schema 2 keeps
+    their first 400 bytes and a digest. An open one is charged after the migration, a
+    report for an ended one is still answered as ended (charging nothing)."""
+    data = tmp_path / "d"
+    store = Store(data, map_size_mb=64)
+    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    add(store, ALICE, balance="1.00")
+    eng = _engine(store)
+    open_sid, ended_sid = "radius:c:" + "o" * 450, "radius:c:" + "e" * 450
+    for n, sid in enumerate((open_sid, ended_sid)):
+        assert eng.reserve_sync(ReserveRequest(
+            request_key=b"r%d" % n, session_id=sid, subscriber=((IdKind.MSISDN, ALICE),),
+            service=Service.DATA, units=1_000_000, rating_group=10, now=T0)).ok
+    end = eng.commit_sync(CommitRequest(
+        request_key=b"end", session_id=ended_sid, service=Service.DATA, rating_group=10,
+        used_units=1_000_000, final=True, remember_end=True, now=T0 + 10))
+    assert end.ok and end.charged == 10_000
+    store.run_write(lambda tx: _as_schema_1(tx, (open_sid, ended_sid)))
+    with store.read() as txn:
+        assert txn.get(ENDED_PREFIX + ended_sid.encode() + b"\x00" + b"10",
+                       db=store.dbs[ANSWERS]) is not None
+        assert txn.get(open_sid.encode() + b"\x00" + b"10",
+                       db=store.dbs[RESERVATIONS]) is not None
+    store.close()
+
+    store = Store(data, map_size_mb=64)
+    try:
+        assert store.migrated.startswith("schema 1 -> 2: 1 open reservations moved")
+        assert verify(store) == []
+        eng = _engine(store)
+        assert [r.session_id for r in eng.session_reservations(open_sid)] == [open_sid]
+        late = eng.commit_sync(CommitRequest(
+            request_key=b"late", session_id=ended_sid, service=Service.DATA,
+            rating_group=10, used_units=1_000_000, now=T0 + 20))
+        assert not late.ok and late.refusal == "session_ended"
+        s = eng.commit_sync(CommitRequest(
+            request_key=b"c", session_id=open_sid, service=Service.DATA, rating_group=10,
+            used_units=2_000_000, final=True, now=T0 + 30))
+        assert s.ok and s.charged == 20_000
+        view = eng.check_balance(((IdKind.MSISDN, ALICE),), now=T0 + 30)
+        assert view is not None and (view.balance, view.reserved) == (970_000, 0)
+        assert verify(store) == []
+    finally:
+        store.close()
