@@ -514,7 +514,7 @@ class ChargingEngine:
                 acct.revert_balance().fraud = bal.fraud
             return grant
         acct.keep_reservation(res, expired_at=expired_at)
-        acct.touch(balance=True, allowance=uses_allowance)
+        acct.touch()
         return grant
 
     @staticmethod
@@ -610,7 +610,7 @@ class ChargingEngine:
             and plan.allowances.for_service(SERVICE_OF[res.service]) > 0)
         cycle = cycle_of(plan, now) if plan is not None else res.cycle
         alw = acct.allowance(cycle) if uses_allowance else Allowance(cycle=cycle)
-        acct.touch(balance=True, allowance=uses_allowance)
+        acct.touch()
         settled = self._settle(acct, res, plan, bal, alw, used, now, req.bytes_in,
                                req.bytes_out, "final" if req.final else "interim",
                                write_cdr=used > 0 or req.final)
@@ -748,26 +748,26 @@ class ChargingEngine:
         money, units = res.money_reserved, res.allowance_reserved
         acct.end_reservation(res, expired_at=res.expires_at)
         self._drop_holds(res, acct.balance(), alw)
-        acct.touch(balance=True, allowance=True)
+        acct.touch()
         return Released(ok=True, msisdn=res.msisdn, money_released=money,
                         allowance_released=units)
 
     def op_expire(self, tx: Tx, req: ExpireRequest) -> bool:
         """Reaper: settle a reservation whose validity ran out (nothing more is charged)."""
         key, expires_at, now = req.key, req.expires_at, req.now
-        drop_expiry(tx, key, expires_at)
         owner = session_owner(tx, key)
-        if owner is None:
+        acct = Account(tx, owner) if owner is not None else None
+        res = acct.reservation(key) if acct is not None else None
+        if acct is None or res is None or res.expires_at != expires_at:
+            drop_expiry(tx, key, expires_at)  # stale: the reservation ended or moved on
             return False
-        acct = Account(tx, owner)
-        res = acct.reservation(key)
-        if res is None or res.expires_at != expires_at or res.expires_at > now:
+        if res.expires_at > now:
             return False  # refreshed since the scan
         alw = acct.allowance(res.cycle, roll=False)
         self._settle(acct, res, None, acct.balance(), alw, 0, now, 0, 0, "expired",
                      write_cdr=True)
         acct.end_reservation(res, expired_at=expires_at)
-        acct.touch(balance=True, allowance=True)
+        acct.touch()
         acct.save()
         return True
 
@@ -840,10 +840,9 @@ class ChargingEngine:
             return Debit(ok=False, refusal=Refusal.SUSPENDED, msisdn=sub.msisdn)
         bal.balance -= need
         bal.charged_total += need
-        acct.touch(balance=True)
-        if alw is not None:
+        acct.touch()
+        if alw is not None:  # (in the balance record)
             _alw_add(alw, req.service, used=from_allowance)
-            acct.touch(allowance=True)
         rate_id = rate.id if rate is not None else "zero-rated"
         seq, record_id = acct.next_cdr(self.settings.node)
         acct.keep_cdr(seq, CdrRecord(
@@ -914,14 +913,13 @@ class ChargingEngine:
         bal = acct.balance()
         bal.balance += orig.charged
         bal.charged_total -= orig.charged
-        acct.touch(balance=True)
+        acct.touch()
         restored = 0
         if orig.allowance_used and bal.allowance is not None:  # (no buckets: none used)
             alw = acct.allowance(orig.cycle, roll=False)
             if alw.cycle == orig.cycle:
                 restored = orig.allowance_used
-                _alw_add(alw, SERVICE_OF[orig.service], used=-restored)
-                acct.touch(allowance=True)
+                _alw_add(alw, SERVICE_OF[orig.service], used=-restored)  # (touched above)
         seq, record_id = acct.next_cdr(self.settings.node)
         acct.keep_cdr(seq, CdrRecord(
             record_id=record_id,
@@ -982,7 +980,7 @@ class ChargingEngine:
             end_time=now, duration_s=0, bytes_in=0, bytes_out=0, units=0, charge=amount,
             currency=sub.currency, plan_id=sub.plan_id, rate_id="", roaming=False,
             visited_network="", protocol="rerate", result="rerate"))
-        acct.touch(balance=True)
+        acct.touch()
         acct.save()
         out = Adjusted(ok=True, amount=amount, capped=amount != req.amount,
                        record_id=record_id)

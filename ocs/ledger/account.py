@@ -95,7 +95,8 @@ class Account:
         return self._sub
 
     def balance(self) -> Balance:
-        """The balance to change; :meth:`save` writes it when :meth:`touch` said so."""
+        """The balance record to change; :meth:`save` writes it once :meth:`touch` is
+        called."""
         if self._bal is None:
             self._bal_raw = self.tx.get(BALANCES, self._key)
             self._bal = dec_balance.decode(self._bal_raw) if self._bal_raw else Balance()
@@ -122,9 +123,10 @@ class Account:
             bal.allowance = self._alw = alw
         return self._alw
 
-    def touch(self, *, balance: bool = False, allowance: bool = False) -> None:
-        """Mark the balance and/or the allowance (one record) for :meth:`save`."""
-        self._save = self._save or balance or allowance
+    def touch(self) -> None:
+        """Mark the balance record (money, allowance buckets, fraud state) for
+        :meth:`save`."""
+        self._save = True
 
     def save(self) -> None:
         """Write what was touched, once (the end of the operation)."""
@@ -188,7 +190,7 @@ class Account:
     def fraud_check(self, cfg: FraudSettings, sub: Subscriber, ev: FraudEvent) -> str:
         """Run the fraud rules on ``ev``: their state is in the balance record (saved with
         it); a case they open is recorded, a block suspends ``sub``."""
-        self.touch(balance=True)
+        self.touch()
         return fraud_cases.check(self.tx, cfg, sub, ev, self.balance())
 
     def adjustment(self, run_id: str) -> bytes | None:

@@ -52,7 +52,7 @@ def test_records_are_loaded_once_and_saved_once_when_touched(demo_store: Store) 
         acct.subscriber()
         acct.save()  # nothing touched: nothing written
         assert tx.puts == []
-        acct.touch(balance=True)
+        acct.touch()
         acct.save()
         acct.save()
         return tx
@@ -75,7 +75,7 @@ def test_revert_balance_forgets_the_changes(demo_store: Store) -> None:
         fresh = acct.revert_balance()
         assert fresh.reserved == 0 and acct.balance() is fresh
         fresh.balance += 1
-        acct.touch(balance=True)
+        acct.touch()
         acct.save()
 
     demo_store.run_write(op)
