@@ -30,6 +30,7 @@ from protocols.snmp.transport import start_snmp
 
 log = structlog.get_logger(__name__)
 
+
 async def start_api(server: Server) -> Any:
     """The REST API (imported when configured: Litestar and uvicorn take ~0.4 s to import,
     paid otherwise by every server and worker start)."""

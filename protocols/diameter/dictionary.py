@@ -55,7 +55,6 @@ class Dictionary:
                 raise DictionaryError(f"AVP {d.name} ({d.code}/{d.vendor}) defined twice")
             self.by_key[(d.code, d.vendor)] = d
             self.by_name[d.name] = d
-        self.grouped = frozenset(k for k, d in self.by_key.items() if d.type == "Grouped")
         self.shape: dict[tuple[int, int], int] = {
             k: -1 if d.type == "Grouped" else FIXED_LENGTH.get(d.type, 0)
             for k, d in self.by_key.items()}
