@@ -26,9 +26,8 @@ from ocs.store.tx import Tx
 def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
     """``ocs subscriber show --json``: the record, balance and this cycle's allowances;
     None if there is no such subscriber."""
-    store = engine.store
-    with store.read() as txn:
-        raw = txn.get(msisdn.encode(), db=store.dbs[SUBSCRIBERS])
+    with engine.store.view() as tx:
+        raw = tx.get(SUBSCRIBERS, msisdn.encode())
     if raw is None:
         return None
     view = engine.check_balance(((IdKind.MSISDN, msisdn),))

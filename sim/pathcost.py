@@ -148,7 +148,7 @@ async def _run(path: str, n: int, plans: Path) -> None:
             for req in commits[:n]:
                 engine.commit_sync(req)
         view = engine.check_balance(((IdKind.MSISDN, MSISDN),), now=T)
-        engine.store.close()
+        engine.lmdb("pathcost").close()
     charged = OPENING - view.balance if view is not None else -1
     if charged != n * CHARGE[path]:  # the path measured is the one that charges
         raise SystemExit(f"{path}: {n} requests charged {charged} micro, not "

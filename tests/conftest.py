@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_cluster import RedisCluster, redis_cluster
 from tests_support import CONFIG_DIR
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store
+from ocs.store.cluster import ClusterStore
 
 
 @pytest.fixture
@@ -43,3 +45,22 @@ def repo_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(CONFIG_DIR, tmp_path / "config")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def redis_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster (3 primaries, 3 replicas) on loopback, shared by the session's
+    tests that leave it whole (a test that kills nodes starts its own)."""
+    with redis_cluster(tmp_path_factory.mktemp("redis")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_store(redis_nodes: RedisCluster) -> Iterator[ClusterStore]:
+    """An empty store on the shared cluster (WAIT allows 2 s: a loaded CI machine)."""
+    redis_nodes.flush()
+    s = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -73,11 +73,9 @@ from ocs.store.env import (
     IDX_USERNAME,
     META,
     META_SMPP_BINDS,
-    RES_EXPIRY,
-    RESERVATIONS,
-    SESSION_OWNERS,
     SUBSCRIBERS,
     Store,
+    StoreError,
     pack_u64,
     session_part,
     unpack_u64,
@@ -94,7 +92,7 @@ from ocs.store.records import (
     dec_subscriber,
     encode,
 )
-from ocs.store.tx import Tx
+from ocs.store.tx import StorePort, Tx
 from ocs.store.writer import Writer
 
 T = TypeVar("T")
@@ -261,7 +259,7 @@ class ThreadBackend:
 class ChargingEngine:
     """Facade the protocol agents call. Async methods return after the durable commit."""
 
-    def __init__(self, store: Store, writer: Writer | None, settings: EngineSettings, *,
+    def __init__(self, store: StorePort, writer: Writer | None, settings: EngineSettings, *,
                  backend: WriteBackend | None = None):
         """``writer``: a writer thread of this process; or ``backend``: where named
         operations go otherwise (the server's writer process). Neither: sync use only."""
@@ -773,14 +771,7 @@ class ChargingEngine:
 
     def expired_reservations(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
         """(reservation key, expires_at) of reservations due for the reaper."""
-        out: list[tuple[bytes, int]] = []
-        stop = pack_u64(now + 1)
-        with self.store.read() as txn, txn.cursor(db=self.store.dbs[RES_EXPIRY]) as cur:
-            for k in cur.iternext(keys=True, values=False):
-                if k >= stop or len(out) >= limit:
-                    break
-                out.append((bytes(k[8:]), unpack_u64(k[:8])))
-        return out
+        return self.store.expiries(now, limit)
 
     @staticmethod
     def op_trim_answers(tx: Tx, req: TrimRequest) -> int:
@@ -1109,17 +1100,15 @@ class ChargingEngine:
 
     def find_subscriber_now(self, ids: Identity) -> Subscriber | None:
         """Read-only lookup outside any write (never blocks)."""
-        with self.store.read() as txn:
-            return self.find_subscriber(ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+        with self.store.view() as view:
+            return self.find_subscriber(view, ids)
 
     def check_balance(self, ids: Identity, now: int | None = None) -> BalanceView | None:
-        with self.store.read() as txn:
-            view = ReadTx(txn, self.store)
-            sub = self.find_subscriber(view, ids)  # type: ignore[arg-type]
+        with self.store.view() as view:
+            sub = self.find_subscriber(view, ids)
             if sub is None:
                 return None
-            msisdn = sub.msisdn.encode()
-            bal = self._balance(view, msisdn)  # type: ignore[arg-type]
+            bal = self._balance(view, sub.msisdn.encode())
         book = self.plans.in_store(self.store)
         plan = book.plan_at(sub.plan_id, _now(now))
         allowances: dict[str, dict[str, int]] = {}
@@ -1155,8 +1144,8 @@ class ChargingEngine:
                       rating_group: int | None = None, destination: str = "",
                       visited_network: str = "", now: int | None = None,
                       slice_: str = "") -> PriceQuote:
-        with self.store.read() as txn:
-            sub = self.find_subscriber(ReadTx(txn, self.store), ids)  # type: ignore[arg-type]
+        with self.store.view() as view:
+            sub = self.find_subscriber(view, ids)
         if sub is None:
             return PriceQuote(ok=False, refusal=Refusal.UNKNOWN_SUBSCRIBER)
         book = self.plans.in_store(self.store)
@@ -1179,21 +1168,14 @@ class ChargingEngine:
         MAX_SESSION_KEY bytes), found through the session owner index."""
         return self._reservations_from(prefix.encode())
 
+    def lmdb(self, what: str) -> Store:
+        """The LMDB store, for ``what`` only it keeps so far (StoreError on Redis)."""
+        if not isinstance(self.store, Store):
+            raise StoreError(f"{what}: not on the redis backend yet")
+        return self.store
+
     def _reservations_from(self, start: bytes) -> list[Reservation]:
-        with self.store.read() as txn:
-            owners: list[tuple[bytes, bytes]] = []
-            with txn.cursor(db=self.store.dbs[SESSION_OWNERS]) as cur:
-                if cur.set_range(start):
-                    for k, v in cur:
-                        if not bytes(k).startswith(start):
-                            break
-                        owners.append((bytes(k), bytes(v)))
-            out: list[Reservation] = []
-            for unit, msisdn in owners:
-                raw = txn.get(msisdn + b"\x00" + unit, db=self.store.dbs[RESERVATIONS])
-                if raw is not None:
-                    out.append(dec_reservation.decode(raw))
-        return out
+        return [dec_reservation.decode(raw) for raw in self.store.open_reservations(start)]
 
     def session_reservations(self, session_id: str) -> list[Reservation]:
         """Open reservations of one session (every rating group / service)."""
@@ -1218,17 +1200,3 @@ class ChargingEngine:
             return None
         view = self.check_balance(((IdKind.MSISDN, sub.msisdn),), now)
         return max_units(rate, view.available if view else 0, cap)
-
-
-class ReadTx:
-    """The read half of :class:`Tx` over a read-only LMDB transaction."""
-
-    __slots__ = ("_dbs", "_txn")
-
-    def __init__(self, txn: Any, store: Store):
-        self._txn = txn
-        self._dbs = store.dbs
-
-    def get(self, db: bytes, key: bytes) -> bytes | None:
-        value: bytes | None = self._txn.get(key, db=self._dbs[db])
-        return value

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocs.cdr.fileformat import SESSION_RESULTS
-from ocs.charging.engine import ChargingEngine, ReadTx, allowance_free, event_uses_allowance
+from ocs.charging.engine import ChargingEngine, allowance_free, event_uses_allowance
 from ocs.charging.model import Identity
 from ocs.money import format_amount
 from ocs.rating.engine import UsageContext, cycle_of, is_zero_rated
@@ -51,9 +51,8 @@ def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: i
             raise ExplainError(f"no plan {plan_id!r}" if not book.has_plan(plan_id) else
                                f"plan {plan_id!r} has no version in effect at {at}")
         return EventExplanation(explanation=explain(plan, ctx, units))
-    with engine.store.read() as txn:
-        view = ReadTx(txn, engine.store)
-        sub = engine.find_subscriber(view, subscriber)  # type: ignore[arg-type]
+    with engine.store.view() as view:
+        sub = engine.find_subscriber(view, subscriber)
         if sub is None:
             raise ExplainError(f"no subscriber {subscriber[0][1]!r}")
         plan = book.plan_at(sub.plan_id, at)
@@ -62,8 +61,7 @@ def explain_event(engine: ChargingEngine, *, service: Service, units: int, at: i
                                f"version in effect at {at}")
         free: int | None = None
         if not is_zero_rated(plan, ctx) and event_uses_allowance(plan, ctx):
-            alw = engine.allowance_in(view, sub.msisdn.encode(),  # type: ignore[arg-type]
-                                      cycle_of(plan, at))
+            alw = engine.allowance_in(view, sub.msisdn.encode(), cycle_of(plan, at))
             free = allowance_free(alw, plan, service)
     refusal = engine.check_subscriber(sub, ctx.roaming)
     return EventExplanation(

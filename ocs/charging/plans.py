@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 
 from ocs.rating.plans import Plan, compile_plan
-from ocs.store.env import META, META_PLANS_VERSION, PLAN_VERSIONS, PLANS, ZONES, Store
+from ocs.store.env import META, META_PLANS_VERSION, PLAN_VERSIONS, PLANS, ZONES
 from ocs.store.records import PlanVersionHead, dec_plan_version, dec_plan_version_head
-from ocs.store.tx import Tx
+from ocs.store.tx import StorePort, Tx
 
 _dec_table = msgspec.msgpack.Decoder(dict[str, Any])
 _dec_networks = msgspec.msgpack.Decoder(list[str])
@@ -155,7 +155,7 @@ def _build(version: bytes | None, plan_rows: list[tuple[bytes, bytes]],
 class PlanCache:
     """Thread-safe holder of the current :class:`PlanBook`."""
 
-    def start_warming(self, store: Store, interval_s: float = 1.0) -> Callable[[], None]:
+    def start_warming(self, store: StorePort, interval_s: float = 1.0) -> Callable[[], None]:
         """A daemon thread that, after every plans change, compiles the versions in
         effect and scheduled: a 100,000-rate deck is compiled here in the background
         (a couple of seconds, sharing the GIL), not by the first charge that needs it
@@ -187,6 +187,13 @@ class PlanCache:
         if tx.batch and tx.batch == self._checked_batch:
             return self._book  # already checked inside this batch's transaction
         self._checked_batch = tx.batch
+        return self._load(tx)
+
+    def in_store(self, store: StorePort) -> PlanBook:
+        with store.view() as view:
+            return self._load(view)
+
+    def _load(self, tx: Tx) -> PlanBook:
         version = tx.get(META, META_PLANS_VERSION)
         book = self._book
         if version == book.version and book.version is not None:
@@ -194,20 +201,5 @@ class PlanCache:
         with self._lock:
             book = _build(version, list(tx.scan(PLANS)), list(tx.scan(PLAN_VERSIONS)),
                           list(tx.scan(ZONES)), self._book)
-            self._book = book
-        return book
-
-    def in_store(self, store: Store) -> PlanBook:
-        with store.read() as txn:
-            version = txn.get(META_PLANS_VERSION, db=store.dbs[META])
-            book = self._book
-            if version == book.version and book.version is not None:
-                return book
-            plan_rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.dbs[PLANS])]
-            version_rows = [(bytes(k), bytes(v))
-                            for k, v in txn.cursor(db=store.dbs[PLAN_VERSIONS])]
-            zone_rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.dbs[ZONES])]
-        with self._lock:
-            book = _build(version, plan_rows, version_rows, zone_rows, self._book)
             self._book = book
         return book

@@ -215,5 +215,6 @@ class EngineChargingService:
 
     def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
                      limit: int = 500) -> list[SmsMessage]:
-        return due(self.engine.store, now, fresh_routes=fresh_routes, skip=skip, limit=limit)
+        return due(self.engine.lmdb("the SMS queue"), now, fresh_routes=fresh_routes,
+                   skip=skip, limit=limit)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from ocs.cdr import journal
-from ocs.charging.model import StoredAnswer
+from ocs.charging.model import Debit, StoredAnswer
 from ocs.fraud import cases as fraud_cases
 from ocs.fraud.rules import Event as FraudEvent
 from ocs.fraud.rules import FraudSettings
@@ -77,6 +77,7 @@ class Account:
     def __init__(self, tx: Tx, msisdn: str, sub: Subscriber | None = None):
         self.tx = tx
         self.msisdn = msisdn
+        tx.bind(msisdn)
         self._key = msisdn.encode()
         self._sub = sub
         self._sub_loaded = sub is not None
@@ -167,6 +168,8 @@ class Account:
         return _dec_stored.decode(raw) if raw is not None else None
 
     def keep_answer(self, key: bytes, stored: StoredAnswer) -> None:
+        if isinstance(stored.answer, Debit) and stored.answer.ok:
+            self.tx.index_answer(key, self._key)  # a refund finds it by its key alone
         self.tx.put(ANSWERS, key, _enc.encode(stored))
         self.tx.put(ANSWER_EXPIRY, pack_u64(stored.stored_at) + key, b"")
 
@@ -181,7 +184,7 @@ class Account:
     def next_cdr(self, node: str) -> tuple[int, str]:
         """The journal sequence and record id of this operation's next CDR."""
         seq = journal.next_seq(self.tx)
-        return seq, f"{node}-{seq}"
+        return seq, self.tx.record_id(node, seq)
 
     def keep_cdr(self, seq: int, rec: CdrRecord) -> None:
         """Journal one CDR of this subscriber (in the operation's write)."""

@@ -239,6 +239,41 @@ class Store:
         finally:
             txn.abort()
 
+    @contextlib.contextmanager
+    def view(self) -> Iterator[Tx]:
+        """A short read-only transaction as a :class:`Tx` (the store port's read view)."""
+        with self.read() as txn:
+            yield Tx(txn, self.dbs)
+
+    def expiries(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
+        """(reservation key, expires_at) of reservations due at ``now``, oldest first."""
+        out: list[tuple[bytes, int]] = []
+        stop = pack_u64(now + 1)
+        with self.read() as txn, txn.cursor(db=self.dbs[RES_EXPIRY]) as cur:
+            for k in cur.iternext(keys=True, values=False):
+                if k >= stop or len(out) >= limit:
+                    break
+                out.append((bytes(k[8:]), unpack_u64(k[:8])))
+        return out
+
+    def open_reservations(self, start: bytes) -> list[bytes]:
+        """The open reservations (encoded) of units starting with ``start`` (a session
+        NUL, or a session id prefix), found through the session owner index."""
+        with self.read() as txn:
+            owners: list[tuple[bytes, bytes]] = []
+            with txn.cursor(db=self.dbs[SESSION_OWNERS]) as cur:
+                if cur.set_range(start):
+                    for k, v in cur:
+                        if not bytes(k).startswith(start):
+                            break
+                        owners.append((bytes(k), bytes(v)))
+            out: list[bytes] = []
+            for unit, msisdn in owners:
+                raw = txn.get(msisdn + b"\x00" + unit, db=self.dbs[RESERVATIONS])
+                if raw is not None:
+                    out.append(bytes(raw))
+        return out
+
     def get(self, db: bytes, key: bytes) -> bytes | None:
         with self.read() as txn:
             value: bytes | None = txn.get(key, db=self.dbs[db])

@@ -8,8 +8,11 @@ writes. In the CLI an operation runs in a top-level transaction of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Tx:
@@ -21,6 +24,20 @@ class Tx:
         self.batch = batch
         """Writer batch number (0 outside the writer). Nothing outside this process can
         write while a batch's transaction is open, so per-batch caches are safe."""
+
+    def bind(self, msisdn: str) -> None:
+        """The operation works on ``msisdn``'s account. Nothing to do on LMDB (one
+        transaction holds every record); the Redis Cluster adapter keeps an operation to
+        that account's hash slot."""
+
+    def index_answer(self, key: bytes, msisdn: bytes) -> None:
+        """Answer ``key`` (a debit's, which a refund names by its key alone) is kept in
+        ``msisdn``'s account. Nothing to do on LMDB, where answers are keyed by the
+        request key alone."""
+
+    def record_id(self, node: str, seq: int) -> str:
+        """The record id of the CDR journalled under ``seq`` (numbered per node here)."""
+        return f"{node}-{seq}"
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
         value: bytes | None = self._txn.get(key, db=self._dbs[db])
@@ -47,3 +64,23 @@ class Tx:
                         break
                     out.append((bytes(k), bytes(v)))
         return iter(out)
+
+
+class StorePort(Protocol):
+    """What charging needs of a store, whichever adapter holds it (LMDB or Redis)."""
+
+    def run_write(self, fn: Callable[[Tx], T]) -> T:
+        """Run one write operation durably (committed before it returns)."""
+        ...
+
+    def view(self) -> AbstractContextManager[Tx]:
+        """A read-only view (writes through it fail)."""
+        ...
+
+    def expiries(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
+        """(reservation key, expires_at) of reservations due at ``now``, oldest first."""
+        ...
+
+    def open_reservations(self, start: bytes) -> list[bytes]:
+        """Encoded open reservations of the units starting with ``start``."""
+        ...

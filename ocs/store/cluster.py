@@ -1,0 +1,761 @@
+"""The Redis Cluster adapter of the store port: one subscriber's operation, one hash slot.
+
+Every record of a subscriber sits under the hash tag ``{msisdn}`` (the subscriber, the
+balance with its allowance buckets and fraud state, the open reservations, the stored
+answers and refund marks, the CDR counter), so one operation's records live in one slot.
+An operation runs as a **checked transaction**: the engine's unchanged ``fn(tx)`` runs on
+a :class:`ClusterTx` that reads from Redis and buffers its writes; then one call of the
+Lua function ``ocs_apply`` compares every record the operation read with what is stored
+now and, only if none changed, applies the writes (else the operation runs again on fresh
+reads). ``WAIT wait_replicas wait_timeout_ms`` follows on the same connection before the
+answer goes out; too few acknowledgements are an error (:class:`StoreError`), never a
+silent success.
+
+Beside the account, in the same slot (keys whose tag hashes to the subscriber's slot, one
+short tag per slot): the reservation expiry set and the CDR outbox. Outside it, lookups
+that start from something else are **hints**: the IMSI and username indexes and the
+session owner index are written before the operation that needs them (and acknowledged by
+the replicas), removed after it with a compare-and-delete, and checked against the
+account whenever they are read (a stale hint is nobody's). Plans, zones and the other
+shared settings sit under ``{ocs}``; a charging operation reads them without checking
+them, as the LMDB writer reads a plan version current at the batch.
+
+What is not kept on this backend yet (an operation that needs it fails with
+:class:`StoreError`): fraud cases, the SMS queue, alarms, NMS history, billing runs and
+API tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    ResponseError,
+    TimeoutError,
+)
+
+from ocs.store.env import (
+    ANSWER_EXPIRY,
+    ANSWERS,
+    BALANCES,
+    CDR_JOURNAL,
+    ENDED_PREFIX,
+    IDX_IMSI,
+    IDX_USERNAME,
+    LEDGER,
+    LEDGER_REFS,
+    META,
+    META_CDR_SEQ,
+    META_LEDGER_SEQ,
+    PLAN_VERSIONS,
+    PLANS,
+    REFUNDS,
+    RES_EXPIRY,
+    RESERVATIONS,
+    SESSION_OWNERS,
+    SUBSCRIBERS,
+    ZONES,
+    StoreError,
+    pack_u64,
+    unpack_u64,
+)
+from ocs.store.records import dec_balance, dec_cdr, dec_reservation, dec_subscriber
+from ocs.store.tx import Tx
+
+T = TypeVar("T")
+
+SLOTS = 16384
+NOBODY = b"~"
+"""The tag of answers to requests that name no known subscriber."""
+SHARED = b"{ocs}"
+
+_ACCOUNT_STR = {SUBSCRIBERS: b":sub", BALANCES: b":bal"}
+"""Records keyed by the MSISDN alone: one string key each."""
+_ACCOUNT_HASH = {RESERVATIONS: b":res", LEDGER: b":led", LEDGER_REFS: b":ledref"}
+"""Records keyed ``msisdn NUL rest``: one hash per subscriber, ``rest`` its field."""
+_BOUND_STR = {ANSWERS: b":ans:", REFUNDS: b":rf:"}
+"""Records keyed by a request key: under the tag of the operation's subscriber."""
+_SHARED_HASH = {PLANS: SHARED + b":plans", PLAN_VERSIONS: SHARED + b":planv",
+                ZONES: SHARED + b":zones", META: SHARED + b":meta"}
+_INDEX = {IDX_IMSI: b"idx:imsi:", IDX_USERNAME: b"idx:user:"}
+"""Indexes to a subscriber: a string key per entry."""
+_ANSWER_OWNER = b"ans:"
+"""Index: a debit's request key -> the subscriber whose account holds its answer."""
+_BOUND_META = {META_CDR_SEQ: b":cdrseq", META_LEDGER_SEQ: b":ledseq"}
+"""Counters of the shared meta table that are per subscriber here (record ids and ledger
+entries are numbered per account, so no two slots ever share a counter)."""
+_RERATE = b"rerate\x00"
+
+LIBRARY = """#!lua name=ocs
+-- ocs_apply: check what an operation read, then write what it decided (one slot).
+-- ARGV: n, then n checks (kind G|H|N, key index, [field], has 0|1, value), then writes.
+local function apply(keys, argv)
+  local n = tonumber(argv[1])
+  local a = 2
+  for _ = 1, n do
+    local kind, k = argv[a], keys[tonumber(argv[a + 1])]
+    a = a + 2
+    local cur
+    if kind == 'G' then
+      cur = redis.call('GET', k)
+    elseif kind == 'H' then
+      cur = redis.call('HGET', k, argv[a])
+      a = a + 1
+    elseif kind == 'N' then
+      cur = tostring(redis.call('HLEN', k))
+    else
+      return redis.error_reply('ocs_apply: bad check ' .. tostring(kind))
+    end
+    if argv[a] == '0' then
+      if cur then return 0 end
+    elseif cur ~= argv[a + 1] then
+      return 0
+    end
+    a = a + 2
+  end
+  local widths = {S = 3, D = 1, HS = 3, HD = 2, ZA = 3, ZR = 2, RP = 2}
+  local b = a
+  while b <= #argv do  -- validate every write before the first one (no rollback)
+    local w = widths[argv[b]]
+    if not w or not keys[tonumber(argv[b + 1])] then
+      return redis.error_reply('ocs_apply: bad write ' .. tostring(argv[b]))
+    end
+    b = b + 1 + w
+  end
+  while a <= #argv do
+    local op, k = argv[a], keys[tonumber(argv[a + 1])]
+    if op == 'S' then
+      local ttl = tonumber(argv[a + 3])
+      if ttl > 0 then
+        redis.call('SET', k, argv[a + 2], 'PX', ttl)
+      else
+        redis.call('SET', k, argv[a + 2])
+      end
+    elseif op == 'D' then
+      redis.call('DEL', k)
+    elseif op == 'HS' then
+      redis.call('HSET', k, argv[a + 2], argv[a + 3])
+    elseif op == 'HD' then
+      redis.call('HDEL', k, argv[a + 2])
+    elseif op == 'ZA' then
+      redis.call('ZADD', k, argv[a + 2], argv[a + 3])
+    elseif op == 'ZR' then
+      redis.call('ZREM', k, argv[a + 2])
+    elseif op == 'RP' then
+      redis.call('RPUSH', k, argv[a + 2])
+    end
+    a = a + 1 + widths[op]
+  end
+  return 1
+end
+
+-- ocs_cad: delete KEYS[1] if it still holds ARGV[1] (an index entry that is ours).
+local function cad(keys, argv)
+  if redis.call('GET', keys[1]) ~= argv[1] then return 0 end
+  return redis.call('DEL', keys[1])
+end
+
+-- ocs_unown: a session's unit ARGV[1] ends for ARGV[2]: out of the session's owner hash
+-- KEYS[1] if still theirs, and KEYS[2] names them for ARGV[3] ms (its ended marker).
+local function unown(keys, argv)
+  if redis.call('HGET', keys[1], argv[1]) ~= argv[2] then return 0 end
+  redis.call('HDEL', keys[1], argv[1])
+  redis.call('SET', keys[2], argv[2], 'PX', argv[3])
+  return 1
+end
+
+redis.register_function('ocs_apply', apply)
+redis.register_function('ocs_unown', unown)
+redis.register_function('ocs_cad', cad)
+"""
+
+
+@functools.cache
+def slot_tags() -> tuple[bytes, ...]:
+    """For each hash slot, a short tag that hashes to it (computed once)."""
+    tags: list[bytes | None] = [None] * SLOTS
+    left, n = SLOTS, 0
+    while left:
+        cand = b"%x" % n
+        s = key_slot(cand)
+        if tags[s] is None:
+            tags[s] = cand
+            left -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def account_tag(msisdn: bytes) -> bytes:
+    return b"{" + (msisdn or NOBODY) + b"}"
+
+
+def owner_keys(unit: bytes) -> tuple[bytes, bytes, bytes]:
+    """(owner hash, field, ended key) of reservation unit ``session NUL tail``.
+
+    A session's units share one hash (``own:{session}``, field: the rating group or
+    service, value: the MSISDN), so the units of a session are one read, whichever node
+    opened it. The ended key ``end:{session}tail`` names the subscriber whose account
+    holds the session's ended marker, for as long as answers are kept; the same tag puts
+    it in the hash's slot."""
+    session, _, tail = unit.rpartition(b"\x00")
+    tag = b"{" + (session or NOBODY) + b"}"
+    return b"own:" + tag, tail, b"end:" + tag + tail
+
+
+def expiry_key(slot: int) -> bytes:
+    """The slot's reservation expiry set (score: expires at; member: the LMDB key)."""
+    return b"{" + slot_tags()[slot] + b"}:resexp"
+
+
+def outbox_key(slot: int) -> bytes:
+    """The slot's CDR outbox (a list of encoded CDR records, oldest first)."""
+    return b"{" + slot_tags()[slot] + b"}:outbox"
+
+
+class Conflict(Exception):
+    """A record the operation read changed before it could write: run it again."""
+
+
+class ClusterTx(Tx):
+    """The store's ``Tx`` interface over a Redis Cluster for one operation.
+
+    Reads go to Redis (once per record) and are remembered for the check; writes are
+    buffered and applied by :meth:`ClusterStore.run_write` in one ``ocs_apply`` call.
+    """
+
+    def __init__(self, store: ClusterStore, *, read_only: bool = False):
+        self.batch = 0
+        self._store = store
+        self._read_only = read_only
+        self._view: dict[tuple[bytes, bytes | None], bytes | None] = {}
+        self._checks: dict[tuple[bytes, bytes | None], bytes | None] = {}
+        self._lens: dict[bytes, int] = {}
+        self._writes: list[tuple[Any, ...]] = []
+        self._pre: list[tuple[bytes, tuple[Any, ...]]] = []
+        """(key, command) of hints written (and acknowledged) before the operation."""
+        self._post: list[tuple[bytes, tuple[Any, ...]]] = []
+        """(key, command) of hints withdrawn after it."""
+        self._bound: bytes | None = None
+
+    # -- the subscriber this operation is about ----------------------------------------
+
+    def bind(self, msisdn: str) -> None:
+        """The operation works on ``msisdn``'s account ("" = nobody's answers)."""
+        tag = msisdn.encode() or NOBODY
+        if self._bound is not None and self._bound != tag:
+            raise StoreError(f"one operation touches two accounts ({self._bound!r}, {tag!r})")
+        self._bound = tag
+
+    def index_answer(self, key: bytes, msisdn: bytes) -> None:
+        """The debit answer ``key`` is in ``msisdn``'s account: an index entry (kept as
+        long as the answer) written before it, for the refund that names only the key."""
+        self._writable()
+        self._pre.append((_ANSWER_OWNER + key, ("SET", _ANSWER_OWNER + key, msisdn, "PX",
+                                                 self._store.answer_ttl_ms)))
+
+    def record_id(self, node: str, seq: int) -> str:
+        """A CDR's record id: numbered per account here, so unique across the nodes."""
+        del node
+        return f"{self._tag().decode()}-{seq}"
+
+    def _tag(self) -> bytes:
+        if self._bound is None:
+            raise StoreError("no account bound for a per-account record")
+        return self._bound
+
+    # -- where a record lives ----------------------------------------------------------
+
+    def _locate(self, db: bytes, key: bytes) -> tuple[bytes, bytes | None]:
+        """(Redis key, hash field or None) of record ``key`` of table ``db``."""
+        suffix = _ACCOUNT_STR.get(db)
+        if suffix is not None:
+            return b"{" + key + b"}" + suffix, None
+        suffix = _ACCOUNT_HASH.get(db)
+        if suffix is not None:
+            msisdn, sep, rest = key.partition(b"\x00")
+            if not sep:
+                raise StoreError(f"{db.decode()}: key without a subscriber")
+            return b"{" + msisdn + b"}" + suffix, rest
+        suffix = _BOUND_STR.get(db)
+        if suffix is not None:
+            return b"{" + self._tag() + b"}" + suffix + key, None
+        if db == META:
+            suffix = _BOUND_META.get(key)
+            if suffix is not None:
+                return b"{" + self._tag() + b"}" + suffix, None
+            if key.startswith(_RERATE):
+                return b"{" + key.rpartition(b"\x00")[2] + b"}:rerate", key
+        shared = _SHARED_HASH.get(db)
+        if shared is not None:
+            return shared, key
+        raise StoreError(f"table {db.decode()!r} is not kept on the redis backend yet")
+
+    # -- the Tx interface ----------------------------------------------------------------
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        if db == SESSION_OWNERS:
+            return self._owner_get(key)
+        index = _INDEX.get(db)
+        if index is not None:
+            return self._index_get(db, index + key)
+        if db == ANSWERS and self._bound is None:
+            return self._indexed_answer(key)
+        if db == ANSWERS and self._bound == NOBODY and key.startswith(ENDED_PREFIX):
+            return self._ended_marker(key)
+        where = self._locate(db, key)
+        if where in self._view:
+            return self._view[where]
+        rkey, field = where
+        value = self._store.read(rkey, field)
+        self._view[where] = value
+        self._checks[where] = value
+        if db == SUBSCRIBERS and value is not None and self._bound is None:
+            self._bound = key  # the account this operation found first is its account
+        return value
+
+    def put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self._writable()
+        if db == SESSION_OWNERS:
+            own, tail, _ = owner_keys(key)
+            self._pre.append((own, ("HSET", own, tail, value)))
+            return
+        index = _INDEX.get(db)
+        if index is not None:
+            self._pre.append((index + key, ("SET", index + key, value)))
+            return
+        if db == ANSWER_EXPIRY:
+            return  # answers carry their own TTL here
+        if db == RES_EXPIRY:
+            self._writes.append(("ZA", expiry_key(self._slot()), str(unpack_u64(key[:8])),
+                                 key))
+            return
+        if db == CDR_JOURNAL:
+            self._writes.append(("RP", outbox_key(self._slot()), value))
+            return
+        where = self._locate(db, key)
+        if self._bound is None and (db in _ACCOUNT_STR or db in _ACCOUNT_HASH):
+            self._bound = key.partition(b"\x00")[0]  # a new account's first record
+        self._view[where] = value
+        rkey, field = where
+        if field is None:
+            ttl = self._store.answer_ttl_ms if db == ANSWERS else 0
+            self._writes.append(("S", rkey, value, str(ttl)))
+        else:
+            self._writes.append(("HS", rkey, field, value))
+
+    def delete(self, db: bytes, key: bytes) -> None:
+        self._writable()
+        if db == SESSION_OWNERS:
+            own, tail, end = owner_keys(key)
+            self._post.append((own, ("FCALL", "ocs_unown", 2, own, end, tail, self._tag(),
+                                     self._store.answer_ttl_ms)))
+            return
+        index = _INDEX.get(db)
+        if index is not None:
+            rkey = index + key
+            self._post.append((rkey, ("FCALL", "ocs_cad", 1, rkey, self._tag())))
+            return
+        if db == ANSWER_EXPIRY:
+            return
+        if db == RES_EXPIRY:
+            self._writes.append(("ZR", expiry_key(self._slot()), key))
+            return
+        where = self._locate(db, key)
+        self._view[where] = None
+        rkey, field = where
+        self._writes.append(("D", rkey) if field is None else ("HD", rkey, field))
+
+    def scan(self, db: bytes, start: bytes = b"", stop: bytes | None = None, *,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries of a shared table, or of one subscriber's hash (``start`` names the
+        subscriber), in key order."""
+        if db in _ACCOUNT_HASH:
+            msisdn = start.partition(b"\x00")[0]
+            rkey = b"{" + msisdn + b"}" + _ACCOUNT_HASH[db]
+            prefix = msisdn + b"\x00"
+        elif db in _SHARED_HASH:
+            rkey, prefix = _SHARED_HASH[db], b""
+        else:
+            raise StoreError(f"table {db.decode()!r} cannot be scanned on the redis backend")
+        entries = self._store.read_hash(rkey)
+        if db in _ACCOUNT_HASH:
+            self._lens[rkey] = len(entries)  # checked: an append-only hash did not grow
+        for field, value in entries.items():
+            self._view.setdefault((rkey, field), value)
+        rows = sorted((prefix + f, self._view[(rkey, f)]) for f in entries)
+        out: list[tuple[bytes, bytes]] = []
+        for k, v in rows:
+            if k < start or (stop is not None and k >= stop) or v is None:
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            out.append((k, v))
+        return iter(out)
+
+    # -- hints outside the account ---------------------------------------------------
+
+    def _index_get(self, db: bytes, rkey: bytes) -> bytes | None:
+        """An index entry, if the account it names agrees (else it is stale: None)."""
+        where = (rkey, None)
+        if where in self._view:
+            return self._view[where]
+        owner = self._store.read(rkey, None)
+        if owner is not None and not self._store.index_holds(db, rkey, owner):
+            owner = None
+        self._view[where] = owner
+        return owner
+
+    def _owner_get(self, unit: bytes) -> bytes | None:
+        """Whose open reservation ``unit`` is (the owner hash, checked against the
+        account it names: a stale entry is nobody's)."""
+        own, tail, _ = owner_keys(unit)
+        where = (own, tail)
+        if where in self._view:
+            return self._view[where]
+        owner = self._store.read(own, tail)
+        if owner is not None and self._store.read(
+                b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit) is None:
+            owner = None
+        self._view[where] = owner
+        return owner
+
+    def _indexed_answer(self, key: bytes) -> bytes | None:
+        """A debit's answer found by its key alone (a refund looks for its account)."""
+        owner = self._store.read(_ANSWER_OWNER + key, None)
+        if owner is None:
+            return None
+        return self._store.read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
+
+    def _ended_marker(self, key: bytes) -> bytes | None:
+        """The ended-session marker of a session whose reservation is gone: under the
+        subscriber its owner entry still names (the entry outlives the session)."""
+        owner = self._store.read(owner_keys(key[len(ENDED_PREFIX):])[2], None)
+        if owner is None:
+            return None
+        return self._store.read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
+
+    def _writable(self) -> None:
+        if self._read_only:
+            raise StoreError("write in a read-only view")
+
+    def _slot(self) -> int:
+        return key_slot(b"{" + self._tag() + b"}")
+
+    # -- what run_write sends ----------------------------------------------------------
+
+    def plan(self) -> tuple[list[bytes], list[bytes | str]] | None:
+        """KEYS and ARGV of this operation's ``ocs_apply`` (None: it wrote nothing)."""
+        if not self._writes:
+            return None
+        slot = key_slot(self._writes[0][1])
+        keys: list[bytes] = []
+        index: dict[bytes, str] = {}
+
+        def ki(k: bytes) -> str:
+            i = index.get(k)
+            if i is None:
+                if key_slot(k) != slot:
+                    raise StoreError(f"an operation writes two hash slots ({k!r})")
+                keys.append(k)
+                i = index[k] = str(len(keys))
+            return i
+
+        for w in self._writes:
+            ki(w[1])
+        checks: list[bytes | str] = []
+        n = 0
+        for (rkey, field), value in self._checks.items():
+            if key_slot(rkey) != slot:
+                continue  # read on the way to the account (a stale candidate): a hint
+            n += 1
+            if field is None:
+                checks += ["G", ki(rkey)]
+            else:
+                checks += ["H", ki(rkey), field]
+            checks += ["0", ""] if value is None else ["1", value]
+        for rkey, length in self._lens.items():
+            if key_slot(rkey) == slot:
+                n += 1
+                checks += ["N", ki(rkey), "1", str(length)]
+        argv: list[bytes | str] = [str(n), *checks]
+        for w in self._writes:
+            argv += [w[0], ki(w[1]), *w[2:]]
+        return keys, argv
+
+
+class ClusterStore:
+    """A connection to the Redis Cluster that holds the store (one per process)."""
+
+    def __init__(self, nodes: tuple[str, ...] | list[str], *, username: str = "",
+                 password: str = "", wait_replicas: int = 1, wait_timeout_ms: int = 100,
+                 answer_retention_s: int = 86400, attempts: int = 64,
+                 deadline_s: float = 10.0):
+        node: Any = ClusterNode  # (redis-py's cluster classes are not fully typed)
+        seeds = []
+        for n in nodes:
+            host, _, port = n.rpartition(":")
+            seeds.append(node(host, int(port)))
+        self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
+                               password=password or None, socket_timeout=5,
+                               socket_connect_timeout=2)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.answer_ttl_ms = answer_retention_s * 1000
+        self.attempts = attempts
+        self.deadline_s = deadline_s
+        self.conflicts = 0
+        """Operations run again because a record they read changed (a counter)."""
+        self.load_functions()
+
+    def close(self) -> None:
+        self.rc.close()
+
+    def load_functions(self) -> None:
+        self.rc.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY,
+                                target_nodes=RedisCluster.PRIMARIES)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def read(self, rkey: bytes, field: bytes | None) -> bytes | None:
+        value = self._call("HGET", rkey, field) if field is not None else self._call(
+            "GET", rkey)
+        return value if value is None else bytes(value)
+
+    def read_hash(self, rkey: bytes) -> dict[bytes, bytes]:
+        raw = self._call("HGETALL", rkey)
+        return {bytes(k): bytes(v) for k, v in raw.items()}
+
+    def index_holds(self, db: bytes, rkey: bytes, owner: bytes) -> bool:
+        """Whether the account ``owner`` agrees with index entry ``rkey``."""
+        key = rkey[len(_INDEX[db]):]
+        raw = self.read(b"{" + owner + b"}" + _ACCOUNT_STR[SUBSCRIBERS], None)
+        if raw is None:
+            return False
+        sub = dec_subscriber.decode(raw)
+        return (sub.imsi if db == IDX_IMSI else sub.username).encode() == key
+
+    def _call(self, *args: Any) -> Any:
+        return self._retrying(lambda: self.rc.execute_command(*args))
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """``fn`` again while the cluster fails over or moves slots, up to the deadline."""
+        deadline = time.monotonic() + self.deadline_s
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except (ConnectionError, TimeoutError, ClusterDownError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"redis cluster unavailable: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            self.rc.nodes_manager.initialize()
+        except (ConnectionError, TimeoutError, ClusterDownError, ResponseError):
+            pass  # the next attempt tries again
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _on_node(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> list[Any]:
+        """``cmds`` pipelined on one connection to the primary of ``slot_key``'s slot
+        (so WAIT covers the writes before it); errors come back in the list."""
+        node = self.rc.nodes_manager.get_node_from_slot(key_slot(slot_key))
+        conn = self.rc.get_redis_connection(node)
+        pipe = conn.pipeline(transaction=False)
+        for c in cmds:
+            pipe.execute_command(*c)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _durable(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> Any:
+        """Run ``cmds`` on the slot's primary then WAIT for the replicas; the first
+        command's reply. Slot moves and failovers are retried (the commands must be safe
+        to repeat); too few acknowledgements raise :class:`StoreError`."""
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+
+        def once() -> Any:
+            out = self._on_node(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
+            for r in out:
+                if isinstance(r, ResponseError):
+                    msg = str(r)
+                    if msg.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+                        raise ClusterDownError(msg)
+                    if "Function not found" in msg:
+                        self.load_functions()
+                        raise ClusterDownError(msg)
+                    raise StoreError(f"redis: {msg}")
+                if isinstance(r, Exception):
+                    raise r
+            if self.wait_replicas and int(out[-1]) < self.wait_replicas:
+                raise StoreError(f"redis: {out[-1]} of {self.wait_replicas} replicas "
+                                 f"acknowledged within {self.wait_timeout_ms} ms")
+            return out[0]
+
+        return self._retrying(once)
+
+    def run_write(self, fn: Callable[[Tx], T]) -> T:
+        """Run one operation as a checked transaction: ``fn`` on fresh reads, then its
+        writes if nothing it read has changed; again (bounded) when something did.
+
+        A connection lost while the writes were in flight leaves it unknown whether they
+        were applied: the operation runs again, and its stored answer (written with the
+        charge) makes the second run a replay instead of a second charge."""
+        for _ in range(self.attempts):
+            tx = ClusterTx(self)
+            result = fn(tx)
+            for rkey, cmd in tx._pre:
+                self._durable(rkey, cmd)
+            plan = tx.plan()
+            if plan is not None:
+                keys, argv = plan
+                # Re-sent after a lost connection, it finds its own writes and refuses.
+                applied = self._durable(keys[0], ("FCALL", "ocs_apply", len(keys), *keys,
+                                                  *argv))
+                if int(applied) == 0:
+                    self.conflicts += 1
+                    continue
+            elif tx._bound is not None and self.wait_replicas:
+                # A replay: the answer it read may be a write the replicas have not
+                # acknowledged yet (its first run lost its WAIT). A write of our own on
+                # that primary makes WAIT cover everything before it.
+                sync = b"{" + tx._bound + b"}:sync"
+                self._durable(sync, ("INCR", sync))
+            for rkey, cmd in tx._post:
+                self._durable(rkey, cmd)
+            return result
+        raise StoreError(f"redis: gave up after {self.attempts} conflicting attempts")
+
+    @contextmanager
+    def view(self) -> Iterator[Tx]:
+        """A read-only view (each record as stored when first read)."""
+        yield ClusterTx(self, read_only=True)
+
+    # -- cluster-wide scans ------------------------------------------------------------
+
+    def expiries(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
+        """(reservation key, expires_at) due at ``now``, from every slot's expiry set."""
+        out: list[tuple[bytes, int]] = []
+
+        def scan() -> list[Any]:
+            pipe = self.rc.pipeline()
+            for slot in range(SLOTS):
+                pipe.zrangebyscore(expiry_key(slot), "-inf", now, start=0, num=limit)
+            return list(pipe.execute())
+
+        for members in self._retrying(scan):
+            for m in members:
+                out.append((bytes(m[8:]), unpack_u64(bytes(m[:8]))))
+        out.sort(key=lambda e: e[1])
+        return out[:limit]
+
+    def open_reservations(self, start: bytes) -> list[bytes]:
+        """The open reservations (encoded) of units starting with ``start``: one session
+        (``session NUL``: one read of its owner hash) or a session id prefix (a scan of
+        every primary's owner hashes, for rare events such as a NAS restarting)."""
+        if start.endswith(b"\x00"):
+            owns = [owner_keys(start)[0]]
+        else:
+            pattern = b"own:{" + bytes(
+                c for b in start for c in ((92, b) if b in b"*?[]\\" else (b,))) + b"*"
+
+            def scan() -> list[bytes]:
+                found: list[bytes] = []
+                for node in self.rc.get_primaries():
+                    conn = self.rc.get_redis_connection(node)
+                    found += [bytes(k) for k in conn.scan_iter(match=pattern, count=1000)]
+                return found
+
+            owns = self._retrying(scan)
+        out: list[bytes] = []
+        for own in owns:
+            session = own[len(b"own:{"):-1]
+            for tail, owner in self.read_hash(own).items():
+                raw = self.read(b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS],
+                                session + b"\x00" + tail)
+                if raw is not None:
+                    out.append(raw)
+        return out
+
+    def verify(self) -> list[str]:
+        """The records against each other (as ``ocs store verify`` on LMDB), one line per
+        difference: balances hold what their reservations hold, a prepaid balance is
+        never below zero, every reservation has its expiry entry and its owner entry and
+        every expiry entry its reservation, and every subscriber's CDRs (in the outboxes)
+        charge what the engine moved. A scan of every key: for a quiet store (tests,
+        maintenance), not a snapshot of a busy one."""
+        def scan() -> list[bytes]:
+            found: list[bytes] = []
+            for node in self.rc.get_primaries():
+                conn = self.rc.get_redis_connection(node)
+                found += [bytes(k) for k in conn.scan_iter(count=1000)]
+            return found
+
+        keys = self._retrying(scan)
+        out: list[str] = []
+        held: dict[str, int] = {}
+        due: dict[bytes, int] = {}
+        for k in keys:
+            if k.endswith(b":resexp"):
+                for member, score in self._call("ZRANGE", k, 0, -1, "WITHSCORES"):
+                    due[bytes(member)] = int(score)
+        charged: dict[str, int] = {}
+        for raw in self.outbox():
+            rec = dec_cdr.decode(raw)
+            charged[rec.msisdn] = charged.get(rec.msisdn, 0) + rec.charge
+        for k in sorted(keys):
+            if not (k.startswith(b"{") and k.endswith(b"}:res")):
+                continue
+            msisdn = k[1:-5]
+            for unit, raw in sorted(self.read_hash(k).items()):
+                res = dec_reservation.decode(raw)
+                name = unit.decode("utf-8", "replace").replace("\x00", "/")
+                held[res.msisdn] = held.get(res.msisdn, 0) + res.money_reserved
+                if res.msisdn.encode() != msisdn or res.key != unit:
+                    out.append(f"reservation {name}: stored under {msisdn!r}")
+                own, tail, _ = owner_keys(unit)
+                if self.read(own, tail) != msisdn:
+                    out.append(f"reservation {name}: the session owner index names "
+                               f"{self.read(own, tail)!r}")
+                entry = pack_u64(res.expires_at) + unit
+                if due.pop(entry, None) != res.expires_at:
+                    out.append(f"reservation {name}: no expiry entry at {res.expires_at}")
+        for entry, at in sorted(due.items()):
+            out.append(f"expiry entry {at} for reservation {entry[8:]!r} that does not "
+                       "exist")
+        for k in sorted(keys):
+            if not (k.startswith(b"{") and k.endswith(b"}:bal")):
+                continue
+            who = k[1:-5].decode()
+            bal = dec_balance.decode(self.read(k, None) or b"")
+            sub_raw = self.read(b"{" + k[1:-5] + b"}:sub", None)
+            if bal.reserved != held.get(who, 0):
+                out.append(f"{who}: balance holds {bal.reserved} micro reserved, its "
+                           f"open reservations {held.get(who, 0)}")
+            if sub_raw is None:
+                out.append(f"{who}: a balance without a subscriber")
+            elif dec_subscriber.decode(sub_raw).mode == "prepaid" and bal.balance < 0:
+                out.append(f"{who}: prepaid balance below zero ({bal.balance})")
+            if charged.get(who, 0) != bal.charged_total:
+                out.append(f"{who}: CDRs charge {charged.get(who, 0)} micro, the "
+                           f"engine moved {bal.charged_total}")
+        return out
+
+    def outbox(self) -> list[bytes]:
+        """Every CDR waiting in the slots' outboxes (for the drain and the tests)."""
+        def scan() -> list[Any]:
+            pipe = self.rc.pipeline()
+            for slot in range(SLOTS):
+                pipe.lrange(outbox_key(slot), 0, -1)
+            return list(pipe.execute())
+
+        return [bytes(v) for rows in self._retrying(scan) for v in rows]
