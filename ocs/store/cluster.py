@@ -47,7 +47,6 @@ from ocs.store.env import (
     ANSWERS,
     BALANCES,
     CDR_JOURNAL,
-    ENDED_PREFIX,
     IDX_IMSI,
     IDX_USERNAME,
     LEDGER,
@@ -206,8 +205,25 @@ def owner_keys(unit: bytes) -> tuple[bytes, bytes, bytes]:
     holds the session's ended marker, for as long as answers are kept; the same tag puts
     it in the hash's slot."""
     session, _, tail = unit.rpartition(b"\x00")
-    tag = b"{" + (session or NOBODY) + b"}"
+    tag = b"{s" + _escape(session) + b"}"  # never empty: "{}" is no hash tag
     return b"own:" + tag, tail, b"end:" + tag + tail
+
+
+def _escape(session: bytes) -> bytes:
+    """A session id without braces (a peer's braces would choose the hash tag)."""
+    return session.replace(b"\\", b"\\\\").replace(b"{", b"\\(").replace(b"}", b"\\)")
+
+
+def _unescape(tag: bytes) -> bytes:
+    out, i = bytearray(), 0
+    while i < len(tag):
+        if tag[i] == 0x5C and i + 1 < len(tag):
+            out += {0x28: b"{", 0x29: b"}"}.get(tag[i + 1], b"\\")
+            i += 2
+        else:
+            out.append(tag[i])
+            i += 1
+    return bytes(out)
 
 
 def expiry_key(slot: int) -> bytes:
@@ -244,6 +260,9 @@ class ClusterTx(Tx):
         self._post: list[tuple[bytes, tuple[Any, ...]]] = []
         """(key, command) of hints withdrawn after it."""
         self._bound: bytes | None = None
+        self._ended: bytes | None = None
+        """The subscriber a session this operation reports on ended for (its answers
+        and ended marker are in their account), when it has no open reservation."""
 
     # -- the subscriber this operation is about ----------------------------------------
 
@@ -308,8 +327,13 @@ class ClusterTx(Tx):
             return self._index_get(db, index + key)
         if db == ANSWERS and self._bound is None:
             return self._indexed_answer(key)
-        if db == ANSWERS and self._bound == NOBODY and key.startswith(ENDED_PREFIX):
-            return self._ended_marker(key)
+        if db == ANSWERS and self._bound == NOBODY and self._ended is not None:
+            # a report on a session that ended: its answers and its ended marker are in
+            # the account of the subscriber it ended for (immutable: read, not checked)
+            value = self._store.read(b"{" + self._ended + b"}" + _BOUND_STR[ANSWERS] + key,
+                                     None)
+            if value is not None:
+                return value
         where = self._locate(db, key)
         if where in self._view:
             return self._view[where]
@@ -424,20 +448,14 @@ class ClusterTx(Tx):
         if owner is not None and self._store.read(
                 b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit) is None:
             owner = None
+        if owner is None:
+            self._ended = self._store.read(owner_keys(unit)[2], None)
         self._view[where] = owner
         return owner
 
     def _indexed_answer(self, key: bytes) -> bytes | None:
         """A debit's answer found by its key alone (a refund looks for its account)."""
         owner = self._store.read(_ANSWER_OWNER + key, None)
-        if owner is None:
-            return None
-        return self._store.read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
-
-    def _ended_marker(self, key: bytes) -> bytes | None:
-        """The ended-session marker of a session whose reservation is gone: under the
-        subscriber its owner entry still names (the entry outlives the session)."""
-        owner = self._store.read(owner_keys(key[len(ENDED_PREFIX):])[2], None)
         if owner is None:
             return None
         return self._store.read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
@@ -628,7 +646,7 @@ class ClusterStore:
                 # A replay: the answer it read may be a write the replicas have not
                 # acknowledged yet (its first run lost its WAIT). A write of our own on
                 # that primary makes WAIT cover everything before it.
-                sync = b"{" + tx._bound + b"}:sync"
+                sync = b"{" + (tx._ended or tx._bound) + b"}:sync"
                 self._durable(sync, ("INCR", sync))
             for rkey, cmd in tx._post:
                 self._durable(rkey, cmd)
@@ -665,8 +683,9 @@ class ClusterStore:
         if start.endswith(b"\x00"):
             owns = [owner_keys(start)[0]]
         else:
-            pattern = b"own:{" + bytes(
-                c for b in start for c in ((92, b) if b in b"*?[]\\" else (b,))) + b"*"
+            pattern = b"own:{s" + bytes(
+                c for b in _escape(start) for c in ((92, b) if b in b"*?[]\\" else (b,))
+            ) + b"*"
 
             def scan() -> list[bytes]:
                 found: list[bytes] = []
@@ -678,7 +697,7 @@ class ClusterStore:
             owns = self._retrying(scan)
         out: list[bytes] = []
         for own in owns:
-            session = own[len(b"own:{"):-1]
+            session = _unescape(own[len(b"own:{s"):-1])
             for tail, owner in self.read_hash(own).items():
                 raw = self.read(b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS],
                                 session + b"\x00" + tail)

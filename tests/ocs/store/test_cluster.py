@@ -1,0 +1,265 @@
+"""The Redis Cluster adapter on a real cluster (3 primaries, 3 replicas on loopback):
+atomic checked transactions across nodes, WAIT, hints, hostile keys, exact money."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+from redis_cluster import RedisCluster, redis_cluster
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+
+from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.model import (
+    CommitRequest,
+    DebitRequest,
+    IdKind,
+    Refusal,
+    ReserveRequest,
+)
+from ocs.provisioning import SubscriberChange, op_load_plans, op_set_status, op_set_subscriber
+from ocs.rating.plans import Service, load_plans_file
+from ocs.store.cluster import ClusterStore, expiry_key, outbox_key, owner_keys, slot_tags
+from ocs.store.env import StoreError
+from ocs.store.records import dec_cdr
+
+T0 = WEDNESDAY_NOON
+ALICE = "41790000001"
+MB = 1_000_000
+
+
+def engine_on(store: ClusterStore, node: str = "n1") -> ChargingEngine:
+    return ChargingEngine(store, None, EngineSettings(node=node,
+                                                      home_networks=frozenset({"22801"})))
+
+
+def ids(msisdn: str = ALICE) -> tuple[tuple[IdKind, str], ...]:
+    return ((IdKind.MSISDN, msisdn),)
+
+
+def sms(engine: ChargingEngine, key: str, msisdn: str = ALICE):  # type: ignore[no-untyped-def]
+    return engine.debit_sync(DebitRequest(request_key=key.encode(), subscriber=ids(msisdn),
+                                          service=Service.SMS, destination="4915112345",
+                                          now=T0))
+
+
+@pytest.fixture
+def store(cluster_store: ClusterStore) -> ClusterStore:
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    return cluster_store
+
+
+def test_slot_tags_cover_every_slot() -> None:
+    tags = slot_tags()
+    assert len(tags) == 16384
+    assert all(key_slot(b"{" + t + b"}:x") == s for s, t in enumerate(tags))
+    assert key_slot(expiry_key(77)) == key_slot(outbox_key(77)) == 77
+
+
+def test_two_nodes_never_overspend_one_wallet(store: ClusterStore,
+                                              redis_nodes: RedisCluster) -> None:
+    """Two OCS nodes (two connections, two engines) debit one prepaid wallet at once:
+    exactly as many SMS as the money pays for succeed, the balance ends at zero, never
+    below, each success has one CDR, and the records agree."""
+    add(store, ALICE, balance="3.00")  # 20 international SMS at 0.15
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        engines = [engine_on(store, "n1"), engine_on(other, "n2")]
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def run(e: ChargingEngine, tag: str) -> None:
+            for i in range(20):
+                d = sms(e, f"{tag}-{i}")
+                with lock:
+                    results.append(d.ok)
+
+        threads = [threading.Thread(target=run, args=(e, f"n{i}"))
+                   for i, e in enumerate(engines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results.count(True) == 20 and results.count(False) == 20
+        v = engines[1].check_balance(ids(), now=T0)
+        assert v is not None and (v.balance, v.reserved) == (0, 0)
+        rows = [dec_cdr.decode(r) for r in store.outbox()]
+        assert len(rows) == 20 and sum(r.charge for r in rows) == 3_000_000
+        assert len({r.record_id for r in rows}) == 20
+        assert store.verify() == []
+        assert store.conflicts + other.conflicts > 0  # they did race, and were checked
+    finally:
+        other.close()
+
+
+def test_a_session_moves_to_another_node(store: ClusterStore,
+                                         redis_nodes: RedisCluster) -> None:
+    """A gateway fails over: the session opened on one node is updated and closed on
+    another, which finds it through the owner index and charges it exactly once."""
+    add(store, ALICE, balance="1.00")
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        a, b = engine_on(store, "n1"), engine_on(other, "n2")
+        g = a.reserve_sync(ReserveRequest(
+            request_key=b"r1", session_id="gw;1;x", subscriber=ids(), service=Service.DATA,
+            units=5 * MB, rating_group=10, now=T0))
+        assert g.ok and g.money_reserved == 50_000
+        assert [r.msisdn for r in b.session_reservations("gw;1;x")] == [ALICE]
+        c = CommitRequest(request_key=b"c1", session_id="gw;1;x", service=Service.DATA,
+                          rating_group=10, used_units=2 * MB, final=True, now=T0 + 60)
+        s = b.commit_sync(c)
+        assert s.ok and s.charged == 20_000
+        assert a.commit_sync(c).replayed  # the retransmission to the first node
+        v = a.check_balance(ids(), now=T0)
+        assert v is not None and (v.balance, v.reserved) == (980_000, 0)
+        assert store.verify() == []
+    finally:
+        other.close()
+
+
+def test_too_few_replica_acks_is_an_error_then_a_retry_replays(
+        store: ClusterStore, redis_nodes: RedisCluster) -> None:
+    """WAIT asks for 2 replicas where there is one: the usage report is applied on the
+    primary but not answered as a success. The gateway retries (here through a node whose
+    WAIT is met): it gets the stored answer, and the usage is charged once."""
+    add(store, ALICE, balance="1.00")
+    e = engine_on(store)
+    assert e.reserve_sync(ReserveRequest(
+        request_key=b"r1", session_id="s1", subscriber=ids(), service=Service.DATA,
+        units=5 * MB, rating_group=10, now=T0)).ok
+    update = CommitRequest(request_key=b"c1", session_id="s1", service=Service.DATA,
+                           rating_group=10, used_units=3 * MB, next_units=MB, now=T0 + 60)
+    strict = ClusterStore(redis_nodes.nodes, wait_replicas=2, wait_timeout_ms=50)
+    try:
+        with pytest.raises(StoreError, match="1 of 2 replicas"):
+            engine_on(strict).commit_sync(update)
+    finally:
+        strict.close()
+    s = e.commit_sync(update)
+    assert s.ok and s.replayed and s.charged == 30_000
+    v = e.check_balance(ids(), now=T0)
+    assert v is not None and (v.balance, v.reserved) == (970_000, 10_000)
+    assert [dec_cdr.decode(r).charge for r in store.outbox()] == [30_000]
+
+
+def test_hostile_session_ids_stay_in_their_subscribers_slot(store: ClusterStore) -> None:
+    """Peers choose session ids: braces (Redis hash tags), NULs, glob characters, 2 KB.
+    Each is charged exactly, and found again by id and by prefix."""
+    add(store, ALICE, balance="10.00")
+    e = engine_on(store)
+    weird = ["{x}", "}{", "a{b}c", "sess\x00ion", "*?[]\\", "{", "}", "x" * 2000, "é{}"]
+    for i, sid in enumerate(weird):
+        g = e.reserve_sync(ReserveRequest(
+            request_key=f"r{i}".encode(), session_id=sid, subscriber=ids(),
+            service=Service.DATA, units=MB, rating_group=10, now=T0))
+        assert g.ok and g.money_reserved == 10_000, sid
+        assert [r.session_id for r in e.session_reservations(sid)] == [sid]
+    assert {r.session_id for r in e.reservations_with_prefix("*?[")} == {"*?[]\\"}
+    assert {r.session_id for r in e.reservations_with_prefix("{")} == {"{x}", "{"}
+    for i, sid in enumerate(weird):
+        s = e.commit_sync(CommitRequest(
+            request_key=f"c{i}".encode(), session_id=sid, service=Service.DATA,
+            rating_group=10, used_units=MB // 2, final=True, now=T0 + 60))
+        assert s.ok and s.charged == 5_000, sid
+    v = e.check_balance(ids(), now=T0)
+    assert v is not None and (v.balance, v.reserved) == (10_000_000 - 9 * 5_000, 0)
+    assert store.verify() == []
+
+
+def test_stale_hints_are_nobodys(store: ClusterStore) -> None:
+    """Index entries are hints: one naming an account that no longer agrees (a crash
+    between the index write and the account's) finds nobody, and a session id whose
+    reservation ended is free for another subscriber."""
+    add(store, ALICE, balance="1.00", imsi="228010000000001")
+    add(store, "41790000002", balance="1.00")
+    e = engine_on(store)
+    store.run_write(op_set_subscriber(ALICE, SubscriberChange(imsi="228010000000009")))
+    # a crash before the old IMSI's entry was withdrawn: it is still there
+    store.rc.set(b"idx:imsi:228010000000001", ALICE.encode())
+    assert e.find_subscriber_now(((IdKind.IMSI, "228010000000001"),)) is None
+    sub = e.find_subscriber_now(((IdKind.IMSI, "228010000000009"),))
+    assert sub is not None and sub.msisdn == ALICE
+    # an owner entry left by an opening that never happened
+    own, tail, _ = owner_keys(b"s9\x0010")
+    store.rc.hset(own, tail, ALICE.encode())
+    g = e.reserve_sync(ReserveRequest(request_key=b"r9", session_id="s9",
+                                      subscriber=ids("41790000002"), service=Service.DATA,
+                                      units=MB, rating_group=10, now=T0))
+    assert g.ok and g.msisdn == "41790000002"
+    assert store.verify() == []
+
+
+def test_answers_expire_with_the_retention(store: ClusterStore) -> None:
+    add(store, ALICE, balance="1.00")
+    assert sms(engine_on(store), "m1").ok
+    ttl = store.rc.pttl(b"{" + ALICE.encode() + b"}:ans:m1")
+    assert 0 < ttl <= 86_400_000
+
+
+def test_a_suspended_subscriber_is_refused_on_every_node(
+        store: ClusterStore, redis_nodes: RedisCluster) -> None:
+    add(store, ALICE, balance="1.00")
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        other.run_write(op_set_status(ALICE, "suspend"))
+        d = sms(engine_on(store), "m1")
+        assert not d.ok and d.refusal == Refusal.SUSPENDED
+    finally:
+        other.close()
+
+
+def test_ocs_apply_writes_nothing_when_a_write_is_malformed(store: ClusterStore) -> None:
+    """Scripts do not roll back: every write is checked before the first is made."""
+    k1, k2 = b"{t}:a", b"{t}:b"
+    with pytest.raises(ResponseError, match="bad write BOGUS"):
+        store.rc.execute_command("FCALL", "ocs_apply", 2, k1, k2,
+                                 "0", "S", "1", "v", "0", "BOGUS", "2", "x")
+    assert store.rc.get(k1) is None
+    with pytest.raises(ResponseError, match="bad write S"):  # a key index out of range
+        store.rc.execute_command("FCALL", "ocs_apply", 1, k1, "0", "S", "1", "v", "0",
+                                 "S", "9", "v", "0")
+    assert store.rc.get(k1) is None
+
+
+def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
+    """SIGKILL of the primary holding the subscriber while a node charges: its replica
+    is promoted (and has no replica of its own until the killed node is back: WAIT fails,
+    nothing is answered as a success meanwhile). Every debit answered as a success is in
+    the wallet and has its CDR; the ones that got an error, re-sent, are charged once."""
+    with redis_cluster(tmp_path / "redis") as cluster:
+        store = ClusterStore(cluster.nodes, wait_timeout_ms=500, deadline_s=20)
+        try:
+            store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+            add(store, ALICE, balance="100.00")
+            e = engine_on(store)
+            port = int(store.rc.get_node_from_key(b"{" + ALICE.encode() + b"}:bal").port)
+            answered: list[str] = []
+            failed: list[str] = []
+            for i in range(60):
+                if i == 20:
+                    cluster.kill(port)
+                if i == 26:
+                    cluster.start_node(port)  # it rejoins as the new primary's replica
+                    cluster.wait_ok(60)
+                    cluster.wait_replicas(60)
+                try:
+                    d = sms(e, f"m{i}")
+                except StoreError:
+                    failed.append(f"m{i}")
+                    continue
+                assert d.ok and not d.replayed
+                answered.append(f"m{i}")
+            assert failed and len(answered) >= 30
+            for key in failed:  # the network element re-sends what got no answer
+                assert sms(e, key).ok
+            v = e.check_balance(ids(), now=T0)
+            assert v is not None and v.balance == 100_000_000 - 60 * 150_000
+            rows = [dec_cdr.decode(r) for r in store.outbox()]
+            assert sorted(r.session_id for r in rows) == sorted(answered + failed)
+            assert sum(r.charge for r in rows) == 60 * 150_000
+            assert store.verify() == []
+        finally:
+            store.close()
