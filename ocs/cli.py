@@ -38,6 +38,7 @@ from ocs.provisioning import (
 )
 from ocs.rating.plans import PlanError, Service, compile_plan, load_plans_file
 from ocs.store import Store, StoreError
+from ocs.store.tx import StorePort
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -436,8 +437,31 @@ def _lock_data_dir(cfg: Config) -> None:
     _SERVE_LOCK.append(fd)
 
 
-def _open(cfg: Config, *, create: bool = False) -> Store:
+def _open(cfg: Config, *, create: bool = False, local: bool = False) -> Store:
+    """The LMDB store in DATA_DIR. With ``[store] backend = "redis"`` it holds this node's
+    own tables only (alarms, NMS history, API tokens, billing runs): a command that would
+    read subscribers, plans or charges from it is refused unless ``local``."""
+    if cfg.store.backend == "redis" and not local:
+        raise CliError("this command reads the LMDB store: not available with "
+                       "store.backend = redis yet")
     return Store(cfg.data_dir, map_size_mb=cfg.store.map_size_mb, create=create)
+
+
+def _ledger(cfg: Config, *, create: bool = False) -> Any:
+    """Where subscribers, plans and balances are: the LMDB store, or with ``[store]
+    backend = "redis"`` the Redis Cluster (a context manager either way)."""
+    if cfg.store.backend == "redis":
+        from ocs.store.cluster import ClusterStore
+
+        return ClusterStore.from_config(cfg)
+    return _open(cfg, create=create)
+
+
+def _lmdb_only(cfg: Config, what: str) -> None:
+    """``what`` reads the LMDB store alone so far: refused (not silently answered from
+    this node's local store) with the Redis backend."""
+    if cfg.store.backend == "redis":
+        raise CliError(f"{what}: not available with store.backend = redis yet")
 
 
 def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
@@ -473,7 +497,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     Console().print(t)
 
 
-def _engine(cfg: Config, store: Store) -> ChargingEngine:
+def _engine(cfg: Config, store: StorePort) -> ChargingEngine:
     from ocs.server import engine_settings
 
     return ChargingEngine(store, None, engine_settings(cfg))
@@ -514,7 +538,7 @@ def _default_plans_file(args: argparse.Namespace, cfg: Config) -> Path:
     return Path(cfg.source).parent / "plans.toml"
 
 
-def _load_plans(store: Store, path: Path, effective_at: int | None = None,
+def _load_plans(store: StorePort, path: Path, effective_at: int | None = None,
                 report: dict[str, int] | None = None) -> tuple[int, int, int]:
     doc = load_plans_file(path, stored_zone_ids(store))
     version = store.run_write(op_load_plans(doc, effective_at=effective_at, report=report))
@@ -529,12 +553,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     demo = plans_file.parent / "demo_subscribers.csv"
     if args.demo and not demo.exists():
         raise CliError(f"{demo}: demo subscribers file not found")
-    with _open(cfg, create=True) as store:
+    if cfg.store.backend == "redis":
+        _open(cfg, create=True, local=True).close()  # this node's own tables
+    with _ledger(cfg, create=True) as store:
         n_plans, n_zones, _ = _load_plans(store, plans_file)
         added = 0
         if args.demo:
             added = _import_missing(store, demo)
-    _say(args, f"store ready at {cfg.data_dir / 'ocs.lmdb'}: {n_plans} plans, {n_zones} "
+    where = (f"redis cluster {', '.join(cfg.store.redis.nodes)}"
+             if cfg.store.backend == "redis" else str(cfg.data_dir / "ocs.lmdb"))
+    _say(args, f"store ready at {where}: {n_plans} plans, {n_zones} "
          f"zones" + (f", {added} demo subscribers added" if args.demo else ""),
          {"store": str(cfg.data_dir / "ocs.lmdb"), "config": cfg.source,
           "plans_file": str(plans_file), "plans": n_plans, "zones": n_zones,
@@ -542,7 +570,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_missing(store: Store, path: Path) -> int:
+def _import_missing(store: StorePort, path: Path) -> int:
     """Add the rows of a subscriber CSV whose MSISDN is not in the store yet."""
     import csv
 
@@ -551,8 +579,8 @@ def _import_missing(store: Store, path: Path) -> int:
     added = 0
     for row in rows:
         msisdn = validate_msisdn(row["msisdn"])
-        with store.read() as txn:
-            if txn.get(msisdn.encode(), db=store.dbs[b"subscribers"]) is not None:
+        with store.view() as view:
+            if view.get(b"subscribers", msisdn.encode()) is not None:
                 continue
         new = NewSubscriber(
             msisdn=msisdn,
@@ -574,7 +602,7 @@ def cmd_plan_load(args: argparse.Namespace) -> int:
     cfg = _config(args)
     effective = _event_time(args.effective, "--effective") if args.effective else None
     changed: dict[str, int] = {}
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         n_plans, n_zones, version = _load_plans(store, Path(args.file), effective, changed)
     news = ", ".join(f"{pid} v{n}" for pid, n in sorted(changed.items())) or "none"
     when = f" effective {_iso(effective)}" if effective is not None else ""
@@ -598,7 +626,7 @@ def cmd_plan_import_rates(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     started = time.monotonic()
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         versions = stored_plan_versions(store, args.plan)
         if not versions:
             raise CliError(f"no plan {args.plan!r}", EXIT_FAILURE)
@@ -643,7 +671,7 @@ def cmd_plan_export(args: argparse.Namespace) -> int:
     from ocs.rating.deck import export_deck
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         versions = stored_plan_versions(store, args.id)
         zones = stored_zones(store)
     if not versions:
@@ -677,7 +705,7 @@ def cmd_plan_history(args: argparse.Namespace) -> int:
     from ocs.provisioning import stored_plan_versions
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         versions = stored_plan_versions(store, args.id)
         current = PlanCache().in_store(store).plan_at(args.id, int(time.time()))
     if not versions:
@@ -699,7 +727,7 @@ def cmd_plan_history(args: argparse.Namespace) -> int:
 
 def cmd_plan_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         plans = all_plans(store)
     items = [views.plan(t) for _, t in sorted(plans.items())]
     if args.json:
@@ -713,7 +741,7 @@ def cmd_plan_list(args: argparse.Namespace) -> int:
 
 def cmd_plan_show(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         table = all_plans(store).get(args.id)
     if table is None:
         raise CliError(f"no plan {args.id!r}")
@@ -749,7 +777,7 @@ def cmd_sub_add(args: argparse.Namespace) -> int:
     )
     # Validate the format before touching the store.
     validate_msisdn(new.msisdn)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         sub = store.run_write(op_add_subscriber(new))
     _say(args, f"subscriber {sub.msisdn} added on plan {sub.plan_id} ({sub.mode})",
          {"msisdn": sub.msisdn, "plan": sub.plan_id, "mode": sub.mode, "status": sub.status})
@@ -759,7 +787,7 @@ def cmd_sub_add(args: argparse.Namespace) -> int:
 def cmd_sub_show(args: argparse.Namespace) -> int:
     cfg = _config(args)
     msisdn = validate_msisdn(args.msisdn)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         item = views.subscriber(_engine(cfg, store), msisdn)
     if item is None:
         raise CliError(f"no subscriber {msisdn}")
@@ -773,6 +801,7 @@ def cmd_sub_show(args: argparse.Namespace) -> int:
 
 def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    _lmdb_only(cfg, "subscriber list")
     with _open(cfg) as store:
         items, _ = views.subscriber_items(store)
     if args.json:
@@ -792,7 +821,7 @@ def cmd_sub_topup(args: argparse.Namespace) -> int:
     msisdn = validate_msisdn(args.msisdn)
     op = op_credit(msisdn, args.amount, reference=args.reference,
                    actor=f"cli:{_user()}")
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         top = store.run_write(op)
     out = views.topup(msisdn, top, args.reference)
     _say(args, f"{msisdn}: balance {format_amount(top.balance.balance)}"
@@ -836,7 +865,7 @@ def cmd_sub_history(args: argparse.Namespace) -> int:
 def cmd_sub_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     validate_msisdn(args.msisdn)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         _old, new = store.run_write(op_set_status(args.msisdn, args.status_action))
     _say(args, f"{new.msisdn}: {new.status}", {"msisdn": new.msisdn, "status": new.status})
     return 0
@@ -853,7 +882,7 @@ def cmd_sub_set(args: argparse.Namespace) -> int:
                               name=args.name, address=args.address)
     if change == SubscriberChange():
         raise CliError("nothing to change (see ocs subscriber set --help)")
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         new, changed = store.run_write(op_set_subscriber(msisdn, change))
     _say(args, f"{msisdn}: " + (f"changed {', '.join(changed)}" if changed else
                                 "nothing changed (the values were already so)"),
@@ -867,7 +896,7 @@ def cmd_sub_set(args: argparse.Namespace) -> int:
 def cmd_sub_plan(args: argparse.Namespace) -> int:
     cfg = _config(args)
     validate_msisdn(args.msisdn)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         old, new = store.run_write(op_change_plan(args.msisdn, args.plan))
     _say(args, f"{new.msisdn}: plan {old.plan_id} -> {new.plan_id}",
          {"msisdn": new.msisdn, "old_plan": old.plan_id, "plan": new.plan_id})
@@ -912,7 +941,7 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     from ocs.store.backup import backup
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         m = backup(store, args.dir, source=str(store.path))
     _say(args, f"backup of {m['source']} in {Path(args.dir) / m['file']}: {m['bytes']:,} bytes, "
          f"{m['subscribers']} subscribers, CDRs up to {m['cdr_seq']} "
@@ -924,8 +953,14 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     from ocs.store.verify import verify
 
     cfg = _config(args)
-    with _open(cfg) as store:
-        diffs = verify(store, cfg.under_data(cfg.cdr.dir) if args.with_cdrs else None)
+    if cfg.store.backend == "redis":
+        if args.with_cdrs:
+            raise CliError("--with-cdrs: not available with store.backend = redis yet")
+        with _ledger(cfg) as cluster:
+            diffs = cluster.verify()
+    else:
+        with _open(cfg) as store:
+            diffs = verify(store, cfg.under_data(cfg.cdr.dir) if args.with_cdrs else None)
     if args.json:
         _print_json({"ok": not diffs, "differences": diffs})
     else:
@@ -1020,7 +1055,7 @@ def cmd_nms_health(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _nms_element(cfg, args.id)
     assert cfg.nms is not None
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         s = latest(store, args.id)
     if s is None:
         raise CliError(f"{args.id}: not polled yet (is ocs serve running?)", EXIT_FAILURE)
@@ -1045,7 +1080,7 @@ def cmd_nms_forecast(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _nms_element(cfg, args.id)
     assert cfg.nms is not None
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         history = samples(store, args.id)
     items = forecast(history, cfg.nms.thresholds.capacity_pct)
     if args.json:
@@ -1062,12 +1097,31 @@ def cmd_nms_forecast(args: argparse.Namespace) -> int:
 
 def cmd_cdr_flush(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
+        if cfg.store.backend == "redis":
+            _drain_cluster(cfg, store)
         res = _exporter(cfg, store).flush(int(time.time()))
     _say(args, f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
          else "no open CDR file; nothing to flush", {"closed": list(res.closed),
                                                      "rows": res.rows})
     return 0
+
+
+def _drain_cluster(cfg: Config, store: Store) -> None:
+    """Every CDR in the cluster's outboxes into this node's journal (then the flush
+    closes them in this node's files); refused while another node holds claimed rows it
+    has not journalled (they go into that node's files)."""
+    from ocs.cdr.outbox import drain
+
+    with _ledger(cfg) as cluster:
+        drain(cluster, store, cfg.node.name, recover=True)
+        deadline = time.monotonic() + 10
+        while (pending := cluster.claimed_elsewhere(cfg.node.name)) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+    if pending:
+        raise CliError("CDRs claimed by other nodes are not journalled yet: " + ", ".join(
+            f"{node} ({n})" for node, n in sorted(pending.items())))
 
 
 def cmd_cdr_export(args: argparse.Namespace) -> int:
@@ -1089,7 +1143,7 @@ def cmd_report_kpis(args: argparse.Namespace) -> int:
     from ocs.billing.kpis import KpiError, compute
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         try:
             k = compute(cfg.under_data(cfg.cdr.dir), store, args.period)
         except KpiError as exc:
@@ -1183,7 +1237,7 @@ def cmd_rate_explain(args: argparse.Namespace) -> int:
         ids = ((IdKind.MSISDN, validate_msisdn(args.msisdn)),)
     elif args.imsi:
         ids = ((IdKind.IMSI, args.imsi),)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         try:
             res = explain_event(_engine(cfg, store), service=Service(args.service),
                                 units=args.units, at=_event_time(args.at), subscriber=ids,
@@ -1212,7 +1266,7 @@ def cmd_cdr_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     cdr_dir = cfg.under_data(cfg.cdr.dir)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         target = next((r for r in every_record(cdr_dir, store)
                        if r.record_id == args.record_id), None)
         if target is None:
@@ -1245,7 +1299,7 @@ def cmd_alarms_list(args: argparse.Namespace) -> int:
     from ocs.noc import alarms as noc
 
     cfg = _config(args)
-    with _open(cfg) as store, store.read() as txn:
+    with _open(cfg, local=True) as store, store.read() as txn:
         items = [noc.decode(v) for _k, v in txn.cursor(db=store.dbs[b"alarms"])]
     if args.active:
         items = [a for a in items if a.active]
@@ -1275,7 +1329,7 @@ def cmd_alarms_action(args: argparse.Namespace) -> int:
     cfg = _config(args)
     act = noc.OperatorAction(alarm_id=args.id, action=args.alarm_action, at=int(time.time()),
                              user=getpass.getuser())
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         try:
             alarm = store.run_write(lambda tx: noc.operator(tx, act))
         except ValueError as exc:
@@ -1409,7 +1463,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / (
         args.period + ("-preview" if args.preview else ""))
     started = time.perf_counter()
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
         if args.no_progress or not sys.stderr.isatty():
             summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
@@ -1447,7 +1501,7 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_period(args.period)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing)
     if args.json:
         _print_json({"period": rec.period, "ok": rec.ok, "billed": rec.billed,
@@ -1541,7 +1595,7 @@ def cmd_api_token_create(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     token = new_token()
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         rec = store.run_write(op_create(token, args.role, name=args.name,
                                         actor=f"cli:{_user()}"))
     _say(args, f"{token}\n(role {rec.role}, id {rec.token_id}; shown once: the store keeps "
@@ -1554,7 +1608,7 @@ def cmd_api_token_list(args: argparse.Namespace) -> int:
     from ocs.api.tokens import tokens
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         items = [{"token_id": t.token_id, "role": t.role, "name": t.name,
                   "created_at": _iso(t.created_at), "created_by": t.created_by}
                  for t in tokens(store)]
@@ -1571,7 +1625,7 @@ def cmd_api_token_revoke(args: argparse.Namespace) -> int:
     from ocs.api.tokens import TokenError, op_revoke
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:
         try:
             rec = store.run_write(op_revoke(args.token_id))
         except TokenError as exc:

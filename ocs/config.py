@@ -48,7 +48,24 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RedisConfig:
+    nodes: tuple[str, ...] = ("127.0.0.1:7001",)
+    """Seed nodes (host:port) of a Redis 7 cluster (cluster-enabled); the rest is found."""
+    username: str = ""
+    """ACL user ("" = the default user)."""
+    password: str = ""
+    """requirepass / the ACL user's password (or env:NAME, file:PATH)."""
+    wait_replicas: int = 1
+    """Replicas that must acknowledge a write (WAIT) before it is answered; 0 = none."""
+    wait_timeout_ms: int = 100
+    """How long WAIT may take; fewer acknowledgements by then make the answer an error."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
+    backend: str = "lmdb"
+    """lmdb (embedded, one node) | redis (a Redis Cluster shared by several nodes)."""
+    redis: RedisConfig = field(default_factory=RedisConfig)
     map_size_mb: int = 4096
     commit_max_ops: int = 256
     commit_max_delay_ms: float = 1.0
@@ -513,7 +530,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-SECRETS = {"RadiusClient": ("secret",), "SmppAccount": ("password",),
+SECRETS = {"RedisConfig": ("password",), "RadiusClient": ("secret",), "SmppAccount": ("password",),
            "SnmpV3User": ("auth_key", "priv_key"), "NocHook": ("url",),
            "NmsElement": ("community",)}
 """Keys that may name where their value is instead of holding it: ``env:NAME`` (an
@@ -557,6 +574,22 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
     if missing:
         raise ConfigError(f"{where}.{missing[0]}: required key is missing")
     return cls(**kwargs)
+
+
+def _check_store(store: StoreConfig, src: str) -> None:
+    if store.backend not in ("lmdb", "redis"):
+        raise ConfigError(f"{src}: store.backend: lmdb or redis, got {store.backend!r}")
+    r = store.redis
+    if not r.nodes:
+        raise ConfigError(f"{src}: store.redis.nodes: at least one host:port")
+    for i, node in enumerate(r.nodes):
+        host, sep, port = node.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{src}: store.redis.nodes[{i}]: host:port, got {node!r}")
+    if r.wait_replicas < 0:
+        raise ConfigError(f"{src}: store.redis.wait_replicas: must be >= 0")
+    if not 0 < r.wait_timeout_ms <= 60_000:
+        raise ConfigError(f"{src}: store.redis.wait_timeout_ms: must be within 1..60000")
 
 
 def _check_listen(value: str, where: str) -> None:
@@ -607,6 +640,17 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: {key}: must be positive, got {v}")
     if not 0 <= cfg.store.commit_max_delay_ms <= 1000:
         raise ConfigError(f"{src}: store.commit_max_delay_ms: must be within 0..1000")
+    _check_store(cfg.store, src)
+    if cfg.store.backend == "redis":
+        # What keeps its records in this node's LMDB store only, so far: refused rather
+        # than run on one node's partial view of a cluster.
+        for name, on in (("smpp", cfg.smpp is not None and cfg.smpp.enabled),
+                         ("api", cfg.api is not None and cfg.api.enabled),
+                         ("fraud", cfg.fraud.enabled)):
+            if on:
+                key = "enabled = false" if name == "fraud" else 'listen = ""'
+                raise ConfigError(f"{src}: [{name}] is not available with store.backend = "
+                                  f"redis yet (set {key})")
     if cfg.cdr.export_interval_s <= 0 or cfg.charging.reaper_interval_s <= 0:
         raise ConfigError(f"{src}: intervals must be positive")
     if cfg.billing.due_days < 0:

@@ -50,7 +50,7 @@ from ocs.store.records import (
     encode,
     plan_version_key,
 )
-from ocs.store.tx import Tx
+from ocs.store.tx import StorePort, Tx
 
 _MSISDN_RE = re.compile(r"^[1-9][0-9]{5,14}$")
 _IMSI_RE = re.compile(r"^[0-9]{14,15}$")
@@ -582,9 +582,9 @@ def plan_versions(tx: Tx, plan_id: str) -> list[PlanVersion]:
     return out
 
 
-def stored_plan_versions(store: Store, plan_id: str) -> list[PlanVersion]:
-    with store.read() as txn:
-        return plan_versions(Tx(txn, store.dbs), plan_id)
+def stored_plan_versions(store: StorePort, plan_id: str) -> list[PlanVersion]:
+    with store.view() as view:
+        return plan_versions(view, plan_id)
 
 
 def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
@@ -631,23 +631,21 @@ def op_load_plans(doc: PlansDocument, *, effective_at: int | None = None,
     return op
 
 
-def stored_zones(store: Store) -> dict[str, list[str]]:
+def stored_zones(store: StorePort) -> dict[str, list[str]]:
     """Zone id -> its visited networks (MCC-MNC)."""
-    with store.read() as txn:
-        return {bytes(k).decode(): msgspec.msgpack.decode(v, type=list[str])
-                for k, v in txn.cursor(db=store.dbs[ZONES])}
+    with store.view() as view:
+        return {k.decode(): msgspec.msgpack.decode(v, type=list[str])
+                for k, v in view.scan(ZONES)}
 
 
-def stored_zone_ids(store: Store) -> set[str]:
-    with store.read() as txn:
-        return {bytes(k).decode() for k, _ in txn.cursor(db=store.dbs[ZONES])}
+def stored_zone_ids(store: StorePort) -> set[str]:
+    with store.view() as view:
+        return {k.decode() for k, _ in view.scan(ZONES)}
 
 
-def all_plans(store: Store) -> dict[str, dict[str, Any]]:
-    with store.read() as txn:
-        return {
-            bytes(k).decode(): _dec_table.decode(v) for k, v in txn.cursor(db=store.dbs[PLANS])
-        }
+def all_plans(store: StorePort) -> dict[str, dict[str, Any]]:
+    with store.view() as view:
+        return {k.decode(): _dec_table.decode(v) for k, v in view.scan(PLANS)}
 
 
 # -- bulk import ----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from ocs.noc.service import AlarmService
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, SMS, unpack_u64
 from ocs.store.records import dec_export_state
+from ocs.store.tx import StorePort
 from ocs.workers import WorkerPool
 from ocs.writerproc import process_writer
 
@@ -152,7 +153,20 @@ class Server:
             listen=writer_path if self.primary else "",
             attach="" if self.primary else writer_path,
         )
-        self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
+        self.ledger: StorePort = self.store
+        """Where subscribers, plans and balances are: this node's LMDB store, or the Redis
+        Cluster the nodes share (``[store] backend = "redis"``)."""
+        self.cluster: Any = None
+        if cfg.store.backend == "redis":
+            from ocs.store.cluster import ClusterBackend, ClusterStore
+
+            self.cluster = self.ledger = ClusterStore.from_config(cfg)
+            self.engine = ChargingEngine(self.ledger, None, settings)
+            self.cluster_ops = ClusterBackend(self.cluster, self.engine,
+                                              on_result=count_operation)
+            self.engine.backend = self.cluster_ops
+        else:
+            self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)
         self.charging = EngineChargingService(self.engine)
         """What the protocol agents charge through (:mod:`ocs.charging.api`)."""
         self.alarms = AlarmService(self.writer, committed=self._alarm_committed,
@@ -355,7 +369,7 @@ class Server:
 
     async def start(self) -> None:
         metrics.BUILD_INFO.labels(build_version(), platform.python_version()).set(1)
-        self._stop_warming = self.engine.plans.start_warming(self.store)
+        self._stop_warming = self.engine.plans.start_warming(self.ledger)
         await self.writer.start()
         if self.exporter is not None:
             await self.exporter.start()
@@ -363,7 +377,7 @@ class Server:
             self.origin_state_id = boot_id()
         if self.primary:
             for problem in sanity.findings(self.cfg,
-                                           self.engine.plans.in_store(self.store).plans):
+                                           self.engine.plans.in_store(self.ledger).plans):
                 log.warning("config_sanity", problem=problem, config=self.cfg.source)
         for section in ("diameter", "radius", "smpp", "snmp", "chf", "api"):
             sec = getattr(self.cfg, section)
@@ -383,6 +397,8 @@ class Server:
         gc.set_threshold(50_000, 20, 100)
         if self.primary:
             self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
+        if self.primary and self.cluster is not None:
+            self._tasks.append(asyncio.create_task(self._drain_loop(), name="cdr-drain"))
         if self.primary and self.cfg.nms is not None and self.cfg.nms.enabled:
             from ocs.nms.poller import Poller
             from ocs.nms.service import NmsMonitor
@@ -423,6 +439,24 @@ class Server:
                 log.warning("reaper_skipped", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
+
+    async def _drain_loop(self) -> None:
+        """The cluster's CDR outboxes into this node's journal (ocs.cdr.outbox), first
+        finishing what this node claimed before it stopped; the exporter makes files."""
+        from ocs.cdr.outbox import drain
+
+        recover = True
+        while not self._stopping.is_set():
+            try:
+                n = await asyncio.to_thread(drain, self.cluster, self.store,
+                                            self.cfg.node.name, recover=recover)
+                recover = False
+                if n:
+                    log.debug("cdrs_drained", rows=n)
+            except StoreError as exc:
+                log.warning("cdr_drain_skipped", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.cfg.cdr.export_interval_s)
 
     async def reap(self, now: int, retention: int) -> int:
         """Settle expired reservations and forget answers past their retention."""
@@ -526,6 +560,9 @@ class Server:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.cluster is not None:
+            self.cluster_ops.close()  # the operations under way get their answers
+            self.cluster.close()
         await self.writer.stop()
         if self._stop_warming is not None:
             self._stop_warming()

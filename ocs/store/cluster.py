@@ -27,9 +27,11 @@ API tokens.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -38,6 +40,8 @@ from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     ConnectionError,
+    RedisClusterException,
+    RedisError,
     ResponseError,
     TimeoutError,
 )
@@ -171,7 +175,27 @@ local function unown(keys, argv)
   return 1
 end
 
+-- ocs_claim: a node takes up to ARGV[1] CDRs from the slot's outbox KEYS[1] into its
+-- claimed list KEYS[2] (or gets back what it claimed before and has not finished).
+local function claim(keys, argv)
+  if redis.call('LLEN', keys[2]) > 0 then return redis.call('LRANGE', keys[2], 0, -1) end
+  local rows = redis.call('LRANGE', keys[1], 0, tonumber(argv[1]) - 1)
+  if #rows == 0 then return rows end
+  redis.call('LTRIM', keys[1], #rows, -1)
+  redis.call('RPUSH', keys[2], unpack(rows))
+  return rows
+end
+
+-- ocs_unclaim: the claimed list KEYS[1] is in the node's journal: drop it, if its last
+-- row is still ARGV[1] (not a newer claim).
+local function unclaim(keys, argv)
+  if redis.call('LINDEX', keys[1], -1) ~= argv[1] then return 0 end
+  return redis.call('DEL', keys[1])
+end
+
 redis.register_function('ocs_apply', apply)
+redis.register_function('ocs_claim', claim)
+redis.register_function('ocs_unclaim', unclaim)
 redis.register_function('ocs_unown', unown)
 redis.register_function('ocs_cad', cad)
 """
@@ -234,6 +258,11 @@ def expiry_key(slot: int) -> bytes:
 def outbox_key(slot: int) -> bytes:
     """The slot's CDR outbox (a list of encoded CDR records, oldest first)."""
     return b"{" + slot_tags()[slot] + b"}:outbox"
+
+
+def claimed_key(slot: int, node: str) -> bytes:
+    """The CDRs of the slot's outbox that ``node`` took and has not journalled yet."""
+    return b"{" + slot_tags()[slot] + b"}:claimed:" + node.encode()
 
 
 class Conflict(Exception):
@@ -521,9 +550,12 @@ class ClusterStore:
         for n in nodes:
             host, _, port = n.rpartition(":")
             seeds.append(node(host, int(port)))
-        self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
-                               password=password or None, socket_timeout=5,
-                               socket_connect_timeout=2)
+        try:
+            self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
+                                       password=password or None, socket_timeout=5,
+                                       socket_connect_timeout=2)
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreError(f"redis cluster {', '.join(nodes)}: {exc}") from exc
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.answer_ttl_ms = answer_retention_s * 1000
@@ -533,8 +565,22 @@ class ClusterStore:
         """Operations run again because a record they read changed (a counter)."""
         self.load_functions()
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> ClusterStore:
+        """The store of ``cfg`` (an :class:`ocs.config.Config` with backend redis)."""
+        r = cfg.store.redis
+        return cls(r.nodes, username=r.username, password=r.password,
+                   wait_replicas=r.wait_replicas, wait_timeout_ms=r.wait_timeout_ms,
+                   answer_retention_s=cfg.store.answer_retention_s)
+
     def close(self) -> None:
         self.rc.close()
+
+    def __enter__(self) -> ClusterStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def load_functions(self) -> None:
         self.rc.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY,
@@ -705,13 +751,13 @@ class ClusterStore:
                     out.append(raw)
         return out
 
-    def verify(self) -> list[str]:
+    def verify(self, *, undrained: bool = False) -> list[str]:
         """The records against each other (as ``ocs store verify`` on LMDB), one line per
         difference: balances hold what their reservations hold, a prepaid balance is
         never below zero, every reservation has its expiry entry and its owner entry and
-        every expiry entry its reservation, and every subscriber's CDRs (in the outboxes)
-        charge what the engine moved. A scan of every key: for a quiet store (tests,
-        maintenance), not a snapshot of a busy one."""
+        every expiry entry its reservation; with ``undrained`` (no node has drained the
+        outboxes), every subscriber's CDRs there charge what the engine moved. A scan of
+        every key: for a quiet store (tests, maintenance), not a snapshot of a busy one."""
         def scan() -> list[bytes]:
             found: list[bytes] = []
             for node in self.rc.get_primaries():
@@ -728,7 +774,7 @@ class ClusterStore:
                 for member, score in self._call("ZRANGE", k, 0, -1, "WITHSCORES"):
                     due[bytes(member)] = int(score)
         charged: dict[str, int] = {}
-        for raw in self.outbox():
+        for raw in self.outbox() if undrained else ():
             rec = dec_cdr.decode(raw)
             charged[rec.msisdn] = charged.get(rec.msisdn, 0) + rec.charge
         for k in sorted(keys):
@@ -764,10 +810,52 @@ class ClusterStore:
                 out.append(f"{who}: a balance without a subscriber")
             elif dec_subscriber.decode(sub_raw).mode == "prepaid" and bal.balance < 0:
                 out.append(f"{who}: prepaid balance below zero ({bal.balance})")
-            if charged.get(who, 0) != bal.charged_total:
+            if undrained and charged.get(who, 0) != bal.charged_total:
                 out.append(f"{who}: CDRs charge {charged.get(who, 0)} micro, the "
                            f"engine moved {bal.charged_total}")
         return out
+
+    # -- the CDR outboxes -------------------------------------------------------------
+
+    def slots_with(self, key: Callable[[int], bytes]) -> list[int]:
+        """The slots whose list ``key(slot)`` is not empty (one pipelined pass)."""
+        def scan() -> list[int]:
+            pipe = self.rc.pipeline()
+            for slot in range(SLOTS):
+                pipe.llen(key(slot))
+            return [slot for slot, n in enumerate(pipe.execute()) if n]
+
+        return self._retrying(scan)
+
+    def claim(self, slot: int, node: str, limit: int) -> list[bytes]:
+        """Up to ``limit`` CDRs of the slot's outbox, now ``node``'s (or the ones it
+        claimed before and did not finish: those first, again)."""
+        own = claimed_key(slot, node)
+        rows = self._durable(own, ("FCALL", "ocs_claim", 2, outbox_key(slot), own, limit))
+        return [bytes(r) for r in rows]
+
+    def unclaim(self, slot: int, node: str, last: bytes) -> None:
+        """The claimed CDRs ending with ``last`` are in ``node``'s journal."""
+        own = claimed_key(slot, node)
+        self._durable(own, ("FCALL", "ocs_unclaim", 1, own, last))
+
+    def claimed_elsewhere(self, node: str) -> dict[str, int]:
+        """Node -> CDRs it claimed and has not journalled yet (other nodes than
+        ``node``)."""
+        def scan() -> list[bytes]:
+            found: list[bytes] = []
+            for n in self.rc.get_primaries():
+                conn = self.rc.get_redis_connection(n)
+                found += [bytes(k) for k in conn.scan_iter(match=b"*:claimed:*",
+                                                           count=1000)]
+            return found
+
+        out: dict[str, int] = {}
+        for k in self._retrying(scan):
+            owner = k.partition(b"}:claimed:")[2].decode("utf-8", "replace")
+            if owner != node:
+                out[owner] = out.get(owner, 0) + int(self._call("LLEN", k))
+        return {n: c for n, c in out.items() if c}
 
     def outbox(self) -> list[bytes]:
         """Every CDR waiting in the slots' outboxes (for the drain and the tests)."""
@@ -778,3 +866,49 @@ class ClusterStore:
             return list(pipe.execute())
 
         return [bytes(v) for rows in self._retrying(scan) for v in rows]
+
+
+class ClusterBackend:
+    """Runs the engine's named operations on the cluster for the event loop: each a
+    checked transaction in a thread of a small pool (the client blocks on the network,
+    not on the GIL); the future resolves in the loop once the write is acknowledged."""
+
+    def __init__(self, store: ClusterStore, engine: Any, *, threads: int = 16,
+                 on_result: Callable[[str, Any], None] | None = None):
+        self.store = store
+        self._engine = engine
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="redis-op")
+        self._on_result = on_result
+
+    def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if name == "trim_answers":  # answers expire by their own TTL here
+            fut.set_result(0)
+            return fut
+        op = getattr(self._engine, "op_" + name)
+        hook = self._on_result
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if hook is not None:
+                hook(name, exc if exc is not None else result)
+            if fut.cancelled():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        def run() -> None:
+            try:
+                result = self.store.run_write(lambda tx: op(tx, req))
+            except Exception as exc:  # an error answer for this request, not a crash
+                loop.call_soon_threadsafe(done, None, exc)
+            else:
+                loop.call_soon_threadsafe(done, result, None)
+
+        self._pool.submit(run)
+        return fut
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

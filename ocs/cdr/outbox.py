@@ -1,0 +1,76 @@
+"""From the Redis Cluster's CDR outboxes into this node's journal, exactly once.
+
+With ``[store] backend = "redis"`` a charge's CDR is written to its slot's outbox in the
+same atomic step as the balance change. Each node drains outboxes into its own LMDB
+journal, and its exporter writes the journal into its ``[cdr] dir`` files as on one node
+(``.part``, fsync, rename: after a crash export resumes and makes the same files).
+
+A drain of one slot is three steps, each safe to repeat:
+
+1. **claim** (Redis, one script): up to N rows move from the outbox to the node's claimed
+   list in that slot; a node that finds a claimed list of its own (it stopped between
+   steps) gets those rows back instead of new ones. Any node may drain any slot: a row
+   is claimed by exactly one node.
+2. **journal** (LMDB, one transaction): the rows are appended to the journal with a
+   marker, per slot, of the last record id taken; rows whose last record id is already
+   the marker were journalled before a crash and are not appended again.
+3. **unclaim** (Redis): the claimed list is dropped, if it still ends with that row.
+
+A node that dies between 1 and 3 leaves its rows claimed in Redis, not lost: it finishes
+them when it starts again (its own DATA_DIR holds the marker). No record id reaches two
+nodes' files.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from ocs.store.cluster import ClusterStore, claimed_key, outbox_key
+from ocs.store.env import CDR_JOURNAL, META, META_CDR_SEQ, Store, pack_u64, unpack_u64
+from ocs.store.records import dec_cdr
+from ocs.store.tx import Tx
+
+BATCH = 500
+_MARK = b"cdr_claim\x00"
+"""meta: + slot (u16) -> record id of the last row journalled from that slot."""
+
+
+def op_journal(slot: int, rows: list[bytes]) -> Callable[[Tx], int]:
+    """Append claimed ``rows`` of ``slot`` to the journal, unless they already are."""
+    last = dec_cdr.decode(rows[-1]).record_id.encode()
+    mark = _MARK + struct.pack(">H", slot)
+
+    def op(tx: Tx) -> int:
+        if tx.get(META, mark) == last:
+            return 0  # journalled before the node stopped; only the unclaim was missing
+        raw = tx.get(META, META_CDR_SEQ)
+        seq = unpack_u64(raw) if raw is not None else 0
+        for row in rows:
+            seq += 1
+            tx.put(CDR_JOURNAL, pack_u64(seq), row)
+        tx.put(META, META_CDR_SEQ, pack_u64(seq))
+        tx.put(META, mark, last)
+        return len(rows)
+
+    return op
+
+
+def drain(cluster: ClusterStore, local: Store, node: str, *, recover: bool = False,
+          batch: int = BATCH) -> int:
+    """Journal every CDR waiting in the outboxes (and with ``recover``, the ones this
+    node claimed before it stopped); returns how many rows were appended."""
+    slots = set(cluster.slots_with(outbox_key))
+    if recover:
+        slots |= set(cluster.slots_with(lambda s: claimed_key(s, node)))
+    added = 0
+    for slot in sorted(slots):
+        while True:
+            rows = cluster.claim(slot, node, batch)
+            if not rows:
+                break
+            added += local.run_write(op_journal(slot, rows))
+            cluster.unclaim(slot, node, rows[-1])
+            if len(rows) < batch:
+                break
+    return added
