@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sim.api_cmd
 import sim.billing_cmd
+import sim.cluster_cmd
 import sim.core_cmd
 import sim.diameter_cmd
 import sim.fuzz_cmd
@@ -16,9 +17,9 @@ import sim.scenario
 import sim.smpp_cmd
 import sim.snmp_cmd
 
-MODULES = (sim.api_cmd, sim.billing_cmd, sim.core_cmd, sim.diameter_cmd, sim.fuzz_cmd, sim.nchf_cmd,
-           sim.nms_cmd, sim.radius_cmd, sim.rating_cmd, sim.scaling, sim.scenario,
-           sim.smpp_cmd, sim.snmp_cmd)
+MODULES = (sim.api_cmd, sim.billing_cmd, sim.cluster_cmd, sim.core_cmd, sim.diameter_cmd,
+           sim.fuzz_cmd, sim.nchf_cmd, sim.nms_cmd, sim.radius_cmd, sim.rating_cmd,
+           sim.scaling, sim.scenario, sim.smpp_cmd, sim.snmp_cmd)
 
 
 def load_all() -> None:

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_cluster import RedisCluster, redis_cluster
-from tests_support import CONFIG_DIR
+from tests_support import CONFIG_DIR, require_tool
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import load_plans_file
 from ocs.store import Store
 from ocs.store.cluster import ClusterStore
+from sim.rediscluster import RedisCluster, redis_cluster
 
 
 @pytest.fixture
@@ -51,7 +51,8 @@ def repo_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def redis_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A Redis Cluster (3 primaries, 3 replicas) on loopback, shared by the session's
     tests that leave it whole (a test that kills nodes starts its own)."""
-    with redis_cluster(tmp_path_factory.mktemp("redis")) as cluster:
+    with redis_cluster(tmp_path_factory.mktemp("redis"), require_tool("redis-server"),
+                       require_tool("redis-cli")) as cluster:
         yield cluster
 
 

@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-from redis_cluster import RedisCluster
 from tests_support import (
     admin_healthy,
     free_tcp_port,
@@ -25,6 +24,7 @@ from tests_support import (
 
 from ocs.store.cluster import ClusterStore
 from sim.diameter_cmd import GyLoad, result_codes
+from sim.rediscluster import RedisCluster
 
 OCS = str(Path(sys.executable).parent / "ocs")
 ALICE = "41790000001"
@@ -208,3 +208,20 @@ def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
     p = ocs("subscriber", "list")
     assert p.returncode != 0
     assert "not available with store.backend = redis yet" in p.stderr
+
+
+def test_the_three_node_example_configs_load() -> None:
+    """config/cluster/: three nodes, one cluster, each its own name, data, listeners."""
+    from ocs.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    cfgs = [load_config(p) for p in sorted((repo / "config" / "cluster").glob("*.toml"))]
+    assert len(cfgs) == 3
+    assert {c.store.backend for c in cfgs} == {"redis"}
+    assert len({c.store.redis.nodes for c in cfgs}) == 1
+    for attr in ("name", "data_dir"):
+        assert len({getattr(c.node, attr) for c in cfgs}) == 3
+    listens = [c.diameter.listen for c in cfgs if c.diameter is not None]
+    listens += [c.radius.acct_listen for c in cfgs if c.radius is not None]
+    listens += [c.admin.listen for c in cfgs]
+    assert len(listens) == 9 == len(set(listens))

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
-from redis_cluster import RedisCluster, redis_cluster
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add, require_tool
 
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
@@ -25,6 +24,7 @@ from ocs.rating.plans import Service, load_plans_file
 from ocs.store.cluster import ClusterStore, expiry_key, outbox_key, owner_keys, slot_tags
 from ocs.store.env import StoreError
 from ocs.store.records import dec_cdr
+from sim.rediscluster import RedisCluster, redis_cluster
 
 T0 = WEDNESDAY_NOON
 ALICE = "41790000001"
@@ -229,7 +229,8 @@ def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
     is promoted (and has no replica of its own until the killed node is back: WAIT fails,
     nothing is answered as a success meanwhile). Every debit answered as a success is in
     the wallet and has its CDR; the ones that got an error, re-sent, are charged once."""
-    with redis_cluster(tmp_path / "redis") as cluster:
+    with redis_cluster(tmp_path / "redis", require_tool("redis-server"),
+                       require_tool("redis-cli")) as cluster:
         store = ClusterStore(cluster.nodes, wait_timeout_ms=500, deadline_s=20)
         try:
             store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))

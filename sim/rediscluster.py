@@ -1,11 +1,12 @@
-"""A real Redis Cluster on loopback for the tests: Debian's redis-server, three primaries
-and three replicas, AOF with ``appendfsync always``; every process started here and
-stopped here by PID."""
+"""A real Redis Cluster on loopback for the tests and the ``cluster`` bench part: Debian's
+redis-server, three primaries and three replicas, AOF with ``appendfsync always``; every
+process started here and stopped here by PID."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tests_support import require_tool
 
 
 def _free_ports(n: int) -> list[int]:
@@ -141,10 +140,15 @@ class RedisCluster:
                 self.kill(port, signal.SIGKILL)
 
 
+def tools() -> tuple[str, str] | None:
+    """Paths of redis-server and redis-cli, or None when they are not installed."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    return (server, cli) if server and cli else None
+
+
 @contextlib.contextmanager
-def redis_cluster(root: Path) -> Iterator[RedisCluster]:
-    server = require_tool("redis-server")
-    cli = require_tool("redis-cli")
+def redis_cluster(root: Path, server: str = "redis-server",
+                  cli: str = "redis-cli") -> Iterator[RedisCluster]:
     cluster = RedisCluster(root, _free_ports(6), cli=cli, server=server)
     try:
         cluster.create()
