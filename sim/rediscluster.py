@@ -116,10 +116,29 @@ class RedisCluster:
                    for p in self.primaries()) and all(
                     self.info(p, "persistence").get(k) == "0" for p in live
                     for k in ("loading", "aof_rewrite_in_progress",
-                              "aof_rewrite_scheduled")):
+                              "aof_rewrite_scheduled")) and self._acknowledged():
                 return
             time.sleep(0.1)
         raise RuntimeError("redis replicas did not attach")
+
+    def _acknowledged(self) -> bool:
+        """A write to each primary is acknowledged by its replica (WAIT 1): the first
+        writes of a test do not meet a replica still settling after its sync."""
+        from ocs.store.cluster import slot_tags
+
+        for port in self.primaries():
+            mine = next((ln for ln in self.call(port, "CLUSTER", "NODES").splitlines()
+                         if "myself" in ln), "")
+            first = next((f for f in mine.split()[8:] if f[0].isdigit()), "")
+            if not first:
+                return False
+            key = "{" + slot_tags()[int(first.split("-")[0])].decode() + "}:probe"
+            r = subprocess.run([self.cli, "-p", str(port)], input=f"SET {key} 1\nWAIT 1 5000\n",
+                               capture_output=True, text=True, timeout=30, check=False)
+            if r.stdout.split()[-1:] != ["1"]:
+                return False
+            self.call(port, "DEL", key)
+        return True
 
     def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[port]

@@ -231,7 +231,7 @@ def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
     the wallet and has its CDR; the ones that got an error, re-sent, are charged once."""
     with redis_cluster(tmp_path / "redis", require_tool("redis-server"),
                        require_tool("redis-cli")) as cluster:
-        store = ClusterStore(cluster.nodes, wait_timeout_ms=500, deadline_s=20)
+        store = ClusterStore(cluster.nodes, wait_timeout_ms=2000, deadline_s=20)
         try:
             store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
             add(store, ALICE, balance="100.00")
