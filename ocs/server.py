@@ -454,13 +454,17 @@ class Server:
                 if n:
                     log.debug("cdrs_drained", rows=n)
             except StoreError as exc:
+                recover = True  # what it claimed before the error is finished next time
                 log.warning("cdr_drain_skipped", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.cfg.cdr.export_interval_s)
 
     async def reap(self, now: int, retention: int) -> int:
         """Settle expired reservations and forget answers past their retention."""
-        due = self.engine.expired_reservations(now)
+        if self.cluster is not None:  # network reads: off the event loop
+            due = await asyncio.to_thread(self.engine.expired_reservations, now)
+        else:
+            due = self.engine.expired_reservations(now)
         futs = [self.engine.submit("expire", ExpireRequest(key=key, expires_at=exp, now=now))
                 for key, exp in due]
         expired = sum(1 for ok in await asyncio.gather(*futs) if ok)

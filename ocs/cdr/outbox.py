@@ -26,8 +26,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from ocs.store.cluster import ClusterStore, claimed_key, outbox_key
-from ocs.store.env import CDR_JOURNAL, META, META_CDR_SEQ, Store, pack_u64, unpack_u64
+from ocs.store.cluster import ClusterStore, claimed_key
+from ocs.store.env import (
+    CDR_JOURNAL,
+    META,
+    META_CDR_SEQ,
+    Store,
+    StoreError,
+    pack_u64,
+    unpack_u64,
+)
 from ocs.store.records import dec_cdr
 from ocs.store.tx import Tx
 
@@ -36,41 +44,58 @@ _MARK = b"cdr_claim\x00"
 """meta: + slot (u16) -> record id of the last row journalled from that slot."""
 
 
-def op_journal(slot: int, rows: list[bytes]) -> Callable[[Tx], int]:
-    """Append claimed ``rows`` of ``slot`` to the journal, unless they already are."""
-    last = dec_cdr.decode(rows[-1]).record_id.encode()
-    mark = _MARK + struct.pack(">H", slot)
+def op_journal(claims: list[tuple[int, list[bytes]]]) -> Callable[[Tx], int]:
+    """Append the claimed rows of each slot to the journal (one transaction for them all),
+    except a slot's rows journalled already (before the node stopped)."""
+    marks = [(_MARK + struct.pack(">H", slot), rows,
+              dec_cdr.decode(rows[-1]).record_id.encode()) for slot, rows in claims]
 
     def op(tx: Tx) -> int:
-        if tx.get(META, mark) == last:
-            return 0  # journalled before the node stopped; only the unclaim was missing
         raw = tx.get(META, META_CDR_SEQ)
-        seq = unpack_u64(raw) if raw is not None else 0
-        for row in rows:
-            seq += 1
-            tx.put(CDR_JOURNAL, pack_u64(seq), row)
-        tx.put(META, META_CDR_SEQ, pack_u64(seq))
-        tx.put(META, mark, last)
-        return len(rows)
+        seq = start = unpack_u64(raw) if raw is not None else 0
+        for mark, rows, last in marks:
+            if tx.get(META, mark) == last:
+                continue  # journalled before the node stopped; only the unclaim was missing
+            for row in rows:
+                seq += 1
+                tx.put(CDR_JOURNAL, pack_u64(seq), row)
+            tx.put(META, mark, last)
+        if seq != start:
+            tx.put(META, META_CDR_SEQ, pack_u64(seq))
+        return seq - start
 
     return op
 
 
 def drain(cluster: ClusterStore, local: Store, node: str, *, recover: bool = False,
-          batch: int = BATCH) -> int:
-    """Journal every CDR waiting in the outboxes (and with ``recover``, the ones this
-    node claimed before it stopped); returns how many rows were appended."""
-    slots = set(cluster.slots_with(outbox_key))
+          batch: int = BATCH, per_txn: int = 20_000) -> int:
+    """Journal the CDRs waiting in the outboxes this node wrote to (and in every slot's,
+    once a ``cluster.full_scan_s``: what other nodes left; with ``recover``, also the
+    ones this node claimed before it stopped); returns how many rows were appended.
+    Claims of many slots go into one journal transaction (one fsync)."""
+    todo = set(cluster.outbox_slots())
     if recover:
-        slots |= set(cluster.slots_with(lambda s: claimed_key(s, node)))
+        todo |= set(cluster.slots_with(lambda s: claimed_key(s, node)))
     added = 0
-    for slot in sorted(slots):
-        while True:
-            rows = cluster.claim(slot, node, batch)
-            if not rows:
-                break
-            added += local.run_write(op_journal(slot, rows))
+    while todo:
+        claims: list[tuple[int, list[bytes]]] = []
+        count = 0
+        try:
+            for slot in sorted(todo):
+                rows = cluster.claim(slot, node, batch)
+                if len(rows) < batch:
+                    todo.discard(slot)  # (a full batch: the slot may hold more)
+                if rows:
+                    claims.append((slot, rows))
+                    count += len(rows)
+                if count >= per_txn:
+                    break
+        except StoreError:
+            cluster.note_outbox(todo)  # looked at again next time
+            raise
+        if not claims:
+            break
+        added += local.run_write(op_journal(claims))
+        for slot, rows in claims:
             cluster.unclaim(slot, node, rows[-1])
-            if len(rows) < batch:
-                break
     return added

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
@@ -79,6 +81,8 @@ SLOTS = 16384
 NOBODY = b"~"
 """The tag of answers to requests that name no known subscriber."""
 SHARED = b"{ocs}"
+SHARED_TTL_S = 1.0
+"""How long a charging operation may use a shared record (the plans version) it read."""
 
 _ACCOUNT_STR = {SUBSCRIBERS: b":sub", BALANCES: b":bal"}
 """Records keyed by the MSISDN alone: one string key each."""
@@ -193,7 +197,25 @@ local function unclaim(keys, argv)
   return redis.call('DEL', keys[1])
 end
 
+-- ocs_scan: which of the lists (ARGV[1] = L: LLEN) or sorted sets (Z: the earliest
+-- score) named in ARGV[2..] are not empty, on this node: index, value, index, value...
+local function scan(keys, argv)
+  local out = {}
+  for i = 2, #argv do
+    if argv[1] == 'L' then
+      local n = redis.call('LLEN', argv[i])
+      if n > 0 then out[#out + 1] = i - 1; out[#out + 1] = n end
+    else
+      local first = redis.call('ZRANGE', argv[i], 0, 0, 'WITHSCORES')
+      if #first > 0 then out[#out + 1] = i - 1; out[#out + 1] = tonumber(first[2]) end
+    end
+  end
+  return out
+end
+
 redis.register_function('ocs_apply', apply)
+redis.register_function{function_name = 'ocs_scan', callback = scan,
+                        flags = {'no-writes', 'allow-cross-slot-keys'}}
 redis.register_function('ocs_claim', claim)
 redis.register_function('ocs_unclaim', unclaim)
 redis.register_function('ocs_unown', unown)
@@ -301,6 +323,21 @@ class ClusterTx(Tx):
         if self._bound is not None and self._bound != tag:
             raise StoreError(f"one operation touches two accounts ({self._bound!r}, {tag!r})")
         self._bound = tag
+        if msisdn:
+            self._prefetch(tag)
+
+    def _prefetch(self, tag: bytes) -> None:
+        """The subscriber and balance records, in one round trip (every operation on an
+        account reads both)."""
+        wanted = [(b"{" + tag + b"}" + _ACCOUNT_STR[db], None) for db in (SUBSCRIBERS,
+                                                                           BALANCES)]
+        missing = [w for w in wanted if w not in self._view]
+        if not missing:
+            return
+        values = self._store.read_many([k for k, _ in missing])
+        for where, value in zip(missing, values, strict=True):
+            self._view[where] = value
+            self._checks[where] = value
 
     def index_answer(self, key: bytes, msisdn: bytes) -> None:
         """The debit answer ``key`` is in ``msisdn``'s account: an index entry (kept as
@@ -367,6 +404,12 @@ class ClusterTx(Tx):
         if where in self._view:
             return self._view[where]
         rkey, field = where
+        if rkey.startswith(SHARED) and (self._read_only or self._bound is not None):
+            # plans and settings, read on the way to an account (never checked there):
+            # kept for a second by the store, as the LMDB writer reads them per batch
+            value = self._store.read_shared(rkey, field)
+            self._view[where] = value
+            return value
         value = self._store.read(rkey, field)
         self._view[where] = value
         self._checks[where] = value
@@ -474,9 +517,14 @@ class ClusterTx(Tx):
         if where in self._view:
             return self._view[where]
         owner = self._store.read(own, tail)
-        if owner is not None and self._store.read(
-                b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit) is None:
-            owner = None
+        if owner is not None:
+            res = (b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit)
+            raw = self._view[res] if res in self._view else self._store.read(*res)
+            if raw is None:
+                owner = None
+            else:  # the reservation the operation reads next: read once
+                self._view[res] = raw
+                self._checks.setdefault(res, raw)
         if owner is None:
             self._ended = self._store.read(owner_keys(unit)[2], None)
         self._view[where] = owner
@@ -556,6 +604,9 @@ class ClusterStore:
                                        socket_connect_timeout=2)
         except (RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis cluster {', '.join(nodes)}: {exc}") from exc
+        self._auth = (username or None, password or None)
+        self._local = threading.local()
+        self._conns: list[Any] = []
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.answer_ttl_ms = answer_retention_s * 1000
@@ -563,6 +614,17 @@ class ClusterStore:
         self.deadline_s = deadline_s
         self.conflicts = 0
         """Operations run again because a record they read changed (a counter)."""
+        self._shared: dict[tuple[bytes, bytes | None], tuple[float, bytes | None]] = {}
+        self.full_scan_s = 60.0
+        """Scans of every slot's outbox and expiry set (for what other nodes, perhaps
+        gone, left) happen at most this often; in between, only the slots this process
+        wrote to are looked at."""
+        self._lock = threading.Lock()
+        self._outbox_slots: set[int] = set()
+        self._expiry_slots: dict[int, int] = {}
+        """Slot -> the earliest expiry that may be in its set (written by this process
+        since the last look)."""
+        self._next_full = {"outbox": 0.0, "expiry": 0.0}
         self.load_functions()
 
     @classmethod
@@ -574,6 +636,10 @@ class ClusterStore:
                    answer_retention_s=cfg.store.answer_retention_s)
 
     def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.disconnect()
         self.rc.close()
 
     def __enter__(self) -> ClusterStore:
@@ -589,13 +655,30 @@ class ClusterStore:
     # -- reads -------------------------------------------------------------------------
 
     def read(self, rkey: bytes, field: bytes | None) -> bytes | None:
-        value = self._call("HGET", rkey, field) if field is not None else self._call(
-            "GET", rkey)
-        return value if value is None else bytes(value)
+        value: bytes | None = self._one(rkey, ("HGET", rkey, field) if field is not None
+                                        else ("GET", rkey))
+        return value
+
+    def read_many(self, rkeys: list[bytes]) -> list[bytes | None]:
+        """String keys of one slot, in one round trip (MGET)."""
+        values: list[bytes | None] = self._one(rkeys[0], ("MGET", *rkeys))
+        return values
+
+    def read_shared(self, rkey: bytes, field: bytes | None) -> bytes | None:
+        """A shared record (plans version, settings) as read at most a second ago."""
+        now = time.monotonic()
+        hit = self._shared.get((rkey, field))
+        if hit is not None and now - hit[0] < SHARED_TTL_S:
+            return hit[1]
+        value = self.read(rkey, field)
+        self._shared[(rkey, field)] = (now, value)
+        return value
 
     def read_hash(self, rkey: bytes) -> dict[bytes, bytes]:
-        raw = self._call("HGETALL", rkey)
-        return {bytes(k): bytes(v) for k, v in raw.items()}
+        reply = self._one(rkey, ("HGETALL", rkey))
+        if isinstance(reply, dict):  # RESP3: a map
+            return reply
+        return dict(zip(reply[::2], reply[1::2], strict=True))
 
     def index_holds(self, db: bytes, rkey: bytes, owner: bytes) -> bool:
         """Whether the account ``owner`` agrees with index entry ``rkey``."""
@@ -606,8 +689,67 @@ class ClusterStore:
         sub = dec_subscriber.decode(raw)
         return (sub.imsi if db == IDX_IMSI else sub.username).encode() == key
 
-    def _call(self, *args: Any) -> Any:
-        return self._retrying(lambda: self.rc.execute_command(*args))
+    def _one(self, slot_key: bytes, cmd: tuple[Any, ...]) -> Any:
+        """One command to the primary of ``slot_key``'s slot (a read, or a write that is
+        safe to repeat), retried over failovers; its reply."""
+        def once() -> Any:
+            reply = self._exec(slot_key, cmd)[0]
+            if isinstance(reply, ResponseError):
+                self._raise(reply)
+            return reply
+
+        return self._retrying(once)
+
+    def _link(self, slot: int) -> Any:
+        """This thread's connection to the primary serving ``slot``: commands go
+        straight to it (the cluster client's per-command routing costs four times the
+        round trip's CPU), the slot map is the cluster client's."""
+        nodes = self.rc.nodes_manager.slots_cache.get(slot)
+        if not nodes:
+            raise ClusterDownError(f"no node serves slot {slot}")
+        node = nodes[0]
+        links: dict[str, Any] | None = getattr(self._local, "links", None)
+        if links is None:
+            links = self._local.links = {}
+        conn = links.get(node.name)
+        if conn is None:
+            make: Any = Connection  # (redis-py's connection class is not fully typed)
+            conn = links[node.name] = make(
+                host=node.host, port=node.port, username=self._auth[0],
+                password=self._auth[1], socket_timeout=5, socket_connect_timeout=2)
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _exec(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> list[Any]:
+        """``cmds`` pipelined on one connection to the primary of ``slot_key``'s slot
+        (so a WAIT among them covers the writes before it); error replies come back in
+        the list. A broken connection is dropped and raises ConnectionError."""
+        conn = self._link(key_slot(slot_key))
+        try:
+            conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+            out: list[Any] = []
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            conn.disconnect()
+            raise ConnectionError(str(exc)) from exc
+
+    def _raise(self, reply: ResponseError) -> None:
+        """An error reply: the slot moved or its shard fails over (retried), a library
+        missing on a new primary (loaded, retried), or an error of ours."""
+        msg = str(reply)
+        if msg.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING",
+                           "READONLY")):
+            raise ClusterDownError(msg)
+        if "Function not found" in msg:
+            self.load_functions()
+            raise ClusterDownError(msg)
+        raise StoreError(f"redis: {msg}")
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         """``fn`` again while the cluster fails over or moves slots, up to the deadline."""
@@ -631,16 +773,6 @@ class ClusterStore:
 
     # -- writes ----------------------------------------------------------------------
 
-    def _on_node(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> list[Any]:
-        """``cmds`` pipelined on one connection to the primary of ``slot_key``'s slot
-        (so WAIT covers the writes before it); errors come back in the list."""
-        node = self.rc.nodes_manager.get_node_from_slot(key_slot(slot_key))
-        conn = self.rc.get_redis_connection(node)
-        pipe = conn.pipeline(transaction=False)
-        for c in cmds:
-            pipe.execute_command(*c)
-        return list(pipe.execute(raise_on_error=False))
-
     def _durable(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> Any:
         """Run ``cmds`` on the slot's primary then WAIT for the replicas; the first
         command's reply. Slot moves and failovers are retried (the commands must be safe
@@ -648,18 +780,10 @@ class ClusterStore:
         wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
 
         def once() -> Any:
-            out = self._on_node(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
+            out = self._exec(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
             for r in out:
                 if isinstance(r, ResponseError):
-                    msg = str(r)
-                    if msg.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
-                        raise ClusterDownError(msg)
-                    if "Function not found" in msg:
-                        self.load_functions()
-                        raise ClusterDownError(msg)
-                    raise StoreError(f"redis: {msg}")
-                if isinstance(r, Exception):
-                    raise r
+                    self._raise(r)
             if self.wait_replicas and int(out[-1]) < self.wait_replicas:
                 raise StoreError(f"redis: {out[-1]} of {self.wait_replicas} replicas "
                                  f"acknowledged within {self.wait_timeout_ms} ms")
@@ -688,6 +812,7 @@ class ClusterStore:
                 if int(applied) == 0:
                     self.conflicts += 1
                     continue
+                self._note_slots(tx._writes)
             elif tx._bound is not None and self.wait_replicas:
                 # A replay: the answer it read may be a write the replicas have not
                 # acknowledged yet (its first run lost its WAIT). A write of our own on
@@ -699,6 +824,25 @@ class ClusterStore:
             return result
         raise StoreError(f"redis: gave up after {self.attempts} conflicting attempts")
 
+    def _note_slots(self, writes: list[tuple[Any, ...]]) -> None:
+        """Remember the outboxes and expiry sets an applied operation wrote to."""
+        for w in writes:
+            if w[0] == "RP":
+                with self._lock:
+                    self._outbox_slots.add(key_slot(w[1]))
+            elif w[0] == "ZA":
+                slot, at = key_slot(w[1]), int(w[2])
+                with self._lock:
+                    self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
+
+    def _full_scan(self, what: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_full[what]:
+                return False
+            self._next_full[what] = now + self.full_scan_s
+            return True
+
     @contextmanager
     def view(self) -> Iterator[Tx]:
         """A read-only view (each record as stored when first read)."""
@@ -707,18 +851,39 @@ class ClusterStore:
     # -- cluster-wide scans ------------------------------------------------------------
 
     def expiries(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
-        """(reservation key, expires_at) due at ``now``, from every slot's expiry set."""
+        """(reservation key, expires_at) due at ``now``: from the expiry sets of the slots
+        this process wrote reservations to, and of every slot once a ``full_scan_s``
+        (what other nodes, perhaps gone, left)."""
+        if self._full_scan("expiry"):
+            found = self.scan_slots(expiry_key, "Z")
+            with self._lock:
+                for slot, at in found.items():
+                    self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
+        with self._lock:
+            slots = [s for s, at in self._expiry_slots.items() if at <= now]
         out: list[tuple[bytes, int]] = []
+        for slot in slots:
+            k = expiry_key(slot)
 
-        def scan() -> list[Any]:
-            pipe = self.rc.pipeline()
-            for slot in range(SLOTS):
-                pipe.zrangebyscore(expiry_key(slot), "-inf", now, start=0, num=limit)
-            return list(pipe.execute())
+            def due(k: bytes = k) -> list[Any]:
+                replies = self._exec(k, ("ZRANGEBYSCORE", k, "-inf", now, "LIMIT", 0, limit),
+                                     ("ZRANGE", k, 0, 0, "WITHSCORES"))
+                for r in replies:
+                    if isinstance(r, ResponseError):
+                        self._raise(r)
+                return replies
 
-        for members in self._retrying(scan):
-            for m in members:
-                out.append((bytes(m[8:]), unpack_u64(bytes(m[:8]))))
+            members, first = self._retrying(due)
+            out += [(bytes(m[8:]), unpack_u64(bytes(m[:8]))) for m in members]
+            if first and isinstance(first[0], list):  # RESP3: [[member, score]]
+                first = first[0]
+            earliest = int(float(first[1])) if first else None
+            with self._lock:
+                if earliest is None:
+                    self._expiry_slots.pop(slot, None)
+                else:  # (a reservation written since keeps its earlier time)
+                    self._expiry_slots[slot] = min(earliest,
+                                                   self._expiry_slots.get(slot, earliest))
         out.sort(key=lambda e: e[1])
         return out[:limit]
 
@@ -771,8 +936,11 @@ class ClusterStore:
         due: dict[bytes, int] = {}
         for k in keys:
             if k.endswith(b":resexp"):
-                for member, score in self._call("ZRANGE", k, 0, -1, "WITHSCORES"):
-                    due[bytes(member)] = int(score)
+                reply = self._one(k, ("ZRANGE", k, 0, -1, "WITHSCORES"))
+                pairs = (reply if reply and isinstance(reply[0], list)  # RESP3: pairs
+                         else zip(reply[::2], reply[1::2], strict=True))
+                for member, score in pairs:
+                    due[bytes(member)] = int(float(score))
         charged: dict[str, int] = {}
         for raw in self.outbox() if undrained else ():
             rec = dec_cdr.decode(raw)
@@ -817,15 +985,51 @@ class ClusterStore:
 
     # -- the CDR outboxes -------------------------------------------------------------
 
-    def slots_with(self, key: Callable[[int], bytes]) -> list[int]:
-        """The slots whose list ``key(slot)`` is not empty (one pipelined pass)."""
-        def scan() -> list[int]:
-            pipe = self.rc.pipeline()
-            for slot in range(SLOTS):
-                pipe.llen(key(slot))
-            return [slot for slot, n in enumerate(pipe.execute()) if n]
+    def scan_slots(self, key: Callable[[int], bytes], kind: str) -> dict[int, int]:
+        """Slot -> length (``kind`` L: lists) or earliest score (Z: sorted sets) of
+        ``key(slot)``, for every slot where it is not empty: one ``ocs_scan`` call per
+        primary, over the slots it serves."""
+        def scan() -> dict[int, int]:
+            by_node: dict[str, list[int]] = {}
+            for slot, nodes in self.rc.nodes_manager.slots_cache.items():
+                by_node.setdefault(nodes[0].name, []).append(slot)
+            if sum(len(v) for v in by_node.values()) < SLOTS:
+                raise ClusterDownError("not every slot is served")
+            out: dict[int, int] = {}
+            for slots in by_node.values():
+                reply = self._exec(key(slots[0]), ("FCALL", "ocs_scan", 0, kind,
+                                                   *[key(x) for x in slots]))[0]
+                if isinstance(reply, ResponseError):
+                    self._raise(reply)
+                for i in range(0, len(reply), 2):
+                    out[slots[int(reply[i]) - 1]] = int(reply[i + 1])
+            return out
 
         return self._retrying(scan)
+
+    def slots_with(self, key: Callable[[int], bytes]) -> list[int]:
+        """The slots whose list ``key(slot)`` is not empty."""
+        return sorted(self.scan_slots(key, "L"))
+
+    def note_outbox(self, slots: set[int]) -> None:
+        """Look at these outboxes again at the next :meth:`outbox_slots`."""
+        with self._lock:
+            self._outbox_slots |= slots
+
+    def outbox_slots(self) -> list[int]:
+        """Slots whose outbox may hold CDRs: the ones this process wrote to since the
+        last call, and once a ``full_scan_s`` every slot's that is not empty."""
+        with self._lock:
+            mine, self._outbox_slots = self._outbox_slots, set()
+        if self._full_scan("outbox"):
+            try:
+                return sorted(mine | set(self.slots_with(outbox_key)))
+            except StoreError:
+                with self._lock:
+                    self._outbox_slots |= mine
+                    self._next_full["outbox"] = 0.0
+                raise
+        return sorted(mine)
 
     def claim(self, slot: int, node: str, limit: int) -> list[bytes]:
         """Up to ``limit`` CDRs of the slot's outbox, now ``node``'s (or the ones it
@@ -854,7 +1058,7 @@ class ClusterStore:
         for k in self._retrying(scan):
             owner = k.partition(b"}:claimed:")[2].decode("utf-8", "replace")
             if owner != node:
-                out[owner] = out.get(owner, 0) + int(self._call("LLEN", k))
+                out[owner] = out.get(owner, 0) + int(self._one(k, ("LLEN", k)))
         return {n: c for n, c in out.items() if c}
 
     def outbox(self) -> list[bytes]:

@@ -1,0 +1,99 @@
+"""Draining the Redis Cluster's CDR outboxes into a node's journal: exactly once, also
+when a node stops between the steps, and whichever node wrote the CDRs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+
+from ocs.cdr.outbox import drain, op_journal
+from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.model import DebitRequest, IdKind
+from ocs.provisioning import op_load_plans
+from ocs.rating.plans import Service, load_plans_file
+from ocs.store import Store
+from ocs.store.cluster import ClusterStore, claimed_key, outbox_key
+from ocs.store.env import CDR_JOURNAL, StoreError
+from ocs.store.records import dec_cdr
+from sim.rediscluster import RedisCluster
+
+SUBS = [f"4179000{i:04d}" for i in range(40)]
+
+
+def journal(local: Store) -> list[str]:
+    with local.read() as txn:
+        return [dec_cdr.decode(v).record_id for _k, v in txn.cursor(db=local.dbs[CDR_JOURNAL])]
+
+
+@pytest.fixture
+def charged(cluster_store: ClusterStore) -> ClusterStore:
+    """40 subscribers (spread over many slots) with one SMS each: 40 CDRs waiting."""
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    engine = ChargingEngine(cluster_store, None, EngineSettings(node="n1"))
+    for m in SUBS:
+        add(cluster_store, m, balance="1.00")
+        d = engine.debit_sync(DebitRequest(
+            request_key=f"sms-{m}".encode(), subscriber=((IdKind.MSISDN, m),),
+            service=Service.SMS, destination="41791234567", now=WEDNESDAY_NOON))
+        assert d.ok and d.charged == 50_000  # sms-national
+    return cluster_store
+
+
+def test_every_cdr_once_across_two_nodes(charged: ClusterStore, redis_nodes: RedisCluster,
+                                         tmp_path: Path) -> None:
+    """Node 2 wrote nothing: its first drain scans every slot and takes what is there;
+    node 1 then finds nothing left. Each record is in one journal."""
+    with Store(tmp_path / "n1") as local1, Store(tmp_path / "n2") as local2, \
+            ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000) as other:
+        assert drain(other, local2, "n2", batch=7) == 40
+        assert drain(charged, local1, "n1") == 0
+        ids = journal(local2)
+        assert sorted(ids) == sorted(f"{m}-1" for m in SUBS) and journal(local1) == []
+        assert charged.outbox() == []
+
+
+def test_a_node_that_stopped_between_the_steps_finishes_once(
+        charged: ClusterStore, tmp_path: Path) -> None:
+    with Store(tmp_path / "n1") as local:
+        slots = charged.outbox_slots()
+        assert slots
+        # claimed, then the node stopped before journalling
+        first = charged.claim(slots[0], "n1", 500)
+        # claimed and journalled, then it stopped before the unclaim
+        second = charged.claim(slots[1], "n1", 500)
+        local.run_write(op_journal([(slots[1], second)]))
+        assert len(journal(local)) == len(second)
+        charged.note_outbox(set(slots))  # (a new process would find them by a full scan)
+        assert drain(charged, local, "n1", recover=True) == 40 - len(second)
+        ids = journal(local)
+        assert len(ids) == 40 == len(set(ids))  # none twice, none lost
+        assert dec_cdr.decode(first[0]).record_id in ids
+        assert charged.rc.llen(claimed_key(slots[0], "n1")) == 0
+        assert charged.rc.llen(outbox_key(slots[0])) == 0
+
+
+def test_a_claim_another_node_holds_is_waited_for(charged: ClusterStore,
+                                                   tmp_path: Path) -> None:
+    """Rows another node claimed are that node's to journal (cdr flush names it)."""
+    slot = charged.outbox_slots()[0]
+    held = charged.claim(slot, "n9", 500)
+    assert held and charged.claimed_elsewhere("n1") == {"n9": len(held)}
+    with Store(tmp_path / "n1") as local:
+        charged.note_outbox({slot})
+        drain(charged, local, "n1")
+        assert not set(journal(local)) & {dec_cdr.decode(r).record_id for r in held}
+
+
+def test_a_journal_failure_leaves_the_rows_claimed(charged: ClusterStore,
+                                                   tmp_path: Path) -> None:
+    class Broken:
+        def run_write(self, fn: object) -> int:
+            raise StoreError("disk full")
+
+    with pytest.raises(StoreError):
+        drain(charged, Broken(), "n1")  # type: ignore[arg-type]
+    with Store(tmp_path / "n1") as local:
+        assert drain(charged, local, "n1", recover=True) == 40
+        assert len(set(journal(local))) == 40
