@@ -592,7 +592,7 @@ class ClusterStore:
     def __init__(self, nodes: tuple[str, ...] | list[str], *, username: str = "",
                  password: str = "", wait_replicas: int = 1, wait_timeout_ms: int = 100,
                  answer_retention_s: int = 86400, attempts: int = 64,
-                 deadline_s: float = 10.0):
+                 deadline_s: float = 10.0, read_deadline_s: float = 1.0):
         node: Any = ClusterNode  # (redis-py's cluster classes are not fully typed)
         seeds = []
         for n in nodes:
@@ -600,8 +600,9 @@ class ClusterStore:
             seeds.append(node(host, int(port)))
         try:
             self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
-                                       password=password or None, socket_timeout=5,
-                                       socket_connect_timeout=2)
+                                       password=password or None,
+                                       socket_timeout=wait_timeout_ms / 1000 + 1.0,
+                                       socket_connect_timeout=1.0)
         except (RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis cluster {', '.join(nodes)}: {exc}") from exc
         self._auth = (username or None, password or None)
@@ -612,6 +613,11 @@ class ClusterStore:
         self.answer_ttl_ms = answer_retention_s * 1000
         self.attempts = attempts
         self.deadline_s = deadline_s
+        """How long an operation waits out a failover (its answer is late, not lost)."""
+        self.read_deadline_s = read_deadline_s
+        """How long a read-only view does: the protocol agents read subscribers and
+        plans on their event loop, which must not stall for a failover."""
+        self._io_timeout = wait_timeout_ms / 1000 + 1.0
         self.conflicts = 0
         """Operations run again because a record they read changed (a counter)."""
         self._shared: dict[tuple[bytes, bytes | None], tuple[float, bytes | None]] = {}
@@ -716,7 +722,8 @@ class ClusterStore:
             make: Any = Connection  # (redis-py's connection class is not fully typed)
             conn = links[node.name] = make(
                 host=node.host, port=node.port, username=self._auth[0],
-                password=self._auth[1], socket_timeout=5, socket_connect_timeout=2)
+                password=self._auth[1], socket_timeout=self._io_timeout,
+                socket_connect_timeout=1.0)
             with self._lock:
                 self._conns.append(conn)
         return conn
@@ -753,7 +760,7 @@ class ClusterStore:
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         """``fn`` again while the cluster fails over or moves slots, up to the deadline."""
-        deadline = time.monotonic() + self.deadline_s
+        deadline = time.monotonic() + getattr(self._local, "deadline_s", self.deadline_s)
         delay = 0.01
         while True:
             try:
@@ -845,8 +852,17 @@ class ClusterStore:
 
     @contextmanager
     def view(self) -> Iterator[Tx]:
-        """A read-only view (each record as stored when first read)."""
-        yield ClusterTx(self, read_only=True)
+        """A read-only view (each record as stored when first read); its reads give up
+        after ``read_deadline_s`` (StoreError) rather than wait out a failover."""
+        before = getattr(self._local, "deadline_s", None)
+        self._local.deadline_s = self.read_deadline_s
+        try:
+            yield ClusterTx(self, read_only=True)
+        finally:
+            if before is None:
+                del self._local.deadline_s
+            else:
+                self._local.deadline_s = before
 
     # -- cluster-wide scans ------------------------------------------------------------
 

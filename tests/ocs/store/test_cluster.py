@@ -4,6 +4,7 @@ atomic checked transactions across nodes, WAIT, hints, hostile keys, exact money
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,12 @@ def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
             for i in range(60):
                 if i == 20:
                     cluster.kill(port)
+                    # a protocol agent's read (on its event loop) does not wait out the
+                    # failover: it gives up after read_deadline_s
+                    t0 = time.monotonic()
+                    with pytest.raises(StoreError, match="unavailable"):
+                        e.check_balance(ids(), now=T0)
+                    assert time.monotonic() - t0 < 3.0
                 if i == 26:
                     cluster.start_node(port)  # it rejoins as the new primary's replica
                     cluster.wait_ok(60)
