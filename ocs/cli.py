@@ -196,13 +196,21 @@ def build_parser() -> _Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sub_import)
 
-    st = sub.add_parser("store", parents=[common], help="the store: hot backup")
+    st = sub.add_parser("store", parents=[common],
+                        help="the store: hot backup, verify, migrate to a Redis Cluster")
     stsub = st.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = stsub.add_parser("backup", parents=[common],
                          help="a consistent, compacted copy of the store, also while serving")
     p.add_argument("dir", help="a new or empty directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_backup)
+    p = stsub.add_parser("migrate", parents=[common],
+                         help="copy this node's LMDB store into the Redis Cluster of another "
+                         "config (server stopped)")
+    p.add_argument("--to-config", required=True, metavar="PATH",
+                   help="a config with [store] backend = \"redis\"")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_migrate)
     p = stsub.add_parser("verify", parents=[common],
                          help="the store's records against each other (and the CDR files)")
     p.add_argument("--with-cdrs", action="store_true",
@@ -947,6 +955,29 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
          f"{m['subscribers']} subscribers, CDRs up to {m['cdr_seq']} "
          f"({m['cdr_journal']} not yet in files)", m)
     return 0
+
+
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    from ocs.store.cluster import ClusterStore
+    from ocs.store.migrate import migrate
+
+    cfg = _config(args)
+    target = load_config(args.to_config)
+    if cfg.store.backend != "lmdb":
+        raise CliError("--config: the store to copy must be an LMDB store (backend lmdb)")
+    if target.store.backend != "redis":
+        raise CliError(f"{args.to_config}: store.backend must be redis")
+    _lock_data_dir(cfg)  # no server charging on it meanwhile
+    with _open(cfg) as store, ClusterStore.from_config(target) as cluster:
+        moved = migrate(store, cluster, answer_retention_s=cfg.store.answer_retention_s)
+    _say(args, f"moved {moved.subscribers} subscribers ({moved.already_there} already "
+         f"there), {moved.reservations} open reservations, {moved.answers} stored answers "
+         f"and {moved.plans} plans to redis cluster {', '.join(target.store.redis.nodes)}"
+         + "".join(f"\nskipped {s}" for s in moved.skipped),
+         {"subscribers": moved.subscribers, "already_there": moved.already_there,
+          "reservations": moved.reservations, "answers": moved.answers,
+          "plans": moved.plans, "skipped": moved.skipped})
+    return EXIT_FAILURE if moved.skipped else 0
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
