@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from tests_support import (
     admin_healthy,
@@ -225,3 +229,75 @@ def test_the_three_node_example_configs_load() -> None:
     listens += [c.radius.acct_listen for c in cfgs if c.radius is not None]
     listens += [c.admin.listen for c in cfgs]
     assert len(listens) == 9 == len(set(listens))
+
+
+async def debits(port: int, keys: list[int], *, on_answer: Any = None) -> tuple[
+        dict[int, int], set[int]]:
+    """CCR-E direct debits (session ``ev;<k>``, number 0) through one node, 16 in flight:
+    (key -> result code of the answered ones, keys that got no answer)."""
+    load = GyLoad("127.0.0.1", port, connections=2, timeout_s=5)
+    await load.open()
+    answered: dict[int, int] = {}
+    lost: set[int] = set()
+    sem = asyncio.Semaphore(16)
+
+    async def one(k: int) -> None:
+        async with sem:
+            body = load.ccr(f"ev;{k}", 4, 0, ALICE, event_units=1)
+            try:
+                ans = await load._send(load.conns[k % 2], 272, 4, body)
+            except (ConnectionError, TimeoutError):
+                lost.add(k)
+                return
+            answered[k] = result_codes(ans)[0]
+            if on_answer is not None:
+                on_answer(len(answered))
+
+    try:
+        await asyncio.gather(*(one(k) for k in keys))
+    finally:
+        load.close()
+    return answered, lost
+
+
+def test_a_killed_node_loses_no_answered_charge_and_no_cdr(
+        tmp_path: Path, redis_nodes: RedisCluster) -> None:
+    """SIGKILL of a node while it charges: what it answered is in the wallet; what got
+    no answer, re-sent to the other node, is charged once (a replay where the dead node
+    had charged it). Restarted, the killed node finishes the CDRs it had claimed: every
+    charge has exactly one CDR in one node's files."""
+    redis_nodes.flush()
+    a = Node(tmp_path, "ocs-a", redis_nodes.nodes)
+    b = Node(tmp_path, "ocs-b", redis_nodes.nodes)
+    a.ocs("subscriber", "add", "--msisdn", ALICE, "--plan", "prepaid-basic", "--balance",
+          "100.00")
+    n = 300
+    with serving(b.cfg, b.cwd, lambda: admin_healthy(b.admin)):
+        with serving(a.cfg, a.cwd, lambda: admin_healthy(a.admin)) as proc:
+            def kill_at(count: int) -> None:
+                if count == 100 and proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+
+            answered, lost = asyncio.run(debits(a.dia, list(range(n)), on_answer=kill_at))
+        assert proc.returncode == -signal.SIGKILL
+        assert lost and len(answered) >= 100 and set(answered.values()) == {2001}
+        resent, still = asyncio.run(debits(b.dia, sorted(lost)))
+        assert not still and set(resent.values()) == {2001}
+        # one event's price, from the first answer's CDR below; here the wallet
+        spent = 100_000_000 - micro(b.show()["balance"])
+        with serving(a.cfg, a.cwd, lambda: admin_healthy(a.admin)):  # a again
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                with ClusterStore(redis_nodes.nodes) as cluster:
+                    if not cluster.claimed_elsewhere("-") and not cluster.outbox():
+                        break
+                time.sleep(0.2)
+            a.ocs("cdr", "flush")
+        b.ocs("cdr", "flush")
+    rows = a.cdr_rows() + b.cdr_rows()
+    ids = [r["record_id"] for r in rows]
+    assert len(ids) == n == len(set(ids))  # each event once: none lost, none twice
+    assert {r["session_id"] for r in rows} == {f"ev;{k}" for k in range(n)}
+    price = micro(rows[0]["charge"])
+    assert price > 0 and all(micro(r["charge"]) == price for r in rows)
+    assert spent == n * price
