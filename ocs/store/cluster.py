@@ -13,12 +13,15 @@ silent success.
 
 Beside the account, in the same slot (keys whose tag hashes to the subscriber's slot, one
 short tag per slot): the reservation expiry set and the CDR outbox. Outside it, lookups
-that start from something else are **hints**: the IMSI and username indexes and the
-session owner index are written before the operation that needs them (and acknowledged by
-the replicas), removed after it with a compare-and-delete, and checked against the
-account whenever they are read (a stale hint is nobody's). Plans, zones and the other
-shared settings sit under ``{ocs}``; a charging operation reads them without checking
-them, as the LMDB writer reads a plan version current at the batch.
+that start from something else are **hints**: the IMSI and username indexes, the session
+owner hash (one per session: rating group -> subscriber) and the owner of a debit's
+answer are written before the operation that needs them (and acknowledged by the
+replicas), withdrawn after it only if they still name that subscriber, and checked
+against the account whenever they are read (a stale hint is nobody's). When a session
+ends, an ``end:`` key names its subscriber for as long as answers are kept: a report
+re-sent after the end finds the stored answer there. Plans, zones and the other shared
+settings sit under ``{ocs}``; a charging operation reads them without checking them (at
+most a second old), as the LMDB writer reads a plan version current at its batch.
 
 What is not kept on this backend yet (an operation that needs it fails with
 :class:`StoreError`): fraud cases, the SMS queue, alarms, NMS history, billing runs and
@@ -131,9 +134,12 @@ local function apply(keys, argv)
   local widths = {S = 3, D = 1, HS = 3, HD = 2, ZA = 3, ZR = 2, RP = 2}
   local b = a
   while b <= #argv do  -- validate every write before the first one (no rollback)
-    local w = widths[argv[b]]
-    if not w or not keys[tonumber(argv[b + 1])] then
-      return redis.error_reply('ocs_apply: bad write ' .. tostring(argv[b]))
+    local op = argv[b]
+    local w = widths[op]
+    if not w or not keys[tonumber(argv[b + 1])] or b + w > #argv
+        or (op == 'S' and not tonumber(argv[b + 3]))
+        or (op == 'ZA' and not tonumber(argv[b + 2])) then
+      return redis.error_reply('ocs_apply: bad write ' .. tostring(op))
     end
     b = b + 1 + w
   end
@@ -285,10 +291,6 @@ def outbox_key(slot: int) -> bytes:
 def claimed_key(slot: int, node: str) -> bytes:
     """The CDRs of the slot's outbox that ``node`` took and has not journalled yet."""
     return b"{" + slot_tags()[slot] + b"}:claimed:" + node.encode()
-
-
-class Conflict(Exception):
-    """A record the operation read changed before it could write: run it again."""
 
 
 class ClusterTx(Tx):
@@ -851,18 +853,25 @@ class ClusterStore:
             return True
 
     @contextmanager
-    def view(self) -> Iterator[Tx]:
-        """A read-only view (each record as stored when first read); its reads give up
-        after ``read_deadline_s`` (StoreError) rather than wait out a failover."""
+    def _reading(self) -> Iterator[None]:
+        """Reads in this block give up after ``read_deadline_s`` (StoreError) rather
+        than wait out a failover: the protocol agents read on their event loop."""
         before = getattr(self._local, "deadline_s", None)
         self._local.deadline_s = self.read_deadline_s
         try:
-            yield ClusterTx(self, read_only=True)
+            yield
         finally:
             if before is None:
                 del self._local.deadline_s
             else:
                 self._local.deadline_s = before
+
+    @contextmanager
+    def view(self) -> Iterator[Tx]:
+        """A read-only view (each record as stored when first read; reads give up after
+        ``read_deadline_s``)."""
+        with self._reading():
+            yield ClusterTx(self, read_only=True)
 
     # -- cluster-wide scans ------------------------------------------------------------
 
@@ -906,7 +915,12 @@ class ClusterStore:
     def open_reservations(self, start: bytes) -> list[bytes]:
         """The open reservations (encoded) of units starting with ``start``: one session
         (``session NUL``: one read of its owner hash) or a session id prefix (a scan of
-        every primary's owner hashes, for rare events such as a NAS restarting)."""
+        every primary's keys, for rare events such as a NAS restarting: it takes time
+        in proportion to the keys stored). Reads give up after ``read_deadline_s``."""
+        with self._reading():
+            return self._open_reservations(start)
+
+    def _open_reservations(self, start: bytes) -> list[bytes]:
         if start.endswith(b"\x00"):
             owns = [owner_keys(start)[0]]
         else:
