@@ -56,6 +56,8 @@ rating_group = 10
 address = "127.0.0.1"
 secret = "testing123"
 name = "lo"
+[chf]
+listen = "127.0.0.1:{chf}"
 [fraud]
 enabled = false
 [admin]
@@ -69,9 +71,10 @@ class Node:
         self.cwd.mkdir()
         self.name = name
         self.dia, self.acct, self.admin = free_tcp_port(), free_udp_port(), free_tcp_port()
+        self.chf = free_tcp_port()
         self.cfg = init_server(self.cwd, SECTIONS.format(
             nodes=", ".join(f'"{n}"' for n in nodes), dia=self.dia, auth=free_udp_port(),
-            acct=self.acct, admin=self.admin, name=name), name=name)
+            acct=self.acct, admin=self.admin, name=name, chf=self.chf), name=name)
 
     def ocs(self, *args: str) -> str:
         p = subprocess.run([OCS, *args, "--config", str(self.cfg)], cwd=self.cwd,
@@ -301,3 +304,36 @@ def test_a_killed_node_loses_no_answered_charge_and_no_cdr(
     price = micro(rows[0]["charge"])
     assert price > 0 and all(micro(r["charge"]) == price for r in rows)
     assert spent == n * price
+
+
+def test_a_5g_charging_session_moves_between_nodes(tmp_path: Path,
+                                                   redis_nodes: RedisCluster) -> None:
+    """Nchf over HTTP/2 (httpx): created on one node, updated on the other (it finds the
+    session in the cluster), released on the first; exact amounts, one wallet."""
+    import httpx
+    from nchf_support import BASE, request, usage
+
+    redis_nodes.flush()
+    a = Node(tmp_path, "ocs-a", redis_nodes.nodes)
+    b = Node(tmp_path, "ocs-b", redis_nodes.nodes)
+    a.ocs("subscriber", "add", "--msisdn", ALICE, "--plan", "prepaid-basic", "--balance",
+          "1.00", "--imsi", "228010000000001")
+    json_body = {"content-type": "application/json"}
+    with serving(a.cfg, a.cwd, lambda: admin_healthy(a.admin)), \
+            serving(b.cfg, b.cwd, lambda: admin_healthy(b.admin)), \
+            httpx.Client(http1=False, http2=True, timeout=10) as h2:
+        r = h2.post(f"http://127.0.0.1:{a.chf}{BASE}", content=request(0, usage(10, 2 * MB)),
+                    headers=json_body)
+        assert r.status_code == 201, r.text
+        ref = r.headers["location"].rsplit("/", 1)[-1]
+        assert (b.show()["balance"], b.show()["reserved"]) == ("1.0000", "0.0200")
+        up = h2.post(f"http://127.0.0.1:{b.chf}{BASE}/{ref}/update",
+                     content=request(1, usage(10, MB, MB)), headers=json_body)
+        assert up.status_code == 200, up.text
+        mui = up.json()["multipleUnitInformation"][0]
+        assert (mui["resultCode"], mui["grantedUnit"]) == ("SUCCESS", {"totalVolume": MB})
+        assert (a.show()["balance"], a.show()["reserved"]) == ("0.9900", "0.0100")
+        rel = h2.post(f"http://127.0.0.1:{a.chf}{BASE}/{ref}/release",
+                      content=request(2, usage(10, None, 500_000)), headers=json_body)
+        assert rel.status_code == 204, rel.text
+        assert (b.show()["balance"], b.show()["reserved"]) == ("0.9850", "0.0000")
