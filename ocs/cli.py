@@ -958,8 +958,8 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
+    from ocs.ledger.migrate import migrate
     from ocs.store.cluster import ClusterStore
-    from ocs.store.migrate import migrate
 
     cfg = _config(args)
     target = load_config(args.to_config)

@@ -17,11 +17,11 @@ from ocs.charging.model import (
     RefundRequest,
     ReserveRequest,
 )
+from ocs.ledger.migrate import migrate
 from ocs.provisioning import op_credit
 from ocs.rating.plans import Service
 from ocs.store import Store
 from ocs.store.cluster import ClusterStore
-from ocs.store.migrate import migrate
 from sim.rediscluster import RedisCluster
 
 T0 = WEDNESDAY_NOON
