@@ -395,9 +395,11 @@ class Server:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        if self.primary:
+        if self.primary or self.cluster is not None:
+            # on a cluster every worker reaps and drains what it wrote (each knows the
+            # slots it wrote to; claims make each row and expiry handled once)
             self._tasks.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
-        if self.primary and self.cluster is not None:
+        if self.cluster is not None:
             self._tasks.append(asyncio.create_task(self._drain_loop(), name="cdr-drain"))
         if self.primary and self.cfg.nms is not None and self.cfg.nms.enabled:
             from ocs.nms.poller import Poller
