@@ -465,13 +465,6 @@ def _ledger(cfg: Config, *, create: bool = False) -> Any:
     return _open(cfg, create=create)
 
 
-def _lmdb_only(cfg: Config, what: str) -> None:
-    """``what`` reads the LMDB store alone so far: refused (not silently answered from
-    this node's local store) with the Redis backend."""
-    if cfg.store.backend == "redis":
-        raise CliError(f"{what}: not available with store.backend = redis yet")
-
-
 def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
     """A command's result: ``text`` for people, ``data`` as JSON with --json."""
     if getattr(args, "json", False):
@@ -809,7 +802,6 @@ def cmd_sub_show(args: argparse.Namespace) -> int:
 
 def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    _lmdb_only(cfg, "subscriber list")
     with _open(cfg) as store:
         items, _ = views.subscriber_items(store)
     if args.json:
