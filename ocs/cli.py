@@ -1166,7 +1166,7 @@ def cmd_report_kpis(args: argparse.Namespace) -> int:
     from ocs.billing.kpis import KpiError, compute
 
     cfg = _config(args)
-    with _open(cfg, local=True) as store:
+    with _open(cfg) as store:
         try:
             k = compute(cfg.under_data(cfg.cdr.dir), store, args.period)
         except KpiError as exc:
@@ -1289,7 +1289,7 @@ def cmd_cdr_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     cdr_dir = cfg.under_data(cfg.cdr.dir)
-    with _open(cfg, local=True) as store:
+    with _open(cfg) as store:
         target = next((r for r in every_record(cdr_dir, store)
                        if r.record_id == args.record_id), None)
         if target is None:
@@ -1486,7 +1486,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / (
         args.period + ("-preview" if args.preview else ""))
     started = time.perf_counter()
-    with _open(cfg, local=True) as store:
+    with _open(cfg) as store:
         biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
         if args.no_progress or not sys.stderr.isatty():
             summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
@@ -1524,7 +1524,7 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_period(args.period)
-    with _open(cfg, local=True) as store:
+    with _open(cfg) as store:
         rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing)
     if args.json:
         _print_json({"period": rec.period, "ok": rec.ok, "billed": rec.billed,

@@ -212,9 +212,11 @@ def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
     cfg.write_text(base + '[fraud]\nenabled = false\n[smpp]\nlisten = "127.0.0.1:0"\n')
     assert "[smpp] is not available with store.backend = redis yet" in ocs("serve").stderr
     cfg.write_text(base + "[fraud]\nenabled = false\n")
-    p = ocs("subscriber", "list")
-    assert p.returncode != 0
-    assert "not available with store.backend = redis yet" in p.stderr
+    for args in (("subscriber", "list"), ("bill", "run", "--period", "2026-11"),
+                 ("report", "kpis", "--period", "2026-11")):
+        p = ocs(*args)
+        assert p.returncode != 0, args
+        assert "not available with store.backend = redis yet" in p.stderr, args
 
 
 def test_the_three_node_example_configs_load() -> None:
