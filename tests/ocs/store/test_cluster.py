@@ -313,3 +313,16 @@ def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
             assert store.verify(undrained=True) == []
         finally:
             store.close()
+
+
+def test_a_deleted_subscriber_frees_its_identities(store: ClusterStore) -> None:
+    add(store, ALICE, balance="1.00", imsi="228010000000001", username="alice")
+    store.run_write(op_set_status(ALICE, "delete"))
+    e = engine_on(store)
+    assert e.find_subscriber_now(((IdKind.IMSI, "228010000000001"),)) is None
+    assert e.find_subscriber_now(((IdKind.USERNAME, "alice"),)) is None
+    add(store, "41790000002", balance="1.00", imsi="228010000000001", username="alice")
+    sub = e.find_subscriber_now(((IdKind.IMSI, "228010000000001"),))
+    assert sub is not None and sub.msisdn == "41790000002"
+    d = sms(e, "m1", "41790000002")
+    assert d.ok and d.charged == 150_000
