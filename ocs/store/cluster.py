@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -313,6 +314,7 @@ class ClusterTx(Tx):
         self._post: list[tuple[bytes, tuple[Any, ...]]] = []
         """(key, command) of hints withdrawn after it."""
         self._bound: bytes | None = None
+        self._held: threading.Lock | None = None
         self._ended: bytes | None = None
         """The subscriber a session this operation reports on ended for (its answers
         and ended marker are in their account), when it has no open reservation."""
@@ -324,9 +326,18 @@ class ClusterTx(Tx):
         tag = msisdn.encode() or NOBODY
         if self._bound is not None and self._bound != tag:
             raise StoreError(f"one operation touches two accounts ({self._bound!r}, {tag!r})")
-        self._bound = tag
+        self._set_bound(tag)
         if msisdn:
             self._prefetch(tag)
+
+    def _set_bound(self, tag: bytes) -> None:
+        """This operation is about account ``tag``: writing operations of one account in
+        this process take turns from here to their apply (no conflicts among them;
+        only another node's write to the account makes one run again)."""
+        if self._bound is None and not self._read_only:
+            self._held = self._store.account_lock(tag)
+            self._held.acquire()
+        self._bound = tag
 
     def _prefetch(self, tag: bytes) -> None:
         """The subscriber and balance records, in one round trip (every operation on an
@@ -416,7 +427,7 @@ class ClusterTx(Tx):
         self._view[where] = value
         self._checks[where] = value
         if db == SUBSCRIBERS and value is not None and self._bound is None:
-            self._bound = key  # the account this operation found first is its account
+            self._set_bound(key)  # the account this operation found first is its account
         return value
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
@@ -440,7 +451,7 @@ class ClusterTx(Tx):
             return
         where = self._locate(db, key)
         if self._bound is None and (db in _ACCOUNT_STR or db in _ACCOUNT_HASH):
-            self._bound = key.partition(b"\x00")[0]  # a new account's first record
+            self._set_bound(key.partition(b"\x00")[0])  # a new account's first record
         self._view[where] = value
         rkey, field = where
         if field is None:
@@ -628,6 +639,7 @@ class ClusterStore:
         gone, left) happen at most this often; in between, only the slots this process
         wrote to are looked at."""
         self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(1024)]
         self._outbox_slots: set[int] = set()
         self._expiry_slots: dict[int, int] = {}
         """Slot -> the earliest expiry that may be in its set (written by this process
@@ -807,20 +819,28 @@ class ClusterStore:
         A connection lost while the writes were in flight leaves it unknown whether they
         were applied: the operation runs again, and its stored answer (written with the
         charge) makes the second run a replay instead of a second charge."""
-        for _ in range(self.attempts):
+        for attempt in range(self.attempts):
             tx = ClusterTx(self)
-            result = fn(tx)
-            for rkey, cmd in tx._pre:
-                self._durable(rkey, cmd)
-            plan = tx.plan()
+            try:
+                result = fn(tx)
+                for rkey, cmd in tx._pre:
+                    self._durable(rkey, cmd)
+                plan = tx.plan()
+                applied = 1
+                if plan is not None:
+                    keys, argv = plan
+                    # Re-sent after a lost connection, it finds its own writes: refused.
+                    applied = int(self._durable(keys[0], ("FCALL", "ocs_apply", len(keys),
+                                                          *keys, *argv)))
+            finally:
+                if tx._held is not None:
+                    tx._held.release()
+            if not applied:
+                self.conflicts += 1
+                # another node wrote the account meanwhile: back off a little, at random
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
+                continue
             if plan is not None:
-                keys, argv = plan
-                # Re-sent after a lost connection, it finds its own writes and refuses.
-                applied = self._durable(keys[0], ("FCALL", "ocs_apply", len(keys), *keys,
-                                                  *argv))
-                if int(applied) == 0:
-                    self.conflicts += 1
-                    continue
                 self._note_slots(tx._writes)
             elif tx._bound is not None and self.wait_replicas:
                 # A replay: the answer it read may be a write the replicas have not
@@ -832,6 +852,11 @@ class ClusterStore:
                 self._durable(rkey, cmd)
             return result
         raise StoreError(f"redis: gave up after {self.attempts} conflicting attempts")
+
+    def account_lock(self, tag: bytes) -> threading.Lock:
+        """The lock the writing operations of account ``tag`` take turns on in this
+        process (one of 1,024 stripes)."""
+        return self._stripes[key_slot(tag) % len(self._stripes)]
 
     def _note_slots(self, writes: list[tuple[Any, ...]]) -> None:
         """Remember the outboxes and expiry sets an applied operation wrote to."""
