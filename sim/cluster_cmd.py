@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sim.context import BenchContext
-from sim.cpumeter import proc_cpu_s
 from sim.registry import bench_part
 from sim.report import Report, run_sim
+from sim.scaling import free_port, tree_cpu_s
 
 OCS = str(Path(sys.executable).parent / "ocs")
 BASE = 41_770_000_000
@@ -51,23 +51,6 @@ listen = "127.0.0.1:{admin}"
 [noc]
 min_free_disk_mb = 0
 """
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the writer and exporter of an ``ocs serve``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-    return out
-
-
-def cpu(pids: list[int]) -> float:
-    return sum(proc_cpu_s(p) for p in pids)
 
 
 def commandstats(cli: str, ports: list[int]) -> dict[str, tuple[int, float]]:
@@ -145,11 +128,13 @@ async def bench_cluster(ctx: BenchContext) -> list[Report]:
     server = ctx.server
     assert server.diameter is not None
     provision(server.store, 2 * sessions)
-    pids = [os.getpid(), server.writer.pid or 0]
-    c0 = cpu(pids)
+    # this process (the bench's server), its writer and exporter; the generator's process
+    # has ended (and left the tree) when the second reading is taken
+    c0 = tree_cpu_s(os.getpid())
     lmdb = await loop.run_in_executor(None, _load, server.diameter.address[1], sessions,
                                       updates, BASE)
-    reports = [_measured("CCR-U, LMDB, 1 node", [lmdb], cpu(pids) - c0, None, None)]
+    reports = [_measured("CCR-U, LMDB, 1 node", [lmdb], tree_cpu_s(os.getpid()) - c0,
+                         None, None)]
     found = tools()
     if found is None:
         reports.append(Report(part="cluster", name="Redis Cluster", operations=0,
@@ -182,9 +167,9 @@ def _redis_runs(work: Path, redis_server: str, cli: str, sessions: int,
             cwd = work / name
             cwd.mkdir()
             cfg = cwd / "ocs.toml"
-            port = _free_port()
+            port = free_port()
             cfg.write_text(NODE.format(name=name, data=cwd / "data", port=port,
-                                       admin=_free_port(),
+                                       admin=free_port(),
                                        nodes=", ".join(f'"{n}"' for n in cluster.nodes)))
             subprocess.run([OCS, "init", "--config", str(cfg), "--plans",
                             str(CONFIG_DIR / "plans.toml")], check=True, capture_output=True)
@@ -196,10 +181,10 @@ def _redis_runs(work: Path, redis_server: str, cli: str, sessions: int,
                 with contextlib.ExitStack() as stack:
                     procs = [a] + [stack.enter_context(serving(cfg, cwd))
                                    for cfg, cwd, _port in nodes[1:one_or_two]]
-                    ocs_pids = [p for proc in procs for p in tree(proc.pid)]
                     for port in primaries:
                         cluster.call(port, "CONFIG", "RESETSTAT")
-                    o0, r0 = cpu(ocs_pids), cpu(redis_pids)
+                    o0 = sum(tree_cpu_s(p.pid) for p in procs)
+                    r0 = sum(tree_cpu_s(p) for p in redis_pids)
                     runs: list[Report] = []
                     with ThreadPoolExecutor(one_or_two) as pool:
                         futs = [pool.submit(_load, nodes[k][2], sessions // one_or_two,
@@ -207,16 +192,9 @@ def _redis_runs(work: Path, redis_server: str, cli: str, sessions: int,
                                             BASE + k * sessions)
                                 for k in range(one_or_two)]
                         runs = [f.result() for f in futs]
-                    o1, r1 = cpu(ocs_pids), cpu(redis_pids)
+                    o1 = sum(tree_cpu_s(p.pid) for p in procs)
+                    r1 = sum(tree_cpu_s(p) for p in redis_pids)
                     out.append(_measured(
                         f"CCR-U, Redis Cluster, {one_or_two} node{'s' * (one_or_two > 1)}",
                         runs, o1 - o0, r1 - r0, commandstats(cli, primaries)))
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

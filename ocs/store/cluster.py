@@ -611,10 +611,12 @@ class ClusterStore:
         for n in nodes:
             host, _, port = n.rpartition(":")
             seeds.append(node(host, int(port)))
+        self._io_timeout = wait_timeout_ms / 1000 + 1.0
+        """Socket timeout: a reply may take the WAIT it follows."""
         try:
             self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
                                        password=password or None,
-                                       socket_timeout=wait_timeout_ms / 1000 + 1.0,
+                                       socket_timeout=self._io_timeout,
                                        socket_connect_timeout=1.0)
         except (RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis cluster {', '.join(nodes)}: {exc}") from exc
@@ -630,7 +632,6 @@ class ClusterStore:
         self.read_deadline_s = read_deadline_s
         """How long a read-only view does: the protocol agents read subscribers and
         plans on their event loop, which must not stall for a failover."""
-        self._io_timeout = wait_timeout_ms / 1000 + 1.0
         self.conflicts = 0
         """Operations run again because a record they read changed (a counter)."""
         self._shared: dict[tuple[bytes, bytes | None], tuple[float, bytes | None]] = {}
