@@ -68,34 +68,33 @@ def op_journal(claims: list[tuple[int, list[bytes]]]) -> Callable[[Tx], int]:
 
 
 def drain(cluster: ClusterStore, local: Store, node: str, *, recover: bool = False,
-          batch: int = BATCH, per_txn: int = 20_000) -> int:
+          batch: int = BATCH, per_txn: int = 20_000, slots_per_round: int = 4096) -> int:
     """Journal the CDRs waiting in the outboxes this node wrote to (and in every slot's,
     once a ``cluster.full_scan_s``: what other nodes left; with ``recover``, also the
     ones this node claimed before it stopped); returns how many rows were appended.
-    Claims of many slots go into one journal transaction (one fsync)."""
+    A round claims from up to ``slots_per_round`` slots at once (one call per primary)
+    and journals what it claimed in one transaction (one fsync), at most about
+    ``per_txn`` rows: fewer rows per slot when there are many slots."""
     todo = set(cluster.outbox_slots())
     if recover:
         todo |= set(cluster.slots_with(lambda s: claimed_key(s, node)))
     added = 0
     while todo:
-        claims: list[tuple[int, list[bytes]]] = []
-        count = 0
+        group = sorted(todo)[:slots_per_round]
+        limit = max(1, min(batch, per_txn // len(group)))  # rows per slot this round
         try:
-            for slot in sorted(todo):
-                rows = cluster.claim(slot, node, batch)
-                if len(rows) < batch:
-                    todo.discard(slot)  # (a full batch: the slot may hold more)
-                if rows:
-                    claims.append((slot, rows))
-                    count += len(rows)
-                if count >= per_txn:
-                    break
+            claimed = cluster.claim_many(group, node, limit)
         except StoreError:
             cluster.note_outbox(todo)  # looked at again next time
             raise
-        if not claims:
-            break
-        added += local.run_write(op_journal(claims))
-        for slot, rows in claims:
-            cluster.unclaim(slot, node, rows[-1])
+        claims: list[tuple[int, list[bytes]]] = []
+        for slot in group:
+            rows = claimed.get(slot, [])
+            if len(rows) < limit:
+                todo.discard(slot)  # (a full batch: the slot may hold more)
+            if rows:
+                claims.append((slot, rows))
+        if claims:
+            added += local.run_write(op_journal(claims))
+            cluster.unclaim_many({slot: rows[-1] for slot, rows in claims}, node)
     return added

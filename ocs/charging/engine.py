@@ -438,6 +438,7 @@ class ChargingEngine:
     # -- reserve ----------------------------------------------------------------------
 
     def op_reserve(self, tx: Tx, req: ReserveRequest) -> Grant:
+        tx.expect(ANSWERS, req.request_key)
         acct = self._account(tx, req.subscriber)
         return self._idempotent(acct, req.request_key, req.now,
                                 lambda now: self._reserve(acct, req, now),
@@ -571,6 +572,7 @@ class ChargingEngine:
     # -- commit -----------------------------------------------------------------------
 
     def op_commit(self, tx: Tx, req: CommitRequest) -> Settlement:
+        tx.expect(ANSWERS, req.request_key)
         key = reservation_key(req.session_id, req.service, req.rating_group)
         acct = Account(tx, session_owner(tx, key) or "")
         return self._idempotent(acct, req.request_key, req.now,
@@ -733,6 +735,7 @@ class ChargingEngine:
     # -- release and expiry -----------------------------------------------------------
 
     def op_release(self, tx: Tx, req: ReleaseRequest) -> Released:
+        tx.expect(ANSWERS, req.request_key)
         key = reservation_key(req.session_id, req.service, req.rating_group)
         acct = Account(tx, session_owner(tx, key) or "")
         return self._idempotent(acct, req.request_key, req.now,
@@ -794,6 +797,7 @@ class ChargingEngine:
                       *more)
 
     def op_debit(self, tx: Tx, req: DebitRequest) -> Debit:
+        tx.expect(ANSWERS, req.request_key)
         acct = self._account(tx, req.subscriber)
         return self._idempotent(acct, req.request_key, req.now,
                                 lambda now: self._debit(acct, req, now),
@@ -879,6 +883,7 @@ class ChargingEngine:
         )
 
     def op_refund(self, tx: Tx, req: RefundRequest) -> Refund:
+        tx.expect(ANSWERS, req.request_key)
         acct = self._debit_account(tx, req.original_key)
         return self._idempotent(acct, req.request_key, req.now,
                                 lambda now: self._refund(acct, req, now),
@@ -983,6 +988,7 @@ class ChargingEngine:
     def op_submit_sms(self, tx: Tx, req: SubmitSmsRequest) -> Debit:
         """Debit the SMS and, when charged, queue it for delivery (same transaction)."""
 
+        tx.expect(ANSWERS, req.debit.request_key)
         acct = self._account(tx, req.debit.subscriber)
 
         def compute(now: int) -> Debit:

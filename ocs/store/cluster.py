@@ -86,6 +86,8 @@ NOBODY = b"~"
 """The tag of answers to requests that name no known subscriber."""
 SHARED = b"{ocs}"
 SHARED_TTL_S = 1.0
+OWNER_HINTS = 200_000
+"""Session owners a process remembers (the oldest forgotten first)."""
 """How long a charging operation may use a shared record (the plans version) it read."""
 
 _ACCOUNT_STR = {SUBSCRIBERS: b":sub", BALANCES: b":bal"}
@@ -186,7 +188,7 @@ local function unown(keys, argv)
   return 1
 end
 
--- ocs_claim: a node takes up to ARGV[1] CDRs from the slot's outbox KEYS[1] into its
+-- claim: a node takes up to ARGV[1] CDRs from the slot's outbox KEYS[1] into its
 -- claimed list KEYS[2] (or gets back what it claimed before and has not finished).
 local function claim(keys, argv)
   if redis.call('LLEN', keys[2]) > 0 then return redis.call('LRANGE', keys[2], 0, -1) end
@@ -197,7 +199,7 @@ local function claim(keys, argv)
   return rows
 end
 
--- ocs_unclaim: the claimed list KEYS[1] is in the node's journal: drop it, if its last
+-- unclaim: the claimed list KEYS[1] is in the node's journal: drop it, if its last
 -- row is still ARGV[1] (not a newer claim).
 local function unclaim(keys, argv)
   if redis.call('LINDEX', keys[1], -1) ~= argv[1] then return 0 end
@@ -220,11 +222,28 @@ local function scan(keys, argv)
   return out
 end
 
+-- ocs_claim_many / ocs_unclaim_many: those two for many slots of this node in one call
+-- (ARGV: the limit, then pairs outbox key, claimed key / pairs claimed key, last row);
+-- a key another node serves (a slot moved) is an error: the caller asks again.
+local function claim_many(keys, argv)
+  local out = {}
+  for i = 2, #argv, 2 do out[#out + 1] = claim({argv[i], argv[i + 1]}, {argv[1]}) end
+  return out
+end
+
+local function unclaim_many(keys, argv)
+  local n = 0
+  for i = 1, #argv, 2 do n = n + unclaim({argv[i]}, {argv[i + 1]}) end
+  return n
+end
+
 redis.register_function('ocs_apply', apply)
+redis.register_function{function_name = 'ocs_claim_many', callback = claim_many,
+                        flags = {'allow-cross-slot-keys'}}
+redis.register_function{function_name = 'ocs_unclaim_many', callback = unclaim_many,
+                        flags = {'allow-cross-slot-keys'}}
 redis.register_function{function_name = 'ocs_scan', callback = scan,
                         flags = {'no-writes', 'allow-cross-slot-keys'}}
-redis.register_function('ocs_claim', claim)
-redis.register_function('ocs_unclaim', unclaim)
 redis.register_function('ocs_unown', unown)
 redis.register_function('ocs_cad', cad)
 """
@@ -315,6 +334,13 @@ class ClusterTx(Tx):
         """(key, command) of hints withdrawn after it."""
         self._bound: bytes | None = None
         self._held: threading.Lock | None = None
+        self._expected: list[bytes] = []
+        """Keys of the answers this operation will read (with its account's first read)."""
+        self._fetched: set[bytes] = set()
+        """Accounts whose subscriber, balance and expected answers have been read."""
+        self._owned: list[tuple[bytes, bytes]] = []
+        """(unit, subscriber) of session owner entries this operation writes."""
+        self._unowned: list[bytes] = []
         self._ended: bytes | None = None
         """The subscriber a session this operation reports on ended for (its answers
         and ended marker are in their account), when it has no open reservation."""
@@ -328,29 +354,66 @@ class ClusterTx(Tx):
             raise StoreError(f"one operation touches two accounts ({self._bound!r}, {tag!r})")
         self._set_bound(tag)
         if msisdn:
-            self._prefetch(tag)
+            self._account_reads(tag)
 
     def _set_bound(self, tag: bytes) -> None:
         """This operation is about account ``tag``: writing operations of one account in
         this process take turns from here to their apply (no conflicts among them;
         only another node's write to the account makes one run again)."""
-        if self._bound is None and not self._read_only:
-            self._held = self._store.account_lock(tag)
-            self._held.acquire()
+        if self._bound is None:
+            self._lock_for(tag)
         self._bound = tag
 
-    def _prefetch(self, tag: bytes) -> None:
-        """The subscriber and balance records, in one round trip (every operation on an
-        account reads both)."""
-        wanted = [(b"{" + tag + b"}" + _ACCOUNT_STR[db], None) for db in (SUBSCRIBERS,
-                                                                           BALANCES)]
-        missing = [w for w in wanted if w not in self._view]
-        if not missing:
+    def _lock_for(self, tag: bytes) -> None:
+        """Take the turn of account ``tag`` (before reading it: its records then cannot
+        change under the operation, but by another node); one account at a time."""
+        if self._read_only:
             return
-        values = self._store.read_many([k for k, _ in missing])
-        for where, value in zip(missing, values, strict=True):
+        lock = self._store.account_lock(tag)
+        if self._held is lock:
+            return
+        if self._held is not None:
+            self._held.release()  # a candidate that was not the operation's account
+            self._held = None
+        lock.acquire()
+        self._held = lock
+
+    def _account_reads(self, tag: bytes, unit: bytes | None = None) -> None:
+        """Account ``tag``'s subscriber and balance records, its CDR counter, the answers
+        the operation expects there and (``unit``) one reservation, in one round trip:
+        every operation on an account reads the first two, and most the others."""
+        prefix = b"{" + tag + b"}"
+        strs: list[tuple[bytes, bytes | None]] = []
+        if tag not in self._fetched:
+            self._fetched.add(tag)
+            strs = [(prefix + _ACCOUNT_STR[SUBSCRIBERS], None),
+                    (prefix + _ACCOUNT_STR[BALANCES], None),
+                    (prefix + _BOUND_META[META_CDR_SEQ], None)]
+            strs += [(prefix + _BOUND_STR[ANSWERS] + k, None) for k in self._expected]
+            strs = [w for w in strs if w not in self._view]
+        cmds: list[tuple[Any, ...]] = []
+        if strs:
+            cmds.append(("MGET", *[k for k, _ in strs]))
+        res: tuple[bytes, bytes | None] | None = None
+        if unit is not None:
+            res = (prefix + _ACCOUNT_HASH[RESERVATIONS], unit)
+            if res in self._view:
+                res = None
+            else:
+                cmds.append(("HGET", res[0], unit))
+        if not cmds:
+            return
+        replies = self._store.read_batch(prefix, cmds)
+        found = list(zip(strs, replies[0], strict=True)) if strs else []
+        if res is not None:
+            found.append((res, replies[-1]))
+        for where, value in found:
             self._view[where] = value
             self._checks[where] = value
+
+    def expect(self, db: bytes, key: bytes) -> None:
+        if db == ANSWERS:
+            self._expected.append(key)
 
     def index_answer(self, key: bytes, msisdn: bytes) -> None:
         """The debit answer ``key`` is in ``msisdn``'s account: an index entry (kept as
@@ -423,9 +486,15 @@ class ClusterTx(Tx):
             value = self._store.read_shared(rkey, field)
             self._view[where] = value
             return value
-        value = self._store.read(rkey, field)
-        self._view[where] = value
-        self._checks[where] = value
+        if db in _ACCOUNT_STR and key:
+            if self._bound is None:
+                self._lock_for(key)
+            self._account_reads(key)  # with the rest of the account's first read
+            value = self._view[where]
+        else:
+            value = self._store.read(rkey, field)
+            self._view[where] = value
+            self._checks[where] = value
         if db == SUBSCRIBERS and value is not None and self._bound is None:
             self._set_bound(key)  # the account this operation found first is its account
         return value
@@ -435,6 +504,7 @@ class ClusterTx(Tx):
         if db == SESSION_OWNERS:
             own, tail, _ = owner_keys(key)
             self._pre.append((own, ("HSET", own, tail, value)))
+            self._owned.append((key, value))
             return
         index = _INDEX.get(db)
         if index is not None:
@@ -466,6 +536,7 @@ class ClusterTx(Tx):
             own, tail, end = owner_keys(key)
             self._post.append((own, ("FCALL", "ocs_unown", 2, own, end, tail, self._tag(),
                                      self._store.answer_ttl_ms)))
+            self._unowned.append(key)
             return
         index = _INDEX.get(db)
         if index is not None:
@@ -517,31 +588,48 @@ class ClusterTx(Tx):
         if where in self._view:
             return self._view[where]
         owner = self._store.read(rkey, None)
-        if owner is not None and not self._store.index_holds(db, rkey, owner):
-            owner = None
+        if owner is not None:
+            # the account it names, read whole (the operation reads it next)
+            if self._bound is None:
+                self._lock_for(owner)
+            self._account_reads(owner)
+            raw = self._view[(b"{" + owner + b"}" + _ACCOUNT_STR[SUBSCRIBERS], None)]
+            sub = dec_subscriber.decode(raw) if raw is not None else None
+            if sub is None or (sub.imsi if db == IDX_IMSI else sub.username).encode() \
+                    != rkey[len(_INDEX[db]):]:
+                owner = None
         self._view[where] = owner
         return owner
 
     def _owner_get(self, unit: bytes) -> bytes | None:
-        """Whose open reservation ``unit`` is (the owner hash, checked against the
-        account it names: a stale entry is nobody's)."""
-        own, tail, _ = owner_keys(unit)
+        """Whose open reservation ``unit`` is: this process's last word on it, else the
+        session's owner hash, either checked against the account it names (read whole,
+        with that reservation, in one round trip: the operation reads it next); a stale
+        entry is nobody's."""
+        own, tail, end = owner_keys(unit)
         where = (own, tail)
         if where in self._view:
             return self._view[where]
-        owner = self._store.read(own, tail)
-        if owner is not None:
-            res = (b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit)
-            raw = self._view[res] if res in self._view else self._store.read(*res)
-            if raw is None:
-                owner = None
-            else:  # the reservation the operation reads next: read once
-                self._view[res] = raw
-                self._checks.setdefault(res, raw)
+        owner = self._store.owner_hint(unit)
+        if owner is not None and not self._holds(owner, unit):
+            self._store.forget_owner(unit)
+            owner = None
         if owner is None:
-            self._ended = self._store.read(owner_keys(unit)[2], None)
+            owner, ended = self._store.read_batch(own, [("HGET", own, tail), ("GET", end)])
+            if owner is not None and self._holds(owner, unit):
+                self._store.remember_owner(unit, owner)
+            else:
+                owner, self._ended = None, ended
         self._view[where] = owner
         return owner
+
+    def _holds(self, owner: bytes, unit: bytes) -> bool:
+        """Whether account ``owner`` holds an open reservation ``unit``."""
+        if self._bound is None:
+            self._lock_for(owner)
+        self._account_reads(owner, unit)
+        return self._view[(b"{" + owner + b"}" + _ACCOUNT_HASH[RESERVATIONS], unit)] \
+            is not None
 
     def _indexed_answer(self, key: bytes) -> bytes | None:
         """A debit's answer found by its key alone (a refund looks for its account)."""
@@ -633,8 +721,14 @@ class ClusterStore:
         """How long a read-only view does: the protocol agents read subscribers and
         plans on their event loop, which must not stall for a failover."""
         self.conflicts = 0
+        self.round_trips = 0
+        """Exchanges with Redis (a batch of pipelined commands counts once)."""
         """Operations run again because a record they read changed (a counter)."""
         self._shared: dict[tuple[bytes, bytes | None], tuple[float, bytes | None]] = {}
+        self.shared_ttl_s = SHARED_TTL_S
+        self._owners: dict[bytes, bytes] = {}
+        """Session unit -> subscriber, as this process last wrote or found it (a gateway
+        sends a session's reports to one node: one round trip less for each)."""
         self.full_scan_s = 60.0
         """Scans of every slot's outbox and expiry set (for what other nodes, perhaps
         gone, left) happen at most this often; in between, only the slots this process
@@ -680,16 +774,37 @@ class ClusterStore:
                                         else ("GET", rkey))
         return value
 
-    def read_many(self, rkeys: list[bytes]) -> list[bytes | None]:
-        """String keys of one slot, in one round trip (MGET)."""
-        values: list[bytes | None] = self._one(rkeys[0], ("MGET", *rkeys))
-        return values
+    def read_batch(self, slot_key: bytes, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """Reads of ``slot_key``'s slot, pipelined in one round trip; their replies."""
+        def once() -> list[Any]:
+            out = self._exec(slot_key, *cmds)
+            for r in out:
+                if isinstance(r, ResponseError):
+                    self._raise(r)
+            return out
+
+        return self._retrying(once)
+
+    def owner_hint(self, unit: bytes) -> bytes | None:
+        """The subscriber this process last saw open reservation ``unit`` in (a hint:
+        the reader checks the account)."""
+        return self._owners.get(unit)
+
+    def remember_owner(self, unit: bytes, msisdn: bytes) -> None:
+        with self._lock:
+            if len(self._owners) >= OWNER_HINTS:
+                self._owners.pop(next(iter(self._owners)))  # the oldest
+            self._owners[unit] = msisdn
+
+    def forget_owner(self, unit: bytes) -> None:
+        with self._lock:
+            self._owners.pop(unit, None)
 
     def read_shared(self, rkey: bytes, field: bytes | None) -> bytes | None:
         """A shared record (plans version, settings) as read at most a second ago."""
         now = time.monotonic()
         hit = self._shared.get((rkey, field))
-        if hit is not None and now - hit[0] < SHARED_TTL_S:
+        if hit is not None and now - hit[0] < self.shared_ttl_s:
             return hit[1]
         value = self.read(rkey, field)
         self._shared[(rkey, field)] = (now, value)
@@ -700,15 +815,6 @@ class ClusterStore:
         if isinstance(reply, dict):  # RESP3: a map
             return reply
         return dict(zip(reply[::2], reply[1::2], strict=True))
-
-    def index_holds(self, db: bytes, rkey: bytes, owner: bytes) -> bool:
-        """Whether the account ``owner`` agrees with index entry ``rkey``."""
-        key = rkey[len(_INDEX[db]):]
-        raw = self.read(b"{" + owner + b"}" + _ACCOUNT_STR[SUBSCRIBERS], None)
-        if raw is None:
-            return False
-        sub = dec_subscriber.decode(raw)
-        return (sub.imsi if db == IDX_IMSI else sub.username).encode() == key
 
     def _one(self, slot_key: bytes, cmd: tuple[Any, ...]) -> Any:
         """One command to the primary of ``slot_key``'s slot (a read, or a write that is
@@ -748,6 +854,7 @@ class ClusterStore:
         (so a WAIT among them covers the writes before it); error replies come back in
         the list. A broken connection is dropped and raises ConnectionError."""
         conn = self._link(key_slot(slot_key))
+        self.round_trips += 1
         try:
             conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
             out: list[Any] = []
@@ -766,7 +873,7 @@ class ClusterStore:
         missing on a new primary (loaded, retried), or an error of ours."""
         msg = str(reply)
         if msg.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING",
-                           "READONLY")):
+                           "READONLY")) or "non local key" in msg:
             raise ClusterDownError(msg)
         if "Function not found" in msg:
             self.load_functions()
@@ -799,17 +906,37 @@ class ClusterStore:
         """Run ``cmds`` on the slot's primary then WAIT for the replicas; the first
         command's reply. Slot moves and failovers are retried (the commands must be safe
         to repeat); too few acknowledgements raise :class:`StoreError`."""
-        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        return self._retrying(lambda: self._durable_once(slot_key, *cmds))
 
-        def once() -> Any:
-            out = self._exec(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
-            for r in out:
-                if isinstance(r, ResponseError):
-                    self._raise(r)
-            if self.wait_replicas and int(out[-1]) < self.wait_replicas:
-                raise StoreError(f"redis: {out[-1]} of {self.wait_replicas} replicas "
-                                 f"acknowledged within {self.wait_timeout_ms} ms")
-            return out[0]
+    def _durable_once(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> Any:
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        out = self._exec(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
+        for r in out:
+            if isinstance(r, ResponseError):
+                self._raise(r)
+        if self.wait_replicas and int(out[-1]) < self.wait_replicas:
+            raise StoreError(f"redis: {out[-1]} of {self.wait_replicas} replicas "
+                             f"acknowledged within {self.wait_timeout_ms} ms")
+        return out[0]
+
+    def _per_primary(self, slots: list[int], cmd: Callable[[list[int]], tuple[Any, ...]],
+                     chunk: int = 512) -> list[tuple[list[int], Any]]:
+        """``cmd(group)`` durably on each primary for the ``slots`` it serves (in groups
+        of at most ``chunk``): (group, reply) each. All again after a slot moved (the
+        commands must be safe to repeat)."""
+        def once() -> list[tuple[list[int], Any]]:
+            groups: dict[str, list[int]] = {}
+            for slot in slots:
+                nodes = self.rc.nodes_manager.slots_cache.get(slot)
+                if not nodes:
+                    raise ClusterDownError(f"no node serves slot {slot}")
+                groups.setdefault(nodes[0].name, []).append(slot)
+            out = []
+            for group in groups.values():
+                for i in range(0, len(group), chunk):
+                    part = group[i:i + chunk]
+                    out.append((part, self._durable_once(outbox_key(part[0]), cmd(part))))
+            return out
 
         return self._retrying(once)
 
@@ -851,6 +978,10 @@ class ClusterStore:
                 self._durable(sync, ("INCR", sync))
             for rkey, cmd in tx._post:
                 self._durable(rkey, cmd)
+            for unit, msisdn in tx._owned:
+                self.remember_owner(unit, msisdn)
+            for unit in tx._unowned:
+                self.forget_owner(unit)
             return result
         raise StoreError(f"redis: gave up after {self.attempts} conflicting attempts")
 
@@ -1087,17 +1218,32 @@ class ClusterStore:
                 raise
         return sorted(mine)
 
-    def claim(self, slot: int, node: str, limit: int) -> list[bytes]:
-        """Up to ``limit`` CDRs of the slot's outbox, now ``node``'s (or the ones it
-        claimed before and did not finish: those first, again)."""
-        own = claimed_key(slot, node)
-        rows = self._durable(own, ("FCALL", "ocs_claim", 2, outbox_key(slot), own, limit))
-        return [bytes(r) for r in rows]
+    def claim_many(self, slots: list[int], node: str, limit: int) -> dict[int, list[bytes]]:
+        """Slot -> up to ``limit`` CDRs of its outbox, now ``node``'s (or the ones it
+        claimed before and did not finish: those, again): one call per primary (and
+        512 slots)."""
+        def cmd(part: list[int]) -> tuple[Any, ...]:
+            argv: list[Any] = [limit]
+            for slot in part:
+                argv += [outbox_key(slot), claimed_key(slot, node)]
+            return ("FCALL", "ocs_claim_many", 0, *argv)
 
-    def unclaim(self, slot: int, node: str, last: bytes) -> None:
-        """The claimed CDRs ending with ``last`` are in ``node``'s journal."""
-        own = claimed_key(slot, node)
-        self._durable(own, ("FCALL", "ocs_unclaim", 1, own, last))
+        out: dict[int, list[bytes]] = {}
+        for part, reply in self._per_primary(slots, cmd):
+            for slot, rows in zip(part, reply, strict=True):
+                out[slot] = [bytes(r) for r in rows]
+        return out
+
+    def unclaim_many(self, lasts: dict[int, bytes], node: str) -> None:
+        """The claimed CDRs of each slot, ending with ``lasts[slot]``, are in ``node``'s
+        journal: dropped (one call per primary)."""
+        def cmd(part: list[int]) -> tuple[Any, ...]:
+            argv: list[Any] = []
+            for slot in part:
+                argv += [claimed_key(slot, node), lasts[slot]]
+            return ("FCALL", "ocs_unclaim_many", 0, *argv)
+
+        self._per_primary(sorted(lasts), cmd)
 
     def claimed_elsewhere(self, node: str) -> dict[str, int]:
         """Node -> CDRs it claimed and has not journalled yet (other nodes than

@@ -30,6 +30,11 @@ class Tx:
         transaction holds every record); the Redis Cluster adapter keeps an operation to
         that account's hash slot."""
 
+    def expect(self, db: bytes, key: bytes) -> None:
+        """The operation will read record ``key`` of ``db`` (a stored answer, keyed
+        relative to the account it binds). Nothing to do on LMDB; the Redis Cluster
+        adapter reads it with the account's first read (one round trip, not two)."""
+
     def index_answer(self, key: bytes, msisdn: bytes) -> None:
         """Answer ``key`` (a debit's, which a refund names by its key alone) is kept in
         ``msisdn``'s account. Nothing to do on LMDB, where answers are keyed by the

@@ -54,15 +54,28 @@ def test_every_cdr_once_across_two_nodes(charged: ClusterStore, redis_nodes: Red
         assert charged.outbox() == []
 
 
+def test_small_rounds_take_every_cdr_once(charged: ClusterStore, tmp_path: Path) -> None:
+    """Rounds of few slots and few rows per slot (a long backlog is taken in bounded
+    transactions): every record once, every outbox and claimed list empty after."""
+    slots = charged.outbox_slots()
+    assert len({charged.rc.nodes_manager.slots_cache[s][0].name for s in slots}) == 3
+    charged.note_outbox(set(slots))
+    with Store(tmp_path / "n1") as local:
+        assert drain(charged, local, "n1", per_txn=3, slots_per_round=7) == 40
+        assert sorted(journal(local)) == sorted(f"{m}-1" for m in SUBS)
+        assert charged.outbox() == [] and charged.slots_with(
+            lambda s: claimed_key(s, "n1")) == []
+
+
 def test_a_node_that_stopped_between_the_steps_finishes_once(
         charged: ClusterStore, tmp_path: Path) -> None:
     with Store(tmp_path / "n1") as local:
         slots = charged.outbox_slots()
         assert slots
         # claimed, then the node stopped before journalling
-        first = charged.claim(slots[0], "n1", 500)
+        first = charged.claim_many([slots[0]], "n1", 500)[slots[0]]
         # claimed and journalled, then it stopped before the unclaim
-        second = charged.claim(slots[1], "n1", 500)
+        second = charged.claim_many([slots[1]], "n1", 500)[slots[1]]
         local.run_write(op_journal([(slots[1], second)]))
         assert len(journal(local)) == len(second)
         charged.note_outbox(set(slots))  # (a new process would find them by a full scan)
@@ -78,7 +91,7 @@ def test_a_claim_another_node_holds_is_waited_for(charged: ClusterStore,
                                                    tmp_path: Path) -> None:
     """Rows another node claimed are that node's to journal (cdr flush names it)."""
     slot = charged.outbox_slots()[0]
-    held = charged.claim(slot, "n9", 500)
+    held = charged.claim_many([slot], "n9", 500)[slot]
     assert held and charged.claimed_elsewhere("n1") == {"n9": len(held)}
     with Store(tmp_path / "n1") as local:
         charged.note_outbox({slot})

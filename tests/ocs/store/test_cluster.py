@@ -157,6 +157,77 @@ def test_a_session_moves_to_another_node(store: ClusterStore,
         other.close()
 
 
+def test_a_session_update_takes_two_round_trips_on_its_node(
+        store: ClusterStore, redis_nodes: RedisCluster) -> None:
+    """A CCR-U on the node that opened the session: its account (subscriber, balance,
+    the reservation, the answer's absence) in one round trip, then the apply with its
+    WAIT. On a node that never saw the session: one more, for the session's owner."""
+    add(store, ALICE, balance="1.00")
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        a, b = engine_on(store, "n1"), engine_on(other, "n2")
+        for sid in ("s1", "s2"):
+            assert a.reserve_sync(ReserveRequest(
+                request_key=sid.encode(), session_id=sid, subscriber=ids(),
+                service=Service.DATA, units=5 * MB, rating_group=10, now=T0)).ok
+        store.shared_ttl_s = other.shared_ttl_s = 3600.0  # plans as read once
+
+        def update(e: ChargingEngine, sid: str, n: int) -> None:
+            s = e.commit_sync(CommitRequest(
+                request_key=b"c%d" % n, session_id=sid, service=Service.DATA,
+                rating_group=10, used_units=MB, next_units=5 * MB, now=T0 + n))
+            assert s.ok and s.charged == 10_000 and s.next_grant is not None \
+                and s.next_grant.ok
+
+        update(b, "s1", 1)  # (the other node reads the plans once)
+
+        def trips(e: ChargingEngine, on: ClusterStore, sid: str, n: int) -> int:
+            before = on.round_trips
+            update(e, sid, n)
+            return on.round_trips - before
+
+        assert trips(a, store, "s2", 2) == 2
+        assert trips(b, other, "s2", 3) == 3
+        assert trips(b, other, "s2", 4) == 2  # now it knows the session too
+        v = a.check_balance(ids(), now=T0)
+        assert v is not None and v.balance == 1_000_000 - 40_000
+    finally:
+        other.close()
+
+
+def test_a_stale_owner_hint_is_nobodys(store: ClusterStore,
+                                       redis_nodes: RedisCluster) -> None:
+    """A node remembers whose a session is; meanwhile the session ended on another node
+    and its id was opened again for another subscriber: the next report on the first
+    node charges the new owner's reservation, never the old owner."""
+    bob = "41790000002"
+    add(store, ALICE, balance="1.00")
+    add(store, bob, balance="1.00")
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        a, b = engine_on(store, "n1"), engine_on(other, "n2")
+        assert a.reserve_sync(ReserveRequest(
+            request_key=b"r1", session_id="s1", subscriber=ids(), service=Service.DATA,
+            units=5 * MB, rating_group=10, now=T0)).ok
+        end = b.commit_sync(CommitRequest(
+            request_key=b"c1", session_id="s1", service=Service.DATA, rating_group=10,
+            used_units=MB, final=True, now=T0 + 10))
+        assert end.ok and end.charged == 10_000
+        assert b.reserve_sync(ReserveRequest(
+            request_key=b"r2", session_id="s1", subscriber=ids(bob), service=Service.DATA,
+            units=5 * MB, rating_group=10, now=T0 + 20)).ok
+        s = a.commit_sync(CommitRequest(
+            request_key=b"c2", session_id="s1", service=Service.DATA, rating_group=10,
+            used_units=2 * MB, final=True, now=T0 + 30))
+        assert s.ok and s.charged == 20_000 and s.msisdn == bob
+        va, vb = a.check_balance(ids(), now=T0), a.check_balance(ids(bob), now=T0)
+        assert va is not None and (va.balance, va.reserved) == (990_000, 0)
+        assert vb is not None and (vb.balance, vb.reserved) == (980_000, 0)
+        assert store.verify(undrained=True) == []
+    finally:
+        other.close()
+
+
 def test_too_few_replica_acks_is_an_error_then_a_retry_replays(
         store: ClusterStore, redis_nodes: RedisCluster) -> None:
     """WAIT asks for 2 replicas where there is one: the usage report is applied on the
