@@ -158,7 +158,8 @@ class Server:
         Cluster the nodes share (``[store] backend = "redis"``)."""
         self.cluster: Any = None
         if cfg.store.backend == "redis":
-            from ocs.store.cluster import ClusterBackend, ClusterStore
+            from ocs.store.cluster import ClusterStore
+            from ocs.store.cluster_loop import ClusterBackend
 
             self.cluster = self.ledger = ClusterStore.from_config(cfg)
             self.engine = ChargingEngine(self.ledger, None, settings)
@@ -567,7 +568,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if self.cluster is not None:
-            self.cluster_ops.close()  # the operations under way get their answers
+            await self.cluster_ops.close()  # the operations under way get their answers
             self.cluster.close()
         await self.writer.stop()
         if self._stop_warming is not None:

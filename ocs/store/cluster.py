@@ -30,13 +30,11 @@ API tokens.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -313,6 +311,16 @@ def claimed_key(slot: int, node: str) -> bytes:
     return b"{" + slot_tags()[slot] + b"}:claimed:" + node.encode()
 
 
+class Miss(Exception):
+    """An operation on the event loop needs reads it does not have yet: the driver
+    fetches them and runs the operation again (reads it has are answered the same)."""
+
+    def __init__(self, slot_key: bytes, cmds: tuple[tuple[Any, ...], ...],
+                 tag: bytes | None):
+        super().__init__(slot_key)
+        self.slot_key, self.cmds, self.tag = slot_key, cmds, tag
+
+
 class ClusterTx(Tx):
     """The store's ``Tx`` interface over a Redis Cluster for one operation.
 
@@ -320,9 +328,13 @@ class ClusterTx(Tx):
     buffered and applied by :meth:`ClusterStore.run_write` in one ``ocs_apply`` call.
     """
 
-    def __init__(self, store: ClusterStore, *, read_only: bool = False):
+    def __init__(self, store: ClusterStore, *, read_only: bool = False,
+                 replies: dict[tuple[bytes, tuple[tuple[Any, ...], ...]], list[Any]]
+                 | None = None):
         self.batch = 0
         self._store = store
+        self._replies = replies
+        """Event-loop mode: read replies by (slot key, commands); None: blocking reads."""
         self._read_only = read_only
         self._view: dict[tuple[bytes, bytes | None], bytes | None] = {}
         self._checks: dict[tuple[bytes, bytes | None], bytes | None] = {}
@@ -367,8 +379,8 @@ class ClusterTx(Tx):
     def _lock_for(self, tag: bytes) -> None:
         """Take the turn of account ``tag`` (before reading it: its records then cannot
         change under the operation, but by another node); one account at a time."""
-        if self._read_only:
-            return
+        if self._read_only or self._replies is not None:
+            return  # (on the event loop the driver takes turns: see Miss.tag)
         lock = self._store.account_lock(tag)
         if self._held is lock:
             return
@@ -403,7 +415,7 @@ class ClusterTx(Tx):
                 cmds.append(("HGET", res[0], unit))
         if not cmds:
             return
-        replies = self._store.read_batch(prefix, cmds)
+        replies = self._fetch(prefix, tuple(cmds), tag)
         found = list(zip(strs, replies[0], strict=True)) if strs else []
         if res is not None:
             found.append((res, replies[-1]))
@@ -472,8 +484,7 @@ class ClusterTx(Tx):
         if db == ANSWERS and self._bound == NOBODY and self._ended is not None:
             # a report on a session that ended: its answers and its ended marker are in
             # the account of the subscriber it ended for (immutable: read, not checked)
-            value = self._store.read(b"{" + self._ended + b"}" + _BOUND_STR[ANSWERS] + key,
-                                     None)
+            value = self._read(b"{" + self._ended + b"}" + _BOUND_STR[ANSWERS] + key, None)
             if value is not None:
                 return value
         where = self._locate(db, key)
@@ -483,7 +494,7 @@ class ClusterTx(Tx):
         if rkey.startswith(SHARED) and (self._read_only or self._bound is not None):
             # plans and settings, read on the way to an account (never checked there):
             # kept for a second by the store, as the LMDB writer reads them per batch
-            value = self._store.read_shared(rkey, field)
+            value = self._read_shared(rkey, field)
             self._view[where] = value
             return value
         if db in _ACCOUNT_STR and key:
@@ -492,7 +503,7 @@ class ClusterTx(Tx):
             self._account_reads(key)  # with the rest of the account's first read
             value = self._view[where]
         else:
-            value = self._store.read(rkey, field)
+            value = self._read(rkey, field)
             self._view[where] = value
             self._checks[where] = value
         if db == SUBSCRIBERS and value is not None and self._bound is None:
@@ -565,7 +576,9 @@ class ClusterTx(Tx):
             rkey, prefix = _SHARED_HASH[db], b""
         else:
             raise StoreError(f"table {db.decode()!r} cannot be scanned on the redis backend")
-        entries = self._store.read_hash(rkey)
+        reply = self._fetch(rkey, (("HGETALL", rkey),))[0]
+        entries: dict[bytes, bytes] = reply if isinstance(reply, dict) else dict(
+            zip(reply[::2], reply[1::2], strict=True))  # (RESP3: a map)
         if db in _ACCOUNT_HASH:
             self._lens[rkey] = len(entries)  # checked: an append-only hash did not grow
         for field, value in entries.items():
@@ -587,7 +600,7 @@ class ClusterTx(Tx):
         where = (rkey, None)
         if where in self._view:
             return self._view[where]
-        owner = self._store.read(rkey, None)
+        owner = self._read(rkey, None)
         if owner is not None:
             # the account it names, read whole (the operation reads it next)
             if self._bound is None:
@@ -615,7 +628,7 @@ class ClusterTx(Tx):
             self._store.forget_owner(unit)
             owner = None
         if owner is None:
-            owner, ended = self._store.read_batch(own, [("HGET", own, tail), ("GET", end)])
+            owner, ended = self._fetch(own, (("HGET", own, tail), ("GET", end)))
             if owner is not None and self._holds(owner, unit):
                 self._store.remember_owner(unit, owner)
             else:
@@ -633,10 +646,39 @@ class ClusterTx(Tx):
 
     def _indexed_answer(self, key: bytes) -> bytes | None:
         """A debit's answer found by its key alone (a refund looks for its account)."""
-        owner = self._store.read(_ANSWER_OWNER + key, None)
+        owner = self._read(_ANSWER_OWNER + key, None)
         if owner is None:
             return None
-        return self._store.read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
+        return self._read(b"{" + owner + b"}" + _BOUND_STR[ANSWERS] + key, None)
+
+    # -- reads: blocking, or (on the event loop) from what the driver fetched ----------
+
+    def _fetch(self, slot_key: bytes, cmds: tuple[tuple[Any, ...], ...],
+               tag: bytes | None = None) -> list[Any]:
+        """The replies of read commands ``cmds`` of ``slot_key``'s slot. Blocking, or,
+        for the event loop's driver (:meth:`ClusterStore.run_write_async`), the replies
+        it fetched for the same commands in an earlier run; else :class:`Miss` (``tag``:
+        the account those reads are of, whose turn the driver takes first)."""
+        if self._replies is None:
+            return self._store.read_batch(slot_key, list(cmds))
+        got = self._replies.get((slot_key, cmds))
+        if got is None:
+            raise Miss(slot_key, cmds, tag)
+        return got
+
+    def _read(self, rkey: bytes, field: bytes | None) -> bytes | None:
+        value: bytes | None = self._fetch(
+            rkey, (("HGET", rkey, field) if field is not None else ("GET", rkey),))[0]
+        return value
+
+    def _read_shared(self, rkey: bytes, field: bytes | None) -> bytes | None:
+        """A shared record (plans version, settings) as read at most a second ago."""
+        hit = self._store.shared_hit(rkey, field)
+        if hit is not None:
+            return hit[0]
+        value = self._read(rkey, field)
+        self._store.shared_put(rkey, field, value)
+        return value
 
     def _writable(self) -> None:
         if self._read_only:
@@ -646,6 +688,14 @@ class ClusterTx(Tx):
         return key_slot(b"{" + self._tag() + b"}")
 
     # -- what run_write sends ----------------------------------------------------------
+
+    def apply_command(self) -> tuple[Any, ...] | None:
+        """This operation's ``FCALL ocs_apply`` (None: it wrote nothing)."""
+        plan = self.plan()
+        if plan is None:
+            return None
+        keys, argv = plan
+        return ("FCALL", "ocs_apply", len(keys), *keys, *argv)
 
     def plan(self) -> tuple[list[bytes], list[bytes | str]] | None:
         """KEYS and ARGV of this operation's ``ocs_apply`` (None: it wrote nothing)."""
@@ -699,16 +749,16 @@ class ClusterStore:
         for n in nodes:
             host, _, port = n.rpartition(":")
             seeds.append(node(host, int(port)))
-        self._io_timeout = wait_timeout_ms / 1000 + 1.0
+        self.io_timeout_s = wait_timeout_ms / 1000 + 1.0
         """Socket timeout: a reply may take the WAIT it follows."""
         try:
             self.rc: Any = RedisCluster(startup_nodes=seeds, username=username or None,
                                        password=password or None,
-                                       socket_timeout=self._io_timeout,
+                                       socket_timeout=self.io_timeout_s,
                                        socket_connect_timeout=1.0)
         except (RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis cluster {', '.join(nodes)}: {exc}") from exc
-        self._auth = (username or None, password or None)
+        self.auth = (username or None, password or None)
         self._local = threading.local()
         self._conns: list[Any] = []
         self.wait_replicas = wait_replicas
@@ -800,21 +850,21 @@ class ClusterStore:
         with self._lock:
             self._owners.pop(unit, None)
 
-    def read_shared(self, rkey: bytes, field: bytes | None) -> bytes | None:
-        """A shared record (plans version, settings) as read at most a second ago."""
-        now = time.monotonic()
-        hit = self._shared.get((rkey, field))
-        if hit is not None and now - hit[0] < self.shared_ttl_s:
-            return hit[1]
-        value = self.read(rkey, field)
-        self._shared[(rkey, field)] = (now, value)
-        return value
-
     def read_hash(self, rkey: bytes) -> dict[bytes, bytes]:
         reply = self._one(rkey, ("HGETALL", rkey))
         if isinstance(reply, dict):  # RESP3: a map
             return reply
         return dict(zip(reply[::2], reply[1::2], strict=True))
+
+    def shared_hit(self, rkey: bytes, field: bytes | None) -> tuple[bytes | None] | None:
+        """(value,) of a shared record read less than ``shared_ttl_s`` ago, else None."""
+        hit = self._shared.get((rkey, field))
+        if hit is not None and time.monotonic() - hit[0] < self.shared_ttl_s:
+            return (hit[1],)
+        return None
+
+    def shared_put(self, rkey: bytes, field: bytes | None, value: bytes | None) -> None:
+        self._shared[(rkey, field)] = (time.monotonic(), value)
 
     def _one(self, slot_key: bytes, cmd: tuple[Any, ...]) -> Any:
         """One command to the primary of ``slot_key``'s slot (a read, or a write that is
@@ -842,8 +892,8 @@ class ClusterStore:
         if conn is None:
             make: Any = Connection  # (redis-py's connection class is not fully typed)
             conn = links[node.name] = make(
-                host=node.host, port=node.port, username=self._auth[0],
-                password=self._auth[1], socket_timeout=self._io_timeout,
+                host=node.host, port=node.port, username=self.auth[0],
+                password=self.auth[1], socket_timeout=self.io_timeout_s,
                 socket_connect_timeout=1.0)
             with self._lock:
                 self._conns.append(conn)
@@ -953,37 +1003,48 @@ class ClusterStore:
                 result = fn(tx)
                 for rkey, cmd in tx._pre:
                     self._durable(rkey, cmd)
-                plan = tx.plan()
-                applied = 1
-                if plan is not None:
-                    keys, argv = plan
-                    # Re-sent after a lost connection, it finds its own writes: refused.
-                    applied = int(self._durable(keys[0], ("FCALL", "ocs_apply", len(keys),
-                                                          *keys, *argv)))
+                apply = tx.apply_command()
+                # Re-sent after a lost connection, it finds its own writes: refused.
+                applied = 1 if apply is None else int(self._durable(apply[3], apply))
             finally:
                 if tx._held is not None:
                     tx._held.release()
             if not applied:
                 self.conflicts += 1
                 # another node wrote the account meanwhile: back off a little, at random
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
+                time.sleep(self.backoff_s(attempt))
                 continue
-            if plan is not None:
-                self._note_slots(tx._writes)
-            elif tx._bound is not None and self.wait_replicas:
-                # A replay: the answer it read may be a write the replicas have not
-                # acknowledged yet (its first run lost its WAIT). A write of our own on
-                # that primary makes WAIT cover everything before it.
-                sync = b"{" + (tx._ended or tx._bound) + b"}:sync"
-                self._durable(sync, ("INCR", sync))
-            for rkey, cmd in tx._post:
+            for rkey, cmd in self.after_apply(tx, apply is not None):
                 self._durable(rkey, cmd)
-            for unit, msisdn in tx._owned:
-                self.remember_owner(unit, msisdn)
-            for unit in tx._unowned:
-                self.forget_owner(unit)
+            self.applied(tx)
             return result
         raise StoreError(f"redis: gave up after {self.attempts} conflicting attempts")
+
+    @staticmethod
+    def backoff_s(attempt: int) -> float:
+        """How long an operation waits after its ``attempt``-th conflict (at random)."""
+        return random.uniform(0, min(0.05, 0.001 * 2 ** attempt))
+
+    def after_apply(self, tx: ClusterTx, wrote: bool) -> list[tuple[bytes, tuple[Any, ...]]]:
+        """What follows an operation's apply, durably and in order: a replay's sync
+        write, then the hints withdrawn."""
+        out: list[tuple[bytes, tuple[Any, ...]]] = []
+        if wrote:
+            self._note_slots(tx._writes)
+        elif tx._bound is not None and self.wait_replicas:
+            # A replay: the answer it read may be a write the replicas have not
+            # acknowledged yet (its first run lost its WAIT). A write of our own on
+            # that primary makes WAIT cover everything before it.
+            sync = b"{" + (tx._ended or tx._bound) + b"}:sync"
+            out.append((sync, ("INCR", sync)))
+        return out + tx._post
+
+    def applied(self, tx: ClusterTx) -> None:
+        """An operation is done: the session owners it wrote or ended, remembered."""
+        for unit, msisdn in tx._owned:
+            self.remember_owner(unit, msisdn)
+        for unit in tx._unowned:
+            self.forget_owner(unit)
 
     def account_lock(self, tag: bytes) -> threading.Lock:
         """The lock the writing operations of account ``tag`` take turns on in this
@@ -1272,49 +1333,3 @@ class ClusterStore:
             return list(pipe.execute())
 
         return [bytes(v) for rows in self._retrying(scan) for v in rows]
-
-
-class ClusterBackend:
-    """Runs the engine's named operations on the cluster for the event loop: each a
-    checked transaction in a thread of a small pool (the client blocks on the network,
-    not on the GIL); the future resolves in the loop once the write is acknowledged."""
-
-    def __init__(self, store: ClusterStore, engine: Any, *, threads: int = 16,
-                 on_result: Callable[[str, Any], None] | None = None):
-        self.store = store
-        self._engine = engine
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="redis-op")
-        self._on_result = on_result
-
-    def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        if name == "trim_answers":  # answers expire by their own TTL here
-            fut.set_result(0)
-            return fut
-        op = getattr(self._engine, "op_" + name)
-        hook = self._on_result
-
-        def done(result: Any, exc: BaseException | None) -> None:
-            if hook is not None:
-                hook(name, exc if exc is not None else result)
-            if fut.cancelled():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-        def run() -> None:
-            try:
-                result = self.store.run_write(lambda tx: op(tx, req))
-            except Exception as exc:  # an error answer for this request, not a crash
-                loop.call_soon_threadsafe(done, None, exc)
-            else:
-                loop.call_soon_threadsafe(done, result, None)
-
-        self._pool.submit(run)
-        return fut
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
