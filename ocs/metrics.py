@@ -53,6 +53,13 @@ STORE_SIZE = Gauge("ocs_store_file_bytes", "Size of the LMDB file", registry=REG
                    multiprocess_mode="max")
 CHARGING_OPS = Counter("ocs_charging_operations", "Charging operations by kind and outcome",
                        ["op", "outcome"], registry=REGISTRY)
+REDIS_EXCHANGES = Counter("ocs_redis_exchanges", "Exchanges with the Redis Cluster "
+                          "(store.backend = redis: a pipelined batch counts once)",
+                          registry=REGISTRY)
+REDIS_WRITE_BATCHES = Counter("ocs_redis_write_batches", "Batches of writes sent to a Redis "
+                              "primary, each followed by one WAIT", registry=REGISTRY)
+REDIS_CONFLICTS = Counter("ocs_redis_conflicts", "Operations run again because another node "
+                          "wrote a record they read", registry=REGISTRY)
 RESERVATIONS_EXPIRED = Counter("ocs_reservations_expired",
                                "Reservations settled by the reaper", registry=REGISTRY)
 CDR_PENDING = Gauge("ocs_cdr_pending", "CDRs committed but not yet written to a file",

@@ -157,6 +157,7 @@ class Server:
         """Where subscribers, plans and balances are: this node's LMDB store, or the Redis
         Cluster the nodes share (``[store] backend = "redis"``)."""
         self.cluster: Any = None
+        self._redis_seen = (0, 0, 0)
         if cfg.store.backend == "redis":
             from ocs.store.cluster import ClusterStore
             from ocs.store.cluster_loop import ClusterBackend
@@ -357,6 +358,8 @@ class Server:
         }
 
     def _update_gauges(self) -> None:
+        if self.cluster is not None:
+            self._redis_counters()
         metrics.STORE_QUEUE.set(self.writer.queued)
         metrics.STORE_SIZE.set(self.store.size_bytes())
         with self.store.read() as txn:
@@ -367,6 +370,17 @@ class Server:
         metrics.CDR_PENDING.set((unpack_u64(seq) if seq else 0) - written)
         metrics.CDR_JOURNAL.set(journal)
         metrics.SMPP_QUEUE.set(self.store.stat(SMS)["entries"])
+
+    def _redis_counters(self) -> None:
+        """The Redis backend's counters, what they grew by since the last scrape."""
+        assert self.cluster is not None
+        now = (self.cluster.round_trips, self.cluster_ops.batches, self.cluster.conflicts)
+        for counter, seen, value in zip((metrics.REDIS_EXCHANGES, metrics.REDIS_WRITE_BATCHES,
+                                         metrics.REDIS_CONFLICTS), self._redis_seen, now,
+                                        strict=True):
+            if value > seen:
+                counter.inc(value - seen)
+        self._redis_seen = now
 
     async def start(self) -> None:
         metrics.BUILD_INFO.labels(build_version(), platform.python_version()).set(1)

@@ -347,6 +347,11 @@ class ClusterBackend:
         self._on_result = on_result
         self._running: set[asyncio.Future[Any]] = set()
 
+    @property
+    def batches(self) -> int:
+        """Batches of writes sent (each with one WAIT)."""
+        return self._driver.batches if self._driver is not None else 0
+
     def submit(self, name: str, req: Any) -> asyncio.Future[Any]:
         if name == "trim_answers":  # answers expire by their own TTL here
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tests_support import (
+    admin_get,
     admin_healthy,
     free_tcp_port,
     free_udp_port,
     init_server,
+    metric,
     require_tool,
     serving,
 )
@@ -185,6 +187,11 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
             assert cluster.verify() == []
         a.ocs("cdr", "flush")
         b.ocs("cdr", "flush")
+        for node in (a, b):  # the backend's counters on /metrics
+            exchanges = metric(node.admin, "ocs_redis_exchanges_total")
+            batches = metric(node.admin, "ocs_redis_write_batches_total")
+            assert exchanges > batches > 0
+            assert "\nocs_redis_conflicts_total " in admin_get(node.admin, "/metrics")
     rows = a.cdr_rows() + b.cdr_rows()
     ids = [r["record_id"] for r in rows]
     assert len(ids) == len(set(ids))  # no record in two files, on one node or two
