@@ -124,7 +124,7 @@ class Recorder:
     def session_holds(self, session_id: str) -> list[SessionHold]:
         return list(self.holds)
 
-    def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
+    async def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
         return []
 
     def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],

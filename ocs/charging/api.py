@@ -278,8 +278,9 @@ class ChargingService(Protocol):
 
     def session_holds(self, session_id: str) -> list[SessionHold]: ...
 
-    def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
-        """Open holds of every session whose id starts with ``prefix``."""
+    async def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
+        """Open holds of every session whose id starts with ``prefix`` (a rare, costly
+        question: a NAS restarted; may raise ChargingBusy when too many wait)."""
 
     def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
                      limit: int = 500) -> list[SmsMessage]:

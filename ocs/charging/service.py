@@ -17,6 +17,7 @@ from ocs import metrics
 from ocs.charging.api import (
     BalanceView,
     ChargeEvent,
+    ChargingBusy,
     ChargingError,
     CloseSession,
     DeliveryOutcome,
@@ -96,12 +97,18 @@ def count_operation(op: str, result: Any) -> None:
     counter.inc()
 
 
+MAX_PREFIX_SCANS = 16
+"""Session prefix scans (Accounting-On/Off) a process keeps waiting at most."""
+
+
 class EngineChargingService:
     """Charging for the agents of one process, run by ``engine`` (its writer thread or
     the writer process)."""
 
     def __init__(self, engine: ChargingEngine):
         self.engine = engine
+        self._prefix_scans: dict[str, asyncio.Future[list[SessionHold]]] = {}
+        self._scan_turn = asyncio.Lock()
 
     def _op(self, op: str, request: Any) -> asyncio.Future[Any]:
         try:
@@ -210,8 +217,24 @@ class EngineChargingService:
     def session_holds(self, session_id: str) -> list[SessionHold]:
         return [_hold(r) for r in self.engine.session_reservations(session_id)]
 
-    def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
-        return [_hold(r) for r in self.engine.reservations_with_prefix(prefix)]
+    async def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
+        """Off the event loop (on a Redis Cluster it scans every primary's keys), one
+        scan at a time in this process; callers asking for a prefix being scanned share
+        that scan; with MAX_PREFIX_SCANS prefixes waiting, ChargingBusy (a NAS sending
+        Accounting-On under many names must not queue scans without bound)."""
+        running = self._prefix_scans.get(prefix)
+        if running is None:
+            if len(self._prefix_scans) >= MAX_PREFIX_SCANS:
+                raise ChargingBusy(f"{len(self._prefix_scans)} session scans waiting")
+            running = asyncio.ensure_future(self._scan_prefix(prefix))
+            self._prefix_scans[prefix] = running
+            running.add_done_callback(lambda _: self._prefix_scans.pop(prefix, None))
+        return await asyncio.shield(running)
+
+    async def _scan_prefix(self, prefix: str) -> list[SessionHold]:
+        async with self._scan_turn:
+            found = await asyncio.to_thread(self.engine.reservations_with_prefix, prefix)
+        return [_hold(r) for r in found]
 
     def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
                      limit: int = 500) -> list[SmsMessage]:

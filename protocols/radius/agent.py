@@ -455,7 +455,7 @@ class RadiusAgent:
         now = int(self.clock())
         for session in [k for k in self.sessions if k.startswith(prefix)]:
             del self.sessions[session]
-        for hold in self.charging.sessions_with_prefix(prefix):
+        for hold in await self.charging.sessions_with_prefix(prefix):
             await self.charging.close_session(CloseSession(
                 request=RequestRef(client.owner, hold.session_id, number),
                 session_id=hold.session_id, service=hold.service,

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
-from ocs.charging.api import RequestRef
-from ocs.charging.service import MAX_KEY, request_key
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+
+from ocs.charging.api import ChargingBusy, RequestRef, SessionHold
+from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.model import IdKind, ReserveRequest
+from ocs.charging.service import (
+    MAX_KEY,
+    MAX_PREFIX_SCANS,
+    EngineChargingService,
+    request_key,
+)
+from ocs.provisioning import op_load_plans
+from ocs.rating.plans import Service, load_plans_file
+from ocs.store import Store
+from ocs.store.records import Reservation
 
 
 def test_keys_name_the_request_and_the_operation() -> None:
@@ -49,3 +67,52 @@ def test_operations_are_counted_by_outcome() -> None:
              value("debit", "ChargingBusy"), value("smpp_bind", "ok"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
     assert value("alarm_notify", "ok") == 0 and value("alarm_notify", "raise") == 0
+
+
+def test_prefix_scans_are_shared_bounded_and_off_the_loop(tmp_path: Path) -> None:
+    """Accounting-On asks for every session of a NAS: on a Redis Cluster that scans the
+    keyspace, so it runs in a thread (the loop answers meanwhile), one at a time; callers
+    for a prefix being scanned share the scan; past MAX_PREFIX_SCANS prefixes waiting
+    (a NAS naming itself anew in each Accounting-On), ChargingBusy: no answer, it
+    retries."""
+    with Store(tmp_path / "store") as store:
+        store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+        add(store, "41790000001", balance="1.00")
+        engine = ChargingEngine(store, None, EngineSettings(node="n1"))
+        for i in range(3):
+            assert engine.reserve_sync(ReserveRequest(
+                request_key=b"r%d" % i, session_id=f"radius:c:nas1:{i}",
+                subscriber=((IdKind.MSISDN, "41790000001"),), service=Service.DATA,
+                units=1_000_000, rating_group=10, now=WEDNESDAY_NOON)).ok
+        service = EngineChargingService(engine)
+        calls: list[str] = []
+        gate = threading.Event()
+        scan = engine.reservations_with_prefix
+
+        def slow(prefix: str) -> list[Reservation]:  # a big keyspace takes its time
+            calls.append(prefix)
+            gate.wait(10)
+            return scan(prefix)
+
+        engine.reservations_with_prefix = slow  # type: ignore[method-assign]
+
+        async def go() -> tuple[list[list[SessionHold]], list[list[SessionHold]]]:
+            same = [asyncio.ensure_future(service.sessions_with_prefix("radius:c:nas1:"))
+                    for _ in range(5)]
+            others = [asyncio.ensure_future(service.sessions_with_prefix(f"radius:c:x{i}:"))
+                      for i in range(MAX_PREFIX_SCANS - 1)]
+            ticks = 0
+            for _ in range(10):  # the loop runs while the first scan waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 10 and calls == ["radius:c:nas1:"]
+            with pytest.raises(ChargingBusy):
+                await service.sessions_with_prefix("radius:c:one-too-many:")
+            gate.set()
+            return list(await asyncio.gather(*same)), list(await asyncio.gather(*others))
+
+        same, others = asyncio.run(go())
+        assert all(sorted(h.session_id for h in got) == [f"radius:c:nas1:{i}"
+                                                          for i in range(3)] for got in same)
+        assert others == [[]] * (MAX_PREFIX_SCANS - 1)
+        assert calls.count("radius:c:nas1:") == 1 and len(calls) == MAX_PREFIX_SCANS
