@@ -38,6 +38,7 @@ from ocs.provisioning import (
 )
 from ocs.rating.plans import PlanError, Service, compile_plan, load_plans_file
 from ocs.store import Store, StoreError
+from ocs.store.records import Balance, dec_balance, dec_subscriber
 from ocs.store.tx import StorePort
 
 EXIT_BAD_INPUT = 2
@@ -802,8 +803,14 @@ def cmd_sub_show(args: argparse.Namespace) -> int:
 
 def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    with _open(cfg) as store:
-        items, _ = views.subscriber_items(store)
+    if cfg.store.backend == "redis":
+        with _ledger(cfg) as cluster:
+            items = [views.subscriber_item(dec_subscriber.decode(sub), dec_balance.decode(bal)
+                                           if bal is not None else Balance())
+                     for _m, sub, bal in cluster.subscriber_records()]
+    else:
+        with _open(cfg) as store:
+            items, _ = views.subscriber_items(store)
     if args.json:
         _print_json(items)
     else:
@@ -844,9 +851,14 @@ def cmd_sub_history(args: argparse.Namespace) -> int:
     msisdn = validate_msisdn(args.msisdn)
     since = _event_time(args.since, "--from") if args.since else None
     until = _event_time(args.until, "--to") if args.until else None
-    with _open(cfg) as store:
-        items = views.history(store, views.subscriber_cdrs(cfg.under_data(cfg.cdr.dir),
-                                                           store, msisdn),
+    with contextlib.ExitStack() as stack:
+        ledger = stack.enter_context(_ledger(cfg))
+        # charges: the CDR files in [cdr] dir (every node's that are there, on a
+        # cluster), then this node's journal
+        local = stack.enter_context(_open(cfg, local=True)) \
+            if cfg.store.backend == "redis" else ledger
+        items = views.history(ledger, views.subscriber_cdrs(cfg.under_data(cfg.cdr.dir),
+                                                            local, msisdn),
                               msisdn, since=since, until=until)
     if items is None:
         raise CliError(f"no subscriber {msisdn}", EXIT_FAILURE)

@@ -20,7 +20,7 @@ from ocs.provisioning import TopUp, ledger_entries
 from ocs.rating.plans import compile_plan
 from ocs.store.env import BALANCES, IDX_IMSI, IDX_USERNAME, SUBSCRIBERS, Store
 from ocs.store.records import Balance, CdrRecord, Subscriber, dec_balance, dec_subscriber
-from ocs.store.tx import Tx
+from ocs.store.tx import StorePort
 
 
 def subscriber(engine: ChargingEngine, msisdn: str) -> dict[str, Any] | None:
@@ -120,15 +120,14 @@ def topup(msisdn: str, top: TopUp, reference: str) -> dict[str, Any]:
     return out
 
 
-def history(store: Store, records: Iterator[Any], msisdn: str, *,
+def history(ledger: StorePort, records: Iterator[Any], msisdn: str, *,
             since: int | None = None, until: int | None = None) -> list[dict[str, Any]] | None:
-    """``ocs subscriber history --json``: ledger entries (top-ups, opening balances) and
-    charges from ``records`` (CDRs) in time order, within [since, until); None if there
-    is no such subscriber."""
+    """``ocs subscriber history --json``: ledger entries (top-ups, opening balances) from
+    ``ledger`` (the LMDB store or the Redis Cluster) and charges from ``records`` (CDRs)
+    in time order, within [since, until); None if there is no such subscriber."""
     items: list[dict[str, Any]] = []
     key = msisdn.encode()
-    with store.read() as txn:
-        tx = Tx(txn, store.dbs)
+    with ledger.view() as tx:
         if tx.get(SUBSCRIBERS, key) is None:
             return None
         entries = ledger_entries(tx, msisdn)

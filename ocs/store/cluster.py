@@ -1306,6 +1306,28 @@ class ClusterStore:
 
         self._per_primary(sorted(lasts), cmd)
 
+    def subscriber_records(self) -> list[tuple[bytes, bytes, bytes | None]]:
+        """(MSISDN, subscriber record, balance record) of every subscriber, in MSISDN
+        order: a scan of every primary's keys (what ``ocs subscriber list`` costs)."""
+        def scan() -> list[tuple[bytes, bytes, bytes | None]]:
+            out: list[tuple[bytes, bytes, bytes | None]] = []
+            for node in self.rc.get_primaries():
+                conn = self.rc.get_redis_connection(node)
+                keys = [bytes(k) for k in conn.scan_iter(match=b"{*}:sub", count=1000)]
+                for i in range(0, len(keys), 500):
+                    part = keys[i:i + 500]
+                    replies = self._exec(part[0], *[
+                        c for k in part for c in (("GET", k), ("GET", k[:-4] + b":bal"))])
+                    for r in replies:
+                        if isinstance(r, ResponseError):
+                            self._raise(r)
+                    for j, k in enumerate(part):
+                        if replies[2 * j] is not None:  # (deleted since the scan)
+                            out.append((k[1:-5], replies[2 * j], replies[2 * j + 1]))
+            return sorted(out)
+
+        return self._retrying(scan)
+
     def claimed_elsewhere(self, node: str) -> dict[str, int]:
         """Node -> CDRs it claimed and has not journalled yet (other nodes than
         ``node``)."""
