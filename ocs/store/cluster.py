@@ -247,6 +247,10 @@ redis.register_function('ocs_cad', cad)
 """
 
 
+slot_of: Callable[[bytes], int] = functools.lru_cache(maxsize=1 << 14)(key_slot)
+"""The hash slot of a key (remembered: an operation asks for the same few many times)."""
+
+
 @functools.cache
 def slot_tags() -> tuple[bytes, ...]:
     """For each hash slot, a short tag that hashes to it (computed once)."""
@@ -685,7 +689,7 @@ class ClusterTx(Tx):
             raise StoreError("write in a read-only view")
 
     def _slot(self) -> int:
-        return key_slot(b"{" + self._tag() + b"}")
+        return slot_of(b"{" + self._tag() + b"}")
 
     # -- what run_write sends ----------------------------------------------------------
 
@@ -701,14 +705,14 @@ class ClusterTx(Tx):
         """KEYS and ARGV of this operation's ``ocs_apply`` (None: it wrote nothing)."""
         if not self._writes:
             return None
-        slot = key_slot(self._writes[0][1])
+        slot = slot_of(self._writes[0][1])
         keys: list[bytes] = []
         index: dict[bytes, str] = {}
 
         def ki(k: bytes) -> str:
             i = index.get(k)
             if i is None:
-                if key_slot(k) != slot:
+                if slot_of(k) != slot:
                     raise StoreError(f"an operation writes two hash slots ({k!r})")
                 keys.append(k)
                 i = index[k] = str(len(keys))
@@ -719,7 +723,7 @@ class ClusterTx(Tx):
         checks: list[bytes | str] = []
         n = 0
         for (rkey, field), value in self._checks.items():
-            if key_slot(rkey) != slot:
+            if slot_of(rkey) != slot:
                 continue  # read on the way to the account (a stale candidate): a hint
             n += 1
             if field is None:
@@ -728,7 +732,7 @@ class ClusterTx(Tx):
                 checks += ["H", ki(rkey), field]
             checks += ["0", ""] if value is None else ["1", value]
         for rkey, length in self._lens.items():
-            if key_slot(rkey) == slot:
+            if slot_of(rkey) == slot:
                 n += 1
                 checks += ["N", ki(rkey), "1", str(length)]
         argv: list[bytes | str] = [str(n), *checks]
@@ -903,7 +907,7 @@ class ClusterStore:
         """``cmds`` pipelined on one connection to the primary of ``slot_key``'s slot
         (so a WAIT among them covers the writes before it); error replies come back in
         the list. A broken connection is dropped and raises ConnectionError."""
-        conn = self._link(key_slot(slot_key))
+        conn = self._link(slot_of(slot_key))
         self.round_trips += 1
         try:
             conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
@@ -1049,16 +1053,16 @@ class ClusterStore:
     def account_lock(self, tag: bytes) -> threading.Lock:
         """The lock the writing operations of account ``tag`` take turns on in this
         process (one of 1,024 stripes)."""
-        return self._stripes[key_slot(tag) % len(self._stripes)]
+        return self._stripes[slot_of(tag) % len(self._stripes)]
 
     def _note_slots(self, writes: list[tuple[Any, ...]]) -> None:
         """Remember the outboxes and expiry sets an applied operation wrote to."""
         for w in writes:
             if w[0] == "RP":
                 with self._lock:
-                    self._outbox_slots.add(key_slot(w[1]))
+                    self._outbox_slots.add(slot_of(w[1]))
             elif w[0] == "ZA":
-                slot, at = key_slot(w[1]), int(w[2])
+                slot, at = slot_of(w[1]), int(w[2])
                 with self._lock:
                     self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
 

@@ -27,10 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import hiredis
-from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, ConnectionError, ResponseError
 
-from ocs.store.cluster import ClusterStore, ClusterTx, Miss
+from ocs.store.cluster import ClusterStore, ClusterTx, Miss, slot_of
 from ocs.store.env import StoreError
 from ocs.store.tx import Tx
 
@@ -127,7 +126,8 @@ class _GroupWriter:
                 self._driver.batches += 1
                 try:
                     conn = await self._driver.connection(self._node, "w")
-                    replies = await asyncio.wait_for(conn.request(cmds), store.io_timeout_s)
+                    async with asyncio.timeout(store.io_timeout_s):
+                        replies = await conn.request(cmds)
                 except Exception as exc:  # every operation of the batch learns it
                     self._driver.drop(self._node, "w")
                     err = exc if isinstance(exc, StoreError) else ConnectionError(
@@ -162,7 +162,7 @@ class LoopDriver:
     # -- connections -----------------------------------------------------------------
 
     def _node(self, slot_key: bytes) -> Any:
-        nodes = self.store.rc.nodes_manager.slots_cache.get(key_slot(slot_key))
+        nodes = self.store.rc.nodes_manager.slots_cache.get(slot_of(slot_key))
         if not nodes:
             raise ClusterDownError(f"no node serves the slot of {slot_key!r}")
         return nodes[0]
@@ -247,7 +247,8 @@ class LoopDriver:
             conn = await self.connection(node, "r")
             self.store.round_trips += 1
             try:
-                replies = await asyncio.wait_for(conn.request(cmds), self.store.io_timeout_s)
+                async with asyncio.timeout(self.store.io_timeout_s):
+                    replies = await conn.request(cmds)
             except TimeoutError:
                 self.drop(node, "r")
                 raise
@@ -326,7 +327,7 @@ class LoopDriver:
 
     async def _turn(self, tag: bytes, held: asyncio.Lock | None) -> asyncio.Lock:
         """Account ``tag``'s turn in this process (giving up the one held, if another)."""
-        lock = self._turns[key_slot(tag) % len(self._turns)]
+        lock = self._turns[slot_of(tag) % len(self._turns)]
         if lock is held:
             return lock
         if held is not None:
