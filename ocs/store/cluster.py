@@ -171,6 +171,19 @@ local function apply(keys, argv)
   return 1
 end
 
+-- ocs_cas: KEYS[1] := ARGV[3] if it holds ARGV[2] (ARGV[1] = 1) or nothing (ARGV[1] =
+-- 0) now: an index entry taken only if nobody took it since the operation read it.
+local function cas(keys, argv)
+  local cur = redis.call('GET', keys[1])
+  if argv[1] == '0' then
+    if cur then return 0 end
+  elseif cur ~= argv[2] then
+    return 0
+  end
+  redis.call('SET', keys[1], argv[3])
+  return 1
+end
+
 -- ocs_cad: delete KEYS[1] if it still holds ARGV[1] (an index entry that is ours).
 local function cad(keys, argv)
   if redis.call('GET', keys[1]) ~= argv[1] then return 0 end
@@ -244,6 +257,7 @@ redis.register_function{function_name = 'ocs_scan', callback = scan,
                         flags = {'no-writes', 'allow-cross-slot-keys'}}
 redis.register_function('ocs_unown', unown)
 redis.register_function('ocs_cad', cad)
+redis.register_function('ocs_cas', cas)
 """
 
 
@@ -315,6 +329,12 @@ def claimed_key(slot: int, node: str) -> bytes:
     return b"{" + slot_tags()[slot] + b"}:claimed:" + node.encode()
 
 
+def pre_ok(cmd: tuple[Any, ...], reply: Any) -> bool:
+    """Whether a hint written before an operation took: an index entry taken with
+    ``ocs_cas`` may have been taken by another node since it was read (0)."""
+    return not (cmd[0] == "FCALL" and not int(reply))
+
+
 class Miss(Exception):
     """An operation on the event loop needs reads it does not have yet: the driver
     fetches them and runs the operation again (reads it has are answered the same)."""
@@ -354,6 +374,8 @@ class ClusterTx(Tx):
         """Keys of the answers this operation will read (with its account's first read)."""
         self._fetched: set[bytes] = set()
         """Accounts whose subscriber, balance and expected answers have been read."""
+        self._index_raw: dict[bytes, bytes | None] = {}
+        """Index entries as read (before the check against the account)."""
         self._owned: list[tuple[bytes, bytes]] = []
         """(unit, subscriber) of session owner entries this operation writes."""
         self._unowned: list[bytes] = []
@@ -523,7 +545,13 @@ class ClusterTx(Tx):
             return
         index = _INDEX.get(db)
         if index is not None:
-            self._pre.append((index + key, ("SET", index + key, value)))
+            rkey = index + key
+            if rkey in self._index_raw:  # as read: nobody may have taken it since
+                raw = self._index_raw[rkey]
+                self._pre.append((rkey, ("FCALL", "ocs_cas", 1, rkey,
+                                         "0" if raw is None else "1", raw or b"", value)))
+            else:
+                self._pre.append((rkey, ("SET", rkey, value)))
             return
         if db == ANSWER_EXPIRY:
             return  # answers carry their own TTL here
@@ -604,7 +632,7 @@ class ClusterTx(Tx):
         where = (rkey, None)
         if where in self._view:
             return self._view[where]
-        owner = self._read(rkey, None)
+        owner = self._index_raw[rkey] = self._read(rkey, None)
         if owner is not None:
             # the account it names, read whole (the operation reads it next)
             if self._bound is None:
@@ -1005,11 +1033,15 @@ class ClusterStore:
             tx = ClusterTx(self)
             try:
                 result = fn(tx)
+                applied = 1
                 for rkey, cmd in tx._pre:
-                    self._durable(rkey, cmd)
-                apply = tx.apply_command()
+                    if not pre_ok(cmd, self._durable(rkey, cmd)):
+                        applied = 0  # another node took the index entry meanwhile
+                        break
+                apply = tx.apply_command() if applied else None
                 # Re-sent after a lost connection, it finds its own writes: refused.
-                applied = 1 if apply is None else int(self._durable(apply[3], apply))
+                if apply is not None:
+                    applied = int(self._durable(apply[3], apply))
             finally:
                 if tx._held is not None:
                     tx._held.release()

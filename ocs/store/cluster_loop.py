@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 import hiredis
 from redis.exceptions import ClusterDownError, ConnectionError, ResponseError
 
-from ocs.store.cluster import ClusterStore, ClusterTx, Miss, slot_of
+from ocs.store.cluster import ClusterStore, ClusterTx, Miss, pre_ok, slot_of
 from ocs.store.env import StoreError
 from ocs.store.tx import Tx
 
@@ -303,12 +303,15 @@ class LoopDriver:
                 else:
                     raise StoreError(f"redis: an operation read more than {MAX_MISSES} "
                                      "times")
+                applied = 1
                 for rkey, cmd in tx._pre:
-                    await self.durable(rkey, (cmd,), deadline)
-                apply = tx.apply_command()
+                    if not pre_ok(cmd, await self.durable(rkey, (cmd,), deadline)):
+                        applied = 0  # another node took the index entry meanwhile
+                        break
+                apply = tx.apply_command() if applied else None
                 # Re-sent after a lost connection, it finds its own writes: refused.
-                applied = 1 if apply is None else int(
-                    await self.durable(apply[3], (apply,), deadline))
+                if apply is not None:
+                    applied = int(await self.durable(apply[3], (apply,), deadline))
                 if held is not None:
                     held.release()
                     held = None

@@ -22,7 +22,10 @@ from ocs.charging.model import (
     ReserveRequest,
 )
 from ocs.provisioning import (
+    Conflict,
+    NewSubscriber,
     SubscriberChange,
+    op_add_subscriber,
     op_load_plans,
     op_set_status,
     op_set_subscriber,
@@ -397,6 +400,35 @@ def test_a_deleted_subscriber_frees_its_identities(store: ClusterStore) -> None:
     assert sub is not None and sub.msisdn == "41790000002"
     d = sms(e, "m1", "41790000002")
     assert d.ok and d.charged == 150_000
+
+
+def test_one_imsi_is_given_once_across_nodes(store: ClusterStore,
+                                             redis_nodes: RedisCluster) -> None:
+    """Two nodes provision two new subscribers with the same IMSI at once: the index
+    entry is taken only if nobody took it since it was read, so the second finds it
+    taken and is refused; the IMSI finds the first, and nothing of the second is kept."""
+    imsi, bob = "228010000000042", "41790000002"
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    runs: list[int] = []
+    try:
+        def op(tx: Tx) -> object:
+            runs.append(1)
+            result = op_add_subscriber(NewSubscriber(msisdn=ALICE, plan_id="prepaid-basic",
+                                                     imsi=imsi))(tx)
+            if len(runs) == 1:  # meanwhile, on the other node
+                add(other, bob, imsi=imsi, username="bob")
+            return result
+
+        with pytest.raises(Conflict, match="IMSI"):
+            store.run_write(op)
+        assert len(runs) == 2
+        e = engine_on(store)
+        sub = e.find_subscriber_now(((IdKind.IMSI, imsi),))
+        assert sub is not None and sub.msisdn == bob
+        assert e.find_subscriber_now(ids()) is None
+        assert store.verify() == []
+    finally:
+        other.close()
 
 
 def test_one_hot_account_on_one_node_never_runs_out_of_attempts(
