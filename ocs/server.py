@@ -163,6 +163,10 @@ class Server:
             from ocs.store.cluster_loop import ClusterBackend
 
             self.cluster = self.ledger = ClusterStore.from_config(cfg)
+            # one process of the cluster looks at every slot (what stopped nodes left),
+            # every 10 s; another takes over within 30 s of it dying
+            self.cluster.lease_name = f"{cfg.node.name}:{worker}"
+            self.cluster.full_scan_s, self.cluster.lease_ttl_s = 10.0, 30.0
             self.engine = ChargingEngine(self.ledger, None, settings)
             self.cluster_ops = ClusterBackend(self.cluster, self.engine,
                                               on_result=count_operation)

@@ -30,12 +30,12 @@ API tokens.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from redis.cluster import ClusterNode, RedisCluster
@@ -84,6 +84,8 @@ NOBODY = b"~"
 """The tag of answers to requests that name no known subscriber."""
 SHARED = b"{ocs}"
 SHARED_TTL_S = 1.0
+LEASE = SHARED + b":lease:"
+"""+ job (expiry | outbox): the process that scans every slot for it (``ocs_lease``)."""
 OWNER_HINTS = 200_000
 """Session owners a process remembers (the oldest forgotten first)."""
 """How long a charging operation may use a shared record (the plans version) it read."""
@@ -184,6 +186,15 @@ local function cas(keys, argv)
   return 1
 end
 
+-- ocs_lease: KEYS[1] names ARGV[1] for ARGV[2] ms, unless it names someone else now
+-- (a cluster-wide job's lease: taken, or renewed by its holder).
+local function lease(keys, argv)
+  local cur = redis.call('GET', keys[1])
+  if cur and cur ~= argv[1] then return 0 end
+  redis.call('SET', keys[1], argv[1], 'PX', argv[2])
+  return 1
+end
+
 -- ocs_cad: delete KEYS[1] if it still holds ARGV[1] (an index entry that is ours).
 local function cad(keys, argv)
   if redis.call('GET', keys[1]) ~= argv[1] then return 0 end
@@ -258,6 +269,7 @@ redis.register_function{function_name = 'ocs_scan', callback = scan,
 redis.register_function('ocs_unown', unown)
 redis.register_function('ocs_cad', cad)
 redis.register_function('ocs_cas', cas)
+redis.register_function('ocs_lease', lease)
 """
 
 
@@ -822,6 +834,10 @@ class ClusterStore:
         """Slot -> the earliest expiry that may be in its set (written by this process
         since the last look)."""
         self._next_full = {"outbox": 0.0, "expiry": 0.0}
+        self.lease_name = ""
+        """Set by a serving process (node and worker): the scans of every slot are then
+        done by the holder of the cluster's lease only, every ``full_scan_s``."""
+        self.lease_ttl_s = 3 * self.full_scan_s
         self.load_functions()
 
     @classmethod
@@ -833,6 +849,11 @@ class ClusterStore:
                    answer_retention_s=cfg.store.answer_retention_s)
 
     def close(self) -> None:
+        if self.lease_name:  # handed on at once, not when they run out
+            for what in ("expiry", "outbox"):
+                key = LEASE + what.encode()
+                with contextlib.suppress(StoreError, RedisError, RedisClusterException):
+                    self._one(key, ("FCALL", "ocs_cad", 1, key, self.lease_name))
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -1099,14 +1120,31 @@ class ClusterStore:
                     self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
 
     def _full_scan(self, what: str) -> bool:
+        """Whether this process looks at every slot (``what``: expiry sets or outboxes)
+        now: once a ``full_scan_s``, and, when it serves (``lease_name``), only while it
+        holds the cluster's lease for that job (one process of the cluster does it; when
+        it stops, or dies and its lease runs out, another takes over)."""
         now = time.monotonic()
         with self._lock:
             if now < self._next_full[what]:
                 return False
             self._next_full[what] = now + self.full_scan_s
-            return True
+        return not self.lease_name or self._lease(what)
 
-    @contextmanager
+    def _lease(self, what: str) -> bool:
+        key = LEASE + what.encode()
+        try:
+            return bool(self._one(key, ("FCALL", "ocs_lease", 1, key, self.lease_name,
+                                        int(self.lease_ttl_s * 1000))))
+        except StoreError:
+            return False  # asked again at the next scan
+
+    def lease_holder(self, what: str) -> str | None:
+        """Who holds the cluster's lease for job ``what`` (expiry | outbox), if anyone."""
+        raw = self.read(LEASE + what.encode(), None)
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         """Reads in this block give up after ``read_deadline_s`` (StoreError) rather
         than wait out a failover: the protocol agents read on their event loop."""
@@ -1120,7 +1158,7 @@ class ClusterStore:
             else:
                 self._local.deadline_s = before
 
-    @contextmanager
+    @contextlib.contextmanager
     def view(self) -> Iterator[Tx]:
         """A read-only view (each record as stored when first read; reads give up after
         ``read_deadline_s``)."""

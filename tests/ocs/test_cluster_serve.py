@@ -186,6 +186,9 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
         assert 0 <= left < 10_000  # prepaid: used up, never below zero
         with ClusterStore(redis_nodes.nodes) as cluster:
             assert cluster.verify() == []
+            # one process of the two scans every slot for each job
+            assert {cluster.lease_holder(j) for j in ("expiry", "outbox")} <= {
+                "ocs-a:0", "ocs-b:0"}
         a.ocs("cdr", "flush")
         b.ocs("cdr", "flush")
         for node in (a, b):  # the backend's counters on /metrics

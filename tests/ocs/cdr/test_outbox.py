@@ -3,6 +3,7 @@ when a node stops between the steps, and whichever node wrote the CDRs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,35 @@ def test_a_journal_failure_leaves_the_rows_claimed(charged: ClusterStore,
     with Store(tmp_path / "n1") as local:
         assert drain(charged, local, "n1", recover=True) == 40
         assert len(set(journal(local))) == 40
+
+
+def test_one_process_scans_every_slot_and_another_takes_over(
+        charged: ClusterStore, redis_nodes: RedisCluster) -> None:
+    """The scan of every slot (outboxes and expiry sets other nodes left) is done by the
+    holder of the cluster's lease only; one that stops hands it on at once, one that
+    dies loses it when it runs out, and another process scans from then on."""
+    want = sorted(charged.outbox_slots())
+    assert len(want) > 1
+
+    def serving_as(name: str) -> ClusterStore:
+        s = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+        s.lease_name, s.full_scan_s, s.lease_ttl_s = name, 0.0, 1.0
+        return s
+
+    a, b, c = serving_as("a:0"), serving_as("b:0"), serving_as("c:0")
+    try:
+        assert a.outbox_slots() == want  # a takes the lease and scans
+        a.expiries(WEDNESDAY_NOON)
+        assert b.outbox_slots() == [] and b.expiries(WEDNESDAY_NOON) == []
+        assert b.lease_holder("outbox") == b.lease_holder("expiry") == "a:0"
+        assert a.outbox_slots() == want  # renewed by its holder
+        a.close()  # stops: handed on
+        assert b.lease_holder("outbox") is None
+        assert b.outbox_slots() == want and b.lease_holder("outbox") == "b:0"
+        # b dies (no close): c scans once b's lease has run out
+        assert c.outbox_slots() == []
+        time.sleep(1.2)
+        assert c.outbox_slots() == want and c.lease_holder("outbox") == "c:0"
+    finally:
+        b.rc.close()  # (b "died": its lease is not handed on)
+        c.close()
