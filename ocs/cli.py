@@ -1498,8 +1498,13 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / (
         args.period + ("-preview" if args.preview else ""))
     started = time.perf_counter()
-    with _open(cfg) as store:
-        biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing)
+    with contextlib.ExitStack() as stack:
+        # the runs are the node's; subscribers and plans the cluster's (on a cluster),
+        # the CDRs every file in [cdr] dir (gather the nodes' files there)
+        store = stack.enter_context(_open(cfg, local=True))
+        ledger = stack.enter_context(_ledger(cfg)) if cfg.store.backend == "redis" \
+            else store
+        biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing, ledger=ledger)
         if args.no_progress or not sys.stderr.isatty():
             summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
                                        preview=args.preview, pdf=args.pdf)

@@ -47,6 +47,7 @@ from ocs.money import MICRO, MoneyError, parse_amount
 from ocs.provisioning import all_plans
 from ocs.store.env import BILLING, Store
 from ocs.store.records import Subscriber, dec_subscriber
+from ocs.store.tx import StorePort
 
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -159,8 +160,11 @@ ProgressFn = Callable[[int, int], None]
 
 class Biller:
     def __init__(self, store: Store, cdr_dir: Path, cfg: BillingConfig, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, ledger: StorePort | None = None):
         self.store = store
+        """Where the billing runs are kept (the node's LMDB store)."""
+        self.ledger: StorePort = ledger if ledger is not None else store
+        """Where subscribers and plans are (the same store, or the Redis Cluster)."""
         self.cdr_dir = cdr_dir
         self.cfg = cfg
         self.clock = clock
@@ -197,30 +201,29 @@ class Biller:
     def _plan_record(self, period: str) -> RunRecord:
         """What a first run of ``period`` bills: unbilled file rows, current subscribers."""
         year, month = check_period(period)
-        plans = all_plans(self.store)
+        plans = all_plans(self.ledger)
         subs: list[SubscriberTerms] = []
-        with self.store.read() as txn:
-            for _k, v in txn.cursor(db=self.store.dbs[b"subscribers"]):
-                sub: Subscriber = dec_subscriber.decode(v)
-                plan = plans.get(sub.plan_id, {})
-                tz = str(plan.get("timezone", "UTC"))
-                start, end, _days = period_bounds(year, month, tz)
-                terminated = sub.updated_at if sub.status == "terminated" else 0
-                if sub.created_at >= end or (terminated and terminated < start):
-                    continue
-                segments = []
-                history = [*sub.plan_history, (sub.plan_since or sub.created_at, sub.plan_id)]
-                for since, pid in history:
-                    pt = plans.get(pid, {})
-                    segments.append((since, pid, str(pt.get("name", pid)),
-                                     parse_amount(str(pt.get("monthly_fee", "0")))))
-                subs.append(SubscriberTerms(
-                    msisdn=sub.msisdn, plan_id=sub.plan_id,
-                    plan_name=str(plan.get("name", sub.plan_id)), mode=sub.mode,
-                    currency=sub.currency, timezone=tz,
-                    monthly_fee=parse_amount(str(plan.get("monthly_fee", "0"))),
-                    created_at=sub.created_at, terminated_at=terminated, segments=segments,
-                    customer_name=sub.customer_name, billing_address=sub.billing_address))
+        for v in self.ledger.subscribers():
+            sub: Subscriber = dec_subscriber.decode(v)
+            plan = plans.get(sub.plan_id, {})
+            tz = str(plan.get("timezone", "UTC"))
+            start, end, _days = period_bounds(year, month, tz)
+            terminated = sub.updated_at if sub.status == "terminated" else 0
+            if sub.created_at >= end or (terminated and terminated < start):
+                continue
+            segments = []
+            history = [*sub.plan_history, (sub.plan_since or sub.created_at, sub.plan_id)]
+            for since, pid in history:
+                pt = plans.get(pid, {})
+                segments.append((since, pid, str(pt.get("name", pid)),
+                                 parse_amount(str(pt.get("monthly_fee", "0")))))
+            subs.append(SubscriberTerms(
+                msisdn=sub.msisdn, plan_id=sub.plan_id,
+                plan_name=str(plan.get("name", sub.plan_id)), mode=sub.mode,
+                currency=sub.currency, timezone=tz,
+                monthly_fee=parse_amount(str(plan.get("monthly_fee", "0"))),
+                created_at=sub.created_at, terminated_at=terminated, segments=segments,
+                customer_name=sub.customer_name, billing_address=sub.billing_address))
         files = []
         for path in closed_cdr_files(self.cdr_dir):
             after = self._billed_through(path.name)
@@ -250,7 +253,7 @@ class Biller:
         """Stream the record's files; aggregate billable rows per subscriber."""
         tz_of = {s.msisdn: s.timezone for s in record.subscribers}
         plan_tz = {pid: str(p.get("timezone", "UTC")) for pid, p in
-                   all_plans(self.store).items()}
+                   all_plans(self.ledger).items()}
         acc: dict[tuple[str, str, str, str], list[int]] = {}
         rows = 0
         total_bytes = sum((self.cdr_dir / f.name).stat().st_size for f in record.files
@@ -413,7 +416,8 @@ class Biller:
         """When ``period`` has ended everywhere it is billed: the latest end of the month
         over the time zones of the stored plans (and UTC), with that time zone."""
         year, month = check_period(period)
-        zones = {"UTC"} | {str(p.get("timezone", "UTC")) for p in all_plans(self.store).values()}
+        zones = {"UTC"} | {str(p.get("timezone", "UTC"))
+                           for p in all_plans(self.ledger).values()}
         return max((period_bounds(year, month, tz)[1], tz) for tz in sorted(zones))
 
     def run(self, period: str, out_dir: Path | None, *, dry_run: bool = False,

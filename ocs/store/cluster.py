@@ -1402,6 +1402,10 @@ class ClusterStore:
 
         return self._retrying(scan)
 
+    def subscribers(self) -> list[bytes]:
+        """Every subscriber record (encoded), in MSISDN order (a scan of the keys)."""
+        return [sub for _m, sub, _b in self.subscriber_records()]
+
     def claimed_elsewhere(self, node: str) -> dict[str, int]:
         """Node -> CDRs it claimed and has not journalled yet (other nodes than
         ``node``)."""

@@ -245,6 +245,11 @@ class Store:
         with self.read() as txn:
             yield Tx(txn, self.dbs)
 
+    def subscribers(self) -> list[bytes]:
+        """Every subscriber record (encoded), in MSISDN order."""
+        with self.read() as txn, txn.cursor(db=self.dbs[SUBSCRIBERS]) as cur:
+            return [bytes(v) for v in cur.iternext(keys=False, values=True)]
+
     def expiries(self, now: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
         """(reservation key, expires_at) of reservations due at ``now``, oldest first."""
         out: list[tuple[bytes, int]] = []

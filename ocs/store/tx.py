@@ -89,3 +89,7 @@ class StorePort(Protocol):
     def open_reservations(self, start: bytes) -> list[bytes]:
         """Encoded open reservations of the units starting with ``start``."""
         ...
+
+    def subscribers(self) -> list[bytes]:
+        """Every subscriber record (encoded), in MSISDN order (a batch job's read)."""
+        ...

@@ -36,6 +36,7 @@ from sim.rediscluster import RedisCluster
 OCS = str(Path(sys.executable).parent / "ocs")
 ALICE = "41790000001"
 MB = 1_000_000
+PERIOD = time.strftime("%Y-%m", time.gmtime())
 
 SECTIONS = """
 [store]
@@ -215,6 +216,10 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
     out = [i["amount"] for i in charges]  # money out: negative (or nothing)
     assert all(a.startswith("-") or micro(a) == 0 for a in out)
     assert sum(micro(a.removeprefix("-")) for a in out) == 600_000 - left
+    # a bill run on one node: subscribers and plans from the cluster, every node's files
+    bill = json.loads(b.ocs("bill", "run", "--period", PERIOD, "--preview", "--json"))
+    assert (bill["invoices"], bill["rows"]) == (1, len(ids))
+    assert bill["files"] == len(list((b.cwd / "data" / "cdr").glob("cdr_*.csv")))
 
 
 def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
@@ -236,7 +241,7 @@ def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
     cfg.write_text(base + '[fraud]\nenabled = false\n[smpp]\nlisten = "127.0.0.1:0"\n')
     assert "[smpp] is not available with store.backend = redis yet" in ocs("serve").stderr
     cfg.write_text(base + "[fraud]\nenabled = false\n")
-    for args in (("bill", "run", "--period", "2026-11"),
+    for args in (("bill", "reconcile", "--period", "2026-11"),
                  ("report", "kpis", "--period", "2026-11")):
         p = ocs(*args)
         assert p.returncode != 0, args
