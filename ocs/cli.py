@@ -1541,8 +1541,12 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_period(args.period)
-    with _open(cfg) as store:
-        rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(_open(cfg, local=True))
+        ledger = stack.enter_context(_ledger(cfg)) if cfg.store.backend == "redis" \
+            else None
+        rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing,
+                        ledger=ledger)
     if args.json:
         _print_json({"period": rec.period, "ok": rec.ok, "billed": rec.billed,
                      "differences": rec.differences,

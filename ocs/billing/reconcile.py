@@ -26,8 +26,10 @@ from ocs.cdr.fileformat import COLUMNS
 from ocs.cdr.reader import closed_cdr_files
 from ocs.config import BillingConfig
 from ocs.money import MoneyError, format_amount, parse_amount
+from ocs.provisioning import ledger_entries
 from ocs.store.env import BALANCES, CDR_JOURNAL, LEDGER, Store
-from ocs.store.records import dec_balance, dec_cdr, dec_ledger_entry
+from ocs.store.records import Balance, dec_balance, dec_cdr, dec_ledger_entry
+from ocs.store.tx import StorePort
 
 _MSISDN, _CHARGE = COLUMNS.index("msisdn"), COLUMNS.index("charge")
 
@@ -48,8 +50,44 @@ class Reconciliation:
         return not self.differences
 
 
-def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> Reconciliation:
-    biller = Biller(store, cdr_dir, cfg)
+def _engine_state(store: Store, ledger: StorePort | None, cdr_by_sub: dict[str, int]
+                  ) -> tuple[dict[str, Balance], dict[str, int]]:
+    """The balances and each subscriber's ledger top-ups; the CDRs not in a closed file
+    yet added to ``cdr_by_sub``: this node's journal (the open ``.part``'s included),
+    and on a cluster the rows still in the outboxes (every node's journal must have
+    been flushed into files first: ``ocs cdr flush`` on each)."""
+    with store.read() as txn:
+        for _k, v in txn.cursor(db=store.dbs[CDR_JOURNAL]):
+            rec = dec_cdr.decode(v)
+            cdr_by_sub[rec.msisdn] += rec.charge
+        if ledger is None:
+            balances = {bytes(k).decode(): dec_balance.decode(v)
+                        for k, v in txn.cursor(db=store.dbs[BALANCES])}
+            tops: dict[str, int] = defaultdict(int)  # top-ups (and opening balances)
+            for k, v in txn.cursor(db=store.dbs[LEDGER]):
+                tops[bytes(k).split(b"\x00", 1)[0].decode()] += \
+                    dec_ledger_entry.decode(v).amount
+            return balances, tops
+    from ocs.store.cluster import ClusterStore
+
+    assert isinstance(ledger, ClusterStore)
+    for raw in ledger.outbox():
+        rec = dec_cdr.decode(raw)
+        cdr_by_sub[rec.msisdn] += rec.charge
+    balances, tops = {}, defaultdict(int)
+    for m, _sub, bal in ledger.subscriber_records():
+        msisdn = m.decode()
+        balances[msisdn] = dec_balance.decode(bal) if bal is not None else Balance()
+        with ledger.view() as view:
+            for e in ledger_entries(view, msisdn):
+                tops[msisdn] += e.amount
+    return balances, tops
+
+
+def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig, *,
+              ledger: StorePort | None = None) -> Reconciliation:
+    """``ledger``: the Redis Cluster, on one (subscribers, plans and balances there)."""
+    biller = Biller(store, cdr_dir, cfg, ledger=ledger)
     record = biller.stored_run(period)
     diffs: list[str] = []
     for f in record.files if record is not None else ():
@@ -67,16 +105,7 @@ def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> R
                 cdr_by_sub[row[_MSISDN]] += parse_amount(row[_CHARGE], allow_negative=True)
             except MoneyError as exc:
                 raise BillingError(f"{path}:{line}: {exc}") from None
-    with store.read() as txn:
-        # journal records not yet in a closed file (the open .part's included)
-        for _k, v in txn.cursor(db=store.dbs[CDR_JOURNAL]):
-            rec = dec_cdr.decode(v)
-            cdr_by_sub[rec.msisdn] += rec.charge
-        balances = {bytes(k).decode(): dec_balance.decode(v)
-                    for k, v in txn.cursor(db=store.dbs[BALANCES])}
-        ledger: dict[str, int] = defaultdict(int)  # top-ups (and opening balances)
-        for k, v in txn.cursor(db=store.dbs[LEDGER]):
-            ledger[bytes(k).split(b"\x00", 1)[0].decode()] += dec_ledger_entry.decode(v).amount
+    balances, tops = _engine_state(store, ledger, cdr_by_sub)
     engine_by_sub = {m: b.charged_total for m, b in balances.items()}
     # 4. the money put on each balance, the ledger, and what is left
     for msisdn, bal in sorted(balances.items()):
@@ -85,9 +114,9 @@ def reconcile(store: Store, cdr_dir: Path, period: str, cfg: BillingConfig) -> R
                          f"{format_amount(bal.topped_up_total)} minus charges "
                          f"{format_amount(bal.charged_total)} make "
                          f"{format_amount(bal.topped_up_total - bal.charged_total)}")
-        if msisdn in ledger and ledger[msisdn] != bal.topped_up_total:
+        if msisdn in tops and tops[msisdn] != bal.topped_up_total:
             diffs.append(f"{msisdn}: the ledger's top-ups add up to "
-                         f"{format_amount(ledger[msisdn])}, the balance's to "
+                         f"{format_amount(tops[msisdn])}, the balance's to "
                          f"{format_amount(bal.topped_up_total)}")
     for msisdn in sorted(set(cdr_by_sub) | set(engine_by_sub)):
         a, b = cdr_by_sub.get(msisdn, 0), engine_by_sub.get(msisdn, 0)
