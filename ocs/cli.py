@@ -466,6 +466,20 @@ def _ledger(cfg: Config, *, create: bool = False) -> Any:
     return _open(cfg, create=create)
 
 
+@contextlib.contextmanager
+def _stores(cfg: Config) -> Iterator[tuple[Store, Any]]:
+    """This node's LMDB store (its journal, billing runs, alarms) and where subscribers,
+    plans and balances are: the same store, or with ``[store] backend = "redis"`` the
+    Redis Cluster. CDRs are read from the files in ``[cdr] dir`` (on a cluster: every
+    node's files gathered there) and this node's journal."""
+    if cfg.store.backend == "redis":
+        with _open(cfg, local=True) as local, _ledger(cfg) as ledger:
+            yield local, ledger
+    else:
+        with _open(cfg) as store:
+            yield store, store
+
+
 def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
     """A command's result: ``text`` for people, ``data`` as JSON with --json."""
     if getattr(args, "json", False):
@@ -851,12 +865,7 @@ def cmd_sub_history(args: argparse.Namespace) -> int:
     msisdn = validate_msisdn(args.msisdn)
     since = _event_time(args.since, "--from") if args.since else None
     until = _event_time(args.until, "--to") if args.until else None
-    with contextlib.ExitStack() as stack:
-        ledger = stack.enter_context(_ledger(cfg))
-        # charges: the CDR files in [cdr] dir (every node's that are there, on a
-        # cluster), then this node's journal
-        local = stack.enter_context(_open(cfg, local=True)) \
-            if cfg.store.backend == "redis" else ledger
+    with _stores(cfg) as (local, ledger):
         items = views.history(ledger, views.subscriber_cdrs(cfg.under_data(cfg.cdr.dir),
                                                             local, msisdn),
                               msisdn, since=since, until=until)
@@ -1178,7 +1187,7 @@ def cmd_report_kpis(args: argparse.Namespace) -> int:
     from ocs.billing.kpis import KpiError, compute
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _open(cfg, local=True) as store:  # (on a cluster: this node's alarms)
         try:
             k = compute(cfg.under_data(cfg.cdr.dir), store, args.period)
         except KpiError as exc:
@@ -1301,7 +1310,7 @@ def cmd_cdr_explain(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     cdr_dir = cfg.under_data(cfg.cdr.dir)
-    with _open(cfg) as store:
+    with _stores(cfg) as (store, ledger):
         target = next((r for r in every_record(cdr_dir, store)
                        if r.record_id == args.record_id), None)
         if target is None:
@@ -1313,7 +1322,7 @@ def cmd_cdr_explain(args: argparse.Namespace) -> int:
                 break
             if r.msisdn == target.msisdn:
                 earlier.append(r)
-        res = explain_cdr(_engine(cfg, store), target, earlier)
+        res = explain_cdr(_engine(cfg, ledger), target, earlier)
     out = res.to_json()
     if args.json:
         _print_json(out)
@@ -1498,12 +1507,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.under_data(cfg.billing.invoice_dir) / (
         args.period + ("-preview" if args.preview else ""))
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        # the runs are the node's; subscribers and plans the cluster's (on a cluster),
-        # the CDRs every file in [cdr] dir (gather the nodes' files there)
-        store = stack.enter_context(_open(cfg, local=True))
-        ledger = stack.enter_context(_ledger(cfg)) if cfg.store.backend == "redis" \
-            else store
+    with _stores(cfg) as (store, ledger):
         biller = Biller(store, cfg.under_data(cfg.cdr.dir), cfg.billing, ledger=ledger)
         if args.no_progress or not sys.stderr.isatty():
             summary, _inv = biller.run(args.period, out, dry_run=args.dry_run,
@@ -1541,12 +1545,9 @@ def cmd_bill_reconcile(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_period(args.period)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(_open(cfg, local=True))
-        ledger = stack.enter_context(_ledger(cfg)) if cfg.store.backend == "redis" \
-            else None
+    with _stores(cfg) as (store, ledger):
         rec = reconcile(store, cfg.under_data(cfg.cdr.dir), args.period, cfg.billing,
-                        ledger=ledger)
+                        ledger=ledger if ledger is not store else None)
     if args.json:
         _print_json({"period": rec.period, "ok": rec.ok, "billed": rec.billed,
                      "differences": rec.differences,

@@ -220,6 +220,12 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
     bill = json.loads(b.ocs("bill", "run", "--period", PERIOD, "--preview", "--json"))
     assert (bill["invoices"], bill["rows"]) == (1, len(ids))
     assert bill["files"] == len(list((b.cwd / "data" / "cdr").glob("cdr_*.csv")))
+    kpis = json.loads(b.ocs("report", "kpis", "--period", PERIOD, "--json"))
+    assert kpis["rows"] == len(ids)
+    # a CDR rated again from the cluster's plans, as the engine did
+    row = next(r for r in rows if micro(r["charge"]) > 0)
+    explained = json.loads(b.ocs("cdr", "explain", row["record_id"], "--json"))
+    assert micro(explained["charge"]) == micro(row["charge"])
     # and the files against the cluster's balances and ledgers: they agree
     rec = json.loads(b.ocs("bill", "reconcile", "--period", PERIOD, "--json"))
     assert rec["ok"] and micro(rec["cdr_total"]) == 600_000 - left == micro(
@@ -245,8 +251,8 @@ def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
     cfg.write_text(base + '[fraud]\nenabled = false\n[smpp]\nlisten = "127.0.0.1:0"\n')
     assert "[smpp] is not available with store.backend = redis yet" in ocs("serve").stderr
     cfg.write_text(base + "[fraud]\nenabled = false\n")
-    for args in (("report", "kpis", "--period", "2026-11"),
-                 ("cdr", "explain", "x-1")):
+    for args in (("rerate", "--period", "2026-11"), ("fraud", "cases", "list"),
+                 ("charge", ALICE, "--service", "sms", "--units", "1")):
         p = ocs(*args)
         assert p.returncode != 0, args
         assert "not available with store.backend = redis yet" in p.stderr, args
