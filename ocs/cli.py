@@ -1686,7 +1686,7 @@ def cmd_charge(args: argparse.Namespace) -> int:
     if args.units <= 0:
         raise CliError("--units must be positive")
     key = f"cli-{msisdn}-{time.time_ns()}".encode()
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:  # (on a cluster, its CDR waits in the outbox for a node)
         res = _engine(cfg, store).debit_sync(DebitRequest(
             request_key=key,
             subscriber=((IdKind.MSISDN, msisdn),),

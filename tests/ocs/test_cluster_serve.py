@@ -156,6 +156,11 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
         assert "Received Accounting-Response" in out, out  # closed through the other node
         shown = b.show()
         assert (shown["balance"], shown["reserved"]) == ("0.5700", "0.0000")
+        # a charge from the command line, on the cluster (its CDR drained by a node)
+        sms = json.loads(a.ocs("charge", ALICE, "--service", "sms", "--units", "1",
+                               "--json"))
+        assert sms["ok"] and micro(sms["charged"]) > 0
+        assert micro(b.show()["balance"]) == 570_000 - micro(sms["charged"])
         # then both nodes at once, over Gy and RADIUS, asking for more than 0.57 pays
         results: dict[str, dict[int, int]] = {}
 
@@ -252,7 +257,7 @@ def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
     assert "[smpp] is not available with store.backend = redis yet" in ocs("serve").stderr
     cfg.write_text(base + "[fraud]\nenabled = false\n")
     for args in (("rerate", "--period", "2026-11"), ("fraud", "cases", "list"),
-                 ("charge", ALICE, "--service", "sms", "--units", "1")):
+                 ("subscriber", "import", str(cfg))):
         p = ocs(*args)
         assert p.returncode != 0, args
         assert "not available with store.backend = redis yet" in p.stderr, args
