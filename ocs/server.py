@@ -169,7 +169,8 @@ class Server:
             self.cluster.full_scan_s, self.cluster.lease_ttl_s = 10.0, 30.0
             self.engine = ChargingEngine(self.ledger, None, settings)
             self.cluster_ops = ClusterBackend(self.cluster, self.engine,
-                                              on_result=count_operation)
+                                              on_result=count_operation,
+                                              max_running=cfg.store.queue_size)
             self.engine.backend = self.cluster_ops
         else:
             self.engine = ChargingEngine(self.store, None, settings, backend=self.writer)

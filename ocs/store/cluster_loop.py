@@ -32,6 +32,7 @@ from redis.exceptions import ClusterDownError, ConnectionError, ResponseError
 from ocs.store.cluster import ClusterStore, ClusterTx, Miss, pre_ok, slot_of
 from ocs.store.env import StoreError
 from ocs.store.tx import Tx
+from ocs.store.writer import Overloaded
 
 T = TypeVar("T")
 
@@ -344,8 +345,12 @@ class ClusterBackend:
     task; its future resolves once the write is acknowledged)."""
 
     def __init__(self, store: ClusterStore, engine: Any, *,
-                 on_result: Callable[[str, Any], None] | None = None):
+                 on_result: Callable[[str, Any], None] | None = None,
+                 max_running: int = 65536):
         self.store = store
+        self.max_running = max_running
+        """Operations under way at most; beyond, Overloaded (a busy answer: the peer
+        retries) rather than a queue that grows without bound."""
         self._engine = engine
         self._driver: LoopDriver | None = None
         self._on_result = on_result
@@ -361,6 +366,8 @@ class ClusterBackend:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             fut.set_result(0)
             return fut
+        if len(self._running) >= self.max_running:
+            raise Overloaded(f"{len(self._running)} operations under way on the cluster")
         if self._driver is None:
             self._driver = LoopDriver(self.store)
         task = asyncio.ensure_future(self._run(self._driver, name,

@@ -30,9 +30,10 @@ from ocs.charging.model import (
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
 from ocs.store.cluster import ClusterStore
-from ocs.store.cluster_loop import LoopDriver, RespConnection
+from ocs.store.cluster_loop import ClusterBackend, LoopDriver, RespConnection
 from ocs.store.env import StoreError
 from ocs.store.records import dec_cdr
+from ocs.store.writer import Overloaded
 from sim.rediscluster import RedisCluster, redis_cluster
 
 T = TypeVar("T")
@@ -219,6 +220,33 @@ def test_too_few_acks_fail_the_batch_then_a_retry_replays(
     finally:
         late.close()
         strict.close()
+        on.close()
+
+
+def test_too_many_operations_under_way_get_a_busy_answer(store: ClusterStore) -> None:
+    """A flood does not queue without bound: past ``max_running`` operations under way
+    the backend refuses at once (Overloaded: Diameter 3004, no RADIUS answer), and
+    nothing of the refused one is charged."""
+    add(store, ALICE, balance="1.00")
+    on = OnLoop(store)
+    backend = ClusterBackend(store, on.engine, max_running=2)
+    try:
+        def debit(key: bytes) -> DebitRequest:
+            return DebitRequest(request_key=key, subscriber=((IdKind.MSISDN, ALICE),),
+                                service=Service.SMS, destination="4915112345", now=T0)
+
+        async def flood() -> list[Debit]:
+            first = [backend.submit("debit", debit(b"d%d" % i)) for i in range(2)]
+            with pytest.raises(Overloaded):
+                backend.submit("debit", debit(b"d2"))
+            done = list(await asyncio.gather(*first))
+            backend.submit("debit", debit(b"d3"))  # room again
+            await backend.close()
+            return done
+
+        assert all(d.ok for d in on.run(flood()))
+        assert balance(store) == (1_000_000 - 3 * 150_000, 0)
+    finally:
         on.close()
 
 
