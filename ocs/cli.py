@@ -1386,8 +1386,11 @@ def cmd_alarms_action(args: argparse.Namespace) -> int:
 
 def _cases(store: Any) -> list[Any]:
     from ocs.fraud.cases import decode_case
+    from ocs.store.cluster import ClusterStore
     from ocs.store.env import FRAUD_CASES
 
+    if isinstance(store, ClusterStore):
+        return [decode_case(v) for v in store.fraud_cases()]
     with store.read() as txn:
         return [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
 
@@ -1396,7 +1399,7 @@ def cmd_fraud_cases_list(args: argparse.Namespace) -> int:
     from ocs.fraud.cases import to_json
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         items = _cases(store)
     if args.open:
         items = [c for c in items if c.status == "open"]
@@ -1414,11 +1417,10 @@ def cmd_fraud_cases_list(args: argparse.Namespace) -> int:
 
 def cmd_fraud_cases_show(args: argparse.Namespace) -> int:
     from ocs.fraud.cases import load_case, to_json
-    from ocs.store.tx import Tx
 
     cfg = _config(args)
-    with _open(cfg) as store, store.read() as txn:
-        case = load_case(Tx(txn, store.dbs), args.id)
+    with _ledger(cfg) as store, store.view() as view:
+        case = load_case(view, args.id)
     if case is None:
         raise CliError(f"no fraud case {args.id}")
     if args.json:
@@ -1440,7 +1442,7 @@ def cmd_fraud_cases_resolve(args: argparse.Namespace) -> int:
     from ocs.fraud.cases import resolve
 
     cfg = _config(args)
-    with _open(cfg) as store:
+    with _ledger(cfg) as store:
         try:
             case = store.run_write(lambda tx: resolve(tx, args.id, reinstate=args.reinstate,
                                                       note=args.note, at=int(time.time())))

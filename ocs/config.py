@@ -645,12 +645,10 @@ def _validate(cfg: Config) -> None:
         # What keeps its records in this node's LMDB store only, so far: refused rather
         # than run on one node's partial view of a cluster.
         for name, on in (("smpp", cfg.smpp is not None and cfg.smpp.enabled),
-                         ("api", cfg.api is not None and cfg.api.enabled),
-                         ("fraud", cfg.fraud.enabled)):
+                         ("api", cfg.api is not None and cfg.api.enabled)):
             if on:
-                key = "enabled = false" if name == "fraud" else 'listen = ""'
                 raise ConfigError(f"{src}: [{name}] is not available with store.backend = "
-                                  f"redis yet (set {key})")
+                                  'redis yet (set listen = "")')
     if cfg.cdr.export_interval_s <= 0 or cfg.charging.reaper_interval_s <= 0:
         raise ConfigError(f"{src}: intervals must be positive")
     if cfg.billing.due_days < 0:

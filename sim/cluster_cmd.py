@@ -44,8 +44,6 @@ wait_timeout_ms = 2000
 listen = "127.0.0.1:{port}"
 origin_host = "{name}.test.realm"
 origin_realm = "test.realm"
-[fraud]
-enabled = false
 [admin]
 listen = "127.0.0.1:{admin}"
 [noc]

@@ -55,6 +55,7 @@ from ocs.store.env import (
     ANSWERS,
     BALANCES,
     CDR_JOURNAL,
+    FRAUD_CASES,
     IDX_IMSI,
     IDX_USERNAME,
     LEDGER,
@@ -102,9 +103,17 @@ _INDEX = {IDX_IMSI: b"idx:imsi:", IDX_USERNAME: b"idx:user:"}
 """Indexes to a subscriber: a string key per entry."""
 _ANSWER_OWNER = b"ans:"
 """Index: a debit's request key -> the subscriber whose account holds its answer."""
-_BOUND_META = {META_CDR_SEQ: b":cdrseq", META_LEDGER_SEQ: b":ledseq"}
-"""Counters of the shared meta table that are per subscriber here (record ids and ledger
-entries are numbered per account, so no two slots ever share a counter)."""
+_FRAUD_SEQ = b"fraud_case_seq"
+"""The fraud case counter (ocs.fraud.cases.META_FRAUD_SEQ): per account here, its ids
+``msisdn * CASE_SPAN + n`` (unique cluster-wide, and naming their account)."""
+_FRAUD_SEQ_HERE = b"fraud_case_seq\x00account"
+CASE_SPAN = 1000
+"""Fraud case ids per subscriber (the last one is reused beyond: a case id always fits
+in a signed 64-bit integer, and fraud never stops charging)."""
+_BOUND_META = {META_CDR_SEQ: b":cdrseq", META_LEDGER_SEQ: b":ledseq",
+               _FRAUD_SEQ_HERE: b":fraudseq"}
+"""Counters of the shared meta table that are per subscriber here (record ids, ledger
+entries and fraud cases are numbered per account, so no two slots share a counter)."""
 _RERATE = b"rerate\x00"
 
 LIBRARY = """#!lua name=ocs
@@ -477,6 +486,12 @@ class ClusterTx(Tx):
         del node
         return f"{self._tag().decode()}-{seq}"
 
+    def _case_base(self) -> int:
+        tag = self._tag()
+        if not tag.isdigit() or len(tag) > 15:
+            raise StoreError(f"fraud cases need an E.164 account, not {tag!r}")
+        return int(tag) * CASE_SPAN
+
     def _tag(self) -> bytes:
         if self._bound is None:
             raise StoreError("no account bound for a per-account record")
@@ -498,6 +513,9 @@ class ClusterTx(Tx):
         suffix = _BOUND_STR.get(db)
         if suffix is not None:
             return b"{" + self._tag() + b"}" + suffix + key, None
+        if db == FRAUD_CASES:  # the case id names its account
+            owner = str(unpack_u64(key) // CASE_SPAN).encode()
+            return b"{" + owner + b"}:fraud", key
         if db == META:
             suffix = _BOUND_META.get(key)
             if suffix is not None:
@@ -512,6 +530,10 @@ class ClusterTx(Tx):
     # -- the Tx interface ----------------------------------------------------------------
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
+        if db == META and key == _FRAUD_SEQ:  # the account's counter, as a case id
+            raw = self.get(META, _FRAUD_SEQ_HERE)
+            n = min(unpack_u64(raw) if raw is not None else 0, CASE_SPAN - 2)
+            return pack_u64(self._case_base() + n)
         if db == SESSION_OWNERS:
             return self._owner_get(key)
         index = _INDEX.get(db)
@@ -550,6 +572,12 @@ class ClusterTx(Tx):
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
         self._writable()
+        if db == META and key == _FRAUD_SEQ:
+            n = unpack_u64(value) - self._case_base()
+            if not 0 < n < CASE_SPAN:
+                raise StoreError(f"fraud case id {unpack_u64(value)} is not the account's")
+            self.put(META, _FRAUD_SEQ_HERE, pack_u64(n))
+            return
         if db == SESSION_OWNERS:
             own, tail, _ = owner_keys(key)
             self._pre.append((own, ("HSET", own, tail, value)))
@@ -1405,6 +1433,17 @@ class ClusterStore:
     def subscribers(self) -> list[bytes]:
         """Every subscriber record (encoded), in MSISDN order (a scan of the keys)."""
         return [sub for _m, sub, _b in self.subscriber_records()]
+
+    def fraud_cases(self) -> list[bytes]:
+        """Every fraud case (encoded): a scan of every primary's keys."""
+        def scan() -> list[bytes]:
+            keys: list[bytes] = []
+            for node in self.rc.get_primaries():
+                conn = self.rc.get_redis_connection(node)
+                keys += [bytes(k) for k in conn.scan_iter(match=b"{*}:fraud", count=1000)]
+            return keys
+
+        return [bytes(v) for k in self._retrying(scan) for v in self.read_hash(k).values()]
 
     def claimed_elsewhere(self, node: str) -> dict[str, int]:
         """Node -> CDRs it claimed and has not journalled yet (other nodes than

@@ -3,6 +3,7 @@ atomic checked transactions across nodes, WAIT, hints, hostile keys, exact money
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,10 @@ from ocs.charging.model import (
     IdKind,
     Refusal,
     ReserveRequest,
+    Settlement,
 )
+from ocs.config import FraudConfig
+from ocs.fraud.cases import META_FRAUD_SEQ, decode_case, resolve
 from ocs.provisioning import (
     Conflict,
     NewSubscriber,
@@ -32,7 +36,15 @@ from ocs.provisioning import (
     op_topup,
 )
 from ocs.rating.plans import Service, load_plans_file
-from ocs.store.cluster import ClusterStore, expiry_key, outbox_key, owner_keys, slot_tags
+from ocs.store.cluster import (
+    _FRAUD_SEQ,
+    CASE_SPAN,
+    ClusterStore,
+    expiry_key,
+    outbox_key,
+    owner_keys,
+    slot_tags,
+)
 from ocs.store.env import StoreError
 from ocs.store.records import dec_cdr
 from ocs.store.tx import Tx
@@ -62,6 +74,10 @@ def sms(engine: ChargingEngine, key: str, msisdn: str = ALICE):  # type: ignore[
 def store(cluster_store: ClusterStore) -> ClusterStore:
     cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
     return cluster_store
+
+
+def test_the_fraud_counter_is_the_engines() -> None:
+    assert _FRAUD_SEQ == META_FRAUD_SEQ
 
 
 def test_slot_tags_cover_every_slot() -> None:
@@ -426,6 +442,50 @@ def test_one_imsi_is_given_once_across_nodes(store: ClusterStore,
         sub = e.find_subscriber_now(((IdKind.IMSI, imsi),))
         assert sub is not None and sub.msisdn == bob
         assert e.find_subscriber_now(ids()) is None
+        assert store.verify() == []
+    finally:
+        other.close()
+
+
+def test_fraud_rules_see_every_nodes_calls(store: ClusterStore,
+                                           redis_nodes: RedisCluster) -> None:
+    """A SIM box spreads its calls over two nodes: the rules' state is in the account,
+    so the 31st call in the hour blocks it whichever node sees it; the case (its id
+    naming the account) is listed from the cluster, and resolving it on the other node
+    reinstates the subscriber everywhere."""
+    add(store, ALICE, balance="50.00")
+    fraud = dataclasses.asdict(FraudConfig(high_risk_networks=("99901",)))
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        nodes = [ChargingEngine(s, None, EngineSettings(
+            node=n, home_networks=frozenset({"22801"}), fraud=fraud))
+            for s, n in ((store, "n1"), (other, "n2"))]
+
+        def call(i: int) -> Settlement:
+            e = nodes[i % 2]
+            sid = f"pcscf;{i}"
+            g = e.reserve_sync(ReserveRequest(
+                request_key=b"r%d" % i, session_id=sid, subscriber=ids(),
+                service=Service.VOICE, units=60, destination=f"4179{i:07d}", now=T0 + i))
+            assert g.ok, g
+            return e.commit_sync(CommitRequest(
+                request_key=b"c%d" % i, session_id=sid, service=Service.VOICE,
+                used_units=20, final=True, now=T0 + i + 20))
+
+        for i in range(31):
+            assert call(i).ok
+        [raw] = store.fraud_cases()
+        case = decode_case(raw)
+        assert (case.msisdn, case.decision, case.measure) == (ALICE, "block", "suspended")
+        assert case.case_id == int(ALICE) * CASE_SPAN + 1
+        for e in nodes:
+            sub = e.find_subscriber_now(ids())
+            assert sub is not None and sub.status == "suspended"
+        done = other.run_write(lambda tx: resolve(tx, case.case_id, reinstate=True,
+                                                  note="whitelisted", at=T0 + 100))
+        assert done.reinstated
+        sub = nodes[0].find_subscriber_now(ids())
+        assert sub is not None and sub.status == "active"
         assert store.verify() == []
     finally:
         other.close()
