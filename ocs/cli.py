@@ -1187,9 +1187,10 @@ def cmd_report_kpis(args: argparse.Namespace) -> int:
     from ocs.billing.kpis import KpiError, compute
 
     cfg = _config(args)
-    with _open(cfg, local=True) as store:  # (on a cluster: this node's alarms)
+    with _stores(cfg) as (store, ledger):  # (on a cluster: this node's alarms)
         try:
-            k = compute(cfg.under_data(cfg.cdr.dir), store, args.period)
+            k = compute(cfg.under_data(cfg.cdr.dir), store, args.period,
+                        fraud_cases=ledger.fraud_cases() if ledger is not store else None)
         except KpiError as exc:
             raise CliError(str(exc), EXIT_FAILURE) from None
     if args.json:

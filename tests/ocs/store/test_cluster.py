@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add, require_tool
 
+from ocs.billing.kpis import compute
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
     CommitRequest,
@@ -36,6 +37,7 @@ from ocs.provisioning import (
     op_topup,
 )
 from ocs.rating.plans import Service, load_plans_file
+from ocs.store import Store
 from ocs.store.cluster import (
     _FRAUD_SEQ,
     CASE_SPAN,
@@ -447,8 +449,8 @@ def test_one_imsi_is_given_once_across_nodes(store: ClusterStore,
         other.close()
 
 
-def test_fraud_rules_see_every_nodes_calls(store: ClusterStore,
-                                           redis_nodes: RedisCluster) -> None:
+def test_fraud_rules_see_every_nodes_calls(store: ClusterStore, redis_nodes: RedisCluster,
+                                           tmp_path: Path) -> None:
     """A SIM box spreads its calls over two nodes: the rules' state is in the account,
     so the 31st call in the hour blocks it whichever node sees it; the case (its id
     naming the account) is listed from the cluster, and resolving it on the other node
@@ -487,6 +489,10 @@ def test_fraud_rules_see_every_nodes_calls(store: ClusterStore,
         sub = nodes[0].find_subscriber_now(ids())
         assert sub is not None and sub.status == "active"
         assert store.verify() == []
+        (tmp_path / "cdr").mkdir()
+        with Store(tmp_path / "local") as local:  # the month's KPIs count it
+            k = compute(tmp_path / "cdr", local, "2026-11", fraud_cases=store.fraud_cases())
+        assert k["fraud_cases"] == {"opened": 1, "resolved": 1}
     finally:
         other.close()
 
