@@ -644,8 +644,7 @@ def _validate(cfg: Config) -> None:
     if cfg.store.backend == "redis":
         # What keeps its records in this node's LMDB store only, so far: refused rather
         # than run on one node's partial view of a cluster.
-        for name, on in (("smpp", cfg.smpp is not None and cfg.smpp.enabled),
-                         ("api", cfg.api is not None and cfg.api.enabled)):
+        for name, on in (("smpp", cfg.smpp is not None and cfg.smpp.enabled),):
             if on:
                 raise ConfigError(f"{src}: [{name}] is not available with store.backend = "
                                   'redis yet (set listen = "")')

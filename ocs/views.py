@@ -6,7 +6,7 @@ Read models over the store and the CDR files, shared by :mod:`ocs.cli` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,38 +73,47 @@ def subscriber_items(store: Store, *, after: str = "", limit: int | None = None,
                      status: str = "") -> tuple[list[dict[str, Any]], str]:
     """Subscribers in MSISDN order after ``after`` (exclusive), at most ``limit``; with the
     last MSISDN of the page when more follow (the next page's ``after``), else ""."""
-    items: list[dict[str, Any]] = []
     with store.read() as txn:
         bals = store.dbs[BALANCES]
         cur = txn.cursor(db=store.dbs[SUBSCRIBERS])
         start = after.encode() + b"\x00" if after else b""
-        more = cur.set_range(start) if start else cur.first()
-        while more:
-            sub = dec_subscriber.decode(cur.value())
-            if not status or sub.status == status:
-                if limit is not None and len(items) == limit:
-                    return items, items[-1]["msisdn"]
-                raw = txn.get(cur.key(), db=bals)
-                items.append(subscriber_item(sub, dec_balance.decode(raw) if raw is not None
-                                             else Balance()))
-            more = cur.next()
+        found = cur.set_range(start) if start else cur.first()
+        rows = ((v, txn.get(k, db=bals)) for k, v in cur) if found else iter(())
+        return subscriber_page(rows, after=after, limit=limit, status=status)
+
+
+def subscriber_page(rows: Iterable[tuple[bytes, bytes | None]], *, after: str = "",
+                    limit: int | None = None, status: str = "") -> tuple[
+                        list[dict[str, Any]], str]:
+    """:func:`subscriber_items` over (subscriber, balance) records in MSISDN order (a
+    Redis Cluster's, read whole)."""
+    items: list[dict[str, Any]] = []
+    for raw, bal in rows:
+        sub = dec_subscriber.decode(raw)
+        if after and sub.msisdn <= after:
+            continue
+        if status and sub.status != status:
+            continue
+        if limit is not None and len(items) == limit:
+            return items, items[-1]["msisdn"]
+        items.append(subscriber_item(sub, dec_balance.decode(bal) if bal is not None
+                                     else Balance()))
     return items, ""
 
 
-def find_subscribers(store: Store, text: str) -> list[dict[str, Any]]:
+def find_subscribers(ledger: StorePort, text: str) -> list[dict[str, Any]]:
     """The subscribers an operator means by ``text`` — an MSISDN, IMSI or user name
     (exact; a care agent reads it off a screen or a SIM) — as list rows."""
     found: list[dict[str, Any]] = []
     key = text.encode()
     if not text:
         return found
-    with store.read() as txn:
-        subs, bals = store.dbs[SUBSCRIBERS], store.dbs[BALANCES]
-        msisdns = [key] + [txn.get(key, db=store.dbs[idx]) for idx in (IDX_IMSI, IDX_USERNAME)]
+    with ledger.view() as tx:
+        msisdns = [key] + [tx.get(idx, key) for idx in (IDX_IMSI, IDX_USERNAME)]
         for m in dict.fromkeys(x for x in msisdns if x is not None):
-            raw = txn.get(m, db=subs)
+            raw = tx.get(SUBSCRIBERS, m)
             if raw is not None:
-                bal = txn.get(m, db=bals)
+                bal = tx.get(BALANCES, m)
                 found.append(subscriber_item(dec_subscriber.decode(raw),
                                              dec_balance.decode(bal) if bal is not None
                                              else Balance()))

@@ -69,11 +69,12 @@ from ocs.provisioning import (
     op_ensure_subscriber,
     op_set_status,
     op_set_subscriber,
+    run_credit,
     validate_msisdn,
 )
 from ocs.store.env import ALARMS, FRAUD_CASES, SUBSCRIBERS, Store
 from ocs.store.records import ApiToken, dec_subscriber
-from ocs.store.tx import Tx
+from ocs.store.tx import StorePort, Tx
 
 PROBLEM = "application/problem+json"
 BASE = "/api/v1"
@@ -111,18 +112,30 @@ class Submitter(Protocol):
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     """What the routes work on: the node's config, store and charging engine (reads), and
-    its writer (top-ups, group-committed with charging)."""
+    its writer (top-ups, group-committed with charging). With ``[store] backend =
+    "redis"``, ``cluster`` is the Redis Cluster: subscribers, plans, balances and fraud
+    cases are there (``store`` keeps the node's alarms, tokens and CDR journal)."""
 
     cfg: Config
     store: Store
     engine: ChargingEngine
     writer: Submitter
     max_page: int = 500
+    cluster: Any = None
+
+    @property
+    def ledger(self) -> StorePort:
+        """Where subscribers, plans and balances are."""
+        return self.cluster if self.cluster is not None else self.store
 
     def write(self, op: Callable[[Tx], T]) -> T:
-        """One provisioning operation in its own transaction, as the CLI runs it (the
-        rare writes: subscribers, alarms, cases)."""
+        """One operation on the node's own records (alarms) in its own transaction."""
         return self.store.run_write(op)
+
+    def write_ledger(self, op: Callable[[Tx], T]) -> T:
+        """One provisioning operation (subscribers, fraud cases) in its own transaction,
+        as the CLI runs it (the rare writes)."""
+        return self.ledger.run_write(op)
 
 
 # -- request bodies (msgspec: validated, and described in the OpenAPI document) -------------
@@ -418,9 +431,16 @@ def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
     ``cursor``); ``q`` finds one by MSISDN, IMSI or user name."""
     ctx = _ctx(request)
     if q:
-        return {"items": views.find_subscribers(ctx.store, q), "next_cursor": None}
-    items, last = views.subscriber_items(ctx.store, after=_cursor(cursor),
-                                         limit=min(limit, ctx.max_page), status=status or "")
+        return {"items": views.find_subscribers(ctx.ledger, q), "next_cursor": None}
+    if ctx.cluster is not None:  # a page is a scan of every primary's keys: one at a time
+        with _one_scan():
+            items, last = views.subscriber_page(
+                ((s, b) for _m, s, b in ctx.cluster.subscriber_records()),
+                after=_cursor(cursor), limit=min(limit, ctx.max_page), status=status or "")
+    else:
+        items, last = views.subscriber_items(ctx.store, after=_cursor(cursor),
+                                             limit=min(limit, ctx.max_page),
+                                             status=status or "")
     return {"items": items, "next_cursor": _next_cursor(last)}
 
 
@@ -436,7 +456,7 @@ def create_subscriber(request: Request[Any, Any, Any],
                         balance=data.balance, postpaid=data.postpaid,
                         credit_limit=data.credit_limit, roaming=data.roaming,
                         name=data.name, address=data.address)
-    sub, created = ctx.write(op_ensure_subscriber(new))
+    sub, created = ctx.write_ledger(op_ensure_subscriber(new))
     item = views.subscriber(ctx.engine, sub.msisdn)
     assert item is not None
     return Response(item, status_code=201 if created else 200,
@@ -481,7 +501,7 @@ def patch_subscriber(request: Request[Any, Any, Any], msisdn: str,
                 changed.append("status")
         return changed
 
-    changed = ctx.write(op)
+    changed = ctx.write_ledger(op)
     item = views.subscriber(ctx.engine, key)
     assert item is not None
     return {**item, "changed": changed}
@@ -506,7 +526,7 @@ def delete_subscriber(request: Request[Any, Any, Any], msisdn: str) -> dict[str,
             delete_op(tx)
         return "terminated"
 
-    return {"msisdn": key, "status": ctx.write(op)}
+    return {"msisdn": key, "status": ctx.write_ledger(op)}
 
 
 @post(f"{BASE}/subscribers/{{msisdn:str}}/topups", opt={"roles": CARE},
@@ -519,8 +539,14 @@ async def topup(request: Request[Any, Any, Any], msisdn: str,
     own would hold the store's write lock, and charging, for an fsync per top-up.)"""
     ctx = _ctx(request)
     key = _msisdn(msisdn)
-    res: Credited = await ctx.writer.submit("credit", CreditRequest(
-        msisdn=key, amount=data.amount, reference=data.reference, actor=_actor(request)))
+    req = CreditRequest(msisdn=key, amount=data.amount, reference=data.reference,
+                        actor=_actor(request))
+    res: Credited
+    if ctx.cluster is not None:  # one checked transaction on the cluster
+        res = await anyio.to_thread.run_sync(
+            ctx.cluster.run_write, functools.partial(run_credit, req=req))
+    else:
+        res = await ctx.writer.submit("credit", req)
     top = res.top_up()
     return Response(views.topup(key, top, data.reference),
                     status_code=200 if top.replayed else 201)
@@ -537,7 +563,7 @@ def usage(request: Request[Any, Any, Any], msisdn: str,
     key = _msisdn(msisdn)
     start, end = _time(since, "from"), _time(until, "to")
     with _one_scan():
-        items = views.history(ctx.store, views.subscriber_cdrs(
+        items = views.history(ctx.ledger, views.subscriber_cdrs(
             ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, key), key, since=start,
             until=end)
     if items is None:
@@ -551,13 +577,13 @@ def usage(request: Request[Any, Any, Any], msisdn: str,
 @get(f"{BASE}/plans", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
 def list_plans(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-    return [views.plan(t) for _, t in sorted(all_plans(_ctx(request).store).items())]
+    return [views.plan(t) for _, t in sorted(all_plans(_ctx(request).ledger).items())]
 
 
 @get(f"{BASE}/plans/{{plan_id:str}}", opt={"roles": EVERYONE}, responses=READ_ERRORS)
 @threaded
 def get_plan(request: Request[Any, Any, Any], plan_id: str) -> dict[str, Any]:
-    table = all_plans(_ctx(request).store).get(plan_id)
+    table = all_plans(_ctx(request).ledger).get(plan_id)
     if table is None:
         raise not_found(f"no plan {plan_id!r}", "plan_id")
     return views.plan(table)
@@ -613,9 +639,12 @@ def clear_alarm(request: Request[Any, Any, Any], alarm_id: AlarmId) -> dict[str,
 def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
         bool, Parameter(query="open")] = False, limit: Limit = 500) -> list[dict[str, Any]]:
     """Most recently updated first, at most ``limit``; ``open=true`` for the open ones."""
-    store = _ctx(request).store
-    with store.read() as txn:
-        items = [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
+    ctx = _ctx(request)
+    if ctx.cluster is not None:
+        items = [decode_case(v) for v in ctx.cluster.fraud_cases()]
+    else:
+        with ctx.store.read() as txn:
+            items = [decode_case(v) for _k, v in txn.cursor(db=ctx.store.dbs[FRAUD_CASES])]
     items = [c for c in items if c.status == "open" or not open_only]
     items.sort(key=lambda c: (-c.updated_at, -c.case_id))
     return [case_json(c) for c in items[:limit]]
@@ -624,9 +653,8 @@ def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
 @get(f"{BASE}/fraud/cases/{{case_id:int}}", opt={"roles": CARE_READ}, responses=READ_ERRORS)
 @threaded
 def get_case(request: Request[Any, Any, Any], case_id: CaseId) -> dict[str, Any]:
-    store = _ctx(request).store
-    with store.read() as txn:
-        case = load_case(Tx(txn, store.dbs), case_id)
+    with _ctx(request).ledger.view() as view:
+        case = load_case(view, case_id)
     if case is None:
         raise not_found(f"no fraud case {case_id}", "case_id")
     return case_json(case)
@@ -642,7 +670,7 @@ def resolve(request: Request[Any, Any, Any], case_id: CaseId,
     data = data or ResolveBody()
     note = data.note or f"by {_actor(request)}"
     try:
-        case = ctx.write(lambda tx: resolve_case(tx, case_id, reinstate=data.reinstate,
+        case = ctx.write_ledger(lambda tx: resolve_case(tx, case_id, reinstate=data.reinstate,
                                                  note=note, at=int(time.time())))
     except KeyError:
         raise not_found(f"no fraud case {case_id}", "case_id") from None
@@ -752,7 +780,9 @@ def kpis(request: Request[Any, Any, Any],
     ctx = _ctx(request)
     try:
         with _one_scan():
-            return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period)
+            return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period,
+                           fraud_cases=ctx.cluster.fraud_cases()
+                           if ctx.cluster is not None else None)
     except BillingError as exc:
         raise bad_request(str(exc), "period") from None
 

@@ -129,7 +129,7 @@ async def start_api(server: Any) -> ApiListener:
     sock = bind(api.listen)
     address = sock.getsockname()[:2]
     ctx = ApiContext(cfg=cfg, store=server.store, engine=server.engine,
-                     writer=server.writer, max_page=api.max_page)
+                     writer=server.writer, max_page=api.max_page, cluster=server.cluster)
     app = create_app(ctx, max_body=api.max_body_kb * 1024)
     userver = _Server(uvicorn.Config(
         app, http=_guarded_protocol(api.request_timeout_s), lifespan="off", log_config=None,
