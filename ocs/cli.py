@@ -1586,11 +1586,11 @@ def cmd_rerate(args: argparse.Namespace) -> int:
         raise CliError(f"--run-id: {run_id!r}: letters, digits, . _ - (at most 64)")
     msisdn = validate_msisdn(args.subscriber) if args.subscriber else ""
     cdr_dir = cfg.under_data(cfg.cdr.dir)
-    with _open(cfg) as store:
-        book = PlanCache().in_store(store)
+    with _stores(cfg) as (store, ledger):
+        book = PlanCache().in_store(ledger)
         plans = None
         if args.plans:
-            zones = stored_zone_ids(store)
+            zones = stored_zone_ids(ledger)
             doc = load_plans_file(args.plans, zones)
             plans = {str(t["id"]): compile_plan(t, known_zones=zones) for t in doc.plans}
         rr = Rerater(args.period, book, plans, zone_of_network=book.zone_of_network,
@@ -1599,7 +1599,7 @@ def cmd_rerate(args: argparse.Namespace) -> int:
         res = rr.result
         moved: dict[str, Any] = {}
         if not args.dry_run:
-            engine = _engine(cfg, store)
+            engine = _engine(cfg, ledger)
             for s in sorted(res.subscribers.values(), key=lambda s: s.msisdn):
                 if s.delta:
                     a = engine.adjust_sync(AdjustRequest(msisdn=s.msisdn, amount=s.delta,
