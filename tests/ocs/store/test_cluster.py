@@ -16,6 +16,7 @@ from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add, require_tool
 from ocs.billing.kpis import compute
 from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import (
+    AdjustRequest,
     CommitRequest,
     Debit,
     DebitRequest,
@@ -493,6 +494,33 @@ def test_fraud_rules_see_every_nodes_calls(store: ClusterStore, redis_nodes: Red
         with Store(tmp_path / "local") as local:  # the month's KPIs count it
             k = compute(tmp_path / "cdr", local, "2026-11", fraud_cases=store.fraud_cases())
         assert k["fraud_cases"] == {"opened": 1, "resolved": 1}
+    finally:
+        other.close()
+
+
+def test_a_rerating_difference_moves_once_across_nodes(store: ClusterStore,
+                                                       redis_nodes: RedisCluster) -> None:
+    """A re-rating run's difference is moved once per (run, subscriber) whichever node
+    runs it again: its mark is in the account; its CDR goes to the outbox; a prepaid
+    debit stops at the money there is."""
+    add(store, ALICE, balance="1.00")
+    other = ClusterStore(redis_nodes.nodes, wait_timeout_ms=2000)
+    try:
+        req = AdjustRequest(msisdn=ALICE, amount=300_000, run_id="rr-1", period="2026-11",
+                            now=T0)
+        first = engine_on(store).adjust_sync(req)
+        assert first.ok and first.amount == 300_000 and not first.capped
+        again = engine_on(other, "n2").adjust_sync(req)
+        assert again.replayed and again.record_id == first.record_id
+        big = engine_on(other, "n2").adjust_sync(AdjustRequest(
+            msisdn=ALICE, amount=5_000_000, run_id="rr-2", period="2026-11", now=T0))
+        assert big.capped and big.amount == 700_000
+        v = engine_on(store).check_balance(ids(), now=T0)
+        assert v is not None and v.balance == 0
+        rows = [dec_cdr.decode(r) for r in store.outbox()]
+        assert sorted((r.session_id, r.charge, r.result) for r in rows) == [
+            ("rr-1", 300_000, "rerate"), ("rr-2", 700_000, "rerate")]
+        assert store.verify(undrained=True) == []
     finally:
         other.close()
 
