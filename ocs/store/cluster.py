@@ -878,10 +878,11 @@ class ClusterStore:
 
     def close(self) -> None:
         if self.lease_name:  # handed on at once, not when they run out
-            for what in ("expiry", "outbox"):
-                key = LEASE + what.encode()
-                with contextlib.suppress(StoreError, RedisError, RedisClusterException):
-                    self._one(key, ("FCALL", "ocs_cad", 1, key, self.lease_name))
+            with self._reading():  # (not waiting out a failover: they run out then)
+                for what in ("expiry", "outbox"):
+                    key = LEASE + what.encode()
+                    with contextlib.suppress(StoreError, RedisError, RedisClusterException):
+                        self._one(key, ("FCALL", "ocs_cad", 1, key, self.lease_name))
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
