@@ -12,6 +12,7 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -764,4 +765,66 @@ def import_subscribers(
             batch = []
     if batch:
         write(batch)
+    return count
+
+
+def import_subscribers_each(
+    ledger: StorePort,
+    path: Path,
+    *,
+    threads: int = 16,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> int:
+    """:func:`import_subscribers` for a store whose transactions hold one subscriber (the
+    Redis Cluster): the file validated first (format, plans, duplicates in the file),
+    then every row checked against the store (the MSISDN, IMSI and user name free), then
+    each subscriber added in a transaction of its own, ``threads`` at a time. A row
+    taken meanwhile by someone else stops the import with what was added before it."""
+    size = path.stat().st_size
+    plans = all_plans(ledger)
+    now = int(time.time())
+    seen: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+    ids: list[tuple[int, str, str, str]] = []
+
+    def tick(phase: str) -> Callable[[int], None] | None:
+        return (lambda pos: progress(phase, pos, size)) if progress else None
+
+    for line, row in _rows(path, tick("validate")):
+        try:
+            sub, _ = prepare_subscriber(_row_to_new(row), plans, now, hash_fn=lambda _p: "")
+        except ProvisioningError as exc:
+            raise ProvisioningError(f"{path}:{line}: {exc}") from None
+        for value, used, what in ((sub.msisdn, seen[0], "subscriber"),
+                                  (sub.imsi, seen[1], "IMSI"),
+                                  (sub.username, seen[2], "username")):
+            if value and value in used:
+                raise ProvisioningError(f"{path}:{line}: {what} {value} twice in the file")
+            used.add(value)
+        ids.append((line, sub.msisdn, sub.imsi, sub.username))
+    del seen
+
+    def taken(item: tuple[int, str, str, str]) -> str:
+        line, msisdn, imsi, username = item
+        with ledger.view() as tx:
+            if tx.get(SUBSCRIBERS, msisdn.encode()) is not None:
+                return f"{path}:{line}: subscriber {msisdn} already exists"
+            if imsi and tx.get(IDX_IMSI, imsi.encode()) is not None:
+                return f"{path}:{line}: IMSI {imsi} is taken"
+            if username and tx.get(IDX_USERNAME, username.encode()) is not None:
+                return f"{path}:{line}: username {username!r} is taken"
+        return ""
+
+    with ThreadPoolExecutor(threads) as pool:
+        for problem in pool.map(taken, ids):
+            if problem:
+                raise ProvisioningError(problem)
+        count = len(ids)
+        del ids
+
+        def add(row: dict[str, str]) -> None:
+            sub, bal = prepare_subscriber(_row_to_new(row), plans, now)
+            ledger.run_write(lambda tx: _insert(tx, sub, bal))
+
+        for _ in pool.map(add, (row for _line, row in _rows(path, tick("write")))):
+            pass
     return count

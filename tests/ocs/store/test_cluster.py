@@ -30,7 +30,9 @@ from ocs.fraud.cases import META_FRAUD_SEQ, decode_case, resolve
 from ocs.provisioning import (
     Conflict,
     NewSubscriber,
+    ProvisioningError,
     SubscriberChange,
+    import_subscribers_each,
     op_add_subscriber,
     op_load_plans,
     op_set_status,
@@ -523,6 +525,35 @@ def test_a_rerating_difference_moves_once_across_nodes(store: ClusterStore,
         assert store.verify(undrained=True) == []
     finally:
         other.close()
+
+
+def test_a_csv_import_into_the_cluster(store: ClusterStore, tmp_path: Path) -> None:
+    """``ocs subscriber import`` on a cluster: a transaction per subscriber, several at
+    once, each with its indexes and opening balance; a file with a row that is taken
+    (or twice in the file) is refused whole before anything is written."""
+    rows = [f"4179100{i:04d},prepaid-basic,22801{i:010d},user{i},,{i}.50" for i in range(60)]
+    good = tmp_path / "good.csv"
+    good.write_text("msisdn,plan,imsi,username,password,balance\n" + "\n".join(rows) + "\n")
+    assert import_subscribers_each(store, good, threads=8) == 60
+    e = engine_on(store)
+    for i in (0, 17, 59):
+        sub = e.find_subscriber_now(((IdKind.IMSI, f"22801{i:010d}"),))
+        assert sub is not None and sub.msisdn == f"4179100{i:04d}"
+        found = e.find_subscriber_now(((IdKind.USERNAME, f"user{i}"),))
+        assert found is not None and found.msisdn == sub.msisdn
+        v = e.check_balance(((IdKind.MSISDN, sub.msisdn),), now=T0)
+        assert v is not None and v.balance == i * 1_000_000 + 500_000
+    assert len(store.subscribers()) == 60
+    bad = tmp_path / "bad.csv"
+    bad.write_text("msisdn,plan,imsi\n41792000001,prepaid-basic,\n"
+                   "41792000002,prepaid-basic,228010000000017\n")  # line 3: IMSI taken
+    with pytest.raises(ProvisioningError, match=r"bad.csv:3: IMSI 228010000000017 is taken"):
+        import_subscribers_each(store, bad)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("msisdn,plan\n41792000003,prepaid-basic\n41792000003,prepaid-basic\n")
+    with pytest.raises(ProvisioningError, match="twice in the file"):
+        import_subscribers_each(store, twice)
+    assert len(store.subscribers()) == 60  # nothing of either
 
 
 def test_one_hot_account_on_one_node_never_runs_out_of_attempts(
