@@ -815,7 +815,7 @@ class ClusterStore:
     def __init__(self, nodes: tuple[str, ...] | list[str], *, username: str = "",
                  password: str = "", wait_replicas: int = 1, wait_timeout_ms: int = 100,
                  answer_retention_s: int = 86400, attempts: int = 64,
-                 deadline_s: float = 10.0, read_deadline_s: float = 1.0):
+                 deadline_s: float = 10.0, read_deadline_s: float = 0.2):
         node: Any = ClusterNode  # (redis-py's cluster classes are not fully typed)
         seeds = []
         for n in nodes:
@@ -842,6 +842,7 @@ class ClusterStore:
         self.read_deadline_s = read_deadline_s
         """How long a read-only view does: the protocol agents read subscribers and
         plans on their event loop, which must not stall for a failover."""
+        self._refresher: threading.Thread | None = None
         self.conflicts = 0
         self.round_trips = 0
         """Exchanges with Redis (a batch of pipelined commands counts once)."""
@@ -1013,18 +1014,33 @@ class ClusterStore:
         raise StoreError(f"redis: {msg}")
 
     def _retrying(self, fn: Callable[[], T]) -> T:
-        """``fn`` again while the cluster fails over or moves slots, up to the deadline."""
-        deadline = time.monotonic() + getattr(self._local, "deadline_s", self.deadline_s)
+        """``fn`` again while the cluster fails over or moves slots, up to the deadline.
+        A view (on the event loop) does not wait for the slot map to be read again: it
+        is read in the background, and the view gives up after ``read_deadline_s``."""
+        reading = getattr(self._local, "deadline_s", None)
+        deadline = time.monotonic() + (reading if reading is not None else self.deadline_s)
         delay = 0.01
         while True:
             try:
                 return fn()
             except (ConnectionError, TimeoutError, ClusterDownError) as exc:
+                if reading is not None:
+                    self._refresh_soon()
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"redis cluster unavailable: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-            self._refresh()
+            if reading is None:
+                self._refresh()
+
+    def _refresh_soon(self) -> None:
+        """The slot map read again in a thread of its own (one at a time)."""
+        with self._lock:
+            if self._refresher is not None and self._refresher.is_alive():
+                return
+            self._refresher = threading.Thread(target=self._refresh, daemon=True,
+                                               name="redis-slots")
+            self._refresher.start()
 
     def _refresh(self) -> None:
         try:

@@ -381,11 +381,12 @@ def test_a_killed_primary_loses_no_answered_charge(tmp_path: Path) -> None:
                 if i == 20:
                     cluster.kill(port)
                     # a protocol agent's read (on its event loop) does not wait out the
-                    # failover: it gives up after read_deadline_s
+                    # failover, nor for the slot map: it gives up after read_deadline_s
+                    # (0.2 s), the map is read again in the background
                     t0 = time.monotonic()
                     with pytest.raises(StoreError, match="unavailable"):
                         e.check_balance(ids(), now=T0)
-                    assert time.monotonic() - t0 < 3.0
+                    assert time.monotonic() - t0 < 1.0
                 if i == 26:
                     cluster.start_node(port)  # it rejoins as the new primary's replica
                     cluster.wait_ok(60)
