@@ -1149,22 +1149,56 @@ def cmd_nms_forecast(args: argparse.Namespace) -> int:
 def cmd_cdr_flush(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _open(cfg, local=True) as store:
+        asked = 0
         if cfg.store.backend == "redis":
-            _drain_cluster(cfg, store)
+            asked = _drain_cluster(cfg, store)
         res = _exporter(cfg, store).flush(int(time.time()))
-    _say(args, f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
-         else "no open CDR file; nothing to flush", {"closed": list(res.closed),
-                                                     "rows": res.rows})
+    out: dict[str, Any] = {"closed": list(res.closed), "rows": res.rows}
+    text = (f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
+            else "no open CDR file here; nothing to flush")
+    if asked:
+        nodes = _other_nodes_flushed(cfg, asked)
+        out["nodes"] = nodes
+        text += "".join(f"\n{n}: flushed" for n in sorted(nodes))
+    _say(args, text, out)
     return 0
 
 
-def _drain_cluster(cfg: Config, store: Store) -> None:
-    """Every CDR in the cluster's outboxes into this node's journal (then the flush
-    closes them in this node's files); refused while another node holds claimed rows it
-    has not journalled (they go into that node's files)."""
+FLUSH_WAIT_S = 30.0
+"""How long ``ocs cdr flush`` waits for the other serving nodes to close their files."""
+NODE_GONE_S = 60.0
+"""A node not heard from for this long is not serving (its journal waits for it)."""
+
+
+def _other_nodes_flushed(cfg: Config, asked: int) -> list[str]:
+    """Wait until every other node heard from lately has done flush ``asked`` (closed its
+    open file after journalling what it drained); the nodes that did. One that does not
+    in FLUSH_WAIT_S is an error: its CDRs are not all in closed files."""
+    with _ledger(cfg) as cluster:
+        deadline = time.monotonic() + FLUSH_WAIT_S
+        while True:
+            now = time.time()
+            live = {n: done for n, (heard, done) in cluster.nodes().items()
+                    if n != cfg.node.name and now - heard < NODE_GONE_S}
+            late = sorted(n for n, done in live.items() if done < asked)
+            if not late:
+                return sorted(live)
+            if time.monotonic() > deadline:
+                raise CliError("CDR files not closed by " + ", ".join(late) + f" within "
+                               f"{FLUSH_WAIT_S:.0f} s (their CDRs are in their journals)",
+                               EXIT_FAILURE)
+            time.sleep(0.2)
+
+
+def _drain_cluster(cfg: Config, store: Store) -> int:
+    """Ask every serving node to flush (the request's number), and take every CDR in the
+    cluster's outboxes into this node's journal (then the flush closes them in this
+    node's files); refused while another node holds claimed rows it has not journalled
+    (they go into that node's files)."""
     from ocs.cdr.outbox import drain
 
     with _ledger(cfg) as cluster:
+        asked: int = cluster.flush_asked()  # every serving node closes its open file
         drain(cluster, store, cfg.node.name, recover=True)
         deadline = time.monotonic() + 10
         while (pending := cluster.claimed_elsewhere(cfg.node.name)) and \
@@ -1173,6 +1207,7 @@ def _drain_cluster(cfg: Config, store: Store) -> None:
     if pending:
         raise CliError("CDRs claimed by other nodes are not journalled yet: " + ", ".join(
             f"{node} ({n})" for node, n in sorted(pending.items())))
+    return asked
 
 
 def cmd_cdr_export(args: argparse.Namespace) -> int:

@@ -462,12 +462,34 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
+    async def _cluster_flush(self, flushed: int) -> int:
+        """``ocs cdr flush`` on any node asks every node to close its open CDR file: done
+        here once this node's journal has what it drained (the CLI waits for every node
+        heard from lately to report it done)."""
+        from ocs.cdr.export import CdrExporter
+        from ocs.cdr.outbox import drain
+
+        wanted = await asyncio.to_thread(self.cluster.flush_wanted)
+        if wanted > flushed:
+            await asyncio.to_thread(drain, self.cluster, self.store, self.cfg.node.name)
+            cfg = self.cfg
+            res = await asyncio.to_thread(CdrExporter(
+                self.store, cfg.under_data(cfg.cdr.dir), cfg.node.name,
+                rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records).flush,
+                int(time.time()))
+            log.info("cdr_flush_asked", request=wanted, closed=list(res.closed),
+                     rows=res.rows)
+            flushed = wanted
+        await asyncio.to_thread(self.cluster.node_report, self.cfg.node.name, flushed)
+        return flushed
+
     async def _drain_loop(self) -> None:
         """The cluster's CDR outboxes into this node's journal (ocs.cdr.outbox), first
         finishing what this node claimed before it stopped; the exporter makes files."""
         from ocs.cdr.outbox import drain
 
         recover = True
+        flushed = 0
         while not self._stopping.is_set():
             try:
                 n = await asyncio.to_thread(drain, self.cluster, self.store,
@@ -475,6 +497,8 @@ class Server:
                 recover = False
                 if n:
                     log.debug("cdrs_drained", rows=n)
+                if self.primary:  # (its exporter writes the node's files)
+                    flushed = await self._cluster_flush(flushed)
             except StoreError as exc:
                 recover = True  # what it claimed before the error is finished next time
                 log.warning("cdr_drain_skipped", error=str(exc))
@@ -588,6 +612,9 @@ class Server:
                 await t
         if self.cluster is not None:
             await self.cluster_ops.close()  # the operations under way get their answers
+            if self.primary:  # (the exporter closes its file below: no flush waits for us)
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(self.cluster.node_gone, self.cfg.node.name)
             self.cluster.close()
         await self.writer.stop()
         if self._stop_warming is not None:

@@ -85,6 +85,10 @@ NOBODY = b"~"
 """The tag of answers to requests that name no known subscriber."""
 SHARED = b"{ocs}"
 SHARED_TTL_S = 1.0
+FLUSH = SHARED + b":flush"
+"""The number of the last ``ocs cdr flush`` asked for, cluster-wide."""
+NODES = SHARED + b":nodes"
+"""Hash: node -> "<last heard, ms>:<last flush done>" (each serving node's first worker)."""
 LEASE = SHARED + b":lease:"
 """+ job (expiry | outbox): the process that scans every slot for it (``ocs_lease``)."""
 OWNER_HINTS = 200_000
@@ -1183,6 +1187,33 @@ class ClusterStore:
                                         int(self.lease_ttl_s * 1000))))
         except StoreError:
             return False  # asked again at the next scan
+
+    def flush_asked(self) -> int:
+        """Ask every serving node to close its open CDR file: the request's number."""
+        n: int = self._one(FLUSH, ("INCR", FLUSH))
+        return n
+
+    def flush_wanted(self) -> int:
+        """The number of the last flush asked for (0: none yet)."""
+        raw = self.read(FLUSH, None)
+        return int(raw) if raw is not None else 0
+
+    def node_report(self, node: str, flushed: int) -> None:
+        """``node`` is serving and has done the flushes up to number ``flushed``."""
+        self._one(NODES, ("HSET", NODES, node, f"{int(time.time() * 1000)}:{flushed}"))
+
+    def node_gone(self, node: str) -> None:
+        """``node`` stopped (its files closed): no flush waits for it."""
+        with self._reading():
+            self._one(NODES, ("HDEL", NODES, node))
+
+    def nodes(self) -> dict[str, tuple[float, int]]:
+        """Node -> (last heard, epoch seconds; the last flush it did)."""
+        out: dict[str, tuple[float, int]] = {}
+        for k, v in self.read_hash(NODES).items():
+            heard, _, done = v.decode().partition(":")
+            out[k.decode("utf-8", "replace")] = (int(heard) / 1000, int(done or 0))
+        return out
 
     def lease_holder(self, what: str) -> str | None:
         """Who holds the cluster's lease for job ``what`` (expiry | outbox), if anyone."""

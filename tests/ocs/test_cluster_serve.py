@@ -196,8 +196,11 @@ def test_two_nodes_share_one_wallet(tmp_path: Path, redis_nodes: RedisCluster) -
             # one process of the two scans every slot for each job
             assert {cluster.lease_holder(j) for j in ("expiry", "outbox")} <= {
                 "ocs-a:0", "ocs-b:0"}
-        a.ocs("cdr", "flush")
-        b.ocs("cdr", "flush")
+        # one node's flush closes every serving node's open file
+        flushed = json.loads(a.ocs("cdr", "flush", "--json"))
+        assert flushed["nodes"] == ["ocs-b"]
+        assert not [p for p in (b.cwd / "data" / "cdr").glob("*.part")
+                    if p.read_text().count("\n") > 1]  # (a header at most)
         for node in (a, b):  # the backend's counters on /metrics
             exchanges = metric(node.admin, "ocs_redis_exchanges_total")
             batches = metric(node.admin, "ocs_redis_write_batches_total")
