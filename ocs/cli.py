@@ -39,7 +39,6 @@ from ocs.provisioning import (
 )
 from ocs.rating.plans import PlanError, Service, compile_plan, load_plans_file
 from ocs.store import Store, StoreError
-from ocs.store.records import Balance, dec_balance, dec_subscriber
 from ocs.store.tx import StorePort
 
 EXIT_BAD_INPUT = 2
@@ -820,9 +819,8 @@ def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg.store.backend == "redis":
         with _ledger(cfg) as cluster:
-            items = [views.subscriber_item(dec_subscriber.decode(sub), dec_balance.decode(bal)
-                                           if bal is not None else Balance())
-                     for _m, sub, bal in cluster.subscriber_records()]
+            items, _ = views.subscriber_page((s, b) for _m, s, b in
+                                             cluster.subscriber_records())
     else:
         with _open(cfg) as store:
             items, _ = views.subscriber_items(store)
@@ -931,15 +929,11 @@ def cmd_sub_import(args: argparse.Namespace) -> int:
     if not path.exists():
         raise CliError(f"{path}: file not found")
     started = time.perf_counter()
+    # on a cluster: a transaction per subscriber, 16 at a time
+    run = import_subscribers_each if cfg.store.backend == "redis" else import_subscribers
     with _ledger(cfg) as store:
-        if cfg.store.backend == "redis":  # a transaction per subscriber, 16 at a time
-            def run(path: Path, *, progress: Any = None) -> int:
-                return import_subscribers_each(store, path, progress=progress)
-        else:
-            def run(path: Path, *, progress: Any = None) -> int:
-                return import_subscribers(store, path, progress=progress)
         if args.no_progress or not sys.stderr.isatty():
-            n = run(path)
+            n = run(store, path)
         else:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -953,7 +947,7 @@ def cmd_sub_import(args: argparse.Namespace) -> int:
                         tasks[phase] = prog.add_task(phase, total=total)
                     prog.update(tasks[phase], completed=done)
 
-                n = run(path, progress=progress)
+                n = run(store, path, progress=progress)
     elapsed = time.perf_counter() - started
     _say(args, f"imported {n} subscribers in {elapsed:.1f} s",
          {"imported": n, "seconds": round(elapsed, 3)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -814,17 +815,20 @@ def import_subscribers_each(
                 return f"{path}:{line}: username {username!r} is taken"
         return ""
 
+    def add(row: dict[str, str]) -> None:
+        sub, bal = prepare_subscriber(_row_to_new(row), plans, now)
+        ledger.run_write(lambda tx: _insert(tx, sub, bal))
+
     with ThreadPoolExecutor(threads) as pool:
-        for problem in pool.map(taken, ids):
+        # in steps of a few hundred rows: Executor.map would hold a future for every row
+        step = threads * 32
+        for i in range(0, len(ids), step):
+            problem = next((p for p in pool.map(taken, ids[i:i + step]) if p), "")
             if problem:
                 raise ProvisioningError(problem)
         count = len(ids)
         del ids
-
-        def add(row: dict[str, str]) -> None:
-            sub, bal = prepare_subscriber(_row_to_new(row), plans, now)
-            ledger.run_write(lambda tx: _insert(tx, sub, bal))
-
-        for _ in pool.map(add, (row for _line, row in _rows(path, tick("write")))):
-            pass
+        rows = (row for _line, row in _rows(path, tick("write")))
+        while part := list(itertools.islice(rows, step)):
+            list(pool.map(add, part))  # (an error in any row is raised here)
     return count

@@ -23,9 +23,14 @@ re-sent after the end finds the stored answer there. Plans, zones and the other 
 settings sit under ``{ocs}``; a charging operation reads them without checking them (at
 most a second old), as the LMDB writer reads a plan version current at its batch.
 
-What is not kept on this backend yet (an operation that needs it fails with
-:class:`StoreError`): fraud cases, the SMS queue, alarms, NMS history, billing runs and
-API tokens.
+Fraud cases are kept in their account (ids ``msisdn * CASE_SPAN + n``). What is not
+kept on this backend (an operation that needs it fails with :class:`StoreError`): the
+SMS queue and binds (not yet), and what stays each node's own in its LMDB store:
+alarms, NMS history, billing runs and API tokens.
+
+The blocking calls here serve the command line, the drain and the reaper (threads) and
+the protocol agents' read-only views; charging operations of a serving node run on its
+event loop through :mod:`ocs.store.cluster_loop`.
 """
 
 from __future__ import annotations
@@ -354,6 +359,13 @@ def claimed_key(slot: int, node: str) -> bytes:
     return b"{" + slot_tags()[slot] + b"}:claimed:" + node.encode()
 
 
+def as_map(reply: Any) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict (RESP2 gives a flat list, RESP3 a map)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def pre_ok(cmd: tuple[Any, ...], reply: Any) -> bool:
     """Whether a hint written before an operation took: an index entry taken with
     ``ocs_cas`` may have been taken by another node since it was read (0)."""
@@ -652,9 +664,7 @@ class ClusterTx(Tx):
             rkey, prefix = _SHARED_HASH[db], b""
         else:
             raise StoreError(f"table {db.decode()!r} cannot be scanned on the redis backend")
-        reply = self._fetch(rkey, (("HGETALL", rkey),))[0]
-        entries: dict[bytes, bytes] = reply if isinstance(reply, dict) else dict(
-            zip(reply[::2], reply[1::2], strict=True))  # (RESP3: a map)
+        entries = as_map(self._fetch(rkey, (("HGETALL", rkey),))[0])
         if db in _ACCOUNT_HASH:
             self._lens[rkey] = len(entries)  # checked: an append-only hash did not grow
         for field, value in entries.items():
@@ -938,10 +948,7 @@ class ClusterStore:
             self._owners.pop(unit, None)
 
     def read_hash(self, rkey: bytes) -> dict[bytes, bytes]:
-        reply = self._one(rkey, ("HGETALL", rkey))
-        if isinstance(reply, dict):  # RESP3: a map
-            return reply
-        return dict(zip(reply[::2], reply[1::2], strict=True))
+        return as_map(self._one(rkey, ("HGETALL", rkey)))
 
     def shared_hit(self, rkey: bytes, field: bytes | None) -> tuple[bytes | None] | None:
         """(value,) of a shared record read less than ``shared_ttl_s`` ago, else None."""
@@ -956,13 +963,7 @@ class ClusterStore:
     def _one(self, slot_key: bytes, cmd: tuple[Any, ...]) -> Any:
         """One command to the primary of ``slot_key``'s slot (a read, or a write that is
         safe to repeat), retried over failovers; its reply."""
-        def once() -> Any:
-            reply = self._exec(slot_key, cmd)[0]
-            if isinstance(reply, ResponseError):
-                self._raise(reply)
-            return reply
-
-        return self._retrying(once)
+        return self.read_batch(slot_key, [cmd])[0]
 
     def _link(self, slot: int) -> Any:
         """This thread's connection to the primary serving ``slot``: commands go
@@ -1296,14 +1297,7 @@ class ClusterStore:
                 c for b in _escape(start) for c in ((92, b) if b in b"*?[]\\" else (b,))
             ) + b"*"
 
-            def scan() -> list[bytes]:
-                found: list[bytes] = []
-                for node in self.rc.get_primaries():
-                    conn = self.rc.get_redis_connection(node)
-                    found += [bytes(k) for k in conn.scan_iter(match=pattern, count=1000)]
-                return found
-
-            owns = self._retrying(scan)
+            owns = [k for keys in self.scan_keys(pattern) for k in keys]
         out: list[bytes] = []
         for own in owns:
             session = _unescape(own[len(b"own:{s"):-1])
@@ -1314,6 +1308,19 @@ class ClusterStore:
                     out.append(raw)
         return out
 
+    def scan_keys(self, pattern: bytes | None) -> list[list[bytes]]:
+        """The keys matching ``pattern`` (None: every key), one list per primary (its
+        keys, so they can be read from it together): SCAN, in proportion to the keys
+        stored."""
+        def scan() -> list[list[bytes]]:
+            out: list[list[bytes]] = []
+            for node in self.rc.get_primaries():
+                conn = self.rc.get_redis_connection(node)
+                out.append([bytes(k) for k in conn.scan_iter(match=pattern, count=1000)])
+            return out
+
+        return self._retrying(scan)
+
     def verify(self, *, undrained: bool = False) -> list[str]:
         """The records against each other (as ``ocs store verify`` on LMDB), one line per
         difference: balances hold what their reservations hold, a prepaid balance is
@@ -1321,14 +1328,7 @@ class ClusterStore:
         every expiry entry its reservation; with ``undrained`` (no node has drained the
         outboxes), every subscriber's CDRs there charge what the engine moved. A scan of
         every key: for a quiet store (tests, maintenance), not a snapshot of a busy one."""
-        def scan() -> list[bytes]:
-            found: list[bytes] = []
-            for node in self.rc.get_primaries():
-                conn = self.rc.get_redis_connection(node)
-                found += [bytes(k) for k in conn.scan_iter(count=1000)]
-            return found
-
-        keys = self._retrying(scan)
+        keys = [k for part in self.scan_keys(None) for k in part]
         out: list[str] = []
         held: dict[str, int] = {}
         due: dict[bytes, int] = {}
@@ -1459,24 +1459,16 @@ class ClusterStore:
     def subscriber_records(self) -> list[tuple[bytes, bytes, bytes | None]]:
         """(MSISDN, subscriber record, balance record) of every subscriber, in MSISDN
         order: a scan of every primary's keys (what ``ocs subscriber list`` costs)."""
-        def scan() -> list[tuple[bytes, bytes, bytes | None]]:
-            out: list[tuple[bytes, bytes, bytes | None]] = []
-            for node in self.rc.get_primaries():
-                conn = self.rc.get_redis_connection(node)
-                keys = [bytes(k) for k in conn.scan_iter(match=b"{*}:sub", count=1000)]
-                for i in range(0, len(keys), 500):
-                    part = keys[i:i + 500]
-                    replies = self._exec(part[0], *[
-                        c for k in part for c in (("GET", k), ("GET", k[:-4] + b":bal"))])
-                    for r in replies:
-                        if isinstance(r, ResponseError):
-                            self._raise(r)
-                    for j, k in enumerate(part):
-                        if replies[2 * j] is not None:  # (deleted since the scan)
-                            out.append((k[1:-5], replies[2 * j], replies[2 * j + 1]))
-            return sorted(out)
-
-        return self._retrying(scan)
+        out: list[tuple[bytes, bytes, bytes | None]] = []
+        for keys in self.scan_keys(b"{*}:sub"):  # (a primary's: 500 of them per exchange)
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                replies = self.read_batch(part[0], [
+                    c for k in part for c in (("GET", k), ("GET", k[:-4] + b":bal"))])
+                for j, k in enumerate(part):
+                    if replies[2 * j] is not None:  # (deleted since the scan)
+                        out.append((k[1:-5], replies[2 * j], replies[2 * j + 1]))
+        return sorted(out)
 
     def subscribers(self) -> list[bytes]:
         """Every subscriber record (encoded), in MSISDN order (a scan of the keys)."""
@@ -1484,28 +1476,14 @@ class ClusterStore:
 
     def fraud_cases(self) -> list[bytes]:
         """Every fraud case (encoded): a scan of every primary's keys."""
-        def scan() -> list[bytes]:
-            keys: list[bytes] = []
-            for node in self.rc.get_primaries():
-                conn = self.rc.get_redis_connection(node)
-                keys += [bytes(k) for k in conn.scan_iter(match=b"{*}:fraud", count=1000)]
-            return keys
-
-        return [bytes(v) for k in self._retrying(scan) for v in self.read_hash(k).values()]
+        return [bytes(v) for keys in self.scan_keys(b"{*}:fraud") for k in keys
+                for v in self.read_hash(k).values()]
 
     def claimed_elsewhere(self, node: str) -> dict[str, int]:
         """Node -> CDRs it claimed and has not journalled yet (other nodes than
         ``node``)."""
-        def scan() -> list[bytes]:
-            found: list[bytes] = []
-            for n in self.rc.get_primaries():
-                conn = self.rc.get_redis_connection(n)
-                found += [bytes(k) for k in conn.scan_iter(match=b"*:claimed:*",
-                                                           count=1000)]
-            return found
-
         out: dict[str, int] = {}
-        for k in self._retrying(scan):
+        for k in (k for keys in self.scan_keys(b"*:claimed:*") for k in keys):
             owner = k.partition(b"}:claimed:")[2].decode("utf-8", "replace")
             if owner != node:
                 out[owner] = out.get(owner, 0) + int(self._one(k, ("LLEN", k)))
