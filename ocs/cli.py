@@ -954,11 +954,6 @@ def cmd_sub_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exporter(cfg: Config, store: Store) -> CdrExporter:
-    return CdrExporter(store, cfg.under_data(cfg.cdr.dir), cfg.node.name,
-                       rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records)
-
-
 def cmd_store_backup(args: argparse.Namespace) -> int:
     from ocs.store.backup import backup
 
@@ -1146,7 +1141,7 @@ def cmd_cdr_flush(args: argparse.Namespace) -> int:
         asked = 0
         if cfg.store.backend == "redis":
             asked = _drain_cluster(cfg, store)
-        res = _exporter(cfg, store).flush(int(time.time()))
+        res = CdrExporter.of(cfg, store).flush(int(time.time()))
     out: dict[str, Any] = {"closed": list(res.closed), "rows": res.rows}
     text = (f"closed {', '.join(n for n in res.closed)} ({res.rows} new rows)" if res.closed
             else "no open CDR file here; nothing to flush")

@@ -471,12 +471,10 @@ class Server:
 
         wanted = await asyncio.to_thread(self.cluster.flush_wanted)
         if wanted > flushed:
+            # again: the request may have come while the drain before it was under way
             await asyncio.to_thread(drain, self.cluster, self.store, self.cfg.node.name)
-            cfg = self.cfg
-            res = await asyncio.to_thread(CdrExporter(
-                self.store, cfg.under_data(cfg.cdr.dir), cfg.node.name,
-                rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records).flush,
-                int(time.time()))
+            res = await asyncio.to_thread(CdrExporter.of(self.cfg, self.store).flush,
+                                          int(time.time()))
             log.info("cdr_flush_asked", request=wanted, closed=list(res.closed),
                      rows=res.rows)
             flushed = wanted

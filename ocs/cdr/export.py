@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -22,6 +23,9 @@ import structlog
 from ocs.cdr.fileformat import HEADER, format_row
 from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, Store, pack_u64
 from ocs.store.records import CdrExportState, dec_cdr, dec_export_state, encode
+
+if TYPE_CHECKING:
+    from ocs.config import Config
 from ocs.store.tx import Tx
 
 log = structlog.get_logger(__name__)
@@ -378,3 +382,9 @@ class JournalExporter:
 
 class CdrExporter(JournalExporter):
     """The CDR journal into ``cdr_<node>_<UTC start>_<seq>.csv`` files."""
+
+    @classmethod
+    def of(cls, cfg: Config, store: Store) -> CdrExporter:
+        """The exporter of node config ``cfg`` over its ``store``."""
+        return cls(store, cfg.under_data(cfg.cdr.dir), cfg.node.name,
+                   rotate_s=cfg.cdr.rotate_s, rotate_records=cfg.cdr.rotate_records)
