@@ -1221,7 +1221,7 @@ def cmd_report_kpis(args: argparse.Namespace) -> int:
     with _stores(cfg) as (store, ledger):  # (on a cluster: this node's alarms)
         try:
             k = compute(cfg.under_data(cfg.cdr.dir), store, args.period,
-                        fraud_cases=ledger.fraud_cases() if ledger is not store else None)
+                        ledger=ledger)
         except KpiError as exc:
             raise CliError(str(exc), EXIT_FAILURE) from None
     if args.json:
@@ -1416,15 +1416,10 @@ def cmd_alarms_action(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cases(store: Any) -> list[Any]:
+def _cases(store: StorePort) -> list[Any]:
     from ocs.fraud.cases import decode_case
-    from ocs.store.cluster import ClusterStore
-    from ocs.store.env import FRAUD_CASES
 
-    if isinstance(store, ClusterStore):
-        return [decode_case(v) for v in store.fraud_cases()]
-    with store.read() as txn:
-        return [decode_case(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
+    return [decode_case(v) for v in store.fraud_cases()]
 
 
 def cmd_fraud_cases_list(args: argparse.Namespace) -> int:

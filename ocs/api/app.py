@@ -72,7 +72,7 @@ from ocs.provisioning import (
     run_credit,
     validate_msisdn,
 )
-from ocs.store.env import ALARMS, FRAUD_CASES, SUBSCRIBERS, Store
+from ocs.store.env import ALARMS, SUBSCRIBERS, Store
 from ocs.store.records import ApiToken, dec_subscriber
 from ocs.store.tx import StorePort, Tx
 
@@ -639,12 +639,7 @@ def clear_alarm(request: Request[Any, Any, Any], alarm_id: AlarmId) -> dict[str,
 def list_cases(request: Request[Any, Any, Any], open_only: Annotated[
         bool, Parameter(query="open")] = False, limit: Limit = 500) -> list[dict[str, Any]]:
     """Most recently updated first, at most ``limit``; ``open=true`` for the open ones."""
-    ctx = _ctx(request)
-    if ctx.cluster is not None:
-        items = [decode_case(v) for v in ctx.cluster.fraud_cases()]
-    else:
-        with ctx.store.read() as txn:
-            items = [decode_case(v) for _k, v in txn.cursor(db=ctx.store.dbs[FRAUD_CASES])]
+    items = [decode_case(v) for v in _ctx(request).ledger.fraud_cases()]
     items = [c for c in items if c.status == "open" or not open_only]
     items.sort(key=lambda c: (-c.updated_at, -c.case_id))
     return [case_json(c) for c in items[:limit]]
@@ -781,8 +776,7 @@ def kpis(request: Request[Any, Any, Any],
     try:
         with _one_scan():
             return compute(ctx.cfg.under_data(ctx.cfg.cdr.dir), ctx.store, period,
-                           fraud_cases=ctx.cluster.fraud_cases()
-                           if ctx.cluster is not None else None)
+                           ledger=ctx.ledger)
     except BillingError as exc:
         raise bad_request(str(exc), "period") from None
 

@@ -26,7 +26,8 @@ from ocs.cdr.reader import closed_cdr_files
 from ocs.fraud.cases import decode_case
 from ocs.money import MICRO, format_amount
 from ocs.noc import alarms as noc
-from ocs.store.env import ALARMS, FRAUD_CASES, Store
+from ocs.store.env import ALARMS, Store
+from ocs.store.tx import StorePort
 
 USAGE_RESULTS = sorted(SESSION_RESULTS | {"event"})
 """Rows that are usage (the others: ``refund``, ``rerate`` move money only)."""
@@ -81,11 +82,11 @@ def _micro(value: Decimal | None) -> int:
 
 
 def compute(cdr_dir: Path, store: Store, period: str, *,
-            fraud_cases: list[bytes] | None = None) -> dict[str, Any]:
+            ledger: StorePort | None = None) -> dict[str, Any]:
     """The KPIs of ``period`` (``YYYY-MM``): revenue and usage by service and day, active
-    subscribers, ARPU, top destinations, roaming share, fraud cases opened and resolved,
-    alarms raised and cleared with their mean time to repair. ``fraud_cases``: the
-    cases (encoded) when they are not in ``store`` (a cluster's)."""
+    subscribers, ARPU, top destinations, roaming share, fraud cases opened and resolved
+    (in ``ledger``, on a cluster; else ``store``), alarms raised and cleared (``store``)
+    with their mean time to repair."""
     started = time.perf_counter()
     start, end = period_bounds(period)
     lo, hi = _iso(start), _iso(end)
@@ -151,7 +152,7 @@ def compute(cdr_dir: Path, store: Store, period: str, *,
         "records": roaming["records"], "charge": format_amount(roaming["charge"], 6),
         "share_records": _share(roaming["records"], roaming["all_records"]),
         "share_charge": _share(roaming["charge"], roaming["all_charge"])}
-    out.update(_store_kpis(store, start, end, fraud_cases))
+    out.update(_store_kpis(store, (ledger or store).fraud_cases(), start, end))
     out["seconds"] = round(time.perf_counter() - started, 3)
     return out
 
@@ -169,17 +170,14 @@ def _share(part: int, whole: int) -> str | None:
                                                          rounding=ROUND_HALF_EVEN))
 
 
-def _store_kpis(store: Store, start: int, end: int,
-                fraud_cases: list[bytes] | None) -> dict[str, Any]:
+def _store_kpis(store: Store, cases: list[bytes], start: int, end: int) -> dict[str, Any]:
     opened = resolved = raised = cleared = 0
     repair: list[int] = []
+    for v in cases:
+        case = decode_case(v)
+        opened += start <= case.opened_at < end
+        resolved += bool(case.resolved_at) and start <= case.resolved_at < end
     with store.read() as txn:
-        cases = fraud_cases if fraud_cases is not None else [
-            bytes(v) for _k, v in txn.cursor(db=store.dbs[FRAUD_CASES])]
-        for v in cases:
-            case = decode_case(v)
-            opened += start <= case.opened_at < end
-            resolved += bool(case.resolved_at) and start <= case.resolved_at < end
         for _k, v in txn.cursor(db=store.dbs[ALARMS]):
             a = noc.decode(v)
             raised += start <= a.first_seen < end

@@ -245,6 +245,11 @@ class Store:
         with self.read() as txn:
             yield Tx(txn, self.dbs)
 
+    def fraud_cases(self) -> list[bytes]:
+        """Every fraud case (encoded), in case id order."""
+        with self.read() as txn, txn.cursor(db=self.dbs[FRAUD_CASES]) as cur:
+            return [bytes(v) for v in cur.iternext(keys=False, values=True)]
+
     def subscribers(self) -> list[bytes]:
         """Every subscriber record (encoded), in MSISDN order."""
         with self.read() as txn, txn.cursor(db=self.dbs[SUBSCRIBERS]) as cur:

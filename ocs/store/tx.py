@@ -93,3 +93,7 @@ class StorePort(Protocol):
     def subscribers(self) -> list[bytes]:
         """Every subscriber record (encoded), in MSISDN order (a batch job's read)."""
         ...
+
+    def fraud_cases(self) -> list[bytes]:
+        """Every fraud case (encoded)."""
+        ...

@@ -495,7 +495,7 @@ def test_fraud_rules_see_every_nodes_calls(store: ClusterStore, redis_nodes: Red
         assert store.verify() == []
         (tmp_path / "cdr").mkdir()
         with Store(tmp_path / "local") as local:  # the month's KPIs count it
-            k = compute(tmp_path / "cdr", local, "2026-11", fraud_cases=store.fraud_cases())
+            k = compute(tmp_path / "cdr", local, "2026-11", ledger=store)
         assert k["fraud_cases"] == {"opened": 1, "resolved": 1}
     finally:
         other.close()
