@@ -641,13 +641,6 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.store.commit_max_delay_ms <= 1000:
         raise ConfigError(f"{src}: store.commit_max_delay_ms: must be within 0..1000")
     _check_store(cfg.store, src)
-    if cfg.store.backend == "redis":
-        # What keeps its records in this node's LMDB store only, so far: refused rather
-        # than run on one node's partial view of a cluster.
-        for name, on in (("smpp", cfg.smpp is not None and cfg.smpp.enabled),):
-            if on:
-                raise ConfigError(f"{src}: [{name}] is not available with store.backend = "
-                                  'redis yet (set listen = "")')
     if cfg.cdr.export_interval_s <= 0 or cfg.charging.reaper_interval_s <= 0:
         raise ConfigError(f"{src}: intervals must be positive")
     if cfg.billing.due_days < 0:

@@ -7,11 +7,16 @@ the store too; the SMPP transport only moves PDUs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from ocs.store.env import SMS, SMS_DUE, Store, pack_u64
 from ocs.store.tx import Tx
 from ocs.text import decode_gsm7
+
+if TYPE_CHECKING:
+    from ocs.store.cluster import ClusterStore
 
 
 class SmsMessage(msgspec.Struct, array_like=True, kw_only=True):
@@ -84,6 +89,19 @@ def due(store: Store, now: int, *, fresh_routes: set[str], skip: set[str],
     return out
 
 
+def due_in_cluster(store: ClusterStore, now: int, *, fresh_routes: set[str],
+                   skip: set[str], limit: int = 500) -> list[SmsMessage]:
+    """:func:`due` on a Redis Cluster (network reads: call it off the event loop)."""
+    out: list[SmsMessage] = []
+    for raw in store.sms_due(now, everything=bool(fresh_routes), limit=limit):
+        msg = _dec.decode(raw)
+        if msg.state == "enroute" and msg.message_id not in skip and (
+                msg.next_try <= now or msg.route in fresh_routes):
+            out.append(msg)
+    out.sort(key=lambda m: m.next_try)
+    return out
+
+
 def enqueue(tx: Tx, msg: SmsMessage) -> None:
     tx.put(SMS, msg.message_id.encode(), _enc.encode(msg))
     tx.put(SMS_DUE, pack_u64(msg.next_try) + msg.message_id.encode(), b"")
@@ -95,6 +113,7 @@ def settle(tx: Tx, msg: SmsMessage, state: str, now: int) -> None:
     msg.state = state
     msg.done_at = now
     tx.put(SMS, msg.message_id.encode(), _enc.encode(msg))
+    tx.history(SMS, msg.message_id.encode())
 
 
 def reschedule(tx: Tx, msg: SmsMessage, next_try: int) -> None:

@@ -46,7 +46,7 @@ from ocs.config import (
 from ocs.noc.alarms import ExpireAlarms, Limits, Notification, Severity, TrimAlarms
 from ocs.noc.service import AlarmService
 from ocs.store import Overloaded, Store, StoreError, WriterStopped
-from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, SMS, unpack_u64
+from ocs.store.env import CDR_JOURNAL, META, META_CDR_EXPORT, META_CDR_SEQ, SMS_DUE, unpack_u64
 from ocs.store.records import dec_export_state
 from ocs.store.tx import StorePort
 from ocs.workers import WorkerPool
@@ -374,7 +374,8 @@ class Server:
         written = dec_export_state.decode(raw).written_seq if raw is not None else 0
         metrics.CDR_PENDING.set((unpack_u64(seq) if seq else 0) - written)
         metrics.CDR_JOURNAL.set(journal)
-        metrics.SMPP_QUEUE.set(self.store.stat(SMS)["entries"])
+        metrics.SMPP_QUEUE.set(self.cluster.sms_queued if self.cluster is not None
+                               else self.store.stat(SMS_DUE)["entries"])
 
     def _redis_counters(self) -> None:
         """The Redis backend's counters, what they grew by since the last scrape."""

@@ -28,6 +28,7 @@ from ocs.charging.api import (
     SessionHold,
     Settlement,
     SmppBind,
+    SmppBindsOf,
     SmsMessage,
     SubmitSms,
     Subscriber,
@@ -98,7 +99,10 @@ class Recorder:
     def smpp_bind(self, cmd: SmppBind) -> Awaitable[bool]:
         raise AssertionError("not used by these agents")
 
-    def smpp_binds_reset(self, worker: int) -> Awaitable[int]:
+    def smpp_binds_reset(self, holder: SmppBindsOf) -> Awaitable[int]:
+        raise AssertionError("not used by these agents")
+
+    def smpp_binds_touch(self, holder: SmppBindsOf) -> Awaitable[int]:
         raise AssertionError("not used by these agents")
 
     def subscriber(self, ids: Identity) -> Subscriber | None:
@@ -127,6 +131,6 @@ class Recorder:
     async def sessions_with_prefix(self, prefix: str) -> list[SessionHold]:
         return []
 
-    def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                     limit: int = 500) -> list[SmsMessage]:
+    async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
+                           limit: int = 500) -> list[SmsMessage]:
         return []

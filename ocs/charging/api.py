@@ -37,6 +37,7 @@ from ocs.charging.model import (
     Released,
     Settlement,
     SmppBindRequest,
+    SmppBindsOf,
     SmsOutcomeRequest,
     status_refusal,
 )
@@ -50,8 +51,8 @@ __all__ = [
     "ChargingService", "ChargingUnavailable", "CloseSession", "Debit", "DeliveryOutcome",
     "Grant", "IdKind", "Identity", "OpenSession", "PriceEnquiry", "PriceQuote", "Refund",
     "RefundEvent", "Refusal", "ReleaseSession", "Released", "RequestRef", "Service",
-    "SessionHold", "Settlement", "SmppBind", "SmsMessage", "SubmitSms", "Subscriber",
-    "UpdateSession", "status_refusal",
+    "SessionHold", "Settlement", "SmppBind", "SmppBindsOf", "SmsMessage", "SubmitSms",
+    "Subscriber", "UpdateSession", "status_refusal",
 ]
 
 
@@ -255,7 +256,9 @@ class ChargingService(Protocol):
 
     def smpp_bind(self, cmd: SmppBind) -> Awaitable[bool]: ...
 
-    def smpp_binds_reset(self, worker: int) -> Awaitable[int]: ...
+    def smpp_binds_reset(self, holder: SmppBindsOf) -> Awaitable[int]: ...
+
+    def smpp_binds_touch(self, holder: SmppBindsOf) -> Awaitable[int]: ...
 
     # -- reads ------------------------------------------------------------------------
 
@@ -282,7 +285,7 @@ class ChargingService(Protocol):
         """Open holds of every session whose id starts with ``prefix`` (a rare, costly
         question: a NAS restarted; may raise ChargingBusy when too many wait)."""
 
-    def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                     limit: int = 500) -> list[SmsMessage]:
+    async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
+                           limit: int = 500) -> list[SmsMessage]:
         """Queued messages whose next try has come, and any routed to ``fresh_routes``
         (a receiver just bound); ``skip``: ids being delivered right now."""

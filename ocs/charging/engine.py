@@ -23,6 +23,7 @@ import msgspec
 
 from ocs import messaging
 from ocs.charging.model import (
+    BIND_TTL_S,
     Adjusted,
     AdjustRequest,
     BalanceView,
@@ -42,6 +43,7 @@ from ocs.charging.model import (
     ReserveRequest,
     Settlement,
     SmppBindRequest,
+    SmppBindsOf,
     SmsOutcomeRequest,
     StoredAnswer,
     SubmitSmsRequest,
@@ -215,6 +217,32 @@ def _alw_add(alw: Allowance, service: Service, used: int = 0, reserved: int = 0)
         setattr(alw, names[1], max(0, getattr(alw, names[1]) + reserved))
 
 
+def _bind_holder(node: str, worker: int) -> bytes:
+    """The holder part of a bind entry's key (``META_SMPP_BINDS system_id NUL``
+    first): ``node NUL worker`` (u16)."""
+    return node.encode() + b"\x00" + worker.to_bytes(2, "big")
+
+
+def _bind_live(value: bytes, now: int) -> bool:
+    """A bind entry's holder was heard from lately (an entry of the older form, count
+    only, is of this node's own workers: live)."""
+    return len(value) < 16 or unpack_u64(value[8:16]) + BIND_TTL_S >= now
+
+
+def _binds_of(tx: Tx, req: SmppBindsOf) -> list[tuple[bytes, bytes]]:
+    """The bind entries (every account's) of the holder(s) ``req`` names; entries of the
+    older form (no node) are of this node's own workers."""
+    out: list[tuple[bytes, bytes]] = []
+    node = req.node.encode()
+    for k, v in tx.scan(META, META_SMPP_BINDS, META_SMPP_BINDS[:-1] + b"\x01"):
+        holder = k[len(META_SMPP_BINDS):].partition(b"\x00")[2]
+        of_node = holder[:-3] if len(holder) > 2 else node
+        worker = int.from_bytes(holder[-2:], "big")
+        if of_node == node and (req.worker < 0 or worker == req.worker):
+            out.append((k, v))
+    return out
+
+
 OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "reserve": (ReserveRequest, Grant),
     "commit": (CommitRequest, Settlement),
@@ -227,7 +255,8 @@ OPERATIONS: dict[str, tuple[type[Any], Any]] = {
     "sms_outcome": (SmsOutcomeRequest, bool),
     "fraud_rules": (bool, bool),
     "smpp_bind": (SmppBindRequest, bool),
-    "smpp_binds_reset": (int, int),
+    "smpp_binds_reset": (SmppBindsOf, int),
+    "smpp_binds_touch": (SmppBindsOf, int),
     "reconfigure": (dict, bool),
 }
 """Write operations by name -> (request type, result type); ``ChargingEngine.op_<name>``
@@ -1041,30 +1070,41 @@ class ChargingEngine:
 
     @staticmethod
     def op_smpp_bind(tx: Tx, req: SmppBindRequest) -> bool:
-        """Count SMPP binds per account over every worker (``ocs serve --workers``)."""
+        """Count SMPP binds per account over every worker of every node (``ocs serve
+        --workers``, a cluster). An entry per holder: (count, last heard); a holder
+        not heard from for ``BIND_TTL_S`` (its node died) counts no more."""
         prefix = META_SMPP_BINDS + req.system_id.encode() + b"\x00"
-        key = prefix + req.worker.to_bytes(2, "big")
+        key = prefix + _bind_holder(req.node, req.worker)
         raw = tx.get(META, key)
-        mine = unpack_u64(raw) if raw is not None else 0
+        mine = unpack_u64(raw[:8]) if raw is not None else 0
         if req.release:
             if mine:
-                tx.put(META, key, pack_u64(mine - 1))
+                tx.put(META, key, pack_u64(mine - 1) + (raw or b"")[8:16])
             return True
-        if sum(unpack_u64(v) for _k, v in tx.scan(META, prefix, prefix + b"\xff\xff\xff")
-               ) >= req.max_binds:
+        held = sum(unpack_u64(v[:8]) for k, v in tx.scan(META, prefix, prefix + b"\xff")
+                   if k != key and _bind_live(v, req.now))
+        if held + mine >= req.max_binds:
             return False
-        tx.put(META, key, pack_u64(mine + 1))
+        tx.put(META, key, pack_u64(mine + 1) + pack_u64(req.now))
         return True
 
     @staticmethod
-    def op_smpp_binds_reset(tx: Tx, worker: int) -> int:
-        """Forget the binds a worker held (it just started: its connections died with its
-        last run); ``worker`` -1: every worker's (the node starts)."""
+    def op_smpp_binds_reset(tx: Tx, req: SmppBindsOf) -> int:
+        """Forget the binds ``req`` names (it just started: its connections died with its
+        last run); worker -1: every worker's of the node (the node starts)."""
         n = 0
-        for k, _v in tx.scan(META, META_SMPP_BINDS, META_SMPP_BINDS[:-1] + b"\x01"):
-            if worker < 0 or int.from_bytes(k[-2:], "big") == worker:
-                tx.delete(META, k)
-                n += 1
+        for k, _v in _binds_of(tx, req):
+            tx.delete(META, k)
+            n += 1
+        return n
+
+    @staticmethod
+    def op_smpp_binds_touch(tx: Tx, req: SmppBindsOf) -> int:
+        """The holder ``req`` names still holds its binds at ``req.now``."""
+        n = 0
+        for k, v in _binds_of(tx, req):
+            tx.put(META, k, v[:8] + pack_u64(req.now))
+            n += 1
         return n
 
     @staticmethod

@@ -325,11 +325,31 @@ class SmsOutcomeRequest(msgspec.Struct, frozen=True, kw_only=True):
     lease_until: int = 0
 
 
+BIND_TTL_S = 30
+"""A bind holder not heard from for this long (its node died) holds no binds."""
+BIND_TOUCH_S = 10
+"""How often a holder says it still holds its binds (``smpp_binds_touch``)."""
+
+
 class SmppBindRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A bind of ``system_id`` taken by ``worker`` (refused at ``max_binds`` over every
-    worker), or given back with ``release``."""
+    """A bind of ``system_id`` taken by ``worker`` of ``node`` (refused at ``max_binds``
+    over every worker of every node), or given back with ``release``."""
 
     system_id: str
     worker: int
     max_binds: int = 0
     release: bool = False
+    node: str = ""
+    now: int = 0
+    """When it is taken: a holder's binds count while it was heard from within
+    ``BIND_TTL_S`` (a node that died without giving them back stops counting)."""
+
+
+class SmppBindsOf(msgspec.Struct, frozen=True, kw_only=True):
+    """The SMPP binds held by ``worker`` of ``node`` (-1: by every worker of the node):
+    forgotten (``smpp_binds_reset``: its connections died with its last run) or
+    still held at ``now`` (``smpp_binds_touch``)."""
+
+    node: str
+    worker: int
+    now: int

@@ -30,6 +30,7 @@ from ocs.charging.api import (
     RequestRef,
     SessionHold,
     SmppBind,
+    SmppBindsOf,
     SmsMessage,
     SubmitSms,
     Subscriber,
@@ -49,8 +50,9 @@ from ocs.charging.model import (
     Settlement,
     SubmitSmsRequest,
 )
-from ocs.messaging import due
+from ocs.messaging import due, due_in_cluster
 from ocs.rating.plans import SERVICE_OF, Service
+from ocs.store.cluster import ClusterStore
 from ocs.store.records import Reservation
 
 MAX_KEY = 400
@@ -183,8 +185,11 @@ class EngineChargingService:
     def smpp_bind(self, cmd: SmppBind) -> asyncio.Future[bool]:
         return self._op("smpp_bind", cmd)
 
-    def smpp_binds_reset(self, worker: int) -> asyncio.Future[int]:
-        return self._op("smpp_binds_reset", worker)
+    def smpp_binds_reset(self, holder: SmppBindsOf) -> asyncio.Future[int]:
+        return self._op("smpp_binds_reset", holder)
+
+    def smpp_binds_touch(self, holder: SmppBindsOf) -> asyncio.Future[int]:
+        return self._op("smpp_binds_touch", holder)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -236,8 +241,13 @@ class EngineChargingService:
             found = await asyncio.to_thread(self.engine.reservations_with_prefix, prefix)
         return [_hold(r) for r in found]
 
-    def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                     limit: int = 500) -> list[SmsMessage]:
+    async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
+                           limit: int = 500) -> list[SmsMessage]:
+        store = self.engine.store
+        if isinstance(store, ClusterStore):  # network reads: off the event loop
+            return await asyncio.to_thread(due_in_cluster, store, now,
+                                           fresh_routes=fresh_routes, skip=set(skip),
+                                           limit=limit)
         return due(self.engine.lmdb("the SMS queue"), now, fresh_routes=fresh_routes,
                    skip=skip, limit=limit)
 

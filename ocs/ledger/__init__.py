@@ -18,8 +18,10 @@ session owners      a session's first reservation   index key, written before th
 reservation expiry  the account's reservations      a sorted set per subscriber slot
 answer expiry       every stored answer             the answer key's own TTL
 CDR journal         settling operations             the subscriber's outbox
-fraud cases         the fraud rules                 the subscriber's outbox
-SMS queue           SMS submit and outcomes         per-slot queue
+fraud cases         the fraud rules                 a hash in the account's slot
+SMS queue           SMS submit and outcomes         the account (message records) and
+                                                    a due set per slot
+SMPP bind counts    binds (not an account's)        one shared hash (``{ocs}``)
 refund marks        refunds                         the account (the debit's answer)
 ==================  ==============================  ===================================
 

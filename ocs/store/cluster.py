@@ -23,10 +23,12 @@ re-sent after the end finds the stored answer there. Plans, zones and the other 
 settings sit under ``{ocs}``; a charging operation reads them without checking them (at
 most a second old), as the LMDB writer reads a plan version current at its batch.
 
-Fraud cases are kept in their account (ids ``msisdn * CASE_SPAN + n``). What is not
-kept on this backend (an operation that needs it fails with :class:`StoreError`): the
-SMS queue and binds (not yet), and what stays each node's own in its LMDB store:
-alarms, NMS history, billing runs and API tokens.
+Fraud cases are kept in their account (ids ``msisdn * CASE_SPAN + n``), and so are
+the SMS messages it submitted (ids ``msisdn-n``, receipts ``msisdn-n-r``: a message id
+names its account), with a due set per slot (score: the next try) that every serving
+node reads (:meth:`ClusterStore.sms_due`); a settled message is kept as long as answers.
+The SMPP bind counts are shared (``{ocs}:smppbinds``). What stays each node's own in its
+LMDB store: alarms, NMS history, billing runs and API tokens.
 
 The blocking calls here serve the command line, the drain and the reaper (threads) and
 the protocol agents' read-only views; charging operations of a serving node run on its
@@ -68,12 +70,15 @@ from ocs.store.env import (
     META,
     META_CDR_SEQ,
     META_LEDGER_SEQ,
+    META_SMPP_BINDS,
     PLAN_VERSIONS,
     PLANS,
     REFUNDS,
     RES_EXPIRY,
     RESERVATIONS,
     SESSION_OWNERS,
+    SMS,
+    SMS_DUE,
     SUBSCRIBERS,
     ZONES,
     StoreError,
@@ -124,6 +129,11 @@ _BOUND_META = {META_CDR_SEQ: b":cdrseq", META_LEDGER_SEQ: b":ledseq",
 """Counters of the shared meta table that are per subscriber here (record ids, ledger
 entries and fraud cases are numbered per account, so no two slots share a counter)."""
 _RERATE = b"rerate\x00"
+_BINDS = SHARED + b":smppbinds"
+"""The SMPP bind counts (engine ``op_smpp_bind``): field = key after META_SMPP_BINDS."""
+SMS_SCAN_S = 1.0
+"""How often a process reads every slot's SMS due set (a message submitted on another
+node, for a receiver bound here, is found then)."""
 
 LIBRARY = """#!lua name=ocs
 -- ocs_apply: check what an operation read, then write what it decided (one slot).
@@ -277,7 +287,38 @@ local function unclaim_many(keys, argv)
   return n
 end
 
+-- ocs_sms_due: the SMS due sets named in ARGV[4..] (this node's): for each that is not
+-- empty, {its index, its size, its earliest score, the messages due at ARGV[1] (ARGV[3]
+-- = 1: whenever due)}, at most ARGV[2] messages in all (members name message keys).
+local function sms_due(keys, argv)
+  local left, all = tonumber(argv[2]), argv[3] == '1'
+  local out = {}
+  for i = 4, #argv do
+    local n = redis.call('ZCARD', argv[i])
+    if n > 0 then
+      local first = redis.call('ZRANGE', argv[i], 0, 0, 'WITHSCORES')
+      local msgs, ids = {}, {}
+      if left > 0 then
+        if all then
+          ids = redis.call('ZRANGE', argv[i], 0, left - 1)
+        else
+          ids = redis.call('ZRANGEBYSCORE', argv[i], '-inf', argv[1], 'LIMIT', 0, left)
+        end
+      end
+      for _, id in ipairs(ids) do
+        local m = redis.call('GET', id)
+        if m then msgs[#msgs + 1] = m end
+      end
+      left = left - #ids
+      out[#out + 1] = {i - 3, n, tonumber(first[2]), msgs}
+    end
+  end
+  return out
+end
+
 redis.register_function('ocs_apply', apply)
+redis.register_function{function_name = 'ocs_sms_due', callback = sms_due,
+                        flags = {'no-writes', 'allow-cross-slot-keys'}}
 redis.register_function{function_name = 'ocs_claim_many', callback = claim_many,
                         flags = {'allow-cross-slot-keys'}}
 redis.register_function{function_name = 'ocs_unclaim_many', callback = unclaim_many,
@@ -352,6 +393,21 @@ def expiry_key(slot: int) -> bytes:
 def outbox_key(slot: int) -> bytes:
     """The slot's CDR outbox (a list of encoded CDR records, oldest first)."""
     return b"{" + slot_tags()[slot] + b"}:outbox"
+
+
+def sms_due_key(slot: int) -> bytes:
+    """The slot's SMS due set (score: the next try; member: the message's key)."""
+    return b"{" + slot_tags()[slot] + b"}:smsdue"
+
+
+def sms_key(message_id: bytes) -> bytes:
+    """The key of SMS message ``message_id`` (``msisdn-n``, a receipt ``msisdn-n-r``)
+    in its account."""
+    base = message_id[:-2] if message_id.endswith(b"-r") else message_id
+    owner, sep, n = base.rpartition(b"-")
+    if not sep or not owner or not n.isdigit():
+        raise StoreError(f"SMS message id {message_id!r} names no account")
+    return b"{" + owner + b"}:sms:" + message_id
 
 
 def claimed_key(slot: int, node: str) -> bytes:
@@ -490,6 +546,18 @@ class ClusterTx(Tx):
         if db == ANSWERS:
             self._expected.append(key)
 
+    def history(self, db: bytes, key: bytes) -> None:
+        """Record ``key``, written by this operation, expires with the answers."""
+        rkey, field = self._locate(db, key)
+        if field is not None:
+            raise StoreError(f"{db.decode()}: a hash field cannot expire")
+        for i in range(len(self._writes) - 1, -1, -1):
+            w = self._writes[i]
+            if w[0] == "S" and w[1] == rkey:
+                self._writes[i] = (*w[:3], str(self._store.answer_ttl_ms))
+                return
+        raise StoreError(f"{db.decode()}: {key!r} was not written by this operation")
+
     def index_answer(self, key: bytes, msisdn: bytes) -> None:
         """The debit answer ``key`` is in ``msisdn``'s account: an index entry (kept as
         long as the answer) written before it, for the refund that names only the key."""
@@ -532,10 +600,14 @@ class ClusterTx(Tx):
         if db == FRAUD_CASES:  # the case id names its account
             owner = str(unpack_u64(key) // CASE_SPAN).encode()
             return b"{" + owner + b"}:fraud", key
+        if db == SMS:
+            return sms_key(key), None
         if db == META:
             suffix = _BOUND_META.get(key)
             if suffix is not None:
                 return b"{" + self._tag() + b"}" + suffix, None
+            if key.startswith(META_SMPP_BINDS):
+                return _BINDS, key[len(META_SMPP_BINDS):]
             if key.startswith(_RERATE):
                 return b"{" + key.rpartition(b"\x00")[2] + b"}:rerate", key
         shared = _SHARED_HASH.get(db)
@@ -557,6 +629,11 @@ class ClusterTx(Tx):
             return self._index_get(db, index + key)
         if db == ANSWERS and self._bound is None:
             return self._indexed_answer(key)
+        if db == SMS and self._bound is None:  # (an outcome: the message's account)
+            try:
+                self._set_bound(sms_key(key)[1:].partition(b"}")[0])
+            except StoreError:
+                return None  # an id no message of this backend has
         if db == ANSWERS and self._bound == NOBODY and self._ended is not None:
             # a report on a session that ended: its answers and its ended marker are in
             # the account of the subscriber it ended for (immutable: read, not checked)
@@ -618,6 +695,11 @@ class ClusterTx(Tx):
         if db == CDR_JOURNAL:
             self._writes.append(("RP", outbox_key(self._slot()), value))
             return
+        if db == SMS_DUE:
+            msg = sms_key(key[8:])
+            self._writes.append(("ZA", sms_due_key(slot_of(msg)), str(unpack_u64(key[:8])),
+                                 msg))
+            return
         where = self._locate(db, key)
         if self._bound is None and (db in _ACCOUNT_STR or db in _ACCOUNT_HASH):
             self._set_bound(key.partition(b"\x00")[0])  # a new account's first record
@@ -647,6 +729,10 @@ class ClusterTx(Tx):
         if db == RES_EXPIRY:
             self._writes.append(("ZR", expiry_key(self._slot()), key))
             return
+        if db == SMS_DUE:
+            msg = sms_key(key[8:])
+            self._writes.append(("ZR", sms_due_key(slot_of(msg)), msg))
+            return
         where = self._locate(db, key)
         self._view[where] = None
         rkey, field = where
@@ -656,19 +742,25 @@ class ClusterTx(Tx):
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Entries of a shared table, or of one subscriber's hash (``start`` names the
         subscriber), in key order."""
+        checked = db in _ACCOUNT_HASH
         if db in _ACCOUNT_HASH:
             msisdn = start.partition(b"\x00")[0]
             rkey = b"{" + msisdn + b"}" + _ACCOUNT_HASH[db]
             prefix = msisdn + b"\x00"
+        elif db == META and start.startswith(META_SMPP_BINDS):
+            # the bind counts: every entry checked (two nodes' binds must not both pass)
+            rkey, prefix, checked = _BINDS, META_SMPP_BINDS, True
         elif db in _SHARED_HASH:
             rkey, prefix = _SHARED_HASH[db], b""
         else:
             raise StoreError(f"table {db.decode()!r} cannot be scanned on the redis backend")
         entries = as_map(self._fetch(rkey, (("HGETALL", rkey),))[0])
-        if db in _ACCOUNT_HASH:
+        if checked:
             self._lens[rkey] = len(entries)  # checked: an append-only hash did not grow
         for field, value in entries.items():
             self._view.setdefault((rkey, field), value)
+            if rkey == _BINDS:
+                self._checks.setdefault((rkey, field), value)
         rows = sorted((prefix + f, self._view[(rkey, f)]) for f in entries)
         out: list[tuple[bytes, bytes]] = []
         for k, v in rows:
@@ -876,6 +968,12 @@ class ClusterStore:
         self._expiry_slots: dict[int, int] = {}
         """Slot -> the earliest expiry that may be in its set (written by this process
         since the last look)."""
+        self._sms_slots: dict[int, int] = {}
+        """Slot -> the earliest next try in its SMS due set (as this process last saw or
+        wrote it)."""
+        self._next_sms_scan = 0.0
+        self.sms_queued = 0
+        """SMS messages waiting for delivery in the cluster, at the last full look."""
         self._next_full = {"outbox": 0.0, "expiry": 0.0}
         self.lease_name = ""
         """Set by a serving process (node and worker): the scans of every slot are then
@@ -1073,10 +1171,19 @@ class ClusterStore:
         return out[0]
 
     def _per_primary(self, slots: list[int], cmd: Callable[[list[int]], tuple[Any, ...]],
-                     chunk: int = 512) -> list[tuple[list[int], Any]]:
-        """``cmd(group)`` durably on each primary for the ``slots`` it serves (in groups
-        of at most ``chunk``): (group, reply) each. All again after a slot moved (the
-        commands must be safe to repeat)."""
+                     chunk: int = 512, *, durable: bool = True
+                     ) -> list[tuple[list[int], Any]]:
+        """``cmd(group)`` durably (or, a read, not) on each primary for the ``slots`` it
+        serves (in groups of at most ``chunk``): (group, reply) each. All again after a
+        slot moved (the commands must be safe to repeat)."""
+        def run(part: list[int]) -> Any:
+            if durable:
+                return self._durable_once(outbox_key(part[0]), cmd(part))
+            reply = self._exec(outbox_key(part[0]), cmd(part))[0]
+            if isinstance(reply, ResponseError):
+                self._raise(reply)
+            return reply
+
         def once() -> list[tuple[list[int], Any]]:
             groups: dict[str, list[int]] = {}
             for slot in slots:
@@ -1088,7 +1195,7 @@ class ClusterStore:
             for group in groups.values():
                 for i in range(0, len(group), chunk):
                     part = group[i:i + chunk]
-                    out.append((part, self._durable_once(outbox_key(part[0]), cmd(part))))
+                    out.append((part, run(part)))
             return out
 
         return self._retrying(once)
@@ -1166,8 +1273,9 @@ class ClusterStore:
                     self._outbox_slots.add(slot_of(w[1]))
             elif w[0] == "ZA":
                 slot, at = slot_of(w[1]), int(w[2])
+                seen = self._sms_slots if w[1].endswith(b":smsdue") else self._expiry_slots
                 with self._lock:
-                    self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
+                    seen[slot] = min(at, seen.get(slot, at))
 
     def _full_scan(self, what: str) -> bool:
         """Whether this process looks at every slot (``what``: expiry sets or outboxes)
@@ -1279,6 +1387,57 @@ class ClusterStore:
                     self._expiry_slots[slot] = min(earliest,
                                                    self._expiry_slots.get(slot, earliest))
         out.sort(key=lambda e: e[1])
+        return out[:limit]
+
+    def sms_due(self, now: int, *, everything: bool = False, limit: int = 500
+                ) -> list[bytes]:
+        """SMS messages (encoded) whose next try has come at ``now`` (``everything``:
+        whenever due, for a receiver that just bound), at most ``limit``: from the due
+        sets of the slots this process knows to hold some, and of every slot once an
+        ``SMS_SCAN_S`` (every serving process looks: a message waits for the node its
+        receiver is bound to). One call per primary."""
+        mono = time.monotonic()
+        with self._lock:
+            full = mono >= self._next_sms_scan
+            if full:
+                self._next_sms_scan = mono + SMS_SCAN_S
+                slots = list(range(SLOTS))
+            else:
+                slots = sorted(s for s, at in self._sms_slots.items()
+                               if everything or at <= now)
+        if not slots:
+            return []
+
+        def cmd(part: list[int]) -> tuple[Any, ...]:
+            return ("FCALL", "ocs_sms_due", 0, now, limit, "1" if everything else "0",
+                    *[sms_due_key(x) for x in part])
+
+        try:
+            replies = self._per_primary(slots, cmd, chunk=SLOTS, durable=False)
+        except StoreError:
+            if full:
+                with self._lock:
+                    self._next_sms_scan = 0.0
+            raise
+        out: list[bytes] = []
+        queued = 0
+        found: dict[int, int] = {}
+        for part, reply in replies:
+            for index, count, earliest, msgs in reply:
+                found[part[int(index) - 1]] = int(earliest)
+                queued += int(count)
+                out += [bytes(m) for m in msgs]
+        with self._lock:
+            for slot in slots:  # (a message written since keeps its earlier time)
+                at = found.get(slot)
+                if at is None:
+                    if slot in self._sms_slots and self._sms_slots[slot] > now:
+                        continue  # written after the look
+                    self._sms_slots.pop(slot, None)
+                else:
+                    self._sms_slots[slot] = min(at, self._sms_slots.get(slot, at))
+            if full:
+                self.sms_queued = queued
         return out[:limit]
 
     def open_reservations(self, start: bytes) -> list[bytes]:

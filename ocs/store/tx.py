@@ -35,6 +35,10 @@ class Tx:
         relative to the account it binds). Nothing to do on LMDB; the Redis Cluster
         adapter reads it with the account's first read (one round trip, not two)."""
 
+    def history(self, db: bytes, key: bytes) -> None:
+        """Record ``key`` of ``db``, just written, is history now (a settled SMS). Kept
+        on LMDB; the Redis Cluster adapter keeps it as long as answers (memory)."""
+
     def index_answer(self, key: bytes, msisdn: bytes) -> None:
         """Answer ``key`` (a debit's, which a refund names by its key alone) is kept in
         ``msisdn``'s account. Nothing to do on LMDB, where answers are keyed by the

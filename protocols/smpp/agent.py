@@ -81,8 +81,10 @@ class SmppAgent:
         self.on_queued: Any = None
         """Called when a message was queued (wakes the delivery worker)."""
         self.worker: int | None = None
-        """With several workers: this one's index, and binds are counted in the store
-        over all of them; None: counted here."""
+        """With several workers or nodes (a cluster): this one's index, and binds are
+        counted in the store over all of them; None: counted here."""
+        self.node = ""
+        """This node's name (binds counted in the store are held by node and worker)."""
         self._releases: set[asyncio.Task[Any]] = set()
         self.guard = FailureThrottle()
         """Bind failures per source address."""
@@ -126,8 +128,8 @@ class SmppAgent:
             return status
         try:
             ok = await self.charging.smpp_bind(SmppBind(
-                system_id=bind.system_id, worker=self.worker,
-                max_binds=self.accounts[bind.system_id].max_binds))
+                system_id=bind.system_id, worker=self.worker, node=self.node,
+                max_binds=self.accounts[bind.system_id].max_binds, now=int(time.time())))
         except Exception as exc:  # the store is busy or away: no bind now
             log.warning("smpp_bind_not_counted", system_id=bind.system_id, error=str(exc))
             self.counters["bind_failed"] += 1
@@ -153,7 +155,8 @@ class SmppAgent:
         assert self.worker is not None
         try:
             await self.charging.smpp_bind(SmppBind(
-                system_id=system_id, worker=self.worker, release=True))
+                system_id=system_id, worker=self.worker, node=self.node, release=True,
+                now=int(time.time())))
         except Exception as exc:  # counted too high until this worker restarts
             log.warning("smpp_unbind_not_counted", system_id=system_id, error=str(exc))
 

@@ -14,7 +14,8 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.charging.api import DeliveryOutcome, SmsMessage
+from ocs.charging.api import DeliveryOutcome, SmppBindsOf, SmsMessage
+from ocs.charging.model import BIND_TOUCH_S
 from ocs.config import Config, parse_listen
 from protocols.smpp.agent import SmppAgent
 from protocols.smpp.pdu import (
@@ -234,11 +235,21 @@ class SmppListener:
 
     async def _deliver_loop(self) -> None:
         """Deliver what is due: to a receiver bind of the route's system_id, else later."""
+        touched = time.monotonic()
         while True:
             self._wake.clear()
+            if self.shared and time.monotonic() - touched >= BIND_TOUCH_S:
+                touched = time.monotonic()
+                await self._touch_binds()
             now = int(time.time())
             fresh, self._fresh = self._fresh, set()
-            for msg in self._due(now, fresh):
+            try:
+                due = await self._due(now, fresh)
+            except Exception as exc:  # the store is away: the next round asks again
+                log.warning("smpp_queue_unread", error=str(exc))
+                self._fresh |= fresh
+                due = []
+            for msg in due:
                 if msg.message_id in self._inflight:
                     continue
                 if now >= msg.expires_at:
@@ -264,9 +275,20 @@ class SmppListener:
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             await asyncio.sleep(0.02)  # coalesce wake-ups: one pass per 20 ms at most
 
-    def _due(self, now: int, fresh: set[str]) -> list[SmsMessage]:
+    async def _due(self, now: int, fresh: set[str]) -> list[SmsMessage]:
         """Messages whose next try has come, and any waiting for a freshly bound route."""
-        return self.agent.charging.due_messages(now, fresh_routes=fresh, skip=self._inflight)
+        return await self.agent.charging.due_messages(now, fresh_routes=fresh,
+                                                      skip=self._inflight)
+
+    async def _touch_binds(self) -> None:
+        """This worker still holds its binds (counted in the store over every worker and
+        node: a holder not heard from lately, whose node died, counts no more)."""
+        assert self.agent.worker is not None
+        try:
+            await self.agent.charging.smpp_binds_touch(SmppBindsOf(
+                node=self.agent.node, worker=self.agent.worker, now=int(time.time())))
+        except Exception as exc:  # asked again in BIND_TOUCH_S
+            log.warning("smpp_binds_untouched", error=str(exc))
 
     def _bound(self, system_id: str) -> None:
         self._fresh.add(system_id)
@@ -324,7 +346,9 @@ class SmppListener:
         if self.agent.worker is not None:
             # the binds this worker held died with its last run (worker 0: the node's)
             worker = self.agent.worker
-            await self.agent.charging.smpp_binds_reset(-1 if worker == 0 else worker)
+            await self.agent.charging.smpp_binds_reset(SmppBindsOf(
+                node=self.agent.node, worker=-1 if worker == 0 else worker,
+                now=int(time.time())))
         self.server = await loop.create_server(factory, host, port, reuse_port=reuse_port)
         self._worker = loop.create_task(self._deliver_loop())
         sock = self.server.sockets[0].getsockname()
@@ -347,8 +371,9 @@ class SmppListener:
 async def start_smpp(server: Any) -> SmppListener:
     """``ocs serve`` starter for the ``[smpp]`` section."""
     agent = SmppAgent(server.charging, server.cfg.smpp)
-    if server.workers > 1:
-        agent.worker = server.worker
+    agent.node = server.cfg.node.name
+    if server.workers > 1 or server.cluster is not None:
+        agent.worker = server.worker  # binds counted over every worker and node
     listener = SmppListener(agent, server.cfg.node.name)
     await listener.start(*parse_listen(server.cfg.smpp.listen), reuse_port=server.reuse_port)
     server.smpp = listener

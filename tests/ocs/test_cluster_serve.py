@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from tests_support import (
     admin_get,
     admin_healthy,
@@ -296,25 +297,108 @@ def test_the_rest_api_on_a_cluster(tmp_path: Path, redis_nodes: RedisCluster) ->
         assert [(i["msisdn"], i["balance"]) for i in found] == [("41790000003", "4.0000")]
 
 
-def test_a_node_refuses_what_the_cluster_does_not_keep_yet(
+SMPP = """
+[smpp]
+listen = "127.0.0.1:{port}"
+[[smpp.accounts]]
+system_id = "sender"
+password = "secret"
+[[smpp.accounts]]
+system_id = "dest"
+password = "secret"
+max_binds = 1
+[[smpp.routes]]
+prefix = "4179"
+system_id = "dest"
+"""
+
+
+def read_until(c: Any, n: int, timeout: float = 10.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while len(c.received) < n and time.monotonic() < deadline:
+        c.read_once()
+    return list(c.received)
+
+
+def test_sms_store_and_forward_across_nodes(tmp_path: Path, redis_nodes: RedisCluster) -> None:
+    """An SMSC of two nodes: a message submitted on one is delivered by the node its
+    receiver is bound to, the receipt goes back through the first; the bind limit holds
+    over both; a node killed holding a bind stops counting after BIND_TTL_S, and what
+    waited meanwhile goes to the receiver bound again on the other node. Exact money,
+    one CDR per message."""
+    import smpplib.consts
+    import smpplib.exceptions
+    from tests_support import Smsc
+
+    from ocs.charging.model import BIND_TTL_S
+
+    redis_nodes.flush()
+    pa, pb = free_tcp_port(), free_tcp_port()
+    a = Node(tmp_path, "ocs-a", redis_nodes.nodes, SMPP.format(port=pa))
+    b = Node(tmp_path, "ocs-b", redis_nodes.nodes, SMPP.format(port=pb))
+    a.ocs("subscriber", "add", "--msisdn", ALICE, "--plan", "prepaid-basic", "--balance",
+          "1.00")
+    sa, sb = Smsc(a.cwd, a.cfg, pa), Smsc(b.cwd, b.cfg, pb)
+    with serving(a.cfg, a.cwd, lambda: admin_healthy(a.admin)):
+        # b in one process: SIGKILL leaves no worker to give the bind back on its way out
+        with serving(b.cfg, b.cwd, lambda: admin_healthy(b.admin),
+                     args=("--workers", "1")) as proc_b:
+            dest = sb.esme("receiver", system_id="dest")
+            with pytest.raises(smpplib.exceptions.PDUError) as refused:
+                sa.esme("receiver", system_id="dest")  # max_binds 1, over both nodes
+            assert refused.value.args[1] == smpplib.consts.SMPP_ESME_RBINDFAIL
+            sender = sa.esme("transceiver", system_id="sender")
+            sender.send_message(source_addr_ton=1, source_addr=ALICE, dest_addr_ton=1,
+                                destination_addr="41791234567", short_message=b"hi b",
+                                registered_delivery=1)
+            resp = sender.read_pdu()
+            assert resp.status == 0
+            first_id = resp.message_id.decode()
+            assert first_id.startswith(ALICE + "-")
+            (dl,) = read_until(dest, 1)  # delivered by node b
+            assert dl.short_message == b"hi b" and dl.source_addr == ALICE.encode()
+            receipts = read_until(sender, 1)  # the receipt, back through node a
+            assert receipts and f"id:{first_id} ".encode() in receipts[0].short_message
+            assert b"stat:DELIVRD" in receipts[0].short_message
+            os.kill(proc_b.pid, signal.SIGKILL)  # b dies holding dest's bind
+            proc_b.wait()
+            killed_at = time.monotonic()
+            sender.send_message(source_addr_ton=1, source_addr=ALICE, dest_addr_ton=1,
+                                destination_addr="41791234567", short_message=b"later",
+                                registered_delivery=0)
+            assert sender.read_pdu().status == 0  # queued: no receiver anywhere
+            again = None
+            while again is None:
+                try:
+                    again = sa.esme("receiver", system_id="dest")
+                except smpplib.exceptions.PDUError as exc:
+                    assert exc.args[1] == smpplib.consts.SMPP_ESME_RBINDFAIL
+                    assert time.monotonic() - killed_at < BIND_TTL_S + 20
+                    time.sleep(2)
+            assert time.monotonic() - killed_at >= BIND_TTL_S - 12  # (touched <= 10 s before)
+            (late,) = read_until(again, 1, timeout=15)
+            assert late.short_message == b"later"
+            for c in (again, sender):
+                c.unbind()
+                c.disconnect()
+        assert a.show()["balance"] == "0.9000"  # two messages at 0.05, once each
+        with serving(b.cfg, b.cwd, lambda: admin_healthy(b.admin)):
+            a.ocs("cdr", "flush")  # b again: it exports what it had drained when killed
+    rows = a.cdr_rows() + b.cdr_rows()
+    ids = [r["record_id"] for r in rows]
+    assert len(ids) == 2 == len(set(ids)) and first_id in ids
+    assert all(r["service"] == "sms" and micro(r["charge"]) == 50_000 for r in rows)
+
+
+def test_a_node_on_a_cluster_lists_the_cluster_s_fraud_cases(
         tmp_path: Path, redis_nodes: RedisCluster) -> None:
-    """What keeps its records in one node's LMDB only (SMPP's queue) is refused with the
-    Redis backend, not run on that node's partial view."""
     cfg = tmp_path / "ocs.toml"
     base = (f'[node]\ndata_dir = "{tmp_path / "data"}"\n[store]\nbackend = "redis"\n'
             f'[store.redis]\nnodes = ["{redis_nodes.nodes[0]}"]\n')
-
-    def ocs(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([OCS, *args, "--config", str(cfg)], capture_output=True,
-                              text=True, timeout=60)
-
-    cfg.write_text(base + '[smpp]\nlisten = "127.0.0.1:0"\n')
-    p = ocs("serve")
-    assert p.returncode != 0
-    assert "[smpp] is not available with store.backend = redis yet" in p.stderr
     cfg.write_text(base)
-    # the fraud cases are the cluster's (none here)
-    p = ocs("fraud", "cases", "list", "--json")
+    redis_nodes.flush()
+    p = subprocess.run([OCS, "fraud", "cases", "list", "--json", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and json.loads(p.stdout) == [], p.stderr
 
 

@@ -1,18 +1,32 @@
-"""Store-and-forward operations on the real store: queue with the debit, outcomes,
-receipts, expiry refunds, backoff."""
+"""Store-and-forward operations on both real stores (LMDB, and a Redis Cluster on
+loopback): queue with the debit, outcomes, receipts, expiry refunds, backoff, binds."""
 
 from __future__ import annotations
 
-from tests_support import WEDNESDAY_NOON, add
+import pytest
+from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
 
 from ocs import messaging
-from ocs.charging.engine import ChargingEngine
+from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import DebitRequest, IdKind, SmsOutcomeRequest, SubmitSmsRequest
-from ocs.rating.plans import Service
+from ocs.provisioning import op_load_plans
+from ocs.rating.plans import Service, load_plans_file
+from ocs.store import Store
+from ocs.store.cluster import ClusterStore
 from ocs.store.env import SMS_DUE
 from protocols.smpp.pdu import receipt_text
 
 T0 = WEDNESDAY_NOON
+
+
+@pytest.fixture(params=["lmdb", "redis"])
+def engine(request: pytest.FixtureRequest, demo_store: Store) -> ChargingEngine:
+    settings = EngineSettings(node="t1", home_networks=frozenset({"22801"}))
+    if request.param == "lmdb":
+        return ChargingEngine(demo_store, None, settings)
+    store: ClusterStore = request.getfixturevalue("cluster_store")
+    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    return ChargingEngine(store, None, settings)
 
 
 def submit(engine: ChargingEngine, key: bytes, regd: int = 1) -> str:
@@ -31,11 +45,17 @@ def outcome(engine: ChargingEngine, mid: str, what: str, now: int) -> bool:
 
 
 def queued(engine: ChargingEngine) -> list[messaging.SmsMessage]:
+    """The messages in the queue (due or not), by next try."""
     from ocs.store.env import SMS
 
-    with engine.store.read() as txn:
-        return [messaging.decode(txn.get(bytes(k)[8:], db=engine.store.dbs[SMS]))
-                for k, _ in txn.cursor(db=engine.store.dbs[SMS_DUE])]
+    if isinstance(engine.store, ClusterStore):  # every slot's due set, read now
+        engine.store._next_sms_scan = 0.0
+        return sorted((messaging.decode(raw) for raw in engine.store.sms_due(
+            2**40, everything=True, limit=10_000)), key=lambda m: (m.next_try, m.message_id))
+    store = engine.lmdb("the queue")
+    with store.read() as txn:
+        return [messaging.decode(txn.get(bytes(k)[8:], db=store.dbs[SMS]))
+                for k, _ in txn.cursor(db=store.dbs[SMS_DUE])]
 
 
 def balance(engine: ChargingEngine) -> int:
@@ -113,25 +133,57 @@ def test_claims_let_one_worker_deliver_and_lapse_if_it_never_answers(
 
 
 def test_smpp_binds_are_counted_over_every_worker(engine: ChargingEngine) -> None:
-    from ocs.charging.model import SmppBindRequest
+    from ocs.charging.model import SmppBindRequest, SmppBindsOf
 
-    def bind(worker: int, release: bool = False) -> bool:
+    def bind(worker: int, release: bool = False, node: str = "a", now: int = T0) -> bool:
         return bool(engine.store.run_write(lambda tx: engine.op_smpp_bind(
             tx, SmppBindRequest(system_id="esme", worker=worker, max_binds=3,
-                                release=release))))
+                                release=release, node=node, now=now))))
 
-    def reset(worker: int) -> int:
-        return int(engine.store.run_write(lambda tx: engine.op_smpp_binds_reset(tx, worker)))
+    def reset(worker: int, node: str = "a") -> int:
+        return int(engine.store.run_write(lambda tx: engine.op_smpp_binds_reset(
+            tx, SmppBindsOf(node=node, worker=worker, now=T0))))
 
     assert bind(0) and bind(1) and bind(1)
     assert not bind(0) and not bind(2)  # 3 held over workers 0 and 1
     assert engine.store.run_write(lambda tx: engine.op_smpp_bind(tx, SmppBindRequest(
-        system_id="other", worker=2, max_binds=1)))  # another account counts apart
+        system_id="other", worker=2, max_binds=1, node="a", now=T0)))  # counted apart
     assert bind(1, release=True) and bind(2)
     assert reset(1) == 1  # worker 1 restarted: the bind it held is gone
     assert bind(0) and not bind(0)
+    assert not bind(0, node="b")  # another node's worker 0 is another holder: 3 held
     assert reset(-1) == 3  # the node restarted: esme on 0 and 2, other on 2 (entries)
     assert bind(0)
+
+
+def test_smpp_binds_of_a_node_not_heard_from_stop_counting(engine: ChargingEngine) -> None:
+    """A cluster: node b died holding binds; from BIND_TTL_S on they count no more,
+    while node a, which says it still holds its own, keeps them counted."""
+    from ocs.charging.model import BIND_TTL_S, SmppBindRequest, SmppBindsOf
+
+    def bind(node: str, now: int) -> bool:
+        return bool(engine.store.run_write(lambda tx: engine.op_smpp_bind(
+            tx, SmppBindRequest(system_id="esme", worker=0, max_binds=2, node=node,
+                                now=now))))
+
+    def touch(node: str, now: int) -> int:
+        return int(engine.store.run_write(lambda tx: engine.op_smpp_binds_touch(
+            tx, SmppBindsOf(node=node, worker=0, now=now))))
+
+    assert bind("a", T0) and bind("b", T0)
+    assert not bind("c", T0 + 5)
+    assert touch("a", T0 + 20) == 1  # a is alive; b says nothing (it died)
+    assert not bind("c", T0 + BIND_TTL_S)
+    assert bind("c", T0 + BIND_TTL_S + 1)  # b's bind ran out; a's counts
+    assert not bind("c", T0 + BIND_TTL_S + 2)
+    # an entry of the form before nodes (count only) is this node's: live, reset by it
+    from ocs.store.env import META, META_SMPP_BINDS, pack_u64
+    engine.store.run_write(lambda tx: tx.put(
+        META, META_SMPP_BINDS + b"legacy\x00" + (1).to_bytes(2, "big"), pack_u64(1)))
+    assert not engine.store.run_write(lambda tx: engine.op_smpp_bind(tx, SmppBindRequest(
+        system_id="legacy", worker=0, max_binds=1, node="a", now=T0 + 10**6)))
+    assert engine.store.run_write(lambda tx: engine.op_smpp_binds_reset(
+        tx, SmppBindsOf(node="a", worker=-1, now=T0))) == 2  # legacy + a's esme
 
 
 def test_a_receipt_queued_before_the_receipt_facts_still_decodes() -> None:
@@ -144,3 +196,30 @@ def test_a_receipt_queued_before_the_receipt_facts_still_decodes() -> None:
     msg = messaging.decode(msgspec.msgpack.encode(old))
     assert msg.receipt_stat == "" and msg.payload == b"id:m1 stat:DELIVRD"
     assert msg.receipted_id == "m1" and msg.receipt_state == 2
+
+
+def test_on_redis_a_message_lives_in_its_account_and_settled_ones_expire(
+        cluster_store: ClusterStore) -> None:
+    from ocs.store.cluster import slot_of, sms_due_key, sms_key
+
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    engine = ChargingEngine(cluster_store, None, EngineSettings(node="t1"))
+    add(engine.store, "41790000001", balance="1.00")
+    mid = submit(engine, b"r1")
+    assert mid.startswith("41790000001-")  # the id names its account
+    key = sms_key(mid.encode())
+    assert key.startswith(b"{41790000001}:sms:")
+    rc = cluster_store.rc
+    assert rc.pttl(key) == -1  # waiting: kept
+    assert rc.zscore(sms_due_key(slot_of(key)), key) == T0
+    assert outcome(engine, mid, "delivered", T0 + 3)
+    ttl = rc.pttl(key)
+    assert 0 < ttl <= cluster_store.answer_ttl_ms  # history: kept as long as answers
+    assert rc.zscore(sms_due_key(slot_of(key)), key) is None
+    (r,) = queued(engine)
+    assert slot_of(sms_key(r.message_id.encode())) == slot_of(key)  # receipt: same slot
+    # ids that name no account of this backend are no message (not an error)
+    for bad in ("nope", "-1", "4179-x", "{41790000001}-1", ""):
+        assert not outcome(engine, bad, "delivered", T0 + 4)
+    assert balance(engine) == 950_000
+    assert cluster_store.verify(undrained=True) == []

@@ -100,3 +100,28 @@ def test_the_command(tmp_path: Path, redis_nodes: RedisCluster) -> None:
     assert '"subscribers": 1' in p.stdout
     shown = ocs("subscriber", "show", ALICE, "--json", config=dst)
     assert shown.returncode == 0 and '"balance": "3.2500"' in shown.stdout
+
+
+def test_messages_waiting_for_delivery_are_reported_not_lost_silently(
+        demo_store: Store, cluster_store: ClusterStore) -> None:
+    """An SMS queued on LMDB has an id an ESME holds for its receipt; the cluster's ids
+    name their account, so it cannot move: the migration says so (exit 1 in the CLI)
+    and, once the queue is empty, a run again finishes clean."""
+    from ocs.charging.model import SmsOutcomeRequest, SubmitSmsRequest
+
+    add(demo_store, ALICE, balance="1.00")
+    old = engine_on(demo_store)
+    d = demo_store.run_write(lambda tx: old.op_submit_sms(tx, SubmitSmsRequest(
+        debit=DebitRequest(request_key=b"q1", subscriber=((IdKind.MSISDN, ALICE),),
+                           service=Service.SMS, destination="41791234567", now=T0),
+        submitter="esme", route="esme", source=ALICE, destination="41791234567",
+        payload=b"hi")))
+    assert d.ok and d.charged == 50_000
+    moved = migrate(demo_store, cluster_store, answer_retention_s=10**9)
+    assert moved.skipped == ["1 SMS message(s) waiting for delivery: not carried "
+                             "(let the queue empty, then run again)"]
+    assert moved.subscribers == 1  # the rest moved
+    assert demo_store.run_write(lambda tx: old.op_sms_outcome(tx, SmsOutcomeRequest(
+        message_id=str(d.record_id), outcome="delivered", now=T0 + 1)))
+    again = migrate(demo_store, cluster_store, answer_retention_s=10**9)
+    assert again.skipped == [] and again.already_there == 1
