@@ -90,10 +90,13 @@ def due(store: Store, now: int, *, fresh_routes: set[str], skip: set[str],
 
 
 def due_in_cluster(store: ClusterStore, now: int, *, fresh_routes: set[str],
-                   skip: set[str], limit: int = 500) -> list[SmsMessage]:
-    """:func:`due` on a Redis Cluster (network reads: call it off the event loop)."""
+                   skip: set[str], limit: int = 500, receivers: bool = True
+                   ) -> list[SmsMessage]:
+    """:func:`due` on a Redis Cluster (network reads: call it off the event loop);
+    ``receivers``: some are bound to this process (it looks at every slot more often)."""
     out: list[SmsMessage] = []
-    for raw in store.sms_due(now, everything=bool(fresh_routes), limit=limit):
+    for raw in store.sms_due(now, everything=bool(fresh_routes), limit=limit,
+                             receivers=receivers):
         msg = _dec.decode(raw)
         if msg.state == "enroute" and msg.message_id not in skip and (
                 msg.next_try <= now or msg.route in fresh_routes):

@@ -132,5 +132,5 @@ class Recorder:
         return []
 
     async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                           limit: int = 500) -> list[SmsMessage]:
+                           limit: int = 500, receivers: bool = True) -> list[SmsMessage]:
         return []

@@ -286,6 +286,8 @@ class ChargingService(Protocol):
         question: a NAS restarted; may raise ChargingBusy when too many wait)."""
 
     async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                           limit: int = 500) -> list[SmsMessage]:
+                           limit: int = 500, receivers: bool = True) -> list[SmsMessage]:
         """Queued messages whose next try has come, and any routed to ``fresh_routes``
-        (a receiver just bound); ``skip``: ids being delivered right now."""
+        (a receiver just bound); ``skip``: ids being delivered right now; ``receivers``:
+        some are bound to this process (on a cluster it looks for what waits for them
+        more often)."""

@@ -242,12 +242,12 @@ class EngineChargingService:
         return [_hold(r) for r in found]
 
     async def due_messages(self, now: int, *, fresh_routes: set[str], skip: set[str],
-                           limit: int = 500) -> list[SmsMessage]:
+                           limit: int = 500, receivers: bool = True) -> list[SmsMessage]:
         store = self.engine.store
         if isinstance(store, ClusterStore):  # network reads: off the event loop
             return await asyncio.to_thread(due_in_cluster, store, now,
                                            fresh_routes=fresh_routes, skip=set(skip),
-                                           limit=limit)
+                                           limit=limit, receivers=receivers)
         return due(self.engine.lmdb("the SMS queue"), now, fresh_routes=fresh_routes,
                    skip=skip, limit=limit)
 

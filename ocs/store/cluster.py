@@ -132,8 +132,11 @@ _RERATE = b"rerate\x00"
 _BINDS = SHARED + b":smppbinds"
 """The SMPP bind counts (engine ``op_smpp_bind``): field = key after META_SMPP_BINDS."""
 SMS_SCAN_S = 1.0
-"""How often a process reads every slot's SMS due set (a message submitted on another
-node, for a receiver bound here, is found then)."""
+"""How often a process with receivers bound reads every slot's SMS due set (a message
+submitted on another node, for a receiver bound here, is found then)."""
+SMS_IDLE_SCAN_S = 10.0
+"""How often a process with no receiver bound does (what waits for nobody is expired or
+put off by whoever looks first; a full look costs Redis ~13 ms of CPU)."""
 
 LIBRARY = """#!lua name=ocs
 -- ocs_apply: check what an operation read, then write what it decided (one slot).
@@ -971,7 +974,7 @@ class ClusterStore:
         self._sms_slots: dict[int, int] = {}
         """Slot -> the earliest next try in its SMS due set (as this process last saw or
         wrote it)."""
-        self._next_sms_scan = 0.0
+        self._last_sms_scan = -SMS_IDLE_SCAN_S
         self.sms_queued = 0
         """SMS messages waiting for delivery in the cluster, at the last full look."""
         self._next_full = {"outbox": 0.0, "expiry": 0.0}
@@ -1389,18 +1392,20 @@ class ClusterStore:
         out.sort(key=lambda e: e[1])
         return out[:limit]
 
-    def sms_due(self, now: int, *, everything: bool = False, limit: int = 500
-                ) -> list[bytes]:
+    def sms_due(self, now: int, *, everything: bool = False, limit: int = 500,
+                receivers: bool = True) -> list[bytes]:
         """SMS messages (encoded) whose next try has come at ``now`` (``everything``:
         whenever due, for a receiver that just bound), at most ``limit``: from the due
         sets of the slots this process knows to hold some, and of every slot once an
         ``SMS_SCAN_S`` (every serving process looks: a message waits for the node its
-        receiver is bound to). One call per primary."""
+        receiver is bound to; without ``receivers`` bound here, nor a receiver that
+        just bound, once an ``SMS_IDLE_SCAN_S``). One call per primary."""
         mono = time.monotonic()
+        every = SMS_SCAN_S if receivers or everything else SMS_IDLE_SCAN_S
         with self._lock:
-            full = mono >= self._next_sms_scan
+            full = mono >= self._last_sms_scan + every
             if full:
-                self._next_sms_scan = mono + SMS_SCAN_S
+                self._last_sms_scan = mono
                 slots = list(range(SLOTS))
             else:
                 slots = sorted(s for s, at in self._sms_slots.items()
@@ -1417,7 +1422,7 @@ class ClusterStore:
         except StoreError:
             if full:
                 with self._lock:
-                    self._next_sms_scan = 0.0
+                    self._last_sms_scan = -SMS_IDLE_SCAN_S
             raise
         out: list[bytes] = []
         queued = 0

@@ -277,8 +277,10 @@ class SmppListener:
 
     async def _due(self, now: int, fresh: set[str]) -> list[SmsMessage]:
         """Messages whose next try has come, and any waiting for a freshly bound route."""
-        return await self.agent.charging.due_messages(now, fresh_routes=fresh,
-                                                      skip=self._inflight)
+        return await self.agent.charging.due_messages(
+            now, fresh_routes=fresh, skip=self._inflight,
+            receivers=any(c.transport is not None and c.session.receiver
+                          for c in self.connections))
 
     async def _touch_binds(self) -> None:
         """This worker still holds its binds (counted in the store over every worker and

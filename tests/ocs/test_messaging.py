@@ -49,7 +49,7 @@ def queued(engine: ChargingEngine) -> list[messaging.SmsMessage]:
     from ocs.store.env import SMS
 
     if isinstance(engine.store, ClusterStore):  # every slot's due set, read now
-        engine.store._next_sms_scan = 0.0
+        engine.store._last_sms_scan = -1e9
         return sorted((messaging.decode(raw) for raw in engine.store.sms_due(
             2**40, everything=True, limit=10_000)), key=lambda m: (m.next_try, m.message_id))
     store = engine.lmdb("the queue")
@@ -223,3 +223,44 @@ def test_on_redis_a_message_lives_in_its_account_and_settled_ones_expire(
         assert not outcome(engine, bad, "delivered", T0 + 4)
     assert balance(engine) == 950_000
     assert cluster_store.verify(undrained=True) == []
+
+
+def test_on_redis_another_node_finds_messages_by_looking_at_every_slot(
+        cluster_store: ClusterStore, redis_nodes: object) -> None:
+    """Node B knows the slots it wrote to; what node A queued it finds by a look at every
+    slot's due set: once a second with receivers bound here (or one that just bound),
+    once in SMS_IDLE_SCAN_S without."""
+    from ocs.store.cluster import SMS_IDLE_SCAN_S, SMS_SCAN_S, slot_of, sms_key
+
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    engine = ChargingEngine(cluster_store, None, EngineSettings(node="a"))
+    bob = "41790000002"
+    add(engine.store, "41790000001", balance="1.00")
+    add(engine.store, bob, balance="1.00")
+    first = submit(engine, b"a1")
+    node_b = ClusterStore(redis_nodes.nodes)  # type: ignore[attr-defined]
+    try:
+        def found(**kw: bool) -> set[str]:
+            return {messaging.decode(r).message_id
+                    for r in node_b.sms_due(T0 + 1, **kw)}
+
+        assert found(receivers=False) == {first}  # its first look is at every slot
+        d = engine.store.run_write(lambda tx: engine.op_submit_sms(tx, SubmitSmsRequest(
+            debit=DebitRequest(request_key=b"a2", subscriber=((IdKind.MSISDN, bob),),
+                               service=Service.SMS, destination="41791234567", now=T0),
+            submitter="esme", route="esme", source=bob, destination="41791234567",
+            payload=b"yo")))
+        second = str(d.record_id)
+        assert slot_of(sms_key(second.encode())) != slot_of(sms_key(first.encode()))
+        assert found(receivers=False) == {first}  # only the slot it knows, for now
+        node_b._last_sms_scan -= SMS_SCAN_S
+        assert found(receivers=False) == {first}  # idle: not before SMS_IDLE_SCAN_S
+        assert found(receivers=True) == {first, second}  # receivers here: every second
+        node_b._last_sms_scan -= SMS_SCAN_S
+        assert found(receivers=False, everything=True) == {first, second}  # one just bound
+        assert SMS_IDLE_SCAN_S > SMS_SCAN_S
+        assert engine.store.run_write(lambda tx: engine.op_sms_outcome(tx, SmsOutcomeRequest(
+            message_id=second, outcome="delivered", now=T0 + 2)))
+        assert found(receivers=False) == {first}  # settled: out of the due set
+    finally:
+        node_b.close()
