@@ -26,6 +26,7 @@ from typing import Protocol
 import msgspec
 
 from ocs.charging.model import (
+    BIND_TOUCH_S,
     BalanceView,
     Debit,
     Grant,
@@ -47,7 +48,7 @@ from ocs.rating.plans import Service
 from ocs.store.records import Subscriber
 
 __all__ = [
-    "BalanceView", "ChargeEvent", "ChargingBusy", "ChargingError", "ChargingPaused",
+    "BIND_TOUCH_S", "BalanceView", "ChargeEvent", "ChargingBusy", "ChargingError", "ChargingPaused",
     "ChargingService", "ChargingUnavailable", "CloseSession", "Debit", "DeliveryOutcome",
     "Grant", "IdKind", "Identity", "OpenSession", "PriceEnquiry", "PriceQuote", "Refund",
     "RefundEvent", "Refusal", "ReleaseSession", "Released", "RequestRef", "Service",

@@ -14,8 +14,7 @@ from typing import Any
 import structlog
 
 from ocs import metrics
-from ocs.charging.api import DeliveryOutcome, SmppBindsOf, SmsMessage
-from ocs.charging.model import BIND_TOUCH_S
+from ocs.charging.api import BIND_TOUCH_S, DeliveryOutcome, SmppBindsOf, SmsMessage
 from ocs.config import Config, parse_listen
 from protocols.smpp.agent import SmppAgent
 from protocols.smpp.pdu import (
