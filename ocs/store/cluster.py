@@ -972,6 +972,10 @@ class ClusterStore:
         """Slot -> the earliest expiry that may be in its set (written by this process
         since the last look)."""
         self._sms_slots: dict[int, int] = {}
+        self._sms_gen = 0
+        self._sms_written: dict[int, int] = {}
+        """Slot -> the number of this process's last write to its SMS due set (a look
+        knows which slots were written while it read)."""
         """Slot -> the earliest next try in its SMS due set (as this process last saw or
         wrote it)."""
         self._last_sms_scan = -SMS_IDLE_SCAN_S
@@ -1276,9 +1280,13 @@ class ClusterStore:
                     self._outbox_slots.add(slot_of(w[1]))
             elif w[0] == "ZA":
                 slot, at = slot_of(w[1]), int(w[2])
-                seen = self._sms_slots if w[1].endswith(b":smsdue") else self._expiry_slots
+                sms = w[1].endswith(b":smsdue")
+                seen = self._sms_slots if sms else self._expiry_slots
                 with self._lock:
                     seen[slot] = min(at, seen.get(slot, at))
+                    if sms:
+                        self._sms_gen += 1
+                        self._sms_written[slot] = self._sms_gen
 
     def _full_scan(self, what: str) -> bool:
         """Whether this process looks at every slot (``what``: expiry sets or outboxes)
@@ -1403,6 +1411,7 @@ class ClusterStore:
         mono = time.monotonic()
         every = SMS_SCAN_S if receivers or everything else SMS_IDLE_SCAN_S
         with self._lock:
+            gen = self._sms_gen
             full = mono >= self._last_sms_scan + every
             if full:
                 self._last_sms_scan = mono
@@ -1433,14 +1442,15 @@ class ClusterStore:
                 queued += int(count)
                 out += [bytes(m) for m in msgs]
         with self._lock:
-            for slot in slots:  # (a message written since keeps its earlier time)
+            for slot in slots:
                 at = found.get(slot)
-                if at is None:
-                    if slot in self._sms_slots and self._sms_slots[slot] > now:
-                        continue  # written after the look
+                if self._sms_written.get(slot, 0) > gen:  # written since the look read
+                    if at is not None:
+                        self._sms_slots[slot] = min(at, self._sms_slots.get(slot, at))
+                elif at is None:
                     self._sms_slots.pop(slot, None)
                 else:
-                    self._sms_slots[slot] = min(at, self._sms_slots.get(slot, at))
+                    self._sms_slots[slot] = at  # (what is due later is looked at then)
             if full:
                 self.sms_queued = queued
         return out[:limit]

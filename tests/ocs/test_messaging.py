@@ -264,3 +264,24 @@ def test_on_redis_another_node_finds_messages_by_looking_at_every_slot(
         assert found(receivers=False) == {first}  # settled: out of the due set
     finally:
         node_b.close()
+
+
+def test_on_redis_a_slot_is_looked_at_again_when_its_next_message_is_due(
+        cluster_store: ClusterStore) -> None:
+    from ocs.store.cluster import slot_of, sms_key
+
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    engine = ChargingEngine(cluster_store, None, EngineSettings(node="a"))
+    add(engine.store, "41790000001", balance="1.00")
+    mid = submit(engine, b"l1", regd=0)
+    slot = slot_of(sms_key(mid.encode()))
+    store = cluster_store
+    assert [messaging.decode(r).message_id for r in store.sms_due(T0)] == [mid]  # (full)
+    store._last_sms_scan = float("inf")  # no more looks at every slot: the known ones
+    assert outcome(engine, mid, "retry", T0 + 1)  # next try T0 + 6
+    assert store.sms_due(T0 + 2) == [] and store._sms_slots[slot] == T0 + 6
+    before = store.round_trips
+    assert store.sms_due(T0 + 3) == [] and store.round_trips == before  # nothing asked
+    assert [messaging.decode(r).message_id for r in store.sms_due(T0 + 6)] == [mid]
+    assert outcome(engine, mid, "delivered", T0 + 7)
+    assert store.sms_due(T0 + 8) == [] and slot not in store._sms_slots
