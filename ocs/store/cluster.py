@@ -972,10 +972,12 @@ class ClusterStore:
         """Slot -> the earliest expiry that may be in its set (written by this process
         since the last look)."""
         self._sms_slots: dict[int, int] = {}
-        self._sms_gen = 0
+        self._gen = 0
         self._sms_written: dict[int, int] = {}
-        """Slot -> the number of this process's last write to its SMS due set (a look
-        knows which slots were written while it read)."""
+        """Slot -> the number (``_gen``) of this process's last write to its SMS due set
+        (a look knows which slots were written while it read)."""
+        self._expiry_written: dict[int, int] = {}
+        """The same for the reservation expiry sets."""
         """Slot -> the earliest next try in its SMS due set (as this process last saw or
         wrote it)."""
         self._last_sms_scan = -SMS_IDLE_SCAN_S
@@ -1284,9 +1286,8 @@ class ClusterStore:
                 seen = self._sms_slots if sms else self._expiry_slots
                 with self._lock:
                     seen[slot] = min(at, seen.get(slot, at))
-                    if sms:
-                        self._sms_gen += 1
-                        self._sms_written[slot] = self._sms_gen
+                    self._gen += 1
+                    (self._sms_written if sms else self._expiry_written)[slot] = self._gen
 
     def _full_scan(self, what: str) -> bool:
         """Whether this process looks at every slot (``what``: expiry sets or outboxes)
@@ -1374,6 +1375,7 @@ class ClusterStore:
                     self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
         with self._lock:
             slots = [s for s, at in self._expiry_slots.items() if at <= now]
+            gen = self._gen
         out: list[tuple[bytes, int]] = []
         for slot in slots:
             k = expiry_key(slot)
@@ -1392,11 +1394,14 @@ class ClusterStore:
                 first = first[0]
             earliest = int(float(first[1])) if first else None
             with self._lock:
-                if earliest is None:
+                if self._expiry_written.get(slot, 0) > gen:  # written since the look
+                    if earliest is not None:
+                        self._expiry_slots[slot] = min(
+                            earliest, self._expiry_slots.get(slot, earliest))
+                elif earliest is None:
                     self._expiry_slots.pop(slot, None)
-                else:  # (a reservation written since keeps its earlier time)
-                    self._expiry_slots[slot] = min(earliest,
-                                                   self._expiry_slots.get(slot, earliest))
+                else:  # (what is due now is looked at again: expired by then, or not)
+                    self._expiry_slots[slot] = earliest
         out.sort(key=lambda e: e[1])
         return out[:limit]
 
@@ -1411,7 +1416,7 @@ class ClusterStore:
         mono = time.monotonic()
         every = SMS_SCAN_S if receivers or everything else SMS_IDLE_SCAN_S
         with self._lock:
-            gen = self._sms_gen
+            gen = self._gen
             full = mono >= self._last_sms_scan + every
             if full:
                 self._last_sms_scan = mono

@@ -578,3 +578,28 @@ def test_one_hot_account_on_one_node_never_runs_out_of_attempts(
     assert results == [True] * 80 and store.conflicts == 0
     v = e.check_balance(ids(), now=T0)
     assert v is not None and v.balance == 100_000_000 - 80 * 150_000
+
+
+def test_the_reaper_looks_at_a_slot_again_only_when_its_next_reservation_is_due(
+        store: ClusterStore) -> None:
+    """Once what was due in a slot is expired, the slot's next look is at its next
+    reservation's time (not every pass while it holds any reservation)."""
+    from ocs.charging.model import ExpireRequest
+    from ocs.store.cluster import slot_of
+
+    add(store, ALICE, balance="1.00")
+    e = engine_on(store)
+    for sid, at in (("early", T0), ("late", T0 + 500)):
+        assert e.reserve_sync(ReserveRequest(
+            request_key=sid.encode(), session_id=sid, subscriber=ids(),
+            service=Service.DATA, units=MB, rating_group=10, now=at)).ok
+    slot = slot_of(b"{" + ALICE.encode() + b"}")
+    (key, exp), = store.expiries(T0 + 901)  # (its first look: every slot)
+    store._next_full["expiry"] = float("inf")  # from here, only the slots it knows
+    assert store.run_write(lambda tx: e.op_expire(
+        tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 901)))
+    assert store.expiries(T0 + 902) == []
+    assert store._expiry_slots[slot] == T0 + 500 + 900  # the late one's time
+    before = store.round_trips
+    assert store.expiries(T0 + 903) == [] and store.round_trips == before  # not asked
+    assert [k for k, _ in store.expiries(T0 + 1400)] != []  # due: looked at again
