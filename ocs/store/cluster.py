@@ -969,17 +969,17 @@ class ClusterStore:
         self._stripes = [threading.Lock() for _ in range(1024)]
         self._outbox_slots: set[int] = set()
         self._expiry_slots: dict[int, int] = {}
-        """Slot -> the earliest expiry that may be in its set (written by this process
-        since the last look)."""
+        """Slot -> the earliest expiry in its set (as this process last saw or wrote
+        it)."""
         self._sms_slots: dict[int, int] = {}
+        """Slot -> the earliest next try in its SMS due set (as this process last saw or
+        wrote it)."""
         self._gen = 0
         self._sms_written: dict[int, int] = {}
         """Slot -> the number (``_gen``) of this process's last write to its SMS due set
         (a look knows which slots were written while it read)."""
         self._expiry_written: dict[int, int] = {}
         """The same for the reservation expiry sets."""
-        """Slot -> the earliest next try in its SMS due set (as this process last saw or
-        wrote it)."""
         self._last_sms_scan = -SMS_IDLE_SCAN_S
         self.sms_queued = 0
         """SMS messages waiting for delivery in the cluster, at the last full look."""
