@@ -364,15 +364,16 @@ def _ctx(request: Request[Any, Any, Any]) -> ApiContext:
 
 
 _SCAN = threading.Lock()
-"""One scan of every CDR file at a time (a usage history, a KPI report: seconds of DuckDB
-over months of files); a second one meanwhile is told to come back rather than queued,
-so API callers cannot stack scans against the cores charging needs."""
+"""One scan at a time: of every CDR file (a usage history, a KPI report: seconds of
+DuckDB over months of files) or, on a cluster, of every primary's keys (a page of
+subscribers); a second one meanwhile is told to come back rather than queued, so API
+callers cannot stack scans against the cores charging needs."""
 
 
 @contextlib.contextmanager
-def _one_scan() -> Iterator[None]:
+def _one_scan(what: str = "the CDR files") -> Iterator[None]:
     if not _SCAN.acquire(blocking=False):
-        raise HTTPException(status_code=503, detail="another scan of the CDR files is "
+        raise HTTPException(status_code=503, detail=f"a scan of {what} is already "
                             "running; try again shortly", headers={"Retry-After": "2"})
     try:
         yield
@@ -433,7 +434,7 @@ def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
     if q:
         return {"items": views.find_subscribers(ctx.ledger, q), "next_cursor": None}
     if ctx.cluster is not None:  # a page is a scan of every primary's keys: one at a time
-        with _one_scan():
+        with _one_scan("the cluster's subscribers"):
             items, last = views.subscriber_page(
                 ((s, b) for _m, s, b in ctx.cluster.subscriber_records()),
                 after=_cursor(cursor), limit=min(limit, ctx.max_page), status=status or "")
