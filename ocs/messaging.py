@@ -54,6 +54,9 @@ _dec = msgspec.msgpack.Decoder(SmsMessage)
 _enc = msgspec.msgpack.Encoder()
 
 MAX_BACKOFF_S = 600
+FRESH_READ = 20_000
+"""On a cluster, how many waiting messages (of any route) a look for a receiver that just
+bound reads to find that route's."""
 
 
 def backoff(attempts: int) -> int:
@@ -95,14 +98,16 @@ def due_in_cluster(store: ClusterStore, now: int, *, fresh_routes: set[str],
     """:func:`due` on a Redis Cluster (network reads: call it off the event loop);
     ``receivers``: some are bound to this process (it looks at every slot more often)."""
     out: list[SmsMessage] = []
-    for raw in store.sms_due(now, everything=bool(fresh_routes), limit=limit,
+    # a receiver just bound: read past ``limit`` what waits for others (bounded)
+    for raw in store.sms_due(now, everything=bool(fresh_routes),
+                             limit=max(limit, FRESH_READ) if fresh_routes else limit,
                              receivers=receivers):
         msg = _dec.decode(raw)
         if msg.state == "enroute" and msg.message_id not in skip and (
                 msg.next_try <= now or msg.route in fresh_routes):
             out.append(msg)
     out.sort(key=lambda m: m.next_try)
-    return out
+    return out[:limit]
 
 
 def enqueue(tx: Tx, msg: SmsMessage) -> None:

@@ -285,3 +285,24 @@ def test_on_redis_a_slot_is_looked_at_again_when_its_next_message_is_due(
     assert [messaging.decode(r).message_id for r in store.sms_due(T0 + 6)] == [mid]
     assert outcome(engine, mid, "delivered", T0 + 7)
     assert store.sms_due(T0 + 8) == [] and slot not in store._sms_slots
+
+
+def test_on_redis_a_receiver_that_binds_gets_its_messages_behind_many_others(
+        cluster_store: ClusterStore) -> None:
+    """A look for a freshly bound route reads past the page limit: 30 messages put off
+    for another route do not hide the one waiting for the new receiver."""
+    cluster_store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    engine = ChargingEngine(cluster_store, None, EngineSettings(node="a"))
+    add(engine.store, "41790000001", balance="10.00")
+    for i in range(30):
+        mid = submit(engine, b"o%d" % i, regd=0)
+        assert outcome(engine, mid, "retry", T0)  # put off: next try T0 + 5
+    d = engine.store.run_write(lambda tx: engine.op_submit_sms(tx, SubmitSmsRequest(
+        debit=DebitRequest(request_key=b"mine", subscriber=((IdKind.MSISDN, "41790000001"),),
+                           service=Service.SMS, destination="41891234567", now=T0),
+        submitter="esme", route="other", source="41790000001", destination="41891234567",
+        payload=b"x")))
+    assert outcome(engine, str(d.record_id), "retry", T0)
+    got = messaging.due_in_cluster(cluster_store, T0 + 1, fresh_routes={"other"},
+                                   skip=set(), limit=10)
+    assert [m.message_id for m in got] == [str(d.record_id)]
