@@ -39,6 +39,18 @@ def engine(demo_store: Store) -> ChargingEngine:
     )
 
 
+@pytest.fixture(params=["lmdb", "redis"])
+def engine_on_both(request: pytest.FixtureRequest, demo_store: Store) -> ChargingEngine:
+    """The engine on each store adapter in turn: the LMDB store, then an empty store on
+    the shared Redis Cluster; the demo plans loaded in either."""
+    settings = EngineSettings(node="t1", home_networks=frozenset({"22801"}))
+    if request.param == "lmdb":
+        return ChargingEngine(demo_store, None, settings)
+    store: ClusterStore = request.getfixturevalue("cluster_store")
+    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
+    return ChargingEngine(store, None, settings)
+
+
 @pytest.fixture
 def repo_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory holding a copy of config/, as a user's checkout would."""

@@ -95,6 +95,7 @@ NOBODY = b"~"
 """The tag of answers to requests that name no known subscriber."""
 SHARED = b"{ocs}"
 SHARED_TTL_S = 1.0
+"""How long a charging operation may use a shared record (the plans version) it read."""
 FLUSH = SHARED + b":flush"
 """The number of the last ``ocs cdr flush`` asked for, cluster-wide."""
 NODES = SHARED + b":nodes"
@@ -103,7 +104,6 @@ LEASE = SHARED + b":lease:"
 """+ job (expiry | outbox): the process that scans every slot for it (``ocs_lease``)."""
 OWNER_HINTS = 200_000
 """Session owners a process remembers (the oldest forgotten first)."""
-"""How long a charging operation may use a shared record (the plans version) it read."""
 
 _ACCOUNT_STR = {SUBSCRIBERS: b":sub", BALANCES: b":bal"}
 """Records keyed by the MSISDN alone: one string key each."""
@@ -429,6 +429,56 @@ def pre_ok(cmd: tuple[Any, ...], reply: Any) -> bool:
     """Whether a hint written before an operation took: an index entry taken with
     ``ocs_cas`` may have been taken by another node since it was read (0)."""
     return not (cmd[0] == "FCALL" and not int(reply))
+
+
+class SlotTimes:
+    """Slot -> the earliest score of one sorted set per slot (the reservation expiry
+    sets, the SMS due sets), as this process last read or wrote it: which slots to
+    look at, and when. A look's reading replaces what was known, unless this process
+    wrote to the slot while it read (then the earlier of the two counts)."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        """Slot -> the number of this process's last write to it (``_writes``)."""
+        self._writes = 0
+        self._lock = threading.Lock()
+
+    def wrote(self, slot: int, at: int) -> None:
+        """This process added a member scored ``at`` to the slot's set."""
+        with self._lock:
+            self.at[slot] = min(at, self.at.get(slot, at))
+            self._writes += 1
+            self._written[slot] = self._writes
+
+    def saw(self, found: dict[int, int]) -> None:
+        """Slot -> earliest score, from a look at many slots (kept with what is known)."""
+        with self._lock:
+            for slot, at in found.items():
+                self.at[slot] = min(at, self.at.get(slot, at))
+
+    def due(self, now: int, *, everything: bool = False) -> tuple[list[int], int]:
+        """The slots with something due at ``now`` (``everything``: with anything), in
+        order, and the mark a look at them passes to :meth:`looked`."""
+        with self._lock:
+            return sorted(s for s, at in self.at.items() if everything or at <= now), \
+                self._writes
+
+    def mark(self) -> int:
+        """The mark of a look at slots chosen otherwise (every slot)."""
+        with self._lock:
+            return self._writes
+
+    def looked(self, slot: int, earliest: int | None, mark: int) -> None:
+        """A look (begun at ``mark``) read the slot's earliest score (None: empty)."""
+        with self._lock:
+            if self._written.get(slot, 0) > mark:  # written while the look read
+                if earliest is not None:
+                    self.at[slot] = min(earliest, self.at.get(slot, earliest))
+            elif earliest is None:
+                self.at.pop(slot, None)
+            else:  # (what is due now is looked at again: settled by then, or not)
+                self.at[slot] = earliest
 
 
 class Miss(Exception):
@@ -837,9 +887,9 @@ class ClusterTx(Tx):
     def _fetch(self, slot_key: bytes, cmds: tuple[tuple[Any, ...], ...],
                tag: bytes | None = None) -> list[Any]:
         """The replies of read commands ``cmds`` of ``slot_key``'s slot. Blocking, or,
-        for the event loop's driver (:meth:`ClusterStore.run_write_async`), the replies
-        it fetched for the same commands in an earlier run; else :class:`Miss` (``tag``:
-        the account those reads are of, whose turn the driver takes first)."""
+        for the event loop's driver (``ocs.store.cluster_loop.LoopDriver.run_write``), the
+        replies it fetched for the same commands in an earlier run; else :class:`Miss`
+        (``tag``: the account those reads are of, whose turn the driver takes first)."""
         if self._replies is None:
             return self._store.read_batch(slot_key, list(cmds))
         got = self._replies.get((slot_key, cmds))
@@ -953,9 +1003,9 @@ class ClusterStore:
         plans on their event loop, which must not stall for a failover."""
         self._refresher: threading.Thread | None = None
         self.conflicts = 0
+        """Operations run again because a record they read changed (a counter)."""
         self.round_trips = 0
         """Exchanges with Redis (a batch of pipelined commands counts once)."""
-        """Operations run again because a record they read changed (a counter)."""
         self._shared: dict[tuple[bytes, bytes | None], tuple[float, bytes | None]] = {}
         self.shared_ttl_s = SHARED_TTL_S
         self._owners: dict[bytes, bytes] = {}
@@ -968,18 +1018,10 @@ class ClusterStore:
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(1024)]
         self._outbox_slots: set[int] = set()
-        self._expiry_slots: dict[int, int] = {}
-        """Slot -> the earliest expiry in its set (as this process last saw or wrote
-        it)."""
-        self._sms_slots: dict[int, int] = {}
-        """Slot -> the earliest next try in its SMS due set (as this process last saw or
-        wrote it)."""
-        self._gen = 0
-        self._sms_written: dict[int, int] = {}
-        """Slot -> the number (``_gen``) of this process's last write to its SMS due set
-        (a look knows which slots were written while it read)."""
-        self._expiry_written: dict[int, int] = {}
-        """The same for the reservation expiry sets."""
+        self._expiry_slots = SlotTimes()
+        """The earliest expiry in each slot's reservation expiry set."""
+        self._sms_slots = SlotTimes()
+        """The earliest next try in each slot's SMS due set."""
         self._last_sms_scan = -SMS_IDLE_SCAN_S
         self.sms_queued = 0
         """SMS messages waiting for delivery in the cluster, at the last full look."""
@@ -1030,14 +1072,7 @@ class ClusterStore:
 
     def read_batch(self, slot_key: bytes, cmds: list[tuple[Any, ...]]) -> list[Any]:
         """Reads of ``slot_key``'s slot, pipelined in one round trip; their replies."""
-        def once() -> list[Any]:
-            out = self._exec(slot_key, *cmds)
-            for r in out:
-                if isinstance(r, ResponseError):
-                    self._raise(r)
-            return out
-
-        return self._retrying(once)
+        return self._retrying(lambda: self._exec_checked(slot_key, *cmds))
 
     def owner_hint(self, unit: bytes) -> bytes | None:
         """The subscriber this process last saw open reservation ``unit`` in (a hint:
@@ -1113,6 +1148,14 @@ class ClusterStore:
             conn.disconnect()
             raise ConnectionError(str(exc)) from exc
 
+    def _exec_checked(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> list[Any]:
+        """:meth:`_exec`, an error reply raised (:meth:`_raise`)."""
+        out = self._exec(slot_key, *cmds)
+        for r in out:
+            if isinstance(r, ResponseError):
+                self._raise(r)
+        return out
+
     def _raise(self, reply: ResponseError) -> None:
         """An error reply: the slot moved or its shard fails over (retried), a library
         missing on a new primary (loaded, retried), or an error of ours."""
@@ -1170,10 +1213,7 @@ class ClusterStore:
 
     def _durable_once(self, slot_key: bytes, *cmds: tuple[Any, ...]) -> Any:
         wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        out = self._exec(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
-        for r in out:
-            if isinstance(r, ResponseError):
-                self._raise(r)
+        out = self._exec_checked(slot_key, *cmds, *((wait,) if self.wait_replicas else ()))
         if self.wait_replicas and int(out[-1]) < self.wait_replicas:
             raise StoreError(f"redis: {out[-1]} of {self.wait_replicas} replicas "
                              f"acknowledged within {self.wait_timeout_ms} ms")
@@ -1188,10 +1228,7 @@ class ClusterStore:
         def run(part: list[int]) -> Any:
             if durable:
                 return self._durable_once(outbox_key(part[0]), cmd(part))
-            reply = self._exec(outbox_key(part[0]), cmd(part))[0]
-            if isinstance(reply, ResponseError):
-                self._raise(reply)
-            return reply
+            return self._exec_checked(outbox_key(part[0]), cmd(part))[0]
 
         def once() -> list[tuple[list[int], Any]]:
             groups: dict[str, list[int]] = {}
@@ -1281,13 +1318,8 @@ class ClusterStore:
                 with self._lock:
                     self._outbox_slots.add(slot_of(w[1]))
             elif w[0] == "ZA":
-                slot, at = slot_of(w[1]), int(w[2])
-                sms = w[1].endswith(b":smsdue")
-                seen = self._sms_slots if sms else self._expiry_slots
-                with self._lock:
-                    seen[slot] = min(at, seen.get(slot, at))
-                    self._gen += 1
-                    (self._sms_written if sms else self._expiry_written)[slot] = self._gen
+                times = self._sms_slots if w[1].endswith(b":smsdue") else self._expiry_slots
+                times.wrote(slot_of(w[1]), int(w[2]))
 
     def _full_scan(self, what: str) -> bool:
         """Whether this process looks at every slot (``what``: expiry sets or outboxes)
@@ -1369,39 +1401,18 @@ class ClusterStore:
         this process wrote reservations to, and of every slot once a ``full_scan_s``
         (what other nodes, perhaps gone, left)."""
         if self._full_scan("expiry"):
-            found = self.scan_slots(expiry_key, "Z")
-            with self._lock:
-                for slot, at in found.items():
-                    self._expiry_slots[slot] = min(at, self._expiry_slots.get(slot, at))
-        with self._lock:
-            slots = [s for s, at in self._expiry_slots.items() if at <= now]
-            gen = self._gen
+            self._expiry_slots.saw(self.scan_slots(expiry_key, "Z"))
+        slots, mark = self._expiry_slots.due(now)
         out: list[tuple[bytes, int]] = []
         for slot in slots:
             k = expiry_key(slot)
-
-            def due(k: bytes = k) -> list[Any]:
-                replies = self._exec(k, ("ZRANGEBYSCORE", k, "-inf", now, "LIMIT", 0, limit),
-                                     ("ZRANGE", k, 0, 0, "WITHSCORES"))
-                for r in replies:
-                    if isinstance(r, ResponseError):
-                        self._raise(r)
-                return replies
-
-            members, first = self._retrying(due)
+            members, first = self.read_batch(k, [
+                ("ZRANGEBYSCORE", k, "-inf", now, "LIMIT", 0, limit),
+                ("ZRANGE", k, 0, 0, "WITHSCORES")])
             out += [(bytes(m[8:]), unpack_u64(bytes(m[:8]))) for m in members]
             if first and isinstance(first[0], list):  # RESP3: [[member, score]]
                 first = first[0]
-            earliest = int(float(first[1])) if first else None
-            with self._lock:
-                if self._expiry_written.get(slot, 0) > gen:  # written since the look
-                    if earliest is not None:
-                        self._expiry_slots[slot] = min(
-                            earliest, self._expiry_slots.get(slot, earliest))
-                elif earliest is None:
-                    self._expiry_slots.pop(slot, None)
-                else:  # (what is due now is looked at again: expired by then, or not)
-                    self._expiry_slots[slot] = earliest
+            self._expiry_slots.looked(slot, int(float(first[1])) if first else None, mark)
         out.sort(key=lambda e: e[1])
         return out[:limit]
 
@@ -1416,14 +1427,13 @@ class ClusterStore:
         mono = time.monotonic()
         every = SMS_SCAN_S if receivers or everything else SMS_IDLE_SCAN_S
         with self._lock:
-            gen = self._gen
             full = mono >= self._last_sms_scan + every
             if full:
                 self._last_sms_scan = mono
-                slots = list(range(SLOTS))
-            else:
-                slots = sorted(s for s, at in self._sms_slots.items()
-                               if everything or at <= now)
+        if full:
+            slots, mark = list(range(SLOTS)), self._sms_slots.mark()
+        else:
+            slots, mark = self._sms_slots.due(now, everything=everything)
         if not slots:
             return []
 
@@ -1446,18 +1456,10 @@ class ClusterStore:
                 found[part[int(index) - 1]] = int(earliest)
                 queued += int(count)
                 out += [bytes(m) for m in msgs]
-        with self._lock:
-            for slot in slots:
-                at = found.get(slot)
-                if self._sms_written.get(slot, 0) > gen:  # written since the look read
-                    if at is not None:
-                        self._sms_slots[slot] = min(at, self._sms_slots.get(slot, at))
-                elif at is None:
-                    self._sms_slots.pop(slot, None)
-                else:
-                    self._sms_slots[slot] = at  # (what is due later is looked at then)
-            if full:
-                self.sms_queued = queued
+        for slot in slots:
+            self._sms_slots.looked(slot, found.get(slot), mark)
+        if full:
+            self.sms_queued = queued
         return out[:limit]
 
     def open_reservations(self, start: bytes) -> list[bytes]:
@@ -1566,23 +1568,15 @@ class ClusterStore:
         """Slot -> length (``kind`` L: lists) or earliest score (Z: sorted sets) of
         ``key(slot)``, for every slot where it is not empty: one ``ocs_scan`` call per
         primary, over the slots it serves."""
-        def scan() -> dict[int, int]:
-            by_node: dict[str, list[int]] = {}
-            for slot, nodes in self.rc.nodes_manager.slots_cache.items():
-                by_node.setdefault(nodes[0].name, []).append(slot)
-            if sum(len(v) for v in by_node.values()) < SLOTS:
-                raise ClusterDownError("not every slot is served")
-            out: dict[int, int] = {}
-            for slots in by_node.values():
-                reply = self._exec(key(slots[0]), ("FCALL", "ocs_scan", 0, kind,
-                                                   *[key(x) for x in slots]))[0]
-                if isinstance(reply, ResponseError):
-                    self._raise(reply)
-                for i in range(0, len(reply), 2):
-                    out[slots[int(reply[i]) - 1]] = int(reply[i + 1])
-            return out
+        def cmd(part: list[int]) -> tuple[Any, ...]:
+            return ("FCALL", "ocs_scan", 0, kind, *[key(x) for x in part])
 
-        return self._retrying(scan)
+        out: dict[int, int] = {}
+        for part, reply in self._per_primary(list(range(SLOTS)), cmd, chunk=SLOTS,
+                                             durable=False):
+            for i in range(0, len(reply), 2):
+                out[part[int(reply[i]) - 1]] = int(reply[i + 1])
+        return out
 
     def slots_with(self, key: Callable[[int], bytes]) -> list[int]:
         """The slots whose list ``key(slot)`` is not empty."""

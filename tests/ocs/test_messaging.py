@@ -11,7 +11,6 @@ from ocs.charging.engine import ChargingEngine, EngineSettings
 from ocs.charging.model import DebitRequest, IdKind, SmsOutcomeRequest, SubmitSmsRequest
 from ocs.provisioning import op_load_plans
 from ocs.rating.plans import Service, load_plans_file
-from ocs.store import Store
 from ocs.store.cluster import ClusterStore
 from ocs.store.env import SMS_DUE
 from protocols.smpp.pdu import receipt_text
@@ -19,14 +18,9 @@ from protocols.smpp.pdu import receipt_text
 T0 = WEDNESDAY_NOON
 
 
-@pytest.fixture(params=["lmdb", "redis"])
-def engine(request: pytest.FixtureRequest, demo_store: Store) -> ChargingEngine:
-    settings = EngineSettings(node="t1", home_networks=frozenset({"22801"}))
-    if request.param == "lmdb":
-        return ChargingEngine(demo_store, None, settings)
-    store: ClusterStore = request.getfixturevalue("cluster_store")
-    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
-    return ChargingEngine(store, None, settings)
+@pytest.fixture
+def engine(engine_on_both: ChargingEngine) -> ChargingEngine:
+    return engine_on_both
 
 
 def submit(engine: ChargingEngine, key: bytes, regd: int = 1) -> str:
@@ -279,12 +273,12 @@ def test_on_redis_a_slot_is_looked_at_again_when_its_next_message_is_due(
     assert [messaging.decode(r).message_id for r in store.sms_due(T0)] == [mid]  # (full)
     store._last_sms_scan = float("inf")  # no more looks at every slot: the known ones
     assert outcome(engine, mid, "retry", T0 + 1)  # next try T0 + 6
-    assert store.sms_due(T0 + 2) == [] and store._sms_slots[slot] == T0 + 6
+    assert store.sms_due(T0 + 2) == [] and store._sms_slots.at[slot] == T0 + 6
     before = store.round_trips
     assert store.sms_due(T0 + 3) == [] and store.round_trips == before  # nothing asked
     assert [messaging.decode(r).message_id for r in store.sms_due(T0 + 6)] == [mid]
     assert outcome(engine, mid, "delivered", T0 + 7)
-    assert store.sms_due(T0 + 8) == [] and slot not in store._sms_slots
+    assert store.sms_due(T0 + 8) == [] and slot not in store._sms_slots.at
 
 
 def test_on_redis_a_receiver_that_binds_gets_its_messages_behind_many_others(

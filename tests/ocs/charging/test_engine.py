@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-from tests_support import CONFIG_DIR, WEDNESDAY_NOON, add
+from tests_support import WEDNESDAY_NOON, add
 
-from ocs.charging.engine import ChargingEngine, EngineSettings
+from ocs.charging.engine import ChargingEngine
 from ocs.charging.model import (
     CommitRequest,
     DebitRequest,
@@ -18,9 +18,8 @@ from ocs.charging.model import (
     ReserveRequest,
     TrimRequest,
 )
-from ocs.provisioning import op_load_plans, op_set_status, op_topup
-from ocs.rating.plans import Service, load_plans_file
-from ocs.store import Store
+from ocs.provisioning import op_set_status, op_topup
+from ocs.rating.plans import Service
 from ocs.store.cluster import ClusterStore
 from ocs.store.env import CDR_JOURNAL
 from ocs.store.records import dec_cdr
@@ -31,14 +30,9 @@ ALICE = ((IdKind.MSISDN, "41790000001"),)
 MB = 1_000_000
 
 
-@pytest.fixture(params=["lmdb", "redis"])
-def engine(request: pytest.FixtureRequest, demo_store: Store) -> ChargingEngine:
-    settings = EngineSettings(node="t1", home_networks=frozenset({"22801"}))
-    if request.param == "lmdb":
-        return ChargingEngine(demo_store, None, settings)
-    store: ClusterStore = request.getfixturevalue("cluster_store")
-    store.run_write(op_load_plans(load_plans_file(CONFIG_DIR / "plans.toml")))
-    return ChargingEngine(store, None, settings)
+@pytest.fixture
+def engine(engine_on_both: ChargingEngine) -> ChargingEngine:
+    return engine_on_both
 
 
 def on_redis(engine: ChargingEngine) -> bool:

@@ -599,7 +599,7 @@ def test_the_reaper_looks_at_a_slot_again_only_when_its_next_reservation_is_due(
     assert store.run_write(lambda tx: e.op_expire(
         tx, ExpireRequest(key=key, expires_at=exp, now=T0 + 901)))
     assert store.expiries(T0 + 902) == []
-    assert store._expiry_slots[slot] == T0 + 500 + 900  # the late one's time
+    assert store._expiry_slots.at[slot] == T0 + 500 + 900  # the late one's time
     before = store.round_trips
     assert store.expiries(T0 + 903) == [] and store.round_trips == before  # not asked
     assert [k for k, _ in store.expiries(T0 + 1400)] != []  # due: looked at again
