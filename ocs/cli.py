@@ -819,8 +819,7 @@ def cmd_sub_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg.store.backend == "redis":
         with _ledger(cfg) as cluster:
-            items, _ = views.subscriber_page((s, b) for _m, s, b in
-                                             cluster.subscriber_records())
+            items, _ = views.cluster_subscriber_items(cluster)
     else:
         with _open(cfg) as store:
             items, _ = views.subscriber_items(store)

@@ -18,6 +18,7 @@ from ocs.charging.model import IdKind
 from ocs.money import format_amount
 from ocs.provisioning import TopUp, ledger_entries
 from ocs.rating.plans import compile_plan
+from ocs.store.cluster import ClusterStore
 from ocs.store.env import BALANCES, IDX_IMSI, IDX_USERNAME, SUBSCRIBERS, Store
 from ocs.store.records import Balance, CdrRecord, Subscriber, dec_balance, dec_subscriber
 from ocs.store.tx import StorePort
@@ -80,6 +81,14 @@ def subscriber_items(store: Store, *, after: str = "", limit: int | None = None,
         found = cur.set_range(start) if start else cur.first()
         rows = ((v, txn.get(k, db=bals)) for k, v in cur) if found else iter(())
         return subscriber_page(rows, after=after, limit=limit, status=status)
+
+
+def cluster_subscriber_items(cluster: ClusterStore, *, after: str = "",
+                             limit: int | None = None, status: str = "") -> tuple[
+                                 list[dict[str, Any]], str]:
+    """:func:`subscriber_items` of a Redis Cluster (a scan of every primary's keys)."""
+    return subscriber_page(((s, b) for _m, s, b in cluster.subscriber_records()),
+                           after=after, limit=limit, status=status)
 
 
 def subscriber_page(rows: Iterable[tuple[bytes, bytes | None]], *, after: str = "",

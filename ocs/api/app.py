@@ -435,9 +435,9 @@ def list_subscribers(request: Request[Any, Any, Any], cursor: str = "",
         return {"items": views.find_subscribers(ctx.ledger, q), "next_cursor": None}
     if ctx.cluster is not None:  # a page is a scan of every primary's keys: one at a time
         with _one_scan("the cluster's subscribers"):
-            items, last = views.subscriber_page(
-                ((s, b) for _m, s, b in ctx.cluster.subscriber_records()),
-                after=_cursor(cursor), limit=min(limit, ctx.max_page), status=status or "")
+            items, last = views.cluster_subscriber_items(
+                ctx.cluster, after=_cursor(cursor), limit=min(limit, ctx.max_page),
+                status=status or "")
     else:
         items, last = views.subscriber_items(ctx.store, after=_cursor(cursor),
                                              limit=min(limit, ctx.max_page),
